@@ -1,0 +1,32 @@
+# make test  - create .venv (first time) and run the whole test suite
+# make bench - print the discovery / DAG parse benchmark figures
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test bench lock clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/discovery.py
+	$(PY) benchmarks/dag_parse.py
+
+# Re-pin everything after changing requirements*.txt.
+lock:
+	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
+	$(VENV).lock/bin/pip install --quiet -r requirements-dev.txt
+	$(VENV).lock/bin/pip freeze --exclude-editable > constraints.txt
+	rm -rf $(VENV).lock
+
+clean:
+	rm -rf $(VENV)

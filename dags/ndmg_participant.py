@@ -1,0 +1,43 @@
+"""ndmg_participant: the ndmg / m2g connectome pipeline over a whole BIDS dataset on S3.
+
+discover -> write_job_specs -> run_scan (one AWS Batch job per scan) -> verify_and_report.
+Wiring only: each task's logic is in plugins/ndmg_cloud (see steps.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from ndmg_cloud import steps
+from ndmg_cloud.operators import ScanBatchOperator
+from ndmg_cloud.params import PARAM_SCHEMAS
+
+
+@dag(
+    dag_id="ndmg_participant",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    params={name: Param(**schema) for name, schema in PARAM_SCHEMAS.items()},
+    tags=["ndmg", "connectome", "aws-batch"],
+    doc_md=__doc__,
+)
+def ndmg_participant():
+    discovery = task(steps.discover_step, task_id="discover")()
+    job_kwargs = task(steps.write_job_specs_step, task_id="write_job_specs")(discovery)
+    jobs = ScanBatchOperator.partial(
+        task_id="run_scan",
+        aws_conn_id=steps.AWS_CONN_ID,
+        deferrable=True,
+        poll_interval=int(os.environ.get("NDMG_BATCH_POLL_SECONDS", "30")),
+        map_index_template="{{ task.scan_id }}",
+    ).expand_kwargs(job_kwargs)
+    report = task(steps.verify_and_report_step, task_id="verify_and_report", trigger_rule="all_done")()
+    [job_kwargs, jobs] >> report
+
+
+ndmg_participant()

@@ -1,0 +1,125 @@
+"""Job specs: one JSON per scan, holding everything the scan's container needs and the
+exact SubmitJob payload (valid for ``aws batch submit-job --cli-input-json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from ndmg_cloud.bids import Scan
+from ndmg_cloud.params import RunConfig
+from ndmg_cloud.pipelines import get_pipeline
+
+SPEC_VERSION = 1
+JOB_NAME_MAX = 128
+RUNNER_COMMAND = "ndmg-scan"
+# Inside the container the pipeline reads and writes local folders only.
+WORK_INPUT = "/work/input"
+WORK_OUTPUT = "/work/output"
+# Batch retries inside the job on a Spot reclaim ("Host EC2 (instance i-...) terminated.")
+# and exits on anything else, so a reclaim costs one more attempt, never a resubmission.
+RETRY_STRATEGY = {
+    "attempts": 3,
+    "evaluateOnExit": [
+        {"onStatusReason": "Host EC2*", "action": "RETRY"},
+        {"onReason": "*", "action": "EXIT"},
+    ],
+}
+_NOT_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+_NOT_IN_TAG = re.compile(r"[^\w .:/=+\-@]+")
+
+
+def run_token(run_id: str) -> str:
+    """Eight hex characters that tell this run's jobs from another run's."""
+    return hashlib.sha1(run_id.encode()).hexdigest()[:8]
+
+
+def job_name(dataset: str, scan_id: str, run_id: str) -> str:
+    """``<dataset>-<scan id>-<run token>``: legal for Batch, readable, unique per scan and run."""
+    token = run_token(run_id)
+    readable = _NOT_IN_JOB_NAME.sub("-", f"{dataset}-{scan_id}").strip("-")
+    name = f"{readable}-{token}"
+    if len(name) <= JOB_NAME_MAX:
+        return name
+    # Too long: keep the scan id end (it tells scans apart) and add a hash of the whole.
+    digest = hashlib.sha1(f"{dataset}/{scan_id}".encode()).hexdigest()[:8]
+    room = JOB_NAME_MAX - len(token) - len(digest) - 2
+    return f"{readable[-room:].lstrip('-_')}-{digest}-{token}"
+
+
+def _tag(value: str) -> str:
+    return _NOT_IN_TAG.sub("-", value)[:256]
+
+
+def spec_uri(config: RunConfig, scan: Scan) -> str:
+    return f"{config.jobdir}{scan.scan_id}.json"
+
+
+def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
+    """The job spec of one valid scan."""
+    if not scan.valid:
+        raise ValueError(f"scan {scan.scan_id} is invalid ({scan.reason}); it gets no job spec")
+    pipeline = get_pipeline(config.pipeline)
+    outputs = config.outputs
+    uri = spec_uri(config, scan)
+    inputs = {
+        "dwi": scan.dwi,
+        "bval": scan.bval,
+        "bvec": scan.bvec,
+        "t1w": scan.t1w,
+        "dataset_description": "dataset_description.json",
+    }
+    batch = {
+        "jobName": job_name(config.dataset, scan.scan_id, config.run_id),
+        "jobQueue": config.job_queue,
+        "jobDefinition": config.job_definition,
+        "containerOverrides": {
+            "command": [RUNNER_COMMAND, "--spec", uri],
+            "environment": [{"name": "NDMG_JOB_SPEC", "value": uri}],
+        },
+        "tags": {
+            "dataset": _tag(config.dataset),
+            "scan": _tag(scan.scan_id),
+            "run_id": _tag(config.run_id),
+            "pipeline": config.pipeline,
+        },
+        "propagateTags": True,
+        "retryStrategy": RETRY_STRATEGY,
+        "timeout": {"attemptDurationSeconds": config.job_timeout_minutes * 60},
+    }
+    return {
+        "spec_version": SPEC_VERSION,
+        "spec_uri": uri,
+        "run_id": config.run_id,
+        "dataset": config.dataset,
+        "scan": {
+            **scan.to_dict(),
+            "inputs": inputs,
+        },
+        "input_root": config.input_root.uri(),
+        "output_root": config.output_root.uri(),
+        "output_prefix": f"s3://{outputs.root.bucket}/{outputs.scan_prefix(scan)}",
+        "manifest": f"s3://{outputs.root.bucket}/{outputs.manifest_key(scan)}",
+        "expected_outputs": pipeline.expected_outputs(scan, config.options),
+        "pipeline": {
+            "name": pipeline.name,
+            "image": pipeline.image,
+            "options": config.options,
+            "command": pipeline.command(scan, config.options, WORK_INPUT, WORK_OUTPUT),
+        },
+        "batch": batch,
+    }
+
+
+def check_no_shared_outputs(specs: list[dict[str, Any]]) -> None:
+    """Two scans must never write the same key: refuse the run before submitting if so."""
+    owner: dict[str, str] = {}
+    for spec in specs:
+        scan_id = spec["scan"]["scan_id"]
+        keys = [spec["manifest"]] + [spec["output_prefix"] + p for p in spec["expected_outputs"]]
+        for key in keys:
+            if key in owner and owner[key] != scan_id:
+                raise ValueError(f"scans {owner[key]} and {scan_id} would both write {key}")
+            owner[key] = scan_id

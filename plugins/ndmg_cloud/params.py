@@ -1,0 +1,205 @@
+"""The run's parameters: the JSON schema behind the trigger form, and their resolution into
+one ``RunConfig`` with every location worked out and every bad value refused up front.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ndmg_cloud.bids import normalise_labels
+from ndmg_cloud.layout import OutputLayout, S3Location, as_prefix
+from ndmg_cloud.pipelines import OPTION_NAMES, PIPELINES, get_pipeline
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+BACKENDS = ("aws_batch",)
+
+
+class ParamError(ValueError):
+    """A run parameter that cannot work; the message names the value and the fix."""
+
+
+def _schema(default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict:
+    return {"default": default, "type": type_, "title": title, "description": description, **extra}
+
+
+# name -> (default, JSON schema); the DAG turns these into Airflow Params.
+PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "bucket": {
+        "type": "string",
+        "title": "S3 bucket",
+        "description": "Bucket holding the BIDS dataset (name only, no s3://).",
+        "minLength": 3,
+        "maxLength": 63,
+    },
+    "bidsdir": _schema("", "string", "BIDS dataset path", "Dataset folder inside the bucket; empty = bucket root."),
+    "modif": _schema(
+        "derivatives/ndmg",
+        "string",
+        "Output folder",
+        "Output folder under the dataset (seed --modif). Must not be a subject folder.",
+    ),
+    "output_uri": _schema(
+        "",
+        "string",
+        "Output location",
+        "Full s3:// output location; overrides bucket/bidsdir/modif (e.g. when the input is read-only open data).",
+    ),
+    "jobdir": _schema("", "string", "Job spec folder", "Where the per-scan job JSONs go (s3:// URI); empty = <output>/jobs/<run id>/."),
+    "dataset": _schema("", "string", "Dataset name", "Name used in job names and tags; empty = last part of bidsdir."),
+    "participant_label": _schema(
+        [], "array", "Participants", "Subject labels without 'sub-'; empty = all.", items={"type": "string"}
+    ),
+    "session_label": _schema(
+        [], "array", "Sessions", "Session labels without 'ses-'; empty = all.", items={"type": "string"}
+    ),
+    "pipeline": _schema("m2g", "string", "Pipeline", "m2g (current), ndmg (legacy ndmg_bids) or lite (small DIPY demo pipeline).", enum=list(PIPELINES)),
+    "parcellation": _schema(None, ["null", "array"], "Parcellations", "Atlas names (m2g, ndmg) or gridN (lite); empty = pipeline default.", items={"type": "string"}),
+    "space": _schema(None, ["null", "string"], "Registration space", "m2g/ndmg: native or native_dsn.", enum=[None, "native", "native_dsn"]),
+    "voxelsize": _schema(None, ["null", "string"], "Voxel size", "m2g: 1mm, 2mm or 4mm.", enum=[None, "1mm", "2mm", "4mm"]),
+    "mod": _schema(None, ["null", "string"], "Tracking", "det or prob.", enum=[None, "det", "prob"]),
+    "track_type": _schema(None, ["null", "string"], "Track type", "m2g/ndmg: local or particle.", enum=[None, "local", "particle"]),
+    "diffusion_model": _schema(None, ["null", "string"], "Diffusion model", "m2g: csa or csd; lite: tensor or csa.", enum=[None, "csa", "csd", "tensor"]),
+    "seeds": _schema(None, ["null", "integer"], "Seeds per voxel", "m2g and lite.", minimum=1),
+    "n_cpus": _schema(None, ["null", "integer"], "CPUs for m2g", "m2g --n_cpus.", minimum=1),
+    "mem_gb": _schema(None, ["null", "integer"], "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
+    "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
+    "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
+    "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
+    "backend": _schema("aws_batch", "string", "Backend", "Where scans run.", enum=list(BACKENDS)),
+    "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
+    "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
+}
+assert set(OPTION_NAMES) <= set(PARAM_SCHEMAS)
+
+
+def check_conf_keys(conf: dict[str, Any]) -> None:
+    """Refuse trigger conf keys that are not params (a typo would otherwise be ignored)."""
+    for key in conf:
+        if key not in PARAM_SCHEMAS:
+            close = difflib.get_close_matches(key, PARAM_SCHEMAS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ParamError(f"unknown parameter '{key}'{hint} Known: {', '.join(PARAM_SCHEMAS)}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs to know, resolved from the params and the run id."""
+
+    run_id: str
+    dataset: str
+    input_root: S3Location
+    output_root: S3Location
+    jobdir: str
+    pipeline: str
+    options: dict[str, Any]
+    participants: list[str] = field(default_factory=list)
+    sessions: list[str] = field(default_factory=list)
+    job_queue: str = "ndmg-queue"
+    job_definition: str = "ndmg"
+    job_timeout_minutes: int = 360
+    backend: str = "aws_batch"
+    force: bool = False
+    dry_run: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> OutputLayout:
+        return OutputLayout(self.output_root)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_root"] = self.input_root.uri()
+        data["output_root"] = self.output_root.uri()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = dict(data)
+        data["input_root"] = S3Location.parse(data["input_root"])
+        data["output_root"] = S3Location.parse(data["output_root"])
+        return cls(**data)
+
+
+def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
+    """Turn validated params into a RunConfig, refusing what cannot work."""
+    bucket = (params.get("bucket") or "").strip()
+    if not bucket:
+        raise ParamError("no bucket given: set 'bucket' to the S3 bucket that holds the BIDS dataset")
+    if bucket.startswith("s3://") or not BUCKET_NAME.fullmatch(bucket):
+        raise ParamError(
+            f"bucket {bucket!r} is not an S3 bucket name: give the name only "
+            "(3-63 lowercase letters, digits, '.', '-'), without s3:// or a path"
+        )
+    bidsdir = as_prefix(params.get("bidsdir") or "")
+    input_root = S3Location(bucket, bidsdir)
+    output_root = _output_root(params, input_root)
+
+    pipeline = get_pipeline(params.get("pipeline") or "m2g")
+    options = pipeline.resolve_options({k: params.get(k) for k in OPTION_NAMES})
+
+    dataset = (params.get("dataset") or "").strip() or (
+        bidsdir.rstrip("/").rsplit("/", 1)[-1] if bidsdir else bucket
+    )
+    jobdir = (params.get("jobdir") or "").strip() or OutputLayout(output_root).default_jobdir(run_id)
+    if not jobdir.startswith("s3://"):
+        raise ParamError(
+            f"jobdir {jobdir!r} is a local path, which Batch jobs cannot read; "
+            "give an s3:// URI or leave it empty for <output>/jobs/<run id>/"
+        )
+    S3Location.parse(jobdir)
+    try:
+        participants = normalise_labels(params.get("participant_label") or [], "sub")
+        sessions = normalise_labels(params.get("session_label") or [], "ses")
+    except ValueError as err:
+        raise ParamError(str(err)) from None
+
+    return RunConfig(
+        run_id=run_id,
+        dataset=dataset,
+        input_root=input_root,
+        output_root=output_root,
+        jobdir=jobdir if jobdir.endswith("/") else jobdir + "/",
+        pipeline=pipeline.name,
+        options=options,
+        participants=participants,
+        sessions=sessions,
+        job_queue=params.get("job_queue") or "ndmg-queue",
+        job_definition=params.get("job_definition") or "ndmg",
+        job_timeout_minutes=int(params.get("job_timeout_minutes") or 360),
+        backend=params.get("backend") or "aws_batch",
+        force=bool(params.get("force")),
+        dry_run=bool(params.get("dry_run")),
+        params=dict(params),
+    )
+
+
+def _output_root(params: dict[str, Any], input_root: S3Location) -> S3Location:
+    output_uri = (params.get("output_uri") or "").strip()
+    if output_uri:
+        try:
+            out = S3Location.parse(output_uri)
+        except ValueError as err:
+            raise ParamError(f"output_uri: {err}") from None
+        where = f"output_uri {output_uri!r}"
+    else:
+        modif = as_prefix(params.get("modif") or "")
+        if not modif:
+            raise ParamError(
+                "modif is empty: outputs would be written into the input dataset itself; "
+                "use a folder such as 'derivatives/ndmg'"
+            )
+        out = input_root.child(modif)
+        where = f"modif {params.get('modif')!r}"
+    if out == input_root:
+        raise ParamError(f"{where} is the dataset root {input_root}: choose a separate output folder")
+    if input_root.contains(out):
+        first = out.prefix[len(input_root.prefix) :].split("/", 1)[0]
+        if first.startswith("sub-"):
+            raise ParamError(
+                f"{where} lies inside subject folder '{first}' of the input dataset; "
+                "outputs must never go into input subject folders: use e.g. 'derivatives/ndmg'"
+            )
+    return out

@@ -1,0 +1,65 @@
+"""The few S3 operations the orchestrator makes, each over a client passed in.
+
+Listing is one paginated ListObjectsV2 (1,000 keys a request); nothing here sets an ACL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ndmg_cloud.layout import split_uri
+
+
+class S3AccessError(RuntimeError):
+    """S3 said no; the message names the bucket/prefix and what to check."""
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    size: int
+    etag: str
+
+
+def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[S3Object]:
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
+            for obj in page.get("Contents", ()):
+                yield S3Object(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise S3AccessError(
+                f"bucket {bucket!r} does not exist (check the 'bucket' param and the AWS region)"
+            ) from None
+        if code in ("AccessDenied", "AllAccessDisabled", "403"):
+            raise S3AccessError(
+                f"access denied listing s3://{bucket}/{prefix}: the orchestrator's role needs "
+                "s3:ListBucket on this bucket and prefix"
+            ) from None
+        raise
+
+
+def put_json(client: Any, uri: str, document: Any) -> None:
+    bucket, key = split_uri(uri)
+    put_bytes(client, bucket, key, json.dumps(document, indent=2, sort_keys=True).encode(), "application/json")
+
+
+def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    # No ACL argument on purpose: objects stay private to the bucket owner.
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        raise S3AccessError(f"could not write s3://{bucket}/{key} ({code}): check the role's s3:PutObject") from None
+
+
+def get_json(client: Any, bucket: str, key: str) -> Any:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return json.loads(body)

@@ -1,0 +1,198 @@
+"""Test setup: Airflow on SQLite in a temp home, and a moto server on 127.0.0.1.
+
+The environment is set before anything imports Airflow or boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="ndmg-airflow-"))
+REGION = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = _free_port()
+ENDPOINT = f"http://127.0.0.1:{PORT}"
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        # Fake credentials for the local endpoint only; tests check none leak into artifacts.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL": ENDPOINT,
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {"conn_type": "aws", "extra": {"endpoint_url": ENDPOINT, "region_name": REGION}}
+        ),
+        "NDMG_BATCH_POLL_SECONDS": "1",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=PORT, verbose=False)
+    server.start()
+    req = urllib.request.Request(
+        f"{ENDPOINT}/moto-api/config",
+        data=json.dumps({"batch": {"use_docker": False}}).encode(),
+        method="POST",
+    )
+    urllib.request.urlopen(req).read()
+    yield ENDPOINT
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server):
+    """A clean local AWS for each test."""
+    urllib.request.urlopen(urllib.request.Request(f"{ENDPOINT}/moto-api/reset", method="POST")).read()
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{ENDPOINT}/moto-api/config",
+            data=json.dumps({"batch": {"use_docker": False}}).encode(),
+            method="POST",
+        )
+    ).read()
+    return moto_server
+
+
+@pytest.fixture
+def s3(aws):
+    import boto3
+
+    return boto3.client("s3", region_name=REGION, endpoint_url=ENDPOINT)
+
+
+@pytest.fixture
+def batch(aws):
+    import boto3
+
+    return boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+
+
+@pytest.fixture
+def batch_env(aws, batch):
+    """The seed's Batch setup on the local endpoint: compute environment, queue, definition."""
+    import boto3
+
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
+    role = iam.create_role(RoleName="ndmg-batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    ce = batch.create_compute_environment(
+        computeEnvironmentName="ndmg-compute", type="UNMANAGED", state="ENABLED", serviceRole=role
+    )["computeEnvironmentArn"]
+    batch.create_job_queue(
+        jobQueueName="ndmg-queue",
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
+    )
+    batch.register_job_definition(
+        jobDefinitionName="ndmg",
+        type="container",
+        containerProperties={
+            "image": "ndmg-cloud-m2g:latest",
+            "resourceRequirements": [
+                {"type": "VCPU", "value": "2"},
+                {"type": "MEMORY", "value": "15200"},
+            ],
+        },
+    )
+    return batch
+
+
+class BatchBehaviour:
+    """How the local Batch ends jobs: at once and successfully unless told otherwise.
+
+    ``fail[name_part] = reason`` fails jobs whose name contains ``name_part`` with that
+    status reason; ``run_seconds`` keeps jobs RUNNING that long first (so deferrable
+    waiting is exercised); ``on_submit`` runs after every submission (e.g. to put the
+    outputs a real container would have written).
+    """
+
+    def __init__(self):
+        self.fail: dict[str, str] = {}
+        self.run_seconds = 0.0
+        self.on_submit = None
+        self.submitted: list[str] = []
+
+
+@pytest.fixture
+def batch_behaviour(monkeypatch, aws):
+    from moto.batch.models import JobStatus
+    from moto.batch_simple import models
+
+    behaviour = BatchBehaviour()
+
+    def finish(self, include_start_attempt, job):
+        self.backend._jobs[job.job_id] = job
+        job.job_started_at = job.job_started_at or __import__("datetime").datetime.now()
+        job.log_stream_name = job._stream_name
+        if include_start_attempt:
+            job._start_attempt()
+        behaviour.submitted.append(job.job_name)
+        if behaviour.on_submit:
+            behaviour.on_submit(job)
+        reason = next((r for part, r in behaviour.fail.items() if part in job.job_name), None)
+
+        def stop():
+            if reason:
+                job.job_stopped_reason = reason
+                job.exit_code = 1
+            job._mark_stopped(success=reason is None)
+
+        if behaviour.run_seconds:
+            job.status = JobStatus.RUNNING
+            threading.Timer(behaviour.run_seconds, stop).start()
+        else:
+            stop()
+
+    monkeypatch.setattr(models.BatchSimpleBackend, "_mark_job_as_finished", finish)
+    return behaviour
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata DB (needed by dag.test())."""
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _HOME
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,82 @@
+"""Small BIDS layouts put on the local S3 (key names matter here, file contents do not)."""
+
+from __future__ import annotations
+
+import json
+
+DESCRIPTION = json.dumps({"Name": "test", "BIDSVersion": "1.9.0"})
+
+# The end-to-end dataset: 7 DWI series, 6 valid.
+#  sub-01: sessions 'test' and 'retest' (non-numeric labels), own bval/bvec
+#  sub-02: no sessions; bval/bvec inherited from the subject level
+#  sub-03: two acquisitions in one session; two T1w runs (run-1 is chosen)
+#  sub-04: has a bval but no bvec anywhere -> invalid
+#  sub-05: ordinary (the tests make its job fail)
+# plus a dataset-level dwi.bval (inherited by nobody closer), sidecars and junk.
+E2E_KEYS = [
+    "dataset_description.json",
+    "README",
+    "participants.tsv",
+    "dwi.bval",
+    "sub-01/ses-test/anat/sub-01_ses-test_T1w.nii.gz",
+    "sub-01/ses-test/anat/sub-01_ses-test_T1w.json",
+    "sub-01/ses-test/dwi/sub-01_ses-test_dwi.nii.gz",
+    "sub-01/ses-test/dwi/sub-01_ses-test_dwi.bval",
+    "sub-01/ses-test/dwi/sub-01_ses-test_dwi.bvec",
+    "sub-01/ses-test/dwi/sub-01_ses-test_dwi.json",
+    "sub-01/ses-retest/anat/sub-01_ses-retest_T1w.nii.gz",
+    "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.nii.gz",
+    "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.bval",
+    "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.bvec",
+    "sub-02/sub-02_dwi.bval",
+    "sub-02/sub-02_dwi.bvec",
+    "sub-02/anat/sub-02_T1w.nii.gz",
+    "sub-02/dwi/sub-02_dwi.nii.gz",
+    "sub-02/dwi/sub-02_dwi.json",
+    "sub-03/ses-1/anat/sub-03_ses-1_run-1_T1w.nii.gz",
+    "sub-03/ses-1/anat/sub-03_ses-1_run-2_T1w.nii.gz",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-AP_dwi.nii.gz",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-AP_dwi.bval",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-AP_dwi.bvec",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-PA_dwi.nii.gz",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-PA_dwi.bval",
+    "sub-03/ses-1/dwi/sub-03_ses-1_acq-PA_dwi.bvec",
+    "sub-04/ses-1/anat/sub-04_ses-1_T1w.nii.gz",
+    "sub-04/ses-1/dwi/sub-04_ses-1_dwi.nii.gz",
+    "sub-04/ses-1/dwi/sub-04_ses-1_dwi.bval",
+    "sub-05/ses-1/anat/sub-05_ses-1_T1w.nii.gz",
+    "sub-05/ses-1/dwi/sub-05_ses-1_dwi.nii.gz",
+    "sub-05/ses-1/dwi/sub-05_ses-1_dwi.bval",
+    "sub-05/ses-1/dwi/sub-05_ses-1_dwi.bvec",
+    "derivatives/ndmg/sub-01/ses-test/dwi/sub-01_ses-test_dwi.nii.gz",
+    "sourcedata/sub-01/dwi/sub-01_dwi.nii.gz",
+    "junk/notes.txt",
+    ".DS_Store",
+]
+E2E_VALID = [
+    "sub-01_ses-retest",
+    "sub-01_ses-test",
+    "sub-02",
+    "sub-03_ses-1_acq-AP",
+    "sub-03_ses-1_acq-PA",
+    "sub-05_ses-1",
+]
+E2E_INVALID = ["sub-04_ses-1"]
+
+
+def put_dataset(s3, bucket: str, prefix: str = "", keys=E2E_KEYS) -> None:
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    for rel in keys:
+        body = DESCRIPTION.encode() if rel.endswith("dataset_description.json") else b"x" * 16
+        s3.put_object(Bucket=bucket, Key=prefix + rel, Body=body)
+
+
+def listing(s3, bucket: str, prefix: str = "") -> dict[str, str]:
+    """key -> ETag of everything under a prefix (to prove inputs were not touched)."""
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = obj["ETag"]
+    return out

@@ -1,0 +1,175 @@
+"""End to end: the real DAG under dag.test() against the local AWS endpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from datasets import E2E_INVALID, E2E_KEYS, E2E_VALID, listing, put_dataset
+
+BUCKET = "lab-data"
+BIDSDIR = "studies/ds-test/"
+OUT = BIDSDIR + "derivatives/ndmg/"
+M2G_ATLASES = ["AAL", "Desikan"]  # the m2g pipeline's default parcellations
+
+
+def run_dag(**conf):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_participant"]
+    return dag.test(run_conf=conf)
+
+
+def read_json(s3, key):
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def report_of(s3, run):
+    return read_json(s3, f"{OUT}reports/{run.run_id}/report.json")
+
+
+def rows_by_scan(report):
+    return {row["scan_id"]: row for row in report["scans"]}
+
+
+def m2g_outputs(scan_id: str) -> list[str]:
+    """The keys m2g writes for a scan, spelled out from m2g's documented layout."""
+    parts = scan_id.split("_")
+    folder = "/".join(p for p in parts if p.startswith(("sub-", "ses-"))) + "/"
+    stem = f"{scan_id}_dwi"
+    keys = []
+    for atlas in M2G_ATLASES:
+        name = f"{atlas}_space-MNI152NLin6_res-2x2x2"
+        keys.append(f"{OUT}{folder}connectomes_d/{name}/{stem}_{name}_connectome.csv")
+    return keys
+
+
+def scan_of(job) -> str:
+    """The scan a job runs, from its name: <dataset>-<scan id>-<8-hex run token>."""
+    return job.job_name[len("ds-test-") : -len("-12345678")]
+
+
+def manifest_key(scan_id: str) -> str:
+    parts = scan_id.split("_")
+    folder = "/".join(p for p in parts if p.startswith(("sub-", "ses-"))) + "/"
+    return f"{OUT}{folder}{scan_id}_manifest.json"
+
+
+@pytest.fixture
+def dataset(s3, batch_env, airflow_db):
+    put_dataset(s3, BUCKET, BIDSDIR)
+    return listing(s3, BUCKET, BIDSDIR + "sub-")
+
+
+def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, dataset, batch_behaviour):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+
+    assert run.state == "failed"  # missing outputs fail the run, so alerts fire
+    jobs = batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert len(jobs) == len(E2E_VALID)
+
+    report = report_of(s3, run)
+    rows = rows_by_scan(report)
+    assert sorted(rows) == sorted(E2E_VALID + E2E_INVALID)
+    for scan_id in E2E_VALID:
+        assert rows[scan_id]["status"] == "missing_outputs", rows[scan_id]
+        assert rows[scan_id]["job_id"]
+        assert "expected file(s) are missing" in rows[scan_id]["reason"]
+    assert rows["sub-04_ses-1"]["status"] == "invalid"
+    assert ".bvec" in rows["sub-04_ses-1"]["reason"]
+    assert report["summary"]["submitted"] == len(E2E_VALID)
+    assert report["summary"]["missing_outputs"] == len(E2E_VALID)
+    assert report["summary"]["invalid"] == 1
+    # the input subjects are untouched
+    assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
+
+
+def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, dataset, batch_behaviour):
+    def container_did_its_work(job):
+        # What the scan container writes: the graphs, then the manifest last.
+        scan_id = scan_of(job)
+        if "sub-05" in scan_id:
+            return
+        for key in m2g_outputs(scan_id):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n1 2 5\n")
+        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
+
+    batch_behaviour.on_submit = container_did_its_work
+    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+    batch_behaviour.run_seconds = 1.5  # jobs stay RUNNING a while: the deferrable wait runs
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+
+    assert run.state == "failed"
+    rows = rows_by_scan(report_of(s3, run))
+    for scan_id in E2E_VALID:
+        if scan_id == "sub-05_ses-1":
+            continue
+        assert rows[scan_id]["status"] == "succeeded", rows[scan_id]
+        assert rows[scan_id]["missing"] == []
+        assert len(rows[scan_id]["outputs"]) == 2
+        assert rows[scan_id]["attempts"] == 1
+    failed = rows["sub-05_ses-1"]
+    assert failed["status"] == "failed"
+    assert "Essential container in task exited" in failed["reason"]
+    assert failed["job_id"]
+    assert failed["log_url"].startswith("https://us-east-1.console.aws.amazon.com/cloudwatch/")
+
+
+def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, batch_behaviour):
+    def container_did_its_work(job):
+        scan_id = scan_of(job)
+        for key in m2g_outputs(scan_id):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
+        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
+
+    batch_behaviour.on_submit = container_did_its_work
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, participant_label=["01", "sub-02"])
+
+    assert run.state == "success"
+    report = report_of(s3, run)
+    assert sorted(rows_by_scan(report)) == ["sub-01_ses-retest", "sub-01_ses-test", "sub-02"]
+    assert report["summary"]["succeeded"] == 3
+    description = read_json(s3, OUT + "dataset_description.json")
+    assert description["DatasetType"] == "derivative"
+
+
+def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, batch_behaviour):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    prefix = f"{OUT}jobs/{run.run_id}/"
+    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix)}
+    assert sorted(specs) == sorted(f"{s}.json" for s in E2E_VALID)
+
+    spec = specs["sub-02.json"]
+    assert spec["scan"]["session"] is None
+    assert spec["scan"]["inputs"]["bval"] == "sub-02/sub-02_dwi.bval"  # inherited
+    assert spec["output_prefix"] == f"s3://{BUCKET}/{OUT}sub-02/"
+    submitted = {j["jobName"]: j for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]}
+    assert spec["batch"]["jobName"] in submitted
+    described = batch.describe_jobs(jobs=[submitted[spec["batch"]["jobName"]]["jobId"]])["jobs"][0]
+    assert described["container"]["command"] == spec["batch"]["containerOverrides"]["command"]
+    assert described["tags"]["scan"] == "sub-02"
+    assert described["tags"]["dataset"] == "ds-test"
+
+
+def test_dry_run_writes_specs_and_report_but_submits_nothing(s3, batch, dataset, batch_behaviour):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dry_run=True)
+
+    assert run.state == "success"
+    assert batch_behaviour.submitted == []
+    report = report_of(s3, run)
+    statuses = {row["scan_id"]: row["status"] for row in report["scans"]}
+    assert statuses == {**{s: "dry_run" for s in E2E_VALID}, "sub-04_ses-1": "invalid"}
+    assert len(listing(s3, BUCKET, f"{OUT}jobs/{run.run_id}/")) == len(E2E_VALID)
+
+
+def test_bad_input_fails_before_any_submission(s3, batch, dataset, batch_behaviour):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, modif="sub-01/out")
+
+    assert run.state == "failed"
+    assert batch_behaviour.submitted == []
+    assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
