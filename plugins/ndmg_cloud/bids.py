@@ -52,11 +52,7 @@ class Scan:
     @property
     def dwi_stem(self) -> str:
         """File name of the DWI image without its extension: ``sub-01_ses-1_dwi``."""
-        name = self.dwi.rsplit("/", 1)[-1]
-        for ext in IMAGE_EXTENSIONS:
-            if name.endswith(ext):
-                return name[: -len(ext)]
-        return name
+        return file_stem(self.dwi.rsplit("/", 1)[-1])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,8 +129,7 @@ def label_problem(rel: str) -> str | None:
         for key in ("sub", "ses"):
             if part.startswith(key + "-"):
                 dir_labels[key] = part[len(key) + 1 :]
-    stem = name.split(".", 1)[0]
-    pairs = stem.split("_")[:-1]
+    pairs = file_stem(name).split("_")[:-1]
     file_labels: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("-")
@@ -154,6 +149,20 @@ def label_problem(rel: str) -> str | None:
                 f"of its folder in '{rel}'"
             )
     return None
+
+
+def file_stem(name: str) -> str:
+    """A file name without its extension (``.nii.gz`` counts as one)."""
+    for ext in CANDIDATE_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name.split(".", 1)[0]
+
+
+def _looks_like_dwi(rel: str) -> bool:
+    """A DWI image by its raw name, so that one pybids cannot parse is reported, not lost."""
+    parts = rel.split("/")
+    return len(parts) >= 3 and parts[-2] == "dwi" and parts[-1].endswith(("_dwi.nii.gz", "_dwi.nii"))
 
 
 def _is_image(f: _File, suffix: str, datatype: str) -> bool:
@@ -255,9 +264,9 @@ def discover_scans(
         result.keys_parsed += 1
         f = _File(rel, parse_entities("/" + rel))
         problem = label_problem(rel) if "/" in rel else None
-        if _is_image(f, "dwi", "dwi"):
-            if problem:
-                bad_labels[rel] = problem
+        if _is_image(f, "dwi", "dwi") or _looks_like_dwi(rel):
+            if problem or not _is_image(f, "dwi", "dwi"):
+                bad_labels[rel] = problem or f"'{rel}' is not a valid BIDS DWI file name"
             dwis.append(f)
         elif problem:
             continue  # an unusable T1w or gradient file is simply not a candidate
@@ -284,7 +293,7 @@ def discover_scans(
 
 
 def _scan_for(dwi: _File, gradients, anat, bad_label: str | None) -> Scan:
-    stem = dwi.path.rsplit("/", 1)[-1].split(".", 1)[0]
+    stem = file_stem(dwi.path.rsplit("/", 1)[-1])
     scan_id = stem[: -len("_dwi")] if stem.endswith("_dwi") else stem
     parts = dwi.path.split("/")
     subject = parts[0][4:]

@@ -75,6 +75,10 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
 assert set(OPTION_NAMES) <= set(PARAM_SCHEMAS)
 
 
+def defaults() -> dict[str, Any]:
+    return {name: schema["default"] for name, schema in PARAM_SCHEMAS.items() if "default" in schema}
+
+
 def check_conf_keys(conf: dict[str, Any]) -> None:
     """Refuse trigger conf keys that are not params (a typo would otherwise be ignored)."""
     for key in conf:
@@ -124,7 +128,12 @@ class RunConfig:
 
 
 def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
-    """Turn validated params into a RunConfig, refusing what cannot work."""
+    """Turn validated params into a RunConfig, refusing what cannot work.
+
+    Missing params take their schema defaults, so callers outside Airflow pass only what
+    they set.
+    """
+    params = {**defaults(), **params}
     bucket = (params.get("bucket") or "").strip()
     if not bucket:
         raise ParamError("no bucket given: set 'bucket' to the S3 bucket that holds the BIDS dataset")

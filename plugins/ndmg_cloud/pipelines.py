@@ -93,6 +93,13 @@ def names_from(allowed: tuple[str, ...] | None) -> Callable[[Any], str | None]:
     return check
 
 
+def single_name(value: Any) -> str | None:
+    complaint = names_from(None)(value)
+    if complaint is None and len(value) != 1:
+        return "takes exactly one atlas name (ndmg_bids --atlas runs one atlas per job)"
+    return complaint
+
+
 def grid_names(value: Any) -> str | None:
     if not isinstance(value, list) or not value:
         return "must be a non-empty list such as ['grid3']"
@@ -224,7 +231,7 @@ PIPELINES: dict[str, Pipeline] = {
         image="ndmg-cloud-ndmg:latest",
         description="legacy ndmg_bids of the neurodata/ndmg_dev image (2019)",
         options={
-            "parcellation": Option(["desikan"], names_from(None)),
+            "parcellation": Option(["desikan"], single_name),
             "space": Option("native", one_of("native", "native_dsn")),
             "mod": Option("det", one_of("det", "prob")),
             "track_type": Option("local", one_of("local", "particle")),
