@@ -149,10 +149,10 @@ def test_derivatives_sourcedata_output_and_junk_are_ignored():
         "sub-1/anat/sub-1_T1w.nii.gz",
         "derivatives/x/sub-2/dwi/sub-2_dwi.nii.gz",
         "sourcedata/sub-3/dwi/sub-3_dwi.nii.gz",
-        "out/sub-4/dwi/sub-4_dwi.nii.gz",
+        "derivatives/ndmg/sub-4/dwi/sub-4_dwi.nii.gz",
         "sub-1/dwi/notes.txt", "random/sub-5_dwi.nii.gz", "sub-1/dwi/sub-1_dwi.json",
     ]
-    found = discover_scans(keys, "", exclude_prefixes=["out/"])
+    found = discover_scans(keys, "")
     assert [s.scan_id for s in found.scans] == ["sub-1"]
 
 

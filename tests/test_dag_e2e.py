@@ -173,3 +173,22 @@ def test_bad_input_fails_before_any_submission(s3, batch, dataset, batch_behavio
     assert run.state == "failed"
     assert batch_behaviour.submitted == []
     assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
+
+
+def test_mapped_tasks_are_labelled_by_scan_and_links_kept(s3, batch, dataset, batch_behaviour):
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(run_id=run.run_id, task_id="run_scan").all()
+        labels = sorted(ti.rendered_map_index for ti in tis)
+    assert labels == sorted(E2E_VALID)
+
+
+def test_params_outside_the_schema_are_refused_at_trigger(dataset):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="seeds"):
+        run_dag(bucket=BUCKET, bidsdir=BIDSDIR, seeds="many")

@@ -229,18 +229,12 @@ def _choose_t1w(dwi: _File, anat: dict[str, list[_File]]) -> tuple[str | None, s
     return None, f"no T1w image for sub-{subject}" + (f" ses-{session}" if session else "")
 
 
-def discover_scans(
-    keys: Iterable[str],
-    prefix: str = "",
-    exclude_prefixes: Iterable[str] = (),
-) -> Discovery:
+def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
     """Group the keys of one dataset into scans.
 
-    ``prefix`` is the dataset root inside the bucket ("" or ending in "/");
-    ``exclude_prefixes`` are full key prefixes to skip (the output location when it lies
-    inside the dataset).
+    ``prefix`` is the dataset root inside the bucket ("" or ending in "/"). Only ``sub-*``
+    trees and dataset-level bval/bvec are read; everything else is ignored.
     """
-    exclude = tuple(p for p in exclude_prefixes if p)
     result = Discovery()
     dwis: list[_File] = []
     gradients: dict[str, list[_File]] = defaultdict(list)
@@ -250,7 +244,7 @@ def discover_scans(
 
     for key in keys:
         result.keys_listed += 1
-        if not key.startswith(prefix) or (exclude and key.startswith(exclude)):
+        if not key.startswith(prefix):
             continue
         rel = key[len(prefix) :]
         if rel == DESCRIPTION:

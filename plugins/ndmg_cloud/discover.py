@@ -18,9 +18,10 @@ class DatasetError(ValueError):
 
 def discover(config: RunConfig, s3_client: Any) -> Discovery:
     root = config.input_root
-    exclude = [config.output_root.prefix] if root.contains(config.output_root) else []
+    # An output folder inside the dataset is never a sub-* folder (params refuse that), so
+    # discovery, which reads only sub-* trees, never mistakes outputs for inputs.
     keys = (obj.key for obj in list_objects(s3_client, root.bucket, root.prefix))
-    found = discover_scans(keys, root.prefix, exclude_prefixes=exclude)
+    found = discover_scans(keys, root.prefix)
     for warning in found.warnings:
         log.warning(warning)
 

@@ -1,0 +1,110 @@
+"""The DAG imports cleanly, is wired as designed, and parsing it touches no AWS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["ndmg_participant"]
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "ndmg_participant" in dagbag.dags
+
+
+def test_tasks_and_wiring(dag):
+    assert {t.task_id for t in dag.tasks} == {"discover", "write_job_specs", "run_scan", "verify_and_report"}
+    assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
+    assert dag.get_task("run_scan").upstream_task_ids == {"write_job_specs"}
+    report = dag.get_task("verify_and_report")
+    assert report.upstream_task_ids == {"write_job_specs", "run_scan"}
+    assert report.trigger_rule == "all_done"  # runs even when some scans failed
+
+
+def test_run_scan_is_a_deferrable_mapped_batch_operator(dag):
+    from airflow.providers.amazon.aws.operators.batch import BatchOperator
+
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    run_scan = dag.get_task("run_scan")
+    assert run_scan.operator_class is ScanBatchOperator
+    assert issubclass(ScanBatchOperator, BatchOperator)
+    assert run_scan.partial_kwargs["deferrable"] is True
+    assert run_scan.partial_kwargs["map_index_template"] == "{{ task.scan_id }}"
+    link_names = {link.name for link in ScanBatchOperator.operator_extra_links}
+    assert {"Batch Job Details", "Batch Job Definition", "Batch Job Queue"} <= link_names
+
+
+def test_params_carry_the_design_contract(dag):
+    params = dag.params
+    expected = {
+        "bucket", "bidsdir", "modif", "output_uri", "jobdir", "dataset", "participant_label",
+        "session_label", "pipeline", "parcellation", "space", "voxelsize", "mod", "diffusion_model",
+        "seeds", "job_queue", "job_definition", "backend", "force", "dry_run",
+    }  # fmt: skip
+    assert expected <= set(params.keys())
+    assert params["modif"] == "derivatives/ndmg"
+    assert params["pipeline"] == "m2g"
+    assert params["job_queue"] == "ndmg-queue" and params["job_definition"] == "ndmg"
+    assert params.get_param("pipeline").schema["enum"] == ["m2g", "ndmg", "lite"]
+
+
+def test_params_outside_the_schema_are_refused(dag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    good = ParamsDict(dict(dag.params.items()) | {"bucket": "lab-data"})
+    good.validate()
+    for bad in ({"seeds": "many"}, {"pipeline": "fmriprep"}, {"participant_label": "01"}, {"dry_run": "yes"}):
+        params = ParamsDict({k: v for k, v in dag.params.items()})
+        with pytest.raises(Exception, match="|".join(bad)):
+            for key, value in {"bucket": "lab-data", **bad}.items():
+                params[key] = value
+            params.validate()
+
+
+PARSE_PROBE = """
+import json, runpy, sys
+import botocore.session, boto3
+made = []
+real = botocore.session.Session.create_client
+def spy(self, *a, **k):
+    made.append(a[0] if a else k.get("service_name"))
+    return real(self, *a, **k)
+botocore.session.Session.create_client = spy
+import socket
+calls = []
+real_connect = socket.socket.connect
+def connect(self, address):
+    calls.append(str(address))
+    return real_connect(self, address)
+socket.socket.connect = connect
+runpy.run_path(sys.argv[1])
+print(json.dumps({"clients": made, "connections": calls}))
+"""
+
+
+def test_parsing_creates_no_aws_client_and_opens_no_connection():
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_PROBE, str(ROOT / "dags" / "ndmg_participant.py")],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe == {"clients": [], "connections": []}

@@ -1,0 +1,73 @@
+"""The discover step: one paginated listing, bad datasets refused with a clear message."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from datasets import E2E_KEYS, put_dataset
+from ndmg_cloud.discover import DatasetError, discover
+from ndmg_cloud.params import ParamError, resolve
+from ndmg_cloud.s3 import S3AccessError
+from test_verify import count_calls
+
+BUCKET = "lab-data"
+
+
+def config(**params):
+    return resolve({"bucket": BUCKET, "bidsdir": "ds", **params}, "run1")
+
+
+def test_one_paginated_listing_for_the_whole_dataset(s3):
+    keys = list(E2E_KEYS) + [f"sub-{i:04d}/anat/sub-{i:04d}_T1w.nii.gz" for i in range(2400)]
+    put_dataset(s3, BUCKET, "ds/", keys)
+    calls = count_calls(s3)
+    found = discover(config(), s3)
+    assert found.keys_listed == len(keys)
+    assert calls["ListObjectsV2"] == math.ceil(len(keys) / 1000)
+    assert sum(calls.values()) == calls["ListObjectsV2"]  # no per-subject or per-file requests
+
+
+def test_missing_bucket(s3):
+    with pytest.raises(S3AccessError, match="bucket 'lab-data' does not exist"):
+        discover(config(), s3)
+
+
+def test_empty_prefix(s3):
+    put_dataset(s3, BUCKET, "other/")
+    with pytest.raises(DatasetError, match="nothing under s3://lab-data/ds/: check 'bucket'"):
+        discover(config(), s3)
+
+
+def test_no_dwi_at_all(s3):
+    put_dataset(s3, BUCKET, "ds/", ["dataset_description.json", "sub-01/anat/sub-01_T1w.nii.gz", "junk.txt"])
+    with pytest.raises(DatasetError, match=r"no DWI images under s3://lab-data/ds/ \(3 keys listed\)"):
+        discover(config(), s3)
+
+
+def test_no_description_is_only_a_warning(s3, caplog):
+    put_dataset(s3, BUCKET, "ds/", [k for k in E2E_KEYS if k != "dataset_description.json"])
+    with caplog.at_level(logging.WARNING):
+        found = discover(config(), s3)
+    assert found.valid
+    assert "no dataset_description.json under 'ds/'" in caplog.text
+
+
+def test_every_scan_invalid(s3):
+    put_dataset(s3, BUCKET, "ds/", ["dataset_description.json", "sub-01/dwi/sub-01_dwi.nii.gz"])
+    with pytest.raises(DatasetError, match="all 1 scans are invalid, nothing to run. sub-01: no .bval"):
+        discover(config(), s3)
+
+
+def test_filter_naming_an_absent_subject(s3):
+    put_dataset(s3, BUCKET, "ds/")
+    with pytest.raises(ParamError, match=r"participant_label \['07'\] not found .* present: 01, 02, 03, 04, 05"):
+        discover(config(participant_label=["07"]), s3)
+
+
+def test_filters_select_scans(s3):
+    put_dataset(s3, BUCKET, "ds/")
+    found = discover(config(participant_label=["03"], session_label=["1"]), s3)
+    assert sorted(s.scan_id for s in found.scans) == ["sub-03_ses-1_acq-AP", "sub-03_ses-1_acq-PA"]

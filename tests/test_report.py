@@ -1,0 +1,53 @@
+"""The run report follows the design contract: summary counts, one row per scan, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from ndmg_cloud.params import resolve
+from ndmg_cloud.report import CSV_COLUMNS, build_report, failing_scans, report_csv
+from ndmg_cloud.verify import ScanResult
+
+CONTRACT_ROW = {"scan_id", "subject", "session", "status", "job_id", "attempts", "started_at", "stopped_at",
+                "duration_s", "cost_usd", "outputs", "missing", "reason", "log_url"}  # fmt: skip
+CONTRACT_SUMMARY = {"discovered", "invalid", "skipped_done", "submitted", "succeeded", "failed",
+                    "missing_outputs", "cost_usd"}  # fmt: skip
+
+
+def sample_report():
+    config = resolve({"bucket": "lab-data", "bidsdir": "ds1"}, "run1")
+    rows = [
+        ScanResult("sub-01_ses-1", "01", "1", "succeeded", job_id="j1", attempts=1, duration_s=3600.0,
+                   cost_usd=0.126, outputs=["a.csv", "b.csv"]),
+        ScanResult("sub-02", "02", None, "failed", job_id="j2", attempts=2, cost_usd=0.01,
+                   reason="Essential container in task exited; exit code 1"),
+        ScanResult("sub-03_ses-1", "03", "1", "missing_outputs", job_id="j3", missing=["x.csv"]),
+        ScanResult("sub-04_ses-1", "04", "1", "invalid", reason="no .bvec file"),
+    ]  # fmt: skip
+    return build_report(config, rows, "2026-11-24T10:00:00+00:00", "2026-11-24T11:00:00+00:00", submitted=3)
+
+
+def test_report_json_shape():
+    report = sample_report()
+    assert {"dataset", "run_id", "params", "started_at", "finished_at", "summary", "scans"} <= set(report)
+    assert report["dataset"] == "ds1" and report["run_id"] == "run1"
+    assert CONTRACT_SUMMARY <= set(report["summary"])
+    assert report["summary"] == {
+        "discovered": 4, "invalid": 1, "skipped_done": 0, "submitted": 3, "succeeded": 1,
+        "failed": 1, "missing_outputs": 1, "dry_run": 0, "cost_usd": 0.136,
+    }  # fmt: skip
+    for row in report["scans"]:
+        assert set(row) == CONTRACT_ROW
+
+
+def test_failing_scans_are_failed_and_missing_outputs():
+    assert [r["scan_id"] for r in failing_scans(sample_report())] == ["sub-02", "sub-03_ses-1"]
+
+
+def test_csv_has_one_row_per_scan():
+    rows = list(csv.DictReader(io.StringIO(report_csv(sample_report()))))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "missing_outputs", "invalid"]
+    assert rows[0]["outputs"] == "a.csv;b.csv"
+    assert rows[1]["session"] == ""

@@ -1,0 +1,111 @@
+"""Verdicts: a scan succeeds only when its job did AND its manifest and graphs are there."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from datasets import E2E_KEYS
+from ndmg_cloud.bids import discover_scans
+from ndmg_cloud.params import resolve
+from ndmg_cloud.verify import describe_jobs, failure_reason, verify_scans
+
+BUCKET = "lab-data"
+
+
+def count_calls(client):
+    calls = Counter()
+    client.meta.events.register("before-call.*.*", lambda model, **_: calls.update([model.name]))
+    return calls
+
+
+@pytest.fixture
+def run(s3, batch_env):
+    s3.create_bucket(Bucket=BUCKET)
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds"}, "run1")
+    scans = discover_scans(["ds/" + k for k in E2E_KEYS], "ds/").scans
+    return config, scans
+
+
+def submit(batch, name):
+    return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+
+
+def put_outputs(s3, config, scan, manifest_status="success", size=10):
+    from ndmg_cloud.pipelines import get_pipeline
+
+    prefix = config.outputs.scan_prefix(scan)
+    for rel in get_pipeline(config.pipeline).expected_outputs(scan, config.options):
+        s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=b"1" * size)
+    s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps({"status": manifest_status}))
+
+
+def test_verdicts(s3, batch_env, run, batch_behaviour):
+    config, scans = run
+    by_id = {s.scan_id: s for s in scans}
+    batch_behaviour.fail["bad"] = "Essential container in task exited"
+    job_ids = {
+        "sub-01_ses-test": submit(batch_env, "good"),
+        "sub-01_ses-retest": submit(batch_env, "no-outputs"),
+        "sub-02": submit(batch_env, "bad"),
+        "sub-03_ses-1_acq-AP": submit(batch_env, "empty-graph"),
+        "sub-03_ses-1_acq-PA": submit(batch_env, "manifest-says-failed"),
+    }
+    put_outputs(s3, config, by_id["sub-01_ses-test"])
+    put_outputs(s3, config, by_id["sub-03_ses-1_acq-AP"], size=0)
+    put_outputs(s3, config, by_id["sub-03_ses-1_acq-PA"], manifest_status="failed")
+
+    rows = {r.scan_id: r for r in verify_scans(config, scans, job_ids, s3, batch_env)}
+
+    assert rows["sub-01_ses-test"].status == "succeeded"
+    assert len(rows["sub-01_ses-test"].outputs) == 2 and rows["sub-01_ses-test"].attempts == 1
+    assert rows["sub-01_ses-retest"].status == "missing_outputs"
+    assert "sub-01_ses-retest_manifest.json" in rows["sub-01_ses-retest"].missing
+    assert rows["sub-02"].status == "failed"
+    assert rows["sub-02"].reason.startswith("Essential container in task exited")
+    assert rows["sub-03_ses-1_acq-AP"].status == "missing_outputs"  # 0-byte graphs do not count
+    assert rows["sub-03_ses-1_acq-PA"].status == "missing_outputs"
+    assert "its status is 'failed'" in rows["sub-03_ses-1_acq-PA"].reason
+    assert rows["sub-04_ses-1"].status == "invalid"
+    assert rows["sub-05_ses-1"].status == "failed"
+    assert rows["sub-05_ses-1"].reason == "no Batch job was submitted for this scan"
+
+
+def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, batch_behaviour):
+    config, scans = run
+    ids = [submit(batch_env, f"j{i}") for i in range(230)]
+    for i in range(1500):  # more than one listing page of outputs
+        s3.put_object(Bucket=BUCKET, Key=f"ds/derivatives/ndmg/sub-99/x/{i}.csv", Body=b"1")
+    s3_calls, batch_calls = count_calls(s3), count_calls(batch_env)
+
+    described = describe_jobs(batch_env, ids)
+    assert len(described) == 230
+    assert batch_calls["DescribeJobs"] == 3
+
+    valid = [s for s in scans if s.valid]
+    job_ids = {s.scan_id: ids[i] for i, s in enumerate(valid)}
+    verify_scans(config, scans, job_ids, s3, batch_env)
+    assert s3_calls["ListObjectsV2"] == 2  # 1,500+ keys: two pages, not a request per file
+    assert s3_calls["GetObject"] == 0  # no manifest present: nothing to read
+    assert batch_calls["DescribeJobs"] == 4
+
+
+def test_dry_run_touches_no_aws(s3, run):
+    config, scans = run
+    config.dry_run = True
+    calls = count_calls(s3)
+    rows = verify_scans(config, scans, {}, s3, None)
+    assert {r.status for r in rows} == {"dry_run", "invalid"}
+    assert sum(calls.values()) == 0
+
+
+def test_failure_reason_reads_exit_code_and_container_reason():
+    job = {
+        "statusReason": "Essential container in task exited",
+        "attempts": [{"container": {"exitCode": 137, "reason": "OutOfMemoryError: Container killed due to memory usage"}}],
+    }
+    assert failure_reason(job) == (
+        "Essential container in task exited; exit code 137; OutOfMemoryError: Container killed due to memory usage"
+    )
