@@ -30,6 +30,19 @@ def report_of(s3, run):
     return read_json(s3, f"{OUT}reports/{run.run_id}/report.json")
 
 
+def report_uri_of(run):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(run_id=run.run_id, task_id="verify_and_report", key="return_value")
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
 def rows_by_scan(report):
     return {row["scan_id"]: row for row in report["scans"]}
 
@@ -84,6 +97,8 @@ def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, datase
     assert report["summary"]["invalid"] == 1
     # the input subjects are untouched
     assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
+    # the final task failed the run, yet it returned the report URI
+    assert report_uri_of(run) == f"s3://{BUCKET}/{OUT}reports/{run.run_id}/report.json"
 
 
 def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, dataset, batch_behaviour):

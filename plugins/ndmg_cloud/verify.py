@@ -149,6 +149,13 @@ def verify_scans(
         else:
             manifests_to_read.append((row, manifest))
 
+    _settle_by_manifest(manifests_to_read, s3_client, bucket)
+    return results
+
+
+def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, bucket: str) -> None:
+    """Scans whose outputs are all there succeed only if their manifest says success."""
+
     def read(item: tuple[ScanResult, str]) -> tuple[ScanResult, Any]:
         row, key = item
         try:
@@ -157,7 +164,7 @@ def verify_scans(
             return row, err
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for row, manifest in pool.map(read, manifests_to_read):
+        for row, manifest in pool.map(read, pending):
             if isinstance(manifest, dict) and manifest.get("status") == "success":
                 row.status = "succeeded"
                 continue
@@ -169,7 +176,6 @@ def verify_scans(
                 detail = "not a JSON object"
             row.status = "missing_outputs"
             row.reason = f"scan manifest does not say success ({detail})"
-    return results
 
 
 def _fill_job_fields(row: ScanResult, job: dict[str, Any], region: str) -> None:
