@@ -244,7 +244,7 @@ PIPELINES: dict[str, Pipeline] = {
         description="small DIPY connectome pipeline for demos and smoke tests (not ndmg)",
         options={
             "parcellation": Option(["grid3"], grid_names),
-            "diffusion_model": Option("tensor", one_of("tensor", "csa")),
+            "diffusion_model": Option("csa", one_of("csa", "tensor")),
             "seeds": Option(1, positive_int),
         },
     ),

@@ -1,0 +1,217 @@
+"""``lite``: a small, real connectome pipeline on DIPY + nibabel (no FSL, no registration).
+
+Not ndmg: for demos, tests and cheap smoke runs of an AWS setup. For one DWI series:
+brain mask (median Otsu) -> tensor or CSA model -> peaks -> deterministic tracking ->
+connectivity over a native-space grid parcellation of the brain mask (``gridN``: the
+mask's bounding box cut into N x N x N blocks) -> m2g-format edge lists at m2g layout
+paths, plus a QA heatmap:
+
+    <out>/sub-S/ses-T/connectomes_d/<parc>/<dwi stem>_<parc>_connectome.csv
+    <out>/sub-S/ses-T/qa_d/graphs_plotting/<dwi stem>_<parc>_connectome.png
+
+    ndmg-lite --participant_label S --session_label T [--parcellation grid3 ...]
+              [--diffusion_model tensor|csa] [--seeds 1] INPUT_DIR OUTPUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("ndmg-lite")
+FA_STOP = 0.15  # tracking stops where anisotropy drops below this (grey matter, CSF)
+FA_SEED = 0.25
+STEP_MM = 0.5
+MAX_ANGLE = 35.0
+
+
+class LiteError(RuntimeError):
+    """The input cannot be processed; the message says why."""
+
+
+def find_series(input_dir: Path, subject: str, session: str) -> tuple[Path, Path, Path]:
+    dwi_dir = input_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"
+    images = sorted(dwi_dir.glob("*_dwi.nii.gz")) + sorted(dwi_dir.glob("*_dwi.nii"))
+    if len(images) != 1:
+        raise LiteError(f"expected exactly one DWI image in {dwi_dir}, found {len(images)}")
+    image = images[0]
+    stem = image.name.removesuffix(".gz").removesuffix(".nii")
+    bval, bvec = dwi_dir / f"{stem}.bval", dwi_dir / f"{stem}.bvec"
+    for path in (bval, bvec):
+        if not path.exists():
+            raise LiteError(f"{path.name} is missing beside {image.name}")
+    return image, bval, bvec
+
+
+def grid_labels(mask: np.ndarray, n: int) -> np.ndarray:
+    """Label the mask's voxels 1..n**3 by which of n x n x n blocks of its bounding box they
+    fall in; 0 outside the mask."""
+    labels = np.zeros(mask.shape, np.int32)
+    idx = np.nonzero(mask)
+    if not idx[0].size:
+        return labels
+    block = []
+    for axis in range(3):
+        lo, hi = idx[axis].min(), idx[axis].max() + 1
+        block.append(np.minimum(((idx[axis] - lo) * n) // (hi - lo), n - 1))
+    labels[idx] = 1 + block[0] * n * n + block[1] * n + block[2]
+    return labels
+
+
+def edge_list(matrix: np.ndarray) -> list[tuple[int, int, int]]:
+    """Non-zero undirected edges ``(i, j, weight)``, i < j, nodes numbered from 0."""
+    edges = []
+    n = matrix.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if matrix[i, j]:
+                edges.append((i, j, int(matrix[i, j])))
+    return edges
+
+
+def track(dwi_path: Path, bval: Path, bvec: Path, model: str, seeds: int):
+    """Streamlines (in voxel coordinates), the brain mask and the image."""
+    import nibabel as nib
+    from dipy.core.gradients import gradient_table
+    from dipy.data import default_sphere
+    from dipy.direction import peaks_from_model
+    from dipy.io import read_bvals_bvecs
+    from dipy.reconst.dti import TensorModel, fractional_anisotropy
+    from dipy.reconst.shm import CsaOdfModel
+    from dipy.segment.mask import median_otsu
+    from dipy.tracking import utils
+    from dipy.tracking.local_tracking import LocalTracking
+    from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
+    from dipy.tracking.streamline import Streamlines
+
+    img = nib.load(dwi_path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    bvals, bvecs = read_bvals_bvecs(str(bval), str(bvec))
+    if data.ndim != 4 or data.shape[3] != len(bvals) or bvecs.shape[0] != len(bvals):
+        raise LiteError(
+            f"{dwi_path.name} has {data.shape[3] if data.ndim == 4 else 1} volumes but "
+            f"{len(bvals)} b-values and {bvecs.shape[0]} b-vectors"
+        )
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=50)
+    _, mask = median_otsu(data, vol_idx=np.nonzero(~gtab.b0s_mask)[0], median_radius=1, numpass=1)
+    fa = fractional_anisotropy(TensorModel(gtab).fit(data, mask=mask).evals)
+    fa[~mask] = 0
+    recon = TensorModel(gtab) if model == "tensor" else CsaOdfModel(gtab, sh_order_max=4)
+    peaks = peaks_from_model(
+        recon,
+        data,
+        default_sphere,
+        relative_peak_threshold=0.5,
+        min_separation_angle=25,
+        mask=mask,
+        npeaks=1 if model == "tensor" else 3,
+    )
+    identity = np.eye(4)  # track in voxel space: the grid parcellation is native
+    seed_points = utils.seeds_from_mask((fa > FA_SEED) & mask, identity, density=seeds)
+    streamlines = Streamlines(
+        LocalTracking(
+            peaks,
+            ThresholdStoppingCriterion(fa, FA_STOP),
+            seed_points,
+            identity,
+            step_size=STEP_MM / float(np.mean(img.header.get_zooms()[:3])),
+            max_cross=1,
+        )
+    )
+    return streamlines, mask, img
+
+
+def connectome(streamlines, labels: np.ndarray) -> np.ndarray:
+    from dipy.tracking.utils import connectivity_matrix
+
+    matrix = connectivity_matrix(streamlines, np.eye(4), labels, symmetric=True)
+    n = int(labels.max())
+    full = np.zeros((n + 1, n + 1), dtype=np.int64)
+    full[: matrix.shape[0], : matrix.shape[1]] = matrix
+    return full[1:, 1:]  # drop label 0 (outside the brain)
+
+
+def write_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    ax.imshow(np.log1p(matrix), cmap="viridis")
+    ax.set_title(title, fontsize=7)
+    ax.set_xlabel("region")
+    ax.set_ylabel("region")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(
+    input_dir: Path,
+    output_dir: Path,
+    subject: str,
+    session: str,
+    parcellations: list[str],
+    model: str = "csa",
+    seeds: int = 1,
+) -> list[Path]:
+    started = time.monotonic()
+    image, bval, bvec = find_series(input_dir, subject, session)
+    stem = image.name.removesuffix(".gz").removesuffix(".nii")
+    streamlines, mask, _ = track(image, bval, bvec, model, seeds)
+    log.info("%s: %d streamlines in %.1f s", stem, len(streamlines), time.monotonic() - started)
+    scan_out = output_dir / f"sub-{subject}" / f"ses-{session}"
+    written = []
+    for parc in parcellations:
+        m = re.fullmatch(r"grid(\d+)", parc)
+        if not m:
+            raise LiteError(f"parcellation {parc!r} is not gridN")
+        matrix = connectome(streamlines, grid_labels(mask, int(m.group(1))))
+        edges = edge_list(matrix)
+        csv_path = scan_out / "connectomes_d" / parc / f"{stem}_{parc}_connectome.csv"
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path.write_text("".join(f"{i} {j} {w}\n" for i, j, w in edges))
+        png = scan_out / "qa_d" / "graphs_plotting" / f"{stem}_{parc}_connectome.png"
+        write_heatmap(matrix, png, f"{stem} {parc}")
+        log.info("%s: %s, %d regions, %d edges", stem, parc, matrix.shape[0], len(edges))
+        written += [csv_path, png]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ndmg-lite", description="small DIPY connectome pipeline (not ndmg)")
+    parser.add_argument("--participant_label", required=True)
+    parser.add_argument("--session_label", required=True)
+    parser.add_argument("--parcellation", nargs="+", default=["grid3"])
+    parser.add_argument("--diffusion_model", choices=("csa", "tensor"), default="csa")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("input_dir", type=Path)
+    parser.add_argument("output_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s ndmg-lite %(message)s", stream=sys.stdout)
+    try:
+        run(
+            args.input_dir,
+            args.output_dir,
+            args.participant_label,
+            args.session_label,
+            args.parcellation,
+            args.diffusion_model,
+            args.seeds,
+        )
+    except LiteError as err:
+        print(f"ndmg-lite: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""A fault-injecting HTTP proxy in front of the local AWS endpoint (127.0.0.1 only).
+
+A process under test talks to the proxy; requests matching a rule get an injected error
+(e.g. S3 ``503 SlowDown``) instead of reaching moto, the rest pass through.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SLOW_DOWN = (
+    503,
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>",
+)
+
+
+@dataclass
+class Rule:
+    method: str
+    path_part: str
+    times: int  # how many matching requests fail; -1 = all
+    response: tuple[int, bytes] = SLOW_DOWN
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and self.path_part in path and (self.times < 0 or self.hits < self.times)
+
+
+@dataclass
+class FaultProxy:
+    upstream: str
+    rules: list[Rule] = field(default_factory=list)
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def upstream_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.upstream)
+        return parts.hostname, parts.port
+
+    def start(self) -> str:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _read_body(self):
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline().strip():  # trailers
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
+
+            def _handle(self):
+                body = self._read_body()
+                rule = next((r for r in proxy.rules if r.matches(self.command, self.path)), None)
+                if rule:
+                    rule.hits += 1
+                    status, payload = rule.response
+                    proxy.seen.append((self.command, self.path, status))
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length", "transfer-encoding", "expect")
+                }
+                # http.client, not urllib: urllib would add a form Content-Type to bodies
+                connection = http.client.HTTPConnection(*proxy.upstream_address, timeout=60)
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                status, data, out_headers = response.status, response.read(), response.headers
+                connection.close()
+                proxy.seen.append((self.command, self.path, status))
+                self.send_response(status)
+                for key, value in out_headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,237 @@
+"""The scan runner as a process, against the local S3, with the real lite pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ENDPOINT
+from datasets import listing
+from faults import FaultProxy, Rule
+from ndmg_cloud.discover import discover
+from ndmg_cloud.jobspec import build_spec
+from ndmg_cloud.params import resolve
+from ndmg_cloud.synthetic import make_dataset
+
+BUCKET = "lab-data"
+
+
+def upload_tree(s3, root: Path, prefix: str) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, prefix + path.relative_to(root).as_posix())
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """One session scan and one session-less scan; and the same with inherited gradients."""
+    plain = tmp_path_factory.mktemp("plain")
+    make_dataset(plain, subjects=1, sessions=1, sessionless=1)
+    inherited = tmp_path_factory.mktemp("inherited")
+    make_dataset(inherited, subjects=1, sessions=1, sessionless=0, inherit_gradients=True)
+    return {"plain": plain, "inherited": inherited}
+
+
+def write_specs(s3, dataset: Path, **params):
+    s3.create_bucket(Bucket=BUCKET)
+    upload_tree(s3, dataset, "ds/")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", **params}, "run1")
+    specs = {}
+    for scan in discover(config, s3).valid:
+        spec = build_spec(config, scan)
+        s3.put_object(Bucket=BUCKET, Key=spec["spec_uri"].split("/", 3)[3], Body=json.dumps(spec))
+        specs[scan.scan_id] = spec
+    return config, specs
+
+
+def run_runner(spec_uri: str, *extra: str, endpoint: str = ENDPOINT, wait: bool = True, env_extra=None):
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "NDMG_S3_MAX_ATTEMPTS": "3", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "ndmg_cloud.runner", "--spec", spec_uri, *extra]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def key_of(uri: str) -> str:
+    return uri.split("/", 3)[3]
+
+
+def read_json(s3, uri):
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key_of(uri))["Body"].read())
+
+
+def test_runner_produces_graphs_and_the_manifest_last(s3, phantoms):
+    config, specs = write_specs(s3, phantoms["plain"])
+    before = listing(s3, BUCKET, "ds/sub-")
+    spec = specs["sub-01_ses-1"]
+    recorder = FaultProxy(ENDPOINT)  # no faults: it only records the requests, in order
+    try:
+        done = run_runner(spec["spec_uri"], endpoint=recorder.start())
+    finally:
+        recorder.stop()
+
+    assert done.returncode == 0, done.stderr
+    out = key_of(spec["output_prefix"])
+    keys = set(listing(s3, BUCKET, out))
+    graph = out + "connectomes_d/grid3/sub-01_ses-1_dwi_grid3_connectome.csv"
+    assert graph in keys
+    assert out + "qa_d/graphs_plotting/sub-01_ses-1_dwi_grid3_connectome.png" in keys
+    edges = s3.get_object(Bucket=BUCKET, Key=graph)["Body"].read().decode().splitlines()
+    assert edges and all(len(line.split(" ")) == 3 for line in edges)
+
+    manifest = read_json(s3, spec["manifest"])
+    assert manifest["status"] == "success" and manifest["exit_code"] == 0
+    assert manifest["pipeline"]["name"] == "lite"
+    assert manifest["inputs"]["dwi"]["etag"] == s3.head_object(
+        Bucket=BUCKET, Key="ds/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz"
+    )["ETag"].strip('"')
+    by_path = {o["path"]: o for o in manifest["outputs"]}
+    body = s3.get_object(Bucket=BUCKET, Key=graph)["Body"].read()
+    rel = "connectomes_d/grid3/sub-01_ses-1_dwi_grid3_connectome.csv"
+    assert by_path[rel]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert by_path[rel]["size"] == len(body)
+    assert manifest["log_tail"]
+    # no scratch, no ACL grants beyond the owner, inputs untouched
+    assert not any("/tmp_d/" in k or "/tmp/" in k for k in keys)
+    grants = s3.get_object_acl(Bucket=BUCKET, Key=graph)["Grants"]
+    assert all("AllUsers" not in json.dumps(g) and "AuthenticatedUsers" not in json.dumps(g) for g in grants)
+    assert listing(s3, BUCKET, "ds/sub-") == before
+    # the manifest was the last object written, after every output
+    puts = [path for method, path, _ in recorder.seen if method == "PUT"]
+    assert puts[-1].startswith("/" + BUCKET + "/" + key_of(spec["manifest"]))
+    assert len(puts) == len(manifest["outputs"]) + 1
+
+
+def test_sessionless_scan_is_mapped_back(s3, phantoms):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-02"]
+    done = run_runner(spec["spec_uri"])
+    assert done.returncode == 0, done.stderr
+    keys = set(listing(s3, BUCKET, "ds/derivatives/ndmg/sub-02/"))
+    assert "ds/derivatives/ndmg/sub-02/connectomes_d/grid3/sub-02_dwi_grid3_connectome.csv" in keys
+    assert not any("ses-1" in k for k in keys)
+    assert read_json(s3, spec["manifest"])["status"] == "success"
+
+
+def test_inherited_gradients_are_placed_beside_the_image(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["inherited"])
+    spec = specs["sub-01_ses-1"]
+    assert spec["scan"]["inputs"]["bval"] == "dwi.bval"
+    done = run_runner(spec["spec_uri"], "--workdir", str(tmp_path), "--keep-workdir")
+    assert done.returncode == 0, done.stderr
+    series = tmp_path / "input" / "sub-01" / "ses-1" / "dwi"
+    assert sorted(p.name for p in series.iterdir()) == [
+        "sub-01_ses-1_dwi.bval",
+        "sub-01_ses-1_dwi.bvec",
+        "sub-01_ses-1_dwi.nii.gz",
+    ]  # one series, gradients beside it, no sidecar JSON
+    assert (tmp_path / "input" / "dataset_description.json").exists()
+
+
+def test_transient_s3_errors_are_retried(s3, phantoms):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-01_ses-1"]
+    proxy = FaultProxy(ENDPOINT, [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)])
+    url = proxy.start()
+    try:
+        done = run_runner(spec["spec_uri"], endpoint=url)
+    finally:
+        proxy.stop()
+    assert done.returncode == 0, done.stderr
+    assert [s for _, p, s in proxy.seen if "sub-01_ses-1_dwi.nii.gz" in p][:3] == [503, 503, 200]
+    assert read_json(s3, spec["manifest"])["status"] == "success"
+
+
+def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-01_ses-1"]
+    proxy = FaultProxy(ENDPOINT, [Rule("GET", "_T1w.nii.gz", times=-1)])
+    url = proxy.start()
+    try:
+        done = run_runner(spec["spec_uri"], endpoint=url)
+    finally:
+        proxy.stop()
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("ndmg-scan: sub-01_ses-1 failed: could not download s3://lab-data/ds/sub-01/ses-1/anat/")
+    assert "SlowDown" in lines[-1]
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
+
+
+def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms):
+    from ndmg_cloud.verify import verify_scans
+    from ndmg_cloud.bids import Scan
+
+    config, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-01_ses-1"]
+    # an earlier success: this rerun must not be able to lean on it
+    assert run_runner(spec["spec_uri"]).returncode == 0
+    proxy = FaultProxy(ENDPOINT, [Rule("PUT", "_manifest.json", times=-1)])
+    url = proxy.start()
+    try:
+        done = run_runner(spec["spec_uri"], endpoint=url)
+    finally:
+        proxy.stop()
+    assert done.returncode != 0
+    keys = set(listing(s3, BUCKET, key_of(spec["output_prefix"])))
+    assert key_of(spec["output_prefix"]) + "connectomes_d/grid3/sub-01_ses-1_dwi_grid3_connectome.csv" in keys
+    assert key_of(spec["manifest"]) not in keys  # the old manifest was removed first
+
+    scan = Scan.from_dict({k: v for k, v in spec["scan"].items() if k != "inputs"})
+    (row,) = verify_scans(config, [scan], {}, s3, None)
+    assert row.status != "succeeded"
+
+
+def test_sigterm_stops_the_pipeline_and_writes_no_manifest(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    marker = tmp_path / "pipeline-pid"
+    spec["pipeline"] = {
+        **spec["pipeline"],
+        "command": [sys.executable, "-c", f"import os,time; open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(120)"],
+    }
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    proc = run_runner(str(local_spec), wait=False)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the pipeline never started"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 143
+    assert "terminated by SIGTERM" in err.strip().splitlines()[-1]
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the pipeline process is gone too
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
+
+
+def test_gradient_counts_that_disagree_with_the_image_fail_before_the_pipeline(s3, phantoms):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-01_ses-1"]
+    s3.put_object(Bucket=BUCKET, Key="ds/sub-01/ses-1/dwi/sub-01_ses-1_dwi.bval", Body=b"0 1000 1000\n")
+    done = run_runner(spec["spec_uri"])
+    assert done.returncode == 2
+    assert "has 33 volumes but its bval has 3 values" in done.stderr
+    assert "running:" not in done.stdout
+
+
+def test_unreadable_image_is_a_clear_failure(s3, phantoms):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = specs["sub-01_ses-1"]
+    s3.put_object(Bucket=BUCKET, Key="ds/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz", Body=b"")
+    done = run_runner(spec["spec_uri"])
+    assert done.returncode == 2
+    assert "sub-01_ses-1_dwi.nii.gz is not a readable NIfTI image" in done.stderr
