@@ -1,6 +1,7 @@
 """ndmg_participant: the ndmg / m2g connectome pipeline over a whole BIDS dataset on S3.
 
-discover -> write_job_specs -> run_scan (one AWS Batch job per scan) -> verify_and_report.
+discover -> write_job_specs -> run_scan (one AWS Batch job per scan; or run_scan_local,
+one runner subprocess per scan, with backend=local) -> verify_and_report.
 Wiring only: each task's logic is in plugins/ndmg_cloud (see steps.py).
 """
 
@@ -12,6 +13,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from ndmg_cloud import steps
+from ndmg_cloud.local import LOCAL_POOL
 from ndmg_cloud.operators import ScanBatchOperator
 from ndmg_cloud.params import PARAM_SCHEMAS
 
@@ -29,15 +31,23 @@ from ndmg_cloud.params import PARAM_SCHEMAS
 def ndmg_participant():
     discovery = task(steps.discover_step, task_id="discover")()
     job_kwargs = task(steps.write_job_specs_step, task_id="write_job_specs")(discovery)
-    jobs = ScanBatchOperator.partial(
+    backend = task.branch(steps.choose_backend_step, task_id="choose_backend")(discovery)
+    batch_jobs = ScanBatchOperator.partial(
         task_id="run_scan",
         aws_conn_id=steps.AWS_CONN_ID,
         deferrable=True,
         poll_interval=int(os.environ.get("NDMG_BATCH_POLL_SECONDS", "30")),
         map_index_template="{{ task.scan_id }}",
     ).expand_kwargs(job_kwargs)
+    local_jobs = task(
+        steps.run_scan_local_step,
+        task_id="run_scan_local",
+        pool=LOCAL_POOL,
+        map_index_template="{{ task.op_kwargs['scan_id'] }}",
+    ).expand_kwargs(job_kwargs)
     report = task(steps.verify_and_report_step, task_id="verify_and_report", trigger_rule="all_done")()
-    [job_kwargs, jobs] >> report
+    job_kwargs >> backend >> [batch_jobs, local_jobs]
+    [job_kwargs, batch_jobs, local_jobs] >> report
 
 
 ndmg_participant()

@@ -30,11 +30,16 @@ def test_no_import_errors(dagbag):
 
 
 def test_tasks_and_wiring(dag):
-    assert {t.task_id for t in dag.tasks} == {"discover", "write_job_specs", "run_scan", "verify_and_report"}
+    assert {t.task_id for t in dag.tasks} == {
+        "discover", "write_job_specs", "choose_backend", "run_scan", "run_scan_local", "verify_and_report",
+    }  # fmt: skip
     assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
-    assert dag.get_task("run_scan").upstream_task_ids == {"write_job_specs"}
+    assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "write_job_specs"}
+    for mapped in ("run_scan", "run_scan_local"):
+        assert dag.get_task(mapped).upstream_task_ids == {"write_job_specs", "choose_backend"}
+    assert dag.get_task("run_scan_local").pool == "ndmg_local"
     report = dag.get_task("verify_and_report")
-    assert report.upstream_task_ids == {"write_job_specs", "run_scan"}
+    assert report.upstream_task_ids == {"write_job_specs", "run_scan", "run_scan_local"}
     assert report.trigger_rule == "all_done"  # runs even when some scans failed
 
 

@@ -186,7 +186,7 @@ def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms
     assert key_of(spec["manifest"]) not in keys  # the old manifest was removed first
 
     scan = Scan.from_dict({k: v for k, v in spec["scan"].items() if k != "inputs"})
-    (row,) = verify_scans(config, [scan], {}, s3, None)
+    (row,) = verify_scans(config, [scan], {}, s3)
     assert row.status != "succeeded"
 
 

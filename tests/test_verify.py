@@ -10,7 +10,8 @@ import pytest
 from datasets import E2E_KEYS
 from ndmg_cloud.bids import discover_scans
 from ndmg_cloud.params import resolve
-from ndmg_cloud.verify import describe_jobs, failure_reason, verify_scans
+from ndmg_cloud.jobs import batch_records, describe_jobs, failure_reason
+from ndmg_cloud.verify import verify_scans
 
 BUCKET = "lab-data"
 
@@ -57,7 +58,7 @@ def test_verdicts(s3, batch_env, run, batch_behaviour):
     put_outputs(s3, config, by_id["sub-03_ses-1_acq-AP"], size=0)
     put_outputs(s3, config, by_id["sub-03_ses-1_acq-PA"], manifest_status="failed")
 
-    rows = {r.scan_id: r for r in verify_scans(config, scans, job_ids, s3, batch_env)}
+    rows = {r.scan_id: r for r in verify_scans(config, scans, batch_records(batch_env, job_ids), s3)}
 
     assert rows["sub-01_ses-test"].status == "succeeded"
     assert len(rows["sub-01_ses-test"].outputs) == 2 and rows["sub-01_ses-test"].attempts == 1
@@ -70,7 +71,7 @@ def test_verdicts(s3, batch_env, run, batch_behaviour):
     assert "its status is 'failed'" in rows["sub-03_ses-1_acq-PA"].reason
     assert rows["sub-04_ses-1"].status == "invalid"
     assert rows["sub-05_ses-1"].status == "failed"
-    assert rows["sub-05_ses-1"].reason == "no Batch job was submitted for this scan"
+    assert rows["sub-05_ses-1"].reason == "no job was submitted for this scan"
 
 
 def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, batch_behaviour):
@@ -86,7 +87,7 @@ def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, bat
 
     valid = [s for s in scans if s.valid]
     job_ids = {s.scan_id: ids[i] for i, s in enumerate(valid)}
-    verify_scans(config, scans, job_ids, s3, batch_env)
+    verify_scans(config, scans, batch_records(batch_env, job_ids), s3)
     assert s3_calls["ListObjectsV2"] == 2  # 1,500+ keys: two pages, not a request per file
     assert s3_calls["GetObject"] == 0  # no manifest present: nothing to read
     assert batch_calls["DescribeJobs"] == 4
@@ -96,7 +97,7 @@ def test_dry_run_touches_no_aws(s3, run):
     config, scans = run
     config.dry_run = True
     calls = count_calls(s3)
-    rows = verify_scans(config, scans, {}, s3, None)
+    rows = verify_scans(config, scans, {}, s3)
     assert {r.status for r in rows} == {"dry_run", "invalid"}
     assert sum(calls.values()) == 0
 

@@ -5,12 +5,15 @@ exact SubmitJob payload (valid for ``aws batch submit-job --cli-input-json``).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
+from ndmg_cloud.s3 import put_json
 
 SPEC_VERSION = 1
 JOB_NAME_MAX = 128
@@ -54,7 +57,7 @@ def _tag(value: str) -> str:
 
 
 def spec_uri(config: RunConfig, scan: Scan) -> str:
-    return f"{config.jobdir}{scan.scan_id}.json"
+    return f"{config.jobdir}{scan.scan_id}.json"  # jobdir ends in "/"
 
 
 def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
@@ -111,6 +114,17 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
         },
         "batch": batch,
     }
+
+
+def write_spec(s3_client: Any, spec: dict[str, Any]) -> None:
+    """Put a spec at its URI: S3, or a local folder (``local`` backend only)."""
+    uri = spec["spec_uri"]
+    if uri.startswith("s3://"):
+        put_json(s3_client, uri, spec)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=2, sort_keys=True))
 
 
 def check_no_shared_outputs(specs: list[dict[str, Any]]) -> None:

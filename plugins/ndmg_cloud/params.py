@@ -14,7 +14,7 @@ from ndmg_cloud.layout import OutputLayout, S3Location, as_prefix
 from ndmg_cloud.pipelines import OPTION_NAMES, PIPELINES, get_pipeline
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
-BACKENDS = ("aws_batch",)
+BACKENDS = ("aws_batch", "local")
 
 
 class ParamError(ValueError):
@@ -68,7 +68,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
     "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
-    "backend": _schema("aws_batch", "string", "Backend", "Where scans run.", enum=list(BACKENDS)),
+    "backend": _schema("aws_batch", "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
     "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
 }
@@ -152,13 +152,15 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     dataset = (params.get("dataset") or "").strip() or (
         bidsdir.rstrip("/").rsplit("/", 1)[-1] if bidsdir else bucket
     )
+    backend = params.get("backend") or "aws_batch"
     jobdir = (params.get("jobdir") or "").strip() or OutputLayout(output_root).default_jobdir(run_id)
-    if not jobdir.startswith("s3://"):
+    if jobdir.startswith("s3://"):
+        S3Location.parse(jobdir)
+    elif backend == "aws_batch":
         raise ParamError(
             f"jobdir {jobdir!r} is a local path, which Batch jobs cannot read; "
             "give an s3:// URI or leave it empty for <output>/jobs/<run id>/"
         )
-    S3Location.parse(jobdir)
     try:
         participants = normalise_labels(params.get("participant_label") or [], "sub")
         sessions = normalise_labels(params.get("session_label") or [], "ses")
@@ -178,7 +180,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         job_queue=params.get("job_queue") or "ndmg-queue",
         job_definition=params.get("job_definition") or "ndmg",
         job_timeout_minutes=int(params.get("job_timeout_minutes") or 360),
-        backend=params.get("backend") or "aws_batch",
+        backend=backend,
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         params=dict(params),

@@ -11,11 +11,14 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.bids import Scan
+from ndmg_cloud.jobs import SUCCEEDED, batch_records, local_records
+from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
+from ndmg_cloud.operators import JOB_XCOM_KEY
 from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs
+from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_spec
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.report import build_report, failing_scans, write_report
 from ndmg_cloud.s3 import put_json
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
 # Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
+BACKEND_TASKS = {"aws_batch": "run_scan", "local": "run_scan_local"}
 
 
 def s3_client() -> Any:
@@ -64,16 +68,33 @@ def write_job_specs_step(discovery: dict[str, Any]) -> list[dict[str, Any]]:
     check_no_shared_outputs(specs)
     client = s3_client()
     for spec in specs:
-        put_json(client, spec["spec_uri"], spec)
+        write_spec(client, spec)
     log.info("wrote %d job specs under %s", len(specs), config.jobdir)
     if config.dry_run:
         log.info("dry run: nothing is submitted")
         return []
     _mark_derivatives(client, config)
-    return [
-        {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"], "batch": spec["batch"]}
-        for spec in specs
-    ]
+    runs = []
+    for spec in specs:
+        kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
+        if config.backend == "aws_batch":
+            kwargs["batch"] = spec["batch"]
+        runs.append(kwargs)
+    return runs
+
+
+def choose_backend_step(discovery: dict[str, Any]) -> str:
+    """Follow the mapped task of the run's backend; the other one is skipped whole."""
+    return BACKEND_TASKS[discovery["config"]["backend"]]
+
+
+def run_scan_local_step(scan_id: str, job_spec_uri: str, ti: Any) -> str:
+    """The ``local`` backend: the scan runner in a subprocess on this worker."""
+    record = run_local(scan_id, job_spec_uri)
+    ti.xcom_push(key=LOCAL_JOB_XCOM_KEY, value={"scan_id": scan_id, "record": record.to_dict()})
+    if record.status != SUCCEEDED:
+        raise AirflowException(f"scan {scan_id}: {record.reason}")
+    return record.job_id
 
 
 def _mark_derivatives(client: Any, config: RunConfig) -> None:
@@ -91,6 +112,12 @@ def _mark_derivatives(client: Any, config: RunConfig) -> None:
     )
 
 
+def _pulled(ti: Any, task_id: str, key: str) -> list[dict[str, Any]]:
+    """XComs of every map index of a mapped task (a single one comes back bare)."""
+    values = ti.xcom_pull(task_ids=task_id, key=key) or []
+    return [values] if isinstance(values, dict) else [v for v in values if v]
+
+
 def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
     """Verify every scan, write the report, return its URI; then fail if any scan failed."""
     discovery = ti.xcom_pull(task_ids="discover")
@@ -99,19 +126,20 @@ def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    submitted = ti.xcom_pull(task_ids="run_scan", key="batch_job") or []
-    if isinstance(submitted, dict):
-        submitted = [submitted]
-    job_ids = {item["scan_id"]: item["job_id"] for item in submitted if item}
+    if config.backend == "local":
+        jobs = local_records(_pulled(ti, "run_scan_local", LOCAL_JOB_XCOM_KEY))
+    else:
+        job_ids = {item["scan_id"]: item["job_id"] for item in _pulled(ti, "run_scan", JOB_XCOM_KEY)}
+        jobs = batch_records(batch_client(), job_ids) if job_ids else {}
 
     s3 = s3_client()
-    rows = verify_scans(config, scans, job_ids, s3, None if config.dry_run else batch_client())
+    rows = verify_scans(config, scans, jobs, s3)
     report = build_report(
         config,
         rows,
         started_at=discovery["started_at"],
         finished_at=datetime.now(timezone.utc).isoformat(),
-        submitted=len(job_ids),
+        submitted=len(jobs),
         warnings=discovery.get("warnings", []),
     )
     uri = write_report(s3, config, report)

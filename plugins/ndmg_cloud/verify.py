@@ -17,13 +17,12 @@ from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.bids import Scan
-from ndmg_cloud.cost import job_cost_usd
+from ndmg_cloud.jobs import SUCCEEDED, JobRecord
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.s3 import S3Object, get_json, list_objects
 
 log = logging.getLogger(__name__)
-DESCRIBE_BATCH = 100
 STATUSES = ("succeeded", "failed", "invalid", "skipped_done", "missing_outputs", "dry_run")
 
 
@@ -50,62 +49,18 @@ class ScanResult:
         return asdict(self)
 
 
-def describe_jobs(batch_client: Any, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """DescribeJobs for many ids, 100 a call (the API's limit)."""
-    jobs: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(job_ids), DESCRIBE_BATCH):
-        chunk = job_ids[start : start + DESCRIBE_BATCH]
-        for job in batch_client.describe_jobs(jobs=chunk).get("jobs", []):
-            jobs[job["jobId"]] = job
-    return jobs
-
-
-def _iso(ms: int | None) -> str | None:
-    if not ms:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-
-
-def log_url(region: str, stream: str | None, group: str = "/aws/batch/job") -> str | None:
-    if not stream:
-        return None
-    # The console wants the group and stream URL-encoded twice, with % written as $25.
-    enc = lambda s: quote(quote(s, safe=""), safe="").replace("%", "$")  # noqa: E731
-    return (
-        f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
-        f"#logsV2:log-groups/log-group/{enc(group)}/log-events/{enc(stream)}"
-    )
-
-
-def failure_reason(job: dict[str, Any]) -> str:
-    """One readable line from a failed job's description."""
-    container = job.get("container") or {}
-    attempts = job.get("attempts") or []
-    last = (attempts[-1].get("container") if attempts else None) or {}
-    parts = [job.get("statusReason") or "job failed"]
-    exit_code = last.get("exitCode", container.get("exitCode"))
-    if exit_code is not None:
-        parts.append(f"exit code {exit_code}")
-    reason = last.get("reason") or container.get("reason")
-    if reason:
-        parts.append(reason)
-    return "; ".join(parts)
-
-
 def verify_scans(
     config: RunConfig,
     scans: list[Scan],
-    job_ids: dict[str, str],
+    jobs: dict[str, JobRecord],
     s3_client: Any,
-    batch_client: Any | None,
 ) -> list[ScanResult]:
-    """Per-scan verdicts for every discovered scan (valid or not)."""
+    """Per-scan verdicts for every discovered scan (valid or not); ``jobs`` maps scan ids
+    to what their job did (see ``ndmg_cloud.jobs``)."""
     pipeline = get_pipeline(config.pipeline)
     outputs = config.outputs
     bucket = outputs.root.bucket
     listing = Listing(() if config.dry_run else list_objects(s3_client, bucket, outputs.root.prefix))
-    jobs = describe_jobs(batch_client, sorted(set(job_ids.values()))) if job_ids and batch_client else {}
-    region = batch_client.meta.region_name if batch_client is not None else "us-east-1"
 
     results: list[ScanResult] = []
     manifests_to_read: list[tuple[ScanResult, str]] = []
@@ -118,22 +73,16 @@ def verify_scans(
         if config.dry_run:
             row.status, row.reason = "dry_run", "dry run: job spec written, nothing submitted"
             continue
-        row.job_id = job_ids.get(scan.scan_id)
-        job = jobs.get(row.job_id) if row.job_id else None
+        job = jobs.get(scan.scan_id)
         if job is None:
-            row.status = "failed"
-            row.reason = (
-                f"Batch job {row.job_id} not found" if row.job_id else "no Batch job was submitted for this scan"
-            )
+            row.status, row.reason = "failed", "no job was submitted for this scan"
             continue
-        _fill_job_fields(row, job, region)
-        if job.get("status") != "SUCCEEDED":
+        row.job_id, row.attempts, row.log_url = job.job_id, job.attempts, job.log_url
+        row.started_at, row.stopped_at, row.duration_s = job.started_at, job.stopped_at, job.duration_s
+        row.cost_usd = job.cost_usd
+        if job.status != SUCCEEDED:
             row.status = "failed"
-            row.reason = (
-                failure_reason(job)
-                if job.get("status") == "FAILED"
-                else f"job still {job.get('status')} when the run ended"
-            )
+            row.reason = job.reason or f"job still {job.status} when the run ended"
             continue
         prefix = outputs.scan_prefix(scan)
         expected = pipeline.expected_outputs(scan, config.options)
@@ -176,31 +125,6 @@ def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, b
                 detail = "not a JSON object"
             row.status = "missing_outputs"
             row.reason = f"scan manifest does not say success ({detail})"
-
-
-def _fill_job_fields(row: ScanResult, job: dict[str, Any], region: str) -> None:
-    attempts = job.get("attempts") or []
-    row.attempts = len(attempts)
-    row.started_at = _iso(job.get("startedAt"))
-    row.stopped_at = _iso(job.get("stoppedAt"))
-    if job.get("startedAt") and job.get("stoppedAt"):
-        row.duration_s = round((job["stoppedAt"] - job["startedAt"]) / 1000, 3)
-    vcpus = _vcpus(job)
-    row.cost_usd = round(
-        sum(job_cost_usd(a.get("startedAt"), a.get("stoppedAt"), vcpus) for a in attempts), 6
-    )
-    stream = (job.get("container") or {}).get("logStreamName")
-    if attempts and not stream:
-        stream = (attempts[-1].get("container") or {}).get("logStreamName")
-    row.log_url = log_url(region, stream)
-
-
-def _vcpus(job: dict[str, Any]) -> int:
-    container = job.get("container") or {}
-    for req in container.get("resourceRequirements") or ():
-        if req.get("type") == "VCPU":
-            return int(float(req["value"]))
-    return int(container.get("vcpus") or 2)
 
 
 class Listing:
