@@ -1,11 +1,13 @@
-# make test  - create .venv (first time) and run the whole test suite
+# make demo    - the whole DAG on the embedded default (local AWS endpoint, lite pipeline)
+# make test    - create .venv (first time) and run the whole test suite
+# make airflow - airflow standalone on the embedded stack, to trigger the DAG from the UI
 # make bench - print the discovery / DAG parse benchmark figures
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench lock clean
+.PHONY: demo test airflow bench lint lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +15,12 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ndmg-demo
+
+airflow: $(STAMP)
+	$(VENV)/bin/ndmg-demo --standalone
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

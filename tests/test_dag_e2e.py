@@ -207,3 +207,30 @@ def test_params_outside_the_schema_are_refused_at_trigger(dataset):
 
     with pytest.raises(ParamValidationError, match="seeds"):
         run_dag(bucket=BUCKET, bidsdir=BIDSDIR, seeds="many")
+
+
+def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_path):
+    from ndmg_cloud.synthetic import make_dataset
+
+    scans = make_dataset(tmp_path / "ds", subjects=1, sessions=2, sessionless=1)
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted((tmp_path / "ds").rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    before = listing(s3, BUCKET, "phantoms/sub-")
+
+    run = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
+
+    assert run.state == "success"
+    report = read_json(s3, f"phantoms/derivatives/ndmg/reports/{run.run_id}/report.json")
+    rows = rows_by_scan(report)
+    assert sorted(rows) == sorted(scans)
+    for row in rows.values():
+        assert row["status"] == "succeeded", row
+        assert row["duration_s"] > 0 and row["attempts"] == 1
+    assert rows["sub-02"]["outputs"] == ["connectomes_d/grid3/sub-02_dwi_grid3_connectome.csv"]
+    edges = s3.get_object(
+        Bucket=BUCKET, Key="phantoms/derivatives/ndmg/sub-01/ses-2/connectomes_d/grid3/sub-01_ses-2_dwi_grid3_connectome.csv"
+    )["Body"].read()
+    assert len(edges.splitlines()) > 3
+    assert listing(s3, BUCKET, "phantoms/sub-") == before

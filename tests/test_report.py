@@ -51,3 +51,35 @@ def test_csv_has_one_row_per_scan():
     assert [r["status"] for r in rows] == ["succeeded", "failed", "missing_outputs", "invalid"]
     assert rows[0]["outputs"] == "a.csv;b.csv"
     assert rows[1]["session"] == ""
+
+
+def test_html_is_self_contained_and_shows_every_scan():
+    from html.parser import HTMLParser
+
+    from ndmg_cloud.report import report_html
+
+    report = sample_report()
+    report["scans"][0].update(started_at="2026-11-24T10:00:00+00:00", stopped_at="2026-11-24T11:00:00+00:00")
+    report["scans"][1].update(started_at="2026-11-24T10:10:00+00:00", stopped_at="2026-11-24T10:20:00+00:00",
+                              log_url="https://us-east-1.console.aws.amazon.com/cloudwatch/home#x")
+    report["scans"][1]["reason"] = "<script>alert(1)</script>"
+    page = report_html(report)
+
+    class Links(HTMLParser):
+        external = []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag in ("script", "link", "img") or (tag != "a" and attrs.get("src")):
+                self.external.append((tag, attrs))
+
+    parser = Links()
+    parser.feed(page)
+    assert parser.external == []  # no scripts, stylesheets or images to fetch: opens offline
+    for scan_id in ("sub-01_ses-1", "sub-02", "sub-03_ses-1", "sub-04_ses-1"):
+        assert scan_id in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # reasons are escaped
+    assert page.count("<rect ") == 2  # two jobs with times on the timeline
+    assert "wall time 3600.0 s" in page
+    assert 'href="https://us-east-1.console.aws.amazon.com/cloudwatch/home#x"' in page
+    assert "$0.14" in page

@@ -5,6 +5,7 @@ one ``RunConfig`` with every location worked out and every bad value refused up 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -68,7 +69,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
     "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
-    "backend": _schema("aws_batch", "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
+    "backend": _schema(os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"), "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
     "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
 }

@@ -1,10 +1,12 @@
-"""The run report: ``report.json`` and ``report.csv`` under ``<output>/reports/<run id>/``."""
+"""The run report: ``report.json``, ``report.csv`` and a self-contained ``report.html``
+under ``<output>/reports/<run id>/``."""
 
 from __future__ import annotations
 
 import csv
 import io
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from ndmg_cloud.params import RunConfig
@@ -28,6 +30,15 @@ CSV_COLUMNS = (
     "log_url",
 )
 FAILING_STATUSES = ("failed", "missing_outputs")
+STATUS_COLOURS = {
+    "succeeded": "#b7e4c7",
+    "failed": "#f4a6a6",
+    "missing_outputs": "#f9d28b",
+    "invalid": "#d9d9d9",
+    "skipped_done": "#cfe3f7",
+    "dry_run": "#e8ddf5",
+}
+TIMELINE_WIDTH, TIMELINE_LEFT, ROW_HEIGHT = 900, 220, 18
 
 
 def build_report(
@@ -79,11 +90,60 @@ def report_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _seconds(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def _timeline(report: dict[str, Any]) -> dict[str, Any]:
+    """Bars of each job's start..stop, relative to the earliest start."""
+    spans = [
+        (r, _seconds(r["started_at"]), _seconds(r["stopped_at"]))
+        for r in report["scans"]
+        if r["started_at"] and r["stopped_at"]
+    ]
+    if not spans:
+        return {"rows": []}
+    t0 = min(start for _, start, _ in spans)
+    span = max(max(stop for _, _, stop in spans) - t0, 1e-3)
+    scale = (TIMELINE_WIDTH - TIMELINE_LEFT - 10) / span
+    rows = [
+        {
+            "scan_id": r["scan_id"],
+            "status": r["status"],
+            "duration": f"{stop - start:.1f} s",
+            "x": round(TIMELINE_LEFT + (start - t0) * scale, 1),
+            "y": i * ROW_HEIGHT,
+            "w": max(round((stop - start) * scale, 1), 1.0),
+        }
+        for i, (r, start, stop) in enumerate(spans)
+    ]
+    return {
+        "rows": rows,
+        "width": TIMELINE_WIDTH,
+        "left": TIMELINE_LEFT,
+        "height": len(rows) * ROW_HEIGHT + 16,
+        "span": f"{span:.1f} s",
+    }
+
+
+def report_html(report: dict[str, Any]) -> str:
+    """The report as one HTML page with no external resources (opens offline)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("ndmg_cloud", "templates"), autoescape=select_autoescape(["j2"]))
+    started, finished = _seconds(report["started_at"]), _seconds(report["finished_at"])
+    wall = f"{finished - started:.1f} s" if started and finished else "unknown"
+    return env.get_template("report.html.j2").render(
+        report=report, colours=STATUS_COLOURS, timeline=_timeline(report), wall_time=wall
+    )
+
+
 def write_report(s3_client: Any, config: RunConfig, report: dict[str, Any]) -> str:
-    """Write report.json and report.csv; return the report.json URI."""
+    """Write report.csv, report.html and report.json; return the report.json URI."""
     bucket = config.output_root.bucket
     prefix = config.outputs.report_prefix(config.run_id)
     put_bytes(s3_client, bucket, prefix + "report.csv", report_csv(report).encode(), "text/csv")
+    put_bytes(s3_client, bucket, prefix + "report.html", report_html(report).encode(), "text/html; charset=utf-8")
     uri = f"s3://{bucket}/{prefix}report.json"
     put_json(s3_client, uri, report)
     return uri

@@ -1,0 +1,198 @@
+"""The embedded default: the whole DAG with no AWS account and no Docker.
+
+``ndmg-demo`` (``make demo``): start a local AWS endpoint (moto server on a free loopback
+port), generate a synthetic BIDS dataset of DWI phantoms (4 subjects x 2 sessions + 1
+session-less subject), upload it, run ``ndmg_participant`` with ``backend=local`` and
+``pipeline=lite``, print a per-scan table, copy report.html/json to ``demo-output/`` and
+stop the endpoint.
+
+``ndmg-demo --standalone`` (``make airflow``): the same endpoint and dataset, then
+``airflow standalone`` so the DAG can be triggered from the UI form; Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "ndmg-demo"
+BIDSDIR = "synthetic"
+REGION = "us-east-1"
+RUN_CONF = {"bucket": BUCKET, "bidsdir": BIDSDIR, "backend": "local", "pipeline": "lite"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configure_environment(home: Path, endpoint: str) -> None:
+    """Airflow on SQLite in ``home`` and every AWS client pointed at the local endpoint."""
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("NDMG_DEMO_LOG_LEVEL", "WARNING"),
+            # Fake credentials that only the local endpoint accepts.
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {"conn_type": "aws", "extra": {"endpoint_url": endpoint, "region_name": REGION}}
+            ),
+            "NDMG_BATCH_POLL_SECONDS": "2",
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
+
+
+def start_endpoint(port: int):
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+def airflow(*args: str, quiet: bool = True) -> None:
+    binary = str(Path(sys.executable).parent / "airflow")
+    out = subprocess.DEVNULL if quiet else None
+    subprocess.run([binary, *args], check=True, stdout=out, stderr=out)
+
+
+def upload_dataset(workdir: Path) -> list[str]:
+    import boto3
+
+    from ndmg_cloud.synthetic import make_dataset
+
+    dataset = workdir / "dataset"
+    scans = make_dataset(dataset, subjects=4, sessions=2, sessionless=1)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted(dataset.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"{BIDSDIR}/{path.relative_to(dataset).as_posix()}")
+    return scans
+
+
+def run_dag(conf: dict) -> str:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # library chatter, not ours
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags["ndmg_participant"]
+    return dag.test(run_conf=conf).run_id
+
+
+def print_table(report: dict, s3) -> None:
+    print(f"\n{'scan':<16} {'status':<16} {'duration':>9} {'edges':>6}  reason")
+    output = report["output"].removeprefix(f"s3://{BUCKET}/")
+    for row in report["scans"]:
+        edges = ""
+        folder = f"sub-{row['subject']}/" + (f"ses-{row['session']}/" if row["session"] else "")
+        for path in row["outputs"]:
+            if path.endswith("_connectome.csv"):
+                body = s3.get_object(Bucket=BUCKET, Key=f"{output}{folder}{path}")["Body"].read()
+                edges = str(len(body.splitlines()))
+        duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else ""
+        print(f"{row['scan_id']:<16} {row['status']:<16} {duration:>9} {edges:>6}  {row['reason'] or ''}")
+    s = report["summary"]
+    print(
+        f"\n{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "
+        f"{s['missing_outputs']} missing outputs, {s['invalid']} invalid"
+    )
+
+
+def demo(out_dir: Path) -> int:
+    import boto3
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="ndmg-demo-"))
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    configure_environment(workdir / "airflow", endpoint)
+    server = start_endpoint(port)
+    try:
+        print(f"local AWS endpoint (moto) on {endpoint}")
+        airflow("db", "migrate")
+        scans = upload_dataset(workdir)
+        print(f"uploaded a synthetic BIDS dataset of {len(scans)} scans to s3://{BUCKET}/{BIDSDIR}/")
+        print(f"running ndmg_participant with {json.dumps(RUN_CONF)} ...")
+        run_id = run_dag(RUN_CONF)
+        s3 = boto3.client("s3")
+        prefix = f"{BIDSDIR}/derivatives/ndmg/reports/{run_id}/"
+        report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read())
+        print_table(report, s3)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("report.html", "report.json"):
+            s3.download_file(BUCKET, prefix + name, str(out_dir / name))
+        print(f"\nreport: {(out_dir / 'report.html').resolve()}")
+        print(f"        {(out_dir / 'report.json').resolve()}")
+        print(f"demo wall time: {time.monotonic() - started:.0f} s")
+        failing = report["summary"]["failed"] + report["summary"]["missing_outputs"]
+        return 1 if failing else 0
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def standalone(home: Path) -> int:
+    from ndmg_cloud.local import LOCAL_POOL, local_pool_slots
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    configure_environment(home, endpoint)
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+    os.environ["NDMG_DEFAULT_BACKEND"] = "local"
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    server = start_endpoint(port)
+    try:
+        airflow("db", "migrate")
+        airflow("pools", "set", LOCAL_POOL, str(local_pool_slots()), "ndmg-cloud local backend: one scan per core")
+        scans = upload_dataset(Path(tempfile.mkdtemp(prefix="ndmg-demo-")))
+        print(f"local AWS endpoint (moto) on {endpoint}; {len(scans)} synthetic scans in s3://{BUCKET}/{BIDSDIR}/")
+        print("Starting airflow standalone: open http://localhost:8080 (the admin password is printed below),")
+        print("trigger ndmg_participant and fill the form with:")
+        print(f"  {json.dumps(RUN_CONF)}")
+        print("Ctrl-C stops Airflow and the endpoint.\n", flush=True)
+        process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"])
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            return process.wait(60)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ndmg-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where report.html/json go")
+    parser.add_argument("--standalone", action="store_true", help="start airflow standalone on the embedded stack")
+    parser.add_argument("--home", type=Path, default=Path(".airflow-demo"), help="AIRFLOW_HOME for --standalone")
+    args = parser.parse_args(argv)
+    if args.standalone:
+        return standalone(args.home.resolve())
+    return demo(args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
