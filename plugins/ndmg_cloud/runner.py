@@ -206,8 +206,9 @@ class ScanRun:
         command = [swap.get(arg, arg) for arg in self.spec["pipeline"]["command"]]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        # the pipeline's own commands (ndmg-lite) sit beside this interpreter
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if shutil.which(command[0]) is None:
+            # ndmg-lite sits beside this interpreter; m2g's own tools keep the image's PATH
+            env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         log(f"running: {' '.join(command)}")
         try:
             self.process = subprocess.Popen(
