@@ -162,6 +162,7 @@ def standalone(home: Path) -> int:
     configure_environment(home, endpoint)
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
     os.environ["NDMG_DEFAULT_BACKEND"] = "local"
+    os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     server = start_endpoint(port)
     try:
