@@ -68,3 +68,16 @@ def test_lite_outputs_in_m2g_layout():
 def test_options_are_validated_per_pipeline(pipeline, options, message):
     with pytest.raises(OptionError, match=message.replace("(", r"\(")):
         get_pipeline(pipeline).resolve_options(options)
+
+
+def test_lite_atlas_is_fetched_and_named():
+    lite = get_pipeline("lite")
+    options = lite.resolve_options({"atlas": "s3://lab-atlases/native/my_atlas.nii.gz"})
+    assert lite.extra_inputs(options) == {"atlas/my-atlas.nii.gz": "s3://lab-atlases/native/my_atlas.nii.gz"}
+    cmd = lite.command(SESSION_SCAN, options, "/work/input", "/work/output")
+    assert cmd[cmd.index("--atlas") + 1] == "/work/input/atlas/my-atlas.nii.gz"
+    assert "connectomes_d/my-atlas/sub-01_ses-retest_dwi_my-atlas_connectome.csv" in lite.expected_outputs(SESSION_SCAN, options)
+    with pytest.raises(OptionError, match="s3:// URI of a NIfTI"):
+        lite.resolve_options({"atlas": "/tmp/x.nii.gz"})
+    with pytest.raises(OptionError, match="not supported by pipeline 'm2g'"):
+        get_pipeline("m2g").resolve_options({"atlas": "s3://b/x.nii.gz"})

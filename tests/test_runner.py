@@ -235,3 +235,39 @@ def test_unreadable_image_is_a_clear_failure(s3, phantoms):
     done = run_runner(spec["spec_uri"])
     assert done.returncode == 2
     assert "sub-01_ses-1_dwi.nii.gz is not a readable NIfTI image" in done.stderr
+
+
+def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from ndmg_cloud import synthetic
+
+    # regions 1 and 2 at the two ends of the x bundle, 3 and 4 at the ends of the y bundle
+    labels = np.zeros(synthetic.SHAPE, np.int16)
+    bx, by = synthetic.BUNDLE_X, synthetic.BUNDLE_Y
+    band = lambda r: slice(r[0] - 1, r[1] + 1)  # noqa: E731  (the bundle's cross-section, widened)
+    labels[: bx["x"][0] + 4, band(bx["y"]), band(bx["z"])] = 1
+    labels[bx["x"][1] - 4 :, band(bx["y"]), band(bx["z"])] = 2
+    labels[band(by["x"]), : by["y"][0] + 4, band(by["z"])] = 3
+    labels[band(by["x"]), by["y"][1] - 4 :, band(by["z"])] = 4
+    affine = synthetic.simulate(1).affine
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "bundle_ends.nii.gz")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.upload_file(str(tmp_path / "bundle_ends.nii.gz"), BUCKET, "atlases/bundle_ends.nii.gz")
+
+    _, specs = write_specs(s3, phantoms["plain"], atlas=f"s3://{BUCKET}/atlases/bundle_ends.nii.gz")
+    spec = specs["sub-01_ses-1"]
+    assert "connectomes_d/bundle-ends/sub-01_ses-1_dwi_bundle-ends_connectome.csv" in spec["expected_outputs"]
+    done = run_runner(spec["spec_uri"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+
+    key = key_of(spec["output_prefix"]) + "connectomes_d/bundle-ends/sub-01_ses-1_dwi_bundle-ends_connectome.csv"
+    edges = {
+        (int(i), int(j)): int(w)
+        for i, j, w in (line.split() for line in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines())
+    }
+    strongest = sorted(edges, key=edges.get, reverse=True)[:2]
+    assert sorted(strongest) == [(0, 1), (2, 3)]  # each bundle joins its own two ends
+    manifest = read_json(s3, spec["manifest"])
+    assert manifest["inputs"]["atlas/bundle-ends.nii.gz"]["key"] == "atlases/bundle_ends.nii.gz"

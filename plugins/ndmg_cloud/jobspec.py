@@ -106,6 +106,7 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
         "output_prefix": f"s3://{outputs.root.bucket}/{outputs.scan_prefix(scan)}",
         "manifest": f"s3://{outputs.root.bucket}/{outputs.manifest_key(scan)}",
         "expected_outputs": pipeline.expected_outputs(scan, config.options),
+        "extra_inputs": pipeline.extra_inputs(config.options),
         "pipeline": {
             "name": pipeline.name,
             "image": pipeline.image,

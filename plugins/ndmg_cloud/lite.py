@@ -3,14 +3,15 @@
 Not ndmg: for demos, tests and cheap smoke runs of an AWS setup. For one DWI series:
 brain mask (median Otsu) -> tensor or CSA model -> peaks -> deterministic tracking ->
 connectivity over a native-space grid parcellation of the brain mask (``gridN``: the
-mask's bounding box cut into N x N x N blocks) -> m2g-format edge lists at m2g layout
-paths, plus a QA heatmap:
+mask's bounding box cut into N x N x N blocks), and over an atlas label image in the DWI's
+space when given -> m2g-format edge lists at m2g layout paths, plus a QA heatmap:
 
     <out>/sub-S/ses-T/connectomes_d/<parc>/<dwi stem>_<parc>_connectome.csv
     <out>/sub-S/ses-T/qa_d/graphs_plotting/<dwi stem>_<parc>_connectome.png
 
     ndmg-lite --participant_label S --session_label T [--parcellation grid3 ...]
-              [--diffusion_model tensor|csa] [--seeds 1] INPUT_DIR OUTPUT_DIR
+              [--diffusion_model csa|tensor] [--seeds 1] [--atlas LABELS.nii.gz]
+              INPUT_DIR OUTPUT_DIR
 """
 
 from __future__ import annotations
@@ -127,6 +128,22 @@ def track(dwi_path: Path, bval: Path, bvec: Path, model: str, seeds: int):
     return streamlines, mask, img
 
 
+def atlas_labels(atlas: Path, reference) -> np.ndarray:
+    """An atlas label image on the DWI's grid (nearest neighbour; 0 = no region)."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    img = nib.load(atlas)
+    if img.ndim != 3:
+        raise LiteError(f"atlas {atlas.name} must be a 3D label image, not {img.ndim}D")
+    grid = (reference.shape[:3], reference.affine)
+    resampled = img if np.allclose(img.affine, reference.affine) and img.shape == grid[0] else resample_from_to(img, grid, order=0)
+    labels = np.rint(np.asarray(resampled.dataobj)).astype(np.int32)
+    if labels.min() < 0 or labels.max() == 0:
+        raise LiteError(f"atlas {atlas.name} has no positive integer labels")
+    return labels
+
+
 def connectome(streamlines, labels: np.ndarray) -> np.ndarray:
     from dipy.tracking.utils import connectivity_matrix
 
@@ -162,19 +179,25 @@ def run(
     parcellations: list[str],
     model: str = "csa",
     seeds: int = 1,
+    atlas: Path | None = None,
 ) -> list[Path]:
     started = time.monotonic()
     image, bval, bvec = find_series(input_dir, subject, session)
     stem = image.name.removesuffix(".gz").removesuffix(".nii")
-    streamlines, mask, _ = track(image, bval, bvec, model, seeds)
+    streamlines, mask, img = track(image, bval, bvec, model, seeds)
     log.info("%s: %d streamlines in %.1f s", stem, len(streamlines), time.monotonic() - started)
     scan_out = output_dir / f"sub-{subject}" / f"ses-{session}"
-    written = []
+    label_images = {}
     for parc in parcellations:
         m = re.fullmatch(r"grid(\d+)", parc)
         if not m:
             raise LiteError(f"parcellation {parc!r} is not gridN")
-        matrix = connectome(streamlines, grid_labels(mask, int(m.group(1))))
+        label_images[parc] = grid_labels(mask, int(m.group(1)))
+    if atlas is not None:
+        label_images[atlas.name.removesuffix(".gz").removesuffix(".nii")] = atlas_labels(atlas, img)
+    written = []
+    for parc, labels in label_images.items():
+        matrix = connectome(streamlines, labels)
         edges = edge_list(matrix)
         csv_path = scan_out / "connectomes_d" / parc / f"{stem}_{parc}_connectome.csv"
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parcellation", nargs="+", default=["grid3"])
     parser.add_argument("--diffusion_model", choices=("csa", "tensor"), default="csa")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--atlas", type=Path, help="label NIfTI in the DWI's own space")
     parser.add_argument("input_dir", type=Path)
     parser.add_argument("output_dir", type=Path)
     args = parser.parse_args(argv)
@@ -206,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             args.parcellation,
             args.diffusion_model,
             args.seeds,
+            args.atlas,
         )
     except LiteError as err:
         print(f"ndmg-lite: {err}", file=sys.stderr)

@@ -66,6 +66,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "seeds": _schema(None, ["null", "integer"], "Seeds per voxel", "m2g and lite.", minimum=1),
     "n_cpus": _schema(None, ["null", "integer"], "CPUs for m2g", "m2g --n_cpus.", minimum=1),
     "mem_gb": _schema(None, ["null", "integer"], "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
+    "atlas": _schema(None, ["null", "string"], "Atlas image (lite)", "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids."),
     "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
     "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),

@@ -23,6 +23,7 @@ OPTION_NAMES = (
     "seeds",
     "n_cpus",
     "mem_gb",
+    "atlas",
 )
 
 # Sessionless scans run in a per-scan work tree with this session; the runner maps it back.
@@ -145,6 +146,10 @@ class Pipeline:
         """Paths (fnmatch patterns) relative to the scan's output prefix."""
         raise NotImplementedError
 
+    def extra_inputs(self, options: dict[str, Any]) -> dict[str, str]:
+        """Files besides the scan's own the runner must fetch: work-tree path -> s3:// URI."""
+        return {}
+
 
 def _res(voxelsize: str) -> str:
     size = voxelsize.removesuffix("mm")
@@ -194,19 +199,47 @@ class LegacyNdmg(Pipeline):
         return [f"dwi/roi-connectomes/{atlas}*/{scan.dwi_stem}*_adj.ssv"]
 
 
+def atlas_uri(value: Any) -> str | None:
+    if not isinstance(value, str) or not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]+/\S+\.nii(\.gz)?", value):
+        return "must be the s3:// URI of a NIfTI label image (.nii or .nii.gz)"
+    return None
+
+
+def atlas_name(uri: str) -> str:
+    """``s3://b/atlases/my_atlas.nii.gz`` -> ``my-atlas`` (a legal parcellation name)."""
+    stem = uri.rsplit("/", 1)[-1].removesuffix(".gz").removesuffix(".nii")
+    return re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-") or "atlas"
+
+
 class Lite(Pipeline):
+    """``gridN`` parcellations of the brain mask, plus an ``atlas`` label image in the
+    DWI's own space when given (resampled to the DWI grid by nearest neighbour)."""
+
+    def parcellations(self, options):
+        names = list(options["parcellation"])
+        if "atlas" in options:
+            names.append(atlas_name(options["atlas"]))
+        return names
+
     def command(self, scan, options, input_dir, output_dir):
         cmd = ["ndmg-lite", "--participant_label", scan.subject]
         cmd += ["--session_label", scan.session or WORK_SESSION]
         cmd += ["--parcellation", *options["parcellation"]]
+        if "atlas" in options:
+            cmd += ["--atlas", f"{input_dir}/{next(iter(self.extra_inputs(options)))}"]
         cmd += ["--diffusion_model", options["diffusion_model"], "--seeds", str(options["seeds"])]
         return cmd + [input_dir, output_dir]
 
     def expected_outputs(self, scan, options):
         return [
             f"connectomes_d/{parc}/{scan.dwi_stem}_{parc}_connectome.csv"
-            for parc in options["parcellation"]
+            for parc in self.parcellations(options)
         ]
+
+    def extra_inputs(self, options):
+        if "atlas" not in options:
+            return {}
+        return {f"atlas/{atlas_name(options['atlas'])}.nii.gz": options["atlas"]}
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -246,6 +279,7 @@ PIPELINES: dict[str, Pipeline] = {
             "parcellation": Option(["grid3"], grid_names),
             "diffusion_model": Option("csa", one_of("csa", "tensor")),
             "seeds": Option(1, positive_int),
+            "atlas": Option(None, atlas_uri),
         },
     ),
 }

@@ -148,14 +148,21 @@ class ScanRun:
             if rel is None:
                 raise ScanFailure(f"job spec has no {role} input", 2)
             self.inputs[role] = self._download(rel, target, required=role != "dataset_description")
+        for rel, uri in self.spec.get("extra_inputs", {}).items():
+            bucket, key = split_uri(uri)
+            self.inputs[rel] = self._download(key, self.input_dir / rel, required=True, bucket=bucket)
         if not places["dataset_description"].exists():
             places["dataset_description"].write_text(json.dumps({"Name": self.spec["dataset"], "BIDSVersion": "1.9.0"}))
 
-    def _download(self, rel: str, target: Path, required: bool) -> dict[str, Any]:
+    def _download(self, rel: str, target: Path, required: bool, bucket: str | None = None) -> dict[str, Any]:
+        """Fetch a dataset file (``rel`` under the input root), or ``rel`` in ``bucket``."""
         from botocore.exceptions import ClientError
 
-        bucket, root = split_uri(self.spec["input_root"])
-        key = root + rel
+        if bucket is None:
+            bucket, root = split_uri(self.spec["input_root"])
+            key = root + rel
+        else:
+            key = rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
@@ -202,8 +209,7 @@ class ScanRun:
 
     # 4 ---------------------------------------------------------------------------------
     def run_pipeline(self) -> int:
-        swap = {WORK_INPUT: str(self.input_dir), WORK_OUTPUT: str(self.output_dir)}
-        command = [swap.get(arg, arg) for arg in self.spec["pipeline"]["command"]]
+        command = [self.local_path(arg) for arg in self.spec["pipeline"]["command"]]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         if shutil.which(command[0]) is None:
@@ -232,6 +238,13 @@ class ScanRun:
             exit_code = code if code > 0 else 128 - code
             raise ScanFailure(f"pipeline exited with code {exit_code}: {last[-300:]}", exit_code)
         return code
+
+    def local_path(self, arg: str) -> str:
+        """The spec names container paths (/work/input/...); map them to this work dir."""
+        for placeholder, real in ((WORK_INPUT, self.input_dir), (WORK_OUTPUT, self.output_dir)):
+            if arg == placeholder or arg.startswith(placeholder + "/"):
+                return str(real) + arg[len(placeholder) :]
+        return arg
 
     def terminate(self, *_: Any) -> None:
         """SIGTERM: stop the pipeline's whole process group, then fail (no manifest)."""
