@@ -60,6 +60,16 @@ def run_runner(spec_uri: str, *extra: str, endpoint: str = ENDPOINT, wait: bool 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def run_through_faults(spec_uri: str, rules: list[Rule]):
+    """Run the runner with its S3 traffic through a fault-injecting proxy."""
+    proxy = FaultProxy(ENDPOINT, rules)
+    url = proxy.start()
+    try:
+        return run_runner(spec_uri, endpoint=url), proxy
+    finally:
+        proxy.stop()
+
+
 def key_of(uri: str) -> str:
     return uri.split("/", 3)[3]
 
@@ -72,11 +82,7 @@ def test_runner_produces_graphs_and_the_manifest_last(s3, phantoms):
     config, specs = write_specs(s3, phantoms["plain"])
     before = listing(s3, BUCKET, "ds/sub-")
     spec = specs["sub-01_ses-1"]
-    recorder = FaultProxy(ENDPOINT)  # no faults: it only records the requests, in order
-    try:
-        done = run_runner(spec["spec_uri"], endpoint=recorder.start())
-    finally:
-        recorder.stop()
+    done, recorder = run_through_faults(spec["spec_uri"], [])  # no faults: it records the requests
 
     assert done.returncode == 0, done.stderr
     out = key_of(spec["output_prefix"])
@@ -139,12 +145,7 @@ def test_inherited_gradients_are_placed_beside_the_image(s3, phantoms, tmp_path)
 def test_transient_s3_errors_are_retried(s3, phantoms):
     _, specs = write_specs(s3, phantoms["plain"])
     spec = specs["sub-01_ses-1"]
-    proxy = FaultProxy(ENDPOINT, [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)])
-    url = proxy.start()
-    try:
-        done = run_runner(spec["spec_uri"], endpoint=url)
-    finally:
-        proxy.stop()
+    done, proxy = run_through_faults(spec["spec_uri"], [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)])
     assert done.returncode == 0, done.stderr
     assert [s for _, p, s in proxy.seen if "sub-01_ses-1_dwi.nii.gz" in p][:3] == [503, 503, 200]
     assert read_json(s3, spec["manifest"])["status"] == "success"
@@ -153,12 +154,7 @@ def test_transient_s3_errors_are_retried(s3, phantoms):
 def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
     _, specs = write_specs(s3, phantoms["plain"])
     spec = specs["sub-01_ses-1"]
-    proxy = FaultProxy(ENDPOINT, [Rule("GET", "_T1w.nii.gz", times=-1)])
-    url = proxy.start()
-    try:
-        done = run_runner(spec["spec_uri"], endpoint=url)
-    finally:
-        proxy.stop()
+    done, proxy = run_through_faults(spec["spec_uri"], [Rule("GET", "_T1w.nii.gz", times=-1)])
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("ndmg-scan: sub-01_ses-1 failed: could not download s3://lab-data/ds/sub-01/ses-1/anat/")
@@ -174,12 +170,7 @@ def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms
     spec = specs["sub-01_ses-1"]
     # an earlier success: this rerun must not be able to lean on it
     assert run_runner(spec["spec_uri"]).returncode == 0
-    proxy = FaultProxy(ENDPOINT, [Rule("PUT", "_manifest.json", times=-1)])
-    url = proxy.start()
-    try:
-        done = run_runner(spec["spec_uri"], endpoint=url)
-    finally:
-        proxy.stop()
+    done, proxy = run_through_faults(spec["spec_uri"], [Rule("PUT", "_manifest.json", times=-1)])
     assert done.returncode != 0
     keys = set(listing(s3, BUCKET, key_of(spec["output_prefix"])))
     assert key_of(spec["output_prefix"]) + "connectomes_d/grid3/sub-01_ses-1_dwi_grid3_connectome.csv" in keys
