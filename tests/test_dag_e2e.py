@@ -129,6 +129,7 @@ def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, data
     failed = rows["sub-05_ses-1"]
     assert failed["status"] == "failed"
     assert "Essential container in task exited" in failed["reason"]
+    assert failed["failure_class"] == "pipeline_error"  # exit code 1, not Spot, OOM, pull or timeout
     assert failed["job_id"]
     assert failed["log_url"].startswith("https://us-east-1.console.aws.amazon.com/cloudwatch/")
 

@@ -16,6 +16,21 @@ from ndmg_cloud.cost import job_cost_usd
 DESCRIBE_BATCH = 100
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
+ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+LOG_GROUP = "/aws/batch/job"
+LOG_TAIL_LINES = 20
+# statusReason prefixes this project writes when it stops a job itself
+STUCK_REASON = "ndmg-cloud: stuck RUNNABLE"
+CANCEL_REASON = "ndmg-cloud: cancelled"
+FAILURE_CLASSES = (
+    "spot_interruption",
+    "out_of_memory",
+    "image_pull",
+    "timeout",
+    "stuck_runnable",
+    "cancelled",
+    "pipeline_error",
+)
 
 
 @dataclass
@@ -26,7 +41,9 @@ class JobRecord:
     started_ms: int | None = None
     stopped_ms: int | None = None
     reason: str | None = None
+    failure_class: str | None = None
     log_url: str | None = None
+    log_stream: str | None = None
     cost_usd: float = 0.0
     log_tail: list[str] = field(default_factory=list)
 
@@ -92,7 +109,9 @@ def batch_record(job: dict[str, Any], region: str) -> JobRecord:
         started_ms=job.get("startedAt"),
         stopped_ms=job.get("stoppedAt"),
         reason=failure_reason(job) if status == FAILED else None,
+        failure_class=classify_failure(job) if status == FAILED else None,
         log_url=log_url(region, stream),
+        log_stream=stream,
         cost_usd=round(sum(job_cost_usd(a.get("startedAt"), a.get("stoppedAt"), vcpus) for a in attempts), 6),
     )
 
@@ -128,6 +147,48 @@ def failure_reason(job: dict[str, Any]) -> str:
     if reason:
         parts.append(reason)
     return "; ".join(parts)
+
+
+def classify_failure(job: dict[str, Any]) -> str:
+    """Why a Batch job failed, as one of FAILURE_CLASSES, from DescribeJobs alone."""
+    status_reason = job.get("statusReason") or ""
+    attempts = job.get("attempts") or []
+    last = (attempts[-1].get("container") if attempts else None) or {}
+    container = {**(job.get("container") or {}), **{k: v for k, v in last.items() if v is not None}}
+    container_reason = container.get("reason") or ""
+    exit_code = container.get("exitCode")
+    text = f"{status_reason} {container_reason}"
+    if status_reason.startswith(STUCK_REASON):
+        return "stuck_runnable"
+    if status_reason.startswith(CANCEL_REASON) or "Task killed by the user" in status_reason:
+        return "cancelled"
+    last_attempt_reason = (attempts[-1].get("statusReason") or "") if attempts else ""
+    if status_reason.startswith("Host EC2") or last_attempt_reason.startswith("Host EC2"):
+        return "spot_interruption"  # the instance went away: no exit code to go by
+    if exit_code == 137 or "OutOfMemoryError" in text or "OutOfMemory" in text:
+        return "out_of_memory"
+    if any(word in text for word in ("CannotPullContainer", "CannotInspectContainer", "ImagePull", "pull image")):
+        return "image_pull"
+    if "duration exceeded timeout" in status_reason or "Job attempt duration exceeded" in text:
+        return "timeout"
+    if "cancel" in status_reason.lower() or "Terminated by" in status_reason:
+        return "cancelled"
+    return "pipeline_error"
+
+
+def fetch_log_tails(logs_client: Any, records: dict[str, JobRecord], lines: int = LOG_TAIL_LINES) -> None:
+    """The last log lines of each failed Batch job (one GetLogEvents per failed job)."""
+    for record in records.values():
+        if record.status != FAILED or not record.log_stream:
+            continue
+        try:
+            events = logs_client.get_log_events(
+                logGroupName=LOG_GROUP, logStreamName=record.log_stream, limit=lines, startFromHead=False
+            ).get("events", [])
+        except Exception as err:  # logs are a courtesy: never fail the report over them
+            record.log_tail = [f"(log unavailable: {err.__class__.__name__})"]
+            continue
+        record.log_tail = [e.get("message", "") for e in events]
 
 
 def _vcpus(job: dict[str, Any]) -> int:

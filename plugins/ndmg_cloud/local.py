@@ -43,8 +43,11 @@ def run_local(scan_id: str, spec_uri: str) -> JobRecord:
             process.terminate()
             process.wait(30)
     stopped = int(time.time() * 1000)
-    reason = None
+    reason = failure_class = None
     if code != 0:
+        failure_class = {143: "cancelled", -15: "cancelled", 137: "out_of_memory", -9: "out_of_memory"}.get(
+            code, "pipeline_error"
+        )
         reason = next((line for line in reversed(tail) if line.startswith("ndmg-scan:")), None)
         reason = (reason or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
     return JobRecord(
@@ -54,5 +57,6 @@ def run_local(scan_id: str, spec_uri: str) -> JobRecord:
         started_ms=started,
         stopped_ms=stopped,
         reason=reason,
+        failure_class=failure_class,
         log_tail=list(tail),
     )

@@ -27,6 +27,7 @@ CSV_COLUMNS = (
     "outputs",
     "missing",
     "reason",
+    "failure_class",
     "log_url",
 )
 FAILING_STATUSES = ("failed", "missing_outputs")
@@ -59,6 +60,7 @@ def build_report(
         "failed": counts["failed"],
         "missing_outputs": counts["missing_outputs"],
         "dry_run": counts["dry_run"],
+        "failure_classes": dict(Counter(r.failure_class for r in rows if r.failure_class)),
         "cost_usd": round(sum(r.cost_usd for r in rows), 4),
     }
     return {

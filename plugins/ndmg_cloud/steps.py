@@ -14,7 +14,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.bids import Scan
-from ndmg_cloud.jobs import SUCCEEDED, batch_records, local_records
+from ndmg_cloud.jobs import SUCCEEDED, batch_records, fetch_log_tails, local_records
 from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
 from ndmg_cloud.operators import JOB_XCOM_KEY
 from ndmg_cloud.discover import discover
@@ -43,6 +43,13 @@ def batch_client() -> Any:
     from botocore.config import Config
 
     return BatchClientHook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).client
+
+
+def logs_client() -> Any:
+    from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+    from botocore.config import Config
+
+    return AwsLogsHook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).conn
 
 
 def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> dict[str, Any]:
@@ -131,6 +138,7 @@ def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
     else:
         job_ids = {item["scan_id"]: item["job_id"] for item in _pulled(ti, "run_scan", JOB_XCOM_KEY)}
         jobs = batch_records(batch_client(), job_ids) if job_ids else {}
+        fetch_log_tails(logs_client(), jobs)
 
     s3 = s3_client()
     rows = verify_scans(config, scans, jobs, s3)

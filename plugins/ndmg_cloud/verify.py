@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.bids import Scan
-from ndmg_cloud.jobs import SUCCEEDED, JobRecord
+from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.s3 import S3Object, get_json, list_objects
@@ -44,6 +44,8 @@ class ScanResult:
     missing: list[str] = field(default_factory=list)
     reason: str | None = None
     log_url: str | None = None
+    failure_class: str | None = None
+    log_tail: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,8 @@ def verify_scans(
         if job.status != SUCCEEDED:
             row.status = "failed"
             row.reason = job.reason or f"job still {job.status} when the run ended"
+            row.failure_class = job.failure_class or ("cancelled" if job.status != FAILED else "pipeline_error")
+            row.log_tail = job.log_tail
             continue
         prefix = outputs.scan_prefix(scan)
         expected = pipeline.expected_outputs(scan, config.options)
