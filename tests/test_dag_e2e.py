@@ -60,8 +60,12 @@ def m2g_outputs(scan_id: str) -> list[str]:
 
 
 def scan_of(job) -> str:
+    return scan_of_name(job.job_name)
+
+
+def scan_of_name(job_name: str) -> str:
     """The scan a job runs, from its name: <dataset>-<scan id>-<8-hex run token>."""
-    return job.job_name[len("ds-test-") : -len("-12345678")]
+    return job_name[len("ds-test-") : -len("-12345678")]
 
 
 def manifest_key(scan_id: str) -> str:
@@ -235,3 +239,38 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     )["Body"].read()
     assert len(edges.splitlines()) > 3
     assert listing(s3, BUCKET, "phantoms/sub-") == before
+
+
+def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, batch_behaviour):
+    def container_did_its_work(job):
+        scan_id = scan_of(job)
+        if scan_id == "sub-05_ses-1" and batch_behaviour.fail:
+            return  # the first time round this scan fails
+        for key in m2g_outputs(scan_id):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
+        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success", "run_id": job.job_name}))
+
+    batch_behaviour.on_submit = container_did_its_work
+    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+    first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert first.state == "failed"
+    assert len(batch_behaviour.submitted) == len(E2E_VALID)
+
+    batch_behaviour.submitted.clear()
+    batch_behaviour.fail.clear()
+    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert second.state == "success"
+    assert [scan_of_name(n) for n in batch_behaviour.submitted] == ["sub-05_ses-1"]  # only the failed one
+    rows = rows_by_scan(report_of(s3, second))
+    assert rows["sub-05_ses-1"]["status"] == "succeeded"
+    assert {rows[s]["status"] for s in E2E_VALID if s != "sub-05_ses-1"} == {"skipped_done"}
+    assert report_of(s3, second)["summary"]["skipped_done"] == len(E2E_VALID) - 1
+
+    batch_behaviour.submitted.clear()
+    third = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert third.state == "success"
+    assert batch_behaviour.submitted == []  # everything done: nothing submitted
+
+    forced = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", force=True)
+    assert forced.state == "success"
+    assert len(batch_behaviour.submitted) == len(E2E_VALID)

@@ -22,7 +22,7 @@ from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_spec
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.report import build_report, failing_scans, write_report
 from ndmg_cloud.s3 import put_json
-from ndmg_cloud.verify import verify_scans
+from ndmg_cloud.verify import ScanResult, completed_scans, verify_scans
 
 log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
@@ -57,10 +57,15 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
-    found = discover(config, s3_client())
+    s3 = s3_client()
+    found = discover(config, s3)
+    done = {} if config.force else completed_scans(config, found.valid, s3)
+    if done:
+        log.info("%d scans already done: skipped (force=true reruns them)", len(done))
     return {
         "config": config.to_dict(),
         "scans": [s.to_dict() for s in found.scans],
+        "done": {scan_id: row.to_dict() for scan_id, row in done.items()},
         "warnings": found.warnings,
         "keys_listed": found.keys_listed,
         "started_at": datetime.now(timezone.utc).isoformat(),
@@ -71,7 +76,8 @@ def write_job_specs_step(discovery: dict[str, Any]) -> list[dict[str, Any]]:
     """Write one job spec per valid scan; return the mapped task's kwargs (none on a dry run)."""
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    specs = [build_spec(config, scan) for scan in scans if scan.valid]
+    done = discovery.get("done", {})
+    specs = [build_spec(config, scan) for scan in scans if scan.valid and scan.scan_id not in done]
     check_no_shared_outputs(specs)
     client = s3_client()
     for spec in specs:
@@ -141,7 +147,8 @@ def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
         fetch_log_tails(logs_client(), jobs)
 
     s3 = s3_client()
-    rows = verify_scans(config, scans, jobs, s3)
+    done = {scan_id: ScanResult(**row) for scan_id, row in discovery.get("done", {}).items()}
+    rows = verify_scans(config, scans, jobs, s3, done)
     report = build_report(
         config,
         rows,

@@ -56,17 +56,21 @@ def verify_scans(
     scans: list[Scan],
     jobs: dict[str, JobRecord],
     s3_client: Any,
+    done: dict[str, ScanResult] | None = None,
 ) -> list[ScanResult]:
     """Per-scan verdicts for every discovered scan (valid or not); ``jobs`` maps scan ids
-    to what their job did (see ``ndmg_cloud.jobs``)."""
-    pipeline = get_pipeline(config.pipeline)
+    to what their job did (see ``ndmg_cloud.jobs``), ``done`` holds the scans discovery
+    found complete from an earlier run (not run again)."""
+    done = done or {}
     outputs = config.outputs
-    bucket = outputs.root.bucket
-    listing = Listing(() if config.dry_run else list_objects(s3_client, bucket, outputs.root.prefix))
+    listing = Listing(() if config.dry_run else list_objects(s3_client, outputs.root.bucket, outputs.root.prefix))
 
     results: list[ScanResult] = []
-    manifests_to_read: list[tuple[ScanResult, str]] = []
+    finished: list[tuple[ScanResult, Scan]] = []
     for scan in scans:
+        if scan.scan_id in done:
+            results.append(done[scan.scan_id])
+            continue
         row = ScanResult(scan.scan_id, scan.subject, scan.session, status="invalid")
         results.append(row)
         if not scan.valid:
@@ -88,9 +92,44 @@ def verify_scans(
             row.failure_class = job.failure_class or ("cancelled" if job.status != FAILED else "pipeline_error")
             row.log_tail = job.log_tail
             continue
+        finished.append((row, scan))
+
+    _judge_outputs(config, finished, listing, s3_client, "succeeded", "job succeeded but ")
+    return results
+
+
+def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> dict[str, ScanResult]:
+    """The valid scans whose success manifest and expected outputs are already on S3, as
+    ``skipped_done`` rows: one listing of the output prefix plus one read per manifest."""
+    outputs = config.outputs
+    listing = Listing(list_objects(s3_client, outputs.root.bucket, outputs.root.prefix))
+    candidates = [
+        (ScanResult(s.scan_id, s.subject, s.session, status="skipped_done"), s)
+        for s in scans
+        if s.valid and outputs.manifest_key(s) in listing
+    ]
+    _judge_outputs(config, candidates, listing, s3_client, "skipped_done", "")
+    return {
+        row.scan_id: row for row, _ in candidates if row.status == "skipped_done"
+    }
+
+
+def _judge_outputs(
+    config: RunConfig,
+    rows: list[tuple[ScanResult, Scan]],
+    listing: Listing,
+    s3_client: Any,
+    verdict: str,
+    context: str,
+) -> None:
+    """Give ``verdict`` to the rows whose expected outputs are present and non-empty and
+    whose manifest says success; the others become ``missing_outputs``."""
+    pipeline = get_pipeline(config.pipeline)
+    outputs = config.outputs
+    pending = []
+    for row, scan in rows:
         prefix = outputs.scan_prefix(scan)
-        expected = pipeline.expected_outputs(scan, config.options)
-        present, missing = _match_outputs(listing, prefix, expected)
+        present, missing = _match_outputs(listing, prefix, pipeline.expected_outputs(scan, config.options))
         row.outputs = sorted(present)
         manifest = outputs.manifest_key(scan)
         if manifest not in listing:
@@ -98,16 +137,14 @@ def verify_scans(
         row.missing = missing
         if missing:
             row.status = "missing_outputs"
-            row.reason = f"job succeeded but {len(missing)} expected file(s) are missing: {', '.join(missing[:3])}"
+            row.reason = f"{context}{len(missing)} expected file(s) are missing: {', '.join(missing[:3])}"
         else:
-            manifests_to_read.append((row, manifest))
-
-    _settle_by_manifest(manifests_to_read, s3_client, bucket)
-    return results
+            pending.append((row, manifest))
+    _settle_by_manifest(pending, s3_client, outputs.root.bucket, verdict)
 
 
-def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, bucket: str) -> None:
-    """Scans whose outputs are all there succeed only if their manifest says success."""
+def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, bucket: str, verdict: str) -> None:
+    """Scans whose outputs are all there get ``verdict`` only if their manifest says success."""
 
     def read(item: tuple[ScanResult, str]) -> tuple[ScanResult, Any]:
         row, key = item
@@ -119,7 +156,9 @@ def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, b
     with ThreadPoolExecutor(max_workers=16) as pool:
         for row, manifest in pool.map(read, pending):
             if isinstance(manifest, dict) and manifest.get("status") == "success":
-                row.status = "succeeded"
+                row.status = verdict
+                if verdict == "skipped_done":
+                    row.reason = f"already done by run {manifest.get('run_id', '?')} (force=true reruns it)"
                 continue
             if isinstance(manifest, Exception):
                 detail = f"unreadable: {manifest}"
