@@ -8,6 +8,7 @@ Wiring only: each task's logic is in plugins/ndmg_cloud (see steps.py).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
@@ -38,6 +39,9 @@ def ndmg_participant():
         deferrable=True,
         poll_interval=int(os.environ.get("NDMG_BATCH_POLL_SECONDS", "30")),
         map_index_template="{{ task.scan_id }}",
+        # retries cover worker crashes: a retry reattaches to the scan's job, never resubmits
+        retries=2,
+        retry_delay=timedelta(seconds=int(os.environ.get("NDMG_RETRY_DELAY_SECONDS", "60"))),
     ).expand_kwargs(job_kwargs)
     local_jobs = task(
         steps.run_scan_local_step,

@@ -48,6 +48,7 @@ os.environ.update(
             {"conn_type": "aws", "extra": {"endpoint_url": ENDPOINT, "region_name": REGION}}
         ),
         "NDMG_BATCH_POLL_SECONDS": "1",
+        "NDMG_RETRY_DELAY_SECONDS": "0",
     }
 )
 os.environ.pop("AWS_PROFILE", None)

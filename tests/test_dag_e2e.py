@@ -274,3 +274,39 @@ def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, batch_behavio
     forced = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", force=True)
     assert forced.state == "success"
     assert len(batch_behaviour.submitted) == len(E2E_VALID)
+
+
+def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, batch_behaviour, monkeypatch):
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    crashed: set[str] = set()
+    real = ScanBatchOperator._persist_links
+
+    def crash_once(self, context, *args, **kwargs):
+        # the worker dies after SubmitJob returned, before the task could defer
+        if self.scan_id not in crashed:
+            crashed.add(self.scan_id)
+            raise RuntimeError("simulated worker crash")
+        return real(self, context, *args, **kwargs)
+
+    monkeypatch.setattr(ScanBatchOperator, "_persist_links", crash_once)
+    batch_behaviour.run_seconds = 1.0
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    assert crashed == set(E2E_VALID)  # every scan's first try died
+    names = [scan_of_name(n) for n in batch_behaviour.submitted]
+    assert sorted(names) == sorted(E2E_VALID)  # yet exactly one Batch job per scan
+    jobs = batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert len(jobs) == len(E2E_VALID)
+    rows = rows_by_scan(report_of(s3, run))
+    assert {rows[s]["job_id"] for s in E2E_VALID} == {j["jobId"] for j in jobs}
+
+
+def test_reattach_only_within_one_round_of_tries():
+    from ndmg_cloud.operators import reattachable
+
+    saved = {"job_id": "j-1", "max_tries": 2}
+    assert reattachable(saved, 2) == "j-1"  # an automatic retry
+    assert reattachable(saved, 5) is None  # after a manual Clear (max_tries was raised)
+    assert reattachable(None, 2) is None and reattachable({}, 2) is None

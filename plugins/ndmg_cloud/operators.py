@@ -9,6 +9,19 @@ from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException
 
 JOB_XCOM_KEY = "batch_job"
+STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
+
+
+def reattachable(saved: Any, max_tries: int) -> str | None:
+    """The job id an Airflow retry must reattach to, or None to submit afresh.
+
+    The store survives retries and manual Clears alike; a Clear raises the task instance's
+    ``max_tries``, a retry does not. So a job saved under the same ``max_tries`` belongs to
+    this round of tries (reattach, never pay twice); one saved before a Clear does not.
+    """
+    if isinstance(saved, dict) and saved.get("job_id") and saved.get("max_tries") == max_tries:
+        return saved["job_id"]
+    return None
 
 
 class ScanBatchOperator(BatchOperator):
@@ -21,7 +34,9 @@ class ScanBatchOperator(BatchOperator):
     Every other argument is ``BatchOperator``'s (``deferrable``, ``poll_interval``,
     ``aws_conn_id``, ...); its extra links (job, definition, queue, logs) are kept.
     Right after submitting, the job id is pushed as XCom ``batch_job`` together with the
-    scan id, so the report can find the job even when the task fails.
+    scan id, so the report can find the job even when the task fails, and saved in the
+    task's ``task_state_store``: an Airflow retry (a worker crash, say) reattaches to that
+    job, live or finished, instead of submitting the scan again. A manual Clear submits afresh.
     """
 
     def __init__(self, *, scan_id: str, job_spec_uri: str, batch: dict[str, Any], **kwargs: Any) -> None:
@@ -40,6 +55,13 @@ class ScanBatchOperator(BatchOperator):
         self.batch = batch
 
     def submit_job(self, context: Any) -> None:
+        store = context.get("task_state_store")
+        max_tries = context["ti"].max_tries
+        job_id = reattachable(store.get(STATE_KEY) if store is not None else None, max_tries)
+        if job_id and self._still_known(job_id):
+            self.log.info("Reattaching scan %s to Batch job %s from an earlier try: not submitting again", self.scan_id, job_id)
+            self._record(context, job_id)
+            return
         self.log.info(
             "Submitting %s for scan %s (job spec %s) to queue %s, definition %s",
             self.batch["jobName"],
@@ -55,9 +77,22 @@ class ScanBatchOperator(BatchOperator):
                 f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job "
                 f"definition {self.job_definition!r}: {err}"
             ) from err
-        self.job_id = response["jobId"]
-        context["ti"].xcom_push(key=JOB_XCOM_KEY, value={"scan_id": self.scan_id, "job_id": self.job_id})
-        self.log.info("Batch job %s submitted for scan %s", self.job_id, self.scan_id)
+        if store is not None:
+            store.set(STATE_KEY, {"job_id": response["jobId"], "max_tries": max_tries})
+        self.log.info("Batch job %s submitted for scan %s", response["jobId"], self.scan_id)
+        self._record(context, response["jobId"])
+
+    def _still_known(self, job_id: str) -> bool:
+        try:
+            self.hook.get_job_description(job_id)
+        except AirflowException:
+            self.log.warning("Batch job %s from an earlier try is gone; submitting afresh", job_id)
+            return False
+        return True
+
+    def _record(self, context: Any, job_id: str) -> None:
+        self.job_id = job_id
+        context["ti"].xcom_push(key=JOB_XCOM_KEY, value={"scan_id": self.scan_id, "job_id": job_id})
         BatchJobDetailsLink.persist(
             context=context,
             operator=self,
