@@ -30,6 +30,8 @@ def _free_port() -> int:
 
 
 PORT = _free_port()
+FAKE_KEY_ID = "AKIA" + "NDMGFAKETESTKEY1"
+FAKE_SECRET = "ndmg-fake-secret-that-must-never-leak"
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 os.environ.update(
     {
@@ -39,9 +41,10 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        # Fake credentials for the local endpoint only; tests check none leak into artifacts.
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # Fake credentials for the local endpoint only, distinctive so that tests can prove
+        # they never leak into specs, jobs, XComs, reports or logs.
+        "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ENDPOINT_URL": ENDPOINT,
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(

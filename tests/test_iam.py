@@ -1,0 +1,70 @@
+"""Least-privilege IAM policies generated from the params, linted by parliament."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from parliament import analyze_policy_string
+
+from ndmg_cloud.iam import job_role_policy, main, orchestrator_policy
+from ndmg_cloud.params import resolve
+
+CONFIGS = [
+    {"bucket": "lab-data", "bidsdir": "studies/ds1"},
+    {"bucket": "openneuro.org", "bidsdir": "ds000221", "output_uri": "s3://my-lab/ds000221-ndmg", "jobdir": "s3://my-lab-jobs/run/"},
+    {"bucket": "lab-data", "pipeline": "lite", "atlas": "s3://lab-atlases/native/a.nii.gz", "job_queue": "arn:aws:batch:eu-west-1:123456789012:job-queue/q"},
+]
+
+
+def findings(policy):
+    return [(f.issue, f.detail) for f in analyze_policy_string(json.dumps(policy)).findings]
+
+
+@pytest.mark.parametrize("params", CONFIGS)
+def test_policies_pass_parliament(params):
+    config = resolve(params, "run1")
+    assert findings(job_role_policy(config)) == []
+    assert findings(orchestrator_policy(config, "us-east-1", "123456789012")) == []
+
+
+def actions_on(policy, resource_part):
+    out = set()
+    for st in policy["Statement"]:
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        if any(resource_part in r for r in resources):
+            out |= set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    return out
+
+
+def test_job_role_reads_inputs_and_writes_only_output_subjects():
+    config = resolve(CONFIGS[1], "run1")
+    policy = job_role_policy(config)
+    assert actions_on(policy, "arn:aws:s3:::openneuro.org/ds000221/*") == {"s3:GetObject"}
+    assert actions_on(policy, "arn:aws:s3:::my-lab/ds000221-ndmg/sub-*") == {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    assert actions_on(policy, "arn:aws:s3:::my-lab-jobs/run/*") == {"s3:GetObject"}
+    all_actions = {a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert not any(a.startswith(("batch:", "iam:", "s3:PutObjectAcl")) or a.endswith("*") for a in all_actions)
+
+
+def test_orchestrator_submits_only_to_the_named_queue_and_definition():
+    config = resolve(CONFIGS[0], "run1")
+    policy = orchestrator_policy(config, "us-east-1", "123456789012")
+    submit = next(st for st in policy["Statement"] if st["Action"] == "batch:SubmitJob")
+    assert submit["Resource"] == [
+        "arn:aws:batch:us-east-1:123456789012:job-queue/ndmg-queue",
+        "arn:aws:batch:us-east-1:123456789012:job-definition/ndmg",
+        "arn:aws:batch:us-east-1:123456789012:job-definition/ndmg:*",
+        "arn:aws:batch:us-east-1:123456789012:job/*",  # SubmitJob also names the new job
+    ]
+    assert "s3:PutObject" not in actions_on(policy, "arn:aws:s3:::lab-data/studies/ds1/sub-")
+    text = json.dumps(policy)
+    assert "PutObjectAcl" not in text and '"*:*"' not in text
+
+
+def test_command_prints_both_policies(capsys):
+    assert main(["--bucket", "lab-data", "--bidsdir", "ds1", "--account", "123456789012"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"job_role", "orchestrator_role"}
+    assert main(["--bucket", "lab-data", "--modif", "sub-01", "--account", "1"]) == 2
+    assert "inside subject folder" in capsys.readouterr().err
