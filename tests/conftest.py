@@ -40,7 +40,7 @@ os.environ.update(
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # task logs are scanned for credentials
         # Fake credentials for the local endpoint only, distinctive so that tests can prove
         # they never leak into specs, jobs, XComs, reports or logs.
         "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,

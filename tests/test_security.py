@@ -1,0 +1,62 @@
+"""No credentials in any artifact; no public grants on anything written."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import FAKE_KEY_ID, FAKE_SECRET
+from datasets import put_dataset
+from test_dag_e2e import BIDSDIR, BUCKET, m2g_outputs, manifest_key, run_dag, scan_of
+
+CREDENTIAL = re.compile(
+    "|".join([re.escape(FAKE_KEY_ID), re.escape(FAKE_SECRET), r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"aws_session_token"]),
+    re.IGNORECASE,
+)
+
+
+def xcoms_of(run_id):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter_by(run_id=run_id).all()
+        return {f"{r.task_id}[{r.map_index}].{r.key}": json.dumps(XComModel.deserialize_value(r), default=str) for r in rows}
+
+
+def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airflow_db, batch_behaviour, capfd, tmp_path):
+    put_dataset(s3, BUCKET, BIDSDIR)
+
+    def container_did_its_work(job):
+        scan_id = scan_of(job)
+        for key in m2g_outputs(scan_id):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
+        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
+
+    batch_behaviour.on_submit = container_did_its_work
+    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert run.state == "failed"  # the failure paths are part of what is scanned
+
+    artifacts: dict[str, str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=BIDSDIR + "derivatives/"):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            artifacts["s3://" + obj["Key"]] = body.decode("utf-8", "replace")
+            grants = s3.get_object_acl(Bucket=BUCKET, Key=obj["Key"])["Grants"]
+            assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in grants), obj["Key"]
+    assert any(k.endswith(".json") and "/jobs/" in k for k in artifacts)  # specs are in the scan
+    assert any(k.endswith("report.html") for k in artifacts)
+
+    job_ids = [j["jobId"] for status in ("SUCCEEDED", "FAILED") for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]]
+    for job in batch_env.describe_jobs(jobs=job_ids)["jobs"]:
+        artifacts[f"batch job {job['jobName']}"] = json.dumps(job, default=str)
+    assert len(job_ids) == 6
+    artifacts.update(xcoms_of(run.run_id))
+    out, err = capfd.readouterr()
+    artifacts["task logs (stdout)"] = out
+    artifacts["task logs (stderr)"] = err
+    assert "Batch job" in out + err  # the logs really are captured
+
+    leaks = {name: CREDENTIAL.findall(text) for name, text in artifacts.items() if CREDENTIAL.search(text)}
+    assert leaks == {}
