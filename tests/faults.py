@@ -25,6 +25,7 @@ class Rule:
     path_part: str
     times: int  # how many matching requests fail; -1 = all
     response: tuple[int, bytes] = SLOW_DOWN
+    content_type: str = "application/xml"
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -71,7 +72,7 @@ class FaultProxy:
                     status, payload = rule.response
                     proxy.seen.append((self.command, self.path, status))
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Type", rule.content_type)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

@@ -17,6 +17,7 @@ from ndmg_cloud.s3 import put_json
 
 SPEC_VERSION = 1
 JOB_NAME_MAX = 128
+DATASET_IN_NAME = 40  # characters of the dataset name kept at the front of job names
 RUNNER_COMMAND = "ndmg-scan"
 # Inside the container the pipeline reads and writes local folders only.
 WORK_INPUT = "/work/input"
@@ -39,17 +40,27 @@ def run_token(run_id: str) -> str:
     return hashlib.sha1(run_id.encode()).hexdigest()[:8]
 
 
+def _dataset_part(dataset: str) -> str:
+    return _NOT_IN_JOB_NAME.sub("-", dataset).strip("-_")[:DATASET_IN_NAME] or "dataset"
+
+
+def job_name_prefix(dataset: str) -> str:
+    """What every job name of a dataset starts with (to find a dataset's jobs in a queue)."""
+    return _dataset_part(dataset) + "-"
+
+
 def job_name(dataset: str, scan_id: str, run_id: str) -> str:
     """``<dataset>-<scan id>-<run token>``: legal for Batch, readable, unique per scan and run."""
     token = run_token(run_id)
-    readable = _NOT_IN_JOB_NAME.sub("-", f"{dataset}-{scan_id}").strip("-")
-    name = f"{readable}-{token}"
+    head = job_name_prefix(dataset)
+    scan = _NOT_IN_JOB_NAME.sub("-", scan_id)
+    name = f"{head}{scan}-{token}"
     if len(name) <= JOB_NAME_MAX:
         return name
-    # Too long: keep the scan id end (it tells scans apart) and add a hash of the whole.
-    digest = hashlib.sha1(f"{dataset}/{scan_id}".encode()).hexdigest()[:8]
-    room = JOB_NAME_MAX - len(token) - len(digest) - 2
-    return f"{readable[-room:].lstrip('-_')}-{digest}-{token}"
+    # Too long: keep the end of the scan id (it tells scans apart) and add a hash of it.
+    digest = hashlib.sha1(scan_id.encode()).hexdigest()[:8]
+    room = JOB_NAME_MAX - len(head) - len(digest) - len(token) - 2
+    return f"{head}{scan[-room:].lstrip('-_')}-{digest}-{token}"
 
 
 def _tag(value: str) -> str:

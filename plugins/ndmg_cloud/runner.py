@@ -276,7 +276,9 @@ class ScanRun:
         return (folder + "/" if folder else "") + name
 
     def upload_outputs(self) -> None:
+        from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, prefix = split_uri(self.spec["output_prefix"])
         transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
@@ -287,7 +289,10 @@ class ScanRun:
         )
         for path in files:
             rel = self.output_key(path)
-            self.client.upload_file(str(path), bucket, prefix + rel, Config=transfer)  # no ACL, ever
+            try:
+                self.client.upload_file(str(path), bucket, prefix + rel, Config=transfer)  # no ACL, ever
+            except (S3UploadFailedError, ClientError, BotoCoreError) as err:
+                raise ScanFailure(f"could not upload {rel} to s3://{bucket}/{prefix}{rel}: {err}") from None
             self.outputs.append({"path": rel, "size": path.stat().st_size, "sha256": sha256(path)})
         produced = [o["path"] for o in self.outputs if o["size"] > 0]
         missing = [p for p in self.spec["expected_outputs"] if not fnmatch.filter(produced, p)]

@@ -20,6 +20,7 @@ from ndmg_cloud.operators import JOB_XCOM_KEY
 from ndmg_cloud.discover import discover
 from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_spec
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
+from ndmg_cloud.preflight import preflight
 from ndmg_cloud.report import build_report, failing_scans, write_report
 from ndmg_cloud.s3 import put_json
 from ndmg_cloud.verify import ScanResult, completed_scans, verify_scans
@@ -57,6 +58,8 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
+    if config.backend == "aws_batch" and not config.dry_run:
+        preflight(batch_client(), config)
     s3 = s3_client()
     found = discover(config, s3)
     done = {} if config.force else completed_scans(config, found.valid, s3)

@@ -1,0 +1,69 @@
+"""Checks made before anything is submitted: the Batch queue and job definition exist and
+can take jobs, and no other run is already processing this dataset's scans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ndmg_cloud.jobs import ACTIVE
+from ndmg_cloud.jobspec import job_name_prefix, run_token
+from ndmg_cloud.params import RunConfig
+
+
+class PreflightError(RuntimeError):
+    """The run cannot start; the message names the value and what to do."""
+
+
+def check_batch_setup(batch_client: Any, queue: str, definition: str) -> None:
+    region = batch_client.meta.region_name
+    queues = batch_client.describe_job_queues(jobQueues=[queue]).get("jobQueues", [])
+    if not queues:
+        raise PreflightError(
+            f"job queue {queue!r} does not exist in {region}: create it (the seed's Batch setup) "
+            "or set the job_queue param to an existing queue"
+        )
+    q = queues[0]
+    if q.get("state") != "ENABLED" or q.get("status") not in (None, "VALID"):
+        raise PreflightError(
+            f"job queue {queue!r} is {q.get('state')}/{q.get('status')} ({q.get('statusReason', '')}): "
+            "enable it or fix its compute environment before submitting"
+        )
+    if definition.startswith("arn:"):
+        found = batch_client.describe_job_definitions(jobDefinitions=[definition], status="ACTIVE")
+    else:
+        name = definition.split(":", 1)[0]
+        found = batch_client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
+        if ":" in definition:  # name:revision
+            revision = int(definition.split(":", 1)[1])
+            found = {"jobDefinitions": [d for d in found.get("jobDefinitions", []) if d.get("revision") == revision]}
+    if not found.get("jobDefinitions"):
+        raise PreflightError(
+            f"job definition {definition!r} does not exist (or is inactive) in {region}: register it "
+            "or set the job_definition param"
+        )
+
+
+def other_runs_in_flight(batch_client: Any, config: RunConfig) -> list[dict[str, Any]]:
+    """Active jobs of this dataset in the queue that another run submitted."""
+    own = run_token(config.run_id)
+    prefix = job_name_prefix(config.dataset)
+    paginator = batch_client.get_paginator("list_jobs")
+    pages = paginator.paginate(jobQueue=config.job_queue, filters=[{"name": "JOB_NAME", "values": [prefix + "*"]}])
+    return [
+        job
+        for page in pages
+        for job in page.get("jobSummaryList", [])
+        if job.get("status") in ACTIVE and not job["jobName"].endswith("-" + own)
+    ]
+
+
+def preflight(batch_client: Any, config: RunConfig) -> None:
+    check_batch_setup(batch_client, config.job_queue, config.job_definition)
+    others = other_runs_in_flight(batch_client, config)
+    if others:
+        names = ", ".join(j["jobName"] for j in others[:3])
+        raise PreflightError(
+            f"{len(others)} jobs of dataset {config.dataset!r} are still active in queue "
+            f"{config.job_queue!r} from another run ({names}...): a second run now would pay for "
+            "the same scans twice. Wait for that run to end, or cancel it, then trigger again."
+        )
