@@ -39,6 +39,7 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # task logs are scanned for credentials
         # Fake credentials for the local endpoint only, distinctive so that tests can prove
@@ -136,19 +137,22 @@ class BatchBehaviour:
 
     ``fail[name_part] = reason`` fails jobs whose name contains ``name_part`` with that
     status reason; ``run_seconds`` keeps jobs RUNNING that long first (so deferrable
-    waiting is exercised); ``on_submit`` runs after every submission (e.g. to put the
-    outputs a real container would have written).
+    waiting is exercised); ``stuck`` leaves jobs RUNNABLE; ``on_submit`` runs after every
+    submission (e.g. to put the outputs a real container would have written).
+    TerminateJob ends a job FAILED with its reason, as AWS does.
     """
 
     def __init__(self):
         self.fail: dict[str, str] = {}
         self.run_seconds = 0.0
+        self.stuck = False
         self.on_submit = None
         self.submitted: list[str] = []
 
 
 @pytest.fixture
 def batch_behaviour(monkeypatch, aws):
+    from moto.batch.models import Job as JobModel
     from moto.batch.models import JobStatus
     from moto.batch_simple import models
 
@@ -171,13 +175,23 @@ def batch_behaviour(monkeypatch, aws):
                 job.exit_code = 1
             job._mark_stopped(success=reason is None)
 
-        if behaviour.run_seconds:
+        if behaviour.stuck:
+            job.status = JobStatus.RUNNABLE
+        elif behaviour.run_seconds:
             job.status = JobStatus.RUNNING
-            threading.Timer(behaviour.run_seconds, stop).start()
+            timer = threading.Timer(behaviour.run_seconds, lambda: None if job.job_stopped else stop())
+            timer.daemon = True
+            timer.start()
         else:
             stop()
 
+    def terminate(self, reason):
+        if not self.job_stopped:
+            self.job_stopped_reason = reason
+            self._mark_stopped(success=False)
+
     monkeypatch.setattr(models.BatchSimpleBackend, "_mark_job_as_finished", finish)
+    monkeypatch.setattr(JobModel, "terminate", terminate)
     return behaviour
 
 

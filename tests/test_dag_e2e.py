@@ -310,3 +310,11 @@ def test_reattach_only_within_one_round_of_tries():
     assert reattachable(saved, 2) == "j-1"  # an automatic retry
     assert reattachable(saved, 5) is None  # after a manual Clear (max_tries was raised)
     assert reattachable(None, 2) is None and reattachable({}, 2) is None
+
+
+def test_more_scans_than_max_map_length_is_a_clear_error(s3, batch, dataset, batch_behaviour, monkeypatch, capfd):
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "4")
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+    assert run.state == "failed"
+    assert batch_behaviour.submitted == []
+    assert "6 scans to run, but Airflow maps at most [core] max_map_length=4" in capfd.readouterr().out

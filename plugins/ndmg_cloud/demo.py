@@ -44,6 +44,7 @@ def configure_environment(home: Path, endpoint: str) -> None:
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("NDMG_DEMO_LOG_LEVEL", "WARNING"),
             # Fake credentials that only the local endpoint accepts.
             "AWS_ACCESS_KEY_ID": "demo",

@@ -8,6 +8,9 @@ from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException
 
+from ndmg_cloud.jobs import CANCEL_REASON
+from ndmg_cloud.triggers import ScanJobTrigger
+
 JOB_XCOM_KEY = "batch_job"
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 
@@ -31,6 +34,9 @@ class ScanBatchOperator(BatchOperator):
     :param job_spec_uri: where the scan's job spec lives (the container reads it).
     :param batch: the spec's ``batch`` block, passed to SubmitJob unchanged.
 
+    :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
+        environments are checked and, if none can run it, the job is cancelled with the reason.
+
     Every other argument is ``BatchOperator``'s (``deferrable``, ``poll_interval``,
     ``aws_conn_id``, ...); its extra links (job, definition, queue, logs) are kept.
     Right after submitting, the job id is pushed as XCom ``batch_job`` together with the
@@ -39,7 +45,15 @@ class ScanBatchOperator(BatchOperator):
     job, live or finished, instead of submitting the scan again. A manual Clear submits afresh.
     """
 
-    def __init__(self, *, scan_id: str, job_spec_uri: str, batch: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        scan_id: str,
+        job_spec_uri: str,
+        batch: dict[str, Any],
+        runnable_timeout: int = 30 * 60,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             job_name=batch["jobName"],
             job_queue=batch["jobQueue"],
@@ -53,6 +67,26 @@ class ScanBatchOperator(BatchOperator):
         self.scan_id = scan_id
         self.job_spec_uri = job_spec_uri
         self.batch = batch
+        self.runnable_timeout = runnable_timeout
+
+    def defer(self, *, trigger: Any, method_name: str, kwargs: dict | None = None, timeout: Any = None) -> None:
+        """Wait with ScanJobTrigger (stuck-job watchdog, on_kill) instead of BatchJobTrigger."""
+        trigger = ScanJobTrigger(
+            job_id=self.job_id,
+            job_queue=self.job_queue,
+            runnable_timeout=self.runnable_timeout,
+            poll_interval=self.poll_interval,
+            max_polls=self.max_retries,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def on_kill(self) -> None:
+        """Sync mode: the task was killed; terminate its job (deferred tasks: the trigger's on_kill)."""
+        if self.job_id:
+            self.hook.client.terminate_job(jobId=self.job_id, reason=f"{CANCEL_REASON} (the Airflow task was stopped)")
+            self.log.info("Terminated Batch job %s", self.job_id)
 
     def submit_job(self, context: Any) -> None:
         store = context.get("task_state_store")

@@ -70,6 +70,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
     "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
+    "runnable_timeout": _schema(30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
     "backend": _schema(os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"), "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
     "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
@@ -106,6 +107,7 @@ class RunConfig:
     job_queue: str = "ndmg-queue"
     job_definition: str = "ndmg"
     job_timeout_minutes: int = 360
+    runnable_timeout_minutes: int = 30
     backend: str = "aws_batch"
     force: bool = False
     dry_run: bool = False
@@ -182,6 +184,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         job_queue=params.get("job_queue") or "ndmg-queue",
         job_definition=params.get("job_definition") or "ndmg",
         job_timeout_minutes=int(params.get("job_timeout_minutes") or 360),
+        runnable_timeout_minutes=int(params.get("runnable_timeout") or 30),
         backend=backend,
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),

@@ -89,14 +89,29 @@ def write_job_specs_step(discovery: dict[str, Any]) -> list[dict[str, Any]]:
     if config.dry_run:
         log.info("dry run: nothing is submitted")
         return []
+    _check_map_length(len(specs))
     _mark_derivatives(client, config)
     runs = []
     for spec in specs:
         kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
         if config.backend == "aws_batch":
             kwargs["batch"] = spec["batch"]
+            kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
         runs.append(kwargs)
     return runs
+
+
+def _check_map_length(scans: int) -> None:
+    """Airflow refuses to map over more than [core] max_map_length items (1,024 by default)."""
+    from airflow.configuration import conf
+
+    limit = conf.getint("core", "max_map_length")
+    if scans > limit:
+        raise AirflowFailException(
+            f"{scans} scans to run, but Airflow maps at most [core] max_map_length={limit} tasks: "
+            f"set AIRFLOW__CORE__MAX_MAP_LENGTH to at least {scans} (our deployments use 100000), "
+            "or split the run with participant_label"
+        )
 
 
 def choose_backend_step(discovery: dict[str, Any]) -> str:

@@ -1,0 +1,116 @@
+"""``ScanJobTrigger``: waits for one scan's Batch job in the triggerer, like the provider's
+``BatchJobTrigger``, and adds what that one lacks:
+
+- a stuck-job watchdog: a job RUNNABLE longer than ``runnable_timeout`` seconds is checked
+  against its queue's compute environments and, if none can ever run it, terminated with
+  the reason (``ndmg-cloud: stuck RUNNABLE ...``); an environment that could run it is
+  scaling up, and the job is left alone;
+- ``on_kill``: marking the task failed (or clearing it) terminates the Batch job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from ndmg_cloud.capacity import diagnose_stuck
+from ndmg_cloud.jobs import ACTIVE, CANCEL_REASON, FAILED, STUCK_REASON, SUCCEEDED
+
+
+class ScanJobTrigger(BaseTrigger):
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job_queue: str,
+        runnable_timeout: int,
+        poll_interval: int = 30,
+        max_polls: int = 4200,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.job_queue = job_queue
+        self.runnable_timeout = runnable_timeout
+        self.poll_interval = poll_interval
+        self.max_polls = max_polls
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{self.__class__.__module__}.{self.__class__.__qualname__}",
+            {
+                "job_id": self.job_id,
+                "job_queue": self.job_queue,
+                "runnable_timeout": self.runnable_timeout,
+                "poll_interval": self.poll_interval,
+                "max_polls": self.max_polls,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+            },
+        )
+
+    def _hook(self) -> BatchClientHook:
+        return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        async with await self._hook().get_async_conn() as client:
+            for _ in range(self.max_polls):
+                jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
+                if not jobs:
+                    yield self._event("error", f"Batch job {self.job_id} not found")
+                    return
+                job = jobs[0]
+                status = job.get("status")
+                if status == SUCCEEDED:
+                    yield self._event("success")
+                    return
+                if status == FAILED:
+                    yield self._event("failure", job.get("statusReason") or "job failed")
+                    return
+                if status == "RUNNABLE" and self._runnable_too_long(job):
+                    why = await self._why_stuck(client, job)
+                    if why:
+                        reason = f"{STUCK_REASON} for over {self.runnable_timeout // 60} min: {why}"
+                        await client.terminate_job(jobId=self.job_id, reason=reason[:250])
+                        yield self._event("failure", reason)
+                        return
+                await asyncio.sleep(self.poll_interval)
+        yield self._event("error", f"Batch job {self.job_id} still {status} after {self.max_polls} polls")
+
+    def _runnable_too_long(self, job: dict[str, Any]) -> bool:
+        created = (job.get("createdAt") or 0) / 1000
+        return created > 0 and time.time() - created > self.runnable_timeout
+
+    async def _why_stuck(self, client: Any, job: dict[str, Any]) -> str | None:
+        queues = (await client.describe_job_queues(jobQueues=[job.get("jobQueue") or self.job_queue])).get("jobQueues", [])
+        queue = queues[0] if queues else None
+        order = sorted((queue or {}).get("computeEnvironmentOrder", []), key=lambda o: o.get("order", 0))
+        names = [o["computeEnvironment"] for o in order]
+        environments = (
+            (await client.describe_compute_environments(computeEnvironments=names)).get("computeEnvironments", [])
+            if names
+            else []
+        )
+        return diagnose_stuck(job, queue, environments)
+
+    def _event(self, status: str, message: str | None = None) -> TriggerEvent:
+        payload = {"status": status, "job_id": self.job_id}
+        if message:
+            payload["message"] = message
+        return TriggerEvent(payload)
+
+    async def on_kill(self) -> None:
+        """The user marked the task failed or cleared it: stop paying for the job."""
+        async with await self._hook().get_async_conn() as client:
+            jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
+            if jobs and jobs[0].get("status") in ACTIVE:
+                await client.terminate_job(jobId=self.job_id, reason=f"{CANCEL_REASON} (the Airflow task was stopped)")
+                self.log.info("Terminated Batch job %s", self.job_id)

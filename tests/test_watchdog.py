@@ -1,0 +1,126 @@
+"""Stuck RUNNABLE jobs are diagnosed and cancelled with the reason; stopping a task
+terminates its Batch job (deferred: the trigger's on_kill; sync: the operator's on_kill)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ndmg_cloud.capacity import diagnose_stuck, instance_memory_mib
+from ndmg_cloud.jobs import classify_failure
+from ndmg_cloud.triggers import ScanJobTrigger
+
+JOB = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}]}}
+QUEUE = {"jobQueueName": "ndmg-queue", "state": "ENABLED", "status": "VALID"}
+
+
+def ce(name="ndmg-spot", status="VALID", state="ENABLED", max_vcpus=256, types=("r5.large",)):
+    return {
+        "computeEnvironmentName": name,
+        "status": status,
+        "state": state,
+        "statusReason": "CLIENT_ERROR - no default VPC" if status == "INVALID" else "",
+        "computeResources": {"maxvCpus": max_vcpus, "minvCpus": 0, "instanceTypes": list(types)},
+    }
+
+
+@pytest.mark.parametrize(
+    "environments, expected",
+    [
+        ([ce()], None),  # VALID and able to run it: scaling up, leave it alone
+        ([ce(status="INVALID")], "compute environment ndmg-spot is INVALID (CLIENT_ERROR - no default VPC)"),
+        ([ce(state="DISABLED")], "compute environment ndmg-spot is DISABLED"),
+        ([ce(max_vcpus=1)], "allows at most 1 vCPUs, the job needs 2"),
+        ([ce(types=("m5.large",))], "instance types m5.large of compute environment ndmg-spot cannot fit the job's 15200 MiB"),
+        ([ce(state="DISABLED"), ce(name="ndmg-ondemand")], None),  # the second one can run it
+        ([], "has no compute environment"),
+    ],
+)
+def test_diagnosis(environments, expected):
+    why = diagnose_stuck(JOB, QUEUE, environments)
+    if expected is None:
+        assert why is None
+    else:
+        assert expected in why
+
+
+def test_instance_memory():
+    assert instance_memory_mib("r5.large") == 16 * 1024
+    assert instance_memory_mib("m5.xlarge") == 16 * 1024
+    assert instance_memory_mib("optimal") is None
+
+
+def run_trigger(trigger):
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(asyncio.wait_for(first_event(), 30))
+
+
+def submit(batch):
+    return batch.submit_job(jobName="ds-sub-01-abcdef12", jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+
+
+def test_a_job_stuck_behind_a_disabled_environment_is_cancelled_with_the_reason(batch_env, batch_behaviour):
+    batch_behaviour.stuck = True
+    job_id = submit(batch_env)
+    batch_env.update_compute_environment(computeEnvironment="ndmg-compute", state="DISABLED")
+    trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=0, poll_interval=0)
+
+    event = run_trigger(trigger)
+
+    assert event["status"] == "failure"
+    assert "stuck RUNNABLE" in event["message"] and "compute environment ndmg-compute is DISABLED" in event["message"]
+    job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["status"] == "FAILED"
+    assert classify_failure(job) == "stuck_runnable"
+
+
+def test_a_job_waiting_for_a_healthy_environment_is_left_alone(batch_env, batch_behaviour):
+    batch_behaviour.stuck = True
+    job_id = submit(batch_env)
+    trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=0, poll_interval=0, max_polls=3)
+
+    event = run_trigger(trigger)
+
+    assert event["status"] == "error" and "still RUNNABLE after 3 polls" in event["message"]
+    assert batch_env.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNABLE"  # not cancelled
+
+
+def test_trigger_round_trips_through_serialization():
+    trigger = ScanJobTrigger(job_id="j", job_queue="q", runnable_timeout=1800, poll_interval=30)
+    path, kwargs = trigger.serialize()
+    assert path == "ndmg_cloud.triggers.ScanJobTrigger"
+    assert ScanJobTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_stopping_a_deferred_task_terminates_its_job(batch_env, batch_behaviour):
+    batch_behaviour.run_seconds = 60  # RUNNING for a minute
+    job_id = submit(batch_env)
+    trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=1800)
+
+    asyncio.run(trigger.on_kill())
+
+    job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["status"] == "FAILED"
+    assert job["statusReason"].startswith("ndmg-cloud: cancelled")
+    assert classify_failure(job) == "cancelled"
+
+
+def test_stopping_a_sync_task_terminates_its_job(batch_env, batch_behaviour):
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    batch_behaviour.run_seconds = 60
+    job_id = submit(batch_env)
+    operator = ScanBatchOperator(
+        task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://b/x.json",
+        batch={"jobName": "x", "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"},
+    )  # fmt: skip
+    operator.job_id = job_id
+
+    operator.on_kill()
+
+    job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
+    assert job["status"] == "FAILED" and classify_failure(job) == "cancelled"
