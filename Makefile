@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test airflow bench lint lock clean
+.PHONY: demo test airflow bench bench-load lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/discovery.py
 	$(PY) benchmarks/dag_parse.py
+
+# ~10 minutes: a 1,100-scan run of the whole DAG on the embedded stack
+bench-load: $(STAMP)
+	$(PY) benchmarks/load.py --scans 1100
 
 # Re-pin everything after changing requirements*.txt.
 lock:
