@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ROOT
-from datasets import E2E_INVALID, E2E_KEYS, E2E_VALID, listing, put_dataset
+from datasets import E2E_INVALID, E2E_VALID, listing, put_dataset
 
 BUCKET = "lab-data"
 BIDSDIR = "studies/ds-test/"

@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 
 from conftest import ENDPOINT, REGION
-from datasets import E2E_KEYS, listing, put_dataset
+from datasets import listing, put_dataset
 from faults import FaultProxy, Rule
 from ndmg_cloud.discover import DatasetError, discover
 from ndmg_cloud.jobs import batch_records

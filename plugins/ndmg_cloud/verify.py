@@ -1,7 +1,7 @@
 """The verdict on every scan: did its job succeed AND are its manifest and graphs on S3?
 
-One paginated listing of the output prefix, DescribeJobs in batches of 100, and one read
-of each present manifest (to see that it says success).
+One paginated listing of the output prefix and one read of each present manifest (to see
+that it says success); what each job did comes in as ``JobRecord``s (``ndmg_cloud.jobs``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import fnmatch
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote
 
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
