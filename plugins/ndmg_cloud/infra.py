@@ -1,0 +1,115 @@
+"""The Batch infrastructure from code: deploy ``infra/ndmg-batch.yaml`` as a CloudFormation
+stack, idempotently (a second deploy with the same parameters changes nothing)."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+STACK_NAME = "ndmg-cloud-batch"
+TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "ndmg-batch.yaml"
+
+
+class InfraError(RuntimeError):
+    """The stack could not be deployed; the message says why."""
+
+
+@dataclass
+class Deployment:
+    stack: str
+    action: str  # created, updated or unchanged
+    outputs: dict[str, str]
+
+
+def template_body() -> str:
+    if TEMPLATE.exists():
+        return TEMPLATE.read_text()
+    return resources.files("ndmg_cloud").joinpath("ndmg-batch.yaml").read_text()  # pragma: no cover
+
+
+def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, (list, tuple)) else str(value).lower() if isinstance(value, bool) else str(value)
+        out.append({"ParameterKey": key, "ParameterValue": text})
+    return out
+
+
+def _outputs(cfn: Any, stack: str) -> dict[str, str]:
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+
+
+def _exists(cfn: Any, stack: str) -> bool:
+    try:
+        status = cfn.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+    except ClientError as err:
+        if "does not exist" in str(err):
+            return False
+        raise
+    return status != "DELETE_COMPLETE"
+
+
+def _same_as_deployed(cfn: Any, stack: str, body: str, parameters: list[dict[str, str]]) -> bool:
+    """The stack already runs this template with these parameter values."""
+    deployed = cfn.get_template(StackName=stack)["TemplateBody"]
+    if not isinstance(deployed, str) or deployed.strip() != body.strip():
+        return False
+    current = {
+        p["ParameterKey"]: p.get("ParameterValue")
+        for p in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])
+    }
+    return all(_items(current.get(p["ParameterKey"])) == _items(p["ParameterValue"]) for p in parameters)
+
+
+def _items(value: str | None) -> list[str]:
+    """A parameter value as a list: "a,b" (the API) or "['a', 'b']" (the local endpoint)."""
+    if value is None:
+        return []
+    if value.startswith("[") and value.endswith("]"):
+        return [str(v) for v in ast.literal_eval(value)]
+    return value.split(",")
+
+
+def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Deployment:
+    """Create the stack, or update it; report which, and the queue and job definition."""
+    args = {
+        "StackName": stack,
+        "TemplateBody": template_body(),
+        "Parameters": _parameters(parameters),
+        "Capabilities": ["CAPABILITY_IAM"],
+        "Tags": [{"Key": "project", "Value": "ndmg-cloud"}],
+    }
+    try:
+        if not _exists(cfn, stack):
+            cfn.create_stack(**args)
+            cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+            return Deployment(stack, "created", _outputs(cfn, stack))
+        if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
+            return Deployment(stack, "unchanged", _outputs(cfn, stack))
+        try:
+            cfn.update_stack(**args)
+        except ClientError as err:
+            if "No updates are to be performed" in str(err):
+                return Deployment(stack, "unchanged", _outputs(cfn, stack))
+            raise
+        cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+        return Deployment(stack, "updated", _outputs(cfn, stack))
+    except ClientError as err:
+        raise InfraError(f"could not deploy stack {stack}: {err}") from None
+
+
+def teardown(cfn: Any, stack: str = STACK_NAME) -> bool:
+    """Delete the stack; False when there was none."""
+    if not _exists(cfn, stack):
+        return False
+    cfn.delete_stack(StackName=stack)
+    cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+    return True
