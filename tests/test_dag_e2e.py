@@ -318,3 +318,10 @@ def test_more_scans_than_max_map_length_is_a_clear_error(s3, batch, dataset, bat
     assert run.state == "failed"
     assert batch_behaviour.submitted == []
     assert "6 scans to run, but Airflow maps at most [core] max_map_length=4" in capfd.readouterr().out
+
+
+def test_a_run_above_max_cost_is_refused_before_submitting(s3, batch, dataset, batch_behaviour, capfd):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, max_cost_usd=0.5)
+    assert run.state == "failed"
+    assert batch_behaviour.submitted == []
+    assert "6 scans would cost about $1.13 on-demand ($0.45 on Spot), above max_cost_usd=0.5" in capfd.readouterr().out

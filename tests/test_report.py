@@ -83,3 +83,10 @@ def test_html_is_self_contained_and_shows_every_scan():
     assert "wall time 3600.0 s" in page
     assert 'href="https://us-east-1.console.aws.amazon.com/cloudwatch/home#x"' in page
     assert "$0.14" in page
+
+
+def test_estimate_on_demand_versus_spot():
+    from ndmg_cloud.cost import estimate
+
+    guess = estimate(100, "m2g", hours_per_scan=1.0)
+    assert guess == {"scans": 100, "instance_hours": 100.0, "vcpu_hours": 200.0, "on_demand_usd": 12.6, "spot_usd": 5.04}

@@ -15,3 +15,20 @@ def job_cost_usd(started_ms: int | None, stopped_ms: int | None, vcpus: int = R5
     hours = (stopped_ms - started_ms) / 3_600_000
     instances = max(1.0, vcpus / R5_LARGE_VCPUS)
     return hours * R5_LARGE_ON_DEMAND_USD_PER_HOUR * instances
+
+# Spot r5.large has run at roughly 40 % of on-demand; the seed's "$.05 a scan" is this.
+SPOT_FRACTION = 0.4
+HOURS_PER_SCAN = {"m2g": 1.5, "ndmg": 1.5, "lite": 0.05}
+
+
+def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> dict[str, float]:
+    """Before a run: instance-hours, vCPU-hours and dollars on-demand vs Spot."""
+    hours = scans * (hours_per_scan if hours_per_scan is not None else HOURS_PER_SCAN.get(pipeline, 1.5))
+    on_demand = hours * R5_LARGE_ON_DEMAND_USD_PER_HOUR
+    return {
+        "scans": scans,
+        "instance_hours": round(hours, 2),
+        "vcpu_hours": round(hours * R5_LARGE_VCPUS, 2),
+        "on_demand_usd": round(on_demand, 2),
+        "spot_usd": round(on_demand * SPOT_FRACTION, 2),
+    }

@@ -71,6 +71,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
     "runnable_timeout": _schema(30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
+    "max_cost_usd": _schema(None, ["null", "number"], "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this.", minimum=0),
     "backend": _schema(os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"), "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
     "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
@@ -108,6 +109,7 @@ class RunConfig:
     job_definition: str = "ndmg"
     job_timeout_minutes: int = 360
     runnable_timeout_minutes: int = 30
+    max_cost_usd: float | None = None
     backend: str = "aws_batch"
     force: bool = False
     dry_run: bool = False
@@ -185,6 +187,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         job_definition=params.get("job_definition") or "ndmg",
         job_timeout_minutes=int(params.get("job_timeout_minutes") or 360),
         runnable_timeout_minutes=int(params.get("runnable_timeout") or 30),
+        max_cost_usd=params.get("max_cost_usd"),
         backend=backend,
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),

@@ -14,6 +14,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.bids import Scan
+from ndmg_cloud.cost import estimate
 from ndmg_cloud.jobs import SUCCEEDED, batch_records, fetch_log_tails, local_records
 from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
 from ndmg_cloud.operators import JOB_XCOM_KEY
@@ -65,6 +66,7 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
     done = {} if config.force else completed_scans(config, found.valid, s3)
     if done:
         log.info("%d scans already done: skipped (force=true reruns them)", len(done))
+    check_cost(config, len(found.valid) - len(done))
     return {
         "config": config.to_dict(),
         "scans": [s.to_dict() for s in found.scans],
@@ -99,6 +101,18 @@ def write_job_specs_step(discovery: dict[str, Any]) -> list[dict[str, Any]]:
             kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
         runs.append(kwargs)
     return runs
+
+
+def check_cost(config: RunConfig, scans: int) -> None:
+    """Refuse a run whose estimate is above the max_cost_usd param."""
+    guess = estimate(scans, config.pipeline)
+    log.info("estimate: %s", guess)
+    if config.max_cost_usd is not None and config.backend == "aws_batch" and guess["on_demand_usd"] > config.max_cost_usd:
+        raise AirflowFailException(
+            f"{scans} scans would cost about ${guess['on_demand_usd']:.2f} on-demand "
+            f"(${guess['spot_usd']:.2f} on Spot), above max_cost_usd={config.max_cost_usd}: "
+            "raise max_cost_usd or narrow the run with participant_label"
+        )
 
 
 def _check_map_length(scans: int) -> None:
