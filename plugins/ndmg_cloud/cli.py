@@ -148,7 +148,8 @@ def progress(airflow: Airflow, run_id: str) -> tuple[int, int, int, str]:
     return done, failed, len(scans), state
 
 
-def follow(airflow: Airflow, run_id: str, every: float, out=sys.stdout) -> str:
+def follow(airflow: Airflow, run_id: str, every: float, out: Any = None) -> str:
+    out = out or sys.stdout
     width = 30
     while True:
         done, failed, total, state = progress(airflow, run_id)
@@ -172,7 +173,8 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
     return uri, report
 
 
-def print_summary(uri: str, report: dict[str, Any], out=sys.stdout) -> None:
+def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout
     s = report["summary"]
     out.write(
         f"{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "

@@ -1,0 +1,171 @@
+"""The ndmg_cloud command against a live `airflow standalone` on the local AWS endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import BatchBehaviour, ROOT, _free_port, wait_for
+from datasets import put_dataset
+from ndmg_cloud.cli import main
+
+PASSWORD = "ndmg-cli-test"
+
+
+@pytest.fixture(scope="module")
+def airflow_server(moto_server, tmp_path_factory):
+    """airflow standalone (scheduler, triggerer, dag-processor, api-server) on a free port."""
+    home = tmp_path_factory.mktemp("standalone")
+    port = _free_port()
+    (home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([airflow, "pools", "set", "ndmg_local", "2", "local"], env=env, check=True, capture_output=True)
+    log = open(home / "standalone.log", "w")
+    process = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def dag_ready():
+        try:
+            token = requests.post(f"{url}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=5).json()["access_token"]
+            answer = requests.get(f"{url}/api/v2/dags/ndmg_participant", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            return answer.status_code == 200
+        except (requests.RequestException, KeyError, ValueError):
+            return False
+
+    try:
+        assert wait_for(dag_ready, timeout=180), (home / "standalone.log").read_text()[-3000:]
+        yield {"url": url, "home": home}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture
+def cli(airflow_server, monkeypatch):
+    monkeypatch.setenv("NDMG_AIRFLOW_URL", airflow_server["url"])
+    monkeypatch.setenv("NDMG_AIRFLOW_USER", "admin")
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", PASSWORD)
+
+    def run(*argv):
+        return main(list(argv))
+
+    return run
+
+
+@pytest.fixture
+def phantoms(s3, tmp_path):
+    from ndmg_cloud.synthetic import make_dataset
+
+    make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=1)
+    s3.create_bucket(Bucket="cli-data")
+    for path in sorted((tmp_path / "ds").rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), "cli-data", "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    return s3
+
+
+def test_participant_follows_the_run_and_prints_the_report(cli, phantoms, capsys, tmp_path):
+    code = cli(
+        "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
+        "--backend", "local", "--follow", "--poll-seconds", "2",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "triggered ndmg_participant run manual__" in out
+    assert "2/2 done, 0 failed  (success)" in out
+    assert "2 scans: 2 succeeded, 0 failed, 0 missing outputs, 0 invalid" in out
+    run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
+
+    assert cli("status", run_id) == 0
+    status = capsys.readouterr().out
+    assert f"run {run_id}: success" in status
+    assert "sub-01_ses-1" in status and "sub-02" in status and "succeeded" in status
+
+    assert cli("report", run_id, "--out", str(tmp_path / "r.html")) == 0
+    assert "<html" in (tmp_path / "r.html").read_text()
+
+
+def test_schema_refusal_is_relayed(cli, capsys):
+    code = cli("participant", "--bucket", "cli-data", "--max_cost_usd", "-5")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Airflow refused the request" in err and "max_cost_usd" in err
+
+
+def test_wrong_password_is_a_clear_error(airflow_server, capsys):
+    code = main(["status", "--airflow-url", airflow_server["url"], "--username", "admin", "--password", "wrong"])
+    assert code == 2
+    assert "refused the credentials of user 'admin'" in capsys.readouterr().err
+
+
+def test_unreachable_airflow(capsys):
+    code = main(["status", "--airflow-url", f"http://127.0.0.1:{_free_port()}", "--password", "x"])
+    assert code == 2
+    assert "cannot reach Airflow at" in capsys.readouterr().err
+
+
+def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_behaviour, capsys):
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 600  # the jobs would run for ten minutes
+    assert cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01") == 0
+    run_id = capsys.readouterr().out.split("triggered ndmg_participant run ")[1].split()[0]
+    running = lambda: len(batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"]) == 2  # noqa: E731
+    assert wait_for(running, timeout=120)
+
+    assert cli("kill", run_id) == 0
+    assert "2 Batch jobs terminated" in capsys.readouterr().out
+    assert batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"] == []
+    assert wait_for(lambda: requests_state(cli, run_id) == "failed", timeout=60)
+
+
+def requests_state(cli, run_id):
+    from ndmg_cloud.cli import Airflow
+
+    return Airflow(os.environ["NDMG_AIRFLOW_URL"], "admin", PASSWORD).run(run_id)["state"]
+
+
+def test_estimate_before_running(s3, capsys):
+    put_dataset(s3, "lab-data", "ds/")
+    assert main(["estimate", "--bucket", "lab-data", "--bidsdir", "ds", "--hours-per-scan", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "7 scans found: 6 valid, 1 invalid, 0 already done, 6 to run" in out
+    assert "6.0 instance-hours (12.0 vCPU-hours) of r5.large: about $0.76 on-demand, $0.30 on Spot" in out
+
+
+def test_seed_flags_map_to_params():
+    from ndmg_cloud.cli import conf_from, parser
+
+    args = parser().parse_args(
+        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
+         "--sp", "native", "--dataset", "HNU1", "--participant_label", "0025427", "--pipeline", "m2g"]
+    )  # fmt: skip
+    assert conf_from(args) == {
+        "bucket": "b", "bidsdir": "HNU1", "jobdir": "s3://b/jobs", "modif": "out", "dataset": "HNU1",
+        "space": "native", "pipeline": "m2g", "participant_label": ["0025427"],
+    }  # fmt: skip
