@@ -169,3 +169,31 @@ def test_seed_flags_map_to_params():
         "bucket": "b", "bidsdir": "HNU1", "jobdir": "s3://b/jobs", "modif": "out", "dataset": "HNU1",
         "space": "native", "pipeline": "m2g", "participant_label": ["0025427"],
     }  # fmt: skip
+
+
+def test_local_trigger_goes_through_the_local_airflow(cli, airflow_server, phantoms, capsys, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(airflow_server["home"]))
+    code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local", "--dry_run", "--local")
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
+    assert wait_for(lambda: requests_state(cli, run_id) == "success", timeout=120)
+
+
+def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
+    import boto3
+
+    from conftest import ENDPOINT, REGION
+
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+    argv = ["setup", "--image", "ndmg-cloud-m2g:0.3.0", "--subnets", *subnets, "--security-groups", group,
+            "--input-bucket", "lab-data", "--output-bucket", "lab-results"]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "stack ndmg-cloud-batch: created" in first and "job_queue:" in first and "ndmg-queue" in first
+    assert main(argv) == 0
+    assert "stack ndmg-cloud-batch: unchanged" in capsys.readouterr().out
+    assert main(["teardown"]) == 0
+    assert "stack ndmg-cloud-batch: deleted" in capsys.readouterr().out

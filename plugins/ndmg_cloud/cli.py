@@ -211,9 +211,11 @@ def trigger_locally(conf: dict[str, Any]) -> str:
         text=True,
     )
     if done.returncode != 0:
-        raise CliError(f"the local Airflow refused the trigger: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-    runs = json.loads(done.stdout[done.stdout.index("[") :])
-    return runs[0]["dag_run_id"]
+        raise CliError(f"the local Airflow refused the trigger: {(done.stderr.strip() or done.stdout.strip() or str(done.returncode)).splitlines()[-1]}")
+    for line in reversed(done.stdout.splitlines()):  # log lines come first; the JSON is last
+        if line.startswith("[{"):
+            return json.loads(line)[0]["dag_run_id"]
+    raise CliError(f"the local Airflow did not say which run it created: {done.stdout[-300:]}")
 
 
 # --------------------------------------------------------------------- status/kill/report
