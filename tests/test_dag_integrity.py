@@ -26,7 +26,7 @@ def dag(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "ndmg_participant" in dagbag.dags
+    assert {"ndmg_participant", "ndmg_infra"} <= set(dagbag.dags)
 
 
 def test_tasks_and_wiring(dag):
@@ -105,10 +105,11 @@ print(json.dumps({"clients": made, "connections": calls}))
 """
 
 
-def test_parsing_creates_no_aws_client_and_opens_no_connection():
+@pytest.mark.parametrize("dag_file", ["ndmg_participant.py", "ndmg_infra.py"])
+def test_parsing_creates_no_aws_client_and_opens_no_connection(dag_file):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     out = subprocess.run(
-        [sys.executable, "-c", PARSE_PROBE, str(ROOT / "dags" / "ndmg_participant.py")],
+        [sys.executable, "-c", PARSE_PROBE, str(ROOT / "dags" / dag_file)],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     probe = json.loads(out.stdout.strip().splitlines()[-1])

@@ -84,3 +84,17 @@ def test_on_demand_only(network):
     deploy(cfn, parameters(network, UseSpot=False, MaxvCpus=16))
     queue = batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"][0]
     assert len(queue["computeEnvironmentOrder"]) == 1
+
+
+def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    subnets, groups = network
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_infra"]
+    conf = {"image": "ndmg-cloud-m2g:0.3.0", "subnets": subnets, "security_groups": groups,
+            "input_bucket": "lab-data", "output_bucket": "lab-results"}  # fmt: skip
+    run = dag.test(run_conf=conf)
+    assert run.state == "success"
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    assert batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"]
+    assert dag.test(run_conf=conf).state == "success"  # and again: unchanged

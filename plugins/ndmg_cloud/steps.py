@@ -205,3 +205,30 @@ def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
             f"Report: {uri}"
         )
     return uri
+
+
+def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
+    """The ndmg_infra DAG's task: deploy the Batch stack; return its outputs."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    from ndmg_cloud.infra import deploy
+
+    cfn = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="cloudformation").get_conn()
+    deployment = deploy(
+        cfn,
+        {
+            "ImageUri": params["image"],
+            "Subnets": params["subnets"],
+            "SecurityGroups": params["security_groups"],
+            "InputBucket": params["input_bucket"],
+            "InputPrefix": params["input_prefix"],
+            "OutputBucket": params["output_bucket"],
+            "OutputPrefix": params["output_prefix"],
+            "MaxvCpus": params["max_vcpus"],
+            "UseSpot": params["use_spot"],
+        },
+        stack=params["stack"],
+    )
+    log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action,
+             deployment.outputs.get("JobQueue"), deployment.outputs.get("JobDefinition"))
+    return {"action": deployment.action, **deployment.outputs}
