@@ -11,12 +11,14 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, task
 
 from ndmg_cloud import steps
 from ndmg_cloud.local import LOCAL_POOL
-from ndmg_cloud.operators import ScanBatchOperator
+from ndmg_cloud.operators import RunReportOperator, ScanBatchOperator
 from ndmg_cloud.params import PARAM_SCHEMAS
+
+REPORTS = AssetAlias(steps.REPORTS_ALIAS)
 
 
 @dag(
@@ -49,7 +51,12 @@ def ndmg_participant():
         pool=LOCAL_POOL,
         map_index_template="{{ task.op_kwargs['scan_id'] }}",
     ).expand_kwargs(job_kwargs)
-    report = task(steps.verify_and_report_step, task_id="verify_and_report", trigger_rule="all_done")()
+    report = RunReportOperator(
+        task_id="verify_and_report",
+        python_callable=steps.verify_and_report_step,
+        trigger_rule="all_done",  # runs when some scans failed, and says so
+        outlets=[REPORTS],  # an Asset per dataset's reports, for downstream DAGs
+    )
     job_kwargs >> backend >> [batch_jobs, local_jobs]
     [job_kwargs, batch_jobs, local_jobs] >> report
 

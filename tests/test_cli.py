@@ -90,7 +90,7 @@ def phantoms(s3, tmp_path):
     return s3
 
 
-def test_participant_follows_the_run_and_prints_the_report(cli, phantoms, capsys, tmp_path):
+def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, phantoms, capsys, tmp_path):
     code = cli(
         "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
         "--backend", "local", "--follow", "--poll-seconds", "2",
@@ -109,6 +109,16 @@ def test_participant_follows_the_run_and_prints_the_report(cli, phantoms, capsys
 
     assert cli("report", run_id, "--out", str(tmp_path / "r.html")) == 0
     assert "<html" in (tmp_path / "r.html").read_text()
+
+    # the "Run report" button of the final task opens report.html (here: on the local endpoint)
+    from ndmg_cloud.cli import Airflow
+
+    links = Airflow(airflow_server["url"], "admin", PASSWORD)._request(
+        "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{run_id}/taskInstances/verify_and_report/links"
+    )["extra_links"]
+    url = links["Run report"]
+    assert url.endswith("/report.html") and run_id.split("+")[0] in requests.utils.unquote(url)
+    assert "<html" in requests.get(url, timeout=10).text
 
 
 def test_schema_refusal_is_relayed(cli, capsys):

@@ -43,6 +43,18 @@ def report_uri_of(run):
         return XComModel.deserialize_value(row)
 
 
+def asset_events(uri):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(AssetModel.uri == uri).all()
+        )
+        session.expunge_all()
+        return events
+
+
 def rows_by_scan(report):
     return {row["scan_id"]: row for row in report["scans"]}
 
@@ -155,6 +167,10 @@ def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, batch_beha
     assert report["summary"]["succeeded"] == 3
     description = read_json(s3, OUT + "dataset_description.json")
     assert description["DatasetType"] == "derivative"
+    # downstream DAGs can subscribe to this dataset's reports
+    events = asset_events(f"s3://{BUCKET}/{OUT}reports")
+    assert [e.extra["run_id"] for e in events] == [run.run_id]
+    assert events[0].extra["report"] == f"s3://{BUCKET}/{OUT}reports/{run.run_id}/report.json"
 
 
 def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, batch_behaviour):

@@ -90,3 +90,13 @@ def test_estimate_on_demand_versus_spot():
 
     guess = estimate(100, "m2g", hours_per_scan=1.0)
     assert guess == {"scans": 100, "instance_hours": 100.0, "vcpu_hours": 200.0, "on_demand_usd": 12.6, "spot_usd": 5.04}
+
+
+def test_report_link_targets():
+    from ndmg_cloud.links import report_html_url
+
+    uri = "s3://lab-data/ds/derivatives/ndmg/reports/manual__2026-11-24T10:00:00+00:00/report.json"
+    assert report_html_url(uri, "http://127.0.0.1:5000") == (
+        "http://127.0.0.1:5000/lab-data/ds/derivatives/ndmg/reports/manual__2026-11-24T10%3A00%3A00%2B00%3A00/report.html"
+    )
+    assert report_html_url(uri).startswith("https://s3.console.aws.amazon.com/s3/object/lab-data?prefix=ds%2Fderivatives")

@@ -8,7 +8,10 @@ from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException
 
+from airflow.providers.standard.operators.python import PythonOperator
+
 from ndmg_cloud.jobs import CANCEL_REASON
+from ndmg_cloud.links import RunReportLink
 from ndmg_cloud.triggers import ScanJobTrigger
 
 JOB_XCOM_KEY = "batch_job"
@@ -134,3 +137,9 @@ class ScanBatchOperator(BatchOperator):
             aws_partition=self.hook.conn_partition,
             job_id=self.job_id,
         )
+
+
+class RunReportOperator(PythonOperator):
+    """The verify-and-report step, with a "Run report" button that opens report.html."""
+
+    operator_extra_links = (RunReportLink(),)

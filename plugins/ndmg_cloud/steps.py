@@ -31,6 +31,7 @@ AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
 # Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
 BACKEND_TASKS = {"aws_batch": "run_scan", "local": "run_scan_local"}
+REPORTS_ALIAS = "ndmg-reports"
 
 
 def s3_client() -> Any:
@@ -163,7 +164,14 @@ def _pulled(ti: Any, task_id: str, key: str) -> list[dict[str, Any]]:
     return [values] if isinstance(values, dict) else [v for v in values if v]
 
 
-def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
+def report_asset(config: RunConfig) -> Any:
+    """The Asset of a dataset's reports: ``s3://<output>/reports``, named by dataset."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
+
+
+def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None) -> str:
     """Verify every scan, write the report, return its URI; then fail if any scan failed."""
     discovery = ti.xcom_pull(task_ids="discover")
     if not discovery:
@@ -196,6 +204,12 @@ def verify_and_report_step(ti: Any, dag_run: Any = None) -> str:
     for row in report["scans"]:
         log.info("%-40s %-16s %s", row["scan_id"], row["status"], row["reason"] or "")
     ti.xcom_push(key="return_value", value=uri)
+    if outlet_events is not None:
+        from airflow.sdk import AssetAlias
+
+        outlet_events[AssetAlias(REPORTS_ALIAS)].add(
+            report_asset(config), extra={"run_id": config.run_id, "report": uri, "summary": summary}
+        )
 
     failing = failing_scans(report)
     if failing:
