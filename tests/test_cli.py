@@ -116,9 +116,11 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     links = Airflow(airflow_server["url"], "admin", PASSWORD)._request(
         "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{run_id}/taskInstances/verify_and_report/links"
     )["extra_links"]
-    url = links["Run report"]
-    assert url.endswith("/report.html") and run_id.split("+")[0] in requests.utils.unquote(url)
-    assert "<html" in requests.get(url, timeout=10).text
+    url = requests.utils.unquote(links["Run report"])
+    bucket, key = url.split("/", 4)[3:]
+    assert key == f"phantoms/derivatives/ndmg/reports/{run_id}/report.html"
+    assert b"<html" in phantoms.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert requests.get(links["Run report"], timeout=10).status_code == 403  # private: never public
 
 
 def test_schema_refusal_is_relayed(cli, capsys):
