@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test airflow bench bench-load lock clean
+.PHONY: demo test airflow bench bench-load screenshots lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/discovery.py
 	$(PY) benchmarks/dag_parse.py
+
+# the trigger form, the mapped scans and report.html in headless Chromium
+screenshots: $(STAMP)
+	$(PY) scripts/ui_screenshots.py --out ui-screenshots
 
 # ~10 minutes: a 1,100-scan run of the whole DAG on the embedded stack
 bench-load: $(STAMP)

@@ -1,0 +1,149 @@
+"""Screenshots of the Airflow UI and the report, in a real (headless) Chromium.
+
+Starts the embedded stack (local AWS endpoint, synthetic dataset, airflow standalone on a
+free port, everyone admin), triggers ndmg_participant (backend=local, pipeline=lite),
+waits for it, then takes: the trigger form, the grid with the mapped scans, report.html.
+
+    .venv/bin/python scripts/ui_screenshots.py [--out ui-screenshots] [--chromium /usr/bin/chromium]
+
+Needs Chromium (Debian: apt-get install chromium). Exits non-zero if a page lacks what it
+should show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from ndmg_cloud import demo  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"ui_screenshots: timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("ui-screenshots"))
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    import requests
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="ndmg-ui-"))
+    moto_port, port = demo.free_port(), demo.free_port()
+    demo.configure_environment(work / "airflow", f"http://127.0.0.1:{moto_port}")
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+    )
+    server = demo.start_endpoint(moto_port)
+    airflow = None
+    try:
+        demo.airflow("db", "migrate")
+        demo.airflow("pools", "set", "ndmg_local", "2", "local backend")
+        demo.upload_dataset(work)  # 9 phantom scans
+        log = open(work / "standalone.log", "w")
+        airflow = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        session = requests.Session()
+        wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant", timeout=5).status_code == 200, 240, "the DAG in the API")
+
+        conf = {"bucket": demo.BUCKET, "bidsdir": demo.BIDSDIR, "backend": "local", "pipeline": "lite"}
+        run = session.post(f"{url}/api/v2/dags/ndmg_participant/dagRuns", json={"logical_date": None, "conf": conf}, timeout=10).json()
+        run_id = run["dag_run_id"]
+        wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant/dagRuns/{run_id}", timeout=5).json()["state"] in ("success", "failed"), 600, "the run")
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        problems = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+            page.goto(f"{url}/dags/ndmg_participant/runs/{run_id}", wait_until="networkidle")
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(args.out / "grid.png"), full_page=True)
+            text = page.inner_text("body")
+            for expected in ("run_scan_local", "verify_and_report", "discover"):
+                if expected not in text:
+                    problems.append(f"grid lacks {expected}")
+
+            page.goto(f"{url}/dags/ndmg_participant/runs/{run_id}/tasks/run_scan_local/mapped", wait_until="networkidle")
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(args.out / "mapped-scans.png"), full_page=True)
+            text = page.inner_text("body")
+            for scan in ("sub-01_ses-1", "sub-05"):
+                if scan not in text:
+                    problems.append(f"mapped task list lacks the scan label {scan}")
+
+            page.goto(f"{url}/dags/ndmg_participant", wait_until="networkidle")
+            page.wait_for_timeout(2000)
+            page.get_by_role("button", name="Trigger").first.click()
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(args.out / "trigger-form.png"), full_page=True)
+            text = page.inner_text("body")
+            for expected in ("S3 bucket", "BIDS dataset path", "Pipeline"):
+                if expected not in text:
+                    problems.append(f"trigger form lacks the field {expected!r}")
+
+            import boto3
+
+            report = work / "report.html"
+            key = f"{demo.BIDSDIR}/derivatives/ndmg/reports/{run_id}/report.html"
+            boto3.client("s3").download_file(demo.BUCKET, key, str(report))
+            page.goto(report.as_uri(), wait_until="load")
+            page.screenshot(path=str(args.out / "report.png"), full_page=True)
+            if "sub-01_ses-1" not in page.inner_text("body"):
+                problems.append("report.html lacks the scans")
+            browser.close()
+
+        for name in ("trigger-form.png", "grid.png", "mapped-scans.png", "report.png"):
+            print(f"screenshot: {(args.out / name).resolve()}")
+        if problems:
+            print("ui_screenshots: " + "; ".join(problems), file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if airflow is not None:
+            os.killpg(airflow.pid, signal.SIGTERM)
+            try:
+                airflow.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(airflow.pid, signal.SIGKILL)
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
