@@ -80,6 +80,13 @@ def scan_of_name(job_name: str) -> str:
     return job_name[len("ds-test-") : -len("-12345678")]
 
 
+def write_scan_outputs(s3, scan_id: str, run_id: str = "earlier") -> None:
+    """What a scan container leaves behind: the graphs, then the manifest last."""
+    for key in m2g_outputs(scan_id):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n1 2 5\n")
+    s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success", "run_id": run_id}))
+
+
 def manifest_key(scan_id: str) -> str:
     parts = scan_id.split("_")
     folder = "/".join(p for p in parts if p.startswith(("sub-", "ses-"))) + "/"
@@ -119,13 +126,8 @@ def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, datase
 
 def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, dataset, batch_behaviour):
     def container_did_its_work(job):
-        # What the scan container writes: the graphs, then the manifest last.
-        scan_id = scan_of(job)
-        if "sub-05" in scan_id:
-            return
-        for key in m2g_outputs(scan_id):
-            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n1 2 5\n")
-        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
+        if "sub-05" not in scan_of(job):
+            write_scan_outputs(s3, scan_of(job))
 
     batch_behaviour.on_submit = container_did_its_work
     batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
@@ -151,13 +153,7 @@ def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, data
 
 
 def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, batch_behaviour):
-    def container_did_its_work(job):
-        scan_id = scan_of(job)
-        for key in m2g_outputs(scan_id):
-            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
-        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
-
-    batch_behaviour.on_submit = container_did_its_work
+    batch_behaviour.on_submit = lambda job: write_scan_outputs(s3, scan_of(job))
 
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, participant_label=["01", "sub-02"])
 
@@ -259,12 +255,9 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
 
 def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, batch_behaviour):
     def container_did_its_work(job):
-        scan_id = scan_of(job)
-        if scan_id == "sub-05_ses-1" and batch_behaviour.fail:
+        if scan_of(job) == "sub-05_ses-1" and batch_behaviour.fail:
             return  # the first time round this scan fails
-        for key in m2g_outputs(scan_id):
-            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
-        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success", "run_id": job.job_name}))
+        write_scan_outputs(s3, scan_of(job), job.job_name)
 
     batch_behaviour.on_submit = container_did_its_work
     batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"

@@ -7,7 +7,7 @@ import re
 
 from conftest import FAKE_KEY_ID, FAKE_SECRET
 from datasets import put_dataset
-from test_dag_e2e import BIDSDIR, BUCKET, m2g_outputs, manifest_key, run_dag, scan_of
+from test_dag_e2e import BIDSDIR, BUCKET, run_dag, scan_of, write_scan_outputs
 
 CREDENTIAL = re.compile(
     "|".join([re.escape(FAKE_KEY_ID), re.escape(FAKE_SECRET), r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"aws_session_token"]),
@@ -27,13 +27,7 @@ def xcoms_of(run_id):
 def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airflow_db, batch_behaviour, capfd, tmp_path):
     put_dataset(s3, BUCKET, BIDSDIR)
 
-    def container_did_its_work(job):
-        scan_id = scan_of(job)
-        for key in m2g_outputs(scan_id):
-            s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n")
-        s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success"}))
-
-    batch_behaviour.on_submit = container_did_its_work
+    batch_behaviour.on_submit = lambda job: write_scan_outputs(s3, scan_of(job))
     batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert run.state == "failed"  # the failure paths are part of what is scanned
