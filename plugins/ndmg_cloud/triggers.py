@@ -61,6 +61,7 @@ class ScanJobTrigger(BaseTrigger):
         return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        status = "UNKNOWN"
         async with await self._hook().get_async_conn() as client:
             for _ in range(self.max_polls):
                 jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
