@@ -174,3 +174,12 @@ def test_filters():
     assert normalise_labels(["sub-01", "02"], "sub") == ["01", "02"]
     with pytest.raises(ValueError, match="'0;1' is not a BIDS label"):
         normalise_labels(["0;1"], "sub")
+
+
+def test_run_labels_compare_as_written():
+    keys = ["sub-1/anat/sub-1_T1w.nii.gz"]
+    for run in ("01", "1"):
+        keys += [f"sub-1/dwi/sub-1_run-{run}_dwi.nii.gz", f"sub-1/dwi/sub-1_run-{run}_dwi.bval", f"sub-1/dwi/sub-1_run-{run}_dwi.bvec"]
+    _, scans = scans_of(keys)
+    assert scans["sub-1_run-01"].bval == "sub-1/dwi/sub-1_run-01_dwi.bval"
+    assert scans["sub-1_run-1"].bval == "sub-1/dwi/sub-1_run-1_dwi.bval"

@@ -150,6 +150,7 @@ def test_batch_throttling_is_absorbed(batch_env, batch_behaviour):
         ({"job_queue": "no-such-queue"}, "job queue 'no-such-queue' does not exist in us-east-1"),
         ({"job_definition": "no-such-definition"}, "job definition 'no-such-definition' does not exist"),
         ({"job_definition": "ndmg:99"}, "job definition 'ndmg:99' does not exist"),
+        ({"job_definition": "arn:aws:batch:us-east-1:123456789012:job-definition/nope:1"}, "does not exist"),
     ],
 )
 def test_missing_batch_setup_is_caught_before_any_submission(batch_env, batch_behaviour, params, message):
@@ -164,13 +165,20 @@ def test_a_duplicate_trigger_is_refused_while_the_first_run_is_active(batch_env,
 
     batch_behaviour.run_seconds = 30  # the first run's jobs are still running
     first = resolve({"bucket": BUCKET, "dataset": "ds1"}, "run-A")
-    batch_env.submit_job(jobName=job_name("ds1", "sub-01", "run-A"), jobQueue="ndmg-queue", jobDefinition="ndmg")
+    batch_env.submit_job(
+        jobName=job_name("ds1", "sub-01", "run-A"), jobQueue="ndmg-queue", jobDefinition="ndmg", tags={"dataset": "ds1"}
+    )
     preflight(batch_env, first)  # its own jobs are no obstacle to itself
 
     second = resolve({"bucket": BUCKET, "dataset": "ds1"}, "run-B")
     with pytest.raises(PreflightError, match="1 jobs of dataset 'ds1' are still active .* from another run"):
         preflight(batch_env, second)
     preflight(batch_env, resolve({"bucket": BUCKET, "dataset": "ds2"}, "run-C"))  # other datasets run freely
+    # job names of dataset "ds-001" start with "ds-" too: the dataset tag tells them apart
+    batch_env.submit_job(
+        jobName=job_name("ds-001", "sub-01", "run-E"), jobQueue="ndmg-queue", jobDefinition="ndmg", tags={"dataset": "ds-001"}
+    )
+    preflight(batch_env, resolve({"bucket": BUCKET, "dataset": "ds"}, "run-D"))
 
 
 # Cases only the scan runner can see: it checks files before the pipeline starts.

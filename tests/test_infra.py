@@ -98,3 +98,15 @@ def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     assert batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"]
     assert dag.test(run_conf=conf).state == "success"  # and again: unchanged
+
+
+@pytest.mark.parametrize("status, message", [("ROLLBACK_COMPLETE", "run teardown"), ("UPDATE_IN_PROGRESS", "wait for it to finish")])
+def test_a_stack_that_cannot_be_updated_is_a_clear_error(status, message):
+    from ndmg_cloud.infra import InfraError
+
+    class Stuck:
+        def describe_stacks(self, StackName):
+            return {"Stacks": [{"StackStatus": status}]}
+
+    with pytest.raises(InfraError, match=f"stack ndmg-cloud-batch is {status}.*{message}"):
+        deploy(Stuck(), {"ImageUri": "x"})

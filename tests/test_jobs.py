@@ -25,6 +25,7 @@ def failed(status_reason, exit_code=None, container_reason=None, attempt_reason=
         (failed("CannotPullContainerError: pull image manifest has been retried 5 time(s)"), "image_pull"),
         (failed("Task failed to start", container_reason="CannotPullContainerError: ref not found"), "image_pull"),
         (failed("Job attempt duration exceeded timeout"), "timeout"),
+        (failed("Job attempt duration exceeded timeout", 137), "timeout"),  # SIGKILL after the timeout is not OOM
         (failed("ndmg-cloud: stuck RUNNABLE for 31 min: compute environment ndmg-ce is INVALID"), "stuck_runnable"),
         (failed("ndmg-cloud: cancelled (task marked failed)"), "cancelled"),
         (failed("Task killed by the user"), "cancelled"),

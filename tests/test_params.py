@@ -38,6 +38,7 @@ def test_bucket_root_dataset_and_output_uri_elsewhere():
         ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/sub-1/x"}, "inside subject folder"),
         ({"bucket": "lab-data", "output_uri": "/tmp/out"}, "output_uri: '/tmp/out' is not an s3:// URI"),
         ({"bucket": "lab-data", "jobdir": "/tmp/jobs"}, "jobdir '/tmp/jobs' is a local path"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds/sub-01/jobs/"}, "inside subject folder 'sub-01'"),
         ({"bucket": "lab-data", "participant_label": ["01;rm"]}, "sub label '01;rm' is not a BIDS label"),
         ({"bucket": "lab-data", "pipeline": "fmriprep"}, "pipeline 'fmriprep' is unknown"),
         ({"bucket": "lab-data", "pipeline": "lite", "voxelsize": "2mm"}, "option voxelsize='2mm' is not supported by pipeline 'lite'"),
@@ -72,3 +73,7 @@ def test_config_round_trips_through_xcom_form():
 
     config = resolve({"bucket": "lab-data", "bidsdir": "ds"}, "run1")
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_empty_parcellation_means_the_pipeline_default():
+    assert resolve({"bucket": "lab-data", "parcellation": []}, "r").options["parcellation"] == ["AAL", "Desikan"]

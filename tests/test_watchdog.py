@@ -34,6 +34,7 @@ def ce(name="ndmg-spot", status="VALID", state="ENABLED", max_vcpus=256, types=(
         ([ce(max_vcpus=1)], "allows at most 1 vCPUs, the job needs 2"),
         ([ce(types=("m5.large",))], "instance types m5.large of compute environment ndmg-spot cannot fit the job's 15200 MiB"),
         ([ce(state="DISABLED"), ce(name="ndmg-ondemand")], None),  # the second one can run it
+        ([ce(types=("r5.large",))], None),
         ([], "has no compute environment"),
     ],
 )
@@ -124,3 +125,9 @@ def test_stopping_a_sync_task_terminates_its_job(batch_env, batch_behaviour):
 
     job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
     assert job["status"] == "FAILED" and classify_failure(job) == "cancelled"
+
+
+def test_a_job_wanting_more_vcpus_than_any_instance_has_is_stuck():
+    job = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "8000"}]}}
+    assert "have fewer than the job's 4 vCPUs" in diagnose_stuck(job, QUEUE, [ce(types=("r5.large",))])
+    assert diagnose_stuck(job, QUEUE, [ce(types=("r5.xlarge",))]) is None

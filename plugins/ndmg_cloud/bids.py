@@ -184,7 +184,8 @@ def _ancestors(directory: str) -> list[str]:
 def _applies_to(sidecar: _File, dwi: _File) -> bool:
     mine = sidecar.series_entities
     theirs = dwi.series_entities
-    return all(k in theirs and theirs[k] == v for k, v in mine.items())
+    # labels compare as written: pybids' run 01 and run 1 are equal ints, but not the same run
+    return all(k in theirs and str(theirs[k]) == str(v) for k, v in mine.items())
 
 
 def _nearest_gradient(dwi: _File, by_dir: dict[str, list[_File]], ext: str) -> tuple[str | None, str]:

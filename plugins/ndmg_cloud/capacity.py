@@ -15,13 +15,20 @@ FAMILY_GIB_PER_VCPU = {"r": 8, "m": 4, "c": 2, "x": 16, "z": 8, "t": 4}
 AGENT_RESERVE_MIB = 1024
 
 
+def instance_vcpus(instance_type: str) -> int | None:
+    """vCPUs of an instance type (r5.large -> 2); None when unknown or 'optimal'."""
+    family, _, size = instance_type.partition(".")
+    if not size or size not in SIZE_GIB or family[:1] not in FAMILY_GIB_PER_VCPU:
+        return None
+    return SIZE_GIB[size] // 8
+
+
 def instance_memory_mib(instance_type: str) -> int | None:
     """Memory of an instance type (r5.large -> 16384); None when unknown or 'optimal'."""
     family, _, size = instance_type.partition(".")
-    if not size or size not in SIZE_GIB or not family[:1] in FAMILY_GIB_PER_VCPU:
+    if not size or size not in SIZE_GIB or family[:1] not in FAMILY_GIB_PER_VCPU:
         return None
-    vcpus = SIZE_GIB[size] // 8
-    return vcpus * FAMILY_GIB_PER_VCPU[family[0]] * 1024
+    return SIZE_GIB[size] // 8 * FAMILY_GIB_PER_VCPU[family[0]] * 1024
 
 
 def job_needs(job: dict[str, Any]) -> tuple[int, int]:
@@ -48,6 +55,10 @@ def why_it_cannot_run(ce: dict[str, Any], vcpus: int, memory: int) -> str | None
         return None  # unmanaged: its capacity is not ours to judge
     if resources.get("maxvCpus", 0) < vcpus:
         return f"compute environment {name} allows at most {resources.get('maxvCpus')} vCPUs, the job needs {vcpus}"
+    cores = [instance_vcpus(t) for t in resources.get("instanceTypes") or ()]
+    if cores and None not in cores and max(cores) < vcpus:
+        types = ", ".join(resources["instanceTypes"])
+        return f"instance types {types} of compute environment {name} have fewer than the job's {vcpus} vCPUs"
     sizes = [instance_memory_mib(t) for t in resources.get("instanceTypes") or ()]
     if sizes and None not in sizes and max(sizes) - AGENT_RESERVE_MIB < memory:
         types = ", ".join(resources["instanceTypes"])

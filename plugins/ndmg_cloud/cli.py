@@ -441,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as err:
         print(f"ndmg_cloud: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # InfraError, PreflightError, S3AccessError, DatasetError ...
+        print(f"ndmg_cloud: {err}", file=sys.stderr)
+        return 2
     except ValueError as err:  # params refused by the library (ParamError, OptionError, ...)
         print(f"ndmg_cloud: {err}", file=sys.stderr)
         return 2

@@ -9,9 +9,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 STACK_NAME = "ndmg-cloud-batch"
+# Managed compute environments and roles can take many minutes: wait up to an hour.
+WAIT = {"Delay": 15, "MaxAttempts": 240}
+UNUSABLE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "ndmg-batch.yaml"
 
 
@@ -47,14 +50,18 @@ def _outputs(cfn: Any, stack: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
 
 
-def _exists(cfn: Any, stack: str) -> bool:
+def _status(cfn: Any, stack: str) -> str | None:
     try:
         status = cfn.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
     except ClientError as err:
         if "does not exist" in str(err):
-            return False
+            return None
         raise
-    return status != "DELETE_COMPLETE"
+    return None if status == "DELETE_COMPLETE" else status
+
+
+def _exists(cfn: Any, stack: str) -> bool:
+    return _status(cfn, stack) is not None
 
 
 def _same_as_deployed(cfn: Any, stack: str, body: str, parameters: list[dict[str, str]]) -> bool:
@@ -88,9 +95,17 @@ def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Dep
         "Tags": [{"Key": "project", "Value": "ndmg-cloud"}],
     }
     try:
-        if not _exists(cfn, stack):
+        status = _status(cfn, stack)
+        if status is not None and status.endswith("_IN_PROGRESS"):
+            raise InfraError(f"stack {stack} is {status}: wait for it to finish, then run setup again")
+        if status in UNUSABLE:
+            raise InfraError(
+                f"stack {stack} is {status} (see its events in the CloudFormation console): "
+                "run teardown, fix the cause, then setup again"
+            )
+        if status is None:
             cfn.create_stack(**args)
-            cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+            cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
             return Deployment(stack, "created", _outputs(cfn, stack))
         if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
             return Deployment(stack, "unchanged", _outputs(cfn, stack))
@@ -100,9 +115,9 @@ def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Dep
             if "No updates are to be performed" in str(err):
                 return Deployment(stack, "unchanged", _outputs(cfn, stack))
             raise
-        cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+        cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig=WAIT)
         return Deployment(stack, "updated", _outputs(cfn, stack))
-    except ClientError as err:
+    except (ClientError, WaiterError) as err:
         raise InfraError(f"could not deploy stack {stack}: {err}") from None
 
 
@@ -111,5 +126,5 @@ def teardown(cfn: Any, stack: str = STACK_NAME) -> bool:
     if not _exists(cfn, stack):
         return False
     cfn.delete_stack(StackName=stack)
-    cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 2})
+    cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig=WAIT)
     return True

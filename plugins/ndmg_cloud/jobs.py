@@ -30,6 +30,7 @@ FAILURE_CLASSES = (
     "stuck_runnable",
     "cancelled",
     "pipeline_error",
+    "incomplete",  # still running (or gone) when the run ended
 )
 
 
@@ -165,14 +166,15 @@ def classify_failure(job: dict[str, Any]) -> str:
     last_attempt_reason = (attempts[-1].get("statusReason") or "") if attempts else ""
     if status_reason.startswith("Host EC2") or last_attempt_reason.startswith("Host EC2"):
         return "spot_interruption"  # the instance went away: no exit code to go by
-    if exit_code == 137 or "OutOfMemoryError" in text or "OutOfMemory" in text:
-        return "out_of_memory"
-    if any(word in text for word in ("CannotPullContainer", "CannotInspectContainer", "ImagePull", "pull image")):
-        return "image_pull"
+    # a timeout or a cancel ends in SIGKILL (137) too: check them before out-of-memory
     if "duration exceeded timeout" in status_reason or "Job attempt duration exceeded" in text:
         return "timeout"
     if "cancel" in status_reason.lower() or "Terminated by" in status_reason:
         return "cancelled"
+    if exit_code == 137 or "OutOfMemoryError" in text or "OutOfMemory" in text:
+        return "out_of_memory"
+    if any(word in text for word in ("CannotPullContainer", "CannotInspectContainer", "ImagePull", "pull image")):
+        return "image_pull"
     return "pipeline_error"
 
 

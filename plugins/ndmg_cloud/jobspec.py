@@ -67,6 +67,11 @@ def _tag(value: str) -> str:
     return _NOT_IN_TAG.sub("-", value)[:256]
 
 
+def dataset_tag(dataset: str) -> str:
+    """The ``dataset`` tag every job of a dataset carries."""
+    return _tag(dataset)
+
+
 def spec_uri(config: RunConfig, scan: Scan) -> str:
     return f"{config.jobdir}{scan.scan_id}.json"  # jobdir ends in "/"
 
@@ -94,7 +99,7 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
             "environment": [{"name": "NDMG_JOB_SPEC", "value": uri}],
         },
         "tags": {
-            "dataset": _tag(config.dataset),
+            "dataset": dataset_tag(config.dataset),
             "scan": _tag(scan.scan_id),
             "run_id": _tag(config.run_id),
             "pipeline": config.pipeline,

@@ -12,7 +12,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 
 from ndmg_cloud.jobs import CANCEL_REASON
 from ndmg_cloud.links import RunReportLink
-from ndmg_cloud.triggers import ScanJobTrigger
+from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
 JOB_XCOM_KEY = "batch_job"
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
@@ -79,7 +79,7 @@ class ScanBatchOperator(BatchOperator):
             job_queue=self.job_queue,
             runnable_timeout=self.runnable_timeout,
             poll_interval=self.poll_interval,
-            max_polls=self.max_retries,
+            max_polls=polls_for(self.poll_interval),
             aws_conn_id=self.aws_conn_id,
             region_name=self.region_name,
         )

@@ -161,7 +161,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     backend = params.get("backend") or "aws_batch"
     jobdir = (params.get("jobdir") or "").strip() or OutputLayout(output_root).default_jobdir(run_id)
     if jobdir.startswith("s3://"):
-        S3Location.parse(jobdir)
+        _refuse_subject_folder(S3Location.parse(jobdir), input_root, f"jobdir {jobdir!r}")
     elif backend == "aws_batch":
         raise ParamError(
             f"jobdir {jobdir!r} is a local path, which Batch jobs cannot read; "
@@ -214,11 +214,16 @@ def _output_root(params: dict[str, Any], input_root: S3Location) -> S3Location:
         where = f"modif {params.get('modif')!r}"
     if out == input_root:
         raise ParamError(f"{where} is the dataset root {input_root}: choose a separate output folder")
-    if input_root.contains(out):
-        first = out.prefix[len(input_root.prefix) :].split("/", 1)[0]
+    _refuse_subject_folder(out, input_root, where)
+    return out
+
+
+def _refuse_subject_folder(location: S3Location, input_root: S3Location, where: str) -> None:
+    """Nothing this project writes may land in an input subject folder."""
+    if input_root.contains(location):
+        first = location.prefix[len(input_root.prefix) :].split("/", 1)[0]
         if first.startswith("sub-"):
             raise ParamError(
                 f"{where} lies inside subject folder '{first}' of the input dataset; "
-                "outputs must never go into input subject folders: use e.g. 'derivatives/ndmg'"
+                "nothing may be written into input subject folders: use e.g. 'derivatives/ndmg'"
             )
-    return out

@@ -122,7 +122,7 @@ class Pipeline:
         """Defaults filled in; an option this pipeline does not take is an error."""
         resolved = {}
         for key, value in given.items():
-            if value is None:
+            if value is None or value == [] or value == "":  # empty = the pipeline's default
                 continue
             if key not in self.options:
                 supported = ", ".join(sorted(self.options)) or "none"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ndmg_cloud.jobs import ACTIVE
-from ndmg_cloud.jobspec import job_name_prefix, run_token
+from ndmg_cloud.jobs import ACTIVE, describe_jobs
+from ndmg_cloud.jobspec import dataset_tag, job_name_prefix, run_token
 from ndmg_cloud.params import RunConfig
 
 
@@ -28,14 +28,13 @@ def check_batch_setup(batch_client: Any, queue: str, definition: str) -> None:
             f"job queue {queue!r} is {q.get('state')}/{q.get('status')} ({q.get('statusReason', '')}): "
             "enable it or fix its compute environment before submitting"
         )
-    if definition.startswith("arn:"):
-        found = batch_client.describe_job_definitions(jobDefinitions=[definition], status="ACTIVE")
+    if definition.startswith("arn:") or ":" in definition:
+        # an ARN or name:revision names one revision; jobDefinitions takes no other filter
+        described = batch_client.describe_job_definitions(jobDefinitions=[definition]).get("jobDefinitions", [])
     else:
-        name = definition.split(":", 1)[0]
-        found = batch_client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
-        if ":" in definition:  # name:revision
-            revision = int(definition.split(":", 1)[1])
-            found = {"jobDefinitions": [d for d in found.get("jobDefinitions", []) if d.get("revision") == revision]}
+        pages = batch_client.get_paginator("describe_job_definitions").paginate(jobDefinitionName=definition, status="ACTIVE")
+        described = [d for page in pages for d in page.get("jobDefinitions", [])]
+    found = {"jobDefinitions": [d for d in described if d.get("status", "ACTIVE") == "ACTIVE"]}
     if not found.get("jobDefinitions"):
         raise PreflightError(
             f"job definition {definition!r} does not exist (or is inactive) in {region}: register it "
@@ -49,12 +48,15 @@ def other_runs_in_flight(batch_client: Any, config: RunConfig) -> list[dict[str,
     prefix = job_name_prefix(config.dataset)
     paginator = batch_client.get_paginator("list_jobs")
     pages = paginator.paginate(jobQueue=config.job_queue, filters=[{"name": "JOB_NAME", "values": [prefix + "*"]}])
-    return [
-        job
+    candidates = [
+        job["jobId"]
         for page in pages
         for job in page.get("jobSummaryList", [])
         if job.get("status") in ACTIVE and not job["jobName"].endswith("-" + own)
     ]
+    # the name prefix of dataset "ds" also matches "ds-001": the dataset tag decides
+    described = describe_jobs(batch_client, candidates)
+    return [job for job in described.values() if (job.get("tags") or {}).get("dataset") == dataset_tag(config.dataset)]
 
 
 def preflight(batch_client: Any, config: RunConfig) -> None:

@@ -11,15 +11,26 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError
 
 from ndmg_cloud.capacity import diagnose_stuck
 from ndmg_cloud.jobs import ACTIVE, CANCEL_REASON, FAILED, STUCK_REASON, SUCCEEDED
+
+
+THROTTLED = ("TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded")
+WAIT_BUDGET_SECONDS = 14 * 24 * 3600  # how long one try may wait for its job (RUNNABLE queues included)
+
+
+def polls_for(poll_interval: int) -> int:
+    """Polls that cover the wait budget, whatever the poll interval."""
+    return max(1, WAIT_BUDGET_SECONDS // max(1, poll_interval))
 
 
 class ScanJobTrigger(BaseTrigger):
@@ -63,8 +74,15 @@ class ScanJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         status = "UNKNOWN"
         async with await self._hook().get_async_conn() as client:
+            last_diagnosis = 0.0
             for _ in range(self.max_polls):
-                jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
+                try:
+                    jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
+                except ClientError as err:
+                    if err.response.get("Error", {}).get("Code", "") not in THROTTLED:
+                        raise
+                    await asyncio.sleep(self.poll_interval + random.uniform(0, self.poll_interval))
+                    continue
                 if not jobs:
                     yield self._event("error", f"Batch job {self.job_id} not found")
                     return
@@ -76,7 +94,9 @@ class ScanJobTrigger(BaseTrigger):
                 if status == FAILED:
                     yield self._event("failure", job.get("statusReason") or "job failed")
                     return
-                if status == "RUNNABLE" and self._runnable_too_long(job):
+                # diagnose at most once per runnable_timeout: it costs two more API calls
+                if status == "RUNNABLE" and self._runnable_too_long(job) and time.time() - last_diagnosis >= self.runnable_timeout:
+                    last_diagnosis = time.time()
                     why = await self._why_stuck(client, job)
                     if why:
                         reason = f"{STUCK_REASON} for over {self.runnable_timeout // 60} min: {why}"

@@ -87,7 +87,7 @@ def verify_scans(
         if job.status != SUCCEEDED:
             row.status = "failed"
             row.reason = job.reason or f"job still {job.status} when the run ended"
-            row.failure_class = job.failure_class or ("cancelled" if job.status != FAILED else "pipeline_error")
+            row.failure_class = job.failure_class or ("pipeline_error" if job.status == FAILED else "incomplete")
             row.log_tail = job.log_tail
             continue
         finished.append((row, scan))
