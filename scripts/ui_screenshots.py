@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,9 +74,7 @@ def main() -> int:
         demo.airflow("pools", "set", "ndmg_local", "2", "local backend")
         demo.upload_dataset(work)  # 9 phantom scans
         log = open(work / "standalone.log", "w")
-        airflow = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "standalone"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        airflow = demo.start_standalone(stdout=log, stderr=subprocess.STDOUT)
         session = requests.Session()
         wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant", timeout=5).status_code == 200, 240, "the DAG in the API")
 
@@ -92,31 +89,20 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
-            page.goto(f"{url}/dags/ndmg_participant/runs/{run_id}", wait_until="networkidle")
-            page.wait_for_timeout(3000)
-            page.screenshot(path=str(args.out / "grid.png"), full_page=True)
-            text = page.inner_text("body")
-            for expected in ("run_scan_local", "verify_and_report", "discover"):
-                if expected not in text:
-                    problems.append(f"grid lacks {expected}")
+            def shoot(path: str, png: str, expected: tuple[str, ...], click: str | None = None) -> None:
+                page.goto(f"{url}{path}", wait_until="networkidle")
+                page.wait_for_timeout(2000)
+                if click:
+                    page.get_by_role("button", name=click).first.click()
+                    page.wait_for_timeout(2000)
+                page.screenshot(path=str(args.out / png), full_page=True)
+                text = page.inner_text("body")
+                problems.extend(f"{png} lacks {e!r}" for e in expected if e not in text)
 
-            page.goto(f"{url}/dags/ndmg_participant/runs/{run_id}/tasks/run_scan_local/mapped", wait_until="networkidle")
-            page.wait_for_timeout(3000)
-            page.screenshot(path=str(args.out / "mapped-scans.png"), full_page=True)
-            text = page.inner_text("body")
-            for scan in ("sub-01_ses-1", "sub-05"):
-                if scan not in text:
-                    problems.append(f"mapped task list lacks the scan label {scan}")
-
-            page.goto(f"{url}/dags/ndmg_participant", wait_until="networkidle")
-            page.wait_for_timeout(2000)
-            page.get_by_role("button", name="Trigger").first.click()
-            page.wait_for_timeout(3000)
-            page.screenshot(path=str(args.out / "trigger-form.png"), full_page=True)
-            text = page.inner_text("body")
-            for expected in ("S3 bucket", "BIDS dataset path", "Pipeline"):
-                if expected not in text:
-                    problems.append(f"trigger form lacks the field {expected!r}")
+            run_page = f"/dags/ndmg_participant/runs/{run_id}"
+            shoot(run_page, "grid.png", ("run_scan_local", "verify_and_report", "discover"))
+            shoot(f"{run_page}/tasks/run_scan_local/mapped", "mapped-scans.png", ("sub-01_ses-1", "sub-05"))
+            shoot("/dags/ndmg_participant", "trigger-form.png", ("S3 bucket", "BIDS dataset path", "Pipeline"), click="Trigger")
 
             import boto3
 
@@ -137,11 +123,7 @@ def main() -> int:
         return 0
     finally:
         if airflow is not None:
-            os.killpg(airflow.pid, signal.SIGTERM)
-            try:
-                airflow.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(airflow.pid, signal.SIGKILL)
+            demo.stop_process_group(airflow)
         server.stop()
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ndmg_cloud.demo import configure_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="ndmg-airflow-"))
 REGION = "us-east-1"
@@ -33,29 +35,20 @@ PORT = _free_port()
 FAKE_KEY_ID = "AKIA" + "NDMGFAKETESTKEY1"
 FAKE_SECRET = "ndmg-fake-secret-that-must-never-leak"
 ENDPOINT = f"http://127.0.0.1:{PORT}"
+# The embedded stack's environment (Airflow on SQLite here, every AWS client on the local
+# endpoint), then what the tests change: logs at INFO (they are scanned for credentials),
+# distinctive fake credentials (proved never to leak), fast polling, no retry delay.
+configure_environment(_HOME, ENDPOINT)
 os.environ.update(
     {
-        "AIRFLOW_HOME": str(_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # task logs are scanned for credentials
-        # Fake credentials for the local endpoint only, distinctive so that tests can prove
-        # they never leak into specs, jobs, XComs, reports or logs.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": ENDPOINT,
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-            {"conn_type": "aws", "extra": {"endpoint_url": ENDPOINT, "region_name": REGION}}
-        ),
         "NDMG_BATCH_POLL_SECONDS": "1",
         "NDMG_RETRY_DELAY_SECONDS": "0",
     }
 )
-os.environ.pop("AWS_PROFILE", None)
 
 
 @pytest.fixture(scope="session")

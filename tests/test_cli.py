@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import requests
 from conftest import BatchBehaviour, ROOT, _free_port, wait_for
 from datasets import put_dataset
 from ndmg_cloud.cli import main
+from ndmg_cloud.demo import start_standalone, stop_process_group
 
 PASSWORD = "ndmg-cli-test"
 
@@ -43,7 +43,7 @@ def airflow_server(moto_server, tmp_path_factory):
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([airflow, "pools", "set", "ndmg_local", "2", "local"], env=env, check=True, capture_output=True)
     log = open(home / "standalone.log", "w")
-    process = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_standalone(env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def dag_ready():
@@ -58,11 +58,7 @@ def airflow_server(moto_server, tmp_path_factory):
         assert wait_for(dag_ready, timeout=180), (home / "standalone.log").read_text()[-3000:]
         yield {"url": url, "home": home}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         log.close()
 
 

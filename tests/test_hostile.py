@@ -216,4 +216,6 @@ def test_runner_refuses_bad_files_with_one_line(s3, phantom, case, overwrite, ru
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ndmg-scan: sub-01_ses-1 failed: ") and message in last
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))  # not done
+    if code == 2:  # a bad input file is caught before the pipeline starts
+        assert "running:" not in done.stdout
     assert listing(s3, BUCKET, PREFIX + "sub-") == before

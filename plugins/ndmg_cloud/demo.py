@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ndmg-demo"
@@ -58,6 +60,20 @@ def configure_environment(home: Path, endpoint: str) -> None:
         }
     )
     os.environ.pop("AWS_PROFILE", None)
+
+
+def start_standalone(**popen: Any) -> subprocess.Popen:
+    """``airflow standalone`` in its own process group (so it can be stopped whole)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], start_new_session=True, **popen)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the process and its children, SIGKILL them after ``grace`` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def start_endpoint(port: int):
@@ -175,12 +191,12 @@ def standalone(home: Path) -> int:
         print("trigger ndmg_participant and fill the form with:")
         print(f"  {json.dumps(RUN_CONF)}")
         print("Ctrl-C stops Airflow and the endpoint.\n", flush=True)
-        process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"])
+        process = start_standalone()
         try:
             return process.wait()
         except KeyboardInterrupt:
-            process.terminate()
-            return process.wait(60)
+            stop_process_group(process, 60)
+            return process.returncode or 0
     finally:
         server.stop()
 

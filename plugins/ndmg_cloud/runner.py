@@ -183,14 +183,15 @@ class ScanRun:
         series = self.input_dir / f"sub-{self.scan['subject']}" / f"ses-{self.session}"
         dwi = next((series / "dwi").glob("*_dwi.nii*"))
         t1w = next((series / "anat").glob("*_T1w.nii*"))
+        shapes = {}
         for image in (dwi, t1w):
             try:
-                shape = nib.load(image).shape
+                shapes[image] = nib.load(image).shape
             except Exception as err:
                 if isinstance(err, ScanFailure):
                     raise
                 raise ScanFailure(f"{image.name} is not a readable NIfTI image ({err})", 2) from None
-        shape = nib.load(dwi).shape
+        shape = shapes[dwi]
         volumes = shape[3] if len(shape) == 4 else 1
         stem = dwi.name.removesuffix(".gz").removesuffix(".nii")
         try:
