@@ -92,7 +92,7 @@ REFUSED = [
     ("output equal to the input", {"params": {"output_uri": f"s3://{BUCKET}/{PREFIX}"}}, ParamError, "is the dataset root"),
     ("empty modif", {"params": {"modif": ""}}, ParamError, "modif is empty"),
     ("participant label with metacharacters", {"params": {"participant_label": ["01 && rm -rf /"]}}, ParamError, "is not a BIDS label"),
-    ("pipeline option with metacharacters", {"params": {"parcellation": ["AAL;reboot"]}}, ValueError, "may only use letters, digits and '-'"),
+    ("pipeline option with metacharacters", {"params": {"parcellation": ["AAL;reboot"]}}, ValueError, "may only use letters, digits, '_' and '-'"),
 ]
 
 

@@ -42,9 +42,9 @@ def test_bucket_root_dataset_and_output_uri_elsewhere():
         ({"bucket": "lab-data", "participant_label": ["01;rm"]}, "sub label '01;rm' is not a BIDS label"),
         ({"bucket": "lab-data", "pipeline": "fmriprep"}, "pipeline 'fmriprep' is unknown"),
         ({"bucket": "lab-data", "pipeline": "lite", "voxelsize": "2mm"}, "option voxelsize='2mm' is not supported by pipeline 'lite'"),
-        ({"bucket": "lab-data", "parcellation": ["Desikan", "Nope"]}, "'Nope' is not an atlas of this image"),
+        ({"bucket": "lab-data", "parcellation": ["Desikan", "Nope"]}, "'Nope' is not an atlas of m2g's image"),
         ({"bucket": "lab-data", "seeds": 0}, "must be a whole number above 0"),
-        ({"bucket": "lab-data", "pipeline": "ndmg", "parcellation": ["a", "b"]}, "exactly one atlas"),
+        ({"bucket": "lab-data", "pipeline": "ndmg", "parcellation": ["aal", "desikan"]}, "takes 1 atlas name"),
     ],
 )
 def test_bad_params_are_refused_with_the_value(params, message):

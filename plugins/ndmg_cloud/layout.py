@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from ndmg_cloud.bids import Scan
 
 
+# The self-check writes and deletes ``<scan output prefix><PROBE_NAME><token>``: inside the
+# scan's own prefix, the only place a scan job may write.
+PROBE_NAME = ".ndmg-self-check-"
+
+
 @dataclass(frozen=True)
 class S3Location:
     """A bucket and a key prefix ("" or ending in "/")."""
@@ -77,6 +82,10 @@ class OutputLayout:
 
     def report_prefix(self, run_id: str) -> str:
         return self.root.key(f"reports/{run_id}/")
+
+    def canary_uri(self, run_id: str) -> str:
+        """What the run's canary job (``ndmg-scan --self-check``) found, beside its report."""
+        return self.root.uri(f"reports/{run_id}/canary.json")
 
     def default_jobdir(self, run_id: str) -> str:
         return self.root.uri(f"jobs/{run_id}/")

@@ -209,7 +209,7 @@ def run(
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ndmg-lite", description="small DIPY connectome pipeline (not ndmg)")
     parser.add_argument("--participant_label", required=True)
     parser.add_argument("--session_label", required=True)
@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atlas", type=Path, help="label NIfTI in the DWI's own space")
     parser.add_argument("input_dir", type=Path)
     parser.add_argument("output_dir", type=Path)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ndmg-lite %(message)s", stream=sys.stdout)
     try:
         run(

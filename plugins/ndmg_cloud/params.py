@@ -12,7 +12,7 @@ from typing import Any
 
 from ndmg_cloud.bids import normalise_labels
 from ndmg_cloud.layout import OutputLayout, S3Location, as_prefix
-from ndmg_cloud.pipelines import OPTION_NAMES, PIPELINES, get_pipeline
+from ndmg_cloud.pipelines import M2G_SKULL, OPTION_NAMES, PIPELINES, get_pipeline
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 BACKENDS = ("aws_batch", "local")
@@ -57,13 +57,14 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         [], "array", "Sessions", "Session labels without 'ses-'; empty = all.", items={"type": "string"}
     ),
     "pipeline": _schema("m2g", "string", "Pipeline", "m2g (current), ndmg (legacy ndmg_bids) or lite (small DIPY demo pipeline).", enum=list(PIPELINES)),
-    "parcellation": _schema(None, ["null", "array"], "Parcellations", "Atlas names (m2g, ndmg) or gridN (lite); empty = pipeline default.", items={"type": "string"}),
+    "parcellation": _schema(None, ["null", "array"], "Parcellations", "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).", items={"type": "string"}),
     "space": _schema(None, ["null", "string"], "Registration space", "m2g/ndmg: native or native_dsn.", enum=[None, "native", "native_dsn"]),
     "voxelsize": _schema(None, ["null", "string"], "Voxel size", "m2g: 1mm, 2mm or 4mm.", enum=[None, "1mm", "2mm", "4mm"]),
     "mod": _schema(None, ["null", "string"], "Tracking", "det or prob.", enum=[None, "det", "prob"]),
     "track_type": _schema(None, ["null", "string"], "Track type", "m2g/ndmg: local or particle.", enum=[None, "local", "particle"]),
     "diffusion_model": _schema(None, ["null", "string"], "Diffusion model", "m2g: csa or csd; lite: tensor or csa.", enum=[None, "csa", "csd", "tensor"]),
     "seeds": _schema(None, ["null", "integer"], "Seeds per voxel", "m2g and lite.", minimum=1),
+    "skull": _schema(None, ["null", "string"], "Skull-strip fix (m2g)", "m2g --skull, when the default skull strip failed: below (excess tissue below the brain), cerebelum (cerebellum missing), eye (frontal clipping), general (excess clipping).", enum=[None, *M2G_SKULL]),
     "n_cpus": _schema(None, ["null", "integer"], "CPUs for m2g", "m2g --n_cpus.", minimum=1),
     "mem_gb": _schema(None, ["null", "integer"], "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
     "atlas": _schema(None, ["null", "string"], "Atlas image (lite)", "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids."),
@@ -72,6 +73,8 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
     "runnable_timeout": _schema(30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
     "max_cost_usd": _schema(None, ["null", "number"], "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this.", minimum=0),
+    "canary": _schema(True, "boolean", "Canary job first", "aws_batch: before any scan job, one short job on the run's queue and job definition checks that the image can run this run's scans (ndmg-scan --self-check); a failing canary stops the run there."),
+    "pilot_scans": _schema(0, "integer", "Pilot scans", "aws_batch: run this many scans to success before submitting the rest; 0 = submit all at once.", minimum=0),
     "backend": _schema(os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"), "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
     "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
@@ -111,6 +114,8 @@ class RunConfig:
     runnable_timeout_minutes: int = 30
     max_cost_usd: float | None = None
     backend: str = "aws_batch"
+    canary: bool = True
+    pilot_scans: int = 0
     force: bool = False
     dry_run: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +172,12 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
             f"jobdir {jobdir!r} is a local path, which Batch jobs cannot read; "
             "give an s3:// URI or leave it empty for <output>/jobs/<run id>/"
         )
+    pilot_scans = int(params.get("pilot_scans") or 0)
+    if pilot_scans and backend != "aws_batch":
+        raise ParamError(
+            f"pilot_scans={pilot_scans} applies to backend=aws_batch (it saves paying for a fan-out "
+            "that would fail); set it to 0 for backend=local"
+        )
     try:
         participants = normalise_labels(params.get("participant_label") or [], "sub")
         sessions = normalise_labels(params.get("session_label") or [], "ses")
@@ -189,6 +200,8 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         runnable_timeout_minutes=int(params.get("runnable_timeout") or 30),
         max_cost_usd=params.get("max_cost_usd"),
         backend=backend,
+        canary=bool(params.get("canary", True)),
+        pilot_scans=pilot_scans,
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         params=dict(params),

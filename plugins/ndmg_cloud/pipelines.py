@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
+from ndmg_cloud.atlases import Atlas, catalogue
 from ndmg_cloud.bids import Scan
 
 # The option names shared by the DAG params and the adapters.
@@ -23,39 +24,21 @@ OPTION_NAMES = (
     "seeds",
     "n_cpus",
     "mem_gb",
+    "skull",
     "atlas",
 )
 
 # Sessionless scans run in a per-scan work tree with this session; the runner maps it back.
 WORK_SESSION = "1"
 
-# Atlases of the neuroparc collection shipped in the m2g image (/m2g_atlases), by the name
-# m2g's --parcellation takes. m2g with no --parcellation runs all 47 (hours, many GB), so
-# the default is an explicit short list.
-M2G_ATLASES = (
-    "AAL",
-    "Brodmann",
-    "CPAC200",
-    "Desikan",
-    "DesikanKlein",
-    "DKT",
-    "Glasser",
-    "HarvardOxfordcort-maxprob-thr25",
-    "HarvardOxfordsub-maxprob-thr25",
-    "Hammersmith",
-    "JHU",
-    "Juelich",
-    "MICCAI",
-    "Princetonvisual-top",
-    "Schaefer2018-200",
-    "Schaefer2018-400",
-    "Schaefer2018-1000",
-    "Talairach",
-    "Yeo-7",
-    "Yeo-17",
-)
+# m2g with no --parcellation runs every atlas of the resolution (47, some of 72,784 nodes):
+# hours and many GB. So the default is an explicit short list.
 M2G_DEFAULT_PARCELLATIONS = ("AAL", "Desikan")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+# m2g's --skull: its own fixes for a skull strip that failed with the default
+M2G_SKULL = ("below", "cerebelum", "eye", "general")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# Switch (0), one value (1) or one or more ("+"): what an argparse flag takes.
+Nargs = Union[int, str]
 
 
 class OptionError(ValueError):
@@ -80,25 +63,24 @@ def positive_int(value: Any) -> str | None:
     return None if ok else "must be a whole number above 0"
 
 
-def names_from(allowed: tuple[str, ...] | None) -> Callable[[Any], str | None]:
+def atlas_names(pipeline: str, at_most: int | None = None) -> Callable[[Any], str | None]:
+    """A list of atlas names of the pipeline's catalogue (at any resolution; the adapter
+    checks the resolution once the voxel size is known)."""
+
     def check(value: Any) -> str | None:
         if not isinstance(value, list) or not value:
-            return "must be a non-empty list of names"
+            return "must be a non-empty list of atlas names"
+        if at_most is not None and len(value) > at_most:
+            return f"takes {at_most} atlas name (one atlas per job)"
+        offered = catalogue(pipeline).names()
         for name in value:
             if not isinstance(name, str) or not NAME.fullmatch(name):
-                return f"name {name!r} may only use letters, digits and '-'"
-            if allowed is not None and name not in allowed:
-                return f"{name!r} is not an atlas of this image; choose from {', '.join(allowed)}"
+                return f"name {name!r} may only use letters, digits, '_' and '-'"
+            if name not in offered:
+                return "names an unknown atlas: " + catalogue(pipeline).complaint(name, "any")
         return None
 
     return check
-
-
-def single_name(value: Any) -> str | None:
-    complaint = names_from(None)(value)
-    if complaint is None and len(value) != 1:
-        return "takes exactly one atlas name (ndmg_bids --atlas runs one atlas per job)"
-    return complaint
 
 
 def grid_names(value: Any) -> str | None:
@@ -113,10 +95,23 @@ def grid_names(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Pipeline:
+    """One pipeline: its options, its command line and the outputs it must make.
+
+    ``program`` and ``flags`` are the command line's shape: every flag the adapter may
+    emit and how many values it gives it (0, 1 or "+"). An image's contract must show its
+    program accepts all of them (see ``ndmg_cloud.contract``). ``work_disk_gb`` is the
+    free disk a scan needs in the work folder.
+    """
+
     name: str
     image: str
     description: str
+    program: str
+    flags: dict[str, Nargs]
+    work_disk_gb: float
     options: dict[str, Option] = field(default_factory=dict)
+    catalogue: str | None = None  # which atlas catalogue names its parcellations
+    atlas_dir: str | None = None  # where its image keeps the atlases
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in; an option this pipeline does not take is an error."""
@@ -137,7 +132,17 @@ class Pipeline:
         for key, option in self.options.items():
             if key not in resolved and option.default is not None:
                 resolved[key] = option.default
+        if self.catalogue:
+            self.atlases(resolved)  # every name exists at the chosen voxel size
         return resolved
+
+    def atlases(self, options: dict[str, Any]) -> list[Atlas]:
+        """The label files of the requested parcellations at the requested voxel size."""
+        names = catalogue(self.catalogue)
+        try:
+            return [names.get(name, options["voxelsize"]) for name in options["parcellation"]]
+        except KeyError as err:
+            raise OptionError(f"option parcellation for pipeline '{self.name}': {err.args[0]}") from None
 
     def command(self, scan: Scan, options: dict[str, Any], input_dir: str, output_dir: str) -> list[str]:
         raise NotImplementedError
@@ -151,19 +156,17 @@ class Pipeline:
         return {}
 
 
-def _res(voxelsize: str) -> str:
-    size = voxelsize.removesuffix("mm")
-    return f"{size}x{size}x{size}"
-
-
 class M2G(Pipeline):
+    """m2g's ``deploy`` code from 2022-03-22 on (``--track_type``, ``--parcellation`` nargs +).
+    Outputs: ``connectomes_d/<atlas stem>/<dwi stem>_<atlas stem>_connectome.csv``."""
+
     def command(self, scan, options, input_dir, output_dir):
         cmd = [
             "m2g",
             "--pipeline", "dwi",
             "--participant_label", scan.subject,
             "--session_label", scan.session or WORK_SESSION,
-            "--parcellation", *options["parcellation"],
+            "--parcellation", *(atlas.argument for atlas in self.atlases(options)),
             "--voxelsize", options["voxelsize"],
             "--mod", options["mod"],
             "--track_type", options["track_type"],
@@ -171,32 +174,36 @@ class M2G(Pipeline):
             "--space", options["space"],
             "--seeds", str(options["seeds"]),
         ]  # fmt: skip
-        for key in ("n_cpus", "mem_gb"):
+        for key in ("skull", "n_cpus", "mem_gb"):
             if key in options:
                 cmd += [f"--{key}", str(options[key])]
         return cmd + [input_dir, output_dir]
 
     def expected_outputs(self, scan, options):
-        res = _res(options["voxelsize"])
-        out = []
-        for parc in options["parcellation"]:
-            atlas = f"{parc}_space-MNI152NLin6_res-{res}"
-            out.append(f"connectomes_d/{atlas}/{scan.dwi_stem}_{atlas}_connectome.csv")
-        return out
+        return [
+            f"connectomes_d/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_connectome.csv"
+            for atlas in self.atlases(options)
+        ]
 
 
 class LegacyNdmg(Pipeline):
+    """The released ``ndmg_bids`` (ndmg 0.2.1, 2019): one atlas per job; it writes
+    ``dwi/roi-connectomes/<atlas stem>/<dwi stem>_<atlas stem>_measure-spatial-ds_adj.ssv``
+    at the output root, which the runner re-roots under the scan's output prefix."""
+
     def command(self, scan, options, input_dir, output_dir):
+        [atlas] = self.atlases(options)
         cmd = ["ndmg_bids", "--participant_label", scan.subject]
         cmd += ["--session_label", scan.session or WORK_SESSION]
-        cmd += ["--modality", "dwi", "--atlas", options["parcellation"][0]]
+        cmd += ["--atlas", atlas.argument, "--vox", options["voxelsize"]]
         cmd += ["--mod", options["mod"], "--tt", options["track_type"]]
         cmd += ["--mf", options["diffusion_model"], "--sp", options["space"]]
-        return cmd + [input_dir, output_dir, "participant"]
+        cmd += ["--seeds", str(options["seeds"])]
+        return cmd + [input_dir, output_dir]
 
     def expected_outputs(self, scan, options):
-        atlas = options["parcellation"][0]
-        return [f"dwi/roi-connectomes/{atlas}*/{scan.dwi_stem}*_adj.ssv"]
+        [atlas] = self.atlases(options)
+        return [f"dwi/roi-connectomes/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_measure-spatial-ds_adj.ssv"]
 
 
 def atlas_uri(value: Any) -> str | None:
@@ -246,15 +253,25 @@ PIPELINES: dict[str, Pipeline] = {
     "m2g": M2G(
         name="m2g",
         image="ndmg-cloud-m2g:latest",
-        description="m2g 0.3.0 (neurodata/m2g), the current ndmg",
+        description="m2g (neurodata/m2g deploy code, pinned in the image), the current ndmg",
+        program="m2g",
+        flags={
+            "--pipeline": 1, "--participant_label": "+", "--session_label": "+", "--parcellation": "+",
+            "--voxelsize": 1, "--mod": 1, "--track_type": 1, "--diffusion_model": 1, "--space": 1,
+            "--seeds": 1, "--skull": 1, "--n_cpus": 1, "--mem_gb": 1,
+        },  # fmt: skip
+        work_disk_gb=20,  # eddy-corrected data, registrations, streamlines: several GB a scan
+        catalogue="m2g",
+        atlas_dir="/m2g_atlases",
         options={
-            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), names_from(M2G_ATLASES)),
+            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g")),
             "space": Option("native", one_of("native", "native_dsn")),
             "voxelsize": Option("2mm", one_of("1mm", "2mm", "4mm")),
             "mod": Option("det", one_of("det", "prob")),
             "track_type": Option("local", one_of("local", "particle")),
             "diffusion_model": Option("csa", one_of("csa", "csd")),
             "seeds": Option(20, positive_int),
+            "skull": Option(None, one_of(*M2G_SKULL)),
             "n_cpus": Option(None, positive_int),
             "mem_gb": Option(None, positive_int),
         },
@@ -262,19 +279,35 @@ PIPELINES: dict[str, Pipeline] = {
     "ndmg": LegacyNdmg(
         name="ndmg",
         image="ndmg-cloud-ndmg:latest",
-        description="legacy ndmg_bids of the neurodata/ndmg_dev image (2019)",
+        description="legacy ndmg_bids (ndmg 0.2.1, 2019)",
+        program="ndmg_bids",
+        flags={
+            "--participant_label": "+", "--session_label": "+", "--atlas": 1, "--vox": 1, "--mod": 1,
+            "--tt": 1, "--mf": 1, "--sp": 1, "--seeds": 1,
+        },  # fmt: skip
+        work_disk_gb=20,
+        catalogue="ndmg",
+        atlas_dir="/ndmg_atlases",
         options={
-            "parcellation": Option(["desikan"], single_name),
+            "parcellation": Option(["desikan"], atlas_names("ndmg", at_most=1)),
+            "voxelsize": Option("2mm", one_of("1mm", "2mm")),
             "space": Option("native", one_of("native", "native_dsn")),
             "mod": Option("det", one_of("det", "prob")),
             "track_type": Option("local", one_of("local", "particle")),
             "diffusion_model": Option("csd", one_of("csd", "csa")),
+            "seeds": Option(20, positive_int),
         },
     ),
     "lite": Lite(
         name="lite",
         image="ndmg-cloud-lite:latest",
         description="small DIPY connectome pipeline for demos and smoke tests (not ndmg)",
+        program="ndmg-lite",
+        flags={
+            "--participant_label": 1, "--session_label": 1, "--parcellation": "+", "--atlas": 1,
+            "--diffusion_model": 1, "--seeds": 1,
+        },  # fmt: skip
+        work_disk_gb=0.5,
         options={
             "parcellation": Option(["grid3"], grid_names),
             "diffusion_model": Option("csa", one_of("csa", "tensor")),

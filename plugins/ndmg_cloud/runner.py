@@ -17,6 +17,10 @@ backend runs the same code in a subprocess).
 
 Exit 0 on success; otherwise non-zero and one line ``ndmg-scan: <scan id> failed: <why>``
 on stderr. Credentials come only from the default chain (job role, instance profile).
+
+    ndmg-scan --self-check --spec URI [--result URI]
+
+proves the image can run that scan, without running it (see ``ndmg_cloud.selfcheck``).
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ndmg_cloud import contract as image_contract
 from ndmg_cloud.jobspec import WORK_INPUT, WORK_OUTPUT
 from ndmg_cloud.layout import split_uri
 from ndmg_cloud.pipelines import WORK_SESSION
+from ndmg_cloud.s3 import put_json
 
 SCRATCH_DIRS = {"tmp_d", "tmp"}
 LOG_TAIL_LINES = 40
@@ -107,6 +113,7 @@ class ScanRun:
     log_tail: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     process: subprocess.Popen | None = None
     terminated: bool = False
+    contract: image_contract.ImageContract | None = None
 
     @property
     def scan(self) -> dict[str, Any]:
@@ -310,9 +317,10 @@ class ScanRun:
             "pipeline": {
                 "name": self.spec["pipeline"]["name"],
                 "image": os.environ.get("NDMG_IMAGE", self.spec["pipeline"]["image"]),
-                "version": pipeline_version(self.spec["pipeline"]["name"]),
                 "options": self.spec["pipeline"]["options"],
                 "command": self.spec["pipeline"]["command"],
+                # which code made this scan: resume compares it with the next run's
+                "contract": self.contract.summary() if self.contract else None,
             },
             "inputs": self.inputs,
             "outputs": self.outputs,
@@ -324,16 +332,6 @@ class ScanRun:
         bucket, key = split_uri(self.spec["manifest"])
         body = json.dumps(manifest, indent=2).encode()
         self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-
-
-def pipeline_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = {"m2g": "m2g", "ndmg": "ndmg", "lite": "ndmg-cloud"}.get(name, name)
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def sha256(path: Path) -> str:
@@ -358,9 +356,11 @@ def run_scan(spec_location: str, workdir: Path | None = None, keep: bool = False
     try:
         spec = load_spec(spec_location, client)
         scan_id = spec["scan"]["scan_id"]
-        run = ScanRun(spec, client, workdir)
+        run = ScanRun(spec, client, workdir, contract=load_contract(spec["pipeline"]["name"]))
         signal.signal(signal.SIGTERM, run.terminate)
         log(f"scan {scan_id}: {spec['pipeline']['name']} -> {spec['output_prefix']}")
+        if run.contract:
+            log(f"image contract {run.contract.fingerprint}: {run.contract.label}")
         run.forget_old_manifest()
         run.download_inputs()
         run.check_inputs()
@@ -381,14 +381,66 @@ def run_scan(spec_location: str, workdir: Path | None = None, keep: bool = False
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def load_contract(pipeline: str) -> image_contract.ImageContract | None:
+    try:
+        return image_contract.current(pipeline)
+    except image_contract.ContractError as err:
+        raise ScanFailure(str(err), 2) from None
+
+
+def run_self_check(spec_location: str, result_uri: str | None, workdir: Path | None = None) -> int:
+    """Check that this image can run the spec's scan; one line per check; exit 0 if all pass."""
+    from ndmg_cloud.selfcheck import self_check
+
+    client = s3_client()
+    scan_id = spec_location.rsplit("/", 1)[-1].removesuffix(".json")
+    try:
+        spec = load_spec(spec_location, client)
+    except ScanFailure as failure:
+        print(f"ndmg-scan: {scan_id} self-check failed: {failure}", file=sys.stderr, flush=True)
+        return failure.exit_code
+    own_workdir = workdir is None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ndmg-scan-"))
+    try:
+        result = self_check(spec, client, workdir)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log(f"self-check of scan {result.scan_id} ({result.pipeline}):")
+    for check in result.checks:
+        print(check.line(), flush=True)
+    if result_uri:
+        try:
+            put_json(client, result_uri, result.to_dict())
+        except Exception as err:  # the checks are printed above either way
+            print(f"ndmg-scan: {result.scan_id} self-check could not write {result_uri}: {err}", file=sys.stderr, flush=True)
+            return 1
+    failure = result.first_failure
+    if failure:
+        print(f"ndmg-scan: {result.scan_id} self-check failed: {failure.name}: {failure.detail}", file=sys.stderr, flush=True)
+        return 1
+    log(f"self-check passed: this image can run scan {result.scan_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ndmg-scan", description="run one scan from its job spec")
     parser.add_argument("--spec", default=os.environ.get("NDMG_JOB_SPEC"), help="s3:// URI or path of the job spec")
     parser.add_argument("--workdir", type=Path, help="work folder (default: a fresh temporary one)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the work folder afterwards")
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="do not run the scan: check that this image could (contract, command line, atlases, disk, S3)",
+    )
+    parser.add_argument("--result", metavar="URI", help="with --self-check: also write the findings there (s3://)")
     args = parser.parse_args(argv)
     if not args.spec:
         parser.error("give --spec or set NDMG_JOB_SPEC")
+    if args.self_check:
+        return run_self_check(args.spec, args.result, args.workdir)
+    if args.result:
+        parser.error("--result goes with --self-check")
     return run_scan(args.spec, args.workdir, args.keep_workdir)
 
 

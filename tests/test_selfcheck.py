@@ -1,0 +1,128 @@
+"""``ndmg-scan --self-check`` as a process, in a laid-out m2g image (stand-in program with the
+real parser, real NIfTI atlases, a built contract) against the local S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pipeline_facts as facts
+from conftest import ENDPOINT
+from datasets import put_dataset
+from faults import FaultProxy, Rule
+from images import m2g_image, write_lfs_pointer
+from ndmg_cloud.atlases import catalogue
+from ndmg_cloud.discover import discover
+from ndmg_cloud.jobspec import build_spec, write_spec
+from ndmg_cloud.params import resolve
+
+BUCKET = "lab-data"
+ACCESS_DENIED = (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+
+
+@pytest.fixture
+def m2g_spec(s3):
+    put_dataset(s3, BUCKET, "ds/")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "parcellation": ["Desikan", "Yeo-7"]}, "run-1")
+    scan = next(s for s in discover(config, s3).valid if s.scan_id == "sub-01_ses-retest")
+    spec = build_spec(config, scan)
+    write_spec(s3, spec)
+    return spec
+
+
+@pytest.fixture
+def image(tmp_path):
+    return m2g_image(tmp_path / "image")
+
+
+def self_check(spec, image, *extra, endpoint=ENDPOINT, **env):
+    command = [sys.executable, "-m", "ndmg_cloud.runner", "--self-check", "--spec", spec["spec_uri"], *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=image.env(AWS_ENDPOINT_URL=endpoint, NDMG_S3_MAX_ATTEMPTS="2", **env))  # fmt: skip
+
+
+def lines(done):
+    return [line for line in done.stdout.splitlines() if line.startswith(("ok  ", "FAIL"))]
+
+
+def test_a_good_image_passes_every_check_and_writes_its_findings(s3, m2g_spec, image):
+    result_uri = f"s3://{BUCKET}/ds/derivatives/ndmg/reports/run-1/canary.json"
+    done = self_check(m2g_spec, image, "--result", result_uri)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split()[1] for line in lines(done)] == ["contract", "command", "atlases", "disk", "s3", "s3"]
+    assert all(line.startswith("ok") for line in lines(done))
+    assert "m2g 95d271f7" in done.stdout
+    assert "m2g accepts the scan's command" in done.stdout and "the program's own parser" in done.stdout
+    assert "Desikan, Yeo-7 at 2mm: real NIfTI files, each selected alone" in done.stdout
+    found = json.loads(s3.get_object(Bucket=BUCKET, Key=result_uri.split("/", 3)[3])["Body"].read())
+    assert found["ok"] is True and found["scan_id"] == "sub-01_ses-retest"
+    assert found["contract"]["code"]["revision"] == "95d271f748e7d35b8d7feaa1b0112f471be8e514"
+    # the probe key is gone again: the output prefix holds nothing
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="ds/derivatives/ndmg/sub-01/ses-retest/")
+
+
+def test_m2g_code_without_track_type_fails_the_command_check(s3, m2g_spec, image):
+    facts.install_stand_in(facts.M2G_TAG, image.bin_dir)  # the image's m2g is the v0.3.0 tag's code
+    done = self_check(m2g_spec, image)
+    assert done.returncode == 1
+    failed = [line for line in lines(done) if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].split()[1] == "command"
+    assert "m2g: error: unrecognized arguments: --track_type" in failed[0]
+    assert done.stderr.strip().splitlines()[-1].startswith("ndmg-scan: sub-01_ses-retest self-check failed: command: m2g refused")
+
+
+def test_an_lfs_pointer_atlas_fails_the_atlas_check(s3, m2g_spec, image):
+    write_lfs_pointer(image.atlas_dir / "atlases/label/Human" / catalogue("m2g").get("Yeo-7", "2mm").file)
+    done = self_check(m2g_spec, image)
+    assert done.returncode == 1
+    assert "FAIL atlases" in done.stdout and "Yeo-7_space-MNI152NLin6_res-2x2x2.nii.gz: a git-LFS pointer" in done.stdout
+
+
+def test_an_atlas_the_image_does_not_have_fails_the_atlas_check(s3, image):
+    put_dataset(s3, BUCKET, "ds/")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "parcellation": ["Glasser"]}, "run-1")
+    spec = build_spec(config, discover(config, s3).valid[0])
+    write_spec(s3, spec)
+    done = self_check(spec, image)
+    assert done.returncode == 1
+    assert "Glasser is not among the image's 6 atlases at 2mm" in done.stdout
+
+
+def test_a_full_work_disk_fails_the_disk_check(s3, m2g_spec, image):
+    done = self_check(m2g_spec, image, NDMG_WORK_DISK_GB="1000000")
+    assert done.returncode == 1
+    assert "FAIL disk" in done.stdout and "a m2g scan needs 1e+06 GB" in done.stdout
+    assert "--root-volume-gb" in done.stdout
+
+
+def test_a_job_role_that_cannot_write_fails_the_s3_check(s3, m2g_spec, image):
+    proxy = FaultProxy(ENDPOINT, [Rule("PUT", ".ndmg-self-check-", times=-1, response=ACCESS_DENIED)])
+    url = proxy.start()
+    try:
+        done = self_check(m2g_spec, image, endpoint=url)
+    finally:
+        proxy.stop()
+    assert done.returncode == 1
+    assert "FAIL s3 write" in done.stdout and "AccessDenied" in done.stdout
+    assert "ok   s3 read" in done.stdout
+
+
+def test_an_image_without_a_contract_is_refused(s3, m2g_spec, image):
+    done = self_check(m2g_spec, image, NDMG_IMAGE_CONTRACT="")
+    assert done.returncode == 1
+    assert "FAIL contract  this image has no contract for m2g" in done.stdout
+    assert "container/Dockerfile.m2g" in done.stdout
+
+
+def test_a_lite_image_asked_to_run_m2g_is_refused(s3, m2g_spec, image, tmp_path):
+    lite_contract = tmp_path / "lite-contract.json"
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ndmg-image-contract"), "--pipeline", "lite",
+                    "--out", str(lite_contract)], check=True, capture_output=True)  # fmt: skip
+    done = self_check(m2g_spec, image, NDMG_IMAGE_CONTRACT=str(lite_contract))
+    assert done.returncode == 1
+    assert "this image runs lite" in done.stdout and "point job_definition at a m2g image" in done.stdout
