@@ -1,10 +1,14 @@
-"""The Dockerfiles stay honest: linted by hadolint, and wired to the runner's contract.
+"""The Dockerfiles stay honest: linted by hadolint (and the build script by shellcheck),
+wired to the runner's contract, and consistent with what the m2g base image holds (facts
+from m2g's own Dockerfile) and with the code and atlases the tests check our commands against.
 
-Images cannot be built here (no Docker daemon); the runner itself is tested as a process.
+Images cannot be built here (no Docker daemon); the runner itself is tested as a process,
+and the contract step of the Dockerfiles runs in tests/test_contract.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,10 +16,19 @@ from pathlib import Path
 
 import pytest
 
+import pipeline_facts
 from conftest import ROOT
+from ndmg_cloud.atlases import catalogue
+from ndmg_cloud.pipelines import get_pipeline
 
 DOCKERFILES = sorted((ROOT / "container").glob("*Dockerfile*"))
-HADOLINT = Path(sys.executable).parent / "hadolint"
+BIN = Path(sys.executable).parent
+M2G = (ROOT / "container" / "Dockerfile.m2g").read_text()
+BASE_FACTS = json.loads((pipeline_facts.FACTS / "m2g-image.json").read_text())
+
+
+def arg_default(text: str, name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)", text, re.M).group(1)
 
 
 def test_there_are_the_images_we_document():
@@ -25,16 +38,24 @@ def test_there_are_the_images_we_document():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_finds_nothing(dockerfile):
-    done = subprocess.run([str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_shellcheck_finds_nothing_in_the_build_script():
+    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "container" / "build-m2g.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.m2g", "Dockerfile.lite"])
-def test_scan_images_run_the_runner_not_the_pipeline(name):
+def test_scan_images_run_the_runner_and_carry_a_contract(name):
     text = (ROOT / "container" / name).read_text()
     assert "ENTRYPOINT []" in text  # Batch's command is ["ndmg-scan", "--spec", ...]
     assert re.search(r'CMD \["ndmg-scan"', text)
     assert "AWS_ACCESS_KEY" not in text and "AWS_SECRET" not in text
+    assert "NDMG_IMAGE_CONTRACT=/opt/ndmg-cloud/image-contract.json" in text
+    pipeline = name.split(".")[1]
+    assert re.search(rf"ndmg-image-contract\"? --pipeline {pipeline}\b", text)
 
 
 def test_lite_image_runs_as_a_plain_user():
@@ -42,7 +63,36 @@ def test_lite_image_runs_as_a_plain_user():
     assert users and users[-1] not in ("root", "0")
 
 
-def test_production_image_adds_python_311_to_the_m2g_image():
-    text = (ROOT / "container" / "Dockerfile.m2g").read_text()
-    assert re.search(r"^FROM neurodata/m2g:", text, re.M)
-    assert "--python 3.11" in text
+def test_the_m2g_image_pins_the_code_the_tests_check_our_command_against():
+    deploy = pipeline_facts.load(pipeline_facts.M2G_DEPLOY)["source"]
+    assert deploy.startswith(f"neurodata/m2g@{arg_default(M2G, 'M2G_COMMIT')}:")
+    assert arg_default(M2G, "NEUROPARC_COMMIT") == catalogue("m2g").commit
+    # git verifies the commit it checked out, for the code and for the atlases
+    assert M2G.count('test "$(git -C') == 2
+    assert '--revision "${M2G_COMMIT}"' in M2G and 'neurodata/neuroparc@${NEUROPARC_COMMIT}' in M2G
+
+
+def test_the_m2g_image_uses_what_the_base_image_has():
+    # m2g's Dockerfile: Python 3.7 with pip3.7, git, atlases in /m2g_atlases, ENTRYPOINT ["m2g"]
+    assert "pip3.7" in BASE_FACTS["pip"] and "pip3.7 install --no-cache-dir --no-deps --force-reinstall" in M2G
+    assert "git" in BASE_FACTS["apt_installs"] and "git clone" in M2G
+    assert BASE_FACTS["atlas_dir"] == get_pipeline("m2g").atlas_dir
+    assert f"--atlas-dir {BASE_FACTS['atlas_dir']}" in M2G and f"mv /tmp/neuroparc/atlases {BASE_FACTS['atlas_dir']}/atlases" in M2G
+    assert BASE_FACTS["entrypoint"] == ["m2g"] and "ENTRYPOINT []" in M2G
+    assert "--python 3.11" in M2G  # the runner gets its own Python; m2g keeps 3.7
+
+
+@pytest.mark.parametrize(
+    "base, ok",
+    [
+        ("neurodata/m2g@sha256:" + "ab" * 32, True),
+        ("neurodata/m2g:latest", False),
+        ("neurodata/m2g:0.3.0", False),
+    ],
+)
+def test_the_m2g_build_refuses_a_base_not_pinned_by_digest(base, ok):
+    guard = next(line for line in M2G.splitlines() if line.startswith('RUN case "${M2G_BASE}"'))
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", guard[len("RUN ") :]], env={"M2G_BASE": base}, capture_output=True, text=True)
+    assert (done.returncode == 0) == ok
+    if not ok:
+        assert f"M2G_BASE={base} is not pinned by digest" in done.stderr and "build-m2g.sh" in done.stderr
