@@ -130,8 +130,10 @@ class BatchBehaviour:
 
     ``fail[name_part] = reason`` fails jobs whose name contains ``name_part`` with that
     status reason; ``run_seconds`` keeps jobs RUNNING that long first (so deferrable
-    waiting is exercised); ``stuck`` leaves jobs RUNNABLE; ``on_submit`` runs after every
-    submission (e.g. to put the outputs a real container would have written).
+    waiting is exercised); ``stuck`` leaves jobs RUNNABLE; ``on_submit(job)`` runs after
+    every submission as the job's container (e.g. ``images.Containers``): it may put what
+    a real container would have written, and a non-zero int it returns is the container's
+    exit code (the job then fails as Batch reports it).
     TerminateJob ends a job FAILED with its reason, as AWS does.
     """
 
@@ -158,14 +160,15 @@ def batch_behaviour(monkeypatch, aws):
         if include_start_attempt:
             job._start_attempt()
         behaviour.submitted.append(job.job_name)
-        if behaviour.on_submit:
-            behaviour.on_submit(job)
         reason = next((r for part, r in behaviour.fail.items() if part in job.job_name), None)
+        exit_code = behaviour.on_submit(job) if behaviour.on_submit and not reason else None
+        if exit_code:
+            reason = "Essential container in task exited"
 
         def stop():
             if reason:
                 job.job_stopped_reason = reason
-                job.exit_code = 1
+                job.exit_code = exit_code or 1
             job._mark_stopped(success=reason is None)
 
         if behaviour.stuck:

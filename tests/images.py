@@ -62,11 +62,11 @@ class Image:
         }
 
 
-def build_contract(image: Image, code: str = pipeline_facts.M2G_DEPLOY) -> subprocess.CompletedProcess:
+def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.CompletedProcess:
     """The Dockerfile's last step: ``ndmg-image-contract`` against the image's program and atlases."""
     command = [
         str(Path(sys.executable).parent / "ndmg-image-contract"),
-        "--pipeline", "m2g", "--code-version", "0.3.0", "--revision", M2G_COMMIT,
+        "--pipeline", "m2g", "--code-version", "0.3.0", "--revision", revision,
         "--source", "https://github.com/neurodata/m2g", "--atlas-dir", str(image.atlas_dir),
         "--atlas-source", NEUROPARC, "--base-image", BASE, "--out", str(image.contract),
     ]  # fmt: skip
@@ -81,3 +81,86 @@ def m2g_image(root: Path, code: str = pipeline_facts.M2G_DEPLOY) -> Image:
     built = build_contract(image)
     assert built.returncode == 0, built.stderr
     return image
+
+
+class Containers:
+    """What a scan image's container does when the local Batch runs one of its jobs.
+
+    The canary's ``ndmg-scan --self-check`` runs for real: the runner as a process, in the
+    image's environment (``image.env``), against the local endpoint; its output goes to the
+    job's CloudWatch stream, as the awslogs driver would put it. A scan job leaves what the
+    runner leaves after a successful scan, read from its job spec: the expected outputs,
+    then the manifest (with the image's contract), unless the scan is in ``broken`` (exit 1,
+    nothing written) or ``silent`` (exit 0, nothing written). Returns the exit code.
+    """
+
+    def __init__(self, s3, image: Image | None, endpoint: str):
+        self.s3, self.image, self.endpoint = s3, image, endpoint
+        self.broken: set[str] = set()
+        self.silent: set[str] = set()
+        self.self_checks: list[subprocess.CompletedProcess] = []
+
+    def __call__(self, job) -> int:
+        command = job.container_overrides["command"]
+        if "--self-check" in command:
+            return self.self_check(job, command)
+        spec = self._read(command[command.index("--spec") + 1])
+        scan_id = spec["scan"]["scan_id"]
+        if scan_id in self.broken:
+            return 1
+        if scan_id not in self.silent:
+            self.leave_outputs(spec)
+        return 0
+
+    def self_check(self, job, command: list[str]) -> int:
+        env = self.image.env(AWS_ENDPOINT_URL=self.endpoint) if self.image else {**os.environ, "AWS_ENDPOINT_URL": self.endpoint}
+        done = subprocess.run([sys.executable, "-m", "ndmg_cloud.runner", *command[1:]], capture_output=True,
+                              text=True, env=env, timeout=300)  # fmt: skip
+        self.self_checks.append(done)
+        self._log(job, (done.stdout + done.stderr).splitlines())
+        return done.returncode
+
+    def leave_outputs(self, spec: dict) -> None:
+        import hashlib
+        import json
+
+        from ndmg_cloud.contract import ImageContract
+
+        bucket, prefix = spec["output_prefix"][len("s3://") :].split("/", 1)
+        outputs = []
+        for rel in spec["expected_outputs"]:
+            body = b"1 2 3\n2 3 5\n"
+            self.s3.put_object(Bucket=bucket, Key=prefix + rel, Body=body)
+            outputs.append({"path": rel, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        contract = ImageContract.from_dict(json.loads(self.image.contract.read_text())) if self.image else None
+        manifest = {
+            "status": "success",
+            "scan_id": spec["scan"]["scan_id"],
+            "run_id": spec["run_id"],
+            "pipeline": {**spec["pipeline"], "contract": contract.summary() if contract else None},
+            "outputs": outputs,
+            "exit_code": 0,
+        }
+        self.s3.put_object(Bucket=bucket, Key=spec["manifest"].split("/", 3)[3], Body=json.dumps(manifest))
+
+    def _read(self, uri: str) -> dict:
+        import json
+
+        bucket, key = uri[len("s3://") :].split("/", 1)
+        return json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def _log(self, job, lines: list[str]) -> None:
+        import time
+
+        import boto3
+
+        logs = boto3.client("logs", region_name="us-east-1", endpoint_url=self.endpoint)
+        try:
+            logs.create_log_group(logGroupName="/aws/batch/job")
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=job._stream_name)
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines) if line]
+        if events:
+            logs.put_log_events(logGroupName="/aws/batch/job", logStreamName=job._stream_name, logEvents=events)

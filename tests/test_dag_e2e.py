@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import ENDPOINT, ROOT
 from datasets import E2E_INVALID, E2E_VALID, listing, put_dataset
+from images import Containers, build_contract, m2g_image
 
 BUCKET = "lab-data"
 BIDSDIR = "studies/ds-test/"
 OUT = BIDSDIR + "derivatives/ndmg/"
-M2G_ATLASES = ["AAL", "Desikan"]  # the m2g pipeline's default parcellations
 
 
 def run_dag(**conf):
@@ -59,18 +59,6 @@ def rows_by_scan(report):
     return {row["scan_id"]: row for row in report["scans"]}
 
 
-def m2g_outputs(scan_id: str) -> list[str]:
-    """The keys m2g writes for a scan, spelled out from m2g's documented layout."""
-    parts = scan_id.split("_")
-    folder = "/".join(p for p in parts if p.startswith(("sub-", "ses-"))) + "/"
-    stem = f"{scan_id}_dwi"
-    keys = []
-    for atlas in M2G_ATLASES:
-        name = f"{atlas}_space-MNI152NLin6_res-2x2x2"
-        keys.append(f"{OUT}{folder}connectomes_d/{name}/{stem}_{name}_connectome.csv")
-    return keys
-
-
 def scan_of(job) -> str:
     return scan_of_name(job.job_name)
 
@@ -80,17 +68,9 @@ def scan_of_name(job_name: str) -> str:
     return job_name[len("ds-test-") : -len("-12345678")]
 
 
-def write_scan_outputs(s3, scan_id: str, run_id: str = "earlier") -> None:
-    """What a scan container leaves behind: the graphs, then the manifest last."""
-    for key in m2g_outputs(scan_id):
-        s3.put_object(Bucket=BUCKET, Key=key, Body=b"0 1 3\n1 2 5\n")
-    s3.put_object(Bucket=BUCKET, Key=manifest_key(scan_id), Body=json.dumps({"status": "success", "run_id": run_id}))
-
-
-def manifest_key(scan_id: str) -> str:
-    parts = scan_id.split("_")
-    folder = "/".join(p for p in parts if p.startswith(("sub-", "ses-"))) + "/"
-    return f"{OUT}{folder}{scan_id}_manifest.json"
+def scan_jobs(names: list[str]) -> list[str]:
+    """The scans of the submitted jobs, leaving out the canary."""
+    return [scan_of_name(n) for n in names if "-canary-" not in n]
 
 
 @pytest.fixture
@@ -99,12 +79,26 @@ def dataset(s3, batch_env, airflow_db):
     return listing(s3, BUCKET, BIDSDIR + "sub-")
 
 
-def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, dataset, batch_behaviour):
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """The m2g scan image the job definition names (pinned m2g, atlases, contract)."""
+    return m2g_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture
+def containers(s3, batch_behaviour, image):
+    """Every Batch job runs as a container of that image: the canary's self-check for real."""
+    batch_behaviour.on_submit = Containers(s3, image, ENDPOINT)
+    return batch_behaviour.on_submit
+
+
+def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, dataset, containers):
+    containers.silent.update(E2E_VALID)  # every job exits 0 and writes nothing
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
 
     assert run.state == "failed"  # missing outputs fail the run, so alerts fire
     jobs = batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
-    assert len(jobs) == len(E2E_VALID)
+    assert len(jobs) == len(E2E_VALID) + 1  # and the canary
 
     report = report_of(s3, run)
     rows = rows_by_scan(report)
@@ -124,19 +118,15 @@ def test_jobs_that_succeed_without_outputs_are_missing_outputs(s3, batch, datase
     assert report_uri_of(run) == f"s3://{BUCKET}/{OUT}reports/{run.run_id}/report.json"
 
 
-def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, dataset, batch_behaviour):
-    def container_did_its_work(job):
-        if "sub-05" not in scan_of(job):
-            write_scan_outputs(s3, scan_of(job))
-
-    batch_behaviour.on_submit = container_did_its_work
-    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, dataset, batch_behaviour, containers):
+    containers.broken.add("sub-05_ses-1")  # its container exits 1
     batch_behaviour.run_seconds = 1.5  # jobs stay RUNNING a while: the deferrable wait runs
 
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
 
     assert run.state == "failed"
-    rows = rows_by_scan(report_of(s3, run))
+    report = report_of(s3, run)
+    rows = rows_by_scan(report)
     for scan_id in E2E_VALID:
         if scan_id == "sub-05_ses-1":
             continue
@@ -144,6 +134,7 @@ def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, data
         assert rows[scan_id]["missing"] == []
         assert len(rows[scan_id]["outputs"]) == 2
         assert rows[scan_id]["attempts"] == 1
+        assert rows[scan_id]["made_by"] == "m2g 95d271f7"
     failed = rows["sub-05_ses-1"]
     assert failed["status"] == "failed"
     assert "Essential container in task exited" in failed["reason"]
@@ -152,9 +143,7 @@ def test_scans_with_outputs_succeed_and_a_failed_job_is_reported(s3, batch, data
     assert failed["log_url"].startswith("https://us-east-1.console.aws.amazon.com/cloudwatch/")
 
 
-def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, batch_behaviour):
-    batch_behaviour.on_submit = lambda job: write_scan_outputs(s3, scan_of(job))
-
+def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, containers):
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, participant_label=["01", "sub-02"])
 
     assert run.state == "success"
@@ -169,7 +158,7 @@ def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, batch_beha
     assert events[0].extra["report"] == f"s3://{BUCKET}/{OUT}reports/{run.run_id}/report.json"
 
 
-def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, batch_behaviour):
+def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, containers):
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
 
     prefix = f"{OUT}jobs/{run.run_id}/"
@@ -207,7 +196,7 @@ def test_bad_input_fails_before_any_submission(s3, batch, dataset, batch_behavio
     assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
 
 
-def test_mapped_tasks_are_labelled_by_scan_and_links_kept(s3, batch, dataset, batch_behaviour):
+def test_mapped_tasks_are_labelled_by_scan_and_links_kept(s3, batch, dataset, containers):
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
@@ -253,39 +242,43 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     assert listing(s3, BUCKET, "phantoms/sub-") == before
 
 
-def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, batch_behaviour):
-    def container_did_its_work(job):
-        if scan_of(job) == "sub-05_ses-1" and batch_behaviour.fail:
-            return  # the first time round this scan fails
-        write_scan_outputs(s3, scan_of(job), job.job_name)
-
-    batch_behaviour.on_submit = container_did_its_work
-    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, containers):
+    containers.broken.add("sub-05_ses-1")  # the first time round this scan fails
     first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert first.state == "failed"
-    assert len(batch_behaviour.submitted) == len(E2E_VALID)
+    after_first = batch_submitted(batch)
+    assert sorted(scan_jobs(after_first)) == sorted(E2E_VALID)
 
-    batch_behaviour.submitted.clear()
-    batch_behaviour.fail.clear()
+    containers.broken.clear()
     second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert second.state == "success"
-    assert [scan_of_name(n) for n in batch_behaviour.submitted] == ["sub-05_ses-1"]  # only the failed one
+    assert scan_jobs(batch_submitted(batch, since=after_first)) == ["sub-05_ses-1"]  # only the failed one
     rows = rows_by_scan(report_of(s3, second))
     assert rows["sub-05_ses-1"]["status"] == "succeeded"
     assert {rows[s]["status"] for s in E2E_VALID if s != "sub-05_ses-1"} == {"skipped_done"}
     assert report_of(s3, second)["summary"]["skipped_done"] == len(E2E_VALID) - 1
 
-    batch_behaviour.submitted.clear()
+    before = batch_submitted(batch)
     third = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert third.state == "success"
-    assert batch_behaviour.submitted == []  # everything done: nothing submitted
+    assert scan_jobs(batch_submitted(batch, since=before)) == []  # everything done: only the canary ran
 
+    before = batch_submitted(batch)
     forced = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", force=True)
     assert forced.state == "success"
-    assert len(batch_behaviour.submitted) == len(E2E_VALID)
+    assert len(scan_jobs(batch_submitted(batch, since=before))) == len(E2E_VALID)
 
 
-def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, batch_behaviour, monkeypatch):
+def batch_submitted(batch, since: list[str] = ()) -> list[str]:
+    """Names of every job the queue has seen, oldest first (less those in ``since``)."""
+    jobs = []
+    for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
+        jobs += batch.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]
+    names = [j["jobName"] for j in sorted(jobs, key=lambda j: j["createdAt"])]
+    return [n for n in names if n not in set(since)]
+
+
+def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     from ndmg_cloud.operators import ScanBatchOperator
 
     crashed: set[str] = set()
@@ -293,8 +286,9 @@ def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, b
 
     def crash_once(self, context, *args, **kwargs):
         # the worker dies after SubmitJob returned, before the task could defer
-        if self.scan_id not in crashed:
-            crashed.add(self.scan_id)
+        key = f"{self.task_id}:{self.scan_id}"
+        if key not in crashed:
+            crashed.add(key)
             raise RuntimeError("simulated worker crash")
         return real(self, context, *args, **kwargs)
 
@@ -303,13 +297,16 @@ def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, b
 
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
 
-    assert crashed == set(E2E_VALID)  # every scan's first try died
-    names = [scan_of_name(n) for n in batch_behaviour.submitted]
-    assert sorted(names) == sorted(E2E_VALID)  # yet exactly one Batch job per scan
-    jobs = batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert {c for c in crashed if c.startswith("run_scan:")} == {f"run_scan:{s}" for s in E2E_VALID}
+    assert any(c.startswith("canary:") for c in crashed)  # the canary's first try died too
+    names = batch_behaviour.submitted
+    assert sorted(scan_jobs(names)) == sorted(E2E_VALID)  # yet exactly one Batch job per scan
+    assert len([n for n in names if "-canary-" in n]) == 1  # and one canary
+    jobs = [j for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"] if "-canary-" not in j["jobName"]]
     assert len(jobs) == len(E2E_VALID)
     rows = rows_by_scan(report_of(s3, run))
     assert {rows[s]["job_id"] for s in E2E_VALID} == {j["jobId"] for j in jobs}
+    assert run.state == "success"
 
 
 def test_reattach_only_within_one_round_of_tries():
@@ -334,3 +331,135 @@ def test_a_run_above_max_cost_is_refused_before_submitting(s3, batch, dataset, b
     assert run.state == "failed"
     assert batch_behaviour.submitted == []
     assert "6 scans would cost about $1.13 on-demand ($0.45 on Spot), above max_cost_usd=0.5" in capfd.readouterr().out
+
+
+# --- the canary, pilots and provenance ------------------------------------------------------
+
+
+def test_a_failing_canary_stops_the_run_before_any_scan_job(s3, batch, dataset, containers, tmp_path):
+    import pipeline_facts
+
+    # the job definition's image holds the v0.3.0 tag's m2g, which refuses --track_type
+    broken = m2g_image(tmp_path / "old-image")
+    pipeline_facts.install_stand_in(pipeline_facts.M2G_TAG, broken.bin_dir)
+    containers.image = broken
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    assert run.state == "failed"
+    listed = batch.list_jobs(jobQueue="ndmg-queue", jobStatus="FAILED")["jobSummaryList"]
+    listed += batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
+    assert [j["jobName"] for j in listed] == [f"ds-test-canary-{token(run)}"]  # only the canary ran
+    report = report_of(s3, run)
+    canary = report["canary"]
+    assert canary["status"] == "failed"
+    assert canary["reason"].startswith("command: m2g refused the command (exit 2)")
+    assert "unrecognized arguments: --track_type" in canary["reason"]
+    assert canary["log_url"] and any("FAIL command" in line for line in canary["log_tail"])
+    rows = rows_by_scan(report)
+    for scan_id in E2E_VALID:
+        assert rows[scan_id]["status"] == "failed" and rows[scan_id]["failure_class"] == "canary_failed"
+        assert rows[scan_id]["reason"].startswith("not submitted: the canary failed: command:")
+    assert report["summary"]["submitted"] == 0
+    assert listing(s3, BUCKET, BIDSDIR + "sub-") == dataset
+
+
+def test_a_canary_that_cannot_start_names_why(s3, batch, dataset, batch_behaviour, containers):
+    batch_behaviour.fail["-canary-"] = "CannotPullContainerError: pull access denied for ndmg-cloud-m2g"
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert run.state == "failed"
+    assert scan_jobs(batch_behaviour.submitted) == []
+    canary = report_of(s3, run)["canary"]
+    assert canary["status"] == "failed" and canary["failure_class"] == "image_pull"
+    assert "CannotPullContainerError" in canary["reason"]
+
+
+def test_a_passing_canary_lets_the_run_proceed_and_is_in_the_report(s3, batch, dataset, containers):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    assert run.state == "success"
+    names = batch_submitted(batch)
+    assert names[0] == f"ds-test-canary-{token(run)}"  # before any scan job
+    assert sorted(scan_jobs(names)) == sorted(E2E_VALID)
+    report = report_of(s3, run)
+    assert report["canary"]["status"] == "passed"
+    assert [c["name"] for c in report["canary"]["checks"]] == ["contract", "command", "atlases", "disk", "s3 read", "s3 write"]
+    assert report["contract"]["label"] == "m2g 95d271f7"
+    canary_done = containers.self_checks[0]
+    assert canary_done.returncode == 0 and "self-check passed" in canary_done.stdout
+    html = s3.get_object(Bucket=BUCKET, Key=f"{OUT}reports/{run.run_id}/report.html")["Body"].read().decode()
+    assert "Canary" in html and "passed" in html and "m2g 95d271f7" in html
+
+
+def test_pilot_scans_run_to_success_before_the_rest(s3, batch, dataset, containers):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", pilot_scans=2)
+
+    assert run.state == "success"
+    names = batch_submitted(batch)
+    jobs = {j["jobName"]: j for s in ("SUCCEEDED",) for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus=s)["jobSummaryList"]}
+    pilots, rest = scan_jobs(names)[:2], scan_jobs(names)[2:]
+    assert pilots == sorted(E2E_VALID)[:2] and sorted(rest) == sorted(E2E_VALID)[2:]
+    last_pilot_stop = max(jobs[n]["stoppedAt"] for n in names if scan_of_name(n) in pilots)
+    assert all(jobs[n]["createdAt"] >= last_pilot_stop for n in names if scan_of_name(n) in rest)
+    report = report_of(s3, run)
+    assert report["pilots"] == pilots
+    assert [r["scan_id"] for r in report["scans"] if r["pilot"]] == pilots
+
+
+def test_a_failed_pilot_stops_the_rest(s3, batch, dataset, containers):
+    first = sorted(E2E_VALID)[0]
+    containers.broken.add(first)
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", pilot_scans=1)
+
+    assert run.state == "failed"
+    assert scan_jobs(batch_submitted(batch)) == [first]
+    rows = rows_by_scan(report_of(s3, run))
+    assert rows[first]["status"] == "failed" and rows[first]["pilot"]
+    for scan_id in E2E_VALID[1:]:
+        assert rows[scan_id]["failure_class"] == "pilot_failed"
+        assert rows[scan_id]["reason"] == f"not submitted: pilot scan(s) {first} did not succeed"
+
+
+def test_canary_false_submits_at_once_and_says_the_image_was_not_checked(s3, batch, dataset, containers):
+    first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["02"], canary=False)
+    assert first.state == "success"
+    assert batch_submitted(batch) == [f"ds-test-sub-02-{token(first)}"]
+    assert report_of(s3, first)["canary"] == {**report_of(s3, first)["canary"], "status": "skipped", "reason": "canary=false"}
+
+    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["02"], canary=False)
+    row = rows_by_scan(report_of(s3, second))["sub-02"]
+    assert row["status"] == "skipped_done"
+    assert row["reason"].endswith("its image was not compared (canary=false)")
+
+
+def test_scans_made_by_other_code_run_again_and_say_why(s3, batch, dataset, containers, tmp_path):
+    first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
+    assert first.state == "success"
+
+    # the job definition now points at an image of other m2g code
+    newer = m2g_image(tmp_path / "newer")
+    rebuilt = build_contract(newer, revision="1b665be2c621b57f4f36601e7ca6bf6624aa1e2e")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    containers.image = newer
+    before = batch_submitted(batch)
+    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
+
+    assert second.state == "success"
+    assert sorted(scan_jobs(batch_submitted(batch, since=before))) == ["sub-01_ses-retest", "sub-01_ses-test"]
+    rows = rows_by_scan(report_of(s3, second))
+    for scan_id in ("sub-01_ses-retest", "sub-01_ses-test"):
+        assert rows[scan_id]["status"] == "succeeded"
+        assert rows[scan_id]["reason"] == "ran again: done with m2g 95d271f7, this run uses m2g 1b665be2"
+        assert rows[scan_id]["made_by"] == "m2g 1b665be2"
+
+    # other options: everything runs again, and the rows say which
+    third = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"], seeds=10)
+    assert third.state == "success"
+    row = rows_by_scan(report_of(s3, third))["sub-01_ses-test"]
+    assert row["reason"] == "ran again: done with seeds=20; this run asks seeds=10"
+
+
+def token(run) -> str:
+    from ndmg_cloud.jobspec import run_token
+
+    return run_token(run.run_id)

@@ -31,15 +31,23 @@ def test_no_import_errors(dagbag):
 
 def test_tasks_and_wiring(dag):
     assert {t.task_id for t in dag.tasks} == {
-        "discover", "write_job_specs", "choose_backend", "run_scan", "run_scan_local", "verify_and_report",
+        "discover", "write_job_specs", "canary", "pilot_scan", "plan_scans", "choose_backend", "run_scan",
+        "run_scan_local", "verify_and_report",
     }  # fmt: skip
     assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
-    assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "write_job_specs"}
+    assert dag.get_task("canary").upstream_task_ids == {"write_job_specs"}
+    pilots = dag.get_task("pilot_scan")
+    assert pilots.upstream_task_ids == {"write_job_specs", "canary"}
+    assert pilots.trigger_rule == "none_failed"  # no canary: pilots go; a failed canary: they do not
+    plan = dag.get_task("plan_scans")
+    assert plan.upstream_task_ids == {"discover", "pilot_scan"}
+    assert plan.trigger_rule == "none_failed"  # no pilots: the rest goes; a failed pilot: it does not
+    assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "plan_scans"}
     for mapped in ("run_scan", "run_scan_local"):
-        assert dag.get_task(mapped).upstream_task_ids == {"write_job_specs", "choose_backend"}
+        assert dag.get_task(mapped).upstream_task_ids == {"plan_scans", "choose_backend"}
     assert dag.get_task("run_scan_local").pool == "ndmg_local"
     report = dag.get_task("verify_and_report")
-    assert report.upstream_task_ids == {"write_job_specs", "run_scan", "run_scan_local"}
+    assert report.upstream_task_ids == {"canary", "pilot_scan", "plan_scans", "run_scan", "run_scan_local"}
     assert report.trigger_rule == "all_done"  # runs even when some scans failed
 
 
@@ -48,11 +56,14 @@ def test_run_scan_is_a_deferrable_mapped_batch_operator(dag):
 
     from ndmg_cloud.operators import ScanBatchOperator
 
-    run_scan = dag.get_task("run_scan")
-    assert run_scan.operator_class is ScanBatchOperator
+    for task_id in ("pilot_scan", "run_scan"):
+        mapped = dag.get_task(task_id)
+        assert mapped.operator_class is ScanBatchOperator
+        assert mapped.partial_kwargs["deferrable"] is True
+        assert mapped.partial_kwargs["map_index_template"] == "{{ task.scan_id }}"
     assert issubclass(ScanBatchOperator, BatchOperator)
-    assert run_scan.partial_kwargs["deferrable"] is True
-    assert run_scan.partial_kwargs["map_index_template"] == "{{ task.scan_id }}"
+    canary = dag.get_task("canary")
+    assert isinstance(canary, ScanBatchOperator) and canary.deferrable and canary.awslogs_enabled
     link_names = {link.name for link in ScanBatchOperator.operator_extra_links}
     assert {"Batch Job Details", "Batch Job Definition", "Batch Job Queue"} <= link_names
 
@@ -62,13 +73,14 @@ def test_params_carry_the_design_contract(dag):
     expected = {
         "bucket", "bidsdir", "modif", "output_uri", "jobdir", "dataset", "participant_label",
         "session_label", "pipeline", "parcellation", "space", "voxelsize", "mod", "diffusion_model",
-        "seeds", "job_queue", "job_definition", "backend", "force", "dry_run",
+        "seeds", "skull", "job_queue", "job_definition", "backend", "force", "dry_run", "canary", "pilot_scans",
     }  # fmt: skip
     assert expected <= set(params.keys())
     assert params["modif"] == "derivatives/ndmg"
     assert params["pipeline"] == "m2g"
     assert params["job_queue"] == "ndmg-queue" and params["job_definition"] == "ndmg"
     assert params.get_param("pipeline").schema["enum"] == ["m2g", "ndmg", "lite"]
+    assert params["canary"] is True and params["pilot_scans"] == 0
 
 
 def test_params_outside_the_schema_are_refused(dag):

@@ -297,7 +297,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = resolve(conf, "estimate")
     s3 = boto3.client("s3")
     found = discover(config, s3)
-    done = {} if config.force else completed_scans(config, found.valid, s3)
+    done, _ = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
     todo = len(found.valid) - len(done)
     guess = estimate(todo, config.pipeline, args.hours_per_scan)
     print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,12 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
         },
         "batch": batch,
     }
+
+
+def write_specs(s3_client: Any, specs: list[dict[str, Any]]) -> None:
+    """Put many specs, 16 at a time (a rerun writes one per valid scan)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda spec: write_spec(s3_client, spec), specs))
 
 
 def write_spec(s3_client: Any, spec: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
 from airflow.providers.standard.operators.python import PythonOperator
 
@@ -15,6 +15,7 @@ from ndmg_cloud.links import RunReportLink
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
 JOB_XCOM_KEY = "batch_job"
+CANARY_XCOM_KEY = "canary"  # write_job_specs pushes the canary's job under this key
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 
 
@@ -85,6 +86,27 @@ class ScanBatchOperator(BatchOperator):
         )
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
+    def execute(self, context: Any) -> str:
+        return self._final(lambda: super(ScanBatchOperator, self).execute(context))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> str:
+        return self._final(lambda: super(ScanBatchOperator, self).execute_complete(context, event))
+
+    def _final(self, wait: Any) -> str:
+        """A job that ended FAILED fails the task for good: a retry would only reattach to
+        the same failed job (retries are for worker crashes, Spot is Batch's own retry)."""
+        try:
+            return wait()
+        except AirflowException as err:
+            if isinstance(err, AirflowFailException) or not self.job_id:
+                raise
+            job = self.hook.get_job_description(self.job_id)
+            if job.get("status") != "FAILED":
+                raise
+            raise AirflowFailException(
+                f"scan {self.scan_id}: Batch job {self.job_id} failed: {job.get('statusReason') or 'no reason given'}"
+            ) from err
+
     def on_kill(self) -> None:
         """Sync mode: the task was killed; terminate its job (deferred tasks: the trigger's on_kill)."""
         if self.job_id:
@@ -137,6 +159,34 @@ class ScanBatchOperator(BatchOperator):
             aws_partition=self.hook.conn_partition,
             job_id=self.job_id,
         )
+
+
+class CanaryOperator(ScanBatchOperator):
+    """The canary: one short Batch job on the run's queue and job definition that runs
+    ``ndmg-scan --self-check`` before any scan job (see ``ndmg_cloud.canary``).
+
+    Its job is worked out at run time by ``spec_task_id`` (XCom ``canary``); a run without
+    one (``canary=false``, ``backend=local``, a dry run) skips this task. Everything else is
+    a scan job's: exactly-once submission, the stuck-job watchdog, termination on kill, the
+    Batch links; its self-check lines are copied from CloudWatch into this task's log.
+    """
+
+    def __init__(self, *, spec_task_id: str = "write_job_specs", **kwargs: Any) -> None:
+        placeholder = {"jobName": "canary", "jobQueue": "unknown-until-run-time", "jobDefinition": "unknown-until-run-time"}
+        super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder, awslogs_enabled=True, **kwargs)
+        self.spec_task_id = spec_task_id
+
+    def execute(self, context: Any) -> str:
+        job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_XCOM_KEY)
+        if not job:
+            raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
+        batch = job["batch"]
+        self.scan_id, self.job_spec_uri, self.batch = job["scan_id"], job["job_spec_uri"], batch
+        self.job_name, self.job_queue, self.job_definition = batch["jobName"], batch["jobQueue"], batch["jobDefinition"]
+        self.container_overrides, self.tags = batch["containerOverrides"], batch["tags"]
+        self.retry_strategy, self.runnable_timeout = batch["retryStrategy"], job["runnable_timeout"]
+        self.submit_job_timeout = batch["timeout"]["attemptDurationSeconds"]
+        return super().execute(context)
 
 
 class RunReportOperator(PythonOperator):

@@ -29,6 +29,8 @@ CSV_COLUMNS = (
     "reason",
     "failure_class",
     "log_url",
+    "made_by",
+    "pilot",
 )
 FAILING_STATUSES = ("failed", "missing_outputs")
 STATUS_COLOURS = {
@@ -49,7 +51,11 @@ def build_report(
     finished_at: str,
     submitted: int,
     warnings: list[str] = (),
+    canary: dict[str, Any] | None = None,
+    contract: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``canary``: what the canary found (status passed, failed or skipped; its checks);
+    ``contract``: the image contract summary of the code this run's scans were made with."""
     counts = Counter(r.status for r in rows)
     summary = {
         "discovered": len(rows),
@@ -76,6 +82,9 @@ def build_report(
         "finished_at": finished_at,
         "summary": summary,
         "warnings": list(warnings),
+        "canary": canary or {"status": "skipped", "reason": "not recorded"},
+        "contract": contract,
+        "pilots": [r.scan_id for r in rows if r.pilot],
         "scans": [r.to_dict() for r in rows],
     }
 

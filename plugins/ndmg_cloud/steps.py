@@ -1,7 +1,7 @@
 """The DAG's task callables: each creates its AWS clients at run time and calls one step.
 
 The DAG file only wires these together; the logic lives in ``discover``, ``jobspec``,
-``verify`` and ``report``.
+``canary``, ``verify`` and ``report``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,24 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.bids import Scan
+from ndmg_cloud.canary import (
+    CANARY_FAILED,
+    PILOT_FAILED,
+    CanaryOutcome,
+    Plan,
+    canary_kwargs,
+    canary_outcome,
+    choose_pilots,
+    settle,
+    skipped,
+)
+from ndmg_cloud.contract import local_contract
 from ndmg_cloud.cost import estimate
-from ndmg_cloud.jobs import SUCCEEDED, batch_records, fetch_log_tails, local_records
+from ndmg_cloud.jobs import SUCCEEDED, JobRecord, batch_records, fetch_log_tails, local_records
 from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
-from ndmg_cloud.operators import JOB_XCOM_KEY
+from ndmg_cloud.operators import CANARY_XCOM_KEY, JOB_XCOM_KEY
 from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_spec
+from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.preflight import preflight
 from ndmg_cloud.report import build_report, failing_scans, write_report
@@ -31,6 +43,8 @@ AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
 # Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
 BACKEND_TASKS = {"aws_batch": "run_scan", "local": "run_scan_local"}
+SCAN_TASKS = ("pilot_scan", "run_scan")  # the Batch tasks that run scans (the canary does not)
+RUNS_XCOM_KEY, PLAN_XCOM_KEY = "runs", "plan"
 REPORTS_ALIAS = "ndmg-reports"
 
 
@@ -64,44 +78,86 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
         preflight(batch_client(), config)
     s3 = s3_client()
     found = discover(config, s3)
-    done = {} if config.force else completed_scans(config, found.valid, s3)
+    done, reruns = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
     if done:
-        log.info("%d scans already done: skipped (force=true reruns them)", len(done))
+        log.info("%d scans already done for this pipeline and options (force=true reruns them)", len(done))
+    for scan_id, why in reruns.items():
+        log.info("%s runs again: %s", scan_id, why)
     check_cost(config, len(found.valid) - len(done))
     return {
         "config": config.to_dict(),
         "scans": [s.to_dict() for s in found.scans],
         "done": {scan_id: row.to_dict() for scan_id, row in done.items()},
+        "reruns": reruns,
         "warnings": found.warnings,
         "keys_listed": found.keys_listed,
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
 
 
-def write_job_specs_step(discovery: dict[str, Any]) -> list[dict[str, Any]]:
-    """Write one job spec per valid scan; return the mapped task's kwargs (none on a dry run)."""
+def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
+    """Write one job spec per valid scan (those found done too: the canary may find them made
+    by other code). Pushes the arguments of every scan's task (``runs``) and of the canary
+    (``canary``, or None); returns the pilot scans' (aws_batch, ``pilot_scans`` > 0)."""
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    done = discovery.get("done", {})
-    specs = [build_spec(config, scan) for scan in scans if scan.valid and scan.scan_id not in done]
+    specs = [build_spec(config, scan) for scan in scans if scan.valid]
     check_no_shared_outputs(specs)
     client = s3_client()
-    for spec in specs:
-        write_spec(client, spec)
+    write_specs(client, specs)
     log.info("wrote %d job specs under %s", len(specs), config.jobdir)
+    runs, canary = [], None
     if config.dry_run:
         log.info("dry run: nothing is submitted")
-        return []
-    _check_map_length(len(specs))
-    _mark_derivatives(client, config)
-    runs = []
-    for spec in specs:
-        kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
-        if config.backend == "aws_batch":
-            kwargs["batch"] = spec["batch"]
-            kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
-        runs.append(kwargs)
-    return runs
+    else:
+        _mark_derivatives(client, config)
+        for spec in specs:
+            kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
+            if config.backend == "aws_batch":
+                kwargs["batch"] = spec["batch"]
+                kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
+            runs.append(kwargs)
+    done = discovery.get("done", {})
+    pilots = choose_pilots(config, runs, done)
+    _check_map_length(len([r for r in runs if r["scan_id"] not in done]))
+    if config.backend == "aws_batch" and config.canary and not config.dry_run:
+        first = next((s for s in specs if s["scan"]["scan_id"] not in done), specs[0])
+        canary = canary_kwargs(config, first)
+        log.info("canary %s will check scan %s on %s / %s", canary["batch"]["jobName"],
+                 first["scan"]["scan_id"], config.job_queue, config.job_definition)  # fmt: skip
+    ti.xcom_push(key=RUNS_XCOM_KEY, value=runs)
+    ti.xcom_push(key=CANARY_XCOM_KEY, value=canary)
+    if pilots:
+        log.info("pilot scans, run to success before the others: %s", ", ".join(p["scan_id"] for p in pilots))
+    return pilots
+
+
+def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
+    """Settle the run once the image is known (the canary's contract; the installed code on
+    the local backend): what is done, what runs again and why. Pushes the plan; returns the
+    arguments of the scans to run now (all but the pilots, which ran already)."""
+    config = RunConfig.from_dict(discovery["config"])
+    runs = ti.xcom_pull(task_ids="write_job_specs", key=RUNS_XCOM_KEY) or []
+    pilots = ti.xcom_pull(task_ids="write_job_specs") or []
+    canary_jobs = _pulled(ti, "canary", JOB_XCOM_KEY)
+    if canary_jobs:
+        records = batch_records(batch_client(), {"canary": canary_jobs[0]["job_id"]})
+        outcome = canary_outcome(config, records["canary"], s3_client())
+        if outcome.status != "passed":  # its task succeeded, so the job did: findings missing
+            raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
+        contract = outcome.image
+    else:
+        outcome = skipped(config)
+        contract = local_contract(config.pipeline) if config.backend == "local" else None
+    log.info("canary %s: %s", outcome.status, outcome.reason)
+    plan = settle(config, runs, pilots, discovery.get("done", {}), discovery.get("reruns", {}), contract, outcome)
+    for scan_id, why in plan.reruns.items():
+        log.info("%s runs again: %s", scan_id, why)
+    log.info("%d scans to run now, %d pilots ran first, %d done", len(plan.scans), len(plan.pilots), len(plan.done))
+    check_cost(config, len(plan.scans))
+    _check_map_length(len(plan.scans))
+    ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
+    return plan.scans
 
 
 def check_cost(config: RunConfig, scans: int) -> None:
@@ -171,6 +227,34 @@ def report_asset(config: RunConfig) -> Any:
     return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
 
 
+def _canary_and_plan(ti: Any, config: RunConfig, discovery: dict[str, Any]) -> tuple[CanaryOutcome, Plan | None]:
+    """The run's plan, or (when the canary stopped the run) what the canary found."""
+    plan = ti.xcom_pull(task_ids="plan_scans", key=PLAN_XCOM_KEY)
+    if plan:
+        plan = Plan(**plan)
+        return CanaryOutcome.from_dict(plan.canary), plan
+    canary_jobs = _pulled(ti, "canary", JOB_XCOM_KEY)
+    if not canary_jobs:
+        return skipped(config), None
+    records = batch_records(batch_client(), {"canary": canary_jobs[0]["job_id"]})
+    fetch_log_tails(logs_client(), records)
+    return canary_outcome(config, records["canary"], s3_client()), None
+
+
+def _not_submitted(
+    scans: list[Scan], pilots: list[str], outcome: CanaryOutcome, jobs: dict[str, JobRecord]
+) -> dict[str, tuple[str, str]]:
+    """Why scans that should have run got no job: the canary or a pilot stopped the run."""
+    if outcome.status == "failed":
+        why = (CANARY_FAILED, f"not submitted: the canary failed: {outcome.reason}")
+        return {scan.scan_id: why for scan in scans}
+    failed = [p for p in pilots if p not in jobs or jobs[p].status != SUCCEEDED]
+    if not failed:
+        return {}
+    why = (PILOT_FAILED, f"not submitted: pilot scan(s) {', '.join(failed)} did not succeed")
+    return {scan.scan_id: why for scan in scans if scan.scan_id not in pilots}
+
+
 def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None) -> str:
     """Verify every scan, write the report, return its URI; then fail if any scan failed."""
     discovery = ti.xcom_pull(task_ids="discover")
@@ -179,16 +263,26 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
+    outcome, plan = _canary_and_plan(ti, config, discovery)
     if config.backend == "local":
         jobs = local_records(_pulled(ti, "run_scan_local", LOCAL_JOB_XCOM_KEY))
     else:
-        job_ids = {item["scan_id"]: item["job_id"] for item in _pulled(ti, "run_scan", JOB_XCOM_KEY)}
+        job_ids = {item["scan_id"]: item["job_id"] for task_id in SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
         jobs = batch_records(batch_client(), job_ids) if job_ids else {}
         fetch_log_tails(logs_client(), jobs)
 
     s3 = s3_client()
-    done = {scan_id: ScanResult(**row) for scan_id, row in discovery.get("done", {}).items()}
-    rows = verify_scans(config, scans, jobs, s3, done)
+    done_rows = plan.done if plan else discovery.get("done", {})
+    if plan is None and outcome.status == "failed":  # never compared with the image
+        done_rows = {k: {**v, "reason": f"{v['reason']}; its image was not compared (the canary failed)"} for k, v in done_rows.items()}
+    done = {scan_id: ScanResult(**row) for scan_id, row in done_rows.items()}
+    pilots = [p["scan_id"] for p in ti.xcom_pull(task_ids="write_job_specs") or []]
+    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, pilots, outcome, jobs))
+    reruns = plan.reruns if plan else discovery.get("reruns", {})
+    for row in rows:
+        row.pilot = row.scan_id in pilots
+        if row.scan_id in reruns and row.status == "succeeded":
+            row.reason = f"ran again: {reruns[row.scan_id]}"
     report = build_report(
         config,
         rows,
@@ -196,10 +290,13 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         finished_at=datetime.now(timezone.utc).isoformat(),
         submitted=len(jobs),
         warnings=discovery.get("warnings", []),
+        canary=outcome.to_dict(),
+        contract=plan.contract if plan else None,
     )
     uri = write_report(s3, config, report)
     summary = report["summary"]
     log.info("report: %s", uri)
+    log.info("canary: %s (%s)", outcome.status, outcome.reason)
     log.info("summary: %s", summary)
     for row in report["scans"]:
         log.info("%-40s %-16s %s", row["scan_id"], row["status"], row["reason"] or "")
@@ -211,6 +308,11 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
             report_asset(config), extra={"run_id": config.run_id, "report": uri, "summary": summary}
         )
 
+    if outcome.status == "failed":
+        raise AirflowFailException(
+            f"the canary job failed, so no scan was submitted: {outcome.reason}. "
+            f"Log: {outcome.log_url or 'none'}. Report: {uri}"
+        )
     failing = failing_scans(report)
     if failing:
         names = ", ".join(f"{r['scan_id']} ({r['status']})" for r in failing[:10])

@@ -44,6 +44,9 @@ class ScanResult:
     log_url: str | None = None
     failure_class: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    made_by: str | None = None  # the code that made the outputs: "m2g 95d271f7"
+    contract: str | None = None  # the fingerprint of that code's image contract
+    pilot: bool = False  # run before the others, to success, as a pilot scan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,11 +58,14 @@ def verify_scans(
     jobs: dict[str, JobRecord],
     s3_client: Any,
     done: dict[str, ScanResult] | None = None,
+    not_submitted: dict[str, tuple[str, str]] | None = None,
 ) -> list[ScanResult]:
     """Per-scan verdicts for every discovered scan (valid or not); ``jobs`` maps scan ids
-    to what their job did (see ``ndmg_cloud.jobs``), ``done`` holds the scans discovery
-    found complete from an earlier run (not run again)."""
+    to what their job did (see ``ndmg_cloud.jobs``), ``done`` holds the scans found complete
+    from an earlier run (not run again), ``not_submitted`` why a scan got no job (its
+    failure class and reason, e.g. the canary failed)."""
     done = done or {}
+    not_submitted = not_submitted or {}
     outputs = config.outputs
     listing = Listing(() if config.dry_run else list_objects(s3_client, outputs.root.bucket, outputs.root.prefix))
 
@@ -79,7 +85,10 @@ def verify_scans(
             continue
         job = jobs.get(scan.scan_id)
         if job is None:
-            row.status, row.reason = "failed", "no job was submitted for this scan"
+            row.failure_class, row.reason = not_submitted.get(
+                scan.scan_id, ("not_submitted", "no job was submitted for this scan")
+            )
+            row.status = "failed"
             continue
         row.job_id, row.attempts, row.log_url = job.job_id, job.attempts, job.log_url
         row.started_at, row.stopped_at, row.duration_s = job.started_at, job.stopped_at, job.duration_s
@@ -92,13 +101,15 @@ def verify_scans(
             continue
         finished.append((row, scan))
 
-    _judge_outputs(config, finished, listing, s3_client, "succeeded", "job succeeded but ")
+    _judge(config, finished, listing, s3_client, "succeeded")
     return results
 
 
-def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> dict[str, ScanResult]:
-    """The valid scans whose success manifest and expected outputs are already on S3, as
-    ``skipped_done`` rows: one listing of the output prefix plus one read per manifest."""
+def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> tuple[dict[str, ScanResult], dict[str, str]]:
+    """The valid scans already done for this run's pipeline and options, as ``skipped_done``
+    rows (each names the code that made it, for the image check at the canary), and why
+    the others that have a success manifest must run again. One listing of the output
+    prefix plus one read per manifest."""
     outputs = config.outputs
     listing = Listing(list_objects(s3_client, outputs.root.bucket, outputs.root.prefix))
     candidates = [
@@ -106,22 +117,31 @@ def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> dic
         for s in scans
         if s.valid and outputs.manifest_key(s) in listing
     ]
-    _judge_outputs(config, candidates, listing, s3_client, "skipped_done", "")
-    return {
-        row.scan_id: row for row, _ in candidates if row.status == "skipped_done"
-    }
+    _judge(config, candidates, listing, s3_client, "skipped_done")
+    done = {row.scan_id: row for row, _ in candidates if row.status == "skipped_done"}
+    reruns = {row.scan_id: row.reason for row, _ in candidates if row.status != "skipped_done" and row.reason}
+    return done, reruns
 
 
-def _judge_outputs(
-    config: RunConfig,
-    rows: list[tuple[ScanResult, Scan]],
-    listing: Listing,
-    s3_client: Any,
-    verdict: str,
-    context: str,
-) -> None:
-    """Give ``verdict`` to the rows whose expected outputs are present and non-empty and
-    whose manifest says success; the others become ``missing_outputs``."""
+def provenance_mismatch(manifest: dict[str, Any], config: RunConfig) -> str | None:
+    """Why outputs made under ``manifest`` are not this run's: another pipeline or options."""
+    made = manifest.get("pipeline") or {}
+    if made.get("name") != config.pipeline:
+        return f"done with pipeline {made.get('name') or 'unknown'}, this run uses {config.pipeline}"
+    theirs, ours = made.get("options") or {}, config.options
+    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if changed:
+        was = ", ".join(f"{k}={theirs.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={ours.get(k)!r}" for k in changed)
+        return f"done with {was}; this run asks {now}"
+    return None
+
+
+def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: Listing, s3_client: Any, verdict: str) -> None:
+    """Give ``verdict`` to the rows whose expected outputs are present, non-empty and of the
+    sizes their manifest records, and whose manifest says success for this run (this run's
+    id for ``succeeded``; this pipeline and options for ``skipped_done``). The others become
+    ``missing_outputs``."""
     pipeline = get_pipeline(config.pipeline)
     outputs = config.outputs
     pending = []
@@ -135,37 +155,50 @@ def _judge_outputs(
         row.missing = missing
         if missing:
             row.status = "missing_outputs"
+            context = "job succeeded but " if verdict == "succeeded" else ""
             row.reason = f"{context}{len(missing)} expected file(s) are missing: {', '.join(missing[:3])}"
         else:
-            pending.append((row, manifest))
-    _settle_by_manifest(pending, s3_client, outputs.root.bucket, verdict)
+            pending.append((row, prefix, manifest))
 
-
-def _settle_by_manifest(pending: list[tuple[ScanResult, str]], s3_client: Any, bucket: str, verdict: str) -> None:
-    """Scans whose outputs are all there get ``verdict`` only if their manifest says success."""
-
-    def read(item: tuple[ScanResult, str]) -> tuple[ScanResult, Any]:
-        row, key = item
+    def read(item: tuple[ScanResult, str, str]) -> tuple[ScanResult, str, Any]:
+        row, prefix, key = item
         try:
-            return row, get_json(s3_client, bucket, key)
+            return row, prefix, get_json(s3_client, outputs.root.bucket, key)
         except Exception as err:  # an unreadable manifest is a finding, not a crash
-            return row, err
+            return row, prefix, err
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for row, manifest in pool.map(read, pending):
-            if isinstance(manifest, dict) and manifest.get("status") == "success":
-                row.status = verdict
-                if verdict == "skipped_done":
-                    row.reason = f"already done by run {manifest.get('run_id', '?')} (force=true reruns it)"
+        for row, prefix, manifest in pool.map(read, pending):
+            problem = _manifest_problem(manifest, row, prefix, listing, config, verdict)
+            if problem:
+                row.status, row.reason = "missing_outputs", problem
                 continue
-            if isinstance(manifest, Exception):
-                detail = f"unreadable: {manifest}"
-            elif isinstance(manifest, dict):
-                detail = f"its status is {manifest.get('status')!r}"
-            else:
-                detail = "not a JSON object"
-            row.status = "missing_outputs"
-            row.reason = f"scan manifest does not say success ({detail})"
+            made = (manifest.get("pipeline") or {}).get("contract") or {}
+            row.status, row.made_by, row.contract = verdict, made.get("label"), made.get("fingerprint")
+            if verdict == "skipped_done":
+                row.reason = f"already done by run {manifest.get('run_id', '?')} (force=true reruns it)"
+
+
+def _manifest_problem(
+    manifest: Any, row: ScanResult, prefix: str, listing: Listing, config: RunConfig, verdict: str
+) -> str | None:
+    if isinstance(manifest, Exception):
+        return f"scan manifest does not say success (unreadable: {manifest})"
+    if not isinstance(manifest, dict):
+        return "scan manifest does not say success (not a JSON object)"
+    if manifest.get("status") != "success":
+        return f"scan manifest does not say success (its status is {manifest.get('status')!r})"
+    if verdict == "succeeded" and manifest.get("run_id") != config.run_id:
+        return f"the scan manifest is from run {manifest.get('run_id')!r}, not this one: the job wrote none"
+    if verdict == "skipped_done":
+        mismatch = provenance_mismatch(manifest, config)
+        if mismatch:
+            return mismatch
+    recorded = {o.get("path"): o.get("size") for o in manifest.get("outputs") or []}
+    differ = [p for p in row.outputs if recorded.get(p) != listing.objects[prefix + p].size]
+    if differ:
+        return f"{len(differ)} output(s) differ from the sizes the manifest records: {', '.join(differ[:3])}"
+    return None
 
 
 class Listing:

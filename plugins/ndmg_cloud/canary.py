@@ -1,0 +1,193 @@
+"""Before the fan-out: the canary job, and the run plan settled once the image is known.
+
+The canary (``backend=aws_batch``, param ``canary``, default on) is one short Batch job on
+the run's own queue and job definition that runs ``ndmg-scan --self-check`` on one scan of
+the run: the image's contract, the pipeline's own parser on the scan's exact command, the
+atlases, the work disk, the job role's S3 access. It writes what it found beside the run's
+report (``reports/<run id>/canary.json``). If it fails, the run stops having paid for one
+small job, not for an instance per scan.
+
+Then the plan (``settle``): a scan found done by discovery is skipped only if the code that
+made it is the code this run will use (the image contract's fingerprint); otherwise it runs
+again and its report row says why. The first ``pilot_scans`` scans to run go first; the
+rest are submitted only when all pilots succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ndmg_cloud.contract import ImageContract
+from ndmg_cloud.jobs import SUCCEEDED, JobRecord
+from ndmg_cloud.jobspec import RETRY_STRATEGY, RUNNER_COMMAND, dataset_tag, job_name_prefix, run_token
+from ndmg_cloud.params import RunConfig
+from ndmg_cloud.s3 import get_json
+from ndmg_cloud.layout import split_uri
+
+CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
+CANARY_FAILED = "canary_failed"
+PILOT_FAILED = "pilot_failed"
+
+
+def canary_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    """The canary task's arguments: the scan's job spec checked on the run's queue and job
+    definition, with the self-check command instead of the scan's."""
+    result = config.outputs.canary_uri(config.run_id)
+    command = [RUNNER_COMMAND, "--self-check", "--spec", spec["spec_uri"], "--result", result]
+    batch = {
+        "jobName": f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}",
+        "jobQueue": config.job_queue,
+        "jobDefinition": config.job_definition,
+        "containerOverrides": {
+            "command": command,
+            "environment": [{"name": "NDMG_JOB_SPEC", "value": spec["spec_uri"]}],
+        },
+        "tags": {
+            "dataset": dataset_tag(config.dataset),
+            "scan": spec["batch"]["tags"]["scan"],
+            "run_id": spec["batch"]["tags"]["run_id"],
+            "pipeline": config.pipeline,
+            "canary": "true",
+        },
+        "propagateTags": True,
+        "retryStrategy": RETRY_STRATEGY,  # a Spot reclaim retries it, like a scan
+        "timeout": {"attemptDurationSeconds": CANARY_TIMEOUT_SECONDS},
+    }
+    return {
+        "scan_id": spec["scan"]["scan_id"],
+        "job_spec_uri": spec["spec_uri"],
+        "batch": batch,
+        "runnable_timeout": config.runnable_timeout_minutes * 60,
+    }
+
+
+@dataclass
+class CanaryOutcome:
+    """What the canary found: ``passed``, ``failed`` or ``skipped`` (with why)."""
+
+    status: str
+    reason: str | None = None
+    scan_id: str | None = None
+    job_id: str | None = None
+    log_url: str | None = None
+    failure_class: str | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    contract: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> ImageContract | None:
+        return ImageContract.from_dict(self.contract) if self.contract else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanaryOutcome:
+        return cls(**data)
+
+
+def skipped(config: RunConfig) -> CanaryOutcome:
+    if config.dry_run:
+        why = "dry run: nothing is submitted"
+    elif config.backend != "aws_batch":
+        why = f"backend={config.backend}: scans run on this machine, its code is known"
+    else:
+        why = "canary=false"
+    return CanaryOutcome("skipped", why)
+
+
+def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryOutcome:
+    """The canary's verdict from its Batch job and the findings it wrote (if it got that far)."""
+    found = _found(config, s3_client)
+    outcome = CanaryOutcome(
+        "failed",
+        scan_id=(found or {}).get("scan_id"),
+        job_id=job.job_id,
+        log_url=job.log_url,
+        checks=(found or {}).get("checks", []),
+        contract=(found or {}).get("contract"),
+        log_tail=job.log_tail,
+    )
+    if job.status == SUCCEEDED and found and found.get("ok"):
+        outcome.status = "passed"
+        image = outcome.image
+        outcome.reason = f"the image can run this run's scans: {image.label}" if image else "passed"
+        return outcome
+    failing = next((c for c in outcome.checks if not c.get("ok")), None)
+    if failing:
+        outcome.reason = f"{failing['name']}: {failing['detail']}"
+    elif job.status == SUCCEEDED:
+        outcome.reason = f"the job succeeded but wrote no findings to {config.outputs.canary_uri(config.run_id)}"
+    else:
+        outcome.reason = job.reason or f"the canary job is {job.status}"
+    outcome.failure_class = job.failure_class
+    return outcome
+
+
+def _found(config: RunConfig, s3_client: Any) -> dict[str, Any] | None:
+    bucket, key = split_uri(config.outputs.canary_uri(config.run_id))
+    try:
+        found = get_json(s3_client, bucket, key)
+    except Exception:  # no findings (the job died before writing them) is itself a finding
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def choose_pilots(config: RunConfig, runs: list[dict[str, Any]], done: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first ``pilot_scans`` scans that run whatever the image (not found done)."""
+    if config.backend != "aws_batch" or config.dry_run:
+        return []
+    return [r for r in runs if r["scan_id"] not in done][: config.pilot_scans]
+
+
+@dataclass
+class Plan:
+    """The settled run: what runs after the pilots, what is done, what runs again and why."""
+
+    pilots: list[str]  # scan ids run first, to success
+    scans: list[dict[str, Any]]  # the mapped run_scan / run_scan_local arguments
+    done: dict[str, dict[str, Any]]  # scan id -> its skipped_done report row
+    reruns: dict[str, str]  # scan id -> why it runs although an earlier run made it
+    canary: dict[str, Any]
+    contract: dict[str, Any] | None  # summary of the code this run's scans are made with
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def settle(
+    config: RunConfig,
+    runs: list[dict[str, Any]],
+    pilots: list[dict[str, Any]],
+    done: dict[str, dict[str, Any]],
+    reruns: dict[str, str],
+    contract: ImageContract | None,
+    outcome: CanaryOutcome,
+) -> Plan:
+    """Keep as done only what this run's code made; the rest (but the pilots) runs now.
+
+    ``runs`` are the mapped tasks' arguments of every valid scan, ``done`` the rows of the
+    scans discovery found done for this pipeline and options (each naming the contract that
+    made it), ``contract`` this run's (None when unknown: canary off).
+    """
+    kept, reruns = {}, dict(reruns)
+    for scan_id, row in done.items():
+        if contract is not None and row.get("contract") != contract.fingerprint:
+            made_by = row.get("made_by") or "code with no image contract"
+            reruns[scan_id] = f"done with {made_by}, this run uses {contract.label}"
+            continue
+        if contract is None and config.backend == "aws_batch" and not config.dry_run:
+            row = {**row, "reason": f"{row['reason']}; its image was not compared ({outcome.reason})"}
+        kept[scan_id] = row
+    first = {p["scan_id"] for p in pilots}
+    scans = [] if config.dry_run else [r for r in runs if r["scan_id"] not in kept and r["scan_id"] not in first]
+    return Plan(
+        pilots=sorted(first),
+        scans=scans,
+        done=kept,
+        reruns={k: v for k, v in reruns.items() if k not in kept},
+        canary=outcome.to_dict(),
+        contract=contract.summary() if contract else None,
+    )
