@@ -240,6 +240,21 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     )["Body"].read()
     assert len(edges.splitlines()) > 3
     assert listing(s3, BUCKET, "phantoms/sub-") == before
+    assert report["canary"]["status"] == "skipped" and "backend=local" in report["canary"]["reason"]
+    assert report["contract"]["label"].startswith("ndmg-lite ")
+    assert {row["made_by"] for row in rows.values()} == {report["contract"]["label"]}
+
+    # a rerun skips what this code made; a scan made by other lite code runs again
+    manifest_key = "phantoms/derivatives/ndmg/sub-02/sub-02_manifest.json"
+    manifest = read_json(s3, manifest_key)
+    assert manifest["pipeline"]["contract"] == report["contract"]
+    manifest["pipeline"]["contract"] = {**manifest["pipeline"]["contract"], "fingerprint": "0" * 12, "label": "ndmg-lite 00000000"}
+    s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(manifest))
+    again = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
+    rows = rows_by_scan(read_json(s3, f"phantoms/derivatives/ndmg/reports/{again.run_id}/report.json"))
+    assert {scan: row["status"] for scan, row in rows.items() if scan != "sub-02"} == {s: "skipped_done" for s in scans if s != "sub-02"}
+    assert rows["sub-02"]["status"] == "succeeded"
+    assert rows["sub-02"]["reason"] == f"ran again: done with ndmg-lite 00000000, this run uses {report['contract']['label']}"
 
 
 def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, containers):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import FAKE_KEY_ID, FAKE_SECRET
+from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET
 from datasets import put_dataset
-from test_dag_e2e import BIDSDIR, BUCKET, run_dag, scan_of, write_scan_outputs
+from images import Containers, m2g_image
+from test_dag_e2e import BIDSDIR, BUCKET, run_dag
 
 CREDENTIAL = re.compile(
     "|".join([re.escape(FAKE_KEY_ID), re.escape(FAKE_SECRET), r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"aws_session_token"]),
@@ -27,8 +28,10 @@ def xcoms_of(run_id):
 def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airflow_db, batch_behaviour, capfd, tmp_path):
     put_dataset(s3, BUCKET, BIDSDIR)
 
-    batch_behaviour.on_submit = lambda job: write_scan_outputs(s3, scan_of(job))
-    batch_behaviour.fail["sub-05_ses-1"] = "Essential container in task exited"
+    # the canary's self-check runs for real, with the test's (fake) keys in its environment
+    containers = Containers(s3, m2g_image(tmp_path / "image"), ENDPOINT)
+    containers.broken.add("sub-05_ses-1")
+    batch_behaviour.on_submit = containers
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert run.state == "failed"  # the failure paths are part of what is scanned
 
@@ -41,12 +44,20 @@ def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airfl
             assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in grants), obj["Key"]
     assert any(k.endswith(".json") and "/jobs/" in k for k in artifacts)  # specs are in the scan
     assert any(k.endswith("report.html") for k in artifacts)
+    assert any(k.endswith("canary.json") for k in artifacts)  # what the canary's container wrote
 
     job_ids = [j["jobId"] for status in ("SUCCEEDED", "FAILED") for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]]
     for job in batch_env.describe_jobs(jobs=job_ids)["jobs"]:
         artifacts[f"batch job {job['jobName']}"] = json.dumps(job, default=str)
-    assert len(job_ids) == 6
+    assert len(job_ids) == 7  # six scans and the canary
     artifacts.update(xcoms_of(run.run_id))
+    import boto3
+
+    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=ENDPOINT)
+    for stream in logs.describe_log_streams(logGroupName="/aws/batch/job")["logStreams"]:
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream["logStreamName"])["events"]
+        artifacts[f"job log {stream['logStreamName']}"] = "\n".join(e["message"] for e in events)
+    assert any(k.startswith("job log") and "self-check passed" in v for k, v in artifacts.items())
     out, err = capfd.readouterr()
     artifacts["task logs (stdout)"] = out
     artifacts["task logs (stderr)"] = err

@@ -34,13 +34,22 @@ def submit(batch, name):
     return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
 
 
-def put_outputs(s3, config, scan, manifest_status="success", size=10):
+def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=None, options=None, recorded_size=None):
+    """What the runner leaves: the outputs, then a manifest recording run, pipeline and sizes."""
     from ndmg_cloud.pipelines import get_pipeline
 
     prefix = config.outputs.scan_prefix(scan)
-    for rel in get_pipeline(config.pipeline).expected_outputs(scan, config.options):
+    expected = get_pipeline(config.pipeline).expected_outputs(scan, config.options)
+    for rel in expected:
         s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=b"1" * size)
-    s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps({"status": manifest_status}))
+    manifest = {
+        "status": manifest_status,
+        "run_id": run_id or config.run_id,
+        "pipeline": {"name": config.pipeline, "options": options or config.options,
+                     "contract": {"label": "m2g 95d271f7", "fingerprint": "abc123abc123"}},
+        "outputs": [{"path": rel, "size": size if recorded_size is None else recorded_size} for rel in expected],
+    }  # fmt: skip
+    s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps(manifest))
 
 
 def test_verdicts(s3, batch_env, run, batch_behaviour):
@@ -62,6 +71,7 @@ def test_verdicts(s3, batch_env, run, batch_behaviour):
 
     assert rows["sub-01_ses-test"].status == "succeeded"
     assert len(rows["sub-01_ses-test"].outputs) == 2 and rows["sub-01_ses-test"].attempts == 1
+    assert (rows["sub-01_ses-test"].made_by, rows["sub-01_ses-test"].contract) == ("m2g 95d271f7", "abc123abc123")
     assert rows["sub-01_ses-retest"].status == "missing_outputs"
     assert "sub-01_ses-retest_manifest.json" in rows["sub-01_ses-retest"].missing
     assert rows["sub-02"].status == "failed"
@@ -72,6 +82,35 @@ def test_verdicts(s3, batch_env, run, batch_behaviour):
     assert rows["sub-04_ses-1"].status == "invalid"
     assert rows["sub-05_ses-1"].status == "failed"
     assert rows["sub-05_ses-1"].reason == "no job was submitted for this scan"
+
+
+def test_a_manifest_from_another_run_or_with_other_sizes_is_not_this_runs_success(s3, batch_env, run, batch_behaviour):
+    config, scans = run
+    by_id = {s.scan_id: s for s in scans}
+    job_ids = {"sub-01_ses-test": submit(batch_env, "stale"), "sub-02": submit(batch_env, "resized")}
+    put_outputs(s3, config, by_id["sub-01_ses-test"], run_id="an-earlier-run")  # the job wrote none
+    put_outputs(s3, config, by_id["sub-02"], size=10, recorded_size=12)  # partly overwritten since
+    rows = {r.scan_id: r for r in verify_scans(config, scans, batch_records(batch_env, job_ids), s3)}
+    assert rows["sub-01_ses-test"].status == "missing_outputs"
+    assert rows["sub-01_ses-test"].reason == "the scan manifest is from run 'an-earlier-run', not this one: the job wrote none"
+    assert rows["sub-02"].status == "missing_outputs"
+    assert rows["sub-02"].reason.startswith("2 output(s) differ from the sizes the manifest records: connectomes_d/")
+
+
+def test_done_means_this_pipeline_and_these_options(s3, run):
+    from ndmg_cloud.verify import completed_scans
+
+    config, scans = run
+    by_id = {s.scan_id: s for s in scans}
+    put_outputs(s3, config, by_id["sub-01_ses-test"], run_id="earlier")
+    put_outputs(s3, config, by_id["sub-02"], run_id="earlier", options={**config.options, "seeds": 5})
+    put_outputs(s3, config, by_id["sub-05_ses-1"], run_id="earlier", size=10, recorded_size=9)
+    done, reruns = completed_scans(config, [s for s in scans if s.valid], s3)
+    assert sorted(done) == ["sub-01_ses-test"]
+    assert done["sub-01_ses-test"].reason == "already done by run earlier (force=true reruns it)"
+    assert done["sub-01_ses-test"].contract == "abc123abc123"
+    assert reruns["sub-02"] == "done with seeds=5; this run asks seeds=20"
+    assert reruns["sub-05_ses-1"].startswith("2 output(s) differ from the sizes the manifest records")
 
 
 def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, batch_behaviour):

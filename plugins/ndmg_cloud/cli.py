@@ -22,8 +22,12 @@ import sys
 import time
 from typing import Any
 
+from ndmg_cloud.params import PARAM_SCHEMAS
+from ndmg_cloud.pipelines import get_pipeline
+
 DAG_ID = "ndmg_participant"
-MAPPED_TASKS = ("run_scan", "run_scan_local")
+MAPPED_TASKS = ("pilot_scan", "run_scan", "run_scan_local")  # one task instance per scan
+BATCH_TASKS = ("canary", "pilot_scan", "run_scan")  # the tasks that own Batch jobs
 FINISHED = ("success", "failed")
 
 
@@ -119,7 +123,7 @@ def airflow_from(args: argparse.Namespace) -> Airflow:
 
 # ---------------------------------------------------------------------------- participant
 SEED_FLAGS = ("bucket", "bidsdir", "jobdir", "modif", "dataset")
-OPTION_FLAGS = ("voxelsize", "mod", "track_type", "diffusion_model", "atlas")
+OPTION_FLAGS = ("voxelsize", "mod", "track_type", "diffusion_model", "skull", "atlas")
 
 
 def conf_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,7 +131,7 @@ def conf_from(args: argparse.Namespace) -> dict[str, Any]:
     conf: dict[str, Any] = {k: getattr(args, k) for k in SEED_FLAGS if getattr(args, k) is not None}
     if args.sp:
         conf["space"] = args.sp  # the seed's --sp is m2g's --space
-    for key in OPTION_FLAGS + ("pipeline", "job_queue", "job_definition", "backend", "seeds", "max_cost_usd"):
+    for key in OPTION_FLAGS + ("pipeline", "job_queue", "job_definition", "backend", "seeds", "max_cost_usd", "pilot_scans"):
         if getattr(args, key, None) is not None:
             conf[key] = getattr(args, key)
     for key in ("participant_label", "session_label", "parcellation"):
@@ -136,6 +140,8 @@ def conf_from(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("force", "dry_run"):
         if getattr(args, key):
             conf[key] = True
+    if getattr(args, "no_canary", False):
+        conf["canary"] = False
     return conf
 
 
@@ -247,9 +253,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
     airflow = airflow_from(args)
     job_ids = []
     for ti in airflow.task_instances(args.run):
-        if ti["task_id"] == "run_scan" and ti["map_index"] >= 0:
+        if ti["task_id"] in BATCH_TASKS:
             try:
-                job_ids.append(airflow.xcom(args.run, "run_scan", "batch_job", ti["map_index"])["job_id"])
+                job_ids.append(airflow.xcom(args.run, ti["task_id"], "batch_job", ti["map_index"])["job_id"])
             except CliError:
                 pass  # not submitted yet: failing the run stops it before it is
     airflow.fail_run(args.run)
@@ -350,6 +356,21 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- atlases
+def cmd_atlases(args: argparse.Namespace) -> int:
+    from ndmg_cloud.atlases import catalogue
+
+    names = catalogue(args.pipeline)
+    sizes = [args.voxelsize] if args.voxelsize else names.voxelsizes()
+    print(f"{args.pipeline}: atlases of neuroparc {names.commit[:8]} (the image's /{args.pipeline}_atlases)")
+    for name in names.names(args.voxelsize):
+        have = [size for size in sizes if (name, size) in names.atlases]
+        print(f"  {name:<44} {' '.join(have)}")
+    default = get_pipeline(args.pipeline).options["parcellation"].default
+    print(f"default: {' '.join(default)}; pass names with --parcellation (param parcellation)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- parser
 def _airflow_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--airflow-url", default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"))
@@ -367,14 +388,16 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--participant_label", nargs="+", default=[])
     p.add_argument("--session_label", nargs="+", default=[])
     p.add_argument("--pipeline", choices=("m2g", "ndmg", "lite"))
-    p.add_argument("--parcellation", nargs="+", default=[])
+    p.add_argument("--parcellation", nargs="+", default=[], help="atlas names (see: ndmg_cloud atlases) or gridN for lite")
     for flag in OPTION_FLAGS:
-        p.add_argument(f"--{flag}")
+        p.add_argument(f"--{flag}", help=PARAM_SCHEMAS[flag]["description"])
     p.add_argument("--seeds", type=int)
     p.add_argument("--job_queue")
     p.add_argument("--job_definition")
     p.add_argument("--backend", choices=("aws_batch", "local"))
     p.add_argument("--max_cost_usd", type=float)
+    p.add_argument("--pilot_scans", type=int, help=PARAM_SCHEMAS["pilot_scans"]["description"])
+    p.add_argument("--no-canary", action="store_true", help="submit without the canary job (it checks the image first)")
     p.add_argument("--force", action="store_true", help="rerun scans that are already done")
     p.add_argument("--dry_run", action="store_true", help="discover and write job specs only")
 
@@ -412,6 +435,11 @@ def parser() -> argparse.ArgumentParser:
     _dataset_flags(p)
     p.add_argument("--hours-per-scan", type=float)
     p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("atlases", help="the parcellations a pipeline's image offers, per voxel size")
+    p.add_argument("--pipeline", choices=("m2g", "ndmg"), default="m2g")
+    p.add_argument("--voxelsize", help="only this voxel size (1mm, 2mm, 4mm)")
+    p.set_defaults(func=cmd_atlases)
 
     p = sub.add_parser("setup", help="create or update the Batch infrastructure (CloudFormation)")
     p.add_argument("--image", required=True, help="scan image URI (ECR)")
