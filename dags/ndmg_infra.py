@@ -26,6 +26,7 @@ from ndmg_cloud import steps
         "output_bucket": Param(type="string", title="Output bucket", description="Bucket for graphs, specs and reports.", minLength=3),
         "output_prefix": Param("", type="string", title="Output prefix", description="Outputs' prefix in the bucket."),
         "max_vcpus": Param(256, type="integer", minimum=2, title="Max vCPUs", description="2 per running scan."),
+        "root_volume_gb": Param(100, type="integer", minimum=30, title="Root volume (GiB)", description="Per instance: the scan image plus each running scan's work folder (m2g writes several GB)."),
         "use_spot": Param(True, type="boolean", title="Spot first", description="SPOT_CAPACITY_OPTIMIZED before on-demand."),
         "stack": Param("ndmg-cloud-batch", type="string", title="Stack name", description="CloudFormation stack."),
     },

@@ -69,6 +69,7 @@ def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
     rule = definition["retryStrategy"]["evaluateOnExit"][0]
     assert rule["onStatusReason"] == "Host EC2*" and rule["action"].upper() == "RETRY"
     assert definition["containerProperties"]["jobRoleArn"]
+    assert root_volumes(environments) == [(100, "gp3", True)] * 2  # image + work: not the AMI's 30 GiB
 
     again = deploy(cfn, parameters(network))
     assert again.action == "unchanged"
@@ -76,6 +77,31 @@ def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
 
     assert teardown(cfn) is True
     assert teardown(cfn) is False
+
+
+def root_volumes(environments) -> list[tuple[int, str, bool]]:
+    """The root volume each environment's instances get, from their launch template."""
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
+    out = []
+    for env in environments:
+        template = env["computeResources"]["launchTemplate"]
+        (version,) = ec2.describe_launch_template_versions(
+            LaunchTemplateId=template["launchTemplateId"], Versions=[str(template["version"])]
+        )["LaunchTemplateVersions"]
+        (root,) = [m for m in version["LaunchTemplateData"]["BlockDeviceMappings"] if m["DeviceName"] == "/dev/xvda"]
+        out.append((root["Ebs"]["VolumeSize"], root["Ebs"]["VolumeType"], root["Ebs"]["Encrypted"]))
+    return out
+
+
+def test_the_root_volume_size_is_a_setup_flag(network, capsys):
+    from ndmg_cloud.cli import main
+
+    subnets, groups = network
+    code = main(["setup", "--image", "ndmg-cloud-m2g:95d271f7", "--subnets", *subnets, "--security-groups", *groups,
+                 "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--root-volume-gb", "250"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    assert root_volumes(batch.describe_compute_environments()["computeEnvironments"]) == [(250, "gp3", True)] * 2
 
 
 def test_on_demand_only(network):

@@ -38,6 +38,10 @@ class CliError(RuntimeError):
 class Airflow:
     """The few Airflow REST API v2 calls the CLI makes."""
 
+    # A busy metadata DB (SQLite under `airflow standalone`: "database is locked") answers
+    # 500 "Database error"; calls that are safe to repeat (all but a trigger) are asked again.
+    BUSY_RETRIES, BUSY_WAIT_SECONDS = 3, 2.0
+
     def __init__(self, url: str, username: str | None, password: str | None):
         self.url = url.rstrip("/")
         self.username, self.password = username, password
@@ -49,13 +53,20 @@ class Airflow:
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
-        try:
-            response = requests.request(method, self.url + path, json=body, headers=headers, timeout=30)
-        except requests.ConnectionError:
-            raise CliError(
-                f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; "
-                "set --airflow-url or NDMG_AIRFLOW_URL)"
-            ) from None
+        for attempt in range(self.BUSY_RETRIES + 1):
+            try:
+                response = requests.request(method, self.url + path, json=body, headers=headers, timeout=30)
+            except requests.ConnectionError:
+                raise CliError(
+                    f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; "
+                    "set --airflow-url or NDMG_AIRFLOW_URL)"
+                ) from None
+            repeatable = not (method == "POST" and path.endswith("/dagRuns"))
+            if not repeatable or response.status_code != 500 or "Database error" not in response.text:
+                break
+            if attempt == self.BUSY_RETRIES:
+                break
+            time.sleep(self.BUSY_WAIT_SECONDS * (attempt + 1))
         if response.status_code in (401, 403):
             raise CliError(
                 f"Airflow at {self.url} refused the credentials of user {self.username!r}: "
@@ -334,6 +345,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
             "OutputBucket": args.output_bucket,
             "OutputPrefix": args.output_prefix,
             "MaxvCpus": args.max_vcpus,
+            "RootVolumeGiB": args.root_volume_gb,
             "UseSpot": not args.on_demand,
             "QueueName": args.job_queue,
             "JobDefinitionName": args.job_definition,
@@ -449,7 +461,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-prefix", default="")
     p.add_argument("--output-bucket", required=True)
     p.add_argument("--output-prefix", default="")
-    p.add_argument("--max-vcpus", type=int, default=256)
+    p.add_argument("--max-vcpus", type=int, default=256, help="most vCPUs the compute environments scale to (2 per scan)")
+    p.add_argument("--root-volume-gb", type=int, default=100, help="root volume of each instance: the image plus each scan's work (m2g: several GB)")
     p.add_argument("--on-demand", action="store_true", help="no Spot environment")
     p.add_argument("--job_queue", default="ndmg-queue")
     p.add_argument("--job_definition", default="ndmg")

@@ -136,6 +136,8 @@ def print_table(report: dict, s3) -> None:
         f"\n{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['missing_outputs']} missing outputs, {s['invalid']} invalid"
     )
+    if report.get("contract"):
+        print(f"made with {report['contract']['label']} (image contract {report['contract']['fingerprint']})")
 
 
 def demo(out_dir: Path) -> int:

@@ -341,6 +341,7 @@ def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
             "OutputBucket": params["output_bucket"],
             "OutputPrefix": params["output_prefix"],
             "MaxvCpus": params["max_vcpus"],
+            "RootVolumeGiB": params["root_volume_gb"],
             "UseSpot": params["use_spot"],
         },
         stack=params["stack"],
