@@ -206,3 +206,42 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     assert "stack ndmg-cloud-batch: unchanged" in capsys.readouterr().out
     assert main(["teardown"]) == 0
     assert "stack ndmg-cloud-batch: deleted" in capsys.readouterr().out
+
+
+def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch):
+    """SQLite under `airflow standalone` answers 500 "Database error" while it is locked."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ndmg_cloud.cli import Airflow, CliError
+
+    seen = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            seen.append((self.command, self.path))
+            busy = sum(1 for s in seen if s == (self.command, self.path)) <= 2
+            body = b'{"reason": "Database error"}' if busy else b'{"state": "failed"}'
+            self.send_response(500 if busy else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(Airflow, "BUSY_WAIT_SECONDS", 0.01)
+    try:
+        airflow = Airflow(f"http://127.0.0.1:{server.server_address[1]}", "admin", "x")
+        airflow._token = "t"
+        airflow.fail_run("run-1")  # PATCH: two busy answers, then done
+        assert seen.count(("PATCH", "/api/v2/dags/ndmg_participant/dagRuns/run-1")) == 3
+        with pytest.raises(CliError, match="Airflow answered 500 to POST"):
+            airflow.trigger({"bucket": "b"})  # never repeated: it could start two runs
+        assert seen.count(("POST", "/api/v2/dags/ndmg_participant/dagRuns")) == 1
+    finally:
+        server.shutdown()

@@ -43,6 +43,7 @@ def test_job_role_reads_inputs_and_writes_only_output_subjects():
     assert actions_on(policy, "arn:aws:s3:::openneuro.org/ds000221/*") == {"s3:GetObject"}
     assert actions_on(policy, "arn:aws:s3:::my-lab/ds000221-ndmg/sub-*") == {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
     assert actions_on(policy, "arn:aws:s3:::my-lab-jobs/run/*") == {"s3:GetObject"}
+    assert actions_on(policy, "arn:aws:s3:::my-lab/ds000221-ndmg/reports/*/canary.json") == {"s3:PutObject"}  # the canary
     all_actions = {a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
     assert not any(a.startswith(("batch:", "iam:", "s3:PutObjectAcl")) or a.endswith("*") for a in all_actions)
 

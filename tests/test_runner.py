@@ -243,3 +243,45 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
     assert sorted(strongest) == [(0, 1), (2, 3)]  # each bundle joins its own two ends
     manifest = read_json(s3, spec["manifest"])
     assert manifest["inputs"]["atlas/bundle-ends.nii.gz"]["key"] == "atlases/bundle_ends.nii.gz"
+
+
+NDMG_BIDS = '''#!{python}
+"""Stand-in for ndmg 0.2.1's ndmg_bids: its real parser (facts), then its output layout:
+dwi/roi-connectomes/<atlas stem>/<dwi stem>_<atlas stem>_measure-spatial-ds_adj.ssv at the
+output ROOT (no sub/ses level; ndmg's name_resource), plus scratch under tmp/."""
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import pipeline_facts
+args = pipeline_facts.parser_of(pipeline_facts.NDMG_PYPI).parse_args()
+dwi = next(Path(args.bids_dir).rglob("*_dwi.nii.gz"))
+stem, label = dwi.name.split(".")[0], args.atlas.split(".")[0]
+graph = Path(args.output_dir, "dwi", "roi-connectomes", label, f"{{stem}}_{{label}}_measure-spatial-ds_adj.ssv")
+graph.parent.mkdir(parents=True)
+graph.write_text("1 2 7\\n2 3 4\\n")
+Path(args.output_dir, "tmp", "reg_a").mkdir(parents=True)
+Path(args.output_dir, "tmp", "reg_a", "scratch.nii.gz").write_text("scratch")
+'''
+
+
+def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, phantoms, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "ndmg_bids"
+    program.write_text(NDMG_BIDS.format(python=sys.executable, tests=str(Path(__file__).parent)))
+    program.chmod(0o755)
+    _, specs = write_specs(s3, phantoms["plain"], pipeline="ndmg")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for scan_id, stem in (("sub-01_ses-1", "sub-01_ses-1_dwi"), ("sub-02", "sub-02_dwi")):
+        spec = specs[scan_id]
+        done = run_runner(spec["spec_uri"], env_extra=env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+        graph = f"dwi/roi-connectomes/desikan_space-MNI152NLin6_res-2x2x2/{stem}_desikan_space-MNI152NLin6_res-2x2x2_measure-spatial-ds_adj.ssv"
+        assert spec["expected_outputs"] == [graph]
+        keys = set(listing(s3, BUCKET, key_of(spec["output_prefix"])))
+        assert key_of(spec["output_prefix"]) + graph in keys  # re-rooted under sub-S/[ses-T/]
+        assert not any("/tmp/" in k for k in keys)  # ndmg's scratch stays behind
+        if scan_id == "sub-02":  # session-less: the work session is mapped back
+            assert not any("ses-1" in k for k in keys)
+        manifest = read_json(s3, spec["manifest"])
+        assert manifest["status"] == "success" and [o["path"] for o in manifest["outputs"]] == [graph]

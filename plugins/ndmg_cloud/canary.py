@@ -26,8 +26,6 @@ from ndmg_cloud.s3 import get_json
 from ndmg_cloud.layout import split_uri
 
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
-CANARY_FAILED = "canary_failed"
-PILOT_FAILED = "pilot_failed"
 
 
 def canary_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:

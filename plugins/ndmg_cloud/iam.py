@@ -1,7 +1,8 @@
 """Least-privilege IAM policy documents for a run, generated from its params.
 
 - job role (the scan container): read the input dataset and the job specs, write (and
-  replace) outputs under the output prefix's subject folders; nothing else.
+  replace) outputs under the output prefix's subject folders, and write the canary's
+  findings (``reports/<run id>/canary.json``); nothing else.
 - orchestrator role (Airflow): submit, describe, list and terminate jobs on the named
   queue and job definition; list/read the dataset and the outputs; write job specs,
   reports and the derivatives description; read the jobs' log streams.
@@ -59,6 +60,13 @@ def job_role_policy(config: RunConfig) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
                 "Resource": _object_arn(outputs.bucket, outputs.prefix + "sub-*"),
+            },
+            {
+                # ndmg-scan --self-check --result (the canary job): one file per run, no reports
+                "Sid": "WriteCanaryFindings",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": _object_arn(outputs.bucket, outputs.prefix + "reports/*/canary.json"),
             },
         ],
     }

@@ -32,6 +32,8 @@ FAILURE_CLASSES = (
     "pipeline_error",
     "incomplete",  # still running (or gone) when the run ended
 )
+# why a scan got no job at all: the canary failed, a pilot failed, or another reason
+CANARY_FAILED, PILOT_FAILED, NOT_SUBMITTED = "canary_failed", "pilot_failed", "not_submitted"
 
 
 @dataclass

@@ -15,8 +15,6 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.canary import (
-    CANARY_FAILED,
-    PILOT_FAILED,
     CanaryOutcome,
     Plan,
     canary_kwargs,
@@ -27,7 +25,7 @@ from ndmg_cloud.canary import (
 )
 from ndmg_cloud.contract import local_contract
 from ndmg_cloud.cost import estimate
-from ndmg_cloud.jobs import SUCCEEDED, JobRecord, batch_records, fetch_log_tails, local_records
+from ndmg_cloud.jobs import CANARY_FAILED, PILOT_FAILED, SUCCEEDED, JobRecord, batch_records, fetch_log_tails, local_records
 from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
 from ndmg_cloud.operators import CANARY_XCOM_KEY, JOB_XCOM_KEY
 from ndmg_cloud.discover import discover

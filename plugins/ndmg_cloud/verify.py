@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ndmg_cloud.bids import Scan
-from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
+from ndmg_cloud.jobs import FAILED, NOT_SUBMITTED, SUCCEEDED, JobRecord
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.s3 import S3Object, get_json, list_objects
@@ -86,7 +86,7 @@ def verify_scans(
         job = jobs.get(scan.scan_id)
         if job is None:
             row.failure_class, row.reason = not_submitted.get(
-                scan.scan_id, ("not_submitted", "no job was submitted for this scan")
+                scan.scan_id, (NOT_SUBMITTED, "no job was submitted for this scan")
             )
             row.status = "failed"
             continue
