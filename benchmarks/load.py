@@ -47,21 +47,42 @@ def count_requests() -> Counter:
 
 
 def jobs_write_their_outputs() -> None:
-    """Each Batch job 'runs' at once and leaves the graphs and manifest a container would."""
+    """Each Batch job 'runs' at once and leaves what a container of the m2g image would: the
+    canary its findings, a scan its graphs and then its manifest."""
     from moto.batch_simple import models
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
+    from ndmg_cloud.contract import ImageContract
+
     s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     real = models.BatchSimpleBackend._mark_job_as_finished
+    image = ImageContract(
+        pipeline="m2g",
+        code={"name": "m2g", "version": "0.3.0", "revision": "95d271f748e7d35b8d7feaa1b0112f471be8e514", "source": ""},
+        program="m2g",
+        flags={},
+        atlases={"2mm": ["AAL", "Desikan"]},
+    )
+
+    def key(uri: str) -> str:
+        return uri.split("/", 3)[3]
 
     def finish(self, include_start_attempt, job):
-        spec_uri = job.container_overrides["command"][-1]
-        spec = json.loads(s3.get_object(BUCKET, spec_uri.split("/", 3)[3]).value)
-        prefix = spec["output_prefix"].split("/", 3)[3]
+        command = job.container_overrides["command"]
+        spec = json.loads(s3.get_object(BUCKET, key(command[command.index("--spec") + 1])).value)
+        if "--self-check" in command:
+            found = {"ok": True, "scan_id": spec["scan"]["scan_id"], "checks": [], "contract": image.to_dict()}
+            s3.put_object(BUCKET, key(command[command.index("--result") + 1]), json.dumps(found).encode())
+            return real(self, include_start_attempt, job)
+        prefix = key(spec["output_prefix"])
+        body, outputs = b"0 1 3\n1 2 5\n", []
         for rel in spec["expected_outputs"]:
-            s3.put_object(BUCKET, prefix + rel, b"0 1 3\n1 2 5\n")
-        s3.put_object(BUCKET, spec["manifest"].split("/", 3)[3], json.dumps({"status": "success"}).encode())
+            s3.put_object(BUCKET, prefix + rel, body)
+            outputs.append({"path": rel, "size": len(body)})
+        manifest = {"status": "success", "run_id": spec["run_id"], "outputs": outputs,
+                    "pipeline": {**spec["pipeline"], "contract": image.summary()}}  # fmt: skip
+        s3.put_object(BUCKET, key(spec["manifest"]), json.dumps(manifest).encode())
         return real(self, include_start_attempt, job)
 
     models.BatchSimpleBackend._mark_job_as_finished = finish
