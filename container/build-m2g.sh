@@ -15,7 +15,13 @@ base_tag=${M2G_BASE_TAG:-neurodata/m2g:latest}
 cd "$(dirname "$0")/.."
 
 docker pull "$base_tag"
-base=$(docker image inspect --format '{{index .RepoDigests 0}}' "$base_tag")
+# the digest under this repository's name (an image pulled under several names has several)
+repository=${base_tag%:*}
+base=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$base_tag" | grep -m 1 "^${repository}@sha256:" || true)
+if [ -z "$base" ]; then
+  echo "no digest of $repository for $base_tag: is it a local image? push or pull it first" >&2
+  exit 1
+fi
 echo "base image: $base"
 docker build -f container/Dockerfile.m2g --build-arg "M2G_BASE=$base" -t "$image" .
 echo "image contract of $image:"

@@ -1,10 +1,10 @@
 """ndmg_participant: the ndmg / m2g connectome pipeline over a whole BIDS dataset on S3.
 
 discover -> write_job_specs -> canary (aws_batch: one short job proves the image can run
-this run's scans) -> pilot_scan (pilot_scans > 0: a few scans to success first) ->
-plan_scans (what is done for this image, what runs again and why) -> run_scan (one AWS
-Batch job per scan; or run_scan_local, one runner subprocess per scan, with backend=local)
--> verify_and_report.
+this run's scans) -> plan_scans (what is done by this image's code, what runs again and
+why) -> pilot_scan (pilot_scans > 0: a few scans to success first) -> release_scans ->
+run_scan (one AWS Batch job per scan; or run_scan_local, one runner subprocess per scan,
+with backend=local) -> verify_and_report.
 Wiring only: each task's logic is in plugins/ndmg_cloud (see steps.py).
 """
 
@@ -20,6 +20,18 @@ from ndmg_cloud import steps
 from ndmg_cloud.local import LOCAL_POOL
 from ndmg_cloud.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
 from ndmg_cloud.params import PARAM_SCHEMAS
+from ndmg_cloud.taskids import (
+    CANARY,
+    CHOOSE_BACKEND,
+    DISCOVER,
+    PILOT_SCAN,
+    PLAN_SCANS,
+    RELEASE_SCANS,
+    RUN_SCAN,
+    RUN_SCAN_LOCAL,
+    VERIFY_AND_REPORT,
+    WRITE_JOB_SPECS,
+)
 
 REPORTS = AssetAlias(steps.REPORTS_ALIAS)
 
@@ -50,27 +62,30 @@ def scan_jobs(task_id: str, **kwargs):
     doc_md=__doc__,
 )
 def ndmg_participant():
-    discovery = task(steps.discover_step, task_id="discover")()
-    pilot_kwargs = task(steps.write_job_specs_step, task_id="write_job_specs")(discovery)
-    canary = CanaryOperator(task_id="canary", **BATCH)  # skips itself when the run has none
-    pilots = scan_jobs("pilot_scan", trigger_rule="none_failed").expand_kwargs(pilot_kwargs)
-    scan_kwargs = task(steps.plan_scans_step, task_id="plan_scans", trigger_rule="none_failed")(discovery)
-    backend = task.branch(steps.choose_backend_step, task_id="choose_backend")(discovery)
-    batch_jobs = scan_jobs("run_scan").expand_kwargs(scan_kwargs)
+    discovery = task(steps.discover_step, task_id=DISCOVER)()
+    runs = task(steps.write_job_specs_step, task_id=WRITE_JOB_SPECS)(discovery)
+    canary = CanaryOperator(task_id=CANARY, **BATCH)  # skips itself when the run has none
+    # none_failed: a skipped canary (or no pilots) lets the run go on, a failed one stops it
+    pilot_kwargs = task(steps.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery, runs)
+    pilots = scan_jobs(PILOT_SCAN).expand_kwargs(pilot_kwargs)
+    rest = task(steps.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(runs)
+    backend = task.branch(steps.choose_backend_step, task_id=CHOOSE_BACKEND)(discovery)
+    batch_jobs = scan_jobs(RUN_SCAN).expand_kwargs(rest)
     local_jobs = task(
         steps.run_scan_local_step,
-        task_id="run_scan_local",
+        task_id=RUN_SCAN_LOCAL,
         pool=LOCAL_POOL,
         map_index_template="{{ task.op_kwargs['scan_id'] }}",
-    ).expand_kwargs(scan_kwargs)
+    ).expand_kwargs(rest)
     report = RunReportOperator(
-        task_id="verify_and_report",
+        task_id=VERIFY_AND_REPORT,
         python_callable=steps.verify_and_report_step,
         trigger_rule="all_done",  # runs when some scans failed, and says so
         outlets=[REPORTS],  # an Asset per dataset's reports, for downstream DAGs
     )
-    pilot_kwargs >> canary >> pilots >> scan_kwargs >> backend >> [batch_jobs, local_jobs]
-    [canary, pilots, scan_kwargs, batch_jobs, local_jobs] >> report
+    runs >> canary >> pilot_kwargs
+    pilots >> rest >> backend >> [batch_jobs, local_jobs]
+    [canary, pilot_kwargs, pilots, rest, batch_jobs, local_jobs] >> report
 
 
 ndmg_participant()

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 KEPT = ("nargs", "action", "default")
+# Keywords that change what a parser accepts but are not recorded: refuse the source rather
+# than record facts looser than the program (none of the recorded sources uses them).
+UNRECORDED = ("type", "choices", "required", "dest", "const")
 
 
 def arguments(source: str) -> list[dict]:
@@ -25,6 +28,9 @@ def arguments(source: str) -> list[dict]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
             entry = {"names": [a.value for a in node.args if isinstance(a, ast.Constant)]}
+            unrecorded = [k.arg for k in node.keywords if k.arg in UNRECORDED]
+            if unrecorded:
+                raise SystemExit(f"{entry['names']} uses {unrecorded}: teach cli_facts.py to record them")
             for keyword in node.keywords:
                 if keyword.arg in KEPT and isinstance(keyword.value, ast.Constant):
                     entry[keyword.arg] = keyword.value.value

@@ -113,7 +113,8 @@ class Containers:
         return 0
 
     def self_check(self, job, command: list[str]) -> int:
-        env = self.image.env(AWS_ENDPOINT_URL=self.endpoint) if self.image else {**os.environ, "AWS_ENDPOINT_URL": self.endpoint}
+        env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_BATCH_JOB_ID": job.job_id}  # as Batch sets it
+        env = self.image.env(**env) if self.image else {**os.environ, **env}
         done = subprocess.run([sys.executable, "-m", "ndmg_cloud.runner", *command[1:]], capture_output=True,
                               text=True, env=env, timeout=300)  # fmt: skip
         self.self_checks.append(done)

@@ -74,7 +74,7 @@ def test_the_m2g_image_pins_the_code_the_tests_check_our_command_against():
 
 def test_the_m2g_image_uses_what_the_base_image_has():
     # m2g's Dockerfile: Python 3.7 with pip3.7, git, atlases in /m2g_atlases, ENTRYPOINT ["m2g"]
-    assert "pip3.7" in BASE_FACTS["pip"] and "pip3.7 install --no-cache-dir --no-deps --force-reinstall" in M2G
+    assert "pip3.7" in BASE_FACTS["pip"] and "pip3.7 install --no-cache-dir --no-deps --no-build-isolation --force-reinstall" in M2G
     assert "git" in BASE_FACTS["apt_installs"] and "git clone" in M2G
     assert BASE_FACTS["atlas_dir"] == get_pipeline("m2g").atlas_dir
     assert f"--atlas-dir {BASE_FACTS['atlas_dir']}" in M2G and f"mv /tmp/neuroparc/atlases {BASE_FACTS['atlas_dir']}/atlases" in M2G
@@ -96,3 +96,37 @@ def test_the_m2g_build_refuses_a_base_not_pinned_by_digest(base, ok):
     assert (done.returncode == 0) == ok
     if not ok:
         assert f"M2G_BASE={base} is not pinned by digest" in done.stderr and "build-m2g.sh" in done.stderr
+
+
+FAKE_DOCKER = """#!/usr/bin/env bash
+# records each call; answers `image inspect` with the digests in $DIGESTS
+echo "$*" >> "$CALLS"
+if [ "$1 $2" = "image inspect" ]; then printf '%b' "$DIGESTS"; fi
+"""
+
+
+@pytest.mark.parametrize(
+    "digests, pinned",
+    [
+        ("someone/mirror@sha256:" + "1" * 64 + "\\nneurodata/m2g@sha256:" + "2" * 64 + "\\n", "neurodata/m2g@sha256:" + "2" * 64),
+        ("", None),  # a local image without a registry digest
+    ],
+)
+def test_the_build_script_pins_the_base_by_this_repositorys_digest(tmp_path, digests, pinned):
+    """build-m2g.sh against a stand-in docker client (no daemon runs here): what it asks for."""
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls), "DIGESTS": digests}
+    done = subprocess.run(["bash", str(ROOT / "container" / "build-m2g.sh"), "repo/ndmg-cloud-m2g:95d271f7"],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    made = calls.read_text().splitlines()
+    assert made[0] == "pull neurodata/m2g:latest"
+    if pinned:
+        assert done.returncode == 0, done.stderr
+        build = next(c for c in made if c.startswith("build "))
+        assert f"--build-arg M2G_BASE={pinned}" in build and "-f container/Dockerfile.m2g" in build
+        assert made[-1] == "run --rm repo/ndmg-cloud-m2g:95d271f7 cat /opt/ndmg-cloud/image-contract.json"
+    else:
+        assert done.returncode == 1 and "no digest of neurodata/m2g" in done.stderr
+        assert not any(c.startswith("build ") for c in made)

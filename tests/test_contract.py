@@ -56,7 +56,7 @@ def test_the_build_writes_the_contract_of_the_pinned_m2g(tmp_path):
     assert contract["atlases"] == {"2mm": ["AAL", "Desikan", "DesikanKlein", "Schaefer400", "Yeo-7", "Yeo-7-liberal"]}
     assert contract["atlas_source"].startswith("neurodata/neuroparc@5a5e7469")
     assert contract["base_image"].startswith("neurodata/m2g@sha256:")
-    assert contract["fingerprint"] == ImageContract.from_dict(contract).fingerprint
+    assert len(contract["fingerprint"]) == 12 and contract["runner"]
 
 
 @pytest.mark.parametrize("code", [facts.M2G_TAG, facts.M2G_PYPI])
@@ -106,9 +106,66 @@ def test_the_lite_image_and_the_local_backend_name_the_same_code(tmp_path):
     assert local_contract("m2g") is None  # m2g runs only in its image
 
 
-def test_the_fingerprint_follows_the_code():
+def test_the_fingerprint_follows_what_results_depend_on_and_is_read_back_as_written():
     contract = local_contract("lite")
-    other = dataclasses.replace(contract, code={**contract.code, "revision": "sha256:ffff"})
-    assert other.fingerprint != contract.fingerprint
+    assert dataclasses.replace(contract, code={**contract.code, "revision": "sha256:ffff"}).fingerprint != contract.fingerprint
+    assert dataclasses.replace(contract, atlases={"2mm": ["AAL"]}).fingerprint != contract.fingerprint
+    # a newer runner or a reworded --help make the same scans: no rerun of a whole dataset
+    assert dataclasses.replace(contract, runner="9.9.9", flags={}).fingerprint == contract.fingerprint
+    # read back (e.g. by an orchestrator of another version): the fingerprint written at build time
+    written = {**contract.to_dict(), "fingerprint": "0123456789ab", "a_field_of_a_newer_version": 1}
+    assert ImageContract.from_dict(written).fingerprint == "0123456789ab"
     assert contract.summary()["label"].startswith("ndmg-lite ")
     assert set(contract.summary()) == {"fingerprint", "label", "pipeline", "code", "base_image", "atlas_source"}
+
+
+def test_the_parse_only_probe_never_runs_the_program(tmp_path):
+    """A program that parses with parse_known_args and would then run is stopped after the
+    parse; what it would have ignored counts as refused."""
+    from ndmg_cloud.contract import parse_only
+
+    marker = tmp_path / "the-pipeline-ran"
+    program = tmp_path / "bin" / "tolerant"
+    program.parent.mkdir()
+    program.write_text(
+        f"#!{sys.executable}\n"
+        "import argparse, pathlib\n"
+        "parser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--seeds')\n"
+        "parser.add_argument('input_dir')\n"
+        "args, rest = parser.parse_known_args()\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+    program.chmod(0o755)
+    os.environ["PATH"] = f"{program.parent}{os.pathsep}{os.environ['PATH']}"
+    try:
+        good = parse_only(["tolerant", "--seeds", "3", "/in"])
+        assert good.ok and good.values == {"seeds": "3", "input_dir": "/in"}
+        bad = parse_only(["tolerant", "--seeds", "3", "--track_type", "local", "/in"])
+        assert not bad.ok and bad.error.startswith("tolerant would ignore: --track_type")
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(os.pathsep, 1)[1]
+    assert not marker.exists()
+
+
+def test_the_probe_is_python_37_code_and_reads_37_help():
+    """m2g's image runs Python 3.7: the probe's syntax and 3.7's help layout."""
+    import ast
+
+    from ndmg_cloud.contract import _PARSE_ONLY
+
+    ast.parse(_PARSE_ONLY, feature_version=(3, 7))
+    help_37 = (  # argparse 3.7 writes nargs="*" as [X [X ...]] and "+" as X [X ...]
+        "usage: m2g [-h] [--parcellation PARCELLATION [PARCELLATION ...]]\n\n"
+        "optional arguments:\n"
+        "  -h, --help            show this help message and exit\n"
+        "  --participant_label PARTICIPANT_LABEL [PARTICIPANT_LABEL ...]\n"
+        "                        The label(s) of the participant(s)\n"
+        "  --extra [EXTRA [EXTRA ...]]\n"
+        "  --maybe [MAYBE]       one or none\n"
+        "  --skipeddy            Whether to skip eddy correction\n"
+        "  --seeds SEEDS         Seeding density\n"
+    )
+    assert parse_help(help_37) == {
+        "-h": 0, "--help": 0, "--participant_label": "+", "--extra": "*", "--maybe": "?", "--skipeddy": 0, "--seeds": 1,
+    }  # fmt: skip

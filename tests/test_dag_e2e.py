@@ -457,10 +457,12 @@ def test_scans_made_by_other_code_run_again_and_say_why(s3, batch, dataset, cont
     assert rebuilt.returncode == 0, rebuilt.stderr
     containers.image = newer
     before = batch_submitted(batch)
-    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
+    # a new image is exactly when a pilot is wanted: it is chosen among the scans to rerun
+    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"], pilot_scans=1)
 
     assert second.state == "success"
-    assert sorted(scan_jobs(batch_submitted(batch, since=before))) == ["sub-01_ses-retest", "sub-01_ses-test"]
+    assert scan_jobs(batch_submitted(batch, since=before)) == ["sub-01_ses-retest", "sub-01_ses-test"]  # pilot first
+    assert report_of(s3, second)["pilots"] == ["sub-01_ses-retest"]
     rows = rows_by_scan(report_of(s3, second))
     for scan_id in ("sub-01_ses-retest", "sub-01_ses-test"):
         assert rows[scan_id]["status"] == "succeeded"
@@ -478,3 +480,23 @@ def token(run) -> str:
     from ndmg_cloud.jobspec import run_token
 
     return run_token(run.run_id)
+
+
+def test_every_job_runs_the_job_definition_revision_the_canary_checked(s3, batch, dataset, batch_behaviour, containers):
+    def canary_then_a_new_revision(job):
+        code = containers(job)
+        if "-canary-" in job.job_name:  # meanwhile someone registers another image
+            batch.register_job_definition(jobDefinitionName="ndmg", type="container", containerProperties={
+                "image": "someone-elses-image:latest",
+                "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}],
+            })  # fmt: skip
+        return code
+
+    batch_behaviour.on_submit = canary_then_a_new_revision
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
+
+    assert run.state == "success"
+    jobs = batch.describe_jobs(jobs=[j["jobId"] for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]])["jobs"]
+    revisions = {j["jobName"]: j["jobDefinition"] for j in jobs}
+    assert len(revisions) == 3 and len(set(revisions.values())) == 1  # the canary and both scans
+    assert next(iter(revisions.values())).endswith("job-definition/ndmg:1")

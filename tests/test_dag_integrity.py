@@ -31,23 +31,24 @@ def test_no_import_errors(dagbag):
 
 def test_tasks_and_wiring(dag):
     assert {t.task_id for t in dag.tasks} == {
-        "discover", "write_job_specs", "canary", "pilot_scan", "plan_scans", "choose_backend", "run_scan",
-        "run_scan_local", "verify_and_report",
+        "discover", "write_job_specs", "canary", "plan_scans", "pilot_scan", "release_scans", "choose_backend",
+        "run_scan", "run_scan_local", "verify_and_report",
     }  # fmt: skip
     assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
     assert dag.get_task("canary").upstream_task_ids == {"write_job_specs"}
-    pilots = dag.get_task("pilot_scan")
-    assert pilots.upstream_task_ids == {"write_job_specs", "canary"}
-    assert pilots.trigger_rule == "none_failed"  # no canary: pilots go; a failed canary: they do not
     plan = dag.get_task("plan_scans")
-    assert plan.upstream_task_ids == {"discover", "pilot_scan"}
-    assert plan.trigger_rule == "none_failed"  # no pilots: the rest goes; a failed pilot: it does not
-    assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "plan_scans"}
+    assert plan.upstream_task_ids == {"discover", "write_job_specs", "canary"}
+    assert plan.trigger_rule == "none_failed"  # no canary: the run goes on; a failed canary: it stops
+    assert dag.get_task("pilot_scan").upstream_task_ids == {"plan_scans"}
+    release = dag.get_task("release_scans")
+    assert release.upstream_task_ids == {"write_job_specs", "pilot_scan"}
+    assert release.trigger_rule == "none_failed"  # no pilots: the rest goes; a failed pilot: it does not
+    assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "release_scans"}
     for mapped in ("run_scan", "run_scan_local"):
-        assert dag.get_task(mapped).upstream_task_ids == {"plan_scans", "choose_backend"}
+        assert dag.get_task(mapped).upstream_task_ids == {"release_scans", "choose_backend"}
     assert dag.get_task("run_scan_local").pool == "ndmg_local"
     report = dag.get_task("verify_and_report")
-    assert report.upstream_task_ids == {"canary", "pilot_scan", "plan_scans", "run_scan", "run_scan_local"}
+    assert report.upstream_task_ids == {"canary", "plan_scans", "pilot_scan", "release_scans", "run_scan", "run_scan_local"}
     assert report.trigger_rule == "all_done"  # runs even when some scans failed
 
 

@@ -63,6 +63,12 @@ def test_older_m2g_code_refuses_our_command_so_the_pin_matters(older, capsys):
     assert "--track_type" not in {n for a in facts.load(older)["arguments"] for n in a["names"]}
 
 
+def test_a_list_of_atlases_is_a_set():
+    m2g = get_pipeline("m2g")
+    assert m2g.resolve_options({"parcellation": ["Desikan", "AAL", "Desikan"]}) == m2g.resolve_options({})
+    assert m2g.resolve_options({})["parcellation"] is not m2g.resolve_options({})["parcellation"]  # no shared default
+
+
 def test_m2g_outputs_are_named_as_m2g_names_them():
     # m2g: connectomes_d/<atlas file up to its first dot>/<dwi file up to its first dot>_<same>_connectome.csv
     m2g = get_pipeline("m2g")

@@ -25,6 +25,37 @@ def xcoms_of(run_id):
         return {f"{r.task_id}[{r.map_index}].{r.key}": json.dumps(XComModel.deserialize_value(r), default=str) for r in rows}
 
 
+def artifacts_of(run, s3, batch_env, capfd) -> dict[str, str]:
+    """Everything a run left that a person or another program could read: every object it
+    wrote (with no grant but the owner's), the Batch jobs, XComs, job logs and task logs."""
+    import boto3
+
+    artifacts: dict[str, str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=BIDSDIR + "derivatives/"):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            artifacts["s3://" + obj["Key"]] = body.decode("utf-8", "replace")
+            grants = s3.get_object_acl(Bucket=BUCKET, Key=obj["Key"])["Grants"]
+            assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in grants), obj["Key"]
+    job_ids = [j["jobId"] for status in ("SUCCEEDED", "FAILED") for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]]
+    for job in batch_env.describe_jobs(jobs=job_ids)["jobs"]:
+        artifacts[f"batch job {job['jobName']}"] = json.dumps(job, default=str)
+    artifacts.update(xcoms_of(run.run_id))
+    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=ENDPOINT)
+    for stream in logs.describe_log_streams(logGroupName="/aws/batch/job")["logStreams"]:
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream["logStreamName"])["events"]
+        artifacts[f"job log {stream['logStreamName']}"] = "\n".join(e["message"] for e in events)
+    out, err = capfd.readouterr()
+    artifacts["task logs (stdout)"] = out
+    artifacts["task logs (stderr)"] = err
+    assert "Batch job" in out + err  # the logs really are captured
+    return artifacts
+
+
+def leaks_in(artifacts: dict[str, str]) -> dict[str, list[str]]:
+    return {name: CREDENTIAL.findall(text) for name, text in artifacts.items() if CREDENTIAL.search(text)}
+
+
 def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airflow_db, batch_behaviour, capfd, tmp_path):
     put_dataset(s3, BUCKET, BIDSDIR)
 
@@ -35,33 +66,26 @@ def test_no_credentials_in_specs_jobs_xcoms_reports_or_logs(s3, batch_env, airfl
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
     assert run.state == "failed"  # the failure paths are part of what is scanned
 
-    artifacts: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=BIDSDIR + "derivatives/"):
-        for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
-            artifacts["s3://" + obj["Key"]] = body.decode("utf-8", "replace")
-            grants = s3.get_object_acl(Bucket=BUCKET, Key=obj["Key"])["Grants"]
-            assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in grants), obj["Key"]
+    artifacts = artifacts_of(run, s3, batch_env, capfd)
     assert any(k.endswith(".json") and "/jobs/" in k for k in artifacts)  # specs are in the scan
     assert any(k.endswith("report.html") for k in artifacts)
     assert any(k.endswith("canary.json") for k in artifacts)  # what the canary's container wrote
-
-    job_ids = [j["jobId"] for status in ("SUCCEEDED", "FAILED") for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]]
-    for job in batch_env.describe_jobs(jobs=job_ids)["jobs"]:
-        artifacts[f"batch job {job['jobName']}"] = json.dumps(job, default=str)
-    assert len(job_ids) == 7  # six scans and the canary
-    artifacts.update(xcoms_of(run.run_id))
-    import boto3
-
-    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=ENDPOINT)
-    for stream in logs.describe_log_streams(logGroupName="/aws/batch/job")["logStreams"]:
-        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream["logStreamName"])["events"]
-        artifacts[f"job log {stream['logStreamName']}"] = "\n".join(e["message"] for e in events)
+    assert len([k for k in artifacts if k.startswith("batch job")]) == 7  # six scans and the canary
     assert any(k.startswith("job log") and "self-check passed" in v for k, v in artifacts.items())
-    out, err = capfd.readouterr()
-    artifacts["task logs (stdout)"] = out
-    artifacts["task logs (stderr)"] = err
-    assert "Batch job" in out + err  # the logs really are captured
+    assert leaks_in(artifacts) == {}
 
-    leaks = {name: CREDENTIAL.findall(text) for name, text in artifacts.items() if CREDENTIAL.search(text)}
-    assert leaks == {}
+
+def test_no_credentials_where_a_failing_canary_writes(s3, batch_env, airflow_db, batch_behaviour, capfd, tmp_path):
+    import pipeline_facts
+
+    put_dataset(s3, BUCKET, BIDSDIR)
+    image = m2g_image(tmp_path / "image")
+    pipeline_facts.install_stand_in(pipeline_facts.M2G_TAG, image.bin_dir)  # it refuses our command
+    batch_behaviour.on_submit = Containers(s3, image, ENDPOINT)
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+    assert run.state == "failed"
+
+    artifacts = artifacts_of(run, s3, batch_env, capfd)
+    assert any(k.startswith("job log") and "FAIL command" in v for k, v in artifacts.items())
+    assert any(k.endswith("canary.json") and '"ok": false' in v for k, v in artifacts.items())
+    assert leaks_in(artifacts) == {}

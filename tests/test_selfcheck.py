@@ -126,3 +126,14 @@ def test_a_lite_image_asked_to_run_m2g_is_refused(s3, m2g_spec, image, tmp_path)
     done = self_check(m2g_spec, image, NDMG_IMAGE_CONTRACT=str(lite_contract))
     assert done.returncode == 1
     assert "this image runs lite" in done.stdout and "point job_definition at a m2g image" in done.stdout
+
+
+def test_a_pipeline_without_an_image_recipe_says_how_to_get_one(s3, image):
+    put_dataset(s3, BUCKET, "ds/")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "ndmg"}, "run-1")
+    spec = build_spec(config, discover(config, s3).valid[0])
+    write_spec(s3, spec)
+    done = self_check(spec, image, NDMG_IMAGE_CONTRACT="")
+    assert done.returncode == 1
+    assert "this project has no image recipe for ndmg" in done.stdout
+    assert "ndmg-image-contract --pipeline ndmg" in done.stdout and "canary=false" in done.stdout

@@ -10,7 +10,7 @@ small job, not for an instance per scan.
 Then the plan (``settle``): a scan found done by discovery is skipped only if the code that
 made it is the code this run will use (the image contract's fingerprint); otherwise it runs
 again and its report row says why. The first ``pilot_scans`` scans to run go first; the
-rest are submitted only when all pilots succeeded.
+rest are released only when every pilot succeeded.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def skipped(config: RunConfig) -> CanaryOutcome:
     if config.dry_run:
         why = "dry run: nothing is submitted"
     elif config.backend != "aws_batch":
-        why = f"backend={config.backend}: scans run on this machine, its code is known"
+        why = f"backend={config.backend}: scans run on this machine, with the code installed here"
     else:
         why = "canary=false"
     return CanaryOutcome("skipped", why)
@@ -98,7 +98,7 @@ def skipped(config: RunConfig) -> CanaryOutcome:
 
 def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryOutcome:
     """The canary's verdict from its Batch job and the findings it wrote (if it got that far)."""
-    found = _found(config, s3_client)
+    found = _found(config, s3_client, job.job_id)
     outcome = CanaryOutcome(
         "failed",
         scan_id=(found or {}).get("scan_id"),
@@ -124,68 +124,79 @@ def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryO
     return outcome
 
 
-def _found(config: RunConfig, s3_client: Any) -> dict[str, Any] | None:
+def _found(config: RunConfig, s3_client: Any, job_id: str) -> dict[str, Any] | None:
+    """The canary job's findings; none when it died first, or when they are not its own (a
+    scan job may write there too: only the canary's Batch job id speaks for the image)."""
     bucket, key = split_uri(config.outputs.canary_uri(config.run_id))
     try:
         found = get_json(s3_client, bucket, key)
     except Exception:  # no findings (the job died before writing them) is itself a finding
         return None
-    return found if isinstance(found, dict) else None
-
-
-def choose_pilots(config: RunConfig, runs: list[dict[str, Any]], done: dict[str, Any]) -> list[dict[str, Any]]:
-    """The first ``pilot_scans`` scans that run whatever the image (not found done)."""
-    if config.backend != "aws_batch" or config.dry_run:
-        return []
-    return [r for r in runs if r["scan_id"] not in done][: config.pilot_scans]
+    return found if isinstance(found, dict) and found.get("job_id") == job_id else None
 
 
 @dataclass
 class Plan:
-    """The settled run: what runs after the pilots, what is done, what runs again and why."""
+    """The settled run: what is done, what runs again and why, which scans go first."""
 
-    pilots: list[str]  # scan ids run first, to success
-    scans: list[dict[str, Any]]  # the mapped run_scan / run_scan_local arguments
     done: dict[str, dict[str, Any]]  # scan id -> its skipped_done report row
     reruns: dict[str, str]  # scan id -> why it runs although an earlier run made it
+    pilots: list[str]  # scan ids run first, to success, before the others are released
     canary: dict[str, Any]
     contract: dict[str, Any] | None  # summary of the code this run's scans are made with
 
+    def to_run(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The task arguments (of every valid scan) of the scans that run in this run."""
+        return [r for r in runs if r["scan_id"] not in self.done]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**data)
 
 
 def settle(
     config: RunConfig,
     runs: list[dict[str, Any]],
-    pilots: list[dict[str, Any]],
     done: dict[str, dict[str, Any]],
     reruns: dict[str, str],
     contract: ImageContract | None,
     outcome: CanaryOutcome,
 ) -> Plan:
-    """Keep as done only what this run's code made; the rest (but the pilots) runs now.
+    """Keep as done only what this run's code made; the first ``pilot_scans`` of the rest go
+    first (aws_batch).
 
-    ``runs`` are the mapped tasks' arguments of every valid scan, ``done`` the rows of the
-    scans discovery found done for this pipeline and options (each naming the contract that
-    made it), ``contract`` this run's (None when unknown: canary off).
+    ``runs`` are the task arguments of every valid scan, ``done`` the rows of the scans
+    discovery found done for this pipeline and options (each naming the contract that made
+    it), ``contract`` this run's (None when unknown: canary off).
     """
     kept, reruns = {}, dict(reruns)
     for scan_id, row in done.items():
         if contract is not None and row.get("contract") != contract.fingerprint:
-            made_by = row.get("made_by") or "code with no image contract"
-            reruns[scan_id] = f"done with {made_by}, this run uses {contract.label}"
+            reruns[scan_id] = f"done with {_made_by(row, contract)}, this run uses {_named(contract.label, contract.fingerprint, row)}"
             continue
         if contract is None and config.backend == "aws_batch" and not config.dry_run:
             row = {**row, "reason": f"{row['reason']}; its image was not compared ({outcome.reason})"}
         kept[scan_id] = row
-    first = {p["scan_id"] for p in pilots}
-    scans = [] if config.dry_run else [r for r in runs if r["scan_id"] not in kept and r["scan_id"] not in first]
+    to_run = [] if config.dry_run else [r["scan_id"] for r in runs if r["scan_id"] not in kept]
+    pilots = to_run[: config.pilot_scans] if config.backend == "aws_batch" else []
     return Plan(
-        pilots=sorted(first),
-        scans=scans,
         done=kept,
         reruns={k: v for k, v in reruns.items() if k not in kept},
+        pilots=pilots,
         canary=outcome.to_dict(),
         contract=contract.summary() if contract else None,
     )
+
+
+def _made_by(row: dict[str, Any], contract: ImageContract) -> str:
+    if not row.get("made_by"):
+        return "code with no image contract"
+    return row["made_by"] if row["made_by"] != contract.label else f"{row['made_by']} (contract {row.get('contract')})"
+
+
+def _named(label: str, fingerprint: str, row: dict[str, Any]) -> str:
+    """A contract's label, with its fingerprint when the label alone reads the same."""
+    return label if row.get("made_by") != label else f"{label} (contract {fingerprint})"

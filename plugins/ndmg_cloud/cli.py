@@ -24,10 +24,9 @@ from typing import Any
 
 from ndmg_cloud.params import PARAM_SCHEMAS
 from ndmg_cloud.pipelines import get_pipeline
+from ndmg_cloud.taskids import JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
 
 DAG_ID = "ndmg_participant"
-MAPPED_TASKS = ("pilot_scan", "run_scan", "run_scan_local")  # one task instance per scan
-BATCH_TASKS = ("canary", "pilot_scan", "run_scan")  # the tasks that own Batch jobs
 FINISHED = ("success", "failed")
 
 
@@ -159,7 +158,7 @@ def conf_from(args: argparse.Namespace) -> dict[str, Any]:
 def progress(airflow: Airflow, run_id: str) -> tuple[int, int, int, str]:
     """(scans done, failed, total, run state) from the mapped tasks of a run."""
     state = airflow.run(run_id)["state"]
-    scans = [ti for ti in airflow.task_instances(run_id) if ti["task_id"] in MAPPED_TASKS and ti["map_index"] >= 0]
+    scans = [ti for ti in airflow.task_instances(run_id) if ti["task_id"] in SCAN_TASKS and ti["map_index"] >= 0]
     done = sum(ti["state"] == "success" for ti in scans)
     failed = sum(ti["state"] in ("failed", "upstream_failed") for ti in scans)
     return done, failed, len(scans), state
@@ -184,7 +183,7 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
 
     from ndmg_cloud.layout import split_uri
 
-    uri = airflow.xcom(run_id, "verify_and_report")
+    uri = airflow.xcom(run_id, VERIFY_AND_REPORT)
     bucket, key = split_uri(uri)
     report = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
     return uri, report
@@ -255,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
     print(f"{'scan':<28} {'task state':<16}")
     for ti in airflow.task_instances(run_id):
-        if ti["task_id"] in MAPPED_TASKS and ti["map_index"] >= 0:
+        if ti["task_id"] in SCAN_TASKS and ti["map_index"] >= 0:
             print(f"{ti.get('rendered_map_index') or ti['map_index']!s:<28} {ti['state'] or 'queued':<16}")
     return 0
 
@@ -264,9 +263,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
     airflow = airflow_from(args)
     job_ids = []
     for ti in airflow.task_instances(args.run):
-        if ti["task_id"] in BATCH_TASKS:
+        if ti["task_id"] in JOB_TASKS:
             try:
-                job_ids.append(airflow.xcom(args.run, ti["task_id"], "batch_job", ti["map_index"])["job_id"])
+                job_ids.append(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])["job_id"])
             except CliError:
                 pass  # not submitted yet: failing the run stops it before it is
     airflow.fail_run(args.run)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -43,6 +44,11 @@ class ContractError(RuntimeError):
     """The image cannot run this project's scans; the message says what is wrong."""
 
 
+# What a scan's result depends on: the fingerprint covers these and nothing else (not the
+# runner's version, nor the flags, which follow from the code).
+RESULT_FIELDS = ("pipeline", "code", "base_image", "atlas_source", "atlases")
+
+
 @dataclass(frozen=True)
 class ImageContract:
     pipeline: str  # m2g, ndmg, lite
@@ -53,12 +59,13 @@ class ImageContract:
     atlas_source: str | None = None  # e.g. neurodata/neuroparc@<commit>
     base_image: str | None = None  # the image it was built on, by digest
     runner: str = ""  # ndmg-cloud version of the runner inside
+    # Twelve hex digits over RESULT_FIELDS, computed when the contract is made; one read
+    # back keeps the fingerprint written at build time (whatever version reads it).
+    fingerprint: str = field(init=False, default="")
 
-    @property
-    def fingerprint(self) -> str:
-        """Twelve hex digits that change when anything a scan's result depends on does."""
-        body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()[:12]
+    def __post_init__(self) -> None:
+        body = json.dumps({k: getattr(self, k) for k in RESULT_FIELDS}, sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "fingerprint", hashlib.sha256(body.encode()).hexdigest()[:12])
 
     @property
     def label(self) -> str:
@@ -78,12 +85,15 @@ class ImageContract:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fingerprint": self.fingerprint}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageContract:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "fingerprint"}
+        contract = cls(**known)
+        if data.get("fingerprint"):
+            object.__setattr__(contract, "fingerprint", data["fingerprint"])
+        return contract
 
 
 # --- the program's command line ----------------------------------------------------------
@@ -153,19 +163,29 @@ def program_help(program: str) -> str:
     return done.stdout
 
 
-# Runs the program's own entry point with argparse stopped right after parsing: the exact
-# argv is checked by the real parser, and nothing of the pipeline runs. Python 3.7-safe.
+# Runs the program's own entry point with argparse stopped right after its first parse: the
+# exact argv is checked by the real parser, and nothing of the pipeline runs. Both ways a
+# program may parse are stopped (parse_known_args too, whose leftovers count as refused).
+# The mark comes in the environment. Python 3.7-safe (m2g's image runs 3.7).
 _PARSE_ONLY = r"""
 import argparse, json, os, runpy, sys
 script = sys.argv[1]
 sys.argv = [script] + sys.argv[2:]
-_parse = argparse.ArgumentParser.parse_args
-def _parse_only(self, args=None, namespace=None):
-    parsed = _parse(self, args, namespace)
-    sys.stdout.write("\n%s" % MARK + json.dumps(vars(parsed), default=str) + "\n")
+_args, _known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
+inside = []
+def report(parsed, extra):
+    sys.stdout.write("\n" + os.environ["NDMG_PARSED_MARK"] + json.dumps({"values": vars(parsed), "extra": extra}, default=str) + "\n")
     sys.stdout.flush()
     os._exit(0)
-argparse.ArgumentParser.parse_args = _parse_only
+def parse_args(self, args=None, namespace=None):
+    inside.append(1)
+    report(_args(self, args, namespace), [])  # a refused argv exits 2 in here, as it would
+def parse_known_args(self, args=None, namespace=None):
+    parsed, extra = _known(self, args, namespace)
+    if inside:  # called by parse_args above
+        return parsed, extra
+    report(parsed, extra)
+argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = parse_args, parse_known_args
 runpy.run_path(script, run_name="__main__")
 sys.stdout.write("\nthe program returned without parsing its arguments\n")
 sys.exit(3)
@@ -194,23 +214,38 @@ def parse_only(argv: list[str], contract: ImageContract | None = None) -> Parsed
         if contract is None:
             return Parsed(False, error=f"{path} is not a Python program and no contract records its flags")
         return _parse_with_flags(argv, contract.flags)
-    code = _PARSE_ONLY.replace("MARK", repr(PARSED_MARK))
+    process = subprocess.Popen(
+        [*interpreter, "-c", _PARSE_ONLY, path, *argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "NDMG_PARSED_MARK": PARSED_MARK},
+        start_new_session=True,  # whatever it starts can be stopped with it
+    )
     try:
-        done = subprocess.run(
-            [*interpreter, "-c", code, path, *argv[1:]],
-            capture_output=True,
-            text=True,
-            timeout=PARSE_TIMEOUT_SECONDS,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )
+        out, err = process.communicate(timeout=PARSE_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return Parsed(False, error=f"{argv[0]} did not finish parsing in {PARSE_TIMEOUT_SECONDS} s")
-    for line in done.stdout.splitlines():
+    for line in out.splitlines():
         if line.startswith(PARSED_MARK):
-            return Parsed(True, json.loads(line[len(PARSED_MARK) :]))
-    lines = [line for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
+            return _judge_parse(argv, json.loads(line[len(PARSED_MARK) :]))
+    lines = [line for line in (err + "\n" + out).splitlines() if line.strip()]
     error = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "")
-    return Parsed(False, error=f"{argv[0]} refused the command (exit {done.returncode}): {error.strip()}")
+    return Parsed(False, error=f"{argv[0]} refused the command (exit {process.returncode}): {error.strip()}")
+
+
+def _judge_parse(argv: list[str], found: dict[str, Any]) -> Parsed:
+    """Accepted only if nothing was left over and every flag landed in the parse (a parser
+    other than the program's own, say a library's, would not know them)."""
+    values, extra = found["values"], found["extra"]
+    if extra:
+        return Parsed(False, values, error=f"{argv[0]} would ignore: {' '.join(extra)}")
+    unknown = [a for a in argv[1:] if a.startswith("--") and a[2:].replace("-", "_") not in values]
+    if unknown:
+        return Parsed(False, values, error=f"{argv[0]}'s parser did not take {' '.join(unknown)}: not its own parser?")
+    return Parsed(True, values)
 
 
 def _python_of(path: Path) -> list[str] | None:

@@ -31,9 +31,12 @@ FAILURE_CLASSES = (
     "cancelled",
     "pipeline_error",
     "incomplete",  # still running (or gone) when the run ended
+    # no job at all: the canary failed, a pilot failed, or the run stopped before submitting
+    "canary_failed",
+    "pilot_failed",
+    "not_submitted",
 )
-# why a scan got no job at all: the canary failed, a pilot failed, or another reason
-CANARY_FAILED, PILOT_FAILED, NOT_SUBMITTED = "canary_failed", "pilot_failed", "not_submitted"
+CANARY_FAILED, PILOT_FAILED, NOT_SUBMITTED = FAILURE_CLASSES[-3:]
 
 
 @dataclass

@@ -17,7 +17,6 @@ from collections import deque
 from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
 
 log = logging.getLogger(__name__)
-LOCAL_JOB_XCOM_KEY = "local_job"
 LOCAL_POOL = "ndmg_local"
 TAIL_LINES = 40
 

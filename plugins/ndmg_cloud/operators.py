@@ -11,11 +11,10 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.providers.standard.operators.python import PythonOperator
 
 from ndmg_cloud.jobs import CANCEL_REASON
+from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.links import RunReportLink
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
-JOB_XCOM_KEY = "batch_job"
-CANARY_XCOM_KEY = "canary"  # write_job_specs pushes the canary's job under this key
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 
 
@@ -104,8 +103,13 @@ class ScanBatchOperator(BatchOperator):
             if job.get("status") != "FAILED":
                 raise
             raise AirflowFailException(
-                f"scan {self.scan_id}: Batch job {self.job_id} failed: {job.get('statusReason') or 'no reason given'}"
+                f"{self.what}: Batch job {self.job_id} failed: {job.get('statusReason') or 'no reason given'}"
             ) from err
+
+    @property
+    def what(self) -> str:
+        """What this task's job is, for messages."""
+        return f"scan {self.scan_id}"
 
     def on_kill(self) -> None:
         """Sync mode: the task was killed; terminate its job (deferred tasks: the trigger's on_kill)."""
@@ -165,19 +169,21 @@ class CanaryOperator(ScanBatchOperator):
     """The canary: one short Batch job on the run's queue and job definition that runs
     ``ndmg-scan --self-check`` before any scan job (see ``ndmg_cloud.canary``).
 
-    Its job is worked out at run time by ``spec_task_id`` (XCom ``canary``); a run without
+    Its job is worked out at run time by ``spec_task_id`` (XCom ``canary_job``); a run without
     one (``canary=false``, ``backend=local``, a dry run) skips this task. Everything else is
     a scan job's: exactly-once submission, the stuck-job watchdog, termination on kill, the
     Batch links; its self-check lines are copied from CloudWatch into this task's log.
     """
 
-    def __init__(self, *, spec_task_id: str = "write_job_specs", **kwargs: Any) -> None:
+    def __init__(self, *, spec_task_id: str = WRITE_JOB_SPECS, **kwargs: Any) -> None:
         placeholder = {"jobName": "canary", "jobQueue": "unknown-until-run-time", "jobDefinition": "unknown-until-run-time"}
         super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder, awslogs_enabled=True, **kwargs)
         self.spec_task_id = spec_task_id
 
+    what = "the canary (ndmg-scan --self-check)"
+
     def execute(self, context: Any) -> str:
-        job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_XCOM_KEY)
+        job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
         if not job:
             raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
         batch = job["batch"]

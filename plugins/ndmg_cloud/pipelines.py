@@ -128,10 +128,11 @@ class Pipeline:
             complaint = self.options[key].check(value)
             if complaint:
                 raise OptionError(f"option {key}={value!r} for pipeline '{self.name}' {complaint}")
-            resolved[key] = value
+            # a list of names is a set: the same atlases in another order are the same run
+            resolved[key] = sorted(set(value), key=str.lower) if isinstance(value, list) else value
         for key, option in self.options.items():
             if key not in resolved and option.default is not None:
-                resolved[key] = option.default
+                resolved[key] = list(option.default) if isinstance(option.default, list) else option.default
         if self.catalogue:
             self.atlases(resolved)  # every name exists at the chosen voxel size
         return resolved

@@ -14,7 +14,10 @@ class PreflightError(RuntimeError):
     """The run cannot start; the message names the value and what to do."""
 
 
-def check_batch_setup(batch_client: Any, queue: str, definition: str) -> None:
+def check_batch_setup(batch_client: Any, queue: str, definition: str) -> str:
+    """Check the queue and the job definition; return the ARN of the definition's revision
+    the run will use (the latest ACTIVE one for a bare name), so the canary checks exactly
+    what every scan job runs, however long the run takes."""
     region = batch_client.meta.region_name
     queues = batch_client.describe_job_queues(jobQueues=[queue]).get("jobQueues", [])
     if not queues:
@@ -34,12 +37,13 @@ def check_batch_setup(batch_client: Any, queue: str, definition: str) -> None:
     else:
         pages = batch_client.get_paginator("describe_job_definitions").paginate(jobDefinitionName=definition, status="ACTIVE")
         described = [d for page in pages for d in page.get("jobDefinitions", [])]
-    found = {"jobDefinitions": [d for d in described if d.get("status", "ACTIVE") == "ACTIVE"]}
-    if not found.get("jobDefinitions"):
+    active = [d for d in described if d.get("status", "ACTIVE") == "ACTIVE"]
+    if not active:
         raise PreflightError(
             f"job definition {definition!r} does not exist (or is inactive) in {region}: register it "
             "or set the job_definition param"
         )
+    return max(active, key=lambda d: d.get("revision", 0))["jobDefinitionArn"]
 
 
 def other_runs_in_flight(batch_client: Any, config: RunConfig) -> list[dict[str, Any]]:
@@ -59,8 +63,9 @@ def other_runs_in_flight(batch_client: Any, config: RunConfig) -> list[dict[str,
     return [job for job in described.values() if (job.get("tags") or {}).get("dataset") == dataset_tag(config.dataset)]
 
 
-def preflight(batch_client: Any, config: RunConfig) -> None:
-    check_batch_setup(batch_client, config.job_queue, config.job_definition)
+def preflight(batch_client: Any, config: RunConfig) -> str:
+    """Refuse a run that cannot start; return the job definition revision ARN it will use."""
+    definition = check_batch_setup(batch_client, config.job_queue, config.job_definition)
     others = other_runs_in_flight(batch_client, config)
     if others:
         names = ", ".join(j["jobName"] for j in others[:3])
@@ -69,3 +74,4 @@ def preflight(batch_client: Any, config: RunConfig) -> None:
             f"{config.job_queue!r} from another run ({names}...): a second run now would pay for "
             "the same scans twice. Wait for that run to end, or cancel it, then trigger again."
         )
+    return definition

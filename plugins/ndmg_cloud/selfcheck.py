@@ -32,6 +32,7 @@ from ndmg_cloud.contract import ContractError, ImageContract, current, nifti_pro
 from ndmg_cloud.layout import PROBE_NAME, split_uri
 from ndmg_cloud.pipelines import OptionError, Pipeline, get_pipeline
 
+RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
 ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
 WORK_DISK_ENV = "NDMG_WORK_DISK_GB"  # free GB a scan needs, when not the pipeline's figure
 
@@ -69,6 +70,7 @@ class SelfCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "job_id": os.environ.get("AWS_BATCH_JOB_ID"),  # set by Batch in every job's container
             "scan_id": self.scan_id,
             "pipeline": self.pipeline,
             "checked_at": self.checked_at,
@@ -99,8 +101,11 @@ def _check_contract(result: SelfCheck, pipeline: str) -> None:
         result.add("contract", False, str(err))
         return
     if contract is None:
-        result.add("contract", False, f"this image has no contract for {pipeline} (NDMG_IMAGE_CONTRACT unset): "
-                   f"build the scan image from container/Dockerfile.{pipeline}")
+        recipe = RECIPES.get(pipeline)
+        how = (f"build the scan image from {recipe}" if recipe else
+               f"this project has no image recipe for {pipeline}: build one whose last step is "
+               f"`ndmg-image-contract --pipeline {pipeline}` (container/README.md), or run with canary=false")  # fmt: skip
+        result.add("contract", False, f"this image has no contract for {pipeline} (NDMG_IMAGE_CONTRACT unset): {how}")
         return
     result.contract = contract
     if contract.pipeline != pipeline:

@@ -19,15 +19,35 @@ from ndmg_cloud.canary import (
     Plan,
     canary_kwargs,
     canary_outcome,
-    choose_pilots,
     settle,
     skipped,
 )
 from ndmg_cloud.contract import local_contract
 from ndmg_cloud.cost import estimate
-from ndmg_cloud.jobs import CANARY_FAILED, PILOT_FAILED, SUCCEEDED, JobRecord, batch_records, fetch_log_tails, local_records
-from ndmg_cloud.local import LOCAL_JOB_XCOM_KEY, run_local
-from ndmg_cloud.operators import CANARY_XCOM_KEY, JOB_XCOM_KEY
+from ndmg_cloud.jobs import (
+    CANARY_FAILED,
+    NOT_SUBMITTED,
+    PILOT_FAILED,
+    SUCCEEDED,
+    JobRecord,
+    batch_records,
+    fetch_log_tails,
+    local_records,
+)
+from ndmg_cloud.local import run_local
+from ndmg_cloud.taskids import (
+    BACKEND_TASKS,
+    BATCH_SCAN_TASKS,
+    CANARY,
+    CANARY_JOB_XCOM_KEY,
+    DISCOVER,
+    JOB_XCOM_KEY,
+    LOCAL_JOB_XCOM_KEY,
+    PLAN_SCANS,
+    PLAN_XCOM_KEY,
+    RUN_SCAN_LOCAL,
+    WRITE_JOB_SPECS,
+)
 from ndmg_cloud.discover import discover
 from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
@@ -40,9 +60,6 @@ log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
 # Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
-BACKEND_TASKS = {"aws_batch": "run_scan", "local": "run_scan_local"}
-SCAN_TASKS = ("pilot_scan", "run_scan")  # the Batch tasks that run scans (the canary does not)
-RUNS_XCOM_KEY, PLAN_XCOM_KEY = "runs", "plan"
 REPORTS_ALIAS = "ndmg-reports"
 
 
@@ -73,7 +90,8 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
     if config.backend == "aws_batch" and not config.dry_run:
-        preflight(batch_client(), config)
+        # the revision the canary checks is the revision every scan job runs
+        config.job_definition = preflight(batch_client(), config)
     s3 = s3_client()
     found = discover(config, s3)
     done, reruns = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
@@ -95,8 +113,7 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
 
 def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
     """Write one job spec per valid scan (those found done too: the canary may find them made
-    by other code). Pushes the arguments of every scan's task (``runs``) and of the canary
-    (``canary``, or None); returns the pilot scans' (aws_batch, ``pilot_scans`` > 0)."""
+    by other code). Returns every scan's task arguments; pushes the canary's (or None)."""
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
     specs = [build_spec(config, scan) for scan in scans if scan.valid]
@@ -104,58 +121,60 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, A
     client = s3_client()
     write_specs(client, specs)
     log.info("wrote %d job specs under %s", len(specs), config.jobdir)
-    runs, canary = [], None
     if config.dry_run:
         log.info("dry run: nothing is submitted")
-    else:
-        _mark_derivatives(client, config)
-        for spec in specs:
-            kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
-            if config.backend == "aws_batch":
-                kwargs["batch"] = spec["batch"]
-                kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
-            runs.append(kwargs)
+        ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=None)
+        return []
+    _mark_derivatives(client, config)
     done = discovery.get("done", {})
-    pilots = choose_pilots(config, runs, done)
-    _check_map_length(len([r for r in runs if r["scan_id"] not in done]))
-    if config.backend == "aws_batch" and config.canary and not config.dry_run:
+    _check_map_length(len([s for s in specs if s["scan"]["scan_id"] not in done]))
+    canary = None
+    if config.backend == "aws_batch" and config.canary:
         first = next((s for s in specs if s["scan"]["scan_id"] not in done), specs[0])
         canary = canary_kwargs(config, first)
         log.info("canary %s will check scan %s on %s / %s", canary["batch"]["jobName"],
                  first["scan"]["scan_id"], config.job_queue, config.job_definition)  # fmt: skip
-    ti.xcom_push(key=RUNS_XCOM_KEY, value=runs)
-    ti.xcom_push(key=CANARY_XCOM_KEY, value=canary)
-    if pilots:
-        log.info("pilot scans, run to success before the others: %s", ", ".join(p["scan_id"] for p in pilots))
-    return pilots
+    ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
+    return [scan_kwargs(config, spec) for spec in specs]
 
 
-def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
+def scan_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of one scan's mapped task (run_scan, or run_scan_local)."""
+    kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
+    if config.backend == "aws_batch":
+        kwargs["batch"] = spec["batch"]
+        kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
+    return kwargs
+
+
+def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: Any) -> list[dict[str, Any]]:
     """Settle the run once the image is known (the canary's contract; the installed code on
-    the local backend): what is done, what runs again and why. Pushes the plan; returns the
-    arguments of the scans to run now (all but the pilots, which ran already)."""
+    the local backend): what is done, what runs again and why, which scans are pilots.
+    Pushes the plan; returns the pilot scans' task arguments."""
     config = RunConfig.from_dict(discovery["config"])
-    runs = ti.xcom_pull(task_ids="write_job_specs", key=RUNS_XCOM_KEY) or []
-    pilots = ti.xcom_pull(task_ids="write_job_specs") or []
-    canary_jobs = _pulled(ti, "canary", JOB_XCOM_KEY)
-    if canary_jobs:
-        records = batch_records(batch_client(), {"canary": canary_jobs[0]["job_id"]})
-        outcome = canary_outcome(config, records["canary"], s3_client())
-        if outcome.status != "passed":  # its task succeeded, so the job did: findings missing
-            raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
-        contract = outcome.image
-    else:
-        outcome = skipped(config)
-        contract = local_contract(config.pipeline) if config.backend == "local" else None
+    outcome = _canary(ti, config)
+    if outcome.status == "failed":  # its task succeeded, so the job did: its findings are off
+        raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
+    contract = outcome.image if outcome.status == "passed" else local_contract(config.pipeline) if config.backend == "local" else None
     log.info("canary %s: %s", outcome.status, outcome.reason)
-    plan = settle(config, runs, pilots, discovery.get("done", {}), discovery.get("reruns", {}), contract, outcome)
+    plan = settle(config, runs, discovery.get("done", {}), discovery.get("reruns", {}), contract, outcome)
     for scan_id, why in plan.reruns.items():
         log.info("%s runs again: %s", scan_id, why)
-    log.info("%d scans to run now, %d pilots ran first, %d done", len(plan.scans), len(plan.pilots), len(plan.done))
-    check_cost(config, len(plan.scans))
-    _check_map_length(len(plan.scans))
+    to_run = plan.to_run(runs)
+    log.info("%d scans to run (%d pilots first), %d done", len(to_run), len(plan.pilots), len(plan.done))
+    check_cost(config, len(to_run))
+    _check_map_length(len(to_run))
     ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
-    return plan.scans
+    return [r for r in to_run if r["scan_id"] in plan.pilots]
+
+
+def release_scans_step(runs: list[dict[str, Any]], ti: Any) -> list[dict[str, Any]]:
+    """Every pilot succeeded (or there were none): the rest of the plan goes."""
+    plan = Plan.from_dict(ti.xcom_pull(task_ids=PLAN_SCANS, key=PLAN_XCOM_KEY))
+    rest = [r for r in plan.to_run(runs) if r["scan_id"] not in plan.pilots]
+    if plan.pilots:
+        log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(plan.pilots), len(rest))
+    return rest
 
 
 def check_cost(config: RunConfig, scans: int) -> None:
@@ -225,60 +244,64 @@ def report_asset(config: RunConfig) -> Any:
     return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
 
 
-def _canary_and_plan(ti: Any, config: RunConfig, discovery: dict[str, Any]) -> tuple[CanaryOutcome, Plan | None]:
-    """The run's plan, or (when the canary stopped the run) what the canary found."""
-    plan = ti.xcom_pull(task_ids="plan_scans", key=PLAN_XCOM_KEY)
-    if plan:
-        plan = Plan(**plan)
-        return CanaryOutcome.from_dict(plan.canary), plan
-    canary_jobs = _pulled(ti, "canary", JOB_XCOM_KEY)
-    if not canary_jobs:
-        return skipped(config), None
-    records = batch_records(batch_client(), {"canary": canary_jobs[0]["job_id"]})
-    fetch_log_tails(logs_client(), records)
-    return canary_outcome(config, records["canary"], s3_client()), None
+def _canary(ti: Any, config: RunConfig) -> CanaryOutcome:
+    """What the canary found: from its Batch job and findings; or why there was none."""
+    canary_jobs = _pulled(ti, CANARY, JOB_XCOM_KEY)
+    if canary_jobs:
+        job_id = canary_jobs[0]["job_id"]
+        records = batch_records(batch_client(), {CANARY: job_id})
+        fetch_log_tails(logs_client(), records)
+        return canary_outcome(config, records[CANARY], s3_client())
+    if ti.xcom_pull(task_ids=WRITE_JOB_SPECS, key=CANARY_JOB_XCOM_KEY):
+        return CanaryOutcome("failed", "the canary job was never submitted: see the canary task's log")
+    return skipped(config)
 
 
 def _not_submitted(
-    scans: list[Scan], pilots: list[str], outcome: CanaryOutcome, jobs: dict[str, JobRecord]
+    scans: list[Scan], plan: Plan | None, outcome: CanaryOutcome, jobs: dict[str, JobRecord]
 ) -> dict[str, tuple[str, str]]:
-    """Why scans that should have run got no job: the canary or a pilot stopped the run."""
+    """Why scans that should have run got no job: the canary, a pilot, or the run stopped."""
     if outcome.status == "failed":
         why = (CANARY_FAILED, f"not submitted: the canary failed: {outcome.reason}")
-        return {scan.scan_id: why for scan in scans}
-    failed = [p for p in pilots if p not in jobs or jobs[p].status != SUCCEEDED]
-    if not failed:
-        return {}
-    why = (PILOT_FAILED, f"not submitted: pilot scan(s) {', '.join(failed)} did not succeed")
-    return {scan.scan_id: why for scan in scans if scan.scan_id not in pilots}
+    elif plan is None:
+        why = (NOT_SUBMITTED, "not submitted: the run stopped before its plan was settled (see plan_scans' log)")
+    else:
+        failed = [p for p in plan.pilots if p not in jobs or jobs[p].status != SUCCEEDED]
+        if not failed:
+            return {}
+        why = (PILOT_FAILED, f"not submitted: pilot scan(s) {', '.join(failed)} did not succeed")
+    return {scan.scan_id: why for scan in scans}
 
 
 def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None) -> str:
     """Verify every scan, write the report, return its URI; then fail if any scan failed."""
-    discovery = ti.xcom_pull(task_ids="discover")
+    discovery = ti.xcom_pull(task_ids=DISCOVER)
     if not discovery:
         # The run failed before any job: its leaf must fail too, or the run shows success.
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
     config = RunConfig.from_dict(discovery["config"])
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    outcome, plan = _canary_and_plan(ti, config, discovery)
+    plan_dict = ti.xcom_pull(task_ids=PLAN_SCANS, key=PLAN_XCOM_KEY)
+    plan = Plan.from_dict(plan_dict) if plan_dict else None
+    outcome = CanaryOutcome.from_dict(plan.canary) if plan else _canary(ti, config)
     if config.backend == "local":
-        jobs = local_records(_pulled(ti, "run_scan_local", LOCAL_JOB_XCOM_KEY))
+        jobs = local_records(_pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY))
     else:
-        job_ids = {item["scan_id"]: item["job_id"] for task_id in SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
+        job_ids = {item["scan_id"]: item["job_id"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
         jobs = batch_records(batch_client(), job_ids) if job_ids else {}
         fetch_log_tails(logs_client(), jobs)
 
     s3 = s3_client()
-    done_rows = plan.done if plan else discovery.get("done", {})
-    if plan is None and outcome.status == "failed":  # never compared with the image
-        done_rows = {k: {**v, "reason": f"{v['reason']}; its image was not compared (the canary failed)"} for k, v in done_rows.items()}
+    if plan:
+        done_rows = plan.done
+    else:  # never compared with the image: keep them, and say so
+        why = "the canary failed" if outcome.status == "failed" else "the run stopped before its plan"
+        done_rows = {k: {**v, "reason": f"{v['reason']}; its image was not compared ({why})"} for k, v in discovery.get("done", {}).items()}
     done = {scan_id: ScanResult(**row) for scan_id, row in done_rows.items()}
-    pilots = [p["scan_id"] for p in ti.xcom_pull(task_ids="write_job_specs") or []]
-    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, pilots, outcome, jobs))
+    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, plan, outcome, jobs))
     reruns = plan.reruns if plan else discovery.get("reruns", {})
     for row in rows:
-        row.pilot = row.scan_id in pilots
+        row.pilot = bool(plan) and row.scan_id in plan.pilots
         if row.scan_id in reruns and row.status == "succeeded":
             row.reason = f"ran again: {reruns[row.scan_id]}"
     report = build_report(
@@ -308,7 +331,7 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
 
     if outcome.status == "failed":
         raise AirflowFailException(
-            f"the canary job failed, so no scan was submitted: {outcome.reason}. "
+            f"the canary failed, so no scan was submitted: {outcome.reason}. "
             f"Log: {outcome.log_url or 'none'}. Report: {uri}"
         )
     failing = failing_scans(report)

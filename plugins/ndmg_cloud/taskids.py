@@ -1,0 +1,25 @@
+"""The task ids and XCom keys of the ``ndmg_participant`` DAG, in the order the tasks run.
+The DAG file, its steps, the report and the CLI all name tasks from here."""
+
+from __future__ import annotations
+
+DISCOVER = "discover"
+WRITE_JOB_SPECS = "write_job_specs"
+CANARY = "canary"
+PLAN_SCANS = "plan_scans"
+PILOT_SCAN = "pilot_scan"
+RELEASE_SCANS = "release_scans"
+CHOOSE_BACKEND = "choose_backend"
+RUN_SCAN = "run_scan"
+RUN_SCAN_LOCAL = "run_scan_local"
+VERIFY_AND_REPORT = "verify_and_report"
+
+BACKEND_TASKS = {"aws_batch": RUN_SCAN, "local": RUN_SCAN_LOCAL}  # who runs the scans
+SCAN_TASKS = (PILOT_SCAN, RUN_SCAN, RUN_SCAN_LOCAL)  # one mapped task instance per scan
+BATCH_SCAN_TASKS = (PILOT_SCAN, RUN_SCAN)  # the scans' Batch jobs
+JOB_TASKS = (CANARY, PILOT_SCAN, RUN_SCAN)  # every task that owns a Batch job
+
+JOB_XCOM_KEY = "batch_job"  # {"scan_id", "job_id"}, pushed right after SubmitJob
+LOCAL_JOB_XCOM_KEY = "local_job"  # {"scan_id", "record"}, pushed by run_scan_local
+CANARY_JOB_XCOM_KEY = "canary_job"  # the canary's task arguments (write_job_specs), or None
+PLAN_XCOM_KEY = "plan"  # the settled plan (plan_scans)
