@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ndmg_cloud.contract import ImageContract
+from ndmg_cloud.contract import ImageContract, local_contract
 from ndmg_cloud.jobs import SUCCEEDED, JobRecord
 from ndmg_cloud.jobspec import RETRY_STRATEGY, RUNNER_COMMAND, dataset_tag, job_name_prefix, run_token
 from ndmg_cloud.params import RunConfig
@@ -94,6 +94,14 @@ def skipped(config: RunConfig) -> CanaryOutcome:
     else:
         why = "canary=false"
     return CanaryOutcome("skipped", why)
+
+
+def run_contract(config: RunConfig, outcome: CanaryOutcome) -> ImageContract | None:
+    """The code this run's scans are made with: the image the canary checked; the code
+    installed here on the local backend; unknown (None) when no canary ran."""
+    if outcome.status == "passed":
+        return outcome.image
+    return local_contract(config.pipeline) if config.backend == "local" else None
 
 
 def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryOutcome:

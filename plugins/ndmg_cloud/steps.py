@@ -19,10 +19,10 @@ from ndmg_cloud.canary import (
     Plan,
     canary_kwargs,
     canary_outcome,
+    run_contract,
     settle,
     skipped,
 )
-from ndmg_cloud.contract import local_contract
 from ndmg_cloud.cost import estimate
 from ndmg_cloud.jobs import (
     CANARY_FAILED,
@@ -155,9 +155,8 @@ def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: A
     outcome = _canary(ti, config)
     if outcome.status == "failed":  # its task succeeded, so the job did: its findings are off
         raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
-    contract = outcome.image if outcome.status == "passed" else local_contract(config.pipeline) if config.backend == "local" else None
     log.info("canary %s: %s", outcome.status, outcome.reason)
-    plan = settle(config, runs, discovery.get("done", {}), discovery.get("reruns", {}), contract, outcome)
+    plan = settle(config, runs, discovery.get("done", {}), discovery.get("reruns", {}), run_contract(config, outcome), outcome)
     for scan_id, why in plan.reruns.items():
         log.info("%s runs again: %s", scan_id, why)
     to_run = plan.to_run(runs)
