@@ -33,7 +33,7 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	$(PY) scripts/ui_screenshots.py --out ui-screenshots
 
-# ~10 minutes: a 1,100-scan run of the whole DAG on the embedded stack
+# ~13 minutes: a 1,100-scan run of the whole DAG on the embedded stack
 bench-load: $(STAMP)
 	$(PY) benchmarks/load.py --scans 1100
 

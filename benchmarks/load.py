@@ -72,7 +72,7 @@ def jobs_write_their_outputs() -> None:
         command = job.container_overrides["command"]
         spec = json.loads(s3.get_object(BUCKET, key(command[command.index("--spec") + 1])).value)
         if "--self-check" in command:
-            found = {"ok": True, "scan_id": spec["scan"]["scan_id"], "checks": [], "contract": image.to_dict()}
+            found = {"ok": True, "job_id": job.job_id, "scan_id": spec["scan"]["scan_id"], "checks": [], "contract": image.to_dict()}
             s3.put_object(BUCKET, key(command[command.index("--result") + 1]), json.dumps(found).encode())
             return real(self, include_start_attempt, job)
         prefix = key(spec["output_prefix"])
