@@ -245,3 +245,37 @@ def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch
         assert seen.count(("POST", "/api/v2/dags/ndmg_participant/dagRuns")) == 1
     finally:
         server.shutdown()
+
+
+def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, batch_behaviour, capsys, tmp_path):
+    """Against a real scheduler, triggerer and dag-processor: a failing canary stops the run
+    before any scan job; a passing one lets the pilot, then the rest, go."""
+    import pipeline_facts
+    from conftest import ENDPOINT
+    from images import Containers, m2g_image
+
+    put_dataset(s3, "lab-data", "ds/")
+    image = m2g_image(tmp_path / "image")
+    good_m2g = (image.bin_dir / "m2g").read_text()
+    pipeline_facts.install_stand_in(pipeline_facts.M2G_TAG, image.bin_dir)  # the image holds old m2g
+    batch_behaviour.on_submit = Containers(s3, image, ENDPOINT)
+    batch_behaviour.run_seconds = 2  # jobs stay RUNNING: the triggerer waits for them
+
+    code = cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01",
+               "--follow", "--poll-seconds", "2")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "the canary failed, so no scan was submitted: command: m2g refused the command (exit 2)" in out
+    assert "2 scans: 0 succeeded, 2 failed" in out
+    assert len(batch_behaviour.submitted) == 1 and "-canary-" in batch_behaviour.submitted[0]  # only the canary
+
+    (image.bin_dir / "m2g").write_text(good_m2g)  # the image rebuilt with the pinned m2g
+    batch_behaviour.submitted.clear()
+    code = cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01",
+               "--pilot_scans", "1", "--follow", "--poll-seconds", "2")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "canary passed: the image can run this run's scans: m2g 95d271f7" in out
+    assert "2 scans: 2 succeeded, 0 failed" in out
+    names = batch_behaviour.submitted
+    assert "-canary-" in names[0] and "sub-01_ses-retest" in names[1] and "sub-01_ses-test" in names[2]

@@ -192,6 +192,13 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
 def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
     out = out or sys.stdout
     s = report["summary"]
+    canary = report.get("canary") or {}
+    if canary.get("status") == "failed":
+        out.write(f"the canary failed, so no scan was submitted: {canary.get('reason')}\n")
+        if canary.get("log_url"):
+            out.write(f"canary log: {canary['log_url']}\n")
+    elif canary.get("status") == "passed":
+        out.write(f"canary passed: {canary.get('reason')}\n")
     out.write(
         f"{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "
         f"{s['missing_outputs']} missing outputs, {s['invalid']} invalid, {s['skipped_done']} already done; "
