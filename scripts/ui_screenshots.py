@@ -13,7 +13,6 @@ should show.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import BatchBehaviour, ROOT, _free_port, wait_for
+from conftest import _free_port, wait_for
 from datasets import put_dataset
 from ndmg_cloud.cli import main
 from ndmg_cloud.demo import start_standalone, stop_process_group

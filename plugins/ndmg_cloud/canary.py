@@ -183,7 +183,7 @@ def settle(
     kept, reruns = {}, dict(reruns)
     for scan_id, row in done.items():
         if contract is not None and row.get("contract") != contract.fingerprint:
-            reruns[scan_id] = f"done with {_made_by(row, contract)}, this run uses {_named(contract.label, contract.fingerprint, row)}"
+            reruns[scan_id] = _rerun_reason(row, contract)
             continue
         if contract is None and config.backend == "aws_batch" and not config.dry_run:
             row = {**row, "reason": f"{row['reason']}; its image was not compared ({outcome.reason})"}
@@ -199,12 +199,8 @@ def settle(
     )
 
 
-def _made_by(row: dict[str, Any], contract: ImageContract) -> str:
-    if not row.get("made_by"):
-        return "code with no image contract"
-    return row["made_by"] if row["made_by"] != contract.label else f"{row['made_by']} (contract {row.get('contract')})"
-
-
-def _named(label: str, fingerprint: str, row: dict[str, Any]) -> str:
-    """A contract's label, with its fingerprint when the label alone reads the same."""
-    return label if row.get("made_by") != label else f"{label} (contract {fingerprint})"
+def _rerun_reason(row: dict[str, Any], contract: ImageContract) -> str:
+    made, now = row.get("made_by") or "code with no image contract", contract.label
+    if made == now:  # the same code in another image: the fingerprints tell them apart
+        made, now = f"{made} (contract {row.get('contract')})", f"{now} (contract {contract.fingerprint})"
+    return f"done with {made}, this run uses {now}"

@@ -57,20 +57,18 @@ class ScanBatchOperator(BatchOperator):
         runnable_timeout: int = 30 * 60,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            job_name=batch["jobName"],
-            job_queue=batch["jobQueue"],
-            job_definition=batch["jobDefinition"],
-            container_overrides=batch.get("containerOverrides"),
-            tags=batch.get("tags"),
-            retry_strategy=batch.get("retryStrategy"),
-            submit_job_timeout=(batch.get("timeout") or {}).get("attemptDurationSeconds"),
-            **kwargs,
-        )
-        self.scan_id = scan_id
-        self.job_spec_uri = job_spec_uri
-        self.batch = batch
-        self.runnable_timeout = runnable_timeout
+        super().__init__(job_name=batch["jobName"], job_queue=batch["jobQueue"], job_definition=batch["jobDefinition"], **kwargs)
+        self.take_job(scan_id, job_spec_uri, batch, runnable_timeout)
+
+    def take_job(self, scan_id: str, job_spec_uri: str, batch: dict[str, Any], runnable_timeout: int) -> None:
+        """This task's job: the scan, its spec and the SubmitJob payload (BatchOperator's
+        fields follow from the payload, so they can never disagree with it)."""
+        self.scan_id, self.job_spec_uri, self.batch, self.runnable_timeout = scan_id, job_spec_uri, batch, runnable_timeout
+        self.job_name, self.job_queue, self.job_definition = batch["jobName"], batch["jobQueue"], batch["jobDefinition"]
+        self.container_overrides = batch.get("containerOverrides")
+        self.tags = batch.get("tags") or {}
+        self.retry_strategy = batch.get("retryStrategy")
+        self.submit_job_timeout = (batch.get("timeout") or {}).get("attemptDurationSeconds")
 
     def defer(self, *, trigger: Any, method_name: str, kwargs: dict | None = None, timeout: Any = None) -> None:
         """Wait with ScanJobTrigger (stuck-job watchdog, on_kill) instead of BatchJobTrigger."""
@@ -186,12 +184,7 @@ class CanaryOperator(ScanBatchOperator):
         job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
         if not job:
             raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
-        batch = job["batch"]
-        self.scan_id, self.job_spec_uri, self.batch = job["scan_id"], job["job_spec_uri"], batch
-        self.job_name, self.job_queue, self.job_definition = batch["jobName"], batch["jobQueue"], batch["jobDefinition"]
-        self.container_overrides, self.tags = batch["containerOverrides"], batch["tags"]
-        self.retry_strategy, self.runnable_timeout = batch["retryStrategy"], job["runnable_timeout"]
-        self.submit_job_timeout = batch["timeout"]["attemptDurationSeconds"]
+        self.take_job(**job)
         return super().execute(context)
 
 

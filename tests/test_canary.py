@@ -1,0 +1,38 @@
+"""The run plan settled once the image is known (``canary.settle``), without Airflow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ndmg_cloud.canary import CanaryOutcome, settle, skipped
+from ndmg_cloud.contract import local_contract
+from ndmg_cloud.params import resolve
+
+RUNS = [{"scan_id": s} for s in ("sub-01", "sub-02", "sub-03")]
+
+
+def done_row(contract) -> dict:
+    return {"scan_id": "sub-01", "status": "skipped_done", "reason": "already done by run r0 (force=true reruns it)",
+            "made_by": contract.label, "contract": contract.fingerprint}  # fmt: skip
+
+
+def test_the_same_code_in_another_image_reruns_and_the_fingerprints_tell_them_apart():
+    config = resolve({"bucket": "lab-data", "pipeline": "lite", "pilot_scans": 1}, "run-1")
+    then = local_contract("lite")
+    now = dataclasses.replace(then, base_image="python:3.11-slim-bookworm")  # same code, other base
+    plan = settle(config, RUNS, {"sub-01": done_row(then)}, {}, now, CanaryOutcome("passed"))
+    assert plan.done == {}
+    assert plan.reruns["sub-01"] == (
+        f"done with {then.label} (contract {then.fingerprint}), this run uses {now.label} (contract {now.fingerprint})"
+    )
+    assert plan.pilots == ["sub-01"]  # a rerun is as good a pilot as a new scan
+
+
+def test_the_same_contract_is_done_and_without_a_canary_the_row_says_so():
+    config = resolve({"bucket": "lab-data", "pipeline": "lite"}, "run-1")
+    same = local_contract("lite")
+    plan = settle(config, RUNS, {"sub-01": done_row(same)}, {}, same, CanaryOutcome("passed"))
+    assert list(plan.done) == ["sub-01"] and plan.to_run(RUNS) == RUNS[1:]
+    off = resolve({"bucket": "lab-data", "pipeline": "lite", "canary": False}, "run-1")
+    plan = settle(off, RUNS, {"sub-01": done_row(same)}, {}, None, skipped(off))
+    assert plan.done["sub-01"]["reason"].endswith("its image was not compared (canary=false)")
