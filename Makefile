@@ -9,11 +9,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test airflow bench bench-load screenshots lock clean
 
+# uv (pinned in constraints.txt, installed by pip) installs the locked versions in seconds
+# where pip takes minutes; it resolves against the same constraints.txt.
+UV := $(VENV)/bin/uv pip install --quiet --python $(PY)
+
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet -c constraints.txt uv
+	$(UV) -r requirements-dev.txt -c constraints.txt
+	$(UV) --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,7 +44,8 @@ bench-load: $(STAMP)
 # Re-pin everything after changing requirements*.txt.
 lock:
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
-	$(VENV).lock/bin/pip install --quiet -r requirements-dev.txt
+	$(VENV).lock/bin/pip install --quiet -c constraints.txt uv
+	$(VENV).lock/bin/uv pip install --quiet --python $(VENV).lock/bin/python -r requirements-dev.txt
 	$(VENV).lock/bin/pip freeze --exclude-editable > constraints.txt
 	rm -rf $(VENV).lock
 
