@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ndmg_cloud.taskids import DAG_ID
+
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ndmg-demo"
 BIDSDIR = "synthetic"
@@ -115,7 +117,7 @@ def run_dag(conf: dict) -> str:
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # library chatter, not ours
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags["ndmg_participant"]
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
     return dag.test(run_conf=conf).run_id
 
 

@@ -12,7 +12,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 
 from ndmg_cloud.jobs import CANCEL_REASON
 from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, WRITE_JOB_SPECS
-from ndmg_cloud.links import RunReportLink
+from ndmg_cloud.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
@@ -189,6 +189,13 @@ class CanaryOperator(ScanBatchOperator):
 
 
 class RunReportOperator(PythonOperator):
-    """The verify-and-report step, with a "Run report" button that opens report.html."""
+    """The verify-and-report step, with a "Run report" button that opens report.html, and the
+    same URL as the last line of its log (the log view makes it a link)."""
 
     operator_extra_links = (RunReportLink(),)
+
+    def execute(self, context: Any) -> Any:
+        uri = super().execute(context)
+        if uri:
+            self.log.info("Run report: %s", airflow_report_url(deployment_base_url(), context["run_id"]))
+        return uri

@@ -22,62 +22,121 @@ class ParamError(ValueError):
     """A run parameter that cannot work; the message names the value and the fix."""
 
 
-def _schema(default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict:
-    return {"default": default, "type": type_, "title": title, "description": description, **extra}
+# The trigger form's sections, in the order the form shows them.
+DATASET, PIPELINE, AWS_BATCH, RUN_CONTROL = "Dataset", "Pipeline", "AWS Batch", "Run control"
+
+# Patterns the schema checks at trigger time (they hold in Python's re and in the browser's
+# RegExp alike). S3 keys: AWS's "safe characters", no '.'/'..' segments, and no braces, so no
+# value can be read as a template anywhere downstream.
+_SAFE_KEY = r"[A-Za-z0-9!_.*'()/+=@,-]"
+_NO_DOT_SEGMENT = r"(?!(.*/)?\.{1,2}(/|$))"
+_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_PATH = _NO_DOT_SEGMENT + _SAFE_KEY + "*"
+_S3_URI = rf"s3://{_BUCKET}(/{_PATH})?"
+PATTERNS = {
+    "bucket": rf"^{_BUCKET}$",
+    "bidsdir": rf"^(?!s3:){_PATH}$",
+    "modif": rf"^(?!/*sub-)(?!s3:){_NO_DOT_SEGMENT}{_SAFE_KEY}+$",
+    "output_uri": rf"^{_S3_URI}$",
+    "jobdir": rf"^({_S3_URI}|(?!s3:){_PATH})$",
+    "atlas": rf"^s3://{_BUCKET}/{_NO_DOT_SEGMENT}{_SAFE_KEY}+$",
+    "dataset": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    "participant_label": r"^(sub-)?[A-Za-z0-9]+$",
+    "session_label": r"^(ses-)?[A-Za-z0-9]+$",
+    "parcellation": r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+    "job_queue": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127})$",
+    "job_definition": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?)$",
+}
+PIPELINE_DEFAULT = "pipeline default"
 
 
-# name -> (default, JSON schema); the DAG turns these into Airflow Params.
+def _param(section: str, default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict:
+    return {"default": default, "type": type_, "title": title, "description": description, "section": section, **extra}
+
+
+def _optional(section: str, type_: str, title: str, description: str, **extra: Any) -> dict:
+    """A param the user may leave empty (null): the resolver derives its value."""
+    return _param(section, None, ["null", type_], title, description, **extra)
+
+
+def _optional_choice(section: str, choices: list[str], title: str, description: str, **labels: str) -> dict:
+    """A nullable enum whose empty choice reads "pipeline default", not "null"."""
+    display = {"null": PIPELINE_DEFAULT, **{c: labels.get(c, c) for c in choices}}
+    return _optional(section, "string", title, description, enum=[None, *choices], values_display=display)
+
+
+def _labels(section: str, title: str, description: str, pattern: str) -> dict:
+    return _param(section, [], "array", title, description, items={"type": "string", "pattern": pattern})
+
+
+# name -> JSON schema; the DAG turns these into Airflow Params (and so the trigger form).
 PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    # --- Dataset
     "bucket": {
         "type": "string",
         "title": "S3 bucket",
-        "description": "Bucket holding the BIDS dataset (name only, no s3://).",
+        "description": "Bucket holding the BIDS dataset: its name only (lab-data), no s3:// and no path.",
+        "section": DATASET,
         "minLength": 3,
         "maxLength": 63,
+        "pattern": PATTERNS["bucket"],
     },
-    "bidsdir": _schema("", "string", "BIDS dataset path", "Dataset folder inside the bucket; empty = bucket root."),
-    "modif": _schema(
+    "bidsdir": _optional(DATASET, "string", "BIDS dataset path", "Dataset folder inside the bucket (studies/HNU1); empty = the bucket root.", pattern=PATTERNS["bidsdir"]),
+    "modif": _param(
+        DATASET,
         "derivatives/ndmg",
         "string",
         "Output folder",
-        "Output folder under the dataset (seed --modif). Must not be a subject folder.",
+        "Output folder under the dataset (seed --modif). Must not be a subject folder (sub-...).",
+        minLength=1,
+        pattern=PATTERNS["modif"],
     ),
-    "output_uri": _schema(
-        "",
+    "output_uri": _optional(DATASET, "string", "Output location", "Full s3:// output location; overrides bucket/bidsdir/modif (e.g. when the input is read-only open data). Empty = <dataset>/<output folder>.", pattern=PATTERNS["output_uri"]),
+    "jobdir": _optional(DATASET, "string", "Job spec folder", "Where the per-scan job JSONs go (s3:// URI); empty = <output>/jobs/<run id>/.", pattern=PATTERNS["jobdir"]),
+    "dataset": _optional(DATASET, "string", "Dataset name", "Name used in job names and tags (letters, digits, . _ -); empty = last part of the dataset path.", pattern=PATTERNS["dataset"]),
+    "participant_label": _labels(DATASET, "Participants", "Subject labels (01 or sub-01), one per line; empty = all.", PATTERNS["participant_label"]),
+    "session_label": _labels(DATASET, "Sessions", "Session labels (1 or ses-1), one per line; empty = all.", PATTERNS["session_label"]),
+    # --- Pipeline
+    "pipeline": _param(
+        PIPELINE,
+        "m2g",
         "string",
-        "Output location",
-        "Full s3:// output location; overrides bucket/bidsdir/modif (e.g. when the input is read-only open data).",
+        "Pipeline",
+        "m2g (current), ndmg (legacy ndmg_bids) or lite (small DIPY demo pipeline).",
+        enum=list(PIPELINES),
+        values_display={"m2g": "m2g (current ndmg)", "ndmg": "ndmg 0.2.1 (legacy)", "lite": "lite (small demo pipeline)"},
     ),
-    "jobdir": _schema("", "string", "Job spec folder", "Where the per-scan job JSONs go (s3:// URI); empty = <output>/jobs/<run id>/."),
-    "dataset": _schema("", "string", "Dataset name", "Name used in job names and tags; empty = last part of bidsdir."),
-    "participant_label": _schema(
-        [], "array", "Participants", "Subject labels without 'sub-'; empty = all.", items={"type": "string"}
+    "parcellation": _optional(PIPELINE, "array", "Parcellations", "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).", items={"type": "string", "pattern": PATTERNS["parcellation"]}),
+    "space": _optional_choice(PIPELINE, ["native", "native_dsn"], "Registration space", "m2g/ndmg: native or native_dsn."),
+    "voxelsize": _optional_choice(PIPELINE, ["1mm", "2mm", "4mm"], "Voxel size", "m2g: 1mm, 2mm or 4mm."),
+    "mod": _optional_choice(PIPELINE, ["det", "prob"], "Tracking", "det or prob.", det="deterministic", prob="probabilistic"),
+    "track_type": _optional_choice(PIPELINE, ["local", "particle"], "Track type", "m2g/ndmg: local or particle."),
+    "diffusion_model": _optional_choice(PIPELINE, ["csa", "csd", "tensor"], "Diffusion model", "m2g: csa or csd; lite: tensor or csa."),
+    "seeds": _optional(PIPELINE, "integer", "Seeds per voxel", "m2g and lite.", minimum=1),
+    "skull": _optional_choice(PIPELINE, list(M2G_SKULL), "Skull-strip fix (m2g)", "m2g --skull, when the default skull strip failed: below (excess tissue below the brain), cerebelum (cerebellum missing), eye (frontal clipping), general (excess clipping)."),
+    "n_cpus": _optional(PIPELINE, "integer", "CPUs for m2g", "m2g --n_cpus.", minimum=1),
+    "mem_gb": _optional(PIPELINE, "integer", "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
+    "atlas": _optional(PIPELINE, "string", "Atlas image (lite)", "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids.", pattern=PATTERNS["atlas"]),
+    # --- AWS Batch
+    "job_queue": _param(AWS_BATCH, "ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1, pattern=PATTERNS["job_queue"]),
+    "job_definition": _param(AWS_BATCH, "ndmg", "string", "Batch job definition", "AWS Batch job definition name (name:revision) or ARN.", minLength=1, pattern=PATTERNS["job_definition"]),
+    "job_timeout_minutes": _param(AWS_BATCH, 360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
+    "runnable_timeout": _param(AWS_BATCH, 30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
+    "max_cost_usd": _optional(AWS_BATCH, "number", "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this; empty = no ceiling.", minimum=0),
+    "canary": _param(AWS_BATCH, True, "boolean", "Canary job first", "Before any scan job, one short job on the run's queue and job definition checks that the image can run this run's scans (ndmg-scan --self-check); a failing canary stops the run there."),
+    "pilot_scans": _param(AWS_BATCH, 0, "integer", "Pilot scans", "Run this many scans to success before submitting the rest; 0 = submit all at once.", minimum=0),
+    # --- Run control
+    "backend": _param(
+        RUN_CONTROL,
+        os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"),
+        "string",
+        "Backend",
+        "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.",
+        enum=list(BACKENDS),
+        values_display={"aws_batch": "AWS Batch (one job per scan)", "local": "local (on the Airflow worker)"},
     ),
-    "session_label": _schema(
-        [], "array", "Sessions", "Session labels without 'ses-'; empty = all.", items={"type": "string"}
-    ),
-    "pipeline": _schema("m2g", "string", "Pipeline", "m2g (current), ndmg (legacy ndmg_bids) or lite (small DIPY demo pipeline).", enum=list(PIPELINES)),
-    "parcellation": _schema(None, ["null", "array"], "Parcellations", "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).", items={"type": "string"}),
-    "space": _schema(None, ["null", "string"], "Registration space", "m2g/ndmg: native or native_dsn.", enum=[None, "native", "native_dsn"]),
-    "voxelsize": _schema(None, ["null", "string"], "Voxel size", "m2g: 1mm, 2mm or 4mm.", enum=[None, "1mm", "2mm", "4mm"]),
-    "mod": _schema(None, ["null", "string"], "Tracking", "det or prob.", enum=[None, "det", "prob"]),
-    "track_type": _schema(None, ["null", "string"], "Track type", "m2g/ndmg: local or particle.", enum=[None, "local", "particle"]),
-    "diffusion_model": _schema(None, ["null", "string"], "Diffusion model", "m2g: csa or csd; lite: tensor or csa.", enum=[None, "csa", "csd", "tensor"]),
-    "seeds": _schema(None, ["null", "integer"], "Seeds per voxel", "m2g and lite.", minimum=1),
-    "skull": _schema(None, ["null", "string"], "Skull-strip fix (m2g)", "m2g --skull, when the default skull strip failed: below (excess tissue below the brain), cerebelum (cerebellum missing), eye (frontal clipping), general (excess clipping).", enum=[None, *M2G_SKULL]),
-    "n_cpus": _schema(None, ["null", "integer"], "CPUs for m2g", "m2g --n_cpus.", minimum=1),
-    "mem_gb": _schema(None, ["null", "integer"], "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
-    "atlas": _schema(None, ["null", "string"], "Atlas image (lite)", "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids."),
-    "job_queue": _schema("ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1),
-    "job_definition": _schema("ndmg", "string", "Batch job definition", "AWS Batch job definition name or ARN.", minLength=1),
-    "job_timeout_minutes": _schema(360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
-    "runnable_timeout": _schema(30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
-    "max_cost_usd": _schema(None, ["null", "number"], "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this.", minimum=0),
-    "canary": _schema(True, "boolean", "Canary job first", "aws_batch: before any scan job, one short job on the run's queue and job definition checks that the image can run this run's scans (ndmg-scan --self-check); a failing canary stops the run there."),
-    "pilot_scans": _schema(0, "integer", "Pilot scans", "aws_batch: run this many scans to success before submitting the rest; 0 = submit all at once.", minimum=0),
-    "backend": _schema(os.environ.get("NDMG_DEFAULT_BACKEND", "aws_batch"), "string", "Backend", "aws_batch: one AWS Batch job per scan; local: the scan runner in a subprocess on the Airflow worker.", enum=list(BACKENDS)),
-    "force": _schema(False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
-    "dry_run": _schema(False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
+    "force": _param(RUN_CONTROL, False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
+    "dry_run": _param(RUN_CONTROL, False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
 }
 assert set(OPTION_NAMES) <= set(PARAM_SCHEMAS)
 

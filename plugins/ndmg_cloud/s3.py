@@ -63,3 +63,8 @@ def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str
 def get_json(client: Any, bucket: str, key: str) -> Any:
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(body)
+
+
+def get_bytes(client: Any, uri: str) -> bytes:
+    bucket, key = split_uri(uri)
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()

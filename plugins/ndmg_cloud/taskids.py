@@ -3,6 +3,8 @@ The DAG file, its steps, the report and the CLI all name tasks from here."""
 
 from __future__ import annotations
 
+DAG_ID = "ndmg_participant"
+
 DISCOVER = "discover"
 WRITE_JOB_SPECS = "write_job_specs"
 CANARY = "canary"
