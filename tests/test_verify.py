@@ -34,7 +34,7 @@ def submit(batch, name):
     return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
 
 
-def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=None, options=None, recorded_size=None):
+def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=None, options=None, recorded_size=None, **extra):
     """What the runner leaves: the outputs, then a manifest recording run, pipeline and sizes."""
     from ndmg_cloud.pipelines import get_pipeline
 
@@ -48,6 +48,7 @@ def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=Non
         "pipeline": {"name": config.pipeline, "options": options or config.options,
                      "contract": {"label": "m2g 95d271f7", "fingerprint": "abc123abc123"}},
         "outputs": [{"path": rel, "size": size if recorded_size is None else recorded_size} for rel in expected],
+        **extra,
     }  # fmt: skip
     s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps(manifest))
 
@@ -130,6 +131,23 @@ def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, bat
     assert s3_calls["ListObjectsV2"] == 2  # 1,500+ keys: two pages, not a request per file
     assert s3_calls["GetObject"] == 0  # no manifest present: nothing to read
     assert batch_calls["DescribeJobs"] == 4
+
+
+def test_streamlines_come_from_the_manifest_and_a_given_listing_is_reused(s3, batch_env, run, batch_behaviour):
+    from ndmg_cloud.verify import output_listing
+
+    config, scans = run
+    by_id = {s.scan_id: s for s in scans}
+    job_ids = {s: submit(batch_env, s) for s in ("sub-01_ses-test", "sub-02", "sub-05_ses-1")}
+    put_outputs(s3, config, by_id["sub-01_ses-test"], log_tail=["ndmg-lite sub-01_ses-test_dwi: 4821 streamlines in 3.2 s", "done"])
+    put_outputs(s3, config, by_id["sub-02"], streamlines=77, log_tail=["12 streamlines"])  # a recorded count wins
+    put_outputs(s3, config, by_id["sub-05_ses-1"], log_tail=["m2g says nothing countable"])
+    listing = output_listing(config, s3)
+    calls = count_calls(s3)
+    rows = {r.scan_id: r for r in verify_scans(config, scans, batch_records(batch_env, job_ids), s3, listing=listing)}
+    assert calls["ListObjectsV2"] == 0  # the caller's listing: still one for the whole report
+    assert [rows[s].streamlines for s in job_ids] == [4821, 77, None]
+    assert rows["sub-01_ses-test"].graphs == {}  # graph figures are the report's (read_connectomes)
 
 
 def test_dry_run_touches_no_aws(s3, run):

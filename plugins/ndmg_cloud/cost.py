@@ -32,3 +32,31 @@ def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> 
         "on_demand_usd": round(on_demand, 2),
         "spot_usd": round(on_demand * SPOT_FRACTION, 2),
     }
+
+
+NOT_BILLED_TITLE = (
+    "backend=local: the scan ran on the Airflow worker, so no AWS Batch instance was billed "
+    "(the machine's own cost is not counted)"
+)
+ON_DEMAND_TITLE = (
+    f"estimate: the job's run time (every attempt) at the r5.large on-demand price "
+    f"(${R5_LARGE_ON_DEMAND_USD_PER_HOUR}/h, us-east-1); Spot costs about {SPOT_FRACTION:.0%} of this"
+)
+
+
+def cost_basis(backend: str) -> str:
+    """How a run's ``cost_usd`` figures were made, in words (report.json's ``cost_basis``)."""
+    if backend == "local":
+        return "not billed: backend=local runs scans on the Airflow worker"
+    return f"estimate: job run time x r5.large on-demand ${R5_LARGE_ON_DEMAND_USD_PER_HOUR}/h (us-east-1)"
+
+
+def cost_cell(backend: str, row: dict) -> tuple[str, str]:
+    """A report row's cost as (text, tooltip): never an empty cell without a reason."""
+    if not row.get("job_id"):
+        return "—", "no job ran for this scan in this run"
+    if backend == "local":
+        return "not billed", NOT_BILLED_TITLE
+    if not row.get("cost_usd"):
+        return "—", "unknown: Batch reported no start and stop time for this job"
+    return f"${row['cost_usd']:.3f}", ON_DEMAND_TITLE

@@ -40,11 +40,13 @@ from ndmg_cloud.taskids import (
     BATCH_SCAN_TASKS,
     CANARY,
     CANARY_JOB_XCOM_KEY,
+    DAG_ID,
     DISCOVER,
     JOB_XCOM_KEY,
     LOCAL_JOB_XCOM_KEY,
     PLAN_SCANS,
     PLAN_XCOM_KEY,
+    RELEASE_SCANS,
     RUN_SCAN_LOCAL,
     WRITE_JOB_SPECS,
 )
@@ -52,9 +54,9 @@ from ndmg_cloud.discover import discover
 from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.preflight import preflight
-from ndmg_cloud.report import build_report, failing_scans, write_report
+from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
 from ndmg_cloud.s3 import put_json
-from ndmg_cloud.verify import ScanResult, completed_scans, verify_scans
+from ndmg_cloud.verify import ScanResult, completed_scans, output_listing, verify_scans
 
 log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
@@ -272,6 +274,20 @@ def _not_submitted(
     return {scan.scan_id: why for scan in scans}
 
 
+def _link_local_logs(ti: Any, dag_run: Any, config: RunConfig, jobs: dict[str, JobRecord]) -> None:
+    """A local scan's log is its run_scan_local task instance's: link its page in the
+    Airflow UI (the map index is the scan's place in release_scans' list)."""
+    from ndmg_cloud.links import deployment_base_url
+
+    base_url = deployment_base_url()  # [api] base_url, as TaskInstance.log_url reads it
+    dag_id = getattr(dag_run, "dag_id", None) or DAG_ID
+    released = ti.xcom_pull(task_ids=RELEASE_SCANS) or []
+    map_index = {item["scan_id"]: i for i, item in enumerate(released) if item}
+    for scan_id, record in jobs.items():
+        if not record.log_url and scan_id in map_index:
+            record.log_url = airflow_log_url(base_url, dag_id, config.run_id, RUN_SCAN_LOCAL, map_index[scan_id])
+
+
 def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None) -> str:
     """Verify every scan, write the report, return its URI; then fail if any scan failed."""
     discovery = ti.xcom_pull(task_ids=DISCOVER)
@@ -285,6 +301,7 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
     outcome = CanaryOutcome.from_dict(plan.canary) if plan else _canary(ti, config)
     if config.backend == "local":
         jobs = local_records(_pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY))
+        _link_local_logs(ti, dag_run, config, jobs)
     else:
         job_ids = {item["scan_id"]: item["job_id"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
         jobs = batch_records(batch_client(), job_ids) if job_ids else {}
@@ -297,12 +314,14 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         why = "the canary failed" if outcome.status == "failed" else "the run stopped before its plan"
         done_rows = {k: {**v, "reason": f"{v['reason']}; its image was not compared ({why})"} for k, v in discovery.get("done", {}).items()}
     done = {scan_id: ScanResult(**row) for scan_id, row in done_rows.items()}
-    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, plan, outcome, jobs))
+    listing = output_listing(config, s3)  # the one listing: verdicts and connectomes
+    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, plan, outcome, jobs), listing)
     reruns = plan.reruns if plan else discovery.get("reruns", {})
     for row in rows:
         row.pilot = bool(plan) and row.scan_id in plan.pilots
         if row.scan_id in reruns and row.status == "succeeded":
             row.reason = f"ran again: {reruns[row.scan_id]}"
+    connectomes = read_connectomes(config, scans, rows, listing, s3)
     report = build_report(
         config,
         rows,
@@ -312,8 +331,9 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         warnings=discovery.get("warnings", []),
         canary=outcome.to_dict(),
         contract=plan.contract if plan else None,
+        connectomes=connectomes.summary,
     )
-    uri = write_report(s3, config, report)
+    uri = write_report(s3, config, report, connectomes)
     summary = report["summary"]
     log.info("report: %s", uri)
     log.info("canary: %s (%s)", outcome.status, outcome.reason)

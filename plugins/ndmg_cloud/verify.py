@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from ndmg_cloud.s3 import S3Object, get_json, list_objects
 
 log = logging.getLogger(__name__)
 STATUSES = ("succeeded", "failed", "invalid", "skipped_done", "missing_outputs", "dry_run")
+# "sub-01_ses-1_dwi: 5321 streamlines in 2.1 s" (lite's log line, kept in the manifest's log tail)
+STREAMLINES_LINE = re.compile(r"\b(\d+) streamlines\b")
 
 
 @dataclass
@@ -47,6 +50,10 @@ class ScanResult:
     made_by: str | None = None  # the code that made the outputs: "m2g 95d271f7"
     contract: str | None = None  # the fingerprint of that code's image contract
     pilot: bool = False  # run before the others, to success, as a pilot scan
+    streamlines: int | None = None  # tracked by the pipeline, when it reports the number
+    # per parcellation: the connectome's graph figures (nodes, edges, density, ...), its
+    # path and its QA image; or why it could not be read (see ndmg_cloud.report)
+    graphs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +66,17 @@ def verify_scans(
     s3_client: Any,
     done: dict[str, ScanResult] | None = None,
     not_submitted: dict[str, tuple[str, str]] | None = None,
+    listing: Listing | None = None,
 ) -> list[ScanResult]:
     """Per-scan verdicts for every discovered scan (valid or not); ``jobs`` maps scan ids
     to what their job did (see ``ndmg_cloud.jobs``), ``done`` holds the scans found complete
     from an earlier run (not run again), ``not_submitted`` why a scan got no job (its
-    failure class and reason, e.g. the canary failed)."""
+    failure class and reason, e.g. the canary failed). ``listing``: the output prefix's
+    (``output_listing``), when the caller reuses it; listed here otherwise."""
     done = done or {}
     not_submitted = not_submitted or {}
-    outputs = config.outputs
-    listing = Listing(() if config.dry_run else list_objects(s3_client, outputs.root.bucket, outputs.root.prefix))
+    if listing is None:
+        listing = output_listing(config, s3_client)
 
     results: list[ScanResult] = []
     finished: list[tuple[ScanResult, Scan]] = []
@@ -103,6 +112,12 @@ def verify_scans(
 
     _judge(config, finished, listing, s3_client, "succeeded")
     return results
+
+
+def output_listing(config: RunConfig, s3_client: Any) -> Listing:
+    """The one listing of the output prefix a report is made from (none for a dry run)."""
+    root = config.outputs.root
+    return Listing(() if config.dry_run else list_objects(s3_client, root.bucket, root.prefix))
 
 
 def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> tuple[dict[str, ScanResult], dict[str, str]]:
@@ -175,8 +190,22 @@ def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: List
                 continue
             made = (manifest.get("pipeline") or {}).get("contract") or {}
             row.status, row.made_by, row.contract = verdict, made.get("label"), made.get("fingerprint")
+            row.streamlines = reported_streamlines(manifest)
             if verdict == "skipped_done":
                 row.reason = f"already done by run {manifest.get('run_id', '?')} (force=true reruns it)"
+
+
+def reported_streamlines(manifest: dict[str, Any]) -> int | None:
+    """How many streamlines the pipeline tracked: the manifest's ``streamlines`` when it
+    records one, else the last count in the pipeline's log tail (lite logs it; m2g does not)."""
+    recorded = manifest.get("streamlines")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    for line in reversed(manifest.get("log_tail") or []):
+        found = STREAMLINES_LINE.search(str(line))
+        if found:
+            return int(found.group(1))
+    return None
 
 
 def _manifest_problem(
