@@ -2,63 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 
+from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import _free_port, wait_for
 from datasets import put_dataset
 from ndmg_cloud.cli import main
-from ndmg_cloud.demo import start_standalone, stop_process_group
-
-PASSWORD = "ndmg-cli-test"
+from test_cli_errors import one_line_error, shell_without_aws
 
 
 @pytest.fixture(scope="module")
-def airflow_server(moto_server, tmp_path_factory):
-    """airflow standalone (scheduler, triggerer, dag-processor, api-server) on a free port."""
-    home = tmp_path_factory.mktemp("standalone")
-    port = _free_port()
-    (home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([airflow, "pools", "set", "ndmg_local", "2", "local"], env=env, check=True, capture_output=True)
-    log = open(home / "standalone.log", "w")
-    process = start_standalone(env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def dag_ready():
-        try:
-            token = requests.post(f"{url}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=5).json()["access_token"]
-            answer = requests.get(f"{url}/api/v2/dags/ndmg_participant", headers={"Authorization": f"Bearer {token}"}, timeout=5)
-            return answer.status_code == 200
-        except (requests.RequestException, KeyError, ValueError):
-            return False
-
-    try:
-        assert wait_for(dag_ready, timeout=180), (home / "standalone.log").read_text()[-3000:]
-        yield {"url": url, "home": home}
-    finally:
-        stop_process_group(process)
-        log.close()
+def airflow_server(live_airflow):
+    """The session's `airflow standalone` (conftest.live_airflow), shared with the UI tests."""
+    return live_airflow
 
 
 @pytest.fixture
@@ -85,7 +45,9 @@ def phantoms(s3, tmp_path):
     return s3
 
 
-def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, phantoms, capsys, tmp_path):
+def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, phantoms, capsys, tmp_path, monkeypatch):
+    from ndmg_cloud.links import airflow_report_url
+
     code = cli(
         "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
         "--backend", "local", "--follow", "--poll-seconds", "2",
@@ -96,26 +58,77 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     assert "2/2 done, 0 failed  (success)" in out
     assert "2 scans: 2 succeeded, 0 failed, 0 missing outputs, 0 invalid" in out
     run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
+    url = airflow_report_url(airflow_server["url"], run_id)
+    assert out.rstrip().endswith(f"open the report: {url}")
+    token = {"Authorization": f"Bearer {_token(airflow_server)}"}
+    assert "<html" in requests.get(url, headers=token, timeout=30).text  # Airflow serves it
+    assert requests.get(url, timeout=30).status_code in (401, 403)  # to Airflow's users only
 
     assert cli("status", run_id) == 0
     status = capsys.readouterr().out
     assert f"run {run_id}: success" in status
     assert "sub-01_ses-1" in status and "sub-02" in status and "succeeded" in status
+    assert f"open the report: {url}" in status
 
     assert cli("report", run_id, "--out", str(tmp_path / "r.html")) == 0
     assert "<html" in (tmp_path / "r.html").read_text()
 
-    # the "Run report" button of the final task opens report.html (here: on the local endpoint)
+    # the "Run report" button of the final task opens the same page
     from ndmg_cloud.cli import Airflow
 
     links = Airflow(airflow_server["url"], "admin", PASSWORD)._request(
-        "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{run_id}/taskInstances/verify_and_report/links"
+        "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/verify_and_report/links"
     )["extra_links"]
-    url = requests.utils.unquote(links["Run report"])
-    bucket, key = url.split("/", 4)[3:]
-    assert key == f"phantoms/derivatives/ndmg/reports/{run_id}/report.html"
-    assert b"<html" in phantoms.get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert requests.get(links["Run report"], timeout=10).status_code == 403  # private: never public
+    assert links["Run report"] == url
+
+    # a shell without AWS settings: what Airflow knows, then one line saying what to export
+    import boto3
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    for name, value in shell_without_aws(tmp_path).items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    assert cli("status", run_id) == 2
+    out, err = capsys.readouterr()
+    assert f"run {run_id}: success" in out and "sub-02" in out
+    line = one_line_error(err)
+    assert f"cannot read s3://cli-data/phantoms/derivatives/ndmg/reports/{run_id}/report.json: no usable AWS credentials" in line
+    assert "export AWS_ENDPOINT_URL=http://127.0.0.1:PORT AWS_ACCESS_KEY_ID=demo" in line
+
+
+def _token(airflow_server):
+    from ndmg_cloud.cli import Airflow
+
+    return Airflow(airflow_server["url"], "admin", PASSWORD).token()
+
+
+def test_a_run_that_fails_in_discover_says_why(cli, phantoms, capsys):
+    code = cli(
+        "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local",
+        "--participant-label", "99", "--follow", "--poll-seconds", "1",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1, out
+    why = "discover failed: ParamError: participant_label ['99'] not found in the dataset; sub labels present: 01, 02"
+    assert "0/0 done, 0 failed  (failed)" in out and why in out
+    run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
+
+    assert cli("status", run_id) == 0
+    status = capsys.readouterr().out
+    assert status.splitlines()[:2] == [f"run {run_id}: failed", why]
+    assert "verify_and_report failed: AirflowFailException: discovery failed, so nothing was run" in status
+
+    assert cli("report", run_id) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why" in line
+
+
+def test_status_of_a_run_that_does_not_exist(cli, capsys):
+    assert cli("status", "manual__nope") == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "ndmg_participant has no run 'manual__nope' on Airflow at" in line
 
 
 def test_schema_refusal_is_relayed(cli, capsys):
@@ -169,23 +182,46 @@ def test_estimate_before_running(s3, capsys):
 def test_seed_flags_map_to_params():
     from ndmg_cloud.cli import conf_from, parser
 
-    args = parser().parse_args(
-        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
-         "--sp", "native", "--dataset", "HNU1", "--participant_label", "0025427", "--pipeline", "m2g"]
-    )  # fmt: skip
-    assert conf_from(args) == {
+    expected = {
         "bucket": "b", "bidsdir": "HNU1", "jobdir": "s3://b/jobs", "modif": "out", "dataset": "HNU1",
         "space": "native", "pipeline": "m2g", "participant_label": ["0025427"],
     }  # fmt: skip
+    seed = parser().parse_args(
+        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
+         "--sp", "native", "--dataset", "HNU1", "--participant_label", "0025427", "--pipeline", "m2g"]
+    )  # fmt: skip
+    assert conf_from(seed) == expected
+    dashed = parser().parse_args(
+        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
+         "--space", "native", "--dataset", "HNU1", "--participant-label", "0025427", "--pipeline", "m2g"]
+    )  # fmt: skip
+    assert conf_from(dashed) == expected
 
 
-def test_local_trigger_goes_through_the_local_airflow(cli, airflow_server, phantoms, capsys, monkeypatch):
+def test_underscore_and_dashed_spellings_set_the_same_params():
+    from ndmg_cloud.cli import conf_from, parser
+
+    def conf(*flags):
+        return conf_from(parser().parse_args(["participant", "--bucket", "b", *flags]))
+
+    seed = conf("--session_label", "1", "--job_queue", "q", "--job_definition", "d:3", "--max_cost_usd", "0",
+                "--pilot_scans", "1", "--track_type", "local", "--diffusion_model", "csd", "--dry_run", "--no_canary")  # fmt: skip
+    dashed = conf("--session-label", "1", "--job-queue", "q", "--job-definition", "d:3", "--max-cost-usd", "0",
+                  "--pilot-scans", "1", "--track-type", "local", "--diffusion-model", "csd", "--dry-run", "--no-canary")  # fmt: skip
+    assert seed == dashed == {
+        "bucket": "b", "session_label": ["1"], "job_queue": "q", "job_definition": "d:3", "max_cost_usd": 0.0,
+        "pilot_scans": 1, "track_type": "local", "diffusion_model": "csd", "dry_run": True, "canary": False,
+    }  # fmt: skip
+
+
+def test_local_trigger_goes_through_the_local_airflow_and_follows(cli, airflow_server, phantoms, capsys, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(airflow_server["home"]))
-    code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local", "--dry_run", "--local")
+    code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local",
+               "--dry_run", "--local", "--follow", "--poll-seconds", "1")  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, out + err
-    run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
-    assert wait_for(lambda: requests_state(cli, run_id) == "success", timeout=120)
+    assert "on the local Airflow" in out and "(success)" in out
+    assert "2 scans: " in out and "open the report: " in out
 
 
 def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):

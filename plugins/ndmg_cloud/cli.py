@@ -1,16 +1,23 @@
 """``ndmg_cloud``: the seed's command, over the ndmg_participant DAG.
 
-    ndmg_cloud participant --bucket B --bidsdir P [--jobdir J] [--modif M] [--sp native]
-                           [--dataset D] [--participant_label L ...] [--pipeline m2g] ...
+    ndmg_cloud participant --bucket B --bidsdir P [--jobdir J] [--modif M] [--space native]
+                           [--dataset D] [--participant-label L ...] [--pipeline m2g] ...
                            [--follow] [--local]
-    ndmg_cloud status [RUN]      per-scan table of a run (the latest by default)
+    ndmg_cloud status [RUN]      per-scan table of a run (the latest by default), or why it failed
     ndmg_cloud kill RUN          fail the run and terminate every Batch job of it
     ndmg_cloud report RUN        download report.html and print its path
     ndmg_cloud estimate --bucket B --bidsdir P ...   scans, vCPU-hours, dollars
+    ndmg_cloud atlases                               the parcellations an image offers
     ndmg_cloud setup ... / teardown                  the Batch infrastructure
 
 Airflow is reached through its REST API v2 with token auth: --airflow-url, --username and
---password, or NDMG_AIRFLOW_URL, NDMG_AIRFLOW_USER and NDMG_AIRFLOW_PASSWORD.
+--password, or NDMG_AIRFLOW_URL, NDMG_AIRFLOW_USER and NDMG_AIRFLOW_PASSWORD. AWS is
+reached with the usual AWS settings (AWS_PROFILE or ~/.aws, AWS_ENDPOINT_URL for the
+embedded stack).
+
+Flags are spelled with dashes (--dry-run); the seed's underscore spellings (--dry_run,
+--participant_label) work too. Seed flags that are gone get a one-line migration hint.
+Whatever fails ends in one line on stderr, ``ndmg_cloud: <what happened>: <what to do>``.
 """
 
 from __future__ import annotations
@@ -20,26 +27,139 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from ndmg_cloud.demo import REGION as EMBEDDED_REGION
+from ndmg_cloud.demo import REPO
 from ndmg_cloud.params import PARAM_SCHEMAS
 from ndmg_cloud.pipelines import get_pipeline
-from ndmg_cloud.taskids import JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
+from ndmg_cloud.taskids import (
+    CANARY,
+    CHOOSE_BACKEND,
+    DAG_ID,
+    DISCOVER,
+    JOB_TASKS,
+    JOB_XCOM_KEY,
+    PILOT_SCAN,
+    PLAN_SCANS,
+    RELEASE_SCANS,
+    RUN_SCAN,
+    RUN_SCAN_LOCAL,
+    SCAN_TASKS,
+    VERIFY_AND_REPORT,
+    WRITE_JOB_SPECS,
+)
 
-DAG_ID = "ndmg_participant"
 FINISHED = ("success", "failed")
+TASK_ORDER = (DISCOVER, WRITE_JOB_SPECS, CANARY, PLAN_SCANS, PILOT_SCAN, RELEASE_SCANS, CHOOSE_BACKEND,
+              RUN_SCAN, RUN_SCAN_LOCAL, VERIFY_AND_REPORT)  # fmt: skip
+# Where `make airflow` (ndmg-demo --standalone, run from the repository) keeps its Airflow.
+DEMO_AIRFLOW_HOME = REPO / ".airflow-demo"
+# What `make airflow` points every AWS client at (demo.configure_environment); PORT is the
+# one of its line "local AWS endpoint (moto) on http://127.0.0.1:PORT".
+EMBEDDED_AWS_ENV = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:PORT",
+    "AWS_ACCESS_KEY_ID": "demo",
+    "AWS_SECRET_ACCESS_KEY": "demo",
+    "AWS_DEFAULT_REGION": EMBEDDED_REGION,
+}
 
 
 class CliError(RuntimeError):
     """What went wrong, for the user, in one line."""
 
 
+class NotFound(CliError):
+    """Airflow answered 404."""
+
+
+class Unreachable(CliError):
+    """Nothing answers at the Airflow URL."""
+
+
+class NoReport(CliError):
+    """The run has no report (verify_and_report has not written one)."""
+
+
+# ------------------------------------------------------------------------------- AWS errors
+def embedded_stack_hint() -> str:
+    exports = " ".join(f"{name}={value}" for name, value in EMBEDDED_AWS_ENV.items())
+    return (
+        f"for the embedded stack of `make airflow`: export {exports} "
+        "(PORT: from its line 'local AWS endpoint (moto) on http://127.0.0.1:PORT')"
+    )
+
+
+CREDENTIAL_CODES = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException", "InvalidToken",
+    "UnrecognizedClientException", "InvalidClientTokenId", "AuthFailure", "InvalidSignatureException",
+}  # fmt: skip
+DENIED_CODES = {"AccessDenied", "AccessDeniedException", "AllAccessDisabled", "UnauthorizedOperation", "403"}
+
+
+def aws_error(err: Exception, doing: str) -> CliError:
+    """One line for a botocore failure while ``doing`` ("cannot read s3://b/k")."""
+    from botocore import exceptions as bx
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    or_embedded = "" if endpoint else f"; or, {embedded_stack_hint()}"
+    if isinstance(err, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+        return CliError(
+            f"{doing}: no usable AWS credentials ({err}): set your AWS settings (AWS_PROFILE or ~/.aws){or_embedded}"
+        )
+    if isinstance(err, bx.NoRegionError):
+        return CliError(f"{doing}: no AWS region: export AWS_DEFAULT_REGION=<your region>{or_embedded}")
+    if isinstance(err, bx.ProfileNotFound):
+        return CliError(f"{doing}: {err}: fix AWS_PROFILE or ~/.aws/config{or_embedded}")
+    if isinstance(err, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+        if endpoint:
+            return CliError(
+                f"{doing}: nothing answers at AWS_ENDPOINT_URL={endpoint}: if it is the embedded stack, "
+                "start it (`make airflow`) and export the endpoint it prints (the port changes at every start); "
+                "for AWS itself, unset AWS_ENDPOINT_URL"
+            )
+        return CliError(f"{doing}: cannot reach AWS ({err}): check the network and AWS_DEFAULT_REGION{or_embedded}")
+    if isinstance(err, bx.ClientError):
+        error = err.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message") or ""
+        if code in CREDENTIAL_CODES:
+            return CliError(f"{doing}: AWS refused the credentials ({code}): renew them (aws sso login, AWS_PROFILE){or_embedded}")
+        if code in DENIED_CODES:
+            return CliError(
+                f"{doing}: access denied ({message or code}): your AWS identity needs that permission "
+                "(ndmg-policies prints the orchestrator's policy)"
+            )
+        if code == "NoSuchBucket":
+            return CliError(f"{doing}: the bucket does not exist: check its name and the AWS region")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return CliError(f"{doing}: no such object: check the run id (`ndmg_cloud status` lists the latest run)")
+        return CliError(f"{doing}: AWS answered {code}: {message}")
+    return CliError(f"{doing}: {err}")
+
+
+@contextmanager
+def aws(doing: str) -> Iterator[None]:
+    """Turn botocore failures inside the block into one ``CliError`` line naming ``doing``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as err:
+        raise aws_error(err, doing) from None
+
+
+# ---------------------------------------------------------------------------------- Airflow
 class Airflow:
     """The few Airflow REST API v2 calls the CLI makes."""
 
     # A busy metadata DB (SQLite under `airflow standalone`: "database is locked") answers
     # 500 "Database error"; calls that are safe to repeat (all but a trigger) are asked again.
     BUSY_RETRIES, BUSY_WAIT_SECONDS = 3, 2.0
+    TIMEOUT_SECONDS = 30
 
     def __init__(self, url: str, username: str | None, password: str | None):
         self.url = url.rstrip("/")
@@ -49,16 +169,28 @@ class Airflow:
     def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
         import requests
 
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
         for attempt in range(self.BUSY_RETRIES + 1):
             try:
-                response = requests.request(method, self.url + path, json=body, headers=headers, timeout=30)
-            except requests.ConnectionError:
+                response = requests.request(
+                    method, self.url + path, json=body, headers=headers, timeout=self.TIMEOUT_SECONDS
+                )
+            except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
                 raise CliError(
+                    f"the Airflow URL {self.url!r} is not a URL: give http://host:port "
+                    "(--airflow-url or NDMG_AIRFLOW_URL, e.g. http://localhost:8080)"
+                ) from None
+            except requests.ConnectionError:
+                raise Unreachable(
                     f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; "
                     "set --airflow-url or NDMG_AIRFLOW_URL)"
+                ) from None
+            except requests.Timeout:
+                raise CliError(
+                    f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s: "
+                    "it may be busy; try again"
                 ) from None
             repeatable = not (method == "POST" and path.endswith("/dagRuns"))
             if not repeatable or response.status_code != 500 or "Database error" not in response.text:
@@ -74,15 +206,27 @@ class Airflow:
         if response.status_code in (400, 422):
             raise CliError(f"Airflow refused the request: {_detail(response)}")
         if response.status_code == 404:
-            raise CliError(f"not found on Airflow: {path} ({_detail(response)})")
+            raise NotFound(f"not found on Airflow at {self.url}: {path} ({_detail(response)})")
         if response.status_code >= 300:
-            raise CliError(f"Airflow answered {response.status_code} to {method} {path}: {_detail(response)}")
-        return response.json() if response.content else None
+            raise CliError(
+                f"Airflow answered {response.status_code} to {method} {path}: {_detail(response)}: "
+                "its api-server log says more"
+            )
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise CliError(
+                f"{self.url} answered {method} {path} with something that is not JSON: "
+                "is --airflow-url (NDMG_AIRFLOW_URL) the Airflow api-server?"
+            ) from None
 
     def token(self) -> str:
         if self._token is None:
             if not self.username or not self.password:
-                raise CliError("no Airflow credentials: pass --username and --password (or NDMG_AIRFLOW_USER/NDMG_AIRFLOW_PASSWORD)")
+                raise CliError(
+                    "no Airflow password: pass --password or export NDMG_AIRFLOW_PASSWORD (the admin password "
+                    "`make airflow` printed; with AIRFLOW_HOME set to that Airflow's home it is read from there)"
+                )
             answer = self._request("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
             self._token = answer["access_token"]
         return self._token
@@ -92,64 +236,132 @@ class Airflow:
         return run["dag_run_id"]
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
+        try:
+            return self._request("GET", _run_path(run_id))
+        except NotFound:
+            raise CliError(
+                f"{DAG_ID} has no run {run_id!r} on Airflow at {self.url}: "
+                "`ndmg_cloud status` shows the latest run; the grid lists them all"
+            ) from None
 
     def latest_run(self) -> str:
         runs = self._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=1")["dag_runs"]
         if not runs:
-            raise CliError(f"{DAG_ID} has no runs yet")
+            raise CliError(f"{DAG_ID} has no runs yet on Airflow at {self.url}: start one with `ndmg_cloud participant`")
         return runs[0]["dag_run_id"]
 
     def task_instances(self, run_id: str) -> list[dict[str, Any]]:
         out, offset = [], 0
         while True:
-            page = self._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100&offset={offset}")
+            page = self._request("GET", f"{_run_path(run_id)}/taskInstances?limit=100&offset={offset}")
             out += page["task_instances"]
             offset += 100
-            if offset >= page["total_entries"]:
+            if offset >= (page.get("total_entries") or 0):
                 return out
 
     def xcom(self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         entry = self._request(
-            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}"
+            "GET", f"{_run_path(run_id)}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}"
         )
         return entry["value"]
 
+    def task_log(self, run_id: str, ti: dict[str, Any]) -> list[Any]:
+        """The whole log of a task instance's latest try: structured entries (dicts), or
+        plain lines when Airflow could not parse it."""
+        path = f"{_run_path(run_id)}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
+        return self._request("GET", f"{path}?full_content=true&map_index={ti['map_index']}")["content"]
+
     def fail_run(self, run_id: str) -> None:
-        self._request("PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+        self._request("PATCH", _run_path(run_id), {"state": "failed"})
+
+
+def _run_path(run_id: str) -> str:
+    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
 
 
 def _detail(response: Any) -> str:
     try:
         detail = response.json().get("detail", response.text)
-    except ValueError:
+    except (ValueError, AttributeError):
         detail = response.text
     return detail if isinstance(detail, str) else json.dumps(detail)
 
 
+def password_from_airflow_home(username: str | None) -> str | None:
+    """The password the simple auth manager generated for ``username`` in AIRFLOW_HOME (what
+    `airflow standalone`, and so `make airflow`, printed), if there is one."""
+    home = os.environ.get("AIRFLOW_HOME")
+    path = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE") or (
+        home and os.path.join(home, "simple_auth_manager_passwords.json.generated")
+    )
+    if not path or not username:
+        return None
+    try:
+        return json.loads(Path(path).read_text()).get(username)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def airflow_from(args: argparse.Namespace) -> Airflow:
-    return Airflow(args.airflow_url, args.username, args.password)
+    return Airflow(args.airflow_url, args.username, args.password or password_from_airflow_home(args.username))
+
+
+def report_url(airflow_url: str, run_id: str) -> str:
+    """The run's report.html as the Airflow api-server serves it (route of webapp.py)."""
+    from ndmg_cloud.links import airflow_report_url
+
+    return airflow_report_url(airflow_url, run_id)
+
+
+# ----------------------------------------------------------------------- why a run failed
+def error_of(log: list[Any]) -> str | None:
+    """The exception a task failed with, from its log: Airflow logs it as a structured entry
+    with ``error_detail`` (the exception first, then its causes); else the last error line."""
+    for entry in reversed(log):
+        if isinstance(entry, dict) and entry.get("error_detail"):
+            detail = entry["error_detail"][0]
+            return f"{detail.get('exc_type')}: {detail.get('exc_value')}"
+    for entry in reversed(log):
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            return str(entry.get("event"))
+        if isinstance(entry, str) and ("Error" in entry or "Exception" in entry):
+            return entry.strip()
+    return None
+
+
+def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: int = 5) -> list[str]:
+    """"<task> failed: <why>" for the failed tasks of a run, in the order the DAG runs them."""
+    order = {task_id: i for i, task_id in enumerate(TASK_ORDER)}
+    failed = sorted(
+        (ti for ti in tis if ti["state"] == "failed"),
+        key=lambda ti: (order.get(ti["task_id"], len(order)), ti["map_index"]),
+    )
+    lines = []
+    for ti in failed[:limit]:
+        name = ti["task_id"]
+        if ti["map_index"] >= 0:
+            name += f" [{ti.get('rendered_map_index') or ti['map_index']}]"
+        try:
+            why = error_of(airflow.task_log(run_id, ti))
+        except CliError:
+            why = None
+        if not why:
+            suffix = f"/mapped/{ti['map_index']}" if ti["map_index"] >= 0 else ""
+            why = f"see its log: {airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{ti['task_id']}{suffix}"
+        lines.append(f"{name} failed: {_one_line(why)}")
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more failed tasks")
+    return lines
 
 
 # ---------------------------------------------------------------------------- participant
-SEED_FLAGS = ("bucket", "bidsdir", "jobdir", "modif", "dataset")
-OPTION_FLAGS = ("voxelsize", "mod", "track_type", "diffusion_model", "skull", "atlas")
-
-
 def conf_from(args: argparse.Namespace) -> dict[str, Any]:
     """Trigger conf from the flags: only what was given; the DAG's params fill the rest."""
-    conf: dict[str, Any] = {k: getattr(args, k) for k in SEED_FLAGS if getattr(args, k) is not None}
-    if args.sp:
-        conf["space"] = args.sp  # the seed's --sp is m2g's --space
-    for key in OPTION_FLAGS + ("pipeline", "job_queue", "job_definition", "backend", "seeds", "max_cost_usd", "pilot_scans"):
-        if getattr(args, key, None) is not None:
-            conf[key] = getattr(args, key)
-    for key in ("participant_label", "session_label", "parcellation"):
-        if getattr(args, key):
-            conf[key] = getattr(args, key)
-    for key in ("force", "dry_run"):
-        if getattr(args, key):
-            conf[key] = True
+    conf: dict[str, Any] = {}
+    for name in PARAM_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and value is not False and value != []:
+            conf[name] = value
     if getattr(args, "no_canary", False):
         conf["canary"] = False
     return conf
@@ -183,10 +395,16 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
 
     from ndmg_cloud.layout import split_uri
 
-    uri = airflow.xcom(run_id, VERIFY_AND_REPORT)
+    try:
+        uri = airflow.xcom(run_id, VERIFY_AND_REPORT)
+    except NotFound:
+        raise NoReport(
+            f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why"
+        ) from None
     bucket, key = split_uri(uri)
-    report = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-    return uri, report
+    with aws(f"cannot read {uri}"):
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    return uri, json.loads(body)
 
 
 def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
@@ -206,35 +424,73 @@ def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
     )
 
 
-def cmd_participant(args: argparse.Namespace) -> int:
-    conf = conf_from(args)
-    if args.local:
-        run_id = trigger_locally(conf)
-        print(f"triggered {DAG_ID} run {run_id} on the local Airflow")
-        return 0
-    airflow = airflow_from(args)
-    run_id = airflow.trigger(conf)
-    print(f"triggered {DAG_ID} run {run_id}")
-    if not args.follow:
-        print(f"follow it with: ndmg_cloud status {run_id}")
-        return 0
-    state = follow(airflow, run_id, args.poll_seconds)
-    uri, report = report_of(airflow, run_id)
+def finish(airflow: Airflow, run_id: str, state: str) -> int:
+    """After following a run: its report and where to open it, or why it failed."""
+    try:
+        uri, report = report_of(airflow, run_id)
+    except NoReport:
+        lines = failures(airflow, run_id, airflow.task_instances(run_id))
+        for line in lines or [f"run {run_id} has no report: verify_and_report did not write one"]:
+            print(line)
+        return 1
     print_summary(uri, report)
+    print(f"open the report: {report_url(airflow.url, run_id)}")
     return 0 if state == "success" else 1
 
 
+def cmd_participant(args: argparse.Namespace) -> int:
+    conf = conf_from(args)
+    airflow = airflow_from(args)
+    if args.local:
+        run_id = trigger_locally(conf)
+        print(f"triggered {DAG_ID} run {run_id} on the local Airflow")
+    else:
+        run_id = airflow.trigger(conf)
+        print(f"triggered {DAG_ID} run {run_id}")
+    if not args.follow:
+        print(f"follow it with: ndmg_cloud status {run_id}")
+        return 0
+    try:
+        state = follow(airflow, run_id, args.poll_seconds)
+    except Unreachable:
+        raise CliError(
+            f"cannot follow run {run_id}: no Airflow API server answers at {airflow.url}: start it "
+            "(`make airflow`, or `airflow api-server`) or pass --airflow-url; the run goes on: "
+            f"`ndmg_cloud status {run_id}` shows it later"
+        ) from None
+    except KeyboardInterrupt:
+        print()
+        return _fail(f"stopped following; the run goes on: `ndmg_cloud status {run_id}` (`ndmg_cloud kill {run_id}` stops it)", 130)
+    return finish(airflow, run_id, state)
+
+
 def trigger_locally(conf: dict[str, Any]) -> str:
+    """Trigger through the `airflow` command beside this Python, on the Airflow of AIRFLOW_HOME."""
     import subprocess
 
-    binary = os.path.join(os.path.dirname(sys.executable), "airflow")
-    done = subprocess.run(
-        [binary, "dags", "trigger", DAG_ID, "--conf", json.dumps(conf), "--output", "json"],
-        capture_output=True,
-        text=True,
+    home = os.environ.get("AIRFLOW_HOME")
+    use_it = (
+        f"set AIRFLOW_HOME to the home of the Airflow you started (`make airflow` keeps it in "
+        f"{DEMO_AIRFLOW_HOME}: export AIRFLOW_HOME={DEMO_AIRFLOW_HOME}), or drop --local to trigger "
+        "through the REST API (--airflow-url)"
     )
+    if not home:
+        raise CliError(f"--local triggers through the Airflow of AIRFLOW_HOME, and it is not set: {use_it}")
+    binary = os.path.join(os.path.dirname(sys.executable), "airflow")
+    try:
+        done = subprocess.run(
+            [binary, "dags", "trigger", DAG_ID, "--conf", json.dumps(conf), "--output", "json"],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        raise CliError(f"--local needs the airflow command beside ndmg_cloud ({binary}): install Airflow here, or drop --local") from None
+    said = f"{done.stderr}\n{done.stdout}"
+    if done.returncode != 0 and ("migration required" in said.lower() or "airflow db migrate" in said):
+        raise CliError(f"the Airflow at AIRFLOW_HOME={home} has no database ('Database migration required'): {use_it}")
     if done.returncode != 0:
-        raise CliError(f"the local Airflow refused the trigger: {(done.stderr.strip() or done.stdout.strip() or str(done.returncode)).splitlines()[-1]}")
+        last = (done.stderr.strip() or done.stdout.strip() or str(done.returncode)).splitlines()[-1]
+        raise CliError(f"the local Airflow (AIRFLOW_HOME={home}) refused the trigger: {last}")
     for line in reversed(done.stdout.splitlines()):  # log lines come first; the JSON is last
         if line.startswith("[{"):
             return json.loads(line)[0]["dag_run_id"]
@@ -247,22 +503,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_id = args.run or airflow.latest_run()
     state = airflow.run(run_id)["state"]
     print(f"run {run_id}: {state}")
+    unreadable = None
     if state in FINISHED:
         try:
             uri, report = report_of(airflow, run_id)
-        except CliError:
+        except NoReport:
             report = None
+        except CliError as err:  # e.g. no AWS settings: show what Airflow knows, then say so
+            report, unreadable = None, err
         if report:
             print(f"{'scan':<28} {'status':<16} {'duration':>9}  reason")
             for row in report["scans"]:
                 duration = f"{row['duration_s']:.0f} s" if row["duration_s"] is not None else ""
                 print(f"{row['scan_id']:<28} {row['status']:<16} {duration:>9}  {row['reason'] or ''}")
             print_summary(uri, report)
+            print(f"open the report: {report_url(airflow.url, run_id)}")
             return 0
-    print(f"{'scan':<28} {'task state':<16}")
-    for ti in airflow.task_instances(run_id):
-        if ti["task_id"] in SCAN_TASKS and ti["map_index"] >= 0:
+    tis = airflow.task_instances(run_id)
+    for line in failures(airflow, run_id, tis):
+        print(line)
+    scans = [ti for ti in tis if ti["task_id"] in SCAN_TASKS and ti["map_index"] >= 0]
+    if scans:
+        print(f"{'scan':<28} {'task state':<16}")
+        for ti in scans:
             print(f"{ti.get('rendered_map_index') or ti['map_index']!s:<28} {ti['state'] or 'queued':<16}")
+    elif state not in FINISHED:
+        print("no scan tasks yet: discover and write_job_specs come first")
+    if unreadable:
+        raise unreadable
     return 0
 
 
@@ -273,7 +541,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         if ti["task_id"] in JOB_TASKS:
             try:
                 job_ids.append(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])["job_id"])
-            except CliError:
+            except NotFound:
                 pass  # not submitted yet: failing the run stops it before it is
     airflow.fail_run(args.run)
     if job_ids:
@@ -281,9 +549,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
         from ndmg_cloud.jobs import CANCEL_REASON
 
-        batch = boto3.client("batch")
-        for job_id in job_ids:
-            batch.terminate_job(jobId=job_id, reason=f"{CANCEL_REASON} (ndmg_cloud kill)")
+        with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
+            batch = boto3.client("batch")
+            for job_id in job_ids:
+                batch.terminate_job(jobId=job_id, reason=f"{CANCEL_REASON} (ndmg_cloud kill)")
     print(f"run {args.run} marked failed; {len(job_ids)} Batch jobs terminated")
     return 0
 
@@ -295,9 +564,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     airflow = airflow_from(args)
     uri, report = report_of(airflow, args.run)
-    bucket, key = split_uri(uri.replace("report.json", "report.html"))
+    html = uri.removesuffix("report.json") + "report.html"
+    bucket, key = split_uri(html)
     target = os.path.abspath(args.out or f"report-{args.run.replace(':', '-').replace('+', '-')}.html")
-    boto3.client("s3").download_file(bucket, key, target)
+    with aws(f"cannot download {html}"):
+        boto3.client("s3").download_file(bucket, key, target)
     print_summary(uri, report)
     print(f"report.html: {target}")
     if args.open:
@@ -316,11 +587,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from ndmg_cloud.params import resolve
     from ndmg_cloud.verify import completed_scans
 
-    conf = conf_from(args)
-    config = resolve(conf, "estimate")
-    s3 = boto3.client("s3")
-    found = discover(config, s3)
-    done, _ = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
+    config = resolve(conf_from(args), "estimate")
+    with aws(f"cannot list {config.input_root}"):
+        s3 = boto3.client("s3")
+        found = discover(config, s3)
+    with aws(f"cannot read what is already done under {config.output_root}"):
+        done, _ = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
     todo = len(found.valid) - len(done)
     guess = estimate(todo, config.pipeline, args.hours_per_scan)
     print(
@@ -340,24 +612,25 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     from ndmg_cloud.infra import deploy
 
-    deployment = deploy(
-        boto3.client("cloudformation"),
-        {
-            "ImageUri": args.image,
-            "Subnets": args.subnets,
-            "SecurityGroups": args.security_groups,
-            "InputBucket": args.input_bucket,
-            "InputPrefix": args.input_prefix,
-            "OutputBucket": args.output_bucket,
-            "OutputPrefix": args.output_prefix,
-            "MaxvCpus": args.max_vcpus,
-            "RootVolumeGiB": args.root_volume_gb,
-            "UseSpot": not args.on_demand,
-            "QueueName": args.job_queue,
-            "JobDefinitionName": args.job_definition,
-        },
-        stack=args.stack,
-    )
+    with aws(f"cannot deploy stack {args.stack}"):
+        deployment = deploy(
+            boto3.client("cloudformation"),
+            {
+                "ImageUri": args.image,
+                "Subnets": args.subnets,
+                "SecurityGroups": args.security_groups,
+                "InputBucket": args.input_bucket,
+                "InputPrefix": args.input_prefix,
+                "OutputBucket": args.output_bucket,
+                "OutputPrefix": args.output_prefix,
+                "MaxvCpus": args.max_vcpus,
+                "RootVolumeGiB": args.root_volume_gb,
+                "UseSpot": not args.on_demand,
+                "QueueName": args.job_queue,
+                "JobDefinitionName": args.job_definition,
+            },
+            stack=args.stack,
+        )
     print(f"stack {deployment.stack}: {deployment.action}")
     print(f"job_queue:      {deployment.outputs.get('JobQueue')}")
     print(f"job_definition: {deployment.outputs.get('JobDefinition')}")
@@ -369,7 +642,8 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
     from ndmg_cloud.infra import teardown
 
-    removed = teardown(boto3.client("cloudformation"), args.stack)
+    with aws(f"cannot delete stack {args.stack}"):
+        removed = teardown(boto3.client("cloudformation"), args.stack)
     print(f"stack {args.stack}: {'deleted' if removed else 'there was none'}")
     return 0
 
@@ -390,110 +664,224 @@ def cmd_atlases(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------- parser
+# Every param of the DAG is a flag (canary is --no-canary); help comes from the param's
+# description unless the command line needs other words.
+PARAM_FLAGS = tuple(name for name in PARAM_SCHEMAS if name != "canary")
+FLAG_HELP = {
+    "bucket": "S3 bucket of the BIDS dataset: its name only (lab-data)",
+    "bidsdir": "dataset folder inside the bucket (studies/HNU1); default: the bucket root",
+    "participant_label": "subject labels (01 or sub-01), space separated; default: all",
+    "session_label": "session labels (1 or ses-1), space separated; default: all",
+    "parcellation": "atlas names, space separated (list them: ndmg_cloud atlases); lite: gridN",
+    "dry_run": "discover, write job specs and the report; submit nothing",
+    "force": "rerun scans that are already done",
+}
+SEED_ALIASES = {"space": ["--sp"]}  # the seed ndmg_cloud's name of m2g's --space
+
+# Seed flags that no longer exist: what to do instead (exit code 2, one line).
+GONE_FLAGS = {
+    "--credentials": "jobs get AWS access from their job role; the orchestrator uses your normal AWS settings "
+    "(AWS_PROFILE or ~/.aws)",
+    "--state": "the action is the subcommand now: ndmg_cloud participant | status | kill",
+    "--filtering_type": "use --track-type (local or particle), the option m2g reads",
+    "--modality": "ndmg_cloud runs the diffusion pipelines only (--pipeline m2g, ndmg or lite)",
+    "--acquisition": "functional MRI is not processed here: ndmg_cloud runs the diffusion pipelines only",
+    "--tr": "functional MRI is not processed here: ndmg_cloud runs the diffusion pipelines only",
+    "--log": "group-level plots are not made: the report (ndmg_cloud report RUN) lists every scan and its outputs",
+    "--debug": "each scan's whole log is in its task log (and CloudWatch on AWS); the report has a failed scan's last lines",
+    "--big": "voxel-wise graphs are not made: the connectomes are per parcellation (--parcellation)",
+    "--push_location": "each scan job uploads its outputs, privately, under the dataset's --modif folder "
+    "(or --output-uri)",
+    "--push_data": "each scan job uploads its outputs, privately, under the dataset's --modif folder (or --output-uri)",
+}
+SEED_PIPELINES = {"dwi": "m2g", "func": None}  # m2g_cloud's --pipeline took a modality
+
+
+def gone_flag_hint(argv: list[str]) -> str | None:
+    """The migration hint for the first seed flag in ``argv`` that no longer exists."""
+    for i, token in enumerate(argv):
+        if token == "--":
+            return None
+        flag, _, inline = token.partition("=")
+        if flag in GONE_FLAGS:
+            return f"{flag} is gone: {GONE_FLAGS[flag]}"
+        if flag == "--pipeline":
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value in SEED_PIPELINES:
+                instead = SEED_PIPELINES[value]
+                if instead:
+                    return f"--pipeline {value} is the seed's modality: the diffusion pipeline is --pipeline {instead} (or ndmg, lite)"
+                return f"--pipeline {value} is gone: ndmg_cloud runs the diffusion pipelines only (--pipeline m2g, ndmg or lite)"
+    return None
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows each flag once, with its dashed spellings (the underscore ones are the seed's
+    habits): ``--space, --sp {native,native_dsn}``."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        shown = ", ".join(s for s in action.option_strings if "_" not in s) or action.option_strings[0]
+        if action.nargs == 0:
+            return shown
+        return f"{shown} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+
+UNDERSCORE_NOTE = "The seed's underscore spellings of flags (--participant_label, --dry_run, ...) work too."
+
+
+def _flag(name: str) -> list[str]:
+    """--job-queue, and --job_queue too for names with underscores."""
+    dashed = "--" + name.replace("_", "-")
+    return [dashed, f"--{name}"] if "_" in name else [dashed]
+
+
+def _add(p: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) -> None:
+    p.add_argument(*_flag(name), *SEED_ALIASES.get(name, []), dest=name, help=help, **kwargs)
+
+
+def _param_flag(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """A flag per DAG param: type and choices from its JSON schema."""
+    schema = PARAM_SCHEMAS[name]
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    kind = next(t for t in types if t != "null")
+    if kind == "array":
+        kwargs.update(nargs="+", default=[])
+    elif kind == "boolean":
+        kwargs.update(action="store_true")
+    else:
+        kwargs.setdefault("type", {"integer": int, "number": float}.get(kind, str))
+        choices = [value for value in schema.get("enum", ()) if value is not None]
+        if choices:
+            kwargs.setdefault("choices", choices)
+    _add(p, name, FLAG_HELP.get(name) or schema.get("description") or schema["title"], **kwargs)
+
+
 def _airflow_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--airflow-url", default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"))
-    p.add_argument("--username", default=os.environ.get("NDMG_AIRFLOW_USER", "admin"))
-    p.add_argument("--password", default=os.environ.get("NDMG_AIRFLOW_PASSWORD"))
+    _add(p, "airflow_url", "Airflow api-server URL (env NDMG_AIRFLOW_URL; default http://localhost:8080)",
+         default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"))  # fmt: skip
+    _add(p, "username", "Airflow user (env NDMG_AIRFLOW_USER; default admin)",
+         default=os.environ.get("NDMG_AIRFLOW_USER", "admin"))  # fmt: skip
+    _add(p, "password", "Airflow password (env NDMG_AIRFLOW_PASSWORD; default: the one `airflow standalone` "
+         "generated in AIRFLOW_HOME)", default=os.environ.get("NDMG_AIRFLOW_PASSWORD"))  # fmt: skip
 
 
 def _dataset_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bucket", required=True, help="S3 bucket of the BIDS dataset")
-    p.add_argument("--bidsdir", help="dataset path inside the bucket")
-    p.add_argument("--jobdir", help="where the job JSONs go (s3://)")
-    p.add_argument("--modif", help="output folder under the dataset (default derivatives/ndmg)")
-    p.add_argument("--sp", choices=("native", "native_dsn"), help="registration space (m2g --space)")
-    p.add_argument("--dataset", help="dataset name for job names and tags")
-    p.add_argument("--participant_label", nargs="+", default=[])
-    p.add_argument("--session_label", nargs="+", default=[])
-    p.add_argument("--pipeline", choices=("m2g", "ndmg", "lite"))
-    p.add_argument("--parcellation", nargs="+", default=[], help="atlas names (see: ndmg_cloud atlases) or gridN for lite")
-    for flag in OPTION_FLAGS:
-        p.add_argument(f"--{flag}", help=PARAM_SCHEMAS[flag]["description"])
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--job_queue")
-    p.add_argument("--job_definition")
-    p.add_argument("--backend", choices=("aws_batch", "local"))
-    p.add_argument("--max_cost_usd", type=float)
-    p.add_argument("--pilot_scans", type=int, help=PARAM_SCHEMAS["pilot_scans"]["description"])
-    p.add_argument("--no-canary", action="store_true", help="submit without the canary job (it checks the image first)")
-    p.add_argument("--force", action="store_true", help="rerun scans that are already done")
-    p.add_argument("--dry_run", action="store_true", help="discover and write job specs only")
+    for name in PARAM_FLAGS:
+        _param_flag(p, name, **({"required": True} if name == "bucket" else {}))
+    p.add_argument("--no-canary", "--no_canary", dest="no_canary", action="store_true",
+                   help="submit without the canary job (it checks the image first)")  # fmt: skip
+
+
+def _subcommand(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help, epilog=UNDERSCORE_NOTE)
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ndmg_cloud", description="run ndmg/m2g over a BIDS dataset on AWS Batch")
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
-    p = sub.add_parser("participant", help="run the pipeline on every scan of a dataset")
+    p = _subcommand(sub, "participant", "run the pipeline on every scan of a dataset")
     _dataset_flags(p)
     _airflow_flags(p)
-    p.add_argument("--follow", action="store_true", help="show progress until the run ends, then the report")
-    p.add_argument("--local", action="store_true", help="trigger through the local Airflow CLI")
-    p.add_argument("--poll-seconds", type=float, default=10)
+    _add(p, "follow", "show progress until the run ends, then the report (or why it failed)", action="store_true")
+    _add(p, "local", "trigger through the `airflow` command on the Airflow of AIRFLOW_HOME", action="store_true")
+    _add(p, "poll_seconds", "seconds between two progress checks of --follow (default 10)", type=float, default=10)
     p.set_defaults(func=cmd_participant)
 
-    p = sub.add_parser("status", help="per-scan state of a run")
-    p.add_argument("run", nargs="?")
+    p = _subcommand(sub, "status", "per-scan state of a run, or why it failed")
+    p.add_argument("run", nargs="?", help="run id (default: the latest run)")
     _airflow_flags(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("kill", help="fail a run and terminate its Batch jobs")
-    p.add_argument("run")
+    p = _subcommand(sub, "kill", "fail a run and terminate its Batch jobs")
+    p.add_argument("run", help="run id (see: ndmg_cloud status)")
     _airflow_flags(p)
     p.set_defaults(func=cmd_kill)
 
-    p = sub.add_parser("report", help="download a run's report.html")
-    p.add_argument("run")
-    p.add_argument("--out")
-    p.add_argument("--open", action="store_true")
+    p = _subcommand(sub, "report", "download a run's report.html")
+    p.add_argument("run", help="run id (see: ndmg_cloud status)")
+    _add(p, "out", "where to save report.html (default: report-<run id>.html here)")
+    _add(p, "open", "open it in the browser", action="store_true")
     _airflow_flags(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("estimate", help="scans, vCPU-hours and dollars before running")
+    p = _subcommand(sub, "estimate", "scans, vCPU-hours and dollars before running")
     _dataset_flags(p)
-    p.add_argument("--hours-per-scan", type=float)
+    _add(p, "hours_per_scan", "instance-hours one scan takes (default: the pipeline's usual figure)", type=float)
     p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("atlases", help="the parcellations a pipeline's image offers, per voxel size")
-    p.add_argument("--pipeline", choices=("m2g", "ndmg"), default="m2g")
-    p.add_argument("--voxelsize", help="only this voxel size (1mm, 2mm, 4mm)")
+    p = _subcommand(sub, "atlases", "the parcellations a pipeline's image offers, per voxel size")
+    _add(p, "pipeline", "the pipeline whose atlases to list (default m2g)", choices=("m2g", "ndmg"), default="m2g")
+    _add(p, "voxelsize", "only this voxel size (1mm, 2mm, 4mm)")
     p.set_defaults(func=cmd_atlases)
 
-    p = sub.add_parser("setup", help="create or update the Batch infrastructure (CloudFormation)")
-    p.add_argument("--image", required=True, help="scan image URI (ECR)")
-    p.add_argument("--subnets", nargs="+", required=True)
-    p.add_argument("--security-groups", nargs="+", required=True)
-    p.add_argument("--input-bucket", required=True)
-    p.add_argument("--input-prefix", default="")
-    p.add_argument("--output-bucket", required=True)
-    p.add_argument("--output-prefix", default="")
-    p.add_argument("--max-vcpus", type=int, default=256, help="most vCPUs the compute environments scale to (2 per scan)")
-    p.add_argument("--root-volume-gb", type=int, default=100, help="root volume of each instance: the image plus each scan's work (m2g: several GB)")
-    p.add_argument("--on-demand", action="store_true", help="no Spot environment")
-    p.add_argument("--job_queue", default="ndmg-queue")
-    p.add_argument("--job_definition", default="ndmg")
-    p.add_argument("--stack", default="ndmg-cloud-batch")
+    p = _subcommand(sub, "setup", "create or update the Batch infrastructure (CloudFormation)")
+    _add(p, "image", "scan image URI (ECR)", required=True)
+    _add(p, "subnets", "subnets of the compute environments", nargs="+", required=True)
+    _add(p, "security_groups", "security groups of the compute environments", nargs="+", required=True)
+    _add(p, "input_bucket", "bucket the jobs read datasets from", required=True)
+    _add(p, "input_prefix", "only this prefix of the input bucket (default: all of it)", default="")
+    _add(p, "output_bucket", "bucket the jobs write outputs to", required=True)
+    _add(p, "output_prefix", "only this prefix of the output bucket (default: all of it)", default="")
+    _add(p, "max_vcpus", "most vCPUs the compute environments scale to (2 per scan; default 256)", type=int, default=256)
+    _add(p, "root_volume_gb", "root volume of each instance: the image plus each scan's work (m2g: several GB; "
+         "default 100)", type=int, default=100)  # fmt: skip
+    _add(p, "on_demand", "no Spot environment", action="store_true")
+    _add(p, "job_queue", "name of the job queue to create (default ndmg-queue)", default="ndmg-queue")
+    _add(p, "job_definition", "name of the job definition to register (default ndmg)", default="ndmg")
+    _add(p, "stack", "CloudFormation stack name (default ndmg-cloud-batch)", default="ndmg-cloud-batch")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("teardown", help="delete the Batch infrastructure")
-    p.add_argument("--stack", default="ndmg-cloud-batch")
+    p = _subcommand(sub, "teardown", "delete the Batch infrastructure")
+    _add(p, "stack", "CloudFormation stack name (default ndmg-cloud-batch)", default="ndmg-cloud-batch")
     p.set_defaults(func=cmd_teardown)
     return top
 
 
+# ------------------------------------------------------------------------------------- main
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: object, code: int = 2) -> int:
+    print(f"ndmg_cloud: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def explain(err: Exception) -> str:
+    """The one line a user sees for an error that ended a command."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(err, CliError):
+        return str(err)
+    if isinstance(err, (BotoCoreError, ClientError)):
+        return str(aws_error(err, "an AWS call failed"))
+    if isinstance(err, (RuntimeError, ValueError)):
+        # the library's refusals (InfraError, PreflightError, S3AccessError, DatasetError,
+        # ParamError, OptionError ...) each say what was wrong and what to do
+        return str(err)
+    return (
+        f"unexpected {type(err).__name__}: {err}: this is a bug of ndmg_cloud; "
+        "NDMG_CLI_DEBUG=1 shows where it happened (please report it)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hint = gone_flag_hint(argv)
+    if hint:
+        return _fail(hint)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as err:
-        print(f"ndmg_cloud: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # InfraError, PreflightError, S3AccessError, DatasetError ...
-        print(f"ndmg_cloud: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # params refused by the library (ParamError, OptionError, ...)
-        print(f"ndmg_cloud: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as err:  # the last net: never a traceback for a user
+        if os.environ.get("NDMG_CLI_DEBUG"):
+            raise
+        return _fail(explain(err))
 
 
 if __name__ == "__main__":
