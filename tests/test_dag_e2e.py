@@ -243,6 +243,7 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     assert report["canary"]["status"] == "skipped" and "backend=local" in report["canary"]["reason"]
     assert report["contract"]["label"].startswith("ndmg-lite ")
     assert {row["made_by"] for row in rows.values()} == {report["contract"]["label"]}
+    assert_report_html_shows_the_connectomes(s3, run, rows)
 
     # a rerun skips what this code made; a scan made by other lite code runs again
     manifest_key = "phantoms/derivatives/ndmg/sub-02/sub-02_manifest.json"
@@ -255,6 +256,30 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     assert {scan: row["status"] for scan, row in rows.items() if scan != "sub-02"} == {s: "skipped_done" for s in scans if s != "sub-02"}
     assert rows["sub-02"]["status"] == "succeeded"
     assert rows["sub-02"]["reason"] == f"ran again: done with ndmg-lite 00000000, this run uses {report['contract']['label']}"
+
+
+def assert_report_html_shows_the_connectomes(s3, run, rows):
+    """report.html of a real lite run: a heatmap drawn from each succeeded scan's edge list,
+    lite's QA image, graph figures, a time axis, not-billed cost cells, Airflow log links."""
+    from test_figures import data_uri_png, decode_png
+    from test_report import Page
+
+    html = s3.get_object(Bucket=BUCKET, Key=f"phantoms/derivatives/ndmg/reports/{run.run_id}/report.html")["Body"].read().decode()
+    page = Page(html)
+    heatmaps, qa = page.of_class("heatmap"), page.of_class("qa")
+    assert sorted(heatmaps) == sorted(rows) == sorted(qa)
+    for scan_id, row in rows.items():
+        graph = row["graphs"]["grid3"]
+        assert graph["edges"] > 3 and graph["nodes"] >= 2 and 0 < graph["density"] <= 1 and row["streamlines"] > 0
+        _, pixels = decode_png(data_uri_png(heatmaps[scan_id]["src"]))
+        assert len(pixels) == graph["nodes"]
+        assert sum(1 for line in pixels for index in line if index) == 2 * (graph["edges"] - graph["self_loops"]) + graph["self_loops"]
+        assert data_uri_png(qa[scan_id]["src"]).startswith(b"\x89PNG")
+        assert row["log_url"].startswith("http") and f"/tasks/run_scan_local/mapped/" in row["log_url"]
+        assert f'href="{row["log_url"]}"' in html
+    assert len(page.ticks) >= 3
+    assert html.count(">not billed</td>") == len(rows)
+    print(f"report.html of the lite run: {len(html.encode()):,} bytes")
 
 
 def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, containers):
