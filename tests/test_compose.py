@@ -1,51 +1,256 @@
-"""docker-compose.yaml has the deployment's shape (it cannot run here: no Docker daemon)."""
+"""docker-compose.yaml as Docker Compose itself resolves it (`docker compose config` needs no
+Docker daemon), its init step run for real (Airflow stubbed), and the Airflow image's recipe.
+
+Compose is a requirement of this test, not an option: without it the tests fail and say how
+to install it (.ci/run does, with apt).
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
+import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from conftest import ROOT
 
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
 LOCK = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
 AIRFLOW = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-init")
+SECRETS_DIR = "/opt/airflow/secrets"
+DOCKER_CONFIG = os.environ.get("DOCKER_CONFIG", str(Path.home() / ".docker"))
+INSTALL_HINT = (
+    "Docker Compose is needed to check docker-compose.yaml and was found neither as "
+    "`docker compose` nor as `docker-compose`. Install it: `apt-get install docker-compose` "
+    "(Debian; .ci/run does this) or Docker's compose plugin."
+)
 
 
-def test_services():
-    assert {"postgres", *AIRFLOW} <= set(COMPOSE["services"])
-    commands = {name: COMPOSE["services"][name]["command"] for name in AIRFLOW}
+def compose_command() -> list[str]:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail(INSTALL_HINT, pytrace=False)
+
+
+def resolve(home: Path, *options: str, **env: str) -> dict:
+    """The file as Compose resolves it, in an environment holding only `env` (and PATH, HOME)."""
+    done = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE_FILE), *options, "config"],
+        # HOME is a scratch one (~/.aws is mounted); the Compose plugin is where Docker keeps it
+        env={"PATH": os.environ["PATH"], "HOME": str(home), "DOCKER_CONFIG": DOCKER_CONFIG, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def services(home) -> dict:
+    return resolve(home)["services"]
+
+
+def mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """target -> (source, read-only), from either Compose's output (v1 strings, v2 mappings)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            found[target] = (source, mode == ["ro"])
+        else:
+            found[volume["target"]] = (volume["source"], bool(volume.get("read_only")))
+    return found
+
+
+def ports(service: dict) -> set[tuple[str, str, int]]:
+    """(host address, published port, container port), from either Compose's output."""
+    found = set()
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            *host, published, target = port.split("/")[0].split(":")
+            found.add((host[0] if host else "", published, int(target)))
+        else:
+            found.add((port.get("host_ip", ""), str(port["published"]), int(port["target"])))
+    return found
+
+
+def test_services(services):
+    assert {"postgres", *AIRFLOW} <= set(services)
+    commands = {name: services[name]["command"] for name in AIRFLOW}
     assert commands["airflow-apiserver"] == ["airflow", "api-server"]
     assert commands["airflow-triggerer"] == ["airflow", "triggerer"]  # deferrable run_scan tasks wait here
     assert "airflow pools set ndmg_local" in " ".join(commands["airflow-init"])
 
 
-def test_healthchecks_and_start_order():
+def test_healthchecks_and_start_order(services):
     for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
-        assert "healthcheck" in COMPOSE["services"][name], name
-    assert "/api/v2/monitor/health" in " ".join(COMPOSE["services"]["airflow-apiserver"]["healthcheck"]["test"])
+        assert "healthcheck" in services[name], name
+    assert "/api/v2/monitor/health" in " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
     for name in AIRFLOW:
-        assert COMPOSE["services"][name]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert COMPOSE["services"]["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in set(AIRFLOW) - {"airflow-init"}:
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
 
 
-def test_local_executor_mounts_and_read_only_credentials():
+def test_the_scheduler_serves_the_health_check_its_healthcheck_probes(services):
+    from airflow.configuration import conf
+
+    scheduler = services["airflow-scheduler"]
+    # off by default: without it the probe below fails forever and the scheduler is "unhealthy"
+    assert scheduler["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"].lower() == "true"
+    port = conf.get_default_value("scheduler", "scheduler_health_check_server_port")
+    assert "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT" not in scheduler["environment"]
+    assert f"http://localhost:{port}/health" in scheduler["healthcheck"]["test"]
+
+
+def test_local_executor_mounts_and_read_only_credentials(services, home):
     for name in AIRFLOW:
-        service = COMPOSE["services"][name]
+        service = services[name]
+        mounted = mounts(service)
         assert service["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-        assert "./dags:/opt/airflow/dags" in service["volumes"]
-        assert "./plugins:/opt/airflow/plugins" in service["volumes"]
-        aws = [v for v in service["volumes"] if v.endswith("/.aws:ro")]
-        assert aws, "host AWS credentials must be mounted read-only"
+        assert mounted["/opt/airflow/dags"][0] == str(ROOT / "dags")
+        assert mounted["/opt/airflow/plugins"][0] == str(ROOT / "plugins")
+        assert mounted["/home/airflow/.aws"] == (str(home / ".aws"), True), "host AWS credentials must be mounted read-only"
         assert int(service["environment"]["AIRFLOW__CORE__MAX_MAP_LENGTH"]) >= 100_000
+        # the mounted ndmg_cloud wins over the image's copy, in Airflow and in runner subprocesses
+        assert service["environment"]["PYTHONPATH"] == "/opt/airflow/plugins"
 
 
-def test_versions_match_the_lock():
+def test_versions_match_the_lock(home):
     dockerfile = (ROOT / "container" / "airflow.Dockerfile").read_text()
     (airflow_tag,) = re.findall(r"^FROM apache/airflow:([\d.]+)", dockerfile, re.M)
     assert airflow_tag == LOCK["apache-airflow"] == "3.3.2"
-    moto = COMPOSE["services"]["moto"]
+    moto = resolve(home, "--profile", "local-aws")["services"]["moto"]
     assert moto["image"] == f"motoserver/moto:{LOCK['moto']}"
     assert moto["profiles"] == ["local-aws"]
-    assert moto["ports"] == ["127.0.0.1:5000:5000"]  # loopback only
+    assert ports(moto) == {("127.0.0.1", "5000", 5000)}  # loopback only
+
+
+def test_only_the_api_server_is_published_and_on_loopback_unless_asked(services, home):
+    assert ports(services["airflow-apiserver"]) == {("127.0.0.1", "8080", 8080)}
+    for name in ("postgres", *set(AIRFLOW) - {"airflow-apiserver"}):
+        assert not services[name].get("ports"), f"{name} must not be published"
+    everywhere = resolve(home, NDMG_AIRFLOW_BIND="0.0.0.0")["services"]["airflow-apiserver"]
+    assert ports(everywhere) == {("0.0.0.0", "8080", 8080)}
+
+
+def test_no_secret_is_written_in_the_file(services):
+    from airflow.configuration import conf
+
+    assert "change-me" not in COMPOSE_FILE.read_text()
+    # Postgres is on the compose network only (not published, checked above).
+    allowed = {("database", "sql_alchemy_conn")}
+    for name in AIRFLOW:
+        env = services[name]["environment"]
+        assert mounts(services[name])[SECRETS_DIR][0] == "airflow-secrets"
+        for section, key in conf.sensitive_config_values - allowed:
+            variable = f"AIRFLOW__{section.upper()}__{key.upper()}"
+            assert variable not in env, f"{name}: {variable} is a literal secret; read it from {SECRETS_DIR} with {variable}_CMD"
+        for variable in ("AIRFLOW__API_AUTH__JWT_SECRET_CMD", "AIRFLOW__API__SECRET_KEY_CMD", "AIRFLOW__CORE__FERNET_KEY_CMD"):
+            assert re.fullmatch(rf"cat {SECRETS_DIR}/\w+", env[variable]), (name, variable, env[variable])
+        assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith(SECRETS_DIR + "/")
+
+
+def run_init(services: dict, secrets: Path, stubs: Path) -> str:
+    """airflow-init's script on this machine: the secrets in `secrets`, `airflow` a stub."""
+    init = services["airflow-init"]
+    (script,) = init["command"]
+    stubs.mkdir(exist_ok=True)
+    (stubs / "airflow").write_text(f'#!/bin/sh\necho "airflow $*" >> "{stubs}/calls"\n')
+    (stubs / "airflow").chmod(0o755)
+    (stubs / "python").unlink(missing_ok=True)
+    (stubs / "python").symlink_to(sys.executable)
+    done = subprocess.run(
+        [*init["entrypoint"], script.replace(SECRETS_DIR, str(secrets))],
+        env={"PATH": f"{stubs}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_init_generates_the_secrets_once_and_says_where_the_password_is(services, tmp_path, monkeypatch):
+    from airflow.configuration import conf
+
+    secrets, stubs = tmp_path / "secrets", tmp_path / "bin"
+    secrets.mkdir()
+    assert services["airflow-init"]["entrypoint"][0] == "/bin/bash"  # not the image's, which starts Airflow first
+    printed = run_init(services, secrets, stubs)
+    env = services["airflow-apiserver"]["environment"]
+    passwords_file = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    assert f"docker compose exec airflow-apiserver cat {secrets}/" in printed
+    assert (stubs / "calls").read_text().splitlines() == [
+        "airflow db migrate",
+        "airflow pools set ndmg_local 2 ndmg-cloud local backend",
+    ]
+    made = {path.name: path.read_text() for path in secrets.iterdir()}
+    assert {path.name for path in secrets.iterdir() if path.stat().st_mode & 0o077} == set()
+
+    # Airflow reads each secret through its *_CMD variable, exactly as the file holds it.
+    for section, key in (("api_auth", "jwt_secret"), ("api", "secret_key"), ("core", "fernet_key")):
+        variable = f"AIRFLOW__{section.upper()}__{key.upper()}"
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv(f"{variable}_CMD", env[f"{variable}_CMD"].replace(SECRETS_DIR, str(secrets)))
+        value = conf.get(section, key)
+        assert value == made[Path(env[f"{variable}_CMD"].split()[-1]).name] and len(value) >= 32
+    Fernet(conf.get("core", "fernet_key"))
+
+    # The password file the API server reads has one for every configured user.
+    passwords = json.loads(Path(passwords_file.replace(SECRETS_DIR, str(secrets))).read_text())
+    users = [u.split(":")[0] for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
+    assert users == ["admin"] and set(passwords) == set(users)
+    assert len(passwords["admin"]) >= 12 and passwords["admin"] != "admin"
+
+    # A restart keeps them (tokens, encrypted connections and the password stay valid).
+    run_init(services, secrets, stubs)
+    assert {path.name: path.read_text() for path in secrets.iterdir()} == made
+
+
+def copy_sources(dockerfile: Path) -> list[str]:
+    sources = []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("COPY") and "--from=" not in line:
+            sources += [word for word in line.split()[1:-1] if not word.startswith("--")]
+    return sources
+
+
+def test_the_airflow_image_installs_the_project_and_its_scripts():
+    dockerfile = (ROOT / "container" / "airflow.Dockerfile").read_text()
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    wheel_stage, airflow_stage = dockerfile.split("\nFROM apache/airflow:")
+    assert "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in wheel_stage
+    requirements = airflow_stage.index("-r /opt/ndmg-cloud/requirements.txt")
+    project = airflow_stage.index(f"--no-deps /opt/ndmg-cloud/wheels/{name.replace('-', '_')}-*.whl")
+    assert requirements < project  # the pinned requirements, then the project without resolving again
+    assert "-c /opt/ndmg-cloud/constraints.txt" in airflow_stage
+    assert f"mkdir -m 700 {SECRETS_DIR}" in airflow_stage
+    # backend=local with pipeline=lite runs in these containers: the lite image's packages too
+    assert "-r /opt/ndmg-cloud/lite-requirements.txt" in airflow_stage
+
+
+def test_the_build_context_holds_what_the_dockerfiles_copy_and_no_venv():
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert patterns[0] == "*"  # an allowlist: nothing goes to the builder unless named
+    kept = [pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")]
+    for dockerfile in sorted((ROOT / "container").glob("*Dockerfile*")):
+        for source in copy_sources(dockerfile):
+            assert any(fnmatch.fnmatch(source, pattern) for pattern in kept), f"{dockerfile.name} copies {source}: add !{source} to .dockerignore"
+            assert any((ROOT).glob(source)), f"{dockerfile.name} copies {source}, which does not exist"
+    assert not any(fnmatch.fnmatch(path, pattern) for path in (".venv", ".git", "tests") for pattern in kept)
