@@ -34,14 +34,9 @@ def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> 
     }
 
 
-NOT_BILLED_TITLE = (
-    "backend=local: the scan ran on the Airflow worker, so no AWS Batch instance was billed "
-    "(the machine's own cost is not counted)"
-)
-ON_DEMAND_TITLE = (
-    f"estimate: the job's run time (every attempt) at the r5.large on-demand price "
-    f"(${R5_LARGE_ON_DEMAND_USD_PER_HOUR}/h, us-east-1); Spot costs about {SPOT_FRACTION:.0%} of this"
-)
+# a report cell's tooltip (short: a 10,000-scan report repeats it on every row)
+NOT_BILLED_TITLE = "backend=local: ran on the Airflow worker, no AWS Batch instance billed"
+ON_DEMAND_TITLE = f"estimate: run time (all attempts) x r5.large on-demand ${R5_LARGE_ON_DEMAND_USD_PER_HOUR}/h"
 
 
 def cost_basis(backend: str) -> str:

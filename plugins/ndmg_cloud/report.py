@@ -25,7 +25,7 @@ from ndmg_cloud.figures import GraphError, colour_bar, data_uri, heatmap, parse_
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.s3 import get_bytes, put_bytes, put_json
-from ndmg_cloud.verify import Listing, ScanResult
+from ndmg_cloud.verify import Listing, ScanResult, fnmatch_magic
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ MAX_TIMELINE_ROWS = 500  # bars drawn; the "jobs running" curve above them count
 EMBED_SCANS = 200  # succeeded scans whose heatmap (and QA image) are drawn inline
 EMBED_PARCELLATIONS = 1  # per scan, the run's first parcellations
 MAX_QA_BYTES = 300_000  # a larger QA image is named, not embedded
-MAX_QA_TOTAL_BYTES = 10_000_000
+MAX_QA_TOTAL_BYTES = 5_000_000  # of all QA images on the page
 MAX_CONNECTOME_BYTES = 64 * 1024 * 1024  # a larger edge list is not read for the report
 READERS = 16  # GETs at a time
 QA_FOLDERS = ("qa_d/", "qa/")
@@ -215,7 +215,12 @@ def read_connectomes(
 
 def _in_run_order(outputs: list[str], expected: list[str]) -> list[str]:
     """The outputs in the order of the pipeline's expected outputs (the run's parcellations)."""
-    ordered = [hit for pattern in expected for hit in fnmatch.filter(outputs, pattern)]
+    present = set(outputs)
+    ordered = [
+        hit
+        for pattern in expected
+        for hit in ([pattern] if pattern in present else fnmatch.filter(outputs, pattern) if fnmatch_magic(pattern) else [])
+    ]
     return list(dict.fromkeys(ordered + outputs))
 
 
@@ -358,7 +363,11 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any]:
     """Bars of each job's start..stop on a time axis from the run's start (clock times in
     UTC and time elapsed), under a curve of how many jobs ran at once."""
     spans = sorted(
-        ((r, _seconds(r["started_at"]), _seconds(r["stopped_at"])) for r in report["scans"] if r["started_at"] and r["stopped_at"]),
+        (
+            (r, _seconds(r["started_at"]), _seconds(r["stopped_at"]))
+            for r in report["scans"]
+            if r["started_at"] and r["stopped_at"]
+        ),
         key=lambda span: span[1],
     )
     if not spans:
@@ -402,20 +411,25 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_curve(spans: list[tuple[Any, float, float]], t0: float, scale: float) -> dict[str, Any]:
-    """A step curve of the jobs running at each moment (every job, drawn or not)."""
+    """A step curve of the jobs running at each moment, over every job (drawn as a bar or
+    not); one step per pixel column at most, at the column's busiest moment."""
     events = sorted([(start, 1) for _, start, _ in spans] + [(stop, -1) for _, _, stop in spans])
-    running, peak, steps = 0, 0, []
+    level, columns = 0, {}  # pixel column -> [most running in it, running when it ends]
     for moment, change in events:
-        running += change
-        peak = max(peak, running)
-        steps.append((TIMELINE_LEFT + (moment - t0) * scale, running))
-    height = LOAD_HEIGHT - 14
-    points, level = [f"{TIMELINE_LEFT},{LOAD_HEIGHT}"], 0
-    for x, value in steps:
-        y = LOAD_HEIGHT - height * level / max(peak, 1)
-        points.append(f"{x:.1f},{y:.1f}")
-        level = value
-        points.append(f"{x:.1f},{LOAD_HEIGHT - height * level / max(peak, 1):.1f}")
+        column = int(TIMELINE_LEFT + (moment - t0) * scale)
+        busiest = columns.setdefault(column, [level, level])
+        level += change
+        busiest[0], busiest[1] = max(busiest[0], level), level
+    peak = max((most for most, _ in columns.values()), default=0)
+
+    def y(running: int) -> float:
+        return round(LOAD_HEIGHT - (LOAD_HEIGHT - 14) * running / max(peak, 1), 1)
+
+    points, before = [f"{TIMELINE_LEFT},{LOAD_HEIGHT}"], 0
+    for column in sorted(columns):
+        most, after = columns[column]
+        points += [f"{column},{y(before)}", f"{column},{y(most)}", f"{column + 1},{y(most)}", f"{column + 1},{y(after)}"]
+        before = after
     return {"points": " ".join(points), "peak": peak, "base": LOAD_HEIGHT}
 
 

@@ -230,6 +230,11 @@ def _manifest_problem(
     return None
 
 
+def fnmatch_magic(pattern: str) -> bool:
+    """Whether an expected-output pattern has wildcards (else it is a literal path)."""
+    return any(c in pattern for c in "*?[")
+
+
 class Listing:
     """One listing of the output prefix, looked up by key or by prefix."""
 
@@ -257,8 +262,10 @@ def _match_outputs(listing: Listing, prefix: str, expected: list[str]) -> tuple[
     non-empty; an empty file is as good as missing."""
     present, missing = [], []
     under = listing.nonempty_under(prefix)
+    nonempty = set(under)
     for pattern in expected:
-        hits = fnmatch.filter(under, pattern)
+        # a literal path is looked up: compiling one pattern per scan costs more than the listing
+        hits = fnmatch.filter(under, pattern) if fnmatch_magic(pattern) else [pattern] if pattern in nonempty else []
         if hits:
             present.extend(hits)
         else:
