@@ -13,8 +13,10 @@ stop the endpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -112,9 +114,6 @@ def upload_dataset(workdir: Path) -> list[str]:
 
 
 def run_dag(conf: dict) -> str:
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # library chatter, not ours
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
@@ -142,35 +141,101 @@ def print_table(report: dict, s3) -> None:
         print(f"made with {report['contract']['label']} (image contract {report['contract']['fingerprint']})")
 
 
-def demo(out_dir: Path) -> int:
+@contextlib.contextmanager
+def output_to(log_path: Path):
+    """Everything written to this process's stdout/stderr, and by its subprocesses, goes to
+    ``log_path`` (Airflow's and the libraries' chatter), so the demo prints only its lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def serve_report(run_id: str) -> tuple[subprocess.Popen, str, str]:
+    """The api-server of the demo's Airflow, with a one-time password, for the report URL."""
+    from ndmg_cloud.links import airflow_report_url
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    password = secrets.token_urlsafe(9)
+    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+    }
+    log = open(home / "api-server.log", "ab")
+    binary = str(Path(sys.executable).parent / "airflow")
+    process = subprocess.Popen([binary, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    return process, airflow_report_url(url, run_id), password
+
+
+def demo(out_dir: Path, serve: bool) -> int:
     import boto3
 
     started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    airflow_log = (out_dir / "airflow.log").resolve()
+    airflow_log.unlink(missing_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="ndmg-demo-"))
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     configure_environment(workdir / "airflow", endpoint)
     server = start_endpoint(port)
+    api_server = None
     try:
         print(f"local AWS endpoint (moto) on {endpoint}")
-        airflow("db", "migrate")
-        scans = upload_dataset(workdir)
+        with output_to(airflow_log):
+            airflow("db", "migrate")
+            scans = upload_dataset(workdir)
         print(f"uploaded a synthetic BIDS dataset of {len(scans)} scans to s3://{BUCKET}/{BIDSDIR}/")
-        print(f"running ndmg_participant with {json.dumps(RUN_CONF)} ...")
-        run_id = run_dag(RUN_CONF)
+        print(f"running ndmg_participant with {json.dumps(RUN_CONF)} (Airflow's log: {airflow_log}) ...", flush=True)
+        with output_to(airflow_log):
+            run_id = run_dag(RUN_CONF)
         s3 = boto3.client("s3")
         prefix = f"{BIDSDIR}/derivatives/ndmg/reports/{run_id}/"
-        report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read())
+        try:
+            report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            print(f"ndmg-demo: the run {run_id} wrote no report; see {airflow_log}", file=sys.stderr)
+            return 1
         print_table(report, s3)
-        out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("report.html", "report.json"):
             s3.download_file(BUCKET, prefix + name, str(out_dir / name))
-        print(f"\nreport: {(out_dir / 'report.html').resolve()}")
-        print(f"        {(out_dir / 'report.json').resolve()}")
-        print(f"demo wall time: {time.monotonic() - started:.0f} s")
+        print(f"\nreport: {(out_dir / 'report.html').resolve().as_uri()}")
+        print(f"        {(out_dir / 'report.json').resolve().as_uri()}")
+        print(f"demo wall time: {time.monotonic() - started:.0f} s", flush=True)
         failing = report["summary"]["failed"] + report["summary"]["missing_outputs"]
+        if serve:
+            api_server, url, password = serve_report(run_id)
+            print(f"\nthe same report served by Airflow: {url}")
+            print(f"(sign in as admin, password {password}); press Enter to stop", flush=True)
+            sys.stdin.readline()
         return 1 if failing else 0
     finally:
+        if api_server is not None:
+            stop_process_group(api_server)
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -210,10 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where report.html/json go")
     parser.add_argument("--standalone", action="store_true", help="start airflow standalone on the embedded stack")
     parser.add_argument("--home", type=Path, default=Path(".airflow-demo"), help="AIRFLOW_HOME for --standalone")
+    parser.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stdin.isatty(),
+        help="after the run, serve the report from Airflow's api-server until Enter (default: in a terminal)",
+    )
     args = parser.parse_args(argv)
     if args.standalone:
         return standalone(args.home.resolve())
-    return demo(args.out)
+    return demo(args.out, args.serve)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,20 @@ def edge_list(matrix: np.ndarray) -> list[tuple[int, int, int]]:
     return edges
 
 
+def preload() -> None:
+    """Import what a scan needs (most of a small scan's time), for the warm server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import nibabel.processing  # noqa: F401
+    from dipy.data import default_sphere  # noqa: F401
+    from dipy.direction import peaks_from_model  # noqa: F401
+    from dipy.reconst import dti, shm  # noqa: F401
+    from dipy.segment import mask  # noqa: F401
+    from dipy.tracking import local_tracking, stopping_criterion, streamline, utils  # noqa: F401
+
+
 def track(dwi_path: Path, bval: Path, bvec: Path, model: str, seeds: int):
     """Streamlines (in voxel coordinates), the brain mask and the image."""
     import nibabel as nib

@@ -183,6 +183,9 @@ class CanaryOperator(ScanBatchOperator):
     def execute(self, context: Any) -> str:
         job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
         if not job:
+            for link in self.operator_extra_links:  # no job, no links (and no "XCom not found" errors)
+                if getattr(link, "key", None):
+                    context["ti"].xcom_push(key=link.key, value=None)
             raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
         self.take_job(**job)
         return super().execute(context)

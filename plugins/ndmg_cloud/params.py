@@ -66,7 +66,7 @@ def _optional_choice(section: str, choices: list[str], title: str, description: 
 
 
 def _labels(section: str, title: str, description: str, pattern: str) -> dict:
-    return _param(section, [], "array", title, description, items={"type": "string", "pattern": pattern})
+    return _optional(section, "array", title, description, items={"type": "string", "pattern": pattern})
 
 
 # name -> JSON schema; the DAG turns these into Airflow Params (and so the trigger form).

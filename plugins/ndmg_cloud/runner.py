@@ -47,6 +47,7 @@ from ndmg_cloud.jobspec import WORK_INPUT, WORK_OUTPUT
 from ndmg_cloud.layout import split_uri
 from ndmg_cloud.pipelines import WORK_SESSION
 from ndmg_cloud.s3 import put_json
+from ndmg_cloud.warm import WarmProcess, start_program
 
 SCRATCH_DIRS = {"tmp_d", "tmp"}
 LOG_TAIL_LINES = 40
@@ -111,7 +112,7 @@ class ScanRun:
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     log_tail: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | WarmProcess | None = None
     terminated: bool = False
     contract: image_contract.ImageContract | None = None
 
@@ -223,16 +224,9 @@ class ScanRun:
         if shutil.which(command[0]) is None:
             # ndmg-lite sits beside this interpreter; m2g's own tools keep the image's PATH
             env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        log(f"running: {' '.join(command)}")
         try:
-            self.process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
+            self.process = start_program(command, env)  # ndmg-lite may come warm (warm.py)
+            log(f"running{' (warm)' if isinstance(self.process, WarmProcess) else ''}: {' '.join(command)}")
         except OSError as err:
             raise ScanFailure(f"cannot start the pipeline {command[0]!r}: {err}", 127) from None
         for line in self.process.stdout:
