@@ -189,7 +189,8 @@ def test_dry_run_writes_specs_and_report_but_submits_nothing(s3, batch, dataset,
 
 
 def test_bad_input_fails_before_any_submission(s3, batch, dataset, batch_behaviour):
-    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, modif="sub-01/out")
+    # the schema cannot know the output lies in an input subject folder; discover refuses it
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, output_uri=f"s3://{BUCKET}/{BIDSDIR}sub-01/out")
 
     assert run.state == "failed"
     assert batch_behaviour.submitted == []
