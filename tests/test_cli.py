@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from urllib.parse import quote
 
 import pytest
@@ -222,6 +223,23 @@ def test_local_trigger_goes_through_the_local_airflow_and_follows(cli, airflow_s
     assert code == 0, out + err
     assert "on the local Airflow" in out and "(success)" in out
     assert "2 scans: " in out and "open the report: " in out
+
+
+def test_local_follow_without_an_api_server_says_so(cli, airflow_server, phantoms, capsys, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(airflow_server["home"]))
+    with socket.socket() as held:  # bound, never listening: nothing can answer on its port
+        held.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{held.getsockname()[1]}"
+        code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
+                   "--backend", "local", "--dry-run", "--local", "--follow", "--airflow-url", nowhere)  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2
+    run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
+    assert one_line_error(err) == (
+        f"ndmg_cloud: cannot follow run {run_id}: no Airflow API server answers at {nowhere}: start it "
+        f"(`make airflow`, or `airflow api-server`) or pass --airflow-url; the run goes on: "
+        f"`ndmg_cloud status {run_id}` shows it later"
+    )
 
 
 def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +41,13 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
+def ndmg_cloud(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed command in a shell of its own, as a person runs it."""
+    return subprocess.run([NDMG_CLOUD, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_estimate_without_aws_settings_says_what_to_export(tmp_path):
-    done = subprocess.run(
-        [NDMG_CLOUD, "estimate", "--bucket", "lab-data", "--bidsdir", "ds"],
-        env=shell_without_aws(tmp_path), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = ndmg_cloud("estimate", "--bucket", "lab-data", "--bidsdir", "ds", env=shell_without_aws(tmp_path))
     assert done.returncode == 2
     line = one_line_error(done.stderr)
     assert line.startswith("ndmg_cloud: cannot list s3://lab-data/ds/: no usable AWS credentials")
@@ -64,23 +67,22 @@ def test_the_export_line_is_what_make_airflow_sets(monkeypatch):
     assert {k: environ[k] for k in EMBEDDED_AWS_ENV} == EMBEDDED_AWS_ENV
 
 
-def test_an_endpoint_that_does_not_answer(tmp_path, capsys, monkeypatch):
-    import boto3
-
-    endpoint = f"http://127.0.0.1:{_free_port()}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a fresh shell: settings read again
-    assert main(["estimate", "--bucket", "lab-data", "--bidsdir", "ds"]) == 2
-    line = one_line_error(capsys.readouterr().err)
+def test_an_endpoint_that_does_not_answer():
+    with socket.socket() as held:  # bound, never listening: nothing can answer on its port
+        held.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{held.getsockname()[1]}"
+        done = ndmg_cloud("estimate", "--bucket", "lab-data", "--bidsdir", "ds",
+                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})  # fmt: skip
+    assert done.returncode == 2
+    line = one_line_error(done.stderr)
     assert f"cannot list s3://lab-data/ds/: nothing answers at AWS_ENDPOINT_URL={endpoint}" in line
     assert "start it (`make airflow`) and export the endpoint it prints" in line
 
 
-def test_a_bucket_that_does_not_exist(s3, capsys):
-    assert main(["estimate", "--bucket", "no-such-bucket", "--bidsdir", "ds"]) == 2
-    line = one_line_error(capsys.readouterr().err)
-    assert "bucket 'no-such-bucket' does not exist" in line
+def test_a_bucket_that_does_not_exist(s3):
+    done = ndmg_cloud("estimate", "--bucket", "no-such-bucket", "--bidsdir", "ds")
+    assert done.returncode == 2
+    assert "bucket 'no-such-bucket' does not exist" in one_line_error(done.stderr)
 
 
 def test_estimate_takes_dashed_and_seed_spellings(s3, capsys):

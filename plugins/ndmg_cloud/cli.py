@@ -136,7 +136,7 @@ def aws_error(err: Exception, doing: str) -> CliError:
         if code == "NoSuchBucket":
             return CliError(f"{doing}: the bucket does not exist: check its name and the AWS region")
         if code in ("NoSuchKey", "404", "NotFound"):
-            return CliError(f"{doing}: no such object: check the run id (`ndmg_cloud status` lists the latest run)")
+            return CliError(f"{doing}: no such object: it was deleted or moved since it was written")
         return CliError(f"{doing}: AWS answered {code}: {message}")
     return CliError(f"{doing}: {err}")
 
@@ -728,7 +728,7 @@ class _Help(argparse.HelpFormatter):
         return f"{shown} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
 
-UNDERSCORE_NOTE = "The seed's underscore spellings of flags (--participant_label, --dry_run, ...) work too."
+UNDERSCORE_NOTE = "Every flag also takes its underscore spelling, as the seed's ndmg_cloud did"
 
 
 def _flag(name: str) -> list[str]:
@@ -775,7 +775,7 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _subcommand(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_Help, epilog=UNDERSCORE_NOTE)
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -837,6 +837,11 @@ def parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "teardown", "delete the Batch infrastructure")
     _add(p, "stack", "CloudFormation stack name (default ndmg-cloud-batch)", default="ndmg-cloud-batch")
     p.set_defaults(func=cmd_teardown)
+
+    for p in sub.choices.values():
+        seed_spellings = [flag for action in p._actions for flag in action.option_strings if "_" in flag]
+        if seed_spellings:
+            p.epilog = f"{UNDERSCORE_NOTE} ({', '.join(seed_spellings[:3])} ...)."
     return top
 
 
