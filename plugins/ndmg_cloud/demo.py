@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ndmg-demo"
 BIDSDIR = "synthetic"
 REGION = "us-east-1"
+EMBEDDED_EXPORTS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 RUN_CONF = {"bucket": BUCKET, "bidsdir": BIDSDIR, "backend": "local", "pipeline": "lite"}
 
 
@@ -259,6 +260,9 @@ def standalone(home: Path) -> int:
         print("Starting airflow standalone: open http://localhost:8080 (the admin password is printed below),")
         print("trigger ndmg_participant and fill the form with:")
         print(f"  {json.dumps(RUN_CONF)}")
+        print("For ndmg_cloud and aws in another shell:")
+        print(f"  export {' '.join(f'{name}={os.environ[name]}' for name in EMBEDDED_EXPORTS)}")
+        print(f"  export AIRFLOW_HOME={home}")
         print("Ctrl-C stops Airflow and the endpoint.\n", flush=True)
         process = start_standalone()
         try:
