@@ -101,20 +101,20 @@ def main() -> int:
             run_page = f"/dags/ndmg_participant/runs/{run_id}"
             shoot(run_page, "grid.png", ("run_scan_local", "verify_and_report", "discover"))
             shoot(f"{run_page}/tasks/run_scan_local/mapped", "mapped-scans.png", ("sub-01_ses-1", "sub-05"))
-            shoot("/dags/ndmg_participant", "trigger-form.png", ("S3 bucket", "BIDS dataset path", "Pipeline"), click="Trigger")
+            shoot("/dags/ndmg_participant", "trigger-form.png", ("Dataset", "Pipeline", "AWS Batch", "Run control"), click="Trigger")
+            page.get_by_role("dialog").get_by_role("button", name="Dataset").click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(args.out / "trigger-form-dataset.png"), full_page=True)
 
-            import boto3
+            from ndmg_cloud.links import airflow_report_url
 
-            report = work / "report.html"
-            key = f"{demo.BIDSDIR}/derivatives/ndmg/reports/{run_id}/report.html"
-            boto3.client("s3").download_file(demo.BUCKET, key, str(report))
-            page.goto(report.as_uri(), wait_until="load")
+            page.goto(airflow_report_url(url, run_id), wait_until="load")  # served by the api-server plugin
             page.screenshot(path=str(args.out / "report.png"), full_page=True)
             if "sub-01_ses-1" not in page.inner_text("body"):
                 problems.append("report.html lacks the scans")
             browser.close()
 
-        for name in ("trigger-form.png", "grid.png", "mapped-scans.png", "report.png"):
+        for name in ("trigger-form.png", "trigger-form-dataset.png", "grid.png", "mapped-scans.png", "report.png"):
             print(f"screenshot: {(args.out / name).resolve()}")
         if problems:
             print("ui_screenshots: " + "; ".join(problems), file=sys.stderr)

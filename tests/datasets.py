@@ -80,3 +80,14 @@ def listing(s3, bucket: str, prefix: str = "") -> dict[str, str]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = obj["ETag"]
     return out
+
+
+def put_phantoms(s3, workdir, bucket: str, prefix: str) -> None:
+    """Real DWI phantoms (sub-01 ses-1 and the session-less sub-02) at s3://bucket/prefix/."""
+    from ndmg_cloud.synthetic import make_dataset
+
+    make_dataset(workdir / "phantoms", subjects=1, sessions=1, sessionless=1)
+    s3.create_bucket(Bucket=bucket)
+    for path in sorted((workdir / "phantoms").rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(workdir / 'phantoms').as_posix()}")

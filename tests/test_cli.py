@@ -11,7 +11,7 @@ import requests
 
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import _free_port, wait_for
-from datasets import put_dataset
+from datasets import put_dataset, put_phantoms
 from ndmg_cloud.cli import main
 from test_cli_errors import one_line_error, shell_without_aws
 
@@ -36,13 +36,7 @@ def cli(airflow_server, monkeypatch):
 
 @pytest.fixture
 def phantoms(s3, tmp_path):
-    from ndmg_cloud.synthetic import make_dataset
-
-    make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=1)
-    s3.create_bucket(Bucket="cli-data")
-    for path in sorted((tmp_path / "ds").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), "cli-data", "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    put_phantoms(s3, tmp_path, "cli-data", "phantoms")
     return s3
 
 
@@ -75,7 +69,7 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     assert "<html" in (tmp_path / "r.html").read_text()
 
     # the "Run report" button of the final task opens the same page
-    from ndmg_cloud.cli import Airflow
+    from ndmg_cloud.airflowapi import Airflow
 
     links = Airflow(airflow_server["url"], "admin", PASSWORD)._request(
         "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/verify_and_report/links"
@@ -100,7 +94,7 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
 
 
 def _token(airflow_server):
-    from ndmg_cloud.cli import Airflow
+    from ndmg_cloud.airflowapi import Airflow
 
     return Airflow(airflow_server["url"], "admin", PASSWORD).token()
 
@@ -167,7 +161,7 @@ def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_be
 
 
 def requests_state(cli, run_id):
-    from ndmg_cloud.cli import Airflow
+    from ndmg_cloud.airflowapi import Airflow
 
     return Airflow(os.environ["NDMG_AIRFLOW_URL"], "admin", PASSWORD).run(run_id)["state"]
 
@@ -266,7 +260,7 @@ def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ndmg_cloud.cli import Airflow, CliError
+    from ndmg_cloud.airflowapi import Airflow, CliError
 
     seen = []
 

@@ -5,12 +5,13 @@ signing in, filling the form, clicking Trigger; and the trigger-time refusals be
 from __future__ import annotations
 
 import shutil
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
 
 from conftest import wait_for
+from datasets import put_phantoms
 from ndmg_cloud.links import airflow_report_url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,13 +42,7 @@ def api(live_airflow):
 
 @pytest.fixture
 def phantom_bucket(s3, tmp_path):
-    from ndmg_cloud.synthetic import make_dataset
-
-    make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=1)
-    s3.create_bucket(Bucket="ui-data")
-    for path in sorted((tmp_path / "ds").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), "ui-data", "study/" + path.relative_to(tmp_path / "ds").as_posix())
+    put_phantoms(s3, tmp_path, "ui-data", "study")
     return "ui-data"
 
 
@@ -89,10 +84,7 @@ def test_a_person_fills_three_fields_clicks_trigger_and_the_run_succeeds(browser
     trigger.click()
 
     page.wait_for_url(f"**/dags/{DAG}/runs/**", timeout=30_000)  # the UI opens the new run
-    run_id = page.url.rsplit("/runs/", 1)[1].split("/")[0]
-    from urllib.parse import unquote
-
-    run_id = unquote(run_id)
+    run_id = unquote(page.url.rsplit("/runs/", 1)[1].split("/")[0])
     run_url = f"{live_airflow['url']}/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
     assert wait_for(lambda: api.get(run_url, timeout=10).json()["state"] in ("success", "failed"), timeout=300)
     run = api.get(run_url, timeout=10).json()

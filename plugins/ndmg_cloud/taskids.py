@@ -16,6 +16,8 @@ RUN_SCAN = "run_scan"
 RUN_SCAN_LOCAL = "run_scan_local"
 VERIFY_AND_REPORT = "verify_and_report"
 
+TASK_ORDER = (DISCOVER, WRITE_JOB_SPECS, CANARY, PLAN_SCANS, PILOT_SCAN, RELEASE_SCANS, CHOOSE_BACKEND,
+              RUN_SCAN, RUN_SCAN_LOCAL, VERIFY_AND_REPORT)  # fmt: skip
 BACKEND_TASKS = {"aws_batch": RUN_SCAN, "local": RUN_SCAN_LOCAL}  # who runs the scans
 SCAN_TASKS = (PILOT_SCAN, RUN_SCAN, RUN_SCAN_LOCAL)  # one mapped task instance per scan
 BATCH_SCAN_TASKS = (PILOT_SCAN, RUN_SCAN)  # the scans' Batch jobs
