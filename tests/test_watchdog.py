@@ -131,3 +131,81 @@ def test_a_job_wanting_more_vcpus_than_any_instance_has_is_stuck():
     job = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "8000"}]}}
     assert "have fewer than the job's 4 vCPUs" in diagnose_stuck(job, QUEUE, [ce(types=("r5.large",))])
     assert diagnose_stuck(job, QUEUE, [ce(types=("r5.xlarge",))]) is None
+
+
+def test_the_cancel_message_is_airflows():
+    from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
+
+    from ndmg_cloud.triggers import USER_ACTION_CANCEL
+
+    assert USER_ACTION_CANCEL == _USER_ACTION_CANCEL_MSG
+
+
+@pytest.mark.parametrize("by_user", [True, False])
+def test_a_user_cancel_terminates_the_job_the_moment_it_reaches_the_trigger(batch_env, batch_behaviour, by_user):
+    """As the triggerer does it: the waiting task is cancelled (with Airflow's message when a
+    user acted); no on_kill is called here, so only the trigger itself can have terminated."""
+    from ndmg_cloud.triggers import USER_ACTION_CANCEL
+
+    batch_behaviour.run_seconds = 60
+    job_id = submit(batch_env)
+    trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1)
+
+    async def wait_then_cancel():
+        async def consume():
+            async for _ in trigger.run():
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(1.5)  # polling
+        task.cancel(USER_ACTION_CANCEL if by_user else None)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(wait_then_cancel())
+    job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
+    if by_user:
+        assert job["status"] == "FAILED" and classify_failure(job) == "cancelled"
+    else:  # a triggerer shutting down: another triggerer takes the job over
+        assert job["status"] in ("RUNNABLE", "STARTING", "RUNNING")
+
+
+def test_throttled_polls_are_said_and_counted(batch_env, batch_behaviour, monkeypatch, capfd):
+    from botocore.exceptions import ClientError
+
+    job_id = submit(batch_env)
+    calls = {"n": 0}
+    trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=0)
+    real_hook = trigger._hook
+
+    class ThrottlingClient:
+        def __init__(self, client):
+            self.client = client
+
+        async def describe_jobs(self, **kwargs):
+            calls["n"] += 1
+            if calls["n"] <= 3:
+                raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Too Many Requests"}}, "DescribeJobs")
+            return await self.client.describe_jobs(**kwargs)
+
+    class Hook:
+        client = property(lambda self: real_hook().client)
+
+        async def get_async_conn(self):
+            conn = await real_hook().get_async_conn()
+
+            class Wrapped:
+                async def __aenter__(self_inner):
+                    return ThrottlingClient(await conn.__aenter__())
+
+                async def __aexit__(self_inner, *exc):
+                    return await conn.__aexit__(*exc)
+
+            return Wrapped()
+
+    monkeypatch.setattr(trigger, "_hook", Hook)
+    capfd.readouterr()
+    event = run_trigger(trigger)
+    assert event["status"] == "success" and event["throttled"] == 3
+    said = [line for line in capfd.readouterr().out.splitlines() if "throttled DescribeJobs" in line]
+    assert len(said) == 1 and "TooManyRequestsException" in said[0]  # once a minute at most

@@ -39,6 +39,12 @@ FAILURE_CLASSES = (
 CANARY_FAILED, PILOT_FAILED, NOT_SUBMITTED = FAILURE_CLASSES[-3:]
 
 
+def terminate_job(client: Any, job_id: str, why: str) -> None:
+    """TerminateJob with this project's reason (Batch cancels a job not yet STARTING, stops
+    one STARTING or RUNNING, and leaves an ended one as it is)."""
+    client.terminate_job(jobId=job_id, reason=f"{CANCEL_REASON} ({why})"[:250])
+
+
 @dataclass
 class JobRecord:
     job_id: str

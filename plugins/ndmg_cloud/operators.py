@@ -10,7 +10,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow.providers.standard.operators.python import PythonOperator
 
-from ndmg_cloud.jobs import CANCEL_REASON
+from ndmg_cloud.jobs import terminate_job
 from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
@@ -112,7 +112,7 @@ class ScanBatchOperator(BatchOperator):
     def on_kill(self) -> None:
         """Sync mode: the task was killed; terminate its job (deferred tasks: the trigger's on_kill)."""
         if self.job_id:
-            self.hook.client.terminate_job(jobId=self.job_id, reason=f"{CANCEL_REASON} (the Airflow task was stopped)")
+            terminate_job(self.hook.client, self.job_id, "the Airflow task was stopped")
             self.log.info("Terminated Batch job %s", self.job_id)
 
     def submit_job(self, context: Any) -> None:

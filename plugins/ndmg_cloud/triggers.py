@@ -5,7 +5,9 @@
   against its queue's compute environments and, if none can ever run it, terminated with
   the reason (``ndmg-cloud: stuck RUNNABLE ...``); an environment that could run it is
   scaling up, and the job is left alone;
-- ``on_kill``: marking the task failed (or clearing it) terminates the Batch job.
+- termination that sticks: marking the task failed (or clearing it) terminates the Batch
+  job, synchronously, the moment the cancel reaches the trigger (and again in ``on_kill``);
+- throttled polls back off and are said, at most once a minute, and counted in the event.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
 from ndmg_cloud.capacity import diagnose_stuck
-from ndmg_cloud.jobs import ACTIVE, CANCEL_REASON, FAILED, STUCK_REASON, SUCCEEDED
+from ndmg_cloud.jobs import FAILED, STUCK_REASON, SUCCEEDED, terminate_job
 
 
 THROTTLED = ("TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded")
+THROTTLE_LOG_SECONDS = 60  # one "throttled" line a minute per trigger at most
+# the message Airflow's triggerer cancels a trigger with when a user acted on its task
+# (airflow.jobs.triggerer_job_runner._USER_ACTION_CANCEL_MSG)
+USER_ACTION_CANCEL = "__airflow_user_action__"
 WAIT_BUDGET_SECONDS = 14 * 24 * 3600  # how long one try may wait for its job (RUNNABLE queues included)
 
 
@@ -72,27 +78,49 @@ class ScanJobTrigger(BaseTrigger):
         return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._wait():
+                yield event
+        except asyncio.CancelledError as cancel:
+            # The user marked the task failed or cleared it. Terminate now, synchronously:
+            # Airflow's on_kill comes after an await where a repeated cancel can drop it.
+            # (A triggerer shutting down cancels without this message: the job goes on.)
+            if cancel.args and cancel.args[0] == USER_ACTION_CANCEL:
+                terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
+                self.log.info("Terminated Batch job %s", self.job_id)
+            raise
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         status = "UNKNOWN"
+        throttled, last_said = 0, 0.0
         async with await self._hook().get_async_conn() as client:
             last_diagnosis = 0.0
             for _ in range(self.max_polls):
                 try:
                     jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
                 except ClientError as err:
-                    if err.response.get("Error", {}).get("Code", "") not in THROTTLED:
+                    code = err.response.get("Error", {}).get("Code", "")
+                    if code not in THROTTLED:
                         raise
+                    throttled += 1
+                    if time.monotonic() - last_said >= THROTTLE_LOG_SECONDS:
+                        last_said = time.monotonic()
+                        self.log.warning(
+                            "Batch throttled DescribeJobs for job %s (%s; %d throttled polls so far): backing off",
+                            self.job_id, code, throttled,
+                        )  # fmt: skip
                     await asyncio.sleep(self.poll_interval + random.uniform(0, self.poll_interval))
                     continue
                 if not jobs:
-                    yield self._event("error", f"Batch job {self.job_id} not found")
+                    yield self._event("error", f"Batch job {self.job_id} not found", throttled)
                     return
                 job = jobs[0]
                 status = job.get("status")
                 if status == SUCCEEDED:
-                    yield self._event("success")
+                    yield self._event("success", throttled=throttled)
                     return
                 if status == FAILED:
-                    yield self._event("failure", job.get("statusReason") or "job failed")
+                    yield self._event("failure", job.get("statusReason") or "job failed", throttled)
                     return
                 # diagnose at most once per runnable_timeout: it costs two more API calls
                 if status == "RUNNABLE" and self._runnable_too_long(job) and time.time() - last_diagnosis >= self.runnable_timeout:
@@ -101,10 +129,10 @@ class ScanJobTrigger(BaseTrigger):
                     if why:
                         reason = f"{STUCK_REASON} for over {self.runnable_timeout // 60} min: {why}"
                         await client.terminate_job(jobId=self.job_id, reason=reason[:250])
-                        yield self._event("failure", reason)
+                        yield self._event("failure", reason, throttled)
                         return
                 await asyncio.sleep(self.poll_interval)
-        yield self._event("error", f"Batch job {self.job_id} still {status} after {self.max_polls} polls")
+        yield self._event("error", f"Batch job {self.job_id} still {status} after {self.max_polls} polls", throttled)
 
     def _runnable_too_long(self, job: dict[str, Any]) -> bool:
         created = (job.get("createdAt") or 0) / 1000
@@ -122,16 +150,19 @@ class ScanJobTrigger(BaseTrigger):
         )
         return diagnose_stuck(job, queue, environments)
 
-    def _event(self, status: str, message: str | None = None) -> TriggerEvent:
-        payload = {"status": status, "job_id": self.job_id}
+    def _event(self, status: str, message: str | None = None, throttled: int = 0) -> TriggerEvent:
+        payload: dict[str, Any] = {"status": status, "job_id": self.job_id}
         if message:
             payload["message"] = message
+        if throttled:
+            payload["throttled"] = throttled  # polls Batch refused with a throttling error
         return TriggerEvent(payload)
 
     async def on_kill(self) -> None:
-        """The user marked the task failed or cleared it: stop paying for the job."""
-        async with await self._hook().get_async_conn() as client:
-            jobs = (await client.describe_jobs(jobs=[self.job_id])).get("jobs", [])
-            if jobs and jobs[0].get("status") in ACTIVE:
-                await client.terminate_job(jobId=self.job_id, reason=f"{CANCEL_REASON} (the Airflow task was stopped)")
-                self.log.info("Terminated Batch job %s", self.job_id)
+        """The user marked the task failed or cleared it: stop paying for the job.
+
+        TerminateJob first and synchronously: there is no await before or inside it, so the
+        triggerer's repeated cancels cannot cut it short (Batch ignores it for a job that has
+        already ended). ``verify_and_report`` reconciles if even this is lost."""
+        terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
+        self.log.info("Terminated Batch job %s", self.job_id)
