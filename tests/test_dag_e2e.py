@@ -350,6 +350,45 @@ def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, b
     assert run.state == "success"
 
 
+def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
+    """SubmitJob reaches Batch (the job exists) but the try dies before it hears the job id:
+    the retry finds the job by its name and reattaches."""
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    real = ScanBatchOperator._submit
+    crashed: set[str] = set()
+
+    def created_then_crash(self):
+        response = real(self)  # the job now exists in Batch
+        if self.scan_id not in crashed:
+            crashed.add(self.scan_id)
+            raise ConnectionResetError("the worker died with the request on the wire")
+        return response
+
+    monkeypatch.setattr(ScanBatchOperator, "_submit", created_then_crash)
+    batch_behaviour.run_seconds = 1.0
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    assert set(E2E_VALID) <= crashed
+    names = batch_behaviour.submitted
+    assert sorted(scan_jobs(names)) == sorted(E2E_VALID)  # one SubmitJob per scan
+    assert len([n for n in names if "-canary-" in n]) == 1
+    rows = rows_by_scan(report_of(s3, run))
+    jobs = [j for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"] if "-canary-" not in j["jobName"]]
+    assert {rows[s]["job_id"] for s in E2E_VALID} == {j["jobId"] for j in jobs}
+    assert run.state == "success"
+
+
+def test_a_clear_submits_afresh_even_when_a_job_with_the_name_exists():
+    from ndmg_cloud.operators import submitting_since
+
+    saved = {"submitting_since": 1000.0, "max_tries": 2}
+    assert submitting_since(saved, 2) == 1000.0  # a retry of this round looks for the job
+    assert submitting_since(saved, 5) is None  # after a Clear: submit afresh
+    assert submitting_since({"job_id": "j", "max_tries": 2}, 2) is None
+
+
 def test_reattach_only_within_one_round_of_tries():
     from ndmg_cloud.operators import reattachable
 

@@ -39,6 +39,20 @@ FAILURE_CLASSES = (
 CANARY_FAILED, PILOT_FAILED, NOT_SUBMITTED = FAILURE_CLASSES[-3:]
 
 
+def jobs_named(client: Any, queue: str, name: str) -> list[dict[str, Any]]:
+    """Job summaries of ``queue`` whose name is ``name`` (a trailing ``*``: starts with it).
+    With a filter ListJobs ignores jobStatus and lists every status, newest first."""
+    jobs, token = [], None
+    while True:
+        page = client.list_jobs(
+            jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}], **({"nextToken": token} if token else {})
+        )
+        jobs += page.get("jobSummaryList", [])
+        token = page.get("nextToken")
+        if not token:
+            return jobs
+
+
 def terminate_job(client: Any, job_id: str, why: str) -> None:
     """TerminateJob with this project's reason (Batch cancels a job not yet STARTING, stops
     one STARTING or RUNNING, and leaves an ended one as it is)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
@@ -10,12 +11,21 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow.providers.standard.operators.python import PythonOperator
 
-from ndmg_cloud.jobs import terminate_job
+from ndmg_cloud.jobs import jobs_named, terminate_job
 from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
+CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
+
+
+def submitting_since(saved: Any, max_tries: int) -> float | None:
+    """When a try of this round of tries began submitting without recording a job id (it
+    may have died with the job created), or None."""
+    if isinstance(saved, dict) and saved.get("submitting_since") and saved.get("max_tries") == max_tries:
+        return float(saved["submitting_since"])
+    return None
 
 
 def reattachable(saved: Any, max_tries: int) -> str | None:
@@ -116,13 +126,32 @@ class ScanBatchOperator(BatchOperator):
             self.log.info("Terminated Batch job %s", self.job_id)
 
     def submit_job(self, context: Any) -> None:
+        """Submit the scan's job at most once per round of tries, whatever the crash point.
+
+        The intent is saved before SubmitJob and the job id after it. A retry that finds the
+        job id reattaches; one that finds only the intent (the try died during or right after
+        the call, when Batch may have created the job) looks for the job by its name, unique
+        to this scan and run, among the jobs created since, and reattaches to it; only if
+        there is none does it submit."""
         store = context.get("task_state_store")
         max_tries = context["ti"].max_tries
-        job_id = reattachable(store.get(STATE_KEY) if store is not None else None, max_tries)
+        saved = store.get(STATE_KEY) if store is not None else None
+        job_id = reattachable(saved, max_tries)
         if job_id and self._still_known(job_id):
             self.log.info("Reattaching scan %s to Batch job %s from an earlier try: not submitting again", self.scan_id, job_id)
             self._record(context, job_id)
             return
+        since = submitting_since(saved, max_tries)
+        if since is not None:
+            job_id = self._job_named_since(since)
+            if job_id:
+                self.log.info(
+                    "Batch job %s carries this scan's job name %s: an earlier try submitted it and died before "
+                    "recording it; reattaching, not submitting again", job_id, self.job_name,
+                )  # fmt: skip
+                store.set(STATE_KEY, {"job_id": job_id, "max_tries": max_tries})
+                self._record(context, job_id)
+                return
         self.log.info(
             "Submitting %s for scan %s (job spec %s) to queue %s, definition %s",
             self.batch["jobName"],
@@ -131,8 +160,10 @@ class ScanBatchOperator(BatchOperator):
             self.job_queue,
             self.job_definition,
         )
+        if store is not None:
+            store.set(STATE_KEY, {"submitting_since": since or time.time(), "max_tries": max_tries})
         try:
-            response = self.hook.client.submit_job(**self.batch)
+            response = self._submit()
         except Exception as err:
             raise AirflowException(
                 f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job "
@@ -142,6 +173,20 @@ class ScanBatchOperator(BatchOperator):
             store.set(STATE_KEY, {"job_id": response["jobId"], "max_tries": max_tries})
         self.log.info("Batch job %s submitted for scan %s", response["jobId"], self.scan_id)
         self._record(context, response["jobId"])
+
+    def _submit(self) -> dict[str, Any]:
+        return self.hook.client.submit_job(**self.batch)
+
+    def _job_named_since(self, since: float) -> str | None:
+        """The first job of the queue carrying this task's job name created since ``since``
+        (less a clock-skew margin); ListJobs with a JOB_NAME filter lists every status."""
+        earliest_ms = (since - CLOCK_SKEW_SECONDS) * 1000
+        found = [
+            job
+            for job in jobs_named(self.hook.client, self.job_queue, self.job_name)
+            if job.get("createdAt", 0) >= earliest_ms
+        ]
+        return min(found, key=lambda job: job.get("createdAt", 0))["jobId"] if found else None
 
     def _still_known(self, job_id: str) -> bool:
         try:
