@@ -380,6 +380,34 @@ def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, datas
     assert run.state == "success"
 
 
+def test_a_duplicate_job_is_an_orphan_terminated_and_reported(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
+    """A job of the run that no scan row names (here: a second SubmitJob for one scan that
+    nothing recorded) is terminated at the end of the run and listed under orphans."""
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    real = ScanBatchOperator._submit
+    duplicates: list[str] = []
+
+    def submit_twice(self):
+        if self.scan_id == "sub-02" and not duplicates:
+            batch_behaviour.run_seconds = 600  # the unseen duplicate would run on
+            duplicates.append(real(self)["jobId"])
+            batch_behaviour.run_seconds = 1.0
+        return real(self)
+
+    monkeypatch.setattr(ScanBatchOperator, "_submit", submit_twice)
+    batch_behaviour.run_seconds = 1.0
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
+
+    report = report_of(s3, run)
+    assert [o["job_id"] for o in report["orphans"]] == duplicates
+    assert report["orphans"][0]["terminated"] is True
+    job = batch.describe_jobs(jobs=duplicates)["jobs"][0]
+    assert job["status"] == "FAILED" and "orphan" in job["statusReason"]
+    assert rows_by_scan(report)["sub-02"]["status"] == "succeeded"  # the recorded job's outcome
+
+
 def test_a_clear_submits_afresh_even_when_a_job_with_the_name_exists():
     from ndmg_cloud.operators import submitting_since
 

@@ -291,6 +291,7 @@ def build_report(
     canary: dict[str, Any] | None = None,
     contract: dict[str, Any] | None = None,
     connectomes: dict[str, Any] | None = None,
+    orphans: list[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """``canary``: what the canary found (status passed, failed or skipped; its checks);
     ``contract``: the image contract summary of the code this run's scans were made with;
@@ -323,6 +324,8 @@ def build_report(
         "finished_at": finished_at,
         "summary": summary,
         "warnings": list(warnings),
+        # jobs of the run that no row names (terminated if they were still active)
+        "orphans": list(orphans),
         "canary": canary or {"status": "skipped", "reason": "not recorded"},
         "contract": contract,
         "pilots": [r.scan_id for r in rows if r.pilot],

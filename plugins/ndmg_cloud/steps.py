@@ -44,9 +44,11 @@ from ndmg_cloud.taskids import (
     DISCOVER,
     JOB_XCOM_KEY,
     LOCAL_JOB_XCOM_KEY,
+    PILOT_SCAN,
     PLAN_SCANS,
     PLAN_XCOM_KEY,
     RELEASE_SCANS,
+    RUN_SCAN,
     RUN_SCAN_LOCAL,
     WRITE_JOB_SPECS,
 )
@@ -54,6 +56,7 @@ from ndmg_cloud.discover import discover
 from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.preflight import preflight
+from ndmg_cloud.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
 from ndmg_cloud.s3 import put_json
 from ndmg_cloud.verify import ScanResult, completed_scans, output_listing, verify_scans
@@ -245,6 +248,24 @@ def report_asset(config: RunConfig) -> Any:
     return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
 
 
+def _jobs_of_run(client: Any, config: RunConfig) -> list[dict[str, Any]]:
+    try:
+        return jobs_of_run(client, config.job_queue, config.dataset, config.run_id)
+    except Exception as err:  # noqa: BLE001 - the report goes on; the log says what was not checked
+        log.warning("could not list the jobs of this run in queue %s to find orphans: %s", config.job_queue, err)
+        return []
+
+
+def _scan_task_states(ti: Any, config: RunConfig) -> dict[str, str]:
+    """scan id -> state of its pilot_scan / run_scan task instance in this run."""
+    mapped = {
+        PILOT_SCAN: [item["scan_id"] for item in ti.xcom_pull(task_ids=PLAN_SCANS) or [] if item],
+        RUN_SCAN: [item["scan_id"] for item in ti.xcom_pull(task_ids=RELEASE_SCANS) or [] if item],
+    }
+    states = ti.get_task_states(dag_id=DAG_ID, task_ids=list(mapped), run_ids=[config.run_id])
+    return scan_task_states(states.get(config.run_id, {}), mapped)
+
+
 def _canary(ti: Any, config: RunConfig) -> CanaryOutcome:
     """What the canary found: from its Batch job and findings; or why there was none."""
     canary_jobs = _pulled(ti, CANARY, JOB_XCOM_KEY)
@@ -302,10 +323,18 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
     if config.backend == "local":
         jobs = local_records(_pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY))
         _link_local_logs(ti, dag_run, config, jobs)
+        orphans: list[Orphan] = []
     else:
         job_ids = {item["scan_id"]: item["job_id"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
-        jobs = batch_records(batch_client(), job_ids) if job_ids else {}
+        client = batch_client()
+        jobs = batch_records(client, job_ids) if job_ids else {}
+        cancel_ended(client, jobs, _scan_task_states(ti, config))
         fetch_log_tails(logs_client(), jobs)
+        known = set(job_ids.values()) | {item["job_id"] for item in _pulled(ti, CANARY, JOB_XCOM_KEY)}
+        orphans = [] if config.dry_run else sweep_orphans(client, _jobs_of_run(client, config), known)
+        for orphan in orphans:
+            log.warning("orphan Batch job %s (%s, %s) of this run%s", orphan.job_id, orphan.job_name, orphan.status,
+                        ": terminated" if orphan.terminated else "")  # fmt: skip
 
     s3 = s3_client()
     if plan:
@@ -332,6 +361,7 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         canary=outcome.to_dict(),
         contract=plan.contract if plan else None,
         connectomes=connectomes.summary,
+        orphans=[orphan.to_dict() for orphan in orphans],
     )
     uri = write_report(s3, config, report, connectomes)
     summary = report["summary"]

@@ -1,0 +1,65 @@
+"""Every Batch job of a run accounted for at its end: jobs of scans whose task ended without
+success are terminated and reported cancelled; jobs no row names are orphans, terminated."""
+
+from __future__ import annotations
+
+from ndmg_cloud.jobs import batch_records, classify_failure
+from ndmg_cloud.jobspec import job_name
+from ndmg_cloud.reconcile import cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
+
+RUN = "manual__2026-11-25T18:00:00+00:00"
+
+
+def submit(batch, scan_id: str, run_id: str = RUN, dataset: str = "ds") -> str:
+    return batch.submit_job(jobName=job_name(dataset, scan_id, run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+
+
+def test_task_states_are_matched_to_scans_by_map_index():
+    states = {"run_scan_0": "success", "run_scan_1": "failed", "pilot_scan_0": "success", "canary": "success"}
+    mapped = {"pilot_scan": ["sub-09"], "run_scan": ["sub-01", "sub-02", "sub-03"]}
+    assert scan_task_states(states, mapped) == {"sub-09": "success", "sub-01": "success", "sub-02": "failed"}
+
+
+def test_a_job_whose_task_ended_failed_is_terminated_and_cancelled(batch_env, batch_behaviour):
+    batch_behaviour.run_seconds = 60  # both still running when the run ends
+    ids = {"sub-01": submit(batch_env, "sub-01"), "sub-02": submit(batch_env, "sub-02")}
+    records = batch_records(batch_env, ids)
+
+    cancelled = cancel_ended(batch_env, records, {"sub-01": "failed", "sub-02": "running"})
+
+    assert cancelled == ["sub-01"]
+    assert records["sub-01"].status == "FAILED" and records["sub-01"].failure_class == "cancelled"
+    assert "its task ended failed" in records["sub-01"].reason
+    jobs = {j["jobId"]: j for j in batch_env.describe_jobs(jobs=list(ids.values()))["jobs"]}
+    assert classify_failure(jobs[ids["sub-01"]]) == "cancelled"  # Batch got the TerminateJob
+    assert jobs[ids["sub-02"]]["status"] != "FAILED"  # its task still runs: left alone
+
+
+def test_a_job_that_finished_before_the_kill_keeps_its_success(batch_env, batch_behaviour):
+    ids = {"sub-01": submit(batch_env, "sub-01")}
+    import time
+
+    deadline = time.time() + 30
+    while batch_env.describe_jobs(jobs=[ids["sub-01"]])["jobs"][0]["status"] != "SUCCEEDED" and time.time() < deadline:
+        time.sleep(0.2)
+    records = batch_records(batch_env, ids)
+
+    assert cancel_ended(batch_env, records, {"sub-01": "failed"}) == []
+    assert records["sub-01"].status == "SUCCEEDED"
+
+
+def test_jobs_of_the_run_that_no_row_names_are_orphans(batch_env, batch_behaviour):
+    batch_behaviour.run_seconds = 60
+    named = submit(batch_env, "sub-01")
+    duplicate = submit(batch_env, "sub-01")  # a second job for one scan, recorded nowhere
+    other_run = submit(batch_env, "sub-01", run_id="manual__another")
+    other_dataset = submit(batch_env, "sub-01", dataset="elsewhere")
+
+    run_jobs = jobs_of_run(batch_env, "ndmg-queue", "ds", RUN)
+    assert {j["jobId"] for j in run_jobs} == {named, duplicate}
+    orphans = sweep_orphans(batch_env, run_jobs, {named})
+
+    assert [o.job_id for o in orphans] == [duplicate] and orphans[0].terminated
+    statuses = {j["jobId"]: j for j in batch_env.describe_jobs(jobs=[named, duplicate, other_run, other_dataset])["jobs"]}
+    assert classify_failure(statuses[duplicate]) == "cancelled"
+    assert all(statuses[j]["status"] != "FAILED" for j in (named, other_run, other_dataset))
