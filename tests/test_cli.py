@@ -154,9 +154,15 @@ def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_be
     running = lambda: len(batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"]) == 2  # noqa: E731
     assert wait_for(running, timeout=120)
 
+    # and a job that carries the run's names but no task recorded (a duplicate)
+    from ndmg_cloud.jobspec import job_name
+
+    batch_env.submit_job(jobName=job_name("ds", "sub-01_ses-test", run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")
+
     assert cli("kill", run_id) == 0
-    assert "2 Batch jobs terminated" in capsys.readouterr().out
+    assert "3 Batch jobs terminated" in capsys.readouterr().out
     assert batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"] == []
+    assert batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNABLE")["jobSummaryList"] == []
     assert wait_for(lambda: requests_state(cli, run_id) == "failed", timeout=60)
 
 

@@ -45,7 +45,7 @@ from ndmg_cloud.demo import REGION as EMBEDDED_REGION
 from ndmg_cloud.demo import REPO
 from ndmg_cloud.params import PARAM_SCHEMAS
 from ndmg_cloud.pipelines import get_pipeline
-from ndmg_cloud.taskids import DAG_ID, JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
+from ndmg_cloud.taskids import DAG_ID, DISCOVER, JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
 
 FINISHED = ("success", "failed")
 # Where `make airflow` (ndmg-demo --standalone, run from the repository) keeps its Airflow.
@@ -319,25 +319,34 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    """Fail the run, then terminate every job of it: those its tasks recorded and any other
+    job carrying the run's job names (a duplicate, a job submitted as the task died)."""
     airflow = airflow_from(args)
-    job_ids = []
+    job_ids = set()
     for ti in airflow.task_instances(args.run):
         if ti["task_id"] in JOB_TASKS:
             try:
-                job_ids.append(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])["job_id"])
+                job_ids.add(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])["job_id"])
             except NotFound:
                 pass  # not submitted yet: failing the run stops it before it is
+    try:
+        config = (airflow.xcom(args.run, DISCOVER) or {}).get("config")
+    except NotFound:
+        config = None  # discovery never finished: no job can carry the run's names
     airflow.fail_run(args.run)
-    if job_ids:
-        import boto3
+    import boto3
 
-        from ndmg_cloud.jobs import CANCEL_REASON
+    from ndmg_cloud.jobs import ACTIVE, describe_jobs, terminate_job
+    from ndmg_cloud.reconcile import jobs_of_run
 
-        with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
-            batch = boto3.client("batch")
-            for job_id in job_ids:
-                batch.terminate_job(jobId=job_id, reason=f"{CANCEL_REASON} (ndmg_cloud kill)")
-    print(f"run {args.run} marked failed; {len(job_ids)} Batch jobs terminated")
+    with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
+        batch = boto3.client("batch")
+        active = {job_id for job_id, job in describe_jobs(batch, sorted(job_ids)).items() if job.get("status") in ACTIVE}
+        if config:
+            active |= {j["jobId"] for j in jobs_of_run(batch, config["job_queue"], config["dataset"], args.run) if j.get("status") in ACTIVE}
+        for job_id in sorted(active):
+            terminate_job(batch, job_id, "ndmg_cloud kill")
+    print(f"run {args.run} marked failed; {len(active)} Batch jobs terminated")
     return 0
 
 
