@@ -593,3 +593,47 @@ def test_every_job_runs_the_job_definition_revision_the_canary_checked(s3, batch
     revisions = {j["jobName"]: j["jobDefinition"] for j in jobs}
     assert len(revisions) == 3 and len(set(revisions.values())) == 1  # the canary and both scans
     assert next(iter(revisions.values())).endswith("job-definition/ndmg:1")
+
+
+LEASE = f"{OUT}.ndmg-lease.json"
+
+
+def test_a_second_run_of_one_output_is_refused_at_once_naming_the_holder(s3, batch, dataset, batch_behaviour):
+    import time
+
+    from ndmg_cloud.lease import Lease
+
+    # a run of another Airflow writing the same output, its heartbeat a minute old
+    s3.put_object(Bucket=BUCKET, Key=LEASE, Body=Lease("manual__elsewhere", time.time() - 60, time.time() - 600).body())
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+
+    assert run.state == "failed"
+    assert batch_behaviour.submitted == []
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=LEASE)["Body"].read())["run_id"] == "manual__elsewhere"
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        discover = session.query(TaskInstance).filter_by(run_id=run.run_id, task_id="discover").one()
+        assert discover.state == "failed" and discover.try_number == 1  # refused, not retried
+
+
+def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_run(s3, batch, dataset, containers):
+    first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+    assert first.state == "success"
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LEASE)  # released at the end
+
+    import time
+
+    from ndmg_cloud.lease import Lease
+
+    # as if the first run had died holding it (marked failed before verify_and_report ran)
+    s3.put_object(Bucket=BUCKET, Key=LEASE, Body=Lease(first.run_id, time.time(), time.time()).body())
+    second = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
+
+    report = report_of(s3, second)
+    assert report["lease"]["took_over"]["run_id"] == first.run_id
+    assert "its run ended (success)" in report["lease"]["took_over"]["why"]
+    assert any(w.startswith(f"took over the lease of run {first.run_id}") for w in report["warnings"])
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LEASE)

@@ -91,5 +91,10 @@ class OutputLayout:
         return self.root.uri(f"jobs/{run_id}/")
 
     @property
+    def lease_key(self) -> str:
+        """One run per output location at a time: the lease (lease.py)."""
+        return self.root.key(".ndmg-lease.json")
+
+    @property
     def description_key(self) -> str:
         return self.root.key("dataset_description.json")

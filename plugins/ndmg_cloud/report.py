@@ -292,6 +292,7 @@ def build_report(
     contract: dict[str, Any] | None = None,
     connectomes: dict[str, Any] | None = None,
     orphans: list[dict[str, Any]] = (),
+    lease: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``canary``: what the canary found (status passed, failed or skipped; its checks);
     ``contract``: the image contract summary of the code this run's scans were made with;
@@ -326,6 +327,8 @@ def build_report(
         "warnings": list(warnings),
         # jobs of the run that no row names (terminated if they were still active)
         "orphans": list(orphans),
+        # the output location's lease: which run's lease this one took over, and why
+        "lease": lease or {"took_over": None},
         "canary": canary or {"status": "skipped", "reason": "not recorded"},
         "contract": contract,
         "pilots": [r.scan_id for r in rows if r.pilot],

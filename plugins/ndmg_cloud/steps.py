@@ -55,6 +55,8 @@ from ndmg_cloud.taskids import (
 from ndmg_cloud.discover import discover
 from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
+from ndmg_cloud import lease
+from ndmg_cloud.lease import TakeOver
 from ndmg_cloud.preflight import preflight
 from ndmg_cloud.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
@@ -89,11 +91,13 @@ def logs_client() -> Any:
     return AwsLogsHook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).conn
 
 
-def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> dict[str, Any]:
-    """Resolve the params, list the dataset once, return the run config and its scans."""
+def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
+    """Take the output location's lease, resolve the params, list the dataset once, return
+    the run config and its scans."""
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
+    took_over = _take_lease(config, ti)
     if config.backend == "aws_batch" and not config.dry_run:
         # the revision the canary checks is the revision every scan job runs
         config.job_definition = preflight(batch_client(), config)
@@ -110,7 +114,8 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None) -> d
         "scans": [s.to_dict() for s in found.scans],
         "done": {scan_id: row.to_dict() for scan_id, row in done.items()},
         "reruns": reruns,
-        "warnings": found.warnings,
+        "warnings": found.warnings + ([f"took over the lease of run {took_over.run_id}: {took_over.why}"] if took_over else []),
+        "lease": {"took_over": took_over.to_dict() if took_over else None},
         "keys_listed": found.keys_listed,
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -120,6 +125,7 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, A
     """Write one job spec per valid scan (those found done too: the canary may find them made
     by other code). Returns every scan's task arguments; pushes the canary's (or None)."""
     config = RunConfig.from_dict(discovery["config"])
+    _refresh_lease(config)
     scans = [Scan.from_dict(s) for s in discovery["scans"]]
     specs = [build_spec(config, scan) for scan in scans if scan.valid]
     check_no_shared_outputs(specs)
@@ -157,6 +163,7 @@ def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: A
     the local backend): what is done, what runs again and why, which scans are pilots.
     Pushes the plan; returns the pilot scans' task arguments."""
     config = RunConfig.from_dict(discovery["config"])
+    _refresh_lease(config)
     outcome = _canary(ti, config)
     if outcome.status == "failed":  # its task succeeded, so the job did: its findings are off
         raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
@@ -248,6 +255,41 @@ def report_asset(config: RunConfig) -> Any:
     return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
 
 
+def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
+    """One run per output location: refuse this run at once if another holds it."""
+
+    def holder_state(run_id: str) -> str | None:
+        try:
+            state = ti.get_dagrun_state(dag_id=DAG_ID, run_id=run_id) if ti is not None else None
+            return getattr(state, "value", state)  # DagRunState.SUCCESS -> "success"
+        except Exception:  # noqa: BLE001 - a run this Airflow does not know
+            return None
+
+    try:
+        took_over = lease.take(s3_client(), config.output_root.bucket, config.outputs.lease_key, config.run_id, holder_state)
+    except lease.LeaseHeld as err:
+        raise AirflowFailException(str(err)) from None
+    if took_over:
+        log.warning("took over the lease of run %s on %s: %s", took_over.run_id, config.output_root, took_over.why)
+    return took_over
+
+
+def _refresh_lease(config: RunConfig) -> None:
+    if not lease.refresh(s3_client(), config.output_root.bucket, config.outputs.lease_key, config.run_id):
+        log.warning("this run no longer holds the lease on %s (another run took it over)", config.output_root)
+
+
+def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -> None:
+    """Release this run's lease (never another run's), also when discovery failed after
+    taking it."""
+    try:
+        config = RunConfig.from_dict(discovery["config"]) if discovery else resolve(dict(params or {}), run_id)
+    except Exception:  # noqa: BLE001 - params that never resolved never took a lease
+        return
+    if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
+        log.info("released the lease on %s", config.output_root)
+
+
 def _jobs_of_run(client: Any, config: RunConfig) -> list[dict[str, Any]]:
     try:
         return jobs_of_run(client, config.job_queue, config.dataset, config.run_id)
@@ -309,9 +351,17 @@ def _link_local_logs(ti: Any, dag_run: Any, config: RunConfig, jobs: dict[str, J
             record.log_url = airflow_log_url(base_url, dag_id, config.run_id, RUN_SCAN_LOCAL, map_index[scan_id])
 
 
-def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None) -> str:
-    """Verify every scan, write the report, return its URI; then fail if any scan failed."""
+def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = None, params: Any = None) -> str:
+    """Verify every scan, write the report, return its URI; then fail if any scan failed.
+    The output location's lease is released whatever the outcome."""
     discovery = ti.xcom_pull(task_ids=DISCOVER)
+    try:
+        return _verify_and_report(ti, dag_run, outlet_events, discovery)
+    finally:
+        _release_lease(discovery, params, ti.run_id)
+
+
+def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dict[str, Any] | None) -> str:
     if not discovery:
         # The run failed before any job: its leaf must fail too, or the run shows success.
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
@@ -362,6 +412,7 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
         contract=plan.contract if plan else None,
         connectomes=connectomes.summary,
         orphans=[orphan.to_dict() for orphan in orphans],
+        lease=discovery.get("lease"),
     )
     uri = write_report(s3, config, report, connectomes)
     summary = report["summary"]
