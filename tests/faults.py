@@ -107,3 +107,42 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def throttling_hook(real_hook, first: int):
+    """A stand-in for ``ScanJobTrigger._hook`` whose async Batch client answers the first
+    ``first`` DescribeJobs with Batch's throttling error (after botocore's own retries), and
+    passes everything else to the real client."""
+    from botocore.exceptions import ClientError
+
+    calls = {"n": 0}
+
+    class ThrottlingClient:
+        def __init__(self, client):
+            self.client = client
+
+        async def describe_jobs(self, **kwargs):
+            calls["n"] += 1
+            if calls["n"] <= first:
+                raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Too Many Requests"}}, "DescribeJobs")
+            return await self.client.describe_jobs(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+    class Hook:
+        client = property(lambda self: real_hook().client)
+
+        async def get_async_conn(self):
+            conn = await real_hook().get_async_conn()
+
+            class Wrapped:
+                async def __aenter__(self_inner):
+                    return ThrottlingClient(await conn.__aenter__())
+
+                async def __aexit__(self_inner, *exc):
+                    return await conn.__aexit__(*exc)
+
+            return Wrapped()
+
+    return Hook

@@ -637,3 +637,18 @@ def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_r
     assert "its run ended (success)" in report["lease"]["took_over"]["why"]
     assert any(w.startswith(f"took over the lease of run {first.run_id}") for w in report["warnings"])
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LEASE)
+
+
+def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, containers, batch_behaviour, monkeypatch):
+    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+
+    from faults import throttling_hook
+    from ndmg_cloud.triggers import ScanJobTrigger
+
+    monkeypatch.setattr(ScanJobTrigger, "_hook", throttling_hook(lambda: BatchClientHook(aws_conn_id="aws_default"), first=3))
+    batch_behaviour.run_seconds = 2.0  # RUNNING at first: the tasks defer to their triggers
+
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, canary=False)
+
+    assert run.state == "success"
+    assert report_of(s3, run)["summary"]["throttled_polls"] == 3

@@ -171,38 +171,11 @@ def test_a_user_cancel_terminates_the_job_the_moment_it_reaches_the_trigger(batc
 
 
 def test_throttled_polls_are_said_and_counted(batch_env, batch_behaviour, monkeypatch, capfd):
-    from botocore.exceptions import ClientError
+    from faults import throttling_hook
 
     job_id = submit(batch_env)
-    calls = {"n": 0}
     trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=0)
-    real_hook = trigger._hook
-
-    class ThrottlingClient:
-        def __init__(self, client):
-            self.client = client
-
-        async def describe_jobs(self, **kwargs):
-            calls["n"] += 1
-            if calls["n"] <= 3:
-                raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Too Many Requests"}}, "DescribeJobs")
-            return await self.client.describe_jobs(**kwargs)
-
-    class Hook:
-        client = property(lambda self: real_hook().client)
-
-        async def get_async_conn(self):
-            conn = await real_hook().get_async_conn()
-
-            class Wrapped:
-                async def __aenter__(self_inner):
-                    return ThrottlingClient(await conn.__aenter__())
-
-                async def __aexit__(self_inner, *exc):
-                    return await conn.__aexit__(*exc)
-
-            return Wrapped()
-
+    Hook = throttling_hook(trigger._hook, first=3)
     monkeypatch.setattr(trigger, "_hook", Hook)
     capfd.readouterr()
     event = run_trigger(trigger)

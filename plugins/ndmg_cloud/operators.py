@@ -12,7 +12,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.providers.standard.operators.python import PythonOperator
 
 from ndmg_cloud.jobs import jobs_named, terminate_job
-from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, WRITE_JOB_SPECS
+from ndmg_cloud.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 
@@ -97,6 +97,8 @@ class ScanBatchOperator(BatchOperator):
         return self._final(lambda: super(ScanBatchOperator, self).execute(context))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> str:
+        if event and event.get("throttled"):  # the report counts them
+            context["ti"].xcom_push(key=THROTTLED_XCOM_KEY, value={"scan_id": self.scan_id, "polls": event["throttled"]})
         return self._final(lambda: super(ScanBatchOperator, self).execute_complete(context, event))
 
     def _final(self, wait: Any) -> str:

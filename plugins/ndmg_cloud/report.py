@@ -293,6 +293,7 @@ def build_report(
     connectomes: dict[str, Any] | None = None,
     orphans: list[dict[str, Any]] = (),
     lease: dict[str, Any] | None = None,
+    throttled_polls: int = 0,
 ) -> dict[str, Any]:
     """``canary``: what the canary found (status passed, failed or skipped; its checks);
     ``contract``: the image contract summary of the code this run's scans were made with;
@@ -309,6 +310,7 @@ def build_report(
         "dry_run": counts["dry_run"],
         "failure_classes": dict(Counter(r.failure_class for r in rows if r.failure_class)),
         "cost_usd": round(sum(r.cost_usd for r in rows), 4),
+        "throttled_polls": throttled_polls,  # DescribeJobs polls Batch answered with a throttling error
     }
     return {
         "dataset": config.dataset,

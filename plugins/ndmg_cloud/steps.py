@@ -50,6 +50,7 @@ from ndmg_cloud.taskids import (
     RELEASE_SCANS,
     RUN_SCAN,
     RUN_SCAN_LOCAL,
+    THROTTLED_XCOM_KEY,
     WRITE_JOB_SPECS,
 )
 from ndmg_cloud.discover import discover
@@ -413,6 +414,7 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         connectomes=connectomes.summary,
         orphans=[orphan.to_dict() for orphan in orphans],
         lease=discovery.get("lease"),
+        throttled_polls=sum(item["polls"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, THROTTLED_XCOM_KEY)),
     )
     uri = write_report(s3, config, report, connectomes)
     summary = report["summary"]

@@ -24,6 +24,7 @@ BATCH_SCAN_TASKS = (PILOT_SCAN, RUN_SCAN)  # the scans' Batch jobs
 JOB_TASKS = (CANARY, PILOT_SCAN, RUN_SCAN)  # every task that owns a Batch job
 
 JOB_XCOM_KEY = "batch_job"  # {"scan_id", "job_id"}, pushed right after SubmitJob
+THROTTLED_XCOM_KEY = "throttled"  # {"scan_id", "polls"}: DescribeJobs polls Batch throttled, if any
 LOCAL_JOB_XCOM_KEY = "local_job"  # {"scan_id", "record"}, pushed by run_scan_local
 CANARY_JOB_XCOM_KEY = "canary_job"  # the canary's task arguments (write_job_specs), or None
 PLAN_XCOM_KEY = "plan"  # the settled plan (plan_scans)
