@@ -134,7 +134,7 @@ class BatchBehaviour:
     every submission as the job's container (e.g. ``images.Containers``): it may put what
     a real container would have written, and a non-zero int it returns is the container's
     exit code (the job then fails as Batch reports it).
-    TerminateJob ends a job FAILED with its reason, as AWS does.
+    TerminateJob ends a job FAILED with its reason, as AWS does; ``terminated`` records it.
     """
 
     def __init__(self):
@@ -143,6 +143,7 @@ class BatchBehaviour:
         self.stuck = False
         self.on_submit = None
         self.submitted: list[str] = []
+        self.terminated: list[str] = []  # names of the jobs TerminateJob reached
 
 
 @pytest.fixture
@@ -182,6 +183,7 @@ def batch_behaviour(monkeypatch, aws):
             stop()
 
     def terminate(self, reason):
+        behaviour.terminated.append(self.job_name)
         if not self.job_stopped:
             self.job_stopped_reason = reason
             self._mark_stopped(success=False)
