@@ -1,5 +1,6 @@
 # make demo    - the whole DAG on the embedded default (local AWS endpoint, lite pipeline)
-# make test    - create .venv (first time) and run the whole test suite
+# make test    - create .venv (first time) and run the test suite
+# make test-live - the slow live tier: Airflow components killed mid-run
 # make airflow - airflow standalone on the embedded stack, to trigger the DAG from the UI
 # make bench - print the discovery / DAG parse benchmark figures
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test airflow bench bench-load screenshots lock clean
+.PHONY: demo test test-live airflow bench bench-load screenshots lock clean
 
 # uv (pinned in constraints.txt, installed by pip) installs the locked versions in seconds
 # where pip takes minutes; it resolves against the same constraints.txt.
@@ -27,7 +28,11 @@ airflow: $(STAMP)
 	$(VENV)/bin/ndmg-demo --standalone
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not crash"
+
+# ~5 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py)
+test-live: $(STAMP)
+	$(PY) -m pytest -q tests -m crash
 
 bench: $(STAMP)
 	$(PY) benchmarks/discovery.py

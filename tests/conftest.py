@@ -217,16 +217,9 @@ def wait_for(predicate, timeout=10.0):
 LIVE_PASSWORD = "ndmg-live-test"  # the admin's password on the live Airflow (a test-only file)
 
 
-@pytest.fixture(scope="session")
-def live_airflow(moto_server, tmp_path_factory):
-    """A real Airflow: ``airflow standalone`` (api-server, scheduler, dag-processor,
-    triggerer as processes, SQLite) on a free port, user admin with a known password.
-    Shared by the CLI and browser tests."""
-    import requests
-
-    from ndmg_cloud.demo import start_standalone, stop_process_group
-
-    home = tmp_path_factory.mktemp("standalone")
+def live_environment(home: Path, **extra: str) -> tuple[dict[str, str], str]:
+    """The environment of a real Airflow in ``home`` on a free port (SQLite, LocalExecutor,
+    user admin with LIVE_PASSWORD, DAGs unpaused), and its URL."""
     port = _free_port()
     (home / "passwords.json").write_text(json.dumps({"admin": LIVE_PASSWORD}))
     url = f"http://127.0.0.1:{port}"
@@ -243,23 +236,40 @@ def live_airflow(moto_server, tmp_path_factory):
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        **extra,
     }
+    return env, url
+
+
+def dag_ready(url: str) -> bool:
+    """The api-server answers and has parsed ndmg_participant."""
+    import requests
+
+    try:
+        token = requests.post(f"{url}/auth/token", json={"username": "admin", "password": LIVE_PASSWORD}, timeout=5).json()["access_token"]
+        answer = requests.get(f"{url}/api/v2/dags/ndmg_participant", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        return answer.status_code == 200
+    except (requests.RequestException, KeyError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def live_airflow(moto_server, tmp_path_factory):
+    """A real Airflow: ``airflow standalone`` (api-server, scheduler, dag-processor,
+    triggerer as processes, SQLite) on a free port, user admin with a known password.
+    Shared by the CLI and browser tests."""
+    from ndmg_cloud.demo import start_standalone, stop_process_group
+
+    home = tmp_path_factory.mktemp("standalone")
+    env, url = live_environment(home)
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([airflow, "pools", "set", "ndmg_local", "2", "local"], env=env, check=True, capture_output=True)
     log = open(home / "standalone.log", "w")
     process = start_standalone(env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def dag_ready():
-        try:
-            token = requests.post(f"{url}/auth/token", json={"username": "admin", "password": LIVE_PASSWORD}, timeout=5).json()["access_token"]
-            answer = requests.get(f"{url}/api/v2/dags/ndmg_participant", headers={"Authorization": f"Bearer {token}"}, timeout=5)
-            return answer.status_code == 200
-        except (requests.RequestException, KeyError, ValueError):
-            return False
-
     try:
-        assert wait_for(dag_ready, timeout=180), (home / "standalone.log").read_text()[-3000:]
+        assert wait_for(lambda: dag_ready(url), timeout=180), (home / "standalone.log").read_text()[-3000:]
         yield {"url": url, "home": home, "password": LIVE_PASSWORD}
     finally:
         stop_process_group(process)

@@ -1,0 +1,160 @@
+"""Crashes under a real Airflow: api-server, scheduler (LocalExecutor), dag-processor and
+triggerer as separate processes that the tests SIGKILL and restart, against the local AWS
+endpoint whose SubmitJob the tests slow down so that a kill lands inside the submit window.
+The slow tier: ``make test-live`` (``.ci/run`` runs it after ``make test``).
+
+Airflow timers shortened here, so that recovery takes seconds, not minutes:
+``[scheduler] task_instance_heartbeat_timeout`` 20 s (default 300),
+``task_instance_heartbeat_timeout_detection_interval`` 2 s (default 10),
+``orphaned_tasks_check_interval`` 5 s (default 300), ``scheduler_health_check_threshold``
+10 s (default 30).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import dag_ready, live_environment, wait_for
+from datasets import put_dataset
+from ndmg_cloud.airflowapi import Airflow
+from ndmg_cloud.jobspec import run_token
+
+pytestmark = pytest.mark.crash
+PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+TIMERS = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+    "NDMG_RETRY_DELAY_SECONDS": "0",
+}
+
+
+class Parts:
+    """Airflow's components, each a process group of its own."""
+
+    def __init__(self, home: Path, env: dict[str, str], url: str):
+        self.home, self.env, self.url = home, env, url
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> None:
+        log = open(self.home / f"{name}.log", "ab")
+        binary = str(Path(sys.executable).parent / "airflow")
+        self.processes[name] = subprocess.Popen(
+            [binary, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the component and everything it started (LocalExecutor's task processes)."""
+        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait(30)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def parts(moto_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("crash")
+    env, url = live_environment(home, **TIMERS)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    airflow_parts = Parts(home, env, url)
+    for name in PARTS:
+        airflow_parts.start(name)
+    try:
+        assert wait_for(lambda: dag_ready(url), timeout=180), (home / "api-server.log").read_text()[-3000:]
+        yield airflow_parts
+    finally:
+        airflow_parts.stop_all()
+
+
+def submissions(names: list[str], run_id: str) -> dict[str, int]:
+    """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
+    token, counts = run_token(run_id), {}
+    for name in names:
+        if name.endswith(f"-{token}") and "-canary-" not in name:
+            scan = name.removeprefix("ds-").removesuffix(f"-{token}")
+            counts[scan] = counts.get(scan, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("job_created", [True, False], ids=["after-batch-created-the-job", "before-batch-created-it"])
+def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
+    parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
+):
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 3
+    real = BatchSimpleBackend.submit_job
+    in_window = threading.Event()
+    slow = {"on": True}
+
+    def slow_submit(self, *args, **kwargs):
+        if not slow["on"]:
+            return real(self, *args, **kwargs)
+        if job_created:
+            answer = real(self, *args, **kwargs)  # Batch has the job; its answer is slow to leave
+            in_window.set()
+            time.sleep(15)
+            return answer
+        in_window.set()
+        time.sleep(15)  # the request is on the wire; the worker dies before Batch acts on it
+        raise RuntimeError("never answered")
+
+    monkeypatch.setattr(BatchSimpleBackend, "submit_job", slow_submit)
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+
+    assert in_window.wait(180), (parts.home / "scheduler.log").read_text()[-3000:]
+    parts.kill("scheduler")  # with its executor's task processes
+    slow["on"] = False  # Batch answers promptly again
+    parts.start("scheduler")
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=400), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
+    assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
+    report = json.loads(s3.get_object(Bucket="lab-data", Key=api.xcom(run_id, "verify_and_report").split("/", 3)[3])["Body"].read())
+    assert {row["scan_id"] for row in report["scans"]} >= set(counts)
+    assert report["orphans"] == []
+
+
+def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(parts, s3, batch_env, batch_behaviour):
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 20  # RUNNING: both scan tasks wait in the triggerer
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+
+    def deferred() -> int:
+        return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
+
+    assert wait_for(lambda: deferred() == 2, timeout=180), api.task_instances(run_id)
+    parts.kill("triggerer")
+    time.sleep(3)
+    parts.start("triggerer")  # picks the two triggers up again
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
+    assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
+    states = {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"}
+    assert states == {"sub-01_ses-retest": "success", "sub-01_ses-test": "success"}
+    assert batch_behaviour.terminated == []
