@@ -158,3 +158,44 @@ def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(parts, s3, batc
     states = {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"}
     assert states == {"sub-01_ses-retest": "success", "sub-01_ses-test": "success"}
     assert batch_behaviour.terminated == []
+
+
+def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env, batch_behaviour, monkeypatch):
+    """DescribeJobs answers 429 to every call for 25 s, then to 30% of them for 60 s."""
+    import random
+
+    from moto.batch.responses import BatchResponse
+    from moto.core.exceptions import JsonRESTError
+
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 20
+    real = BatchResponse.describejobs
+    storm = {"from": None}
+
+    def throttled(self):
+        start = storm["from"]
+        if start is not None:
+            elapsed = time.monotonic() - start
+            if elapsed < 25 or (elapsed < 85 and random.random() < 0.3):
+                error = JsonRESTError("TooManyRequestsException", "Too Many Requests")
+                error.code = 429
+                raise error
+        return real(self)
+
+    monkeypatch.setattr(BatchResponse, "describejobs", throttled)
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+    assert wait_for(lambda: sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) == 2, timeout=180)
+    storm["from"] = time.monotonic()
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=400), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    report = json.loads(s3.get_object(Bucket="lab-data", Key=api.xcom(run_id, "verify_and_report").split("/", 3)[3])["Body"].read())
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}; "
+          f"throttled polls in the report: {report['summary']['throttled_polls']}")  # fmt: skip
+    assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
+    scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
+    assert {ti["state"] for ti in scans} == {"success"}
+    assert report["summary"]["throttled_polls"] > 0
+    logs = "\n".join(str(entry) for ti in scans for entry in api.task_log(run_id, ti))
+    assert "throttled DescribeJobs" in logs  # the task log says so
