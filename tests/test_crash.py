@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -199,3 +200,43 @@ def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env,
     assert report["summary"]["throttled_polls"] > 0
     logs = "\n".join(str(entry) for ti in scans for entry in api.task_log(run_id, ti))
     assert "throttled DescribeJobs" in logs  # the task log says so
+
+
+def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, s3, batch_env, batch_behaviour):
+    """The user marks one waiting run_scan failed while the machine is busy: its Batch job
+    gets TerminateJob (from the trigger, the moment the cancel reaches it), the other scan's
+    job does not, and the report calls the cancelled scan cancelled."""
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 40  # RUNNING: both scan tasks defer to the triggerer
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+    run_path = f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}"
+
+    def deferred() -> list[dict]:
+        """Scan tasks whose trigger a triggerer has taken up (a cancel before that reaches no
+        trigger at all: see the note on reconciling by time in the README)."""
+        return [ti for ti in api.task_instances(run_id)
+                if ti["task_id"] == "run_scan" and ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id")]  # fmt: skip
+
+    assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
+    time.sleep(2)  # the triggerer starts what it took up on its next loop
+    target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
+    scan = target["rendered_map_index"]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores
+    try:
+        api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
+        marked = time.monotonic()
+        # the trigger terminates it at once; if even that were lost, verify_and_report would
+        if wait_for(lambda: any(scan in name for name in batch_behaviour.terminated), timeout=30):
+            print(f"TerminateJob {time.monotonic() - marked:.1f} s after marking the task failed (CPU busy)")
+    finally:
+        for process in busy:
+            process.kill()
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
+    # TerminateJob for the cancelled scan's job only (the trigger's, and Airflow's on_kill again)
+    assert set(batch_behaviour.terminated) == {name for name in batch_behaviour.submitted if scan in name}
+    report_uri = api.xcom(run_id, "verify_and_report")
+    bucket, key = report_uri.removeprefix("s3://").split("/", 1)
+    rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
+    assert rows[scan]["status"] == "failed" and rows[scan]["failure_class"] == "cancelled"

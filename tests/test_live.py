@@ -4,12 +4,6 @@ whose Batch jobs the tests hold RUNNING: what dag.test() cannot show."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
-from urllib.parse import quote
-
 import requests
 
 from conftest import wait_for
@@ -55,38 +49,3 @@ def test_two_runs_of_one_dataset_triggered_at_once_one_is_refused(live_airflow, 
     # and the winner released the lease at its end
     assert "Contents" not in s3.list_objects_v2(Bucket="lab-data", Prefix="ds/derivatives/ndmg/.ndmg-lease.json")
 
-
-def test_marking_a_deferred_scan_failed_under_cpu_load_terminates_its_job(live_airflow, s3, batch_env, batch_behaviour):
-    """The user marks one waiting run_scan failed while the machine is busy: its Batch job
-    gets TerminateJob (from the trigger, the moment the cancel reaches it), the other scan's
-    job does not, and the report calls the cancelled scan cancelled."""
-    put_dataset(s3, "lab-data", "ds/")
-    batch_behaviour.run_seconds = 40  # RUNNING: both scan tasks defer to the triggerer
-    api = airflow(live_airflow)
-    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
-    run_path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
-
-    def deferred() -> list[dict]:
-        return [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan" and ti["state"] == "deferred"]
-
-    assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
-    target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
-    scan = target["rendered_map_index"]
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores
-    try:
-        api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
-        marked = time.monotonic()
-        # the trigger terminates it at once; if even that were lost, verify_and_report would
-        if wait_for(lambda: any(scan in name for name in batch_behaviour.terminated), timeout=30):
-            print(f"TerminateJob {time.monotonic() - marked:.1f} s after marking the task failed (CPU busy)")
-    finally:
-        for process in busy:
-            process.kill()
-
-    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
-    # TerminateJob for the cancelled scan's job only (the trigger's, and Airflow's on_kill again)
-    assert set(batch_behaviour.terminated) == {name for name in batch_behaviour.submitted if scan in name}
-    report_uri = api.xcom(run_id, "verify_and_report")
-    bucket, key = report_uri.removeprefix("s3://").split("/", 1)
-    rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
-    assert rows[scan]["status"] == "failed" and rows[scan]["failure_class"] == "cancelled"
