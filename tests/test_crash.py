@@ -138,29 +138,6 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
     assert report["orphans"] == []
 
 
-def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(parts, s3, batch_env, batch_behaviour):
-    put_dataset(s3, "lab-data", "ds/")
-    batch_behaviour.run_seconds = 20  # RUNNING: both scan tasks wait in the triggerer
-    api = Airflow(parts.url, "admin", "ndmg-live-test")
-    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
-
-    def deferred() -> int:
-        return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
-
-    assert wait_for(lambda: deferred() == 2, timeout=180), api.task_instances(run_id)
-    parts.kill("triggerer")
-    time.sleep(3)
-    parts.start("triggerer")  # picks the two triggers up again
-
-    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
-    counts = submissions(batch_behaviour.submitted, run_id)
-    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
-    assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
-    states = {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"}
-    assert states == {"sub-01_ses-retest": "success", "sub-01_ses-test": "success"}
-    assert batch_behaviour.terminated == []
-
-
 def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env, batch_behaviour, monkeypatch):
     """DescribeJobs answers 429 to every call for 25 s, then to 30% of them for 60 s."""
     import random
