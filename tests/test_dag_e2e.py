@@ -652,3 +652,14 @@ def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, container
 
     assert run.state == "success"
     assert report_of(s3, run)["summary"]["throttled_polls"] == 3
+
+
+def test_a_retry_waits_out_the_window_of_a_call_that_died_in_flight_but_not_of_one_that_ended():
+    from ndmg_cloud.operators import SUBMIT_WINDOW_SECONDS, in_flight_for
+
+    died = {"submitting_since": 1000.0, "call_started": 1000.0, "max_tries": 2}
+    assert in_flight_for(died, 1010.0) == SUBMIT_WINDOW_SECONDS - 10
+    assert in_flight_for(died, 1000.0 + SUBMIT_WINDOW_SECONDS + 1) == 0
+    assert in_flight_for({**died, "call_ended": True}, 1010.0) == 0  # the try saw its call fail
+    again = {"submitting_since": 1000.0, "call_started": 5000.0, "max_tries": 2}  # a later try's own call
+    assert in_flight_for(again, 5010.0) == SUBMIT_WINDOW_SECONDS - 10

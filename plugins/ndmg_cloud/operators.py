@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from botocore.config import Config
+
+from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
@@ -19,6 +22,24 @@ from ndmg_cloud.triggers import ScanJobTrigger, polls_for
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
 
+# SubmitJob's own client, bounded so that a call, retries included, is over within
+# SUBMIT_WINDOW_SECONDS of its start: after that, a try that died during its call (whose task
+# runner may live on, as Airflow 3.3's do in their own process group when their supervisor
+# is killed) can no longer create a job, and its retry may look for the job by name.
+SUBMIT_ATTEMPTS, SUBMIT_CONNECT_TIMEOUT, SUBMIT_READ_TIMEOUT = 3, 5, 20
+STANDARD_MODE_MAX_BACKOFF = 20  # botocore's "standard" retry mode waits at most 20 s between attempts
+WORKER_CLOCK_MARGIN = 10  # between the clocks of the worker that died and the one retrying
+SUBMIT_CONFIG = Config(
+    connect_timeout=SUBMIT_CONNECT_TIMEOUT,
+    read_timeout=SUBMIT_READ_TIMEOUT,
+    retries={"mode": "standard", "total_max_attempts": SUBMIT_ATTEMPTS},
+)
+SUBMIT_WINDOW_SECONDS = (
+    SUBMIT_ATTEMPTS * (SUBMIT_CONNECT_TIMEOUT + SUBMIT_READ_TIMEOUT)
+    + (SUBMIT_ATTEMPTS - 1) * STANDARD_MODE_MAX_BACKOFF
+    + WORKER_CLOCK_MARGIN
+)
+
 
 def submitting_since(saved: Any, max_tries: int) -> float | None:
     """When a try of this round of tries began submitting without recording a job id (it
@@ -26,6 +47,15 @@ def submitting_since(saved: Any, max_tries: int) -> float | None:
     if isinstance(saved, dict) and saved.get("submitting_since") and saved.get("max_tries") == max_tries:
         return float(saved["submitting_since"])
     return None
+
+
+def in_flight_for(saved: Any, now: float) -> float:
+    """Seconds for which an earlier try's SubmitJob call may still create a job: none if
+    that try saw its call end (with an error), else until its submit window closes."""
+    if saved.get("call_ended"):
+        return 0.0
+    started = saved.get("call_started") or saved["submitting_since"]
+    return max(0.0, float(started) + SUBMIT_WINDOW_SECONDS - now)
 
 
 def reattachable(saved: Any, max_tries: int) -> str | None:
@@ -134,7 +164,10 @@ class ScanBatchOperator(BatchOperator):
         job id reattaches; one that finds only the intent (the try died during or right after
         the call, when Batch may have created the job) looks for the job by its name, unique
         to this scan and run, among the jobs created since, and reattaches to it; only if
-        there is none does it submit."""
+        there is none does it submit. If the earlier try died during the call, its task runner
+        may live on with the request in flight (or retrying): the retry then waits for that
+        call's window (SUBMIT_WINDOW_SECONDS from its start) to close before it concludes
+        there is no job."""
         store = context.get("task_state_store")
         max_tries = context["ti"].max_tries
         saved = store.get(STATE_KEY) if store is not None else None
@@ -145,7 +178,7 @@ class ScanBatchOperator(BatchOperator):
             return
         since = submitting_since(saved, max_tries)
         if since is not None:
-            job_id = self._job_named_since(since)
+            job_id = self._job_of_earlier_try(since, in_flight_for(saved, time.time()))
             if job_id:
                 self.log.info(
                     "Batch job %s carries this scan's job name %s: an earlier try submitted it and died before "
@@ -162,11 +195,15 @@ class ScanBatchOperator(BatchOperator):
             self.job_queue,
             self.job_definition,
         )
+        now = time.time()
+        intent = {"submitting_since": since or now, "call_started": now, "max_tries": max_tries}
         if store is not None:
-            store.set(STATE_KEY, {"submitting_since": since or time.time(), "max_tries": max_tries})
+            store.set(STATE_KEY, intent)
         try:
             response = self._submit()
         except Exception as err:
+            if store is not None:  # this call is over: a retry need not wait out its window
+                store.set(STATE_KEY, {**intent, "call_ended": True})
             raise AirflowException(
                 f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job "
                 f"definition {self.job_definition!r}: {err}"
@@ -177,7 +214,23 @@ class ScanBatchOperator(BatchOperator):
         self._record(context, response["jobId"])
 
     def _submit(self) -> dict[str, Any]:
-        return self.hook.client.submit_job(**self.batch)
+        client = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, config=SUBMIT_CONFIG).client
+        return client.submit_job(**self.batch)
+
+    def _job_of_earlier_try(self, since: float, in_flight: float) -> str | None:
+        """The job an earlier try of this round submitted, if it exists. If that try died
+        during its call, the call may still create the job until its window closes: look, and
+        if there is none yet, wait for the window to close and look again."""
+        job_id = self._job_named_since(since)
+        if job_id is None and in_flight > 0:
+            self.log.info(
+                "An earlier try began submitting scan %s and died during the call, which may still create "
+                "the job for %.0f s; waiting for that before looking for job %s again",
+                self.scan_id, in_flight, self.job_name,
+            )  # fmt: skip
+            time.sleep(in_flight)
+            job_id = self._job_named_since(since)
+        return job_id
 
     def _job_named_since(self, since: float) -> str | None:
         """The first job of the queue carrying this task's job name created since ``since``
