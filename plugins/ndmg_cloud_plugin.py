@@ -1,10 +1,13 @@
 """Registers ndmg-cloud's additions with Airflow: the "Run report" extra link, the route
-that serves report.html, and the trigger-time refusal of unknown params (see webapp.py)."""
+that serves report.html, the trigger-time refusal of unknown params (see webapp.py), and
+the listener that terminates a scan's Batch job when a person marks its task failed
+(see cancel.py)."""
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from ndmg_cloud import cancel
 from ndmg_cloud.links import RunReportLink
 from ndmg_cloud.webapp import REPORT_APP, UNKNOWN_PARAMS_MIDDLEWARE
 
@@ -14,3 +17,4 @@ class NdmgCloudPlugin(AirflowPlugin):
     operator_extra_links = [RunReportLink()]
     fastapi_apps = [REPORT_APP]
     fastapi_root_middlewares = [UNKNOWN_PARAMS_MIDDLEWARE]
+    listeners = [cancel]

@@ -64,6 +64,18 @@ E2E_VALID = [
 E2E_INVALID = ["sub-04_ses-1"]
 
 
+def scans_keys(subjects: int, sessions: int) -> list[str]:
+    """A plain dataset of ``subjects`` x ``sessions`` valid scans (sub-01_ses-1, ...)."""
+    keys = ["dataset_description.json"]
+    for sub in range(1, subjects + 1):
+        for ses in range(1, sessions + 1):
+            stem = f"sub-{sub:02d}/ses-{ses}"
+            entities = f"sub-{sub:02d}_ses-{ses}"
+            keys += [f"{stem}/anat/{entities}_T1w.nii.gz"]
+            keys += [f"{stem}/dwi/{entities}_dwi.{ext}" for ext in ("nii.gz", "bval", "bvec")]
+    return keys
+
+
 def put_dataset(s3, bucket: str, prefix: str = "", keys=E2E_KEYS) -> None:
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from conftest import dag_ready, live_environment, wait_for
-from datasets import put_dataset
+from datasets import put_dataset, scans_keys
 from ndmg_cloud.airflowapi import Airflow
 from ndmg_cloud.jobspec import run_token
 
@@ -98,12 +98,26 @@ def own_parts(moto_server, tmp_path_factory):
     yield from started_parts(tmp_path_factory)
 
 
+TWELVE = [f"sub-{sub:02d}_ses-{ses}" for sub in range(1, 7) for ses in (1, 2)]  # the issue's 12 scans
+
+
+def put_twelve_scans(s3) -> dict:
+    """6 subjects x 2 sessions at s3://lab-data/ds12/; the run's conf."""
+    put_dataset(s3, "lab-data", "ds12/", keys=scans_keys(6, 2))
+    return {"bucket": "lab-data", "bidsdir": "ds12", "canary": False}
+
+
+def report_of(api: Airflow, s3, run_id: str) -> dict:
+    bucket, key = api.xcom(run_id, "verify_and_report").removeprefix("s3://").split("/", 1)
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
 def submissions(names: list[str], run_id: str) -> dict[str, int]:
     """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
     token, counts = run_token(run_id), {}
     for name in names:
         if name.endswith(f"-{token}") and "-canary-" not in name:
-            scan = name.removeprefix("ds-").removesuffix(f"-{token}")
+            scan = name.split("-", 1)[1].removesuffix(f"-{token}")  # after the dataset's name
             counts[scan] = counts.get(scan, 0) + 1
     return counts
 
@@ -115,7 +129,7 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
     parts = own_parts
     from moto.batch_simple.models import BatchSimpleBackend
 
-    put_dataset(s3, "lab-data", "ds/")
+    conf = put_twelve_scans(s3)
     batch_behaviour.run_seconds = 3
     real = BatchSimpleBackend.submit_job
     in_window = threading.Event()
@@ -135,7 +149,7 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
 
     monkeypatch.setattr(BatchSimpleBackend, "submit_job", slow_submit)
     api = Airflow(parts.url, "admin", "ndmg-live-test")
-    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+    run_id = api.trigger(conf)
 
     assert in_window.wait(180), (parts.home / "scheduler.log").read_text()[-3000:]
     # With its executor's workers and task supervisors. Each task runner lives on in a process
@@ -148,10 +162,67 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
     assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=400), api.task_instances(run_id)
     counts = submissions(batch_behaviour.submitted, run_id)
     print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
-    assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
-    report = json.loads(s3.get_object(Bucket="lab-data", Key=api.xcom(run_id, "verify_and_report").split("/", 3)[3])["Body"].read())
-    assert {row["scan_id"] for row in report["scans"]} >= set(counts)
+    assert counts == dict.fromkeys(TWELVE, 1)
+    report = report_of(api, s3, run_id)  # (the stand-in jobs write no outputs)
+    assert {row["scan_id"]: row["failure_class"] for row in report["scans"]} == dict.fromkeys(TWELVE, None)
+    assert len({row["job_id"] for row in report["scans"]}) == 12
     assert report["orphans"] == []
+
+
+def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(own_parts, s3, batch_env, batch_behaviour):
+    parts = own_parts
+    conf = put_twelve_scans(s3)
+    batch_behaviour.run_seconds = 40  # RUNNING: every scan task waits in the triggerer
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger(conf)
+
+    def deferred() -> int:
+        return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
+
+    assert wait_for(lambda: deferred() == 12, timeout=240), api.task_instances(run_id)
+    parts.kill("triggerer")
+    time.sleep(3)
+    parts.start("triggerer")  # takes the twelve triggers up again
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
+    assert counts == dict.fromkeys(TWELVE, 1)
+    states = {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"}
+    assert states == dict.fromkeys(TWELVE, "success")
+    assert batch_behaviour.terminated == []
+
+
+def test_a_scan_marked_failed_before_any_triggerer_took_it_up_has_its_job_terminated(own_parts, s3, batch_env, batch_behaviour):
+    """No triggerer runs, so no trigger can hear the cancel: the api-server's listener
+    terminates the job the task recorded, before it answers the request."""
+    parts = own_parts
+    parts.kill("triggerer")
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 60
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+    run_path = f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}"
+
+    def deferred() -> list[dict]:
+        return [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan" and ti["state"] == "deferred"]
+
+    assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
+    target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
+    scan = target["rendered_map_index"]
+    assert not (target.get("trigger") or {}).get("triggerer_id")  # no triggerer has it
+    api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
+    # terminated by the time the request was answered
+    assert [name for name in batch_behaviour.terminated] == [name for name in batch_behaviour.submitted if scan in name]
+
+    parts.start("triggerer")
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=240), api.task_instances(run_id)
+    rows = {row["scan_id"]: row for row in report_of(api, s3, run_id)["scans"]}
+    assert rows[scan]["status"] == "failed" and rows[scan]["failure_class"] == "cancelled"
+    other = next(s for s in rows if s != scan)
+    assert rows[other]["failure_class"] is None  # its job ran to the end (and wrote nothing: a stand-in)
+    assert {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"} == {
+        scan: "failed", other: "success"}
 
 
 def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env, batch_behaviour, monkeypatch):
@@ -233,3 +304,20 @@ def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, 
     bucket, key = report_uri.removeprefix("s3://").split("/", 1)
     rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
     assert rows[scan]["status"] == "failed" and rows[scan]["failure_class"] == "cancelled"
+
+
+def test_marking_the_whole_run_failed_terminates_every_scan_job(parts, s3, batch_env, batch_behaviour):
+    conf = put_twelve_scans(s3)
+    batch_behaviour.run_seconds = 120
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger(conf)
+
+    def deferred() -> int:
+        return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
+
+    assert wait_for(lambda: deferred() == 12, timeout=240), api.task_instances(run_id)
+    marked = time.monotonic()
+    api._request("PATCH", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
+    assert wait_for(lambda: len(set(batch_behaviour.terminated)) == 12, timeout=60), batch_behaviour.terminated
+    print(f"12 TerminateJob within {time.monotonic() - marked:.1f} s of marking the run failed")
+    assert sorted(set(batch_behaviour.terminated)) == sorted(name for name in batch_behaviour.submitted if run_token(run_id) in name)
