@@ -28,11 +28,11 @@ airflow: $(STAMP)
 	$(VENV)/bin/ndmg-demo --standalone
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests -m "not crash"
+	$(PY) -m pytest -q tests -m "not crash and not slow"
 
-# ~5 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py)
+# ~9 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py)
 test-live: $(STAMP)
-	$(PY) -m pytest -q tests -m crash
+	$(PY) -m pytest -q tests -m "crash or slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/discovery.py

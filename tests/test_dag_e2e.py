@@ -319,6 +319,7 @@ def batch_submitted(batch, since: list[str] = ()) -> list[str]:
     return [n for n in names if n not in set(since)]
 
 
+@pytest.mark.slow  # dag.test() twin of a live-tier scenario: make test-live
 def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     from ndmg_cloud.operators import ScanBatchOperator
 
@@ -350,6 +351,7 @@ def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, b
     assert run.state == "success"
 
 
+@pytest.mark.slow  # dag.test() twin of a live-tier scenario: make test-live
 def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     """SubmitJob reaches Batch (the job exists) but the try dies before it hears the job id:
     the retry finds the job by its name and reattaches."""
@@ -380,6 +382,7 @@ def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, datas
     assert run.state == "success"
 
 
+@pytest.mark.slow  # dag.test() twin of a live-tier scenario: make test-live
 def test_a_duplicate_job_is_an_orphan_terminated_and_reported(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     """A job of the run that no scan row names (here: a second SubmitJob for one scan that
     nothing recorded) is terminated at the end of the run and listed under orphans."""
@@ -639,6 +642,7 @@ def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_r
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=LEASE)
 
 
+@pytest.mark.slow  # dag.test() twin of a live-tier scenario: make test-live
 def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, containers, batch_behaviour, monkeypatch):
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 

@@ -4,6 +4,9 @@ whose Batch jobs the tests hold RUNNING: what dag.test() cannot show."""
 
 from __future__ import annotations
 
+import json
+from urllib.parse import quote
+
 import requests
 
 from conftest import wait_for
@@ -49,3 +52,29 @@ def test_two_runs_of_one_dataset_triggered_at_once_one_is_refused(live_airflow, 
     # and the winner released the lease at its end
     assert "Contents" not in s3.list_objects_v2(Bucket="lab-data", Prefix="ds/derivatives/ndmg/.ndmg-lease.json")
 
+
+
+def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_reported_cancelled(
+    live_airflow, s3, batch_env, batch_behaviour
+):
+    """The api-server terminates the job itself (cancel.py), whatever the triggerer does."""
+    put_dataset(s3, "lab-data", "ds/")
+    batch_behaviour.run_seconds = 30
+    api = airflow(live_airflow)
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
+
+    def waiting() -> list[dict]:
+        return [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan" and ti["state"] == "deferred"]
+
+    assert wait_for(lambda: len(waiting()) == 2, timeout=180), api.task_instances(run_id)
+    target = min(waiting(), key=lambda ti: ti["map_index"])
+    scan = target["rendered_map_index"]
+    path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/{target['map_index']}"
+    api._request("PATCH", path, {"new_state": "failed"})
+    assert scans_submitted(batch_behaviour.terminated, run_id) == [scan]  # already, when PATCH returned
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
+    bucket, key = api.xcom(run_id, "verify_and_report").removeprefix("s3://").split("/", 1)
+    rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
+    assert (rows[scan]["status"], rows[scan]["failure_class"]) == ("failed", "cancelled")
+    assert sorted(scans_submitted(batch_behaviour.submitted, run_id)) == ["sub-01_ses-retest", "sub-01_ses-test"]

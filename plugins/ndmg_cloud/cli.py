@@ -333,18 +333,19 @@ def cmd_kill(args: argparse.Namespace) -> int:
         config = (airflow.xcom(args.run, DISCOVER) or {}).get("config")
     except NotFound:
         config = None  # discovery never finished: no job can carry the run's names
-    airflow.fail_run(args.run)
     import boto3
 
     from ndmg_cloud.jobs import ACTIVE, describe_jobs, terminate_job
     from ndmg_cloud.reconcile import jobs_of_run
 
-    with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
+    with aws(f"the Batch jobs of run {args.run} could not be listed; the run was not marked failed"):
         batch = boto3.client("batch")
         active = {job_id for job_id, job in describe_jobs(batch, sorted(job_ids)).items() if job.get("status") in ACTIVE}
         if config:
             active |= {j["jobId"] for j in jobs_of_run(batch, config["job_queue"], config["dataset"], args.run) if j.get("status") in ACTIVE}
-        for job_id in sorted(active):
+    airflow.fail_run(args.run)  # Airflow's api-server terminates the jobs the tasks recorded (cancel.py)
+    with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
+        for job_id in sorted(active):  # and this every job of the run (again: TerminateJob is idempotent)
             terminate_job(batch, job_id, "ndmg_cloud kill")
     print(f"run {args.run} marked failed; {len(active)} Batch jobs terminated")
     return 0
