@@ -89,3 +89,27 @@ def test_no_credentials_where_a_failing_canary_writes(s3, batch_env, airflow_db,
     assert any(k.startswith("job log") and "FAIL command" in v for k, v in artifacts.items())
     assert any(k.endswith("canary.json") and '"ok": false' in v for k, v in artifacts.items())
     assert leaks_in(artifacts) == {}
+
+
+def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var_in_reach():
+    """Values from data that look like templates stay text: rendering the operator with a
+    context that holds connections and variables changes nothing of what it would submit."""
+    import copy
+
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    braces = "s3://bkt/{{ conn.aws_default.password }}/{{ var.value.token }}/"
+    batch = {
+        "jobName": "ds-{{ conn.aws_default.login }}-abcd1234",
+        "jobQueue": "ndmg-queue",
+        "jobDefinition": "ndmg",
+        "containerOverrides": {"command": ["ndmg-scan", "--spec", braces + "sub-01.json"],
+                               "environment": [{"name": "NDMG_SPEC", "value": braces}]},
+        "tags": {"ndmg:dataset": "{% raw %}x{% endraw %}"},
+    }
+    secrets = type("Secrets", (), {"__getattr__": lambda self, name: self, "__str__": lambda self: "SECRET"})()
+    context = {"conn": secrets, "var": secrets, "ds": "2026-01-01"}
+    op = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri=braces + "sub-01.json", batch=copy.deepcopy(batch))
+    op.render_template_fields(context)  # what Airflow does before execute (the canary's class inherits this)
+    assert (op.container_overrides, op.job_name, op.tags, op.batch) == (batch["containerOverrides"], batch["jobName"], batch["tags"], batch)
+    assert "SECRET" not in json.dumps(vars(op), default=str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.config import Config
@@ -87,6 +88,12 @@ class ScanBatchOperator(BatchOperator):
     task's ``task_state_store``: an Airflow retry (a worker crash, say) reattaches to that
     job, live or finished, instead of submitting the scan again. A manual Clear submits afresh.
     """
+
+    # Nothing here is a template: the payload is data (paths and names from the dataset and
+    # the user), and Airflow's rendering would evaluate any ``{{ conn... }}`` inside it,
+    # nested values included (mapped-operator rendering marks only the top level as done).
+    template_fields: Sequence[str] = ()
+    template_fields_renderers: dict[str, str] = {}
 
     def __init__(
         self,
