@@ -88,11 +88,11 @@ REFUSED = [
     ("a bucket full of non-BIDS junk", {"keys": ["junk/a.txt", "notes/résumé.pdf", "x/sub-01_dwi.nii.gz"]}, DatasetError, "no DWI images"),
     ("an empty prefix", {"params": {"bidsdir": "nothing-here"}}, DatasetError, "nothing under s3://lab-data/nothing-here/"),
     ("only invalid scans", {"keys": dwi_series("sub-0;1/dwi", "sub-0;1")}, DatasetError, "all 1 scans are invalid"),
-    ("output prefix inside a subject folder", {"params": {"modif": "sub-01/derivatives"}}, ParamError, "inside subject folder 'sub-01'"),
+    ("output prefix inside a subject folder", {"params": {"modif": "sub-01/derivatives"}}, ParamError, "modif 'sub-01/derivatives' is refused: it must be a folder under derivatives/"),
     ("output equal to the input", {"params": {"output_uri": f"s3://{BUCKET}/{PREFIX}"}}, ParamError, "is the dataset root"),
     ("empty modif", {"params": {"modif": ""}}, ParamError, "modif is empty"),
-    ("participant label with metacharacters", {"params": {"participant_label": ["01 && rm -rf /"]}}, ParamError, "is not a BIDS label"),
-    ("pipeline option with metacharacters", {"params": {"parcellation": ["AAL;reboot"]}}, ValueError, "may only use letters, digits, '_' and '-'"),
+    ("participant label with metacharacters", {"params": {"participant_label": ["01 && rm -rf /"]}}, ParamError, "it must be a BIDS label"),
+    ("pipeline option with metacharacters", {"params": {"parcellation": ["AAL;reboot"]}}, ValueError, "parcellation 'AAL;reboot' is refused: it must be an atlas name"),
 ]
 
 

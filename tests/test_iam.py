@@ -68,4 +68,4 @@ def test_command_prints_both_policies(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"job_role", "orchestrator_role"}
     assert main(["--bucket", "lab-data", "--modif", "sub-01", "--account", "1"]) == 2
-    assert "inside subject folder" in capsys.readouterr().err
+    assert "modif 'sub-01' is refused: it must be a folder under derivatives/" in capsys.readouterr().err

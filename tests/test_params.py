@@ -32,14 +32,26 @@ def test_bucket_root_dataset_and_output_uri_elsewhere():
         ({"bucket": "s3://lab-data/ds"}, "'s3://lab-data/ds' is not an S3 bucket name"),
         ({"bucket": "Lab_Data"}, "'Lab_Data' is not an S3 bucket name"),
         ({"bucket": "lab-data", "modif": ""}, "modif is empty"),
-        ({"bucket": "lab-data", "modif": "sub-01"}, "inside subject folder 'sub-01'"),
-        ({"bucket": "lab-data", "bidsdir": "ds", "modif": "sub-02/derivatives"}, "inside subject folder 'sub-02'"),
+        ({"bucket": "lab-data", "modif": "sub-01"}, "modif 'sub-01' is refused: it must be a folder under derivatives/"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "modif": "sub-02/derivatives"}, "modif 'sub-02/derivatives' is refused"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "modif": "out"}, "modif 'out' is refused: it must be a folder under derivatives/"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "modif": "derivatives/../sub-01"}, "no '.', '..' or empty segments"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "modif": "derivatives//x"}, "modif 'derivatives//x' is refused"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/./sub-01/x"}, "output_uri 's3://lab-data/ds/./sub-01/x' is refused"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/code/out"}, "inside the input dataset s3://lab-data/ds/ but not under its derivatives/"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds/sourcedata/jobs"}, "jobdir 's3://lab-data/ds/sourcedata/jobs' lies inside the input dataset"),
+        ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds//sub-01/jobs"}, "jobdir 's3://lab-data/ds//sub-01/jobs' is refused"),
+        ({"bucket": "lab-data", "jobdir": "s3://bkt/{{ conn.aws_default.password }}/"}, "jobdir 's3://bkt/{{ conn.aws_default.password }}/' is refused"),
+        ({"bucket": "lab-data", "bidsdir": "ds{% raw %}"}, "bidsdir 'ds{% raw %}' is refused"),
+        ({"bucket": "lab-data", "dataset": "{{ var.value.x }}"}, "dataset '{{ var.value.x }}' is refused"),
+        ({"bucket": "lab-data", "participant_label": ["1" * 65]}, "participant_label '" + "1" * 65 + "' is refused: it must be a BIDS label: letters and digits only, at most 64"),
+        ({"bucket": "lab-data", "participant_label": ["01A", "sub-01a"]}, "participant_label '01A' and '01a' differ only in case"),
         ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/"}, "is the dataset root"),
         ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/sub-1/x"}, "inside subject folder"),
-        ({"bucket": "lab-data", "output_uri": "/tmp/out"}, "output_uri: '/tmp/out' is not an s3:// URI"),
+        ({"bucket": "lab-data", "output_uri": "/tmp/out"}, "output_uri '/tmp/out' is refused: it must be an s3://bucket/path URI"),
         ({"bucket": "lab-data", "jobdir": "/tmp/jobs"}, "jobdir '/tmp/jobs' is a local path"),
         ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds/sub-01/jobs/"}, "inside subject folder 'sub-01'"),
-        ({"bucket": "lab-data", "participant_label": ["01;rm"]}, "sub label '01;rm' is not a BIDS label"),
+        ({"bucket": "lab-data", "participant_label": ["01;rm"]}, "participant_label '01;rm' is refused: it must be a BIDS label"),
         ({"bucket": "lab-data", "pipeline": "fmriprep"}, "pipeline 'fmriprep' is unknown"),
         ({"bucket": "lab-data", "pipeline": "lite", "voxelsize": "2mm"}, "option voxelsize='2mm' is not supported by pipeline 'lite'"),
         ({"bucket": "lab-data", "parcellation": ["Desikan", "Nope"]}, "'Nope' is not an atlas of m2g's image"),
@@ -77,3 +89,8 @@ def test_config_round_trips_through_xcom_form():
 
 def test_empty_parcellation_means_the_pipeline_default():
     assert resolve({"bucket": "lab-data", "parcellation": []}, "r").options["parcellation"] == ["AAL", "Desikan"]
+
+
+def test_a_label_given_as_one_string_is_one_label():
+    config = resolve({"bucket": "lab-data", "participant_label": "01", "session_label": "sub-x"[4:]}, "r")
+    assert (config.participants, config.sessions) == (["01"], ["x"])

@@ -29,25 +29,42 @@ DATASET, PIPELINE, AWS_BATCH, RUN_CONTROL = "Dataset", "Pipeline", "AWS Batch", 
 # RegExp alike). S3 keys: AWS's "safe characters", no '.'/'..' segments, and no braces, so no
 # value can be read as a template anywhere downstream.
 _SAFE_KEY = r"[A-Za-z0-9!_.*'()/+=@,-]"
-_NO_DOT_SEGMENT = r"(?!(.*/)?\.{1,2}(/|$))"
+_NO_DOT_SEGMENT = r"(?!(.*/)?\.{1,2}(/|$))(?!.*//)"  # and no empty segment
 _BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 _PATH = _NO_DOT_SEGMENT + _SAFE_KEY + "*"
-_S3_URI = rf"s3://{_BUCKET}(/{_PATH})?"
+_S3_URI = rf"s3://{_BUCKET}(/(?!/){_PATH})?"
 PATTERNS = {
     "bucket": rf"^{_BUCKET}$",
     "bidsdir": rf"^(?!s3:){_PATH}$",
-    "modif": rf"^(?!/*sub-)(?!s3:){_NO_DOT_SEGMENT}{_SAFE_KEY}+$",
+    "modif": rf"^(?!.*//)/?derivatives(/{_NO_DOT_SEGMENT}{_SAFE_KEY}*)?$",
     "output_uri": rf"^{_S3_URI}$",
     "jobdir": rf"^({_S3_URI}|(?!s3:){_PATH})$",
     "atlas": rf"^s3://{_BUCKET}/{_NO_DOT_SEGMENT}{_SAFE_KEY}+$",
     "dataset": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-    "participant_label": r"^(sub-)?[A-Za-z0-9]+$",
-    "session_label": r"^(ses-)?[A-Za-z0-9]+$",
+    "participant_label": r"^(sub-)?[A-Za-z0-9]{1,64}$",
+    "session_label": r"^(ses-)?[A-Za-z0-9]{1,64}$",
     "parcellation": r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
     "job_queue": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127})$",
     "job_definition": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?)$",
 }
 PIPELINE_DEFAULT = "pipeline default"
+_S3_RULE = "with S3 key characters only (letters, digits, ! _ . * ' ( ) / + = @ , -) and no '.', '..' or empty segments"
+# What each pattern asks for, in the words of the message that refuses a value.
+PATTERN_RULES = {
+    "bucket": "a bucket name only: 3-63 lowercase letters, digits, '.', '-', without s3:// or a path",
+    "bidsdir": f"a folder inside the bucket (not an s3:// URI), {_S3_RULE}",
+    "modif": f"a folder under derivatives/ (e.g. 'derivatives/ndmg'; nothing else in a dataset is written to), {_S3_RULE}",
+    "output_uri": f"an s3://bucket/path URI, {_S3_RULE}",
+    "jobdir": f"an s3://bucket/path URI, {_S3_RULE}",
+    "atlas": f"an s3://bucket/key URI of a NIfTI file, {_S3_RULE}",
+    "dataset": "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64",
+    "participant_label": "a BIDS label: letters and digits only, at most 64 (01 or sub-01)",
+    "session_label": "a BIDS label: letters and digits only, at most 64 (1 or ses-1)",
+    "parcellation": "an atlas name: letters, digits and . _ + - (e.g. AAL, Desikan)",
+    "job_queue": "a Batch job queue name or ARN",
+    "job_definition": "a Batch job definition name (name or name:revision) or ARN",
+}
+assert set(PATTERN_RULES) == set(PATTERNS)
 
 
 def _param(section: str, default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict:
@@ -87,7 +104,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         "derivatives/ndmg",
         "string",
         "Output folder",
-        "Output folder under the dataset (seed --modif). Must not be a subject folder (sub-...).",
+        "Output folder under the dataset's derivatives/ (seed --modif); nothing else inside a dataset is written to.",
         minLength=1,
         pattern=PATTERNS["modif"],
     ),
@@ -197,6 +214,24 @@ class RunConfig:
         return cls(**data)
 
 
+def check_patterns(params: dict[str, Any]) -> dict[str, Any]:
+    """The schema's patterns, for callers that are not Airflow's trigger (the CLI, tests, a
+    conf that skipped the form): refuse any value that breaks one, naming it and the rule.
+    A label list given as one string is that one label. Returns the params, so normalised."""
+    params = dict(params)
+    for name in ("participant_label", "session_label", "parcellation"):
+        if isinstance(params.get(name), str):
+            params[name] = [params[name]] if params[name].strip() else []
+    for name, pattern in PATTERNS.items():
+        value = params.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if item is None or (isinstance(item, str) and not item.strip() and name != "bucket"):
+                continue
+            if not isinstance(item, str) or not re.search(pattern, item.strip()):
+                raise ParamError(f"{name} {item!r} is refused: it must be {PATTERN_RULES[name]}")
+    return params
+
+
 def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     """Turn validated params into a RunConfig, refusing what cannot work.
 
@@ -212,6 +247,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
             f"bucket {bucket!r} is not an S3 bucket name: give the name only "
             "(3-63 lowercase letters, digits, '.', '-'), without s3:// or a path"
         )
+    params = check_patterns(params)
     bidsdir = as_prefix(params.get("bidsdir") or "")
     input_root = S3Location(bucket, bidsdir)
     output_root = _output_root(params, input_root)
@@ -225,7 +261,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     backend = params.get("backend") or "aws_batch"
     jobdir = (params.get("jobdir") or "").strip() or OutputLayout(output_root).default_jobdir(run_id)
     if jobdir.startswith("s3://"):
-        _refuse_subject_folder(S3Location.parse(jobdir), input_root, f"jobdir {jobdir!r}")
+        _refuse_inside_input(S3Location.parse(jobdir), input_root, f"jobdir {jobdir!r}")
     elif backend == "aws_batch":
         raise ParamError(
             f"jobdir {jobdir!r} is a local path, which Batch jobs cannot read; "
@@ -242,6 +278,15 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         sessions = normalise_labels(params.get("session_label") or [], "ses")
     except ValueError as err:
         raise ParamError(str(err)) from None
+    for key, labels in (("participant_label", participants), ("session_label", sessions)):
+        folded = {}
+        for label in labels:
+            other = folded.setdefault(label.lower(), label)
+            if other != label:
+                raise ParamError(
+                    f"{key} {other!r} and {label!r} differ only in case: BIDS folders that differ only in case "
+                    "collide on case-insensitive file systems; give one of them"
+                )
 
     return RunConfig(
         run_id=run_id,
@@ -286,16 +331,23 @@ def _output_root(params: dict[str, Any], input_root: S3Location) -> S3Location:
         where = f"modif {params.get('modif')!r}"
     if out == input_root:
         raise ParamError(f"{where} is the dataset root {input_root}: choose a separate output folder")
-    _refuse_subject_folder(out, input_root, where)
+    _refuse_inside_input(out, input_root, where)
     return out
 
 
-def _refuse_subject_folder(location: S3Location, input_root: S3Location, where: str) -> None:
-    """Nothing this project writes may land in an input subject folder."""
+def _refuse_inside_input(location: S3Location, input_root: S3Location, where: str) -> None:
+    """Inside the input dataset, this project writes under ``derivatives/`` only (BIDS's
+    place for outputs); never into subject folders, sourcedata, code or the root."""
     if input_root.contains(location):
         first = location.prefix[len(input_root.prefix) :].split("/", 1)[0]
         if first.startswith("sub-"):
             raise ParamError(
                 f"{where} lies inside subject folder '{first}' of the input dataset; "
                 "nothing may be written into input subject folders: use e.g. 'derivatives/ndmg'"
+            )
+        if first != "derivatives":
+            raise ParamError(
+                f"{where} lies inside the input dataset {input_root} but not under its derivatives/ folder; "
+                f"inside a dataset only derivatives/ is written to: use e.g. '{input_root.uri()}derivatives/{first or 'ndmg'}/' "
+                "or a location outside the dataset"
             )
