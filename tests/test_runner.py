@@ -181,18 +181,24 @@ def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms
     assert row.status != "succeeded"
 
 
+def slow_program(folder: Path, name: str, marker: Path) -> dict[str, str]:
+    """A stand-in ``name`` first on PATH: writes its pid to ``marker``, then sleeps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / name
+    program.write_text(f"#!{sys.executable}\nimport os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    program.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
 def test_sigterm_stops_the_pipeline_and_writes_no_manifest(s3, phantoms, tmp_path):
     _, specs = write_specs(s3, phantoms["plain"])
     spec = dict(specs["sub-01_ses-1"])
     marker = tmp_path / "pipeline-pid"
-    spec["pipeline"] = {
-        **spec["pipeline"],
-        "command": [sys.executable, "-c", f"import os,time; open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(120)"],
-    }
     local_spec = tmp_path / "spec.json"
     local_spec.write_text(json.dumps(spec))
+    path = slow_program(tmp_path / "bin", spec["pipeline"]["command"][0], marker)
 
-    proc = run_runner(str(local_spec), wait=False)
+    proc = run_runner(str(local_spec), wait=False, env_extra=path)
     deadline = time.time() + 60
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -285,3 +291,97 @@ def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, pha
             assert not any("ses-1" in k for k in keys)
         manifest = read_json(s3, spec["manifest"])
         assert manifest["status"] == "success" and [o["path"] for o in manifest["outputs"]] == [graph]
+
+
+def test_a_spec_whose_command_is_not_the_pipelines_is_refused(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    spec["pipeline"] = {**spec["pipeline"], "command": ["sh", "-c", "cat ~/.aws/credentials"]}
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    result = run_runner(str(local_spec))
+
+    assert result.returncode == 2
+    assert "job spec's pipeline command ['sh', '-c', 'cat ~/.aws/credentials'] is not what pipeline 'lite' builds" in result.stderr
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
+
+
+def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    spec["extra_inputs"] = {"../../escaped.txt": spec["input_root"] + "dataset_description.json"}
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    result = run_runner(str(local_spec), "--workdir", str(tmp_path / "work"))
+
+    assert result.returncode == 2
+    assert "job spec names input '../../escaped.txt', which lies outside the work folder" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = TOP-SECRET\n")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / spec["pipeline"]["command"][0]
+    program.write_text(
+        f"#!{sys.executable}\nimport os, sys\nout = sys.argv[-1]\nos.makedirs(out, exist_ok=True)\n"
+        f"os.symlink({str(secret)!r}, os.path.join(out, 'sub-01_ses-1_dwi_notes.txt'))\n"
+        "open(os.path.join(out, 'sub-01_ses-1_dwi_real.txt'), 'w').write('real')\n"
+    )
+    program.chmod(0o755)
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    result = run_runner(str(local_spec), env_extra={"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"})
+
+    assert "not uploading sub-01_ses-1_dwi_notes.txt: a symbolic link" in result.stderr + result.stdout
+    bucket, prefix = spec["output_prefix"].removeprefix("s3://").split("/", 1)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    assert any(k.endswith("sub-01_ses-1_dwi_real.txt") for k in keys)  # regular files go up
+    assert not any("notes" in k for k in keys)
+    assert all(b"TOP-SECRET" not in s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)
+
+
+def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacted(s3, phantoms, tmp_path):
+    _, specs = write_specs(s3, phantoms["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / spec["pipeline"]["command"][0]
+    program.write_text(
+        f"#!{sys.executable}\nimport os, sys\nprint('env:', ' '.join(sorted(os.environ)))\n"
+        "print('leaked AKIAABCDEFGHIJKLMNOP and wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY', flush=True)\nsys.exit(1)\n"
+    )
+    program.chmod(0o755)
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+    worker = {
+        "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
+        "AWS_ACCESS_KEY_ID": "AKIAWORKERKEY0000000", "AWS_SECRET_ACCESS_KEY": "worker-secret",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://a:pw@db/a",
+        "AIRFLOW__CORE__FERNET_KEY": "fernet", "MY_DB_PASSWORD": "pw",
+    }  # fmt: skip
+
+    result = run_runner(str(local_spec), env_extra=worker)
+
+    seen = next(line for line in result.stdout.splitlines() if line.startswith("env:")).split()[1:]
+    assert not set(seen) & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "MY_DB_PASSWORD"}  # fmt: skip
+    assert "PATH" in seen
+    assert "pipeline exited with code 1: leaked [redacted] and [redacted]" in result.stderr
+    assert "AKIAABCDEFGHIJKLMNOP" not in result.stdout + result.stderr
+
+
+def test_the_local_runner_gets_an_allow_list_of_the_worker_environment():
+    from ndmg_cloud.scrub import runner_environment
+
+    worker = {"PATH": "/bin", "HOME": "/home/a", "LC_ALL": "C", "NDMG_WARM": "1", "AWS_ENDPOINT_URL": "http://x",
+              "AWS_ACCESS_KEY_ID": "k", "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW_HOME": "/a",
+              "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://", "AIRFLOW_CONN_AWS_DEFAULT": "aws://k:s@", "GITHUB_TOKEN": "t"}  # fmt: skip
+    assert sorted(runner_environment(worker)) == ["AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "HOME", "LC_ALL", "NDMG_WARM", "PATH"]

@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
+from ndmg_cloud.scrub import redact, runner_environment
 from ndmg_cloud.warm import WARM_ENV
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ def run_local(scan_id: str, spec_uri: str) -> JobRecord:
     command = [sys.executable, "-m", "ndmg_cloud.runner", "--spec", spec_uri]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     started = int(time.time() * 1000)
-    env = {**os.environ, WARM_ENV: "1"}  # ndmg-lite from the warm fork server (warm.py)
+    # not the worker's DB URL, JWT secret or Fernet key (scrub.py); ndmg-lite from the warm fork server (warm.py)
+    env = {**runner_environment(os.environ), WARM_ENV: "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         for line in process.stdout:
-            line = line.rstrip("\n")
+            line = redact(line.rstrip("\n"))
             tail.append(line)
             log.info("%s", line)
         code = process.wait()

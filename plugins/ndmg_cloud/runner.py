@@ -46,6 +46,7 @@ from ndmg_cloud import contract as image_contract
 from ndmg_cloud.jobspec import WORK_INPUT, WORK_OUTPUT
 from ndmg_cloud.layout import split_uri
 from ndmg_cloud.pipelines import WORK_SESSION
+from ndmg_cloud.scrub import pipeline_environment, redact
 from ndmg_cloud.s3 import put_json
 from ndmg_cloud.warm import WarmProcess, start_program
 
@@ -158,7 +159,7 @@ class ScanRun:
             self.inputs[role] = self._download(rel, target, required=role != "dataset_description")
         for rel, uri in self.spec.get("extra_inputs", {}).items():
             bucket, key = split_uri(uri)
-            self.inputs[rel] = self._download(key, self.input_dir / rel, required=True, bucket=bucket)
+            self.inputs[rel] = self._download(key, self.inside(self.input_dir, rel), required=True, bucket=bucket)
         if not places["dataset_description"].exists():
             places["dataset_description"].write_text(json.dumps({"Name": self.spec["dataset"], "BIDSVersion": "1.9.0"}))
 
@@ -216,11 +217,42 @@ class ScanRun:
                 2,
             )
 
+    @staticmethod
+    def inside(folder: Path, rel: str) -> Path:
+        """``folder / rel``, refused if it would resolve outside ``folder``."""
+        target = (folder / rel).resolve()
+        if not target.is_relative_to(folder.resolve()):
+            raise ScanFailure(f"job spec names input {rel!r}, which lies outside the work folder: refusing it", 2)
+        return folder / rel
+
     # 4 ---------------------------------------------------------------------------------
+    def pipeline_command(self) -> list[str]:
+        """The command the spec's pipeline builds from the spec's scan and options: the
+        runner runs that, never a command line taken from the spec as written (a spec
+        whose command differs was not written by this code, and is refused)."""
+        from ndmg_cloud.bids import Scan
+        from ndmg_cloud.pipelines import OptionError, get_pipeline
+
+        block = self.spec["pipeline"]
+        try:
+            pipeline = get_pipeline(block["name"])
+            options = pipeline.resolve_options(block["options"])
+            scan = Scan.from_dict({k: v for k, v in self.scan.items() if k != "inputs"})
+            command = pipeline.command(scan, options, WORK_INPUT, WORK_OUTPUT)
+        except (OptionError, KeyError, TypeError, ValueError) as err:
+            raise ScanFailure(f"job spec's pipeline block cannot be read: {err}", 2) from None
+        if block.get("command") not in (None, command):
+            raise ScanFailure(
+                f"job spec's pipeline command {block['command']!r} is not what pipeline {pipeline.name!r} builds "
+                f"from the spec's options ({command!r}): refusing to run it; write the spec again with this code",
+                2,
+            )
+        return command
+
     def run_pipeline(self) -> int:
-        command = [self.local_path(arg) for arg in self.spec["pipeline"]["command"]]
+        command = [self.local_path(arg) for arg in self.pipeline_command()]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = pipeline_environment(os.environ)  # no credentials (scrub.py)
         if shutil.which(command[0]) is None:
             # ndmg-lite sits beside this interpreter; m2g's own tools keep the image's PATH
             env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -230,8 +262,9 @@ class ScanRun:
         except OSError as err:
             raise ScanFailure(f"cannot start the pipeline {command[0]!r}: {err}", 127) from None
         for line in self.process.stdout:
-            sys.stdout.write(line)
-            self.log_tail.append(line.rstrip("\n"))
+            line = redact(line.rstrip("\n"))
+            sys.stdout.write(line + "\n")
+            self.log_tail.append(line)
         code = self.process.wait()
         if self.terminated:
             raise Terminated()
@@ -277,6 +310,13 @@ class ScanRun:
             name = f"{scan['scan_id']}_{name}"
         return (folder + "/" if folder else "") + name
 
+    def uploadable(self, path: Path) -> bool:
+        """Regular files only: a link is never followed (it could name a credentials file)."""
+        if path.is_symlink():
+            log(f"not uploading {path.relative_to(self.output_dir)}: a symbolic link (outputs are regular files only)")
+            return False
+        return path.is_file()
+
     def upload_outputs(self) -> None:
         from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
@@ -286,8 +326,8 @@ class ScanRun:
         transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
         files = sorted(
             p
-            for p in self.output_dir.rglob("*")
-            if p.is_file() and not SCRATCH_DIRS & set(p.relative_to(self.output_dir).parts[:-1])
+            for p in self.output_dir.rglob("*")  # (does not descend into linked folders)
+            if not SCRATCH_DIRS & set(p.relative_to(self.output_dir).parts[:-1]) and self.uploadable(p)
         )
         for path in files:
             rel = self.output_key(path)
