@@ -139,8 +139,32 @@ def test_same_scan_twice_is_invalid():
     keys = ["sub-1/dwi/sub-1_dwi.nii.gz", "sub-1/dwi/sub-1_dwi.nii", "sub-1/dwi/sub-1_dwi.bval",
             "sub-1/dwi/sub-1_dwi.bvec", "sub-1/anat/sub-1_T1w.nii.gz"]
     found, _ = scans_of(keys)
-    assert len(found.scans) == 2
-    assert all("two DWI images for scan sub-1" in s.reason for s in found.scans)
+    assert len(found.scans) == 1  # one row per scan id, invalid
+    assert found.scans[0].reason == "two DWI images for scan sub-1: 'sub-1/dwi/sub-1_dwi.nii' and 'sub-1/dwi/sub-1_dwi.nii.gz'"
+
+
+def test_keys_that_are_not_bids_paths_are_junk_named_in_a_warning_never_a_second_dwi():
+    clean = ["sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval", "sub-01/dwi/sub-01_dwi.bvec",
+             "sub-01/anat/sub-01_T1w.nii.gz"]  # fmt: skip
+    junk = ["sub-01/dwi/./sub-01_dwi.nii.gz", "sub-01/dwi//sub-01_dwi.nii.gz", "sub-01/x/../dwi/sub-01_dwi.nii.gz",
+            "sub-02/dwi/sub-02_ses-1_dwi.nii.gz"]  # fmt: skip
+    found, _ = scans_of(clean + junk)
+    assert [(s.scan_id, s.reason) for s in found.scans] == [("sub-01", None)]
+    [warning] = [w for w in found.warnings if "not BIDS paths" in w]
+    assert warning.startswith("4 keys under sub-* are not BIDS paths and were ignored: ")
+    assert "'sub-01/dwi/./sub-01_dwi.nii.gz' (an empty, '.' or '..' path segment)" in warning
+    assert "'sub-02/dwi/sub-02_ses-1_dwi.nii.gz' (a session in the file name but no ses- folder)" in warning
+
+
+def test_labels_that_differ_only_in_case_make_both_scans_invalid():
+    keys = []
+    for sub in ("A", "a", "b"):
+        keys += [f"sub-{sub}/dwi/sub-{sub}_dwi.nii.gz", f"sub-{sub}/dwi/sub-{sub}_dwi.bval",
+                 f"sub-{sub}/dwi/sub-{sub}_dwi.bvec", f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz"]  # fmt: skip
+    found, _ = scans_of(keys)
+    reasons = {s.scan_id: s.reason for s in found.scans}
+    assert reasons["sub-b"] is None
+    assert reasons["sub-A"] == reasons["sub-a"] == "sub-A and sub-a differ only in case: they would collide on a case-insensitive file system; rename one"
 
 
 def test_derivatives_sourcedata_output_and_junk_are_ignored():

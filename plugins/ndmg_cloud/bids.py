@@ -116,6 +116,22 @@ def is_candidate(rel: str) -> bool:
     return top.startswith("sub-")
 
 
+JUNK_NAMED_IN_WARNING = 5
+
+
+def junk_problem(rel: str) -> str | None:
+    """Why a key under ``sub-*`` is not a BIDS path at all, or None: an empty, '.' or '..'
+    segment, or a file name whose session its folders do not have. Such a key is junk:
+    never part of a scan (it could otherwise be read as a second DWI of a clean scan)."""
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "an empty, '.' or '..' path segment"
+    has_session_folder = len(parts) > 2 and parts[1].startswith("ses-")
+    if not has_session_folder and any(pair.startswith("ses-") for pair in file_stem(parts[-1]).split("_")):
+        return "a session in the file name but no ses- folder"
+    return None
+
+
 def label_problem(rel: str) -> str | None:
     """Why the labels in a path are not usable, or None.
 
@@ -242,6 +258,7 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
     anat: dict[str, list[_File]] = defaultdict(list)
     bad_labels: dict[str, str] = {}
     subjects: set[str] = set()
+    junk_keys: list[tuple[str, str]] = []
 
     for key in keys:
         result.keys_listed += 1
@@ -253,6 +270,10 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
             continue
         top = rel.split("/", 1)[0]
         if top in IGNORED_TOP_LEVEL or not is_candidate(rel):
+            continue
+        junk = junk_problem(rel) if "/" in rel else None
+        if junk:
+            junk_keys.append((rel, junk))
             continue
         if top.startswith("sub-"):
             subjects.add(top[4:])
@@ -273,18 +294,38 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
     seen: dict[str, Scan] = {}
     for dwi in sorted(dwis, key=lambda f: f.path):
         scan = _scan_for(dwi, gradients, anat, bad_labels.get(dwi.path))
-        if scan.scan_id in seen:
+        if scan.scan_id in seen:  # one row per scan id: the first, made invalid
             other = seen[scan.scan_id]
-            why = f"two DWI images for scan {scan.scan_id}: '{other.dwi}' and '{scan.dwi}'"
-            other.reason = scan.reason = why
+            other.reason = f"two DWI images for scan {scan.scan_id}: '{other.dwi}' and '{scan.dwi}'"
+            continue
         seen[scan.scan_id] = scan
         result.scans.append(scan)
+    _refuse_case_collisions(result.scans)
     result.subjects = sorted(subjects)
+    if junk_keys:
+        named = "; ".join(f"'{rel}' ({why})" for rel, why in junk_keys[:JUNK_NAMED_IN_WARNING])
+        more = f" and {len(junk_keys) - JUNK_NAMED_IN_WARNING} more" if len(junk_keys) > JUNK_NAMED_IN_WARNING else ""
+        result.warnings.append(f"{len(junk_keys)} keys under sub-* are not BIDS paths and were ignored: {named}{more}")
     if not result.has_description:
         result.warnings.append(
             f"no {DESCRIPTION} under '{prefix or '/'}': this may not be a BIDS dataset root"
         )
     return result
+
+
+def _refuse_case_collisions(scans: list[Scan]) -> None:
+    """Labels that differ only in case (sub-A, sub-a) would write into one folder on a
+    case-insensitive file system: both scans are invalid, with the reason."""
+    for label_of, key in ((lambda s: s.subject, "sub"), (lambda s: f"{s.subject}/{s.session}", "ses")):
+        spellings: dict[str, set[str]] = defaultdict(set)
+        for scan in scans:
+            if key == "sub" or scan.session:
+                spellings[label_of(scan).lower()].add(label_of(scan))
+        for scan in scans:
+            same = spellings.get(label_of(scan).lower(), set())
+            if len(same) > 1 and scan.reason is None:
+                names = " and ".join(f"{key}-{name.rsplit('/', 1)[-1]}" for name in sorted(same))
+                scan.reason = f"{names} differ only in case: they would collide on a case-insensitive file system; rename one"
 
 
 def _scan_for(dwi: _File, gradients, anat, bad_label: str | None) -> Scan:
