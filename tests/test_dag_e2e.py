@@ -437,6 +437,25 @@ def test_more_scans_than_max_map_length_is_a_clear_error(s3, batch, dataset, bat
     assert "6 scans to run, but Airflow maps at most [core] max_map_length=4" in capfd.readouterr().out
 
 
+def test_a_run_above_max_scans_is_refused_before_anything_is_written(s3, batch, dataset, batch_behaviour, capfd):
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, max_scans=5)
+    assert run.state == "failed"
+    assert batch_behaviour.submitted == []
+    assert f"this run would run 6 scans of s3://{BUCKET}/{BIDSDIR}, more than max_scans=5" in capfd.readouterr().out
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{OUT}jobs/")
+
+
+def test_invalid_scans_beyond_the_cap_are_counted_not_listed(s3, batch, dataset, monkeypatch):
+    from ndmg_cloud import steps
+
+    monkeypatch.setattr(steps, "INVALID_ROWS_KEPT", 0)
+    run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dry_run=True)
+    report = report_of(s3, run)
+    assert (report["summary"]["invalid"], report["summary"]["invalid_not_listed"]) == (len(E2E_INVALID), len(E2E_INVALID))
+    assert not set(E2E_INVALID) & set(rows_by_scan(report))
+    assert report["summary"]["discovered"] == len(E2E_VALID) + len(E2E_INVALID)
+
+
 def test_a_run_above_max_cost_is_refused_before_submitting(s3, batch, dataset, batch_behaviour, capfd):
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, max_cost_usd=0.5)
     assert run.state == "failed"

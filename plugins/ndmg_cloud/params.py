@@ -48,6 +48,7 @@ PATTERNS = {
     "job_definition": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?)$",
 }
 PIPELINE_DEFAULT = "pipeline default"
+DEFAULT_MAX_SCANS = 2000
 _S3_RULE = "with S3 key characters only (letters, digits, ! _ . * ' ( ) / + = @ , -) and no '.', '..' or empty segments"
 # What each pattern asks for, in the words of the message that refuses a value.
 PATTERN_RULES = {
@@ -152,6 +153,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         enum=list(BACKENDS),
         values_display={"aws_batch": "AWS Batch (one job per scan)", "local": "local (on the Airflow worker)"},
     ),
+    "max_scans": _param(RUN_CONTROL, DEFAULT_MAX_SCANS, "integer", "Most scans per run", "A run that would run more scans than this is refused before anything is written or submitted (a wrong bidsdir, a bucket of junk); raise it for a bigger dataset.", minimum=1),
     "force": _param(RUN_CONTROL, False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _param(RUN_CONTROL, False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
 }
@@ -192,6 +194,7 @@ class RunConfig:
     backend: str = "aws_batch"
     canary: bool = True
     pilot_scans: int = 0
+    max_scans: int = DEFAULT_MAX_SCANS
     force: bool = False
     dry_run: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -306,6 +309,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         backend=backend,
         canary=bool(params.get("canary", True)),
         pilot_scans=pilot_scans,
+        max_scans=int(params.get("max_scans") or DEFAULT_MAX_SCANS),
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         params=dict(params),

@@ -294,14 +294,16 @@ def build_report(
     orphans: list[dict[str, Any]] = (),
     lease: dict[str, Any] | None = None,
     throttled_polls: int = 0,
+    invalid_omitted: int = 0,
 ) -> dict[str, Any]:
     """``canary``: what the canary found (status passed, failed or skipped; its checks);
     ``contract``: the image contract summary of the code this run's scans were made with;
     ``connectomes``: the summary of ``read_connectomes`` (what was read and embedded)."""
     counts = Counter(r.status for r in rows)
     summary = {
-        "discovered": len(rows),
-        "invalid": counts["invalid"],
+        "discovered": len(rows) + invalid_omitted,
+        "invalid": counts["invalid"] + invalid_omitted,
+        "invalid_not_listed": invalid_omitted,  # counted here, no row (the first INVALID_ROWS_KEPT have one)
         "skipped_done": counts["skipped_done"],
         "submitted": submitted,
         "succeeded": counts["succeeded"],

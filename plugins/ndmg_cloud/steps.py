@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
 # Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
+INVALID_ROWS_KEPT = 200  # invalid scans listed in XCom and the report; the rest are counted
 REPORTS_ALIAS = "ndmg-reports"
 
 
@@ -109,10 +110,22 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
         log.info("%d scans already done for this pipeline and options (force=true reruns them)", len(done))
     for scan_id, why in reruns.items():
         log.info("%s runs again: %s", scan_id, why)
-    check_cost(config, len(found.valid) - len(done))
+    to_run = len(found.valid) - len(done)
+    if to_run > config.max_scans:
+        raise AirflowFailException(
+            f"this run would run {to_run} scans of {config.input_root}, more than max_scans={config.max_scans}: "
+            "check bidsdir, narrow the run with participant_label, or raise max_scans"
+        )
+    check_cost(config, to_run)
+    invalid = [s for s in found.scans if not s.valid]
+    omitted = max(0, len(invalid) - INVALID_ROWS_KEPT)
+    if omitted:
+        log.warning("%d invalid scans; the report lists the first %d", len(invalid), INVALID_ROWS_KEPT)
+    kept = {id(s) for s in invalid[:INVALID_ROWS_KEPT]}
     return {
         "config": config.to_dict(),
-        "scans": [s.to_dict() for s in found.scans],
+        "scans": [s.to_dict() for s in found.scans if s.valid or id(s) in kept],
+        "invalid_omitted": omitted,  # invalid scans beyond INVALID_ROWS_KEPT: counted, not listed
         "done": {scan_id: row.to_dict() for scan_id, row in done.items()},
         "reruns": reruns,
         "warnings": found.warnings + ([f"took over the lease of run {took_over.run_id}: {took_over.why}"] if took_over else []),
@@ -409,6 +422,7 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         finished_at=datetime.now(timezone.utc).isoformat(),
         submitted=len(jobs),
         warnings=discovery.get("warnings", []),
+        invalid_omitted=discovery.get("invalid_omitted", 0),
         canary=outcome.to_dict(),
         contract=plan.contract if plan else None,
         connectomes=connectomes.summary,
