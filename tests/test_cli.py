@@ -300,6 +300,7 @@ def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch
         server.shutdown()
 
 
+@pytest.mark.slow  # 50 s: with the live tier (make test-live), to keep make test under 15 minutes
 def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, batch_behaviour, capsys, tmp_path):
     """Against a real scheduler, triggerer and dag-processor: a failing canary stops the run
     before any scan job; a passing one lets the pilot, then the rest, go."""
