@@ -3,15 +3,20 @@ and redeployed without changes."""
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 import subprocess
 import sys
+from urllib.parse import unquote
 from pathlib import Path
 
 import boto3
 import pytest
 
 from conftest import ENDPOINT, REGION, ROOT
-from ndmg_cloud.infra import deploy, teardown
+from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate, object_arn
+from ndmg_cloud.infra import InfraError, deploy, teardown
 
 TEMPLATE = ROOT / "infra" / "ndmg-batch.yaml"
 
@@ -37,6 +42,7 @@ def parameters(network, **extra):
         "SecurityGroups": groups,
         "InputBucket": "lab-data",
         "OutputBucket": "lab-results",
+        "OutputPrefix": "ndmg/",
         **extra,
     }
 
@@ -98,7 +104,8 @@ def test_the_root_volume_size_is_a_setup_flag(network, capsys):
 
     subnets, groups = network
     code = main(["setup", "--image", "ndmg-cloud-m2g:95d271f7", "--subnets", *subnets, "--security-groups", *groups,
-                 "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--root-volume-gb", "250"])  # fmt: skip
+                 "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--output-prefix", "ndmg/",
+                 "--root-volume-gb", "250"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     assert root_volumes(batch.describe_compute_environments()["computeEnvironments"]) == [(250, "gp3", True)] * 2
@@ -118,7 +125,7 @@ def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
     subnets, groups = network
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_infra"]
     conf = {"image": "ndmg-cloud-m2g:0.3.0", "subnets": subnets, "security_groups": groups,
-            "input_bucket": "lab-data", "output_bucket": "lab-results"}  # fmt: skip
+            "input_bucket": "lab-data", "output_bucket": "lab-results", "output_prefix": "ndmg/"}  # fmt: skip
     run = dag.test(run_conf=conf)
     assert run.state == "success"
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
@@ -135,4 +142,114 @@ def test_a_stack_that_cannot_be_updated_is_a_clear_error(status, message):
             return {"Stacks": [{"StackStatus": status}]}
 
     with pytest.raises(InfraError, match=f"stack ndmg-cloud-batch is {status}.*{message}"):
-        deploy(Stuck(), {"ImageUri": "x"})
+        deploy(Stuck(), {"ImageUri": "x", "InputBucket": "a", "OutputBucket": "b", "OutputPrefix": "ndmg/"})
+
+
+def deployed_job_role_policies(cfn, stack: str = "ndmg-cloud-batch") -> list[dict]:
+    """The job role's policies as CloudFormation rendered them (read back from IAM)."""
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
+    role_arn = {o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}["JobRoleArn"]
+    role = role_arn.rsplit("/", 1)[-1]
+    documents = [iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"] for name in iam.list_role_policies(RoleName=role)["PolicyNames"]]
+    return [policy_document(d) for d in documents]
+
+
+def policy_document(document) -> dict:
+    """IAM sends a policy URL-encoded JSON (boto3 decodes it); moto's CloudFormation stores
+    the rendered dict as its Python text, read back here as data."""
+    if isinstance(document, dict):
+        return document
+    text = unquote(document)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return ast.literal_eval(text)
+
+
+# (action, bucket, key, decision) for a deployment with InputPrefix studies/ and OutputPrefix
+# ndmg/ in one bucket: the dataset studies/HNU1/, its run writing under ndmg/HNU1/
+JOB_ROLE_DECISIONS = [
+    ("s3:GetObject", "lab-data", "studies/HNU1/sub-01/dwi/sub-01_dwi.nii.gz", ALLOWED),
+    ("s3:GetObject", "lab-data", "studies-private/sub-01/dwi/sub-01_dwi.nii.gz", IMPLICIT_DENY),  # the trailing /
+    ("s3:PutObject", "lab-data", "studies/HNU1/sub-01/dwi/sub-01_dwi.nii.gz", EXPLICIT_DENY),
+    ("s3:DeleteObject", "lab-data", "studies/HNU1/sub-01/anat/sub-01_T1w.nii.gz", EXPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "studies/HNU1/derivatives/ndmg/sub-01/x.csv", EXPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "studies/HNU1/dataset_description.json", IMPLICIT_DENY),
+    ("s3:DeleteObject", "lab-data", "studies/HNU1/participants.tsv", IMPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/sub-01/ses-1/connectomes/sub-01_ses-1_AAL_connectome.csv", ALLOWED),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/sub-01/ses-1/sub-01_ses-1_manifest.json", ALLOWED),
+    ("s3:DeleteObject", "lab-data", "ndmg/HNU1/sub-01/ses-1/sub-01_ses-1_manifest.json", ALLOWED),
+    ("s3:AbortMultipartUpload", "lab-data", "ndmg/HNU1/sub-01/ses-1/sub-01_ses-1_dwi.nii.gz", ALLOWED),
+    ("s3:GetObject", "lab-data", "ndmg/HNU1/jobs/run1/sub-01_ses-1.json", ALLOWED),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/jobs/run1/sub-01_ses-1.json", EXPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/run1/canary.json", ALLOWED),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/run1/report.json", IMPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/.ndmg-lease.json", IMPLICIT_DENY),
+    ("s3:DeleteObject", "lab-data", "ndmg/HNU1/dataset_description.json", IMPLICIT_DENY),
+    ("s3:PutObject", "other-lab", "ndmg/HNU1/sub-01/x.csv", IMPLICIT_DENY),
+    ("s3:DeleteBucket", "lab-data", "", IMPLICIT_DENY),
+]
+
+
+@pytest.mark.parametrize("action, bucket, key, decision", JOB_ROLE_DECISIONS, ids=[f"{a} {k}" for a, _, k, _ in JOB_ROLE_DECISIONS])
+def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(network, action, bucket, key, decision):
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network, InputBucket="lab-data", InputPrefix="studies/", OutputBucket="lab-data"))
+    policies = deployed_job_role_policies(cfn)
+    resource = object_arn(bucket, key) if key else f"arn:aws:s3:::{bucket}"
+    assert evaluate(policies, action, resource) == decision
+
+
+def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network, InputPrefix="studies/"))
+    policies = deployed_job_role_policies(cfn)
+    listing = lambda prefix: evaluate(policies, "s3:ListBucket", "arn:aws:s3:::lab-data", {"s3:prefix": prefix})  # noqa: E731
+    assert listing("studies/HNU1/sub-01/") == ALLOWED
+    assert listing("private/") == IMPLICIT_DENY
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"OutputPrefix": ""}, "output prefix '' is not a folder: give one ending in '/' (e.g. 'ndmg/'), not the bucket root"),
+        ({"OutputPrefix": "ndmg"}, "output prefix 'ndmg' is not a folder"),
+        ({"InputPrefix": "studies"}, "input prefix 'studies' is not a folder"),
+        ({"OutputBucket": "lab-data", "InputPrefix": "studies/", "OutputPrefix": "studies/HNU1/derivatives/"},
+         "output prefix 'studies/HNU1/derivatives/' lies inside input prefix 'studies/' of bucket 'lab-data'"),
+        ({"OutputBucket": "lab-data", "OutputPrefix": "ndmg/"}, "output prefix 'ndmg/' lies inside input prefix ''"),
+    ],
+)
+def test_a_deployment_whose_jobs_could_not_write_is_refused_before_cloudformation(network, extra, message):
+    with pytest.raises(InfraError, match=re.escape(message)):
+        deploy(None, parameters(network, **extra))
+
+
+@pytest.mark.parametrize(
+    "params, refusal",
+    [
+        # the README's old quick start: setup with an output bucket, a trigger without output_uri
+        ({"bucket": "lab-data", "bidsdir": "studies/HNU1"},
+         "the run's output location s3://lab-data/studies/HNU1/derivatives/ndmg/ lies outside s3://lab-results/ndmg/, "
+         "the only place the job role of 'ndmg' may write (and read job specs): set output_uri to a folder under it, "
+         "e.g. output_uri=s3://lab-results/ndmg/HNU1/"),
+        ({"bucket": "lab-data", "bidsdir": "studies/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/"}, None),
+        ({"bucket": "lab-data", "bidsdir": "elsewhere/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/"},
+         "the dataset s3://lab-data/elsewhere/HNU1/ lies outside s3://lab-data/studies/, the only place the job role"),
+        ({"bucket": "lab-data", "bidsdir": "studies/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/", "jobdir": "s3://lab-data/jobs/"},
+         "the run's jobdir s3://lab-data/jobs/ lies outside s3://lab-results/ndmg/"),
+    ],
+)
+def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, params, refusal):
+    from ndmg_cloud.params import resolve
+    from ndmg_cloud.preflight import PreflightError, preflight
+
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network, InputPrefix="studies/"))
+    config = resolve(params, "run1")
+    if refusal is None:
+        assert preflight(batch, config).endswith(":job-definition/ndmg:1")
+    else:
+        with pytest.raises(PreflightError, match=re.escape(refusal)):
+            preflight(batch, config)

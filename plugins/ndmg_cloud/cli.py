@@ -428,6 +428,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     print(f"stack {deployment.stack}: {deployment.action}")
     print(f"job_queue:      {deployment.outputs.get('JobQueue')}")
     print(f"job_definition: {deployment.outputs.get('JobDefinition')}")
+    print(f"output_uri:     under {deployment.outputs.get('OutputLocation')} (e.g. {deployment.outputs.get('OutputLocation')}<dataset>/)")
     return 0
 
 
@@ -616,9 +617,11 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "subnets", "subnets of the compute environments", nargs="+", required=True)
     _add(p, "security_groups", "security groups of the compute environments", nargs="+", required=True)
     _add(p, "input_bucket", "bucket the jobs read datasets from", required=True)
-    _add(p, "input_prefix", "only this prefix of the input bucket (default: all of it)", default="")
+    _add(p, "input_prefix", "folder of the datasets in the input bucket, ending in / (default: all of it); "
+         "jobs read it and never write into its subject folders", default="")  # fmt: skip
     _add(p, "output_bucket", "bucket the jobs write outputs to", required=True)
-    _add(p, "output_prefix", "only this prefix of the output bucket (default: all of it)", default="")
+    _add(p, "output_prefix", "folder of the outputs in the output bucket, ending in / (e.g. ndmg/); runs set "
+         "output_uri under it", required=True)  # fmt: skip
     _add(p, "max_vcpus", "most vCPUs the compute environments scale to (2 per scan; default 256)", type=int, default=256)
     _add(p, "root_volume_gb", "root volume of each instance: the image plus each scan's work (m2g: several GB; "
          "default 100)", type=int, default=100)  # fmt: skip

@@ -85,8 +85,29 @@ def _items(value: str | None) -> list[str]:
     return value.split(",")
 
 
+def check_locations(parameters: dict[str, Any]) -> None:
+    """Refuse, before CloudFormation does less clearly or not at all: an output prefix that
+    is empty or not a folder, and outputs inside the input prefix (the job role is denied
+    writes into every subject folder there, so no scan could write)."""
+    input_prefix = parameters.get("InputPrefix") or ""
+    output_prefix = parameters.get("OutputPrefix") or ""
+    for name, prefix, required in (("input prefix", input_prefix, False), ("output prefix", output_prefix, True)):
+        if (required and not prefix) or (prefix and not prefix.endswith("/")) or prefix.startswith("/"):
+            raise InfraError(
+                f"{name} {prefix!r} is not a folder: give one ending in '/' (e.g. 'ndmg/')"
+                + (", not the bucket root" if required else ", or nothing for the whole bucket")
+            )
+    if parameters.get("InputBucket") == parameters.get("OutputBucket") and output_prefix.startswith(input_prefix):
+        raise InfraError(
+            f"output prefix {output_prefix!r} lies inside input prefix {input_prefix!r} of bucket "
+            f"{parameters.get('InputBucket')!r}: jobs may never write there; choose an output prefix outside it "
+            "(or another bucket)"
+        )
+
+
 def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Deployment:
     """Create the stack, or update it; report which, and the queue and job definition."""
+    check_locations(parameters)
     args = {
         "StackName": stack,
         "TemplateBody": template_body(),

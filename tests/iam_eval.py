@@ -1,0 +1,72 @@
+"""A small IAM policy evaluator for the S3 actions the scan jobs make, written from AWS's
+documented evaluation logic (not moto's, which does not evaluate policies):
+
+- a request is allowed only if some statement allows it and none denies it (an explicit
+  Deny wins over any Allow; no matching Allow is an implicit deny);
+- ``Action``/``NotAction`` and ``Resource``/``NotResource`` match with IAM's wildcards:
+  ``*`` any run of characters (``/`` included), ``?`` any one character; actions ignore
+  case, resources do not;
+- ``Condition`` operators used here: ``StringLike``/``StringEquals`` (any of the listed
+  values matches) and their ``Not`` forms, on the request's context keys (``s3:prefix``).
+
+"Evaluating IAM policies" (IAM User Guide, policy evaluation logic) is the reference; only
+identity policies are evaluated (no bucket policy, SCP or boundary is deployed).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY = "allowed", "explicitly denied", "implicitly denied"
+
+
+def _pattern(glob: str, ignore_case: bool) -> re.Pattern:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    return re.compile(f"^{body}$", re.I | re.S if ignore_case else re.S)
+
+
+def _listed(value: Any) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def _matches(statement: dict, key: str, not_key: str, value: str, ignore_case: bool) -> bool:
+    if key in statement:
+        return any(_pattern(p, ignore_case).match(value) for p in _listed(statement[key]))
+    return not any(_pattern(p, ignore_case).match(value) for p in _listed(statement[not_key]))
+
+
+def _condition_holds(condition: dict, context: dict[str, str]) -> bool:
+    for operator, tests in condition.items():
+        for key, wanted in tests.items():
+            value = context.get(key)
+            if operator in ("StringLike", "StringNotLike"):
+                hit = value is not None and any(_pattern(w, False).match(value) for w in _listed(wanted))
+            elif operator in ("StringEquals", "StringNotEquals"):
+                hit = value is not None and value in _listed(wanted)
+            else:
+                raise NotImplementedError(f"condition operator {operator}")
+            if hit == operator.startswith("StringNot"):
+                return False
+    return True
+
+
+def evaluate(policies: list[dict], action: str, resource: str, context: dict[str, str] | None = None) -> str:
+    """What IAM decides for one request under these identity policies."""
+    allowed = False
+    for policy in policies:
+        for statement in _listed(policy["Statement"]):
+            if not _matches(statement, "Action", "NotAction", action, ignore_case=True):
+                continue
+            if not _matches(statement, "Resource", "NotResource", resource, ignore_case=False):
+                continue
+            if not _condition_holds(statement.get("Condition", {}), context or {}):
+                continue
+            if statement["Effect"] == "Deny":
+                return EXPLICIT_DENY
+            allowed = True
+    return ALLOWED if allowed else IMPLICIT_DENY
+
+
+def object_arn(bucket: str, key: str) -> str:
+    return f"arn:aws:s3:::{bucket}/{key}"
