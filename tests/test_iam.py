@@ -63,6 +63,22 @@ def test_orchestrator_submits_only_to_the_named_queue_and_definition():
     assert "PutObjectAcl" not in text and '"*:*"' not in text
 
 
+def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
+    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
+
+    from ndmg_cloud.jobspec import PROJECT, PROJECT_TAG  # on every job submitted (test_jobspec)
+
+    policy = orchestrator_policy(resolve(CONFIGS[0], "run1"), "us-east-1", "123456789012")
+    job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
+    ours = {f"aws:ResourceTag/{PROJECT_TAG}": PROJECT}
+    for action in ("batch:TerminateJob", "batch:CancelJob"):
+        assert evaluate([policy], action, job, ours) == ALLOWED
+        assert evaluate([policy], action, job, {}) == IMPLICIT_DENY  # another team's job
+        assert evaluate([policy], action, job, {f"aws:ResourceTag/{PROJECT_TAG}": "other"}) == IMPLICIT_DENY
+    assert evaluate([policy], "batch:TagResource", job, {f"aws:RequestTag/{PROJECT_TAG}": PROJECT}) == ALLOWED
+    assert evaluate([policy], "batch:TagResource", job, {}) == IMPLICIT_DENY
+
+
 def test_command_prints_both_policies(capsys):
     assert main(["--bucket", "lab-data", "--bidsdir", "ds1", "--account", "123456789012"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -253,3 +253,18 @@ def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, par
     else:
         with pytest.raises(PreflightError, match=re.escape(refusal)):
             preflight(batch, config)
+
+
+def test_instances_require_imdsv2_within_one_hop(network):
+    """A scan container (one hop further than the instance) cannot reach the instance role."""
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network))
+    for env in batch.describe_compute_environments()["computeEnvironments"]:
+        template = env["computeResources"]["launchTemplate"]
+        (version,) = ec2.describe_launch_template_versions(
+            LaunchTemplateId=template["launchTemplateId"], Versions=[str(template["version"])]
+        )["LaunchTemplateVersions"]
+        options = version["LaunchTemplateData"]["MetadataOptions"]
+        assert (options["HttpTokens"], int(options["HttpPutResponseHopLimit"])) == ("required", 1)

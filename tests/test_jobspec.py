@@ -53,6 +53,7 @@ def test_spec_contents_for_an_inherited_sessionless_scan():
     assert batch["containerOverrides"]["command"] == ["ndmg-scan", "--spec", spec["spec_uri"]]
     assert batch["jobQueue"] == "ndmg-queue" and batch["jobDefinition"] == "ndmg"
     assert batch["tags"] == {
+        "project": "ndmg-cloud",  # the orchestrator may stop only jobs carrying it
         "dataset": "ds1",
         "scan": "sub-02",
         "run_id": "manual__2026-11-24T10:00:00+00:00",
@@ -63,19 +64,19 @@ def test_spec_contents_for_an_inherited_sessionless_scan():
 
 
 def test_queue_and_definition_come_from_params():
-    _, specs = specs_for(job_queue="my-queue", job_definition="arn:aws:batch:us-east-1:1:job-definition/m2g:3")
+    _, specs = specs_for(job_queue="my-queue", job_definition="arn:aws:batch:us-east-1:123456789012:job-definition/m2g:3")
     batch = specs["sub-02"]["batch"]
     assert batch["jobQueue"] == "my-queue"
-    assert batch["jobDefinition"] == "arn:aws:batch:us-east-1:1:job-definition/m2g:3"
+    assert batch["jobDefinition"] == "arn:aws:batch:us-east-1:123456789012:job-definition/m2g:3"
 
 
 def test_job_names_are_legal_unique_and_readable():
-    _, specs = specs_for(dataset="HNU1 (retest)!")
+    _, specs = specs_for(dataset="HNU1.retest_v2")  # '.' is a legal dataset name, not a job name
     names = [s["batch"]["jobName"] for s in specs.values()]
     assert len(set(names)) == len(names)
     for name, scan_id in zip(names, specs):
         assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", name)
-        assert name.startswith("HNU1-retest-") and scan_id in name
+        assert name.startswith("HNU1-retest_v2-") and scan_id in name
 
 
 def test_job_names_differ_between_runs_and_stay_short():

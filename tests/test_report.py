@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 import csv
 import io
 import json
@@ -93,6 +95,26 @@ def test_html_is_self_contained_and_shows_every_scan():
     cells = re.findall(r'<td class="cost" title="([^"]*)">([^<]*)</td>', page)
     assert [text for _, text in cells] == ["$0.126", "$0.010", "—", "—"]  # never an empty cell
     assert "on-demand" in cells[0][0] and cells[3][0] == "no job ran for this scan in this run"
+
+
+@pytest.mark.parametrize(
+    "url, linked",
+    [
+        ("https://us-east-1.console.aws.amazon.com/cloudwatch/home#x", True),
+        ("http://localhost:8080/dags/ndmg_participant/runs/r/tasks/run_scan_local", True),  # the embedded stack
+        ("javascript:alert(document.cookie)", False),
+        ("data:text/html,<script>alert(1)</script>", False),
+        ("http://evil.example/steal", False),
+        ("//evil.example/x", False),
+    ],
+)
+def test_report_links_are_https_or_this_machine_only(url, linked):
+    from ndmg_cloud.report import report_html
+
+    report = sample_report()
+    report["scans"][1]["log_url"] = url
+    page = report_html(report)
+    assert (f'href="{escape(url)}"' in page) is linked
 
 
 def test_estimate_on_demand_versus_spot():

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from ndmg_cloud.layout import S3Location
+from ndmg_cloud.jobspec import PROJECT, PROJECT_TAG
 from ndmg_cloud.params import RunConfig, resolve
 from ndmg_cloud.pipelines import get_pipeline
 
@@ -95,10 +96,19 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
                 "Resource": [queue, *definitions, f"{batch}:job/*"],
             },
             {
-                "Sid": "TagAndStopOwnJobs",
+                # SubmitJob with tags needs TagResource: only with this project's tag
+                "Sid": "TagOwnJobsAtSubmit",
                 "Effect": "Allow",
-                "Action": ["batch:TagResource", "batch:TerminateJob", "batch:CancelJob"],
+                "Action": "batch:TagResource",
                 "Resource": f"{batch}:job/*",
+                "Condition": {"StringEquals": {f"aws:RequestTag/{PROJECT_TAG}": PROJECT}},
+            },
+            {
+                "Sid": "StopOnlyThisProjectsJobs",
+                "Effect": "Allow",
+                "Action": ["batch:TerminateJob", "batch:CancelJob"],
+                "Resource": f"{batch}:job/*",
+                "Condition": {"StringEquals": {f"aws:ResourceTag/{PROJECT_TAG}": PROJECT}},
             },
             {
                 # these Batch reads have no resource-level permissions

@@ -36,6 +36,8 @@ _NOT_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 _NOT_IN_TAG = re.compile(r"[^\w .:/=+\-@]+")
 
 
+PROJECT_TAG, PROJECT = "project", "ndmg-cloud"  # on every job this project submits
+
 def run_token(run_id: str) -> str:
     """Eight hex characters that tell this run's jobs from another run's."""
     return hashlib.sha1(run_id.encode()).hexdigest()[:8]
@@ -100,6 +102,7 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
             "environment": [{"name": "NDMG_JOB_SPEC", "value": uri}],
         },
         "tags": {
+            PROJECT_TAG: PROJECT,  # the orchestrator may stop only jobs carrying it (iam.py)
             "dataset": dataset_tag(config.dataset),
             "scan": _tag(scan.scan_id),
             "run_id": _tag(config.run_id),

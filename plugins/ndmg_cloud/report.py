@@ -443,12 +443,28 @@ def _load_curve(spans: list[tuple[Any, float, float]], t0: float, scale: float) 
     return {"points": " ".join(points), "peak": peak, "base": LOAD_HEIGHT}
 
 
+def safe_link(url: Any) -> str | None:
+    """A link the report may show: https, or http to this machine (the embedded stack's
+    Airflow); anything else (javascript:, data:, another host over http) is not a link."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url.strip())
+    if parts.scheme == "https" and parts.netloc:
+        return url
+    if parts.scheme == "http" and (parts.hostname or "") in ("localhost", "127.0.0.1", "::1"):
+        return url
+    return None
+
+
 def report_html(report: dict[str, Any], connectomes: Connectomes | None = None) -> str:
     """The report as one HTML page with no external resources (opens offline); figures
     are inline PNG (data: URIs) and SVG."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("ndmg_cloud", "templates"), autoescape=select_autoescape(["j2"]))
+    env.filters["safe_link"] = safe_link
     started, finished = _seconds(report["started_at"]), _seconds(report["finished_at"])
     wall = f"{finished - started:.1f} s" if started and finished else "unknown"
     backend = report.get("backend") or (report.get("params") or {}).get("backend") or "aws_batch"
