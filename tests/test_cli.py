@@ -133,14 +133,16 @@ def test_schema_refusal_is_relayed(cli, capsys):
     assert "Airflow refused the request" in err and "max_cost_usd" in err
 
 
-def test_wrong_password_is_a_clear_error(airflow_server, capsys):
-    code = main(["status", "--airflow-url", airflow_server["url"], "--username", "admin", "--password", "wrong"])
+def test_wrong_password_is_a_clear_error(airflow_server, monkeypatch, capsys):
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "wrong")
+    code = main(["status", "--airflow-url", airflow_server["url"], "--username", "admin"])
     assert code == 2
     assert "refused the credentials of user 'admin'" in capsys.readouterr().err
 
 
-def test_unreachable_airflow(capsys):
-    code = main(["status", "--airflow-url", f"http://127.0.0.1:{_free_port()}", "--password", "x"])
+def test_unreachable_airflow(monkeypatch, capsys):
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "x")
+    code = main(["status", "--airflow-url", f"http://127.0.0.1:{_free_port()}"])
     assert code == 2
     assert "cannot reach Airflow at" in capsys.readouterr().err
 

@@ -118,8 +118,9 @@ def test_no_region(monkeypatch, capsys):
     assert "export AWS_ENDPOINT_URL=http://127.0.0.1:PORT" in line
 
 
-def test_an_airflow_url_that_is_not_a_url(capsys):
-    assert main(["status", "--airflow-url", "localhost:8080", "--password", "x"]) == 2
+def test_an_airflow_url_that_is_not_a_url(monkeypatch, capsys):
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "x")
+    assert main(["status", "--airflow-url", "localhost:8080"]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "the Airflow URL 'localhost:8080' is not a URL: give http://host:port" in line
 
@@ -129,7 +130,7 @@ def test_no_airflow_password(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))  # no generated password there
     assert main(["status", "--airflow-url", f"http://127.0.0.1:{_free_port()}"]) == 2
     line = one_line_error(capsys.readouterr().err)
-    assert "no Airflow password: pass --password or export NDMG_AIRFLOW_PASSWORD" in line
+    assert "no Airflow password: export NDMG_AIRFLOW_PASSWORD" in line
 
 
 def test_the_password_airflow_standalone_generated_is_used(monkeypatch, tmp_path):
@@ -140,7 +141,14 @@ def test_the_password_airflow_standalone_generated_is_used(monkeypatch, tmp_path
     monkeypatch.delenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", raising=False)
     monkeypatch.delenv("NDMG_AIRFLOW_PASSWORD", raising=False)
     assert airflow_from(parser().parse_args(["status"])).password == "s3cret"
-    assert airflow_from(parser().parse_args(["status", "--password", "given"])).password == "given"
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "given")
+    assert airflow_from(parser().parse_args(["status"])).password == "given"
+
+
+def test_a_password_is_never_taken_from_the_command_line(capsys):
+    assert main(["status", "--password", "hunter2"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "--password is gone: a password on the command line shows in `ps` and shell history: export NDMG_AIRFLOW_PASSWORD" in line
 
 
 def test_local_without_airflow_home(monkeypatch, capsys):

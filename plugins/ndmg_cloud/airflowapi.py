@@ -78,7 +78,7 @@ class Airflow:
         if response.status_code in (401, 403):
             raise CliError(
                 f"Airflow at {self.url} refused the credentials of user {self.username!r}: "
-                "check --username/--password (NDMG_AIRFLOW_USER/NDMG_AIRFLOW_PASSWORD)"
+                "check --username and NDMG_AIRFLOW_PASSWORD"
             )
         if response.status_code in (400, 422):
             raise CliError(f"Airflow refused the request: {_detail(response)}")
@@ -101,7 +101,7 @@ class Airflow:
         if self._token is None:
             if not self.username or not self.password:
                 raise CliError(
-                    "no Airflow password: pass --password or export NDMG_AIRFLOW_PASSWORD (the admin password "
+                    "no Airflow password: export NDMG_AIRFLOW_PASSWORD (the admin password "
                     "`make airflow` printed; with AIRFLOW_HOME set to that Airflow's home it is read from there)"
                 )
             answer = self._request("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)

@@ -10,8 +10,9 @@
     ndmg_cloud atlases                               the parcellations an image offers
     ndmg_cloud setup ... / teardown                  the Batch infrastructure
 
-Airflow is reached through its REST API v2 with token auth: --airflow-url, --username and
---password, or NDMG_AIRFLOW_URL, NDMG_AIRFLOW_USER and NDMG_AIRFLOW_PASSWORD. AWS is
+Airflow is reached through its REST API v2 with token auth: --airflow-url and --username
+(or NDMG_AIRFLOW_URL, NDMG_AIRFLOW_USER); the password from NDMG_AIRFLOW_PASSWORD, the one
+`airflow standalone` generated in AIRFLOW_HOME, or a prompt (never a flag). AWS is
 reached with the usual AWS settings (AWS_PROFILE or ~/.aws, AWS_ENDPOINT_URL for the
 embedded stack).
 
@@ -128,7 +129,15 @@ def aws(doing: str) -> Iterator[None]:
 
 
 def airflow_from(args: argparse.Namespace) -> Airflow:
-    return Airflow(args.airflow_url, args.username, args.password or password_from_airflow_home(args.username))
+    """The Airflow the flags name. The password is never a flag (argv shows in ``ps`` and
+    shell history): NDMG_AIRFLOW_PASSWORD, else the one `airflow standalone` generated in
+    AIRFLOW_HOME, else a prompt on a terminal."""
+    password = os.environ.get("NDMG_AIRFLOW_PASSWORD") or password_from_airflow_home(args.username)
+    if not password and sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"Airflow password of {args.username} at {args.airflow_url}: ")
+    return Airflow(args.airflow_url, args.username, password)
 
 
 def report_url(airflow_url: str, run_id: str) -> str:
@@ -475,6 +484,8 @@ SEED_ALIASES = {"space": ["--sp"]}  # the seed ndmg_cloud's name of m2g's --spac
 
 # Seed flags that no longer exist: what to do instead (exit code 2, one line).
 GONE_FLAGS = {
+    "--password": "a password on the command line shows in `ps` and shell history: export NDMG_AIRFLOW_PASSWORD, "
+    "or run on a terminal and type it when asked",
     "--credentials": "jobs get AWS access from their job role; the orchestrator uses your normal AWS settings "
     "(AWS_PROFILE or ~/.aws)",
     "--state": "the action is the subcommand now: ndmg_cloud participant | status | kill",
@@ -558,8 +569,6 @@ def _airflow_flags(p: argparse.ArgumentParser) -> None:
          default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"))  # fmt: skip
     _add(p, "username", "Airflow user (env NDMG_AIRFLOW_USER; default admin)",
          default=os.environ.get("NDMG_AIRFLOW_USER", "admin"))  # fmt: skip
-    _add(p, "password", "Airflow password (env NDMG_AIRFLOW_PASSWORD; default: the one `airflow standalone` "
-         "generated in AIRFLOW_HOME)", default=os.environ.get("NDMG_AIRFLOW_PASSWORD"))  # fmt: skip
 
 
 def _dataset_flags(p: argparse.ArgumentParser) -> None:
