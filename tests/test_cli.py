@@ -253,10 +253,11 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
     group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
     argv = ["setup", "--image", "ndmg-cloud-m2g:0.3.0", "--subnets", *subnets, "--security-groups", group,
-            "--input-bucket", "lab-data", "--output-bucket", "lab-results"]  # fmt: skip
+            "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--output-prefix", "ndmg/"]  # fmt: skip
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "stack ndmg-cloud-batch: created" in first and "job_queue:" in first and "ndmg-queue" in first
+    assert "output_uri:     under s3://lab-results/ndmg/ (e.g. s3://lab-results/ndmg/<dataset>/)" in first
     assert main(argv) == 0
     assert "stack ndmg-cloud-batch: unchanged" in capsys.readouterr().out
     assert main(["teardown"]) == 0
