@@ -274,3 +274,11 @@ def live_airflow(moto_server, tmp_path_factory):
     finally:
         stop_process_group(process)
         log.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on the session's live Airflow (``live_airflow``) run last, one after the
+    other: its scheduler, dag-processor and triggerer then idle beside no other test."""
+    live = [item for item in items if "live_airflow" in getattr(item, "fixturenames", ())]
+    chosen = set(map(id, live))
+    items[:] = [item for item in items if id(item) not in chosen] + live

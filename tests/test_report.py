@@ -44,6 +44,7 @@ def test_report_json_shape():
     assert report["summary"] == {
         "discovered": 4, "invalid": 1, "skipped_done": 0, "submitted": 3, "succeeded": 1,
         "failed": 1, "missing_outputs": 1, "dry_run": 0, "cost_usd": 0.136, "failure_classes": {}, "throttled_polls": 0,
+        "invalid_not_listed": 0,
     }  # fmt: skip
     for row in report["scans"]:
         assert CONTRACT_ROW <= set(row)
