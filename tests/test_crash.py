@@ -277,8 +277,8 @@ def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, 
     run_path = f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}"
 
     def deferred() -> list[dict]:
-        """Scan tasks whose trigger a triggerer has taken up (a cancel before that reaches no
-        trigger at all: see the note on reconciling by time in the README)."""
+        """Scan tasks whose trigger a triggerer has taken up (this scenario is the trigger's
+        cancel; a cancel before that is the api-server's: see the no-triggerer scenario)."""
         return [ti for ti in api.task_instances(run_id)
                 if ti["task_id"] == "run_scan" and ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id")]  # fmt: skip
 
