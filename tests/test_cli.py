@@ -217,6 +217,7 @@ def test_underscore_and_dashed_spellings_set_the_same_params():
     }  # fmt: skip
 
 
+@pytest.mark.slow  # 15 s on the live Airflow: with make test-live, to keep make test under 15 minutes
 def test_local_trigger_goes_through_the_local_airflow_and_follows(cli, airflow_server, phantoms, capsys, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(airflow_server["home"]))
     code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local",

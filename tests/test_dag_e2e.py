@@ -216,6 +216,7 @@ def test_params_outside_the_schema_are_refused_at_trigger(dataset):
         run_dag(bucket=BUCKET, bidsdir=BIDSDIR, seeds="many")
 
 
+@pytest.mark.slow  # 20 s: a dag.test() twin of the run test_demo makes (make demo) on the same backend
 def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_path):
     from ndmg_cloud.synthetic import make_dataset
 

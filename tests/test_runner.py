@@ -162,6 +162,7 @@ def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
 
 
+@pytest.mark.slow  # 15 s: with make test-live, to keep make test under 15 minutes
 def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms):
     from ndmg_cloud.verify import verify_scans
     from ndmg_cloud.bids import Scan
