@@ -349,6 +349,11 @@ def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantoms, tmp_pa
     assert all(b"TOP-SECRET" not in s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)
 
 
+# shaped like AWS keys, built at run time so that no key-like string is committed
+FAKE_KEY_ID = "AKIA" + "ABCDEFGHIJKLMNOP"
+FAKE_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+
+
 def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacted(s3, phantoms, tmp_path):
     _, specs = write_specs(s3, phantoms["plain"])
     spec = dict(specs["sub-01_ses-1"])
@@ -357,14 +362,14 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
     program = folder / spec["pipeline"]["command"][0]
     program.write_text(
         f"#!{sys.executable}\nimport os, sys\nprint('env:', ' '.join(sorted(os.environ)))\n"
-        "print('leaked AKIAABCDEFGHIJKLMNOP and wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY', flush=True)\nsys.exit(1)\n"
+        f"print('leaked {FAKE_KEY_ID} and {FAKE_SECRET_KEY}', flush=True)\nsys.exit(1)\n"
     )
     program.chmod(0o755)
     local_spec = tmp_path / "spec.json"
     local_spec.write_text(json.dumps(spec))
     worker = {
         "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
-        "AWS_ACCESS_KEY_ID": "AKIAWORKERKEY0000000", "AWS_SECRET_ACCESS_KEY": "worker-secret",
+        "AWS_ACCESS_KEY_ID": "AKIA" + "W" * 16, "AWS_SECRET_ACCESS_KEY": "worker-secret",
         "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://a:pw@db/a",
         "AIRFLOW__CORE__FERNET_KEY": "fernet", "MY_DB_PASSWORD": "pw",
     }  # fmt: skip
@@ -376,7 +381,7 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
                             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "MY_DB_PASSWORD"}  # fmt: skip
     assert "PATH" in seen
     assert "pipeline exited with code 1: leaked [redacted] and [redacted]" in result.stderr
-    assert "AKIAABCDEFGHIJKLMNOP" not in result.stdout + result.stderr
+    assert FAKE_KEY_ID not in result.stdout + result.stderr
 
 
 def test_the_local_runner_gets_an_allow_list_of_the_worker_environment():

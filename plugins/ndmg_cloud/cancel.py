@@ -29,20 +29,10 @@ TERMINATE_CONFIG = {"connect_timeout": 5, "read_timeout": 10, "retries": {"mode"
 
 def recorded_job_id(task_instance: Any) -> str | None:
     """The Batch job id the task instance pushed right after SubmitJob, if any."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
+    from ndmg_cloud.webapp import stored_xcom
 
-    with create_session() as session:
-        row = session.scalars(
-            XComModel.get_many(
-                run_id=task_instance.run_id,
-                dag_ids=task_instance.dag_id,
-                task_ids=task_instance.task_id,
-                map_indexes=task_instance.map_index,
-                key=JOB_XCOM_KEY,
-            )
-        ).first()
-        value = XComModel.deserialize_value(row) if row is not None else None
+    ti = task_instance
+    value = stored_xcom(ti.dag_id, ti.run_id, ti.task_id, JOB_XCOM_KEY, ti.map_index)
     return value.get("job_id") if isinstance(value, dict) else None
 
 

@@ -228,8 +228,8 @@ def check_patterns(params: dict[str, Any]) -> dict[str, Any]:
     for name, pattern in PATTERNS.items():
         value = params.get(name)
         for item in value if isinstance(value, list) else [value]:
-            if item is None or (isinstance(item, str) and not item.strip() and name != "bucket"):
-                continue
+            if item is None or (isinstance(item, str) and not item.strip()):
+                continue  # empty: the resolver derives the value (a missing bucket is refused before)
             if not isinstance(item, str) or not re.search(pattern, item.strip()):
                 raise ParamError(f"{name} {item!r} is refused: it must be {PATTERN_RULES[name]}")
     return params

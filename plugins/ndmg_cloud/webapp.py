@@ -42,16 +42,22 @@ def _can_read_runs() -> Any:
     return Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
 
 
-def report_json_uri_of(dag_id: str, run_id: str) -> str | None:
-    """The URI the run's verify_and_report task returned (None until it has run)."""
+def stored_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int | None = None) -> Any:
+    """An XCom value as the metadata DB holds it, read in an Airflow server process (the
+    api-server: this route, the cancel listener); None if there is none."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = session.scalars(
-            XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=VERIFY_AND_REPORT, key="return_value")
+            XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, map_indexes=map_index, key=key)
         ).first()
         return XComModel.deserialize_value(row) if row is not None else None
+
+
+def report_json_uri_of(dag_id: str, run_id: str) -> str | None:
+    """The URI the run's verify_and_report task returned (None until it has run)."""
+    return stored_xcom(dag_id, run_id, VERIFY_AND_REPORT)
 
 
 def read_report_html(report_json_uri: str) -> bytes:
