@@ -135,6 +135,7 @@ class BatchBehaviour:
     a real container would have written, and a non-zero int it returns is the container's
     exit code (the job then fails as Batch reports it).
     TerminateJob ends a job FAILED with its reason, as AWS does; ``terminated`` records it.
+    ``hold`` keeps jobs RUNNING until ``release()``.
     """
 
     def __init__(self):
@@ -144,6 +145,15 @@ class BatchBehaviour:
         self.on_submit = None
         self.submitted: list[str] = []
         self.terminated: list[str] = []  # names of the jobs TerminateJob reached
+        self.hold = False
+        self._held: list = []
+
+    def release(self) -> None:
+        """End every held job as it would have ended (and hold no more)."""
+        self.hold = False
+        held, self._held = self._held, []
+        for stop in held:
+            stop()
 
 
 @pytest.fixture
@@ -174,6 +184,9 @@ def batch_behaviour(monkeypatch, aws):
 
         if behaviour.stuck:
             job.status = JobStatus.RUNNABLE
+        elif behaviour.hold:
+            job.status = JobStatus.RUNNING
+            behaviour._held.append(lambda: None if job.job_stopped else stop())
         elif behaviour.run_seconds:
             job.status = JobStatus.RUNNING
             timer = threading.Timer(behaviour.run_seconds, lambda: None if job.job_stopped else stop())

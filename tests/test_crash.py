@@ -266,6 +266,54 @@ def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env,
     assert "throttled DescribeJobs" in logs  # the task log says so
 
 
+def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch_each(
+    parts, s3, batch_env, batch_behaviour, monkeypatch
+):
+    """Issue 12: the triggers of a real triggerer share their DescribeJobs (at most
+    ceil(waiting / 100) + 1 calls per poll interval, counted where they arrive), and a scan
+    whose job SUCCEEDED ends in the triggerer: its task runs on a worker once."""
+    import math
+
+    from moto.batch.responses import BatchResponse
+
+    put_dataset(s3, "lab-data", "ds40/", keys=scans_keys(20, 2))
+    batch_behaviour.hold = True  # RUNNING until released
+    calls: list[tuple[float, int]] = []
+    real = BatchResponse.describejobs
+
+    def counted(self):
+        calls.append((time.monotonic(), len(self._get_param("jobs"))))
+        return real(self)
+
+    monkeypatch.setattr(BatchResponse, "describejobs", counted)
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds40", "canary": False})
+
+    def deferred() -> int:
+        return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
+
+    assert wait_for(lambda: deferred() == 40, timeout=600), api.task_instances(run_id)
+    time.sleep(3)  # every trigger taken up by the triggerer
+    start, seconds = time.monotonic(), 12  # the live tier polls every second
+    time.sleep(seconds)
+    window = [n for t, n in calls if start <= t < start + seconds]
+    batch_behaviour.release()
+    per_interval = len(window) / seconds
+    print(f"40 jobs RUNNING: {len(window)} DescribeJobs in {seconds} s ({per_interval:.2f} per 1 s poll), "
+          f"{sum(window) / max(1, len(window)):.1f} job ids per call")  # fmt: skip
+    assert per_interval <= math.ceil(40 / 100) + 1
+    assert sum(window) / len(window) >= 39  # the calls ask for (nearly) all 40 at once
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
+    scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
+    assert {ti["state"] for ti in scans} == {"success"} and len(scans) == 40
+    launches = [
+        sum("Worker startup parse complete" in str(entry) for entry in api.task_log(run_id, ti)) for ti in scans
+    ]
+    print(f"task launches per scan: {sum(launches) / len(launches):.2f}")
+    assert launches == [1] * 40  # submitted, deferred, ended by its trigger: never resumed
+
+
 def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, s3, batch_env, batch_behaviour):
     """The user marks one waiting run_scan failed while the machine is busy: its Batch job
     gets TerminateJob (from the trigger, the moment the cancel reaches it), the other scan's
