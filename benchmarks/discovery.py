@@ -5,7 +5,8 @@ Prints figures, asserts nothing. Bars:
   * ndmg_cloud.entities.parse_entities parses >= 50,000 keys/s;
   * parse_entities agrees with pybids' parse_file_entities on every key (0 mismatches).
 
-Run: .venv/bin/python benchmarks/discovery.py   (or `make bench`)
+Run: .venv/bin/python benchmarks/discovery.py   (or `make bench`; `--smoke`: 20 subjects,
+the figures only, as `make test` runs it so that the benchmark cannot rot)
 Only 127.0.0.1 is used; credentials are fake ("testing").
 """
 
@@ -46,10 +47,10 @@ def bar(ok: bool, what: str) -> str:
     return f"  -> bar {'met' if ok else 'NOT met'}: {what}"
 
 
-def dataset_keys() -> list[str]:
+def dataset_keys(subjects: int = SUBJECTS) -> list[str]:
     """Relative keys of the generated dataset: 5 files per session, plus a few extras."""
     rel = ["dataset_description.json", "README", "CHANGES", "participants.tsv"]
-    for s in range(1, SUBJECTS + 1):
+    for s in range(1, subjects + 1):
         sub = f"sub-{s:04d}"
         for e in range(1, SESSIONS + 1):
             ses = f"ses-{e}"
@@ -86,7 +87,12 @@ def load_over_http(client, keys: list[str]) -> str:
 
 
 def main() -> int:
+    import argparse
     import logging
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="20 subjects: the figures, quickly (make test)")
+    args = parser.parse_args()
 
     from moto.server import ThreadedMotoServer
 
@@ -98,13 +104,13 @@ def main() -> int:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     try:
-        return run(endpoint)
+        return run(endpoint, subjects=20 if args.smoke else SUBJECTS)
     finally:
         server.stop()
         print(f"moto server on {endpoint} stopped")
 
 
-def run(endpoint: str) -> int:
+def run(endpoint: str, subjects: int) -> int:
     from ndmg_cloud import entities as ndmg_entities
     from ndmg_cloud.discover import discover
     from ndmg_cloud.params import PARAM_SCHEMAS, resolve
@@ -114,7 +120,7 @@ def run(endpoint: str) -> int:
     setup = boto3.client("s3", region_name=REGION, endpoint_url=endpoint, config=boto_cfg)
     setup.create_bucket(Bucket=BUCKET)
 
-    rel_keys = dataset_keys()
+    rel_keys = dataset_keys(subjects)
     keys = [PREFIX + k for k in rel_keys]
     t0 = time.perf_counter()
     try:
@@ -171,9 +177,8 @@ def run(endpoint: str) -> int:
     print(f"(listing alone, no parsing: {n:,} keys in {list_only:.3f} s, {n / list_only:,.0f} keys/s; moto serves the pages)")
     from ndmg_cloud.bids import discover_scans
 
-    exclude = [config.output_root.prefix]
     t0 = time.perf_counter()
-    in_memory = discover_scans(keys, PREFIX, exclude_prefixes=exclude)
+    in_memory = discover_scans(keys, PREFIX)
     grouping = time.perf_counter() - t0
     print(
         f"(discover_scans on the key list in memory, no S3: {in_memory.keys_listed:,} keys, "

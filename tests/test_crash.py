@@ -312,6 +312,10 @@ def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch
     ]
     print(f"task launches per scan: {sum(launches) / len(launches):.2f}")
     assert launches == [1] * 40  # submitted, deferred, ended by its trigger: never resumed
+    report = report_of(api, s3, run_id)  # the report reads what the triggerer pushed
+    assert {row["job_id"] for row in report["scans"]} == {
+        api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])["job_id"] for ti in scans
+    }
 
 
 def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, s3, batch_env, batch_behaviour):

@@ -6,6 +6,7 @@ The DAG file only wires these together; the logic lives in ``discover``, ``jobsp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -257,9 +258,14 @@ def _mark_derivatives(client: Any, config: RunConfig) -> None:
 
 
 def _pulled(ti: Any, task_id: str, key: str) -> list[dict[str, Any]]:
-    """XComs of every map index of a mapped task (a single one comes back bare)."""
+    """XComs of every map index of a mapped task (a single one comes back bare).
+
+    A value the triggerer pushed (a scan ended by its trigger, ``TaskSuccessEvent``) was
+    stored as JSON text by Airflow 3.3 (``XComModel.set`` serializes it, the Execution API
+    hands the stored value back as is), so a task pulls a string: decoded here."""
     values = ti.xcom_pull(task_ids=task_id, key=key) or []
-    return [values] if isinstance(values, dict) else [v for v in values if v]
+    values = [values] if isinstance(values, (dict, str)) else values
+    return [json.loads(v) if isinstance(v, str) else v for v in values if v]
 
 
 def report_asset(config: RunConfig) -> Any:

@@ -1,0 +1,43 @@
+"""Benchmarks cannot rot: each runs here in its smoke mode (a tiny N) and must print its
+figures. The full runs are `make bench`, `make bench-load` and `make bench-scale`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, *args: str, timeout: int = 600) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_discovery_benchmark_prints_its_figures():
+    out = bench("discovery.py", "--smoke")
+    assert re.search(r"S3 requests made:\s+1 \(ListObjectsV2\)", out)
+    assert re.search(r"discover_scans on the key list in memory, no S3: [\d,]+ keys, 100 scans", out)
+    assert re.search(r"parse_entities: .* -> [\d,]+ keys/s", out)
+    assert "0 mismatches" in out
+
+
+def test_the_dag_parse_benchmark_prints_its_figures():
+    out = bench("dag_parse.py", "--smoke")
+    assert re.search(r"ndmg_participant.py: median \d+\.\d+ s", out)
+    assert re.search(r"difference:\s+-?\d+\.\d+ s", out)
+    assert "botocore create_client calls: 0" in out
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_prints_its_figures():
+    out = bench("load.py", "--scans", "4")
+    assert "report rows: 4 (discovered 4, succeeded 4" in out
+    assert re.search(r"Batch API calls: \d+ \(\d+\.\d+ per scan\)", out)
