@@ -80,6 +80,8 @@ class ScanBatchOperator(BatchOperator):
 
     :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
         environments are checked and, if none can run it, the job is cancelled with the reason.
+    :param submit_not_before: this scan's turn to submit (epoch seconds; ``ndmg_cloud.pacing``):
+        a task that starts earlier waits for it.
 
     Every other argument is ``BatchOperator``'s (``deferrable``, ``poll_interval``,
     ``aws_conn_id``, ...); its extra links (job, definition, queue, logs) are kept.
@@ -105,10 +107,12 @@ class ScanBatchOperator(BatchOperator):
         job_spec_uri: str,
         batch: dict[str, Any],
         runnable_timeout: int = 30 * 60,
+        submit_not_before: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(job_name=batch["jobName"], job_queue=batch["jobQueue"], job_definition=batch["jobDefinition"], **kwargs)
         self.take_job(scan_id, job_spec_uri, batch, runnable_timeout)
+        self.submit_not_before = submit_not_before
 
     def take_job(self, scan_id: str, job_spec_uri: str, batch: dict[str, Any], runnable_timeout: int) -> None:
         """This task's job: the scan, its spec and the SubmitJob payload (BatchOperator's
@@ -209,6 +213,7 @@ class ScanBatchOperator(BatchOperator):
             self.job_queue,
             self.job_definition,
         )
+        self._wait_for_turn()
         now = time.time()
         intent = {"submitting_since": since or now, "call_started": now, "max_tries": max_tries}
         if store is not None:
@@ -226,6 +231,13 @@ class ScanBatchOperator(BatchOperator):
             store.set(STATE_KEY, {"job_id": response["jobId"], "max_tries": max_tries})
         self.log.info("Batch job %s submitted for scan %s", response["jobId"], self.scan_id)
         self._record(context, response["jobId"])
+
+    def _wait_for_turn(self) -> None:
+        """Keep the run's SubmitJob calls under its rate (ndmg_cloud.pacing)."""
+        wait = (self.submit_not_before or 0) - time.time()
+        if wait > 0:
+            self.log.info("Waiting %.1f s for this scan's turn to submit (NDMG_SUBMIT_RATE)", wait)
+            time.sleep(wait)
 
     def _submit(self) -> dict[str, Any]:
         client = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, config=SUBMIT_CONFIG).client

@@ -36,6 +36,7 @@ from ndmg_cloud.jobs import (
     local_records,
 )
 from ndmg_cloud.local import run_local
+from ndmg_cloud.pacing import paced, submit_rate
 from ndmg_cloud.taskids import (
     BACKEND_TASKS,
     BATCH_SCAN_TASKS,
@@ -191,7 +192,7 @@ def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: A
     check_cost(config, len(to_run))
     _check_map_length(len(to_run))
     ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
-    return [r for r in to_run if r["scan_id"] in plan.pilots]
+    return paced([r for r in to_run if r["scan_id"] in plan.pilots], submit_rate())
 
 
 def release_scans_step(runs: list[dict[str, Any]], ti: Any) -> list[dict[str, Any]]:
@@ -200,7 +201,10 @@ def release_scans_step(runs: list[dict[str, Any]], ti: Any) -> list[dict[str, An
     rest = [r for r in plan.to_run(runs) if r["scan_id"] not in plan.pilots]
     if plan.pilots:
         log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(plan.pilots), len(rest))
-    return rest
+    rate = submit_rate()
+    if any("batch" in r for r in rest):
+        log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(rest), rate, len(rest) / rate)
+    return paced(rest, rate)
 
 
 def check_cost(config: RunConfig, scans: int) -> None:

@@ -1,0 +1,79 @@
+"""A run's SubmitJob calls stay under NDMG_SUBMIT_RATE: each scan is given its turn when the
+scans are released, and a task that starts before its turn waits. Arrival times are taken
+where the calls arrive: in the local AWS endpoint's Batch handler."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ndmg_cloud.pacing import paced, submit_rate
+
+
+class Context(dict):
+    """What submit_job reads of an Airflow context: ti (max_tries, xcom_push) and no store."""
+
+    class TI:
+        max_tries = 2
+
+        def xcom_push(self, key, value):
+            pass
+
+    def __init__(self):
+        super().__init__(ti=self.TI(), task_state_store=None)
+
+
+def test_scans_submitted_back_to_back_keep_to_the_rate(batch_env, batch_behaviour, monkeypatch):
+    from moto.batch.responses import BatchResponse
+
+    from ndmg_cloud.operators import ScanBatchOperator
+
+    arrivals = []
+    real = BatchResponse.submitjob
+
+    def timed(self):
+        arrivals.append(time.time())
+        return real(self)
+
+    monkeypatch.setattr(BatchResponse, "submitjob", timed)
+    monkeypatch.setattr(ScanBatchOperator, "_record", lambda self, context, job_id: None)  # no Airflow links here
+    items = [
+        {"scan_id": f"sub-0{i}", "job_spec_uri": f"s3://b/j/sub-0{i}.json",
+         "batch": {"jobName": f"ds-sub-0{i}-abc", "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"}}
+        for i in range(4)
+    ]  # fmt: skip
+    released = time.time()
+    for item in paced(items, rate=2.0, start=released):  # 2 per second: turns 0, 0.5, 1.0, 1.5 s after release
+        ScanBatchOperator(task_id="run_scan", **item).submit_job(Context())
+
+    after = [round(t - released, 2) for t in arrivals]
+    assert len(after) == 4 and all(t >= i * 0.5 for i, t in enumerate(after)), after  # unpaced: all within ~1 s
+    assert after[-1] < 3  # and no slower than the turns plus the calls themselves
+
+
+def test_local_scans_are_not_paced_and_batch_turns_count_only_batch_scans():
+    items = [{"scan_id": "a", "job_spec_uri": "x"}, {"scan_id": "b", "job_spec_uri": "y", "batch": {}}, {"scan_id": "c", "job_spec_uri": "z", "batch": {}}]
+    out = paced(items, rate=4.0, start=100.0)
+    assert out[0] == items[0]  # run_scan_local takes exactly scan_id and job_spec_uri
+    assert [o.get("submit_not_before") for o in out[1:]] == [100.0, 100.25]
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "51", "fast"])
+def test_a_rate_batch_does_not_allow_is_refused_naming_it(monkeypatch, raw):
+    monkeypatch.setenv("NDMG_SUBMIT_RATE", raw)
+    with pytest.raises(ValueError, match=rf"NDMG_SUBMIT_RATE='{raw}'.*at most 50"):
+        submit_rate()
+
+
+def test_the_default_rate_leaves_room_under_the_account_quota(monkeypatch):
+    """Every run the DAG may have at once, each at the default rate, stays under half the quota."""
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from ndmg_cloud.pacing import BATCH_SUBMIT_QUOTA
+
+    monkeypatch.delenv("NDMG_SUBMIT_RATE", raising=False)
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags["ndmg_participant"]
+    assert dag.max_active_runs * submit_rate() <= BATCH_SUBMIT_QUOTA / 2
