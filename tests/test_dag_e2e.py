@@ -162,8 +162,10 @@ def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, containers)
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
 
     prefix = f"{OUT}jobs/{run.run_id}/"
-    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix)}
+    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix) if k.endswith(".json")}
     assert sorted(specs) == sorted(f"{s}.json" for s in E2E_VALID)
+    items = [k for k in listing(s3, BUCKET, prefix) if not k.endswith(".json")]
+    assert [k.rsplit("/", 1)[1] for k in items] == [f"released-{token(run)}.items"]  # the scans' task arguments
 
     spec = specs["sub-02.json"]
     assert spec["scan"]["session"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,8 @@ class ScanBatchOperator(BatchOperator):
 
     :param scan_id: the scan's BIDS entity string; shown as the map index label.
     :param job_spec_uri: where the scan's job spec lives (the container reads it).
-    :param batch: the spec's ``batch`` block, passed to SubmitJob unchanged.
+    :param batch: the spec's ``batch`` block, passed to SubmitJob unchanged; None (a scan's
+        mapped task): read from the job spec at execute time.
 
     :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
         environments are checked and, if none can run it, the job is cancelled with the reason.
@@ -105,13 +107,15 @@ class ScanBatchOperator(BatchOperator):
         *,
         scan_id: str,
         job_spec_uri: str,
-        batch: dict[str, Any],
+        batch: dict[str, Any] | None = None,
         runnable_timeout: int = 30 * 60,
         submit_not_before: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(job_name=batch["jobName"], job_queue=batch["jobQueue"], job_definition=batch["jobDefinition"], **kwargs)
-        self.take_job(scan_id, job_spec_uri, batch, runnable_timeout)
+        payload = batch or {"jobName": scan_id, "jobQueue": "from-the-job-spec", "jobDefinition": "from-the-job-spec"}
+        super().__init__(job_name=payload["jobName"], job_queue=payload["jobQueue"], job_definition=payload["jobDefinition"], **kwargs)
+        self.take_job(scan_id, job_spec_uri, payload, runnable_timeout)
+        self.payload_from_spec = batch is None  # read at execute: a mapped task's XCom stays small
         self.submit_not_before = submit_not_before
 
     def take_job(self, scan_id: str, job_spec_uri: str, batch: dict[str, Any], runnable_timeout: int) -> None:
@@ -140,7 +144,23 @@ class ScanBatchOperator(BatchOperator):
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def execute(self, context: Any) -> str:
+        if self.payload_from_spec:
+            self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(), self.runnable_timeout)
         return self._final(lambda: super(ScanBatchOperator, self).execute(context))
+
+    def _spec_payload(self) -> dict[str, Any]:
+        """The SubmitJob payload of this scan's job spec (written by write_job_specs)."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from ndmg_cloud.s3 import get_bytes
+
+        spec = json.loads(get_bytes(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri))
+        if spec.get("scan", {}).get("scan_id") != self.scan_id:
+            raise AirflowFailException(
+                f"job spec {self.job_spec_uri} is for scan {spec.get('scan', {}).get('scan_id')!r}, not {self.scan_id!r}: "
+                "the job dir was written over by another run; clear the run to write its specs again"
+            )
+        return spec["batch"]
 
     def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:
         if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)

@@ -36,12 +36,6 @@ def submit_rate() -> float:
 
 
 def paced(items: list[dict[str, Any]], rate: float, start: float | None = None) -> list[dict[str, Any]]:
-    """The Batch scans' task arguments, each with its turn to submit (local scans unchanged)."""
+    """Batch scans' task arguments, each with its turn to submit: the i-th at start + i / rate."""
     start = time.time() if start is None else start
-    out, turn = [], 0
-    for item in items:
-        if "batch" in item:
-            item = {**item, "submit_not_before": round(start + turn / rate, 3)}
-            turn += 1
-        out.append(item)
-    return out
+    return [{**item, "submit_not_before": round(start + turn / rate, 3)} for turn, item in enumerate(items)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,43 +55,21 @@ from ndmg_cloud.taskids import (
     WRITE_JOB_SPECS,
 )
 from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, write_specs
+from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, run_token, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud import lease
 from ndmg_cloud.lease import TakeOver
 from ndmg_cloud.preflight import preflight
 from ndmg_cloud.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
+from ndmg_cloud.clients import AWS_CONN_ID, batch_client, logs_client, s3_client  # noqa: F401  (steps.* names)
 from ndmg_cloud.s3 import put_json
+from ndmg_cloud.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.verify import ScanResult, completed_scans, output_listing, verify_scans
 
 log = logging.getLogger(__name__)
-AWS_CONN_ID = os.environ.get("NDMG_AWS_CONN_ID", "aws_default")
-# Throttling (SlowDown, TooManyRequestsException) is absorbed by botocore's adaptive mode.
-RETRIES = {"mode": "adaptive", "max_attempts": 10}
 INVALID_ROWS_KEPT = 200  # invalid scans listed in XCom and the report; the rest are counted
 REPORTS_ALIAS = "ndmg-reports"
-
-
-def s3_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.config import Config
-
-    return S3Hook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).get_conn()
-
-
-def batch_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
-    from botocore.config import Config
-
-    return BatchClientHook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).client
-
-
-def logs_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
-    from botocore.config import Config
-
-    return AwsLogsHook(aws_conn_id=AWS_CONN_ID, config=Config(retries=RETRIES)).conn
 
 
 def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
@@ -166,10 +143,10 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, A
 
 
 def scan_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of one scan's mapped task (run_scan, or run_scan_local)."""
+    """The arguments of one scan's mapped task (run_scan, or run_scan_local). The SubmitJob
+    payload is not among them: the task reads it from the job spec (one GET, whatever N)."""
     kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
     if config.backend == "aws_batch":
-        kwargs["batch"] = spec["batch"]
         kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
     return kwargs
 
@@ -192,19 +169,29 @@ def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: A
     check_cost(config, len(to_run))
     _check_map_length(len(to_run))
     ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
-    return paced([r for r in to_run if r["scan_id"] in plan.pilots], submit_rate())
+    pilots = [r for r in to_run if r["scan_id"] in plan.pilots]  # a few (pilot_scans): a plain list
+    return paced(pilots, submit_rate()) if config.backend == "aws_batch" else pilots
 
 
-def release_scans_step(runs: list[dict[str, Any]], ti: Any) -> list[dict[str, Any]]:
-    """Every pilot succeeded (or there were none): the rest of the plan goes."""
+def release_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: Any) -> ScanItems:
+    """Every pilot succeeded (or there were none): the rest of the plan goes. Returns the
+    scans as a ``ScanItems`` (constant-size XCom; each mapped task reads its own item), each
+    Batch scan with its turn to submit (``ndmg_cloud.pacing``)."""
+    config = RunConfig.from_dict(discovery["config"])
     plan = Plan.from_dict(ti.xcom_pull(task_ids=PLAN_SCANS, key=PLAN_XCOM_KEY))
     rest = [r for r in plan.to_run(runs) if r["scan_id"] not in plan.pilots]
     if plan.pilots:
         log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(plan.pilots), len(rest))
-    rate = submit_rate()
-    if any("batch" in r for r in rest):
+    if config.backend == "aws_batch" and rest:
+        rate = submit_rate()
         log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(rest), rate, len(rest) / rate)
-    return paced(rest, rate)
+        rest = paced(rest, rate)
+    return write_scan_items(s3_client(), released_items_uri(config), rest)
+
+
+def released_items_uri(config: RunConfig) -> str:
+    """Where a run's released scans are written (its job dir; named by run, as a job dir may be shared)."""
+    return f"{config.jobdir}released-{run_token(config.run_id)}.items"
 
 
 def check_cost(config: RunConfig, scans: int) -> None:

@@ -1,0 +1,93 @@
+"""A mapped scan task pulls a constant number of XCom bytes whatever the run's size: the
+scans are released as a ``ScanItems`` (an items file on S3, one fixed-width record per scan),
+and each task instance reads its own record with one ranged GET."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from datasets import put_dataset, scans_keys
+from ndmg_cloud.scanitems import ScanItems, write_scan_items
+
+ITEMS = [{"scan_id": f"sub-{i:02d}_ses-1", "job_spec_uri": f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", "runnable_timeout": 1800} for i in range(7)]
+
+
+def test_items_round_trip_through_airflows_serde(s3):
+    from airflow.sdk import serde
+
+    s3.create_bucket(Bucket="lab")
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
+    wire = json.dumps(serde.serialize(items))
+    back = serde.deserialize(json.loads(wire))
+    assert isinstance(back, ScanItems) and back == items and len(wire) < 200
+    assert len(back) == 7 and back[3] == ITEMS[3] and back[-1] == ITEMS[-1] and list(back) == ITEMS
+
+
+def test_an_item_is_one_ranged_get_and_iterating_is_one_get(s3):
+    s3.create_bucket(Bucket="lab")
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
+    gets = []
+    s3_calls = lambda **kw: gets.append(kw.get("Range"))  # noqa: E731
+
+    import ndmg_cloud.clients as clients
+
+    real = clients.s3_client
+
+    class Counting:
+        def __init__(self):
+            self.client = s3
+
+        def get_object(self, **kwargs):
+            s3_calls(**kwargs)
+            return self.client.get_object(**kwargs)
+
+    clients.s3_client = Counting
+    try:
+        assert items[5] == ITEMS[5]
+        assert gets == [f"bytes={5 * items.width}-{6 * items.width - 1}"]
+        assert list(items) == ITEMS and len(gets) == 2
+    finally:
+        clients.s3_client = real
+    with pytest.raises(IndexError):
+        items[7]
+
+
+def test_an_empty_release_maps_no_task(s3, tmp_path):
+    items = write_scan_items(s3, str(tmp_path / "released.items"), [])  # a local job dir (local backend)
+    assert len(items) == 0 and list(items) == []
+
+
+def pulled_bytes(s3, monkeypatch, prefix: str, subjects: int) -> dict[int, int]:
+    """XCom bytes each run_scan task instance pulled, for a run of ``subjects`` x 2 scans."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import serde
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    put_dataset(s3, "lab-data", prefix, keys=scans_keys(subjects, 2))
+    pulled: dict[int, int] = {}
+    real = getattr(RuntimeTaskInstance.xcom_pull, "original", RuntimeTaskInstance.xcom_pull)
+
+    def counting(self, *args, **kwargs):
+        value = real(self, *args, **kwargs)
+        if self.task_id == "run_scan":
+            pulled[self.map_index] = pulled.get(self.map_index, 0) + len(json.dumps(serde.serialize(value)))
+        return value
+
+    counting.original = real
+    monkeypatch.setattr(RuntimeTaskInstance, "xcom_pull", counting)
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_participant"]
+    run = dag.test(run_conf={"bucket": "lab-data", "bidsdir": prefix, "canary": False})
+    assert run.state == "failed"  # stand-in jobs write no outputs; what matters is what the tasks pulled
+    return pulled
+
+
+def test_a_scan_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env, batch_behaviour, airflow_db, monkeypatch):
+    small = pulled_bytes(s3, monkeypatch, "small/", subjects=2)
+    large = pulled_bytes(s3, monkeypatch, "large/", subjects=8)
+    assert sorted(small) == list(range(4)) and sorted(large) == list(range(16))
+    print(f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(small.values()))}, N=16 {sorted(set(large.values()))}")
+    assert max(large.values()) <= max(small.values()) + 8  # the items file's URI differs by a few characters
+    assert max(large.values()) < 400
