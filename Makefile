@@ -3,12 +3,13 @@
 # make test-live - the slow live tier: Airflow components killed mid-run
 # make airflow - airflow standalone on the embedded stack, to trigger the DAG from the UI
 # make bench - print the discovery / DAG parse benchmark figures
+# make bench-scale - a real Airflow on Postgres at N = 100 and 1,000 scans (benchmarks/scale.py)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-live airflow bench bench-load screenshots lock clean
+.PHONY: demo test test-live airflow bench bench-load bench-scale screenshots lock clean
 
 # uv (pinned in constraints.txt, installed by pip) installs the locked versions in seconds
 # where pip takes minutes; it resolves against the same constraints.txt.
@@ -46,6 +47,11 @@ screenshots: $(STAMP)
 # ~13 minutes: a 1,100-scan run of the whole DAG on the embedded stack
 bench-load: $(STAMP)
 	$(PY) benchmarks/load.py --scans 1100
+
+# a real Airflow (api-server, scheduler, dag-processor, triggerer) on Postgres (Debian's
+# package: apt-get install postgresql), N = 100 and 1,000 scans held RUNNING, then ended
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py --scans 100 1000
 
 # Re-pin everything after changing requirements*.txt.
 lock:

@@ -41,3 +41,15 @@ def test_the_load_benchmark_prints_its_figures():
     out = bench("load.py", "--scans", "4")
     assert "report rows: 4 (discovered 4, succeeded 4" in out
     assert re.search(r"Batch API calls: \d+ \(\d+\.\d+ per scan\)", out)
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_prints_its_figures():
+    """A real Airflow on Postgres, six scans: every figure of make bench-scale is printed."""
+    out = bench("scale.py", "--smoke", timeout=900)
+    assert "== N = 6 scans: run success, 6 jobs submitted ==" in out
+    assert re.search(r"DescribeJobs per poll interval:\s+\d+\.\d+ while all 6 RUNNING", out)
+    assert re.search(r"XCom bytes pulled per run_scan TI:\s+min [\d,]+ / median [\d,]+ / max [\d,]+", out)
+    assert re.search(r"task launches per scan:\s+\d+\.\d+", out)
+    assert re.search(r"peak memory: .*scheduler \d+ MB.*triggerer \d+ MB", out)
+    assert re.search(r"Postgres database size:\s+\d+\.\d+ MB", out)

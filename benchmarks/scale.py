@@ -1,0 +1,378 @@
+"""Scale benchmark: ndmg_participant under a real Airflow on Postgres.
+
+For each N: Postgres (Debian's package, a fresh cluster in a temporary directory on
+127.0.0.1, the database a deployment uses), Airflow's api-server, scheduler (LocalExecutor),
+dag-processor and triggerer as processes, and a local AWS endpoint (moto, in this process)
+that holds every Batch job RUNNING until all N wait in the triggerer, then lets them end
+with the outputs an m2g container would leave. Prints per N:
+
+  * wall time from trigger to the run's end, and seconds of orchestration per scan (wall
+    time less the time the jobs were held RUNNING, over N);
+  * DescribeJobs calls per poll interval while all N jobs are RUNNING (counted at the
+    endpoint); bar: <= ceil(N / 100) + 1;
+  * XCom bytes each run_scan task instance pulled (counted on the Execution API, through a
+    proxy in this process); bar: constant in N;
+  * task launches per scan (the task logs' "Worker startup parse complete" lines); bar: <= 1.1;
+  * peak memory (RSS) of each Airflow process, children included; the Postgres database size.
+
+Run: make bench-scale (N = 100 and 1,000), or
+     .venv/bin/python benchmarks/scale.py --scans 100 1000 [--poll 5]
+     --smoke: N = 6, the figures only (make test-live runs it so that it cannot rot).
+Only 127.0.0.1 is used; AWS credentials are fake. Postgres runs as the 'postgres' user when
+this runs as root (initdb refuses root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import load  # noqa: E402  (the dataset, the Batch setup, the jobs' outputs)
+from ndmg_cloud import demo  # noqa: E402
+
+PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+PASSWORD = "bench-scale"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+# ---------------------------------------------------------------- Postgres
+class Postgres:
+    """A throwaway cluster on 127.0.0.1: initdb, pg_ctl start, one database 'airflow'."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "pg"
+        self.port = demo.free_port()
+        self.as_root = os.geteuid() == 0
+
+    def _run(self, *args: str) -> str:
+        command = [*args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+    def start(self) -> str:
+        self.dir.mkdir(parents=True)
+        if self.as_root:  # the cluster belongs to 'postgres', who must reach it
+            shutil.chown(self.dir, "postgres", "postgres")
+            for folder in (self.dir.parent, self.dir.parent.parent):
+                os.chmod(folder, 0o755)
+        data = self.dir / "data"
+        self._run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "airflow", "-A", "trust", "-E", "UTF8")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c max_connections=300 -c fsync=off"
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+        self._run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "airflow", "airflow")
+        return f"postgresql+psycopg2://airflow@127.0.0.1:{self.port}/airflow"
+
+    def query(self, sql: str) -> str:
+        return self._run(str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "airflow", "-d", "airflow", "-Atc", sql).strip()
+
+    def stop(self) -> None:
+        try:
+            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass
+
+
+# ---------------------------------------------------------------- counting
+class ExecutionApiProxy:
+    """Forwards the workers' Execution API calls to the api-server and counts the bytes of
+    XCom each task instance (the JWT's subject) was sent."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.xcom_bytes: dict[str, int] = defaultdict(int)
+        self.lock = threading.Lock()
+
+    def start(self) -> int:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                if "/xcoms/" in self.path and self.command == "GET":
+                    with proxy.lock:
+                        proxy.xcom_bytes[_subject(self.headers.get("Authorization", ""))] += len(data)
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self.server.server_address[1]
+
+
+def _subject(authorization: str) -> str:
+    """The task instance id a worker's token is for (the JWT's 'sub'; not verified here)."""
+    try:
+        payload = authorization.split()[-1].split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+    except (IndexError, ValueError, KeyError):
+        return "?"
+
+
+class Batch:
+    """The endpoint's Batch: jobs held RUNNING until released; DescribeJobs calls timed."""
+
+    def __init__(self):
+        from moto.batch.models import JobStatus
+        from moto.batch.responses import BatchResponse
+        from moto.batch_simple import models
+
+        load.jobs_write_their_outputs()  # what a finished job leaves on S3
+        finish = models.BatchSimpleBackend._mark_job_as_finished
+        self.held: list = []
+        self.holding = True
+        self.submitted = 0
+        self.describe_calls: list[tuple[float, int]] = []
+        lock = threading.Lock()
+        batch = self
+
+        def hold(backend, include_start_attempt, job):
+            with lock:
+                batch.submitted += 1
+                if batch.holding:
+                    backend.backend._jobs[job.job_id] = job
+                    job.status = JobStatus.RUNNING
+                    batch.held.append(lambda: finish(backend, include_start_attempt, job))
+                    return None
+            return finish(backend, include_start_attempt, job)
+
+        real_describe = BatchResponse.describejobs
+
+        def describe(response):
+            batch.describe_calls.append((time.monotonic(), len(response._get_param("jobs"))))
+            return real_describe(response)
+
+        models.BatchSimpleBackend._mark_job_as_finished = hold
+        BatchResponse.describejobs = describe
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for end in held:
+            end()
+
+
+class Memory:
+    """Peak RSS of each Airflow component's process tree, sampled twice a second."""
+
+    def __init__(self, processes: dict[str, subprocess.Popen]):
+        import psutil
+
+        self.psutil, self.processes = psutil, processes
+        self.peak: dict[str, float] = defaultdict(float)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.stopped.wait(0.5):
+            for name, process in self.processes.items():
+                try:
+                    root = self.psutil.Process(process.pid)
+                    rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                except self.psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak[name], rss / 2**20)
+
+
+# ---------------------------------------------------------------- one N
+def run_one(scans: int, poll: int, workdir: Path) -> dict:
+    from ndmg_cloud.airflowapi import Airflow
+
+    endpoint_port = demo.free_port()
+    endpoint = f"http://127.0.0.1:{endpoint_port}"
+    home = workdir / f"airflow-{scans}"
+    home.mkdir()
+    postgres = Postgres(workdir / f"db-{scans}")
+    processes: dict[str, subprocess.Popen] = {}
+    server = demo.start_endpoint(endpoint_port)
+    try:
+        database = postgres.start()
+        demo.configure_environment(home, endpoint)
+        load.make_batch_setup(endpoint)
+        load.make_dataset(scans)
+        batch = Batch()
+        api_port = demo.free_port()
+        proxy = ExecutionApiProxy(api_port)
+        proxy_port = proxy.start()
+        url = f"http://127.0.0.1:{api_port}"
+        (home / "passwords.json").write_text(json.dumps({"admin": PASSWORD}))
+        env = {
+            **os.environ,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "32",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1000",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{proxy_port}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "30",
+            "AIRFLOW__TRIGGERER__CAPACITY": "1000",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "NDMG_BATCH_POLL_SECONDS": str(poll),
+            "NDMG_SUBMIT_RATE": "50",
+            "NDMG_RETRY_DELAY_SECONDS": "5",
+        }
+        binary = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([binary, "db", "migrate"], env=env, check=True, capture_output=True)
+        for name in PARTS:
+            log = open(home / f"{name}.log", "ab")
+            processes[name] = subprocess.Popen([binary, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        memory = Memory(processes)
+        api = Airflow(url, "admin", PASSWORD)
+        deadline = time.monotonic() + 300
+        while not _dag_ready(api):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Airflow did not come up; see {home}/api-server.log")
+            time.sleep(2)
+
+        started = time.monotonic()
+        run_id = api.trigger({"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False})
+        while sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) < scans:
+            if api.run(run_id)["state"] == "failed":
+                raise RuntimeError(f"run {run_id} failed before its scans were all waiting; see {home}")
+            time.sleep(2)
+        held_from = time.monotonic()
+        time.sleep(poll * 0.5)  # every trigger picked up
+        window_start, intervals = time.monotonic(), 4
+        time.sleep(poll * intervals)
+        window = [n for t, n in batch.describe_calls if window_start <= t < window_start + poll * intervals]
+        batch.release()
+        held = time.monotonic() - held_from
+        while api.run(run_id)["state"] not in ("success", "failed"):
+            time.sleep(2)
+        wall = time.monotonic() - started
+        state = api.run(run_id)["state"]
+        memory.stopped.set()
+
+        scan_tis = postgres.query("select id from task_instance where task_id = 'run_scan'").split()
+        pulled = [proxy.xcom_bytes.get(ti, 0) for ti in scan_tis]
+        launches = _launches(home / "logs", scans)
+        return {
+            "scans": scans,
+            "state": state,
+            "wall": wall,
+            "orchestration_per_scan": (wall - held) / scans,
+            "describe_per_interval": len(window) / intervals,
+            "ids_per_call": sum(window) / max(1, len(window)),
+            "xcom_bytes": (min(pulled, default=0), statistics.median(pulled) if pulled else 0, max(pulled, default=0)),
+            "launches_per_scan": launches,
+            "peak_mb": dict(memory.peak),
+            "db_mb": int(postgres.query("select pg_database_size('airflow')")) / 2**20,
+            "submitted": batch.submitted,
+        }
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
+        postgres.stop()
+
+
+def _dag_ready(api) -> bool:
+    try:
+        api._request("GET", "/api/v2/dags/ndmg_participant")
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _launches(logs: Path, scans: int) -> float:
+    total = 0
+    for log in logs.glob("dag_id=ndmg_participant/run_id=*/task_id=run_scan/map_index=*/attempt=*.log"):
+        total += log.read_text(errors="replace").count("Worker startup parse complete")
+    return total / scans
+
+
+def report(result: dict) -> None:
+    n = result["scans"]
+    bar_describe = math.ceil(n / 100) + 1
+    low, median, high = result["xcom_bytes"]
+    print(f"\n== N = {n:,} scans: run {result['state']}, {result['submitted']:,} jobs submitted ==")
+    print(f"wall time:                          {result['wall']:.0f} s")
+    print(f"orchestration per scan:             {result['orchestration_per_scan']:.2f} s (wall time less the jobs' RUNNING hold, over N)")
+    print(f"DescribeJobs per poll interval:     {result['describe_per_interval']:.2f} while all {n:,} RUNNING "
+          f"({result['ids_per_call']:.0f} ids per call)  -> bar {'met' if result['describe_per_interval'] <= bar_describe else 'NOT met'}: <= {bar_describe}")  # fmt: skip
+    print(f"XCom bytes pulled per run_scan TI:  min {low:,} / median {median:,.0f} / max {high:,}")
+    print(f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= 1.1 else 'NOT met'}: <= 1.1")
+    print("peak memory:                        " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
+    print(f"Postgres database size:             {result['db_mb']:.1f} MB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scans", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--poll", type=int, default=5, help="Batch poll interval in seconds (deployments: 30)")
+    parser.add_argument("--smoke", action="store_true", help="N = 6: the figures only (make test-live)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N, in a process of its own
+    args = parser.parse_args()
+    if args.one:
+        with tempfile.TemporaryDirectory(prefix="ndmg-scale-") as tmp:
+            print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tmp))))
+        return 0
+    results = []
+    for n in [6] if args.smoke else args.scans:
+        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--poll", str(args.poll)], capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+        if done.returncode or not lines:
+            print(f"N = {n}: the benchmark failed (exit {done.returncode})\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+            return 1
+        results.append(json.loads(lines[-1][len(RESULT):]))
+        report(results[-1])
+    if len(results) > 1:
+        xcom = [r["xcom_bytes"][2] for r in results]
+        print(f"\nXCom bytes per run_scan TI across N: max {xcom}  -> bar {'met' if max(xcom) - min(xcom) <= 16 else 'NOT met'}: constant in N")
+    return 0 if all(r["state"] == "success" for r in results) else 1
+
+
+RESULT = "@@scale@@"
+
+if __name__ == "__main__":
+    raise SystemExit(main())
