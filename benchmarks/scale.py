@@ -13,7 +13,7 @@ with the outputs an m2g container would leave. Prints per N:
   * XCom bytes each run_scan task instance pulled (counted on the Execution API, through a
     proxy in this process); bar: constant in N;
   * task launches per scan (the task logs' "Worker startup parse complete" lines); bar: <= 1.1;
-  * peak memory (RSS) of each Airflow process, children included; the Postgres database size.
+  * peak memory (PSS) of each Airflow process, children included; the Postgres database size.
 
 Run: make bench-scale (N = 100 and 1,000), or
      .venv/bin/python benchmarks/scale.py --scans 100 1000 [--poll 5]
@@ -191,8 +191,15 @@ class Batch:
             end()
 
 
+def _pss(process) -> int:
+    try:
+        return process.memory_full_info().pss
+    except (AttributeError, OSError):
+        return process.memory_info().rss
+
+
 class Memory:
-    """Peak RSS of each Airflow component's process tree, sampled twice a second."""
+    """Peak memory (PSS) of each Airflow component's process tree, sampled twice a second."""
 
     def __init__(self, processes: dict[str, subprocess.Popen]):
         import psutil
@@ -207,7 +214,9 @@ class Memory:
             for name, process in self.processes.items():
                 try:
                     root = self.psutil.Process(process.pid)
-                    rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                    # PSS: shared pages divided among the processes that share them (the
+                    # executor's forked workers share most of the scheduler's)
+                    rss = sum(_pss(p) for p in [root, *root.children(recursive=True)])
                 except self.psutil.Error:
                     continue
                 self.peak[name] = max(self.peak[name], rss / 2**20)
@@ -256,7 +265,9 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
             "NDMG_RETRY_DELAY_SECONDS": "5",
         }
         binary = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([binary, "db", "migrate"], env=env, check=True, capture_output=True)
+        migrated = subprocess.run([binary, "db", "migrate"], env=env, capture_output=True, text=True)
+        if migrated.returncode:
+            raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}\n{migrated.stderr[-3000:]}")
         for name in PARTS:
             log = open(home / f"{name}.log", "ab")
             processes[name] = subprocess.Popen([binary, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -272,7 +283,9 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
         run_id = api.trigger({"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False})
         while sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) < scans:
             if api.run(run_id)["state"] == "failed":
-                raise RuntimeError(f"run {run_id} failed before its scans were all waiting; see {home}")
+                failed = [f"{ti['task_id']}[{ti['map_index']}]" for ti in api.task_instances(run_id) if ti["state"] == "failed"]
+                raise RuntimeError(f"run {run_id} failed before its scans were all waiting: {', '.join(failed)} failed\n"
+                                   + "\n".join(str(e) for e in api.task_log(run_id, next(ti for ti in api.task_instances(run_id) if ti["state"] == "failed")))[-3000:])  # fmt: skip
             time.sleep(2)
         held_from = time.monotonic()
         time.sleep(poll * 0.5)  # every trigger picked up
@@ -342,7 +355,7 @@ def report(result: dict) -> None:
           f"({result['ids_per_call']:.0f} ids per call)  -> bar {'met' if result['describe_per_interval'] <= bar_describe else 'NOT met'}: <= {bar_describe}")  # fmt: skip
     print(f"XCom bytes pulled per run_scan TI:  min {low:,} / median {median:,.0f} / max {high:,}")
     print(f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= 1.1 else 'NOT met'}: <= 1.1")
-    print("peak memory:                        " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
+    print("peak memory (PSS, with children):   " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
     print(f"Postgres database size:             {result['db_mb']:.1f} MB")
 
 
