@@ -75,3 +75,18 @@ def test_the_default_rate_leaves_room_under_the_account_quota(monkeypatch):
     monkeypatch.delenv("NDMG_SUBMIT_RATE", raising=False)
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags["ndmg_participant"]
     assert dag.max_active_runs * submit_rate() <= BATCH_SUBMIT_QUOTA / 2
+
+
+def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
+    """A jobdir shared by two runs: the second's specs replace the first's; the first run's
+    task must not submit the second run's job."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.s3 import put_json
+
+    s3.create_bucket(Bucket="lab")
+    put_json(s3, "s3://lab/jobs/sub-01.json", {"run_id": "run-B", "scan": {"scan_id": "sub-01"}, "batch": {"jobName": "x"}})
+    operator = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://lab/jobs/sub-01.json")
+    with pytest.raises(AirflowFailException, match="for scan 'sub-01' of run 'run-B', not scan 'sub-01' of run 'run-A'"):
+        operator.execute({"run_id": "run-A"})

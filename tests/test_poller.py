@@ -110,6 +110,11 @@ def test_a_succeeded_scan_ends_its_task_in_the_triggerer_with_its_xcoms(batch_en
     assert link["awslogs_stream_name"] == job["container"]["logStreamName"]
     assert link["awslogs_group"] == "/aws/batch/job" and link["awslogs_region"] == link["region_name"] == "us-east-1"
     assert link["aws_domain"] == "aws.amazon.com"
+    # the URL the api-server shows (no worker runs after this event to write it)
+    assert event.xcoms["_link_CloudWatchEventsLink"] == (
+        "https://console.aws.amazon.com/cloudwatch/home?region=us-east-1#logsV2:log-groups/log-group/"
+        f"%2Faws%2Fbatch%2Fjob/log-events/{job['container']['logStreamName'].replace('/', '%2F')}"
+    )
     assert THROTTLED_XCOM_KEY not in event.xcoms
     json.dumps(event.xcoms)  # stored as JSON by the triggerer
 
@@ -146,3 +151,42 @@ def test_throttled_polls_back_off_the_shared_poller_and_reach_the_xcoms(batch_en
     assert [e.xcoms[THROTTLED_XCOM_KEY] for e in events] == [{"scan_id": f"s{i}", "polls": 2} for i in range(3)]
     said = [line for line in capfd.readouterr().out.splitlines() if "throttled DescribeJobs" in line]
     assert len(said) == 3 and all("TooManyRequestsException" in line for line in said)  # once per trigger
+
+
+def test_a_batch_server_error_is_tried_again_not_handed_to_every_waiting_trigger(batch_env, batch_behaviour, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    job_ids = submit_many(batch_env, 3)
+    triggers = [ScanJobTrigger(job_id=j, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=0) for j in job_ids]
+    real_hook, calls = triggers[0]._hook, {"n": 0}
+
+    class Flaky:
+        def __init__(self, client):
+            self.client = client
+
+        async def describe_jobs(self, **kwargs):
+            calls["n"] += 1
+            if calls["n"] <= 2:  # after botocore's own retries, Batch still answered 500
+                raise ClientError({"Error": {"Code": "ServerException", "Message": "internal"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 500}}, "DescribeJobs")  # fmt: skip
+            return await self.client.describe_jobs(**kwargs)
+
+    class Hook:
+        async def get_async_conn(self):
+            conn = await real_hook().get_async_conn()
+
+            class Wrapped:
+                async def __aenter__(self):
+                    return Flaky(await conn.__aenter__())
+
+                async def __aexit__(self, *exc):
+                    return await conn.__aexit__(*exc)
+
+            return Wrapped()
+
+    for trigger in triggers:
+        monkeypatch.setattr(trigger, "_hook", Hook)
+
+    events = run_all(triggers)
+
+    assert [e.payload["status"] for e in events] == ["success"] * 3 and calls["n"] == 3

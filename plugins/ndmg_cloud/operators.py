@@ -145,20 +145,22 @@ class ScanBatchOperator(BatchOperator):
 
     def execute(self, context: Any) -> str:
         if self.payload_from_spec:
-            self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(), self.runnable_timeout)
+            self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(context["run_id"]), self.runnable_timeout)
         return self._final(lambda: super(ScanBatchOperator, self).execute(context))
 
-    def _spec_payload(self) -> dict[str, Any]:
-        """The SubmitJob payload of this scan's job spec (written by write_job_specs)."""
+    def _spec_payload(self, run_id: str) -> dict[str, Any]:
+        """The SubmitJob payload of this scan's job spec (written by this run's write_job_specs)."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         from ndmg_cloud.s3 import get_bytes
 
         spec = json.loads(get_bytes(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri))
-        if spec.get("scan", {}).get("scan_id") != self.scan_id:
+        made_for = (spec.get("scan", {}).get("scan_id"), spec.get("run_id"))
+        if made_for != (self.scan_id, run_id):
             raise AirflowFailException(
-                f"job spec {self.job_spec_uri} is for scan {spec.get('scan', {}).get('scan_id')!r}, not {self.scan_id!r}: "
-                "the job dir was written over by another run; clear the run to write its specs again"
+                f"job spec {self.job_spec_uri} is for scan {made_for[0]!r} of run {made_for[1]!r}, not scan "
+                f"{self.scan_id!r} of run {run_id!r}: another run wrote over this run's job dir (a jobdir shared "
+                "by runs); give each run its own jobdir (leave it empty) and clear this run"
             )
         return spec["batch"]
 

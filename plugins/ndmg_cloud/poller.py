@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError, ConnectionError as BotocoreConnectionError, HTTPClientError
+from botocore.exceptions import ClientError
 
 DESCRIBE_JOBS_MAX = 100  # ids per DescribeJobs call (Batch's limit)
 FIRST_ROUND_DELAY = 0.2  # a new poller waits this long for sibling triggers before its first call
 THROTTLED = ("TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded")
-TRANSIENT_ROUNDS = 5  # consecutive unreachable calls before the waiting triggers get the error
+TRANSIENT_ROUNDS = 5  # failed calls of one chunk (not throttling) before its triggers get the error
 THROTTLE_LOG_SECONDS = 60
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class JobPoller:
                 futures.remove(future)
                 if not futures:
                     del self.waiting[job_id]
+                    self.throttled.pop(job_id, None)
 
     async def _run(self) -> None:
         try:
@@ -112,11 +113,16 @@ class JobPoller:
                     jobs = (await client.describe_jobs(jobs=chunk)).get("jobs", [])
                 except ClientError as err:
                     code = err.response.get("Error", {}).get("Code", "")
-                    if code not in THROTTLED:
+                    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                    if code in THROTTLED:
+                        self._throttled(chunk, code)
+                    elif status >= 500 and unreachable + 1 < TRANSIENT_ROUNDS:  # Batch's own trouble: again
+                        unreachable += 1
+                        log.warning("DescribeJobs failed with %s (%s); trying again", status, code)
+                    else:
                         self._answer(chunk, error=err)
                         break
-                    self._throttled(chunk, code)
-                except (BotocoreConnectionError, HTTPClientError) as err:
+                except Exception as err:  # unreachable, timed out, credentials not there yet: again
                     unreachable += 1
                     if unreachable >= TRANSIENT_ROUNDS:
                         self._answer(chunk, error=err)

@@ -179,7 +179,11 @@ class ScanJobTrigger(BaseTrigger):
             xcoms[THROTTLED_XCOM_KEY] = {"scan_id": self.scan_id, "polls": throttled}
         link = cloudwatch_link(job, region)
         if link:
-            xcoms[CloudWatchEventsLink.key] = link
+            # what the provider's link reads, and the URL the api-server shows (Airflow 3.3 reads
+            # _link_<class>, which a worker's finalize() writes: here no worker runs again)
+            logs = CloudWatchEventsLink()
+            xcoms[logs.key] = link
+            xcoms[logs.xcom_key] = logs.format_link(**link)
         self.log.info("Batch job %s SUCCEEDED: the task ends here, in the triggerer", self.job_id)
         return TaskSuccessEvent(xcoms=xcoms)
 
