@@ -84,6 +84,7 @@ def pulled_bytes(s3, monkeypatch, prefix: str, subjects: int) -> dict[int, int]:
     return pulled
 
 
+@pytest.mark.slow  # two dag.test() runs (~50 s): make test-live, beside make bench-scale's smoke run
 def test_a_scan_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env, batch_behaviour, airflow_db, monkeypatch):
     small = pulled_bytes(s3, monkeypatch, "small/", subjects=2)
     large = pulled_bytes(s3, monkeypatch, "large/", subjects=8)
