@@ -11,6 +11,7 @@ from botocore.config import Config
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
@@ -309,6 +310,9 @@ class ScanBatchOperator(BatchOperator):
             aws_partition=self.hook.conn_partition,
             job_id=self.job_id,
         )
+        # the log link has nothing to show until the job ends (its trigger, or execute_complete,
+        # pushes it then): say so, rather than have each deferral log "XCom not found"
+        context["ti"].xcom_push(key=CloudWatchEventsLink.key, value=None)
 
 
 class CanaryOperator(ScanBatchOperator):
