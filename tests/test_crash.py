@@ -313,7 +313,7 @@ def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch
     print(f"task launches per scan: {sum(launches) / len(launches):.2f}")
     assert launches == [1] * 40  # submitted, deferred, ended by its trigger: never resumed
     first = min(scans, key=lambda ti: ti["map_index"])
-    links = api._request("GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index={first['map_index']}")
+    links = api._request("GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index={first['map_index']}")["extra_links"]
     assert (links.get("CloudWatch Events") or "").startswith("https://console.aws.amazon.com/cloudwatch/"), links  # the UI's log link
     report = report_of(api, s3, run_id)  # the report reads what the triggerer pushed
     assert {row["job_id"] for row in report["scans"]} == {
