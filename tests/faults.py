@@ -109,22 +109,27 @@ class FaultProxy:
         self.server.server_close()
 
 
-def throttling_hook(real_hook, first: int):
+THROTTLED = {"Error": {"Code": "TooManyRequestsException", "Message": "Too Many Requests"}}
+SERVER_ERROR = {"Error": {"Code": "ServerException", "Message": "internal"}, "ResponseMetadata": {"HTTPStatusCode": 500}}
+
+
+def throttling_hook(real_hook, first: int, error: dict = THROTTLED):
     """A stand-in for ``ScanJobTrigger._hook`` whose async Batch client answers the first
-    ``first`` DescribeJobs with Batch's throttling error (after botocore's own retries), and
-    passes everything else to the real client."""
+    ``first`` DescribeJobs with ``error`` (by default Batch's throttling error), as Batch
+    does after botocore's own retries, and passes everything else to the real client.
+    ``Hook.calls`` counts the DescribeJobs calls."""
     from botocore.exceptions import ClientError
 
     calls = {"n": 0}
 
-    class ThrottlingClient:
+    class FailingClient:
         def __init__(self, client):
             self.client = client
 
         async def describe_jobs(self, **kwargs):
             calls["n"] += 1
             if calls["n"] <= first:
-                raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Too Many Requests"}}, "DescribeJobs")
+                raise ClientError(error, "DescribeJobs")
             return await self.client.describe_jobs(**kwargs)
 
         def __getattr__(self, name):
@@ -138,11 +143,12 @@ def throttling_hook(real_hook, first: int):
 
             class Wrapped:
                 async def __aenter__(self_inner):
-                    return ThrottlingClient(await conn.__aenter__())
+                    return FailingClient(await conn.__aenter__())
 
                 async def __aexit__(self_inner, *exc):
                     return await conn.__aexit__(*exc)
 
             return Wrapped()
 
+    Hook.calls = calls
     return Hook

@@ -154,39 +154,14 @@ def test_throttled_polls_back_off_the_shared_poller_and_reach_the_xcoms(batch_en
 
 
 def test_a_batch_server_error_is_tried_again_not_handed_to_every_waiting_trigger(batch_env, batch_behaviour, monkeypatch):
-    from botocore.exceptions import ClientError
+    from faults import SERVER_ERROR, throttling_hook
 
     job_ids = submit_many(batch_env, 3)
     triggers = [ScanJobTrigger(job_id=j, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=0) for j in job_ids]
-    real_hook, calls = triggers[0]._hook, {"n": 0}
-
-    class Flaky:
-        def __init__(self, client):
-            self.client = client
-
-        async def describe_jobs(self, **kwargs):
-            calls["n"] += 1
-            if calls["n"] <= 2:  # after botocore's own retries, Batch still answered 500
-                raise ClientError({"Error": {"Code": "ServerException", "Message": "internal"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 500}}, "DescribeJobs")  # fmt: skip
-            return await self.client.describe_jobs(**kwargs)
-
-    class Hook:
-        async def get_async_conn(self):
-            conn = await real_hook().get_async_conn()
-
-            class Wrapped:
-                async def __aenter__(self):
-                    return Flaky(await conn.__aenter__())
-
-                async def __aexit__(self, *exc):
-                    return await conn.__aexit__(*exc)
-
-            return Wrapped()
-
+    Hook = throttling_hook(triggers[0]._hook, first=2, error=SERVER_ERROR)  # Batch still answered 500
     for trigger in triggers:
         monkeypatch.setattr(trigger, "_hook", Hook)
 
     events = run_all(triggers)
 
-    assert [e.payload["status"] for e in events] == ["success"] * 3 and calls["n"] == 3
+    assert [e.payload["status"] for e in events] == ["success"] * 3 and Hook.calls["n"] == 3

@@ -169,8 +169,7 @@ def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: A
     check_cost(config, len(to_run))
     _check_map_length(len(to_run))
     ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
-    pilots = [r for r in to_run if r["scan_id"] in plan.pilots]  # a few (pilot_scans): a plain list
-    return paced(pilots, submit_rate()) if config.backend == "aws_batch" else pilots
+    return _with_turns(config, [r for r in to_run if r["scan_id"] in plan.pilots])  # a few: a plain list
 
 
 def release_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: Any) -> ScanItems:
@@ -182,11 +181,16 @@ def release_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti
     rest = [r for r in plan.to_run(runs) if r["scan_id"] not in plan.pilots]
     if plan.pilots:
         log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(plan.pilots), len(rest))
-    if config.backend == "aws_batch" and rest:
-        rate = submit_rate()
-        log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(rest), rate, len(rest) / rate)
-        rest = paced(rest, rate)
-    return write_scan_items(s3_client(), released_items_uri(config), rest)
+    return write_scan_items(s3_client(), released_items_uri(config), _with_turns(config, rest))
+
+
+def _with_turns(config: RunConfig, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batch scans' task arguments, each with its turn to submit (ndmg_cloud.pacing)."""
+    if config.backend != "aws_batch" or not items:
+        return items
+    rate = submit_rate()
+    log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(items), rate, len(items) / rate)
+    return paced(items, rate)
 
 
 def released_items_uri(config: RunConfig) -> str:
