@@ -63,12 +63,12 @@ def scan_jobs(task_id: str, **kwargs):
 )
 def ndmg_participant():
     discovery = task(steps.discover_step, task_id=DISCOVER, multiple_outputs=False)()  # stored once
-    runs = task(steps.write_job_specs_step, task_id=WRITE_JOB_SPECS)(discovery)
+    specs = task(steps.write_job_specs_step, task_id=WRITE_JOB_SPECS)(discovery)
     canary = CanaryOperator(task_id=CANARY, **BATCH)  # skips itself when the run has none
     # none_failed: a skipped canary (or no pilots) lets the run go on, a failed one stops it
-    pilot_kwargs = task(steps.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery, runs)
+    pilot_kwargs = task(steps.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery)
     pilots = scan_jobs(PILOT_SCAN).expand_kwargs(pilot_kwargs)
-    rest = task(steps.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(discovery, runs)
+    rest = task(steps.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(discovery)
     backend = task.branch(steps.choose_backend_step, task_id=CHOOSE_BACKEND)(discovery)
     batch_jobs = scan_jobs(RUN_SCAN).expand_kwargs(rest)
     local_jobs = task(
@@ -83,7 +83,7 @@ def ndmg_participant():
         trigger_rule="all_done",  # runs when some scans failed, and says so
         outlets=[REPORTS],  # an Asset per dataset's reports, for downstream DAGs
     )
-    runs >> canary >> pilot_kwargs
+    specs >> canary >> pilot_kwargs
     pilots >> rest >> backend >> [batch_jobs, local_jobs]
     [canary, pilot_kwargs, pilots, rest, batch_jobs, local_jobs] >> report
 

@@ -7,13 +7,14 @@ import dataclasses
 from ndmg_cloud.canary import CanaryOutcome, settle, skipped
 from ndmg_cloud.contract import local_contract
 from ndmg_cloud.params import resolve
+from ndmg_cloud.verify import ScanResult
 
 RUNS = [{"scan_id": s} for s in ("sub-01", "sub-02", "sub-03")]
 
 
-def done_row(contract) -> dict:
-    return {"scan_id": "sub-01", "status": "skipped_done", "reason": "already done by run r0 (force=true reruns it)",
-            "made_by": contract.label, "contract": contract.fingerprint}  # fmt: skip
+def done_row(contract) -> ScanResult:
+    return ScanResult("sub-01", "01", None, "skipped_done", reason="already done by run r0 (force=true reruns it)",
+                      made_by=contract.label, contract=contract.fingerprint)  # fmt: skip
 
 
 def test_the_same_code_in_another_image_reruns_and_the_fingerprints_tell_them_apart():
@@ -35,4 +36,4 @@ def test_the_same_contract_is_done_and_without_a_canary_the_row_says_so():
     assert list(plan.done) == ["sub-01"] and plan.to_run(RUNS) == RUNS[1:]
     off = resolve({"bucket": "lab-data", "pipeline": "lite", "canary": False}, "run-1")
     plan = settle(off, RUNS, {"sub-01": done_row(same)}, {}, None, skipped(off))
-    assert plan.done["sub-01"]["reason"].endswith("its image was not compared (canary=false)")
+    assert plan.done["sub-01"].reason.endswith("its image was not compared (canary=false)")

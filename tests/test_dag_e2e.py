@@ -162,10 +162,13 @@ def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, containers)
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
 
     prefix = f"{OUT}jobs/{run.run_id}/"
-    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix) if k.endswith(".json")}
+    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix) if k.startswith(prefix + "sub-")}
     assert sorted(specs) == sorted(f"{s}.json" for s in E2E_VALID)
-    items = [k for k in listing(s3, BUCKET, prefix) if not k.endswith(".json")]
-    assert [k.rsplit("/", 1)[1] for k in items] == [f"released-{token(run)}.items"]  # the scans' task arguments
+    run_files = sorted(k[len(prefix) :] for k in listing(s3, BUCKET, prefix) if not k.startswith(prefix + "sub-"))
+    # the run plan, its settlement and the scans' task arguments, named by run
+    assert run_files == [f"plan-{token(run)}.json", f"released-{token(run)}.items", f"settled-{token(run)}.json"]
+    plan = read_json(s3, f"{prefix}plan-{token(run)}.json")
+    assert sorted(s["scan_id"] for s in plan["scans"]) == sorted(E2E_VALID + ["sub-04_ses-1"])
 
     spec = specs["sub-02.json"]
     assert spec["scan"]["session"] is None
@@ -187,7 +190,9 @@ def test_dry_run_writes_specs_and_report_but_submits_nothing(s3, batch, dataset,
     report = report_of(s3, run)
     statuses = {row["scan_id"]: row["status"] for row in report["scans"]}
     assert statuses == {**{s: "dry_run" for s in E2E_VALID}, "sub-04_ses-1": "invalid"}
-    assert len(listing(s3, BUCKET, f"{OUT}jobs/{run.run_id}/")) == len(E2E_VALID)
+    jobdir = f"{OUT}jobs/{run.run_id}/"
+    written = sorted(k[len(jobdir) :] for k in listing(s3, BUCKET, jobdir))
+    assert written == sorted([f"{s}.json" for s in E2E_VALID] + [f"plan-{token(run)}.json", f"settled-{token(run)}.json"])
 
 
 def test_bad_input_fails_before_any_submission(s3, batch, dataset, batch_behaviour):

@@ -37,11 +37,11 @@ def test_tasks_and_wiring(dag):
     assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
     assert dag.get_task("canary").upstream_task_ids == {"write_job_specs"}
     plan = dag.get_task("plan_scans")
-    assert plan.upstream_task_ids == {"discover", "write_job_specs", "canary"}
+    assert plan.upstream_task_ids == {"discover", "canary"}
     assert plan.trigger_rule == "none_failed"  # no canary: the run goes on; a failed canary: it stops
     assert dag.get_task("pilot_scan").upstream_task_ids == {"plan_scans"}
     release = dag.get_task("release_scans")
-    assert release.upstream_task_ids == {"discover", "write_job_specs", "pilot_scan"}
+    assert release.upstream_task_ids == {"discover", "pilot_scan"}
     assert release.trigger_rule == "none_failed"  # no pilots: the rest goes; a failed pilot: it does not
     assert dag.get_task("choose_backend").upstream_task_ids == {"discover", "release_scans"}
     for mapped in ("run_scan", "run_scan_local"):

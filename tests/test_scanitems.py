@@ -60,20 +60,21 @@ def test_an_empty_release_maps_no_task(s3, tmp_path):
     assert len(items) == 0 and list(items) == []
 
 
-def pulled_bytes(s3, monkeypatch, prefix: str, subjects: int) -> dict[int, int]:
-    """XCom bytes each run_scan task instance pulled, for a run of ``subjects`` x 2 scans."""
+def pulled_bytes(s3, monkeypatch, prefix: str, subjects: int) -> dict[tuple[str, int], int]:
+    """XCom bytes each task instance pulled, by (task id, map index), for a run of
+    ``subjects`` x 2 scans."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import serde
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     put_dataset(s3, "lab-data", prefix, keys=scans_keys(subjects, 2))
-    pulled: dict[int, int] = {}
+    pulled: dict[tuple[str, int], int] = {}
     real = getattr(RuntimeTaskInstance.xcom_pull, "original", RuntimeTaskInstance.xcom_pull)
 
     def counting(self, *args, **kwargs):
         value = real(self, *args, **kwargs)
-        if self.task_id == "run_scan":
-            pulled[self.map_index] = pulled.get(self.map_index, 0) + len(json.dumps(serde.serialize(value)))
+        key = (self.task_id, self.map_index)
+        pulled[key] = pulled.get(key, 0) + len(json.dumps(serde.serialize(value)))
         return value
 
     counting.original = real
@@ -85,10 +86,20 @@ def pulled_bytes(s3, monkeypatch, prefix: str, subjects: int) -> dict[int, int]:
 
 
 @pytest.mark.slow  # two dag.test() runs (~50 s): make test-live, beside make bench-scale's smoke run
-def test_a_scan_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env, batch_behaviour, airflow_db, monkeypatch):
+def test_a_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env, batch_behaviour, airflow_db, monkeypatch):
     small = pulled_bytes(s3, monkeypatch, "small/", subjects=2)
     large = pulled_bytes(s3, monkeypatch, "large/", subjects=8)
-    assert sorted(small) == list(range(4)) and sorted(large) == list(range(16))
-    print(f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(small.values()))}, N=16 {sorted(set(large.values()))}")
-    assert max(large.values()) <= max(small.values()) + 8  # the items file's URI differs by a few characters
-    assert max(large.values()) < 400
+    scans = lambda pulled: {i: n for (task_id, i), n in pulled.items() if task_id == "run_scan"}  # noqa: E731
+    assert sorted(scans(small)) == list(range(4)) and sorted(scans(large)) == list(range(16))
+    print(f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(scans(small).values()))}, "
+          f"N=16 {sorted(set(scans(large).values()))}")  # fmt: skip
+    assert max(scans(large).values()) <= max(scans(small).values()) + 8  # the items file's URI differs by a few characters
+    assert max(scans(large).values()) < 400
+    # every other task too: the run plan and its settlement are read from S3, not from XCom
+    for task_id in ("write_job_specs", "plan_scans", "release_scans", "choose_backend"):
+        print(f"{task_id}: N=4 {small[task_id, -1]} B, N=16 {large[task_id, -1]} B")
+        assert large[task_id, -1] <= small[task_id, -1] + 16, task_id
+    # but the report, which collects every scan's job id: linear in N (4 x the scans, at most 4 x the bytes)
+    report = "verify_and_report", -1
+    print(f"verify_and_report: N=4 {small[report]} B, N=16 {large[report]} B")
+    assert large[report] <= 4 * small[report]

@@ -7,7 +7,7 @@ atlases, the work disk, the job role's S3 access. It writes what it found beside
 report (``reports/<run id>/canary.json``). If it fails, the run stops having paid for one
 small job, not for an instance per scan.
 
-Then the plan (``settle``): a scan found done by discovery is skipped only if the code that
+Then the settlement (``settle``, a ``runplan.Settlement``): a scan found done by discovery is skipped only if the code that
 made it is the code this run will use (the image contract's fingerprint); otherwise it runs
 again and its report row says why. The first ``pilot_scans`` scans to run go first; the
 rest are released only when every pilot succeeded.
@@ -15,14 +15,16 @@ rest are released only when every pilot succeeded.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ndmg_cloud.contract import ImageContract, local_contract
 from ndmg_cloud.jobs import SUCCEEDED, JobRecord
 from ndmg_cloud.jobspec import RETRY_STRATEGY, RUNNER_COMMAND, dataset_tag, job_name_prefix, run_token
 from ndmg_cloud.params import RunConfig
+from ndmg_cloud.runplan import Settlement
 from ndmg_cloud.s3 import get_json
+from ndmg_cloud.verify import ScanResult
 from ndmg_cloud.layout import split_uri
 
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
@@ -143,54 +145,32 @@ def _found(config: RunConfig, s3_client: Any, job_id: str) -> dict[str, Any] | N
     return found if isinstance(found, dict) and found.get("job_id") == job_id else None
 
 
-@dataclass
-class Plan:
-    """The settled run: what is done, what runs again and why, which scans go first."""
-
-    done: dict[str, dict[str, Any]]  # scan id -> its skipped_done report row
-    reruns: dict[str, str]  # scan id -> why it runs although an earlier run made it
-    pilots: list[str]  # scan ids run first, to success, before the others are released
-    canary: dict[str, Any]
-    contract: dict[str, Any] | None  # summary of the code this run's scans are made with
-
-    def to_run(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The task arguments (of every valid scan) of the scans that run in this run."""
-        return [r for r in runs if r["scan_id"] not in self.done]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
-
-
 def settle(
     config: RunConfig,
-    runs: list[dict[str, Any]],
-    done: dict[str, dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    done: dict[str, ScanResult],
     reruns: dict[str, str],
     contract: ImageContract | None,
     outcome: CanaryOutcome,
-) -> Plan:
+) -> Settlement:
     """Keep as done only what this run's code made; the first ``pilot_scans`` of the rest go
     first (aws_batch).
 
-    ``runs`` are the task arguments of every valid scan, ``done`` the rows of the scans
+    ``tasks`` are the task arguments of every valid scan, ``done`` the rows of the scans
     discovery found done for this pipeline and options (each naming the contract that made
     it), ``contract`` this run's (None when unknown: canary off).
     """
     kept, reruns = {}, dict(reruns)
     for scan_id, row in done.items():
-        if contract is not None and row.get("contract") != contract.fingerprint:
+        if contract is not None and row.contract != contract.fingerprint:
             reruns[scan_id] = _rerun_reason(row, contract)
             continue
         if contract is None and config.backend == "aws_batch" and not config.dry_run:
-            row = {**row, "reason": f"{row['reason']}; its image was not compared ({outcome.reason})"}
+            row = replace(row, reason=f"{row.reason}; its image was not compared ({outcome.reason})")
         kept[scan_id] = row
-    to_run = [] if config.dry_run else [r["scan_id"] for r in runs if r["scan_id"] not in kept]
+    to_run = [] if config.dry_run else [t["scan_id"] for t in tasks if t["scan_id"] not in kept]
     pilots = to_run[: config.pilot_scans] if config.backend == "aws_batch" else []
-    return Plan(
+    return Settlement(
         done=kept,
         reruns={k: v for k, v in reruns.items() if k not in kept},
         pilots=pilots,
@@ -199,8 +179,8 @@ def settle(
     )
 
 
-def _rerun_reason(row: dict[str, Any], contract: ImageContract) -> str:
-    made, now = row.get("made_by") or "code with no image contract", contract.label
+def _rerun_reason(row: ScanResult, contract: ImageContract) -> str:
+    made, now = row.made_by or "code with no image contract", contract.label
     if made == now:  # the same code in another image: the fingerprints tell them apart
-        made, now = f"{made} (contract {row.get('contract')})", f"{now} (contract {contract.fingerprint})"
+        made, now = f"{made} (contract {row.contract})", f"{now} (contract {contract.fingerprint})"
     return f"done with {made}, this run uses {now}"

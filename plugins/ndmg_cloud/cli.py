@@ -330,6 +330,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     """Fail the run, then terminate every job of it: those its tasks recorded and any other
     job carrying the run's job names (a duplicate, a job submitted as the task died)."""
+    from ndmg_cloud.runplan import PlanRef
+
     airflow = airflow_from(args)
     job_ids = set()
     for ti in airflow.task_instances(args.run):
@@ -339,9 +341,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
             except NotFound:
                 pass  # not submitted yet: failing the run stops it before it is
     try:
-        config = (airflow.xcom(args.run, DISCOVER) or {}).get("config")
+        discovered = airflow.xcom(args.run, DISCOVER)
     except NotFound:
-        config = None  # discovery never finished: no job can carry the run's names
+        discovered = None  # discovery never finished: no job can carry the run's names
+    config = PlanRef.from_dict(discovered).config if discovered else None
     import boto3
 
     from ndmg_cloud.jobs import ACTIVE, describe_jobs, terminate_job
@@ -351,7 +354,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         batch = boto3.client("batch")
         active = {job_id for job_id, job in describe_jobs(batch, sorted(job_ids)).items() if job.get("status") in ACTIVE}
         if config:
-            active |= {j["jobId"] for j in jobs_of_run(batch, config["job_queue"], config["dataset"], args.run) if j.get("status") in ACTIVE}
+            active |= {j["jobId"] for j in jobs_of_run(batch, config.job_queue, config.dataset, args.run) if j.get("status") in ACTIVE}
     airflow.fail_run(args.run)  # Airflow's api-server terminates the jobs the tasks recorded (cancel.py)
     with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
         for job_id in sorted(active):  # and this every job of the run (again: TerminateJob is idempotent)

@@ -79,6 +79,13 @@ def spec_uri(config: RunConfig, scan: Scan) -> str:
     return f"{config.jobdir}{scan.scan_id}.json"  # jobdir ends in "/"
 
 
+def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
+    """A file of the run itself in its job dir, ``<jobdir><kind>-<run token><suffix>`` (the
+    plan, the settlement, the released scans): named by run, as a job dir may be shared,
+    and never a scan's spec (scan ids start with ``sub-``)."""
+    return f"{config.jobdir}{kind}-{run_token(config.run_id)}{suffix}"
+
+
 def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
     """The job spec of one valid scan."""
     if not scan.valid:

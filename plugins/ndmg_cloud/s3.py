@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -68,3 +69,25 @@ def get_json(client: Any, bucket: str, key: str) -> Any:
 def get_bytes(client: Any, uri: str) -> bytes:
     bucket, key = split_uri(uri)
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def write_at(client: Any, uri: str, body: bytes, content_type: str = "application/json") -> None:
+    """Write ``body`` at ``uri``: an s3:// URI, or a local path (the local backend's job dir)."""
+    if uri.startswith("s3://"):
+        bucket, key = split_uri(uri)
+        put_bytes(client, bucket, key, body, content_type)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+
+
+def read_at(client: Any, uri: str, start: int | None = None, length: int | None = None) -> bytes:
+    """Read what ``write_at`` wrote (``length`` bytes from ``start``: one ranged GET)."""
+    if not uri.startswith("s3://"):
+        with open(uri, "rb") as handle:
+            handle.seek(start or 0)
+            return handle.read() if length is None else handle.read(length)
+    bucket, key = split_uri(uri)
+    ranged = {} if start is None else {"Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
+    return client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()

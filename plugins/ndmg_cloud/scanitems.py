@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, overload
 
-from ndmg_cloud.layout import split_uri
+from ndmg_cloud.s3 import read_at, write_at
 
 PAD = b" "
 RECORD_ALIGN = 64  # record width is the longest record, rounded up to this
@@ -83,15 +82,7 @@ def write_scan_items(s3_client: Any, uri: str, items: list[dict[str, Any]]) -> S
     width = -(-longest // RECORD_ALIGN) * RECORD_ALIGN
     if not records:  # nothing released (a dry run, all done): no file to read
         return ScanItems(uri, 0, width)
-    body = b"".join(r.ljust(width, PAD) for r in records)
-    if uri.startswith("s3://"):
-        from ndmg_cloud.s3 import put_bytes
-
-        bucket, key = split_uri(uri)
-        put_bytes(s3_client, bucket, key, body, "application/octet-stream")
-    else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        Path(uri).write_bytes(body)
+    write_at(s3_client, uri, b"".join(r.ljust(width, PAD) for r in records), "application/octet-stream")
     return ScanItems(uri, len(items), width)
 
 
@@ -100,15 +91,9 @@ def _record(raw: bytes) -> dict[str, Any]:
 
 
 def _read(uri: str, start: int, length: int) -> bytes:
-    if not uri.startswith("s3://"):
-        with open(uri, "rb") as handle:
-            handle.seek(start)
-            return handle.read(length)
     from ndmg_cloud.clients import s3_client
 
-    bucket, key = split_uri(uri)
-    answer = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
-    return answer["Body"].read()
+    return read_at(s3_client() if uri.startswith("s3://") else None, uri, start, length)
 
 
 def _allow_in_xcom() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +17,6 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.canary import (
     CanaryOutcome,
-    Plan,
     canary_kwargs,
     canary_outcome,
     run_contract,
@@ -47,7 +47,7 @@ from ndmg_cloud.taskids import (
     LOCAL_JOB_XCOM_KEY,
     PILOT_SCAN,
     PLAN_SCANS,
-    PLAN_XCOM_KEY,
+    SETTLEMENT_XCOM_KEY,
     RELEASE_SCANS,
     RUN_SCAN,
     RUN_SCAN_LOCAL,
@@ -55,7 +55,7 @@ from ndmg_cloud.taskids import (
     WRITE_JOB_SPECS,
 )
 from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, run_token, write_specs
+from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, run_file_uri, write_specs
 from ndmg_cloud.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud import lease
 from ndmg_cloud.lease import TakeOver
@@ -63,9 +63,10 @@ from ndmg_cloud.preflight import preflight
 from ndmg_cloud.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
 from ndmg_cloud.clients import AWS_CONN_ID, batch_client, logs_client, s3_client  # noqa: F401  (steps.* names)
+from ndmg_cloud.runplan import PlanRef, RunPlan, Settlement
 from ndmg_cloud.s3 import put_json
 from ndmg_cloud.scanitems import ScanItems, write_scan_items
-from ndmg_cloud.verify import ScanResult, completed_scans, output_listing, verify_scans
+from ndmg_cloud.verify import completed_scans, output_listing, verify_scans
 
 log = logging.getLogger(__name__)
 INVALID_ROWS_KEPT = 200  # invalid scans listed in XCom and the report; the rest are counted
@@ -73,8 +74,8 @@ REPORTS_ALIAS = "ndmg-reports"
 
 
 def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
-    """Take the output location's lease, resolve the params, list the dataset once, return
-    the run config and its scans."""
+    """Take the output location's lease, resolve the params, list the dataset once, write
+    the run plan to the job dir; return where it is (a ``PlanRef``: constant size)."""
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
@@ -101,26 +102,34 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
     if omitted:
         log.warning("%d invalid scans; the report lists the first %d", len(invalid), INVALID_ROWS_KEPT)
     kept = {id(s) for s in invalid[:INVALID_ROWS_KEPT]}
-    return {
-        "config": config.to_dict(),
-        "scans": [s.to_dict() for s in found.scans if s.valid or id(s) in kept],
-        "invalid_omitted": omitted,  # invalid scans beyond INVALID_ROWS_KEPT: counted, not listed
-        "done": {scan_id: row.to_dict() for scan_id, row in done.items()},
-        "reruns": reruns,
-        "warnings": found.warnings + ([f"took over the lease of run {took_over.run_id}: {took_over.why}"] if took_over else []),
-        "lease": {"took_over": took_over.to_dict() if took_over else None},
-        "keys_listed": found.keys_listed,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-    }
+    plan = RunPlan(
+        config=config,
+        scans=[s for s in found.scans if s.valid or id(s) in kept],
+        done=done,
+        reruns=reruns,
+        invalid_omitted=omitted,
+        warnings=found.warnings + ([f"took over the lease of run {took_over.run_id}: {took_over.why}"] if took_over else []),
+        took_over=took_over,
+        keys_listed=found.keys_listed,
+        started_at=datetime.now(timezone.utc).isoformat(),
+    )
+    ref = plan.write(s3)
+    log.info("run plan: %s (%d scans, %d valid, %d done)", ref.uri, ref.scans, ref.valid, ref.done)
+    return ref.to_dict()
 
 
-def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
+def _plan(discovery: dict[str, Any]) -> RunPlan:
+    """The run plan ``discover`` wrote (its XCom, a ``PlanRef``, says where)."""
+    return RunPlan.read(s3_client(), PlanRef.from_dict(discovery))
+
+
+def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
     """Write one job spec per valid scan (those found done too: the canary may find them made
-    by other code). Returns every scan's task arguments; pushes the canary's (or None)."""
-    config = RunConfig.from_dict(discovery["config"])
+    by other code). Returns how many; pushes the canary's task arguments (or None)."""
+    plan = _plan(discovery)
+    config = plan.config
     _refresh_lease(config)
-    scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    specs = [build_spec(config, scan) for scan in scans if scan.valid]
+    specs = [build_spec(config, scan) for scan in plan.valid]
     check_no_shared_outputs(specs)
     client = s3_client()
     write_specs(client, specs)
@@ -128,60 +137,58 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, A
     if config.dry_run:
         log.info("dry run: nothing is submitted")
         ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=None)
-        return []
+        return len(specs)
     _mark_derivatives(client, config)
-    done = discovery.get("done", {})
-    _check_map_length(len([s for s in specs if s["scan"]["scan_id"] not in done]))
+    _check_map_length(len([s for s in specs if s["scan"]["scan_id"] not in plan.done]))
     canary = None
     if config.backend == "aws_batch" and config.canary:
-        first = next((s for s in specs if s["scan"]["scan_id"] not in done), specs[0])
+        first = next((s for s in specs if s["scan"]["scan_id"] not in plan.done), specs[0])
         canary = canary_kwargs(config, first)
         log.info("canary %s will check scan %s on %s / %s", canary["batch"]["jobName"],
                  first["scan"]["scan_id"], config.job_queue, config.job_definition)  # fmt: skip
     ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
-    return [scan_kwargs(config, spec) for spec in specs]
+    return len(specs)
 
 
-def scan_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of one scan's mapped task (run_scan, or run_scan_local). The SubmitJob
-    payload is not among them: the task reads it from the job spec (one GET, whatever N)."""
-    kwargs = {"scan_id": spec["scan"]["scan_id"], "job_spec_uri": spec["spec_uri"]}
-    if config.backend == "aws_batch":
-        kwargs["runnable_timeout"] = config.runnable_timeout_minutes * 60
-    return kwargs
-
-
-def plan_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: Any) -> list[dict[str, Any]]:
+def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
     """Settle the run once the image is known (the canary's contract; the installed code on
     the local backend): what is done, what runs again and why, which scans are pilots.
-    Pushes the plan; returns the pilot scans' task arguments."""
-    config = RunConfig.from_dict(discovery["config"])
+    Writes the settlement and pushes its URI; returns the pilot scans' task arguments."""
+    plan = _plan(discovery)
+    config = plan.config
     _refresh_lease(config)
     outcome = _canary(ti, config)
     if outcome.status == "failed":  # its task succeeded, so the job did: its findings are off
         raise AirflowFailException(f"the canary did not pass: {outcome.reason}")
     log.info("canary %s: %s", outcome.status, outcome.reason)
-    plan = settle(config, runs, discovery.get("done", {}), discovery.get("reruns", {}), run_contract(config, outcome), outcome)
-    for scan_id, why in plan.reruns.items():
+    tasks = plan.scan_tasks()
+    settled = settle(config, tasks, plan.done, plan.reruns, run_contract(config, outcome), outcome)
+    for scan_id, why in settled.reruns.items():
         log.info("%s runs again: %s", scan_id, why)
-    to_run = plan.to_run(runs)
-    log.info("%d scans to run (%d pilots first), %d done", len(to_run), len(plan.pilots), len(plan.done))
+    to_run = settled.to_run(tasks)
+    log.info("%d scans to run (%d pilots first), %d done", len(to_run), len(settled.pilots), len(settled.done))
     check_cost(config, len(to_run))
     _check_map_length(len(to_run))
-    ti.xcom_push(key=PLAN_XCOM_KEY, value=plan.to_dict())
-    return _with_turns(config, [r for r in to_run if r["scan_id"] in plan.pilots])  # a few: a plain list
+    ti.xcom_push(key=SETTLEMENT_XCOM_KEY, value=settled.write(s3_client(), config))
+    return _with_turns(config, [t for t in to_run if t["scan_id"] in settled.pilots])  # a few: a plain list
 
 
-def release_scans_step(discovery: dict[str, Any], runs: list[dict[str, Any]], ti: Any) -> ScanItems:
-    """Every pilot succeeded (or there were none): the rest of the plan goes. Returns the
+def _settlement(ti: Any) -> Settlement | None:
+    """The settlement plan_scans wrote; None when the run stopped before it."""
+    uri = ti.xcom_pull(task_ids=PLAN_SCANS, key=SETTLEMENT_XCOM_KEY)
+    return Settlement.read(s3_client(), uri) if uri else None
+
+
+def release_scans_step(discovery: dict[str, Any], ti: Any) -> ScanItems:
+    """Every pilot succeeded (or there were none): the rest of the run goes. Returns the
     scans as a ``ScanItems`` (constant-size XCom; each mapped task reads its own item), each
     Batch scan with its turn to submit (``ndmg_cloud.pacing``)."""
-    config = RunConfig.from_dict(discovery["config"])
-    plan = Plan.from_dict(ti.xcom_pull(task_ids=PLAN_SCANS, key=PLAN_XCOM_KEY))
-    rest = [r for r in plan.to_run(runs) if r["scan_id"] not in plan.pilots]
-    if plan.pilots:
-        log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(plan.pilots), len(rest))
-    return write_scan_items(s3_client(), released_items_uri(config), _with_turns(config, rest))
+    plan = _plan(discovery)
+    settled = _settlement(ti)
+    rest = [t for t in settled.to_run(plan.scan_tasks()) if t["scan_id"] not in settled.pilots]
+    if settled.pilots:
+        log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(settled.pilots), len(rest))
+    return write_scan_items(s3_client(), run_file_uri(plan.config, "released", ".items"), _with_turns(plan.config, rest))
 
 
 def _with_turns(config: RunConfig, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,11 +198,6 @@ def _with_turns(config: RunConfig, items: list[dict[str, Any]]) -> list[dict[str
     rate = submit_rate()
     log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(items), rate, len(items) / rate)
     return paced(items, rate)
-
-
-def released_items_uri(config: RunConfig) -> str:
-    """Where a run's released scans are written (its job dir; named by run, as a job dir may be shared)."""
-    return f"{config.jobdir}released-{run_token(config.run_id)}.items"
 
 
 def check_cost(config: RunConfig, scans: int) -> None:
@@ -225,7 +227,7 @@ def _check_map_length(scans: int) -> None:
 
 def choose_backend_step(discovery: dict[str, Any]) -> str:
     """Follow the mapped task of the run's backend; the other one is skipped whole."""
-    return BACKEND_TASKS[discovery["config"]["backend"]]
+    return BACKEND_TASKS[PlanRef.from_dict(discovery).config.backend]
 
 
 def run_scan_local_step(scan_id: str, job_spec_uri: str, ti: Any) -> str:
@@ -298,7 +300,7 @@ def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -
     """Release this run's lease (never another run's), also when discovery failed after
     taking it."""
     try:
-        config = RunConfig.from_dict(discovery["config"]) if discovery else resolve(dict(params or {}), run_id)
+        config = PlanRef.from_dict(discovery).config if discovery else resolve(dict(params or {}), run_id)
     except Exception:  # noqa: BLE001 - params that never resolved never took a lease
         return
     if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
@@ -337,15 +339,15 @@ def _canary(ti: Any, config: RunConfig) -> CanaryOutcome:
 
 
 def _not_submitted(
-    scans: list[Scan], plan: Plan | None, outcome: CanaryOutcome, jobs: dict[str, JobRecord]
+    scans: list[Scan], settled: Settlement | None, outcome: CanaryOutcome, jobs: dict[str, JobRecord]
 ) -> dict[str, tuple[str, str]]:
     """Why scans that should have run got no job: the canary, a pilot, or the run stopped."""
     if outcome.status == "failed":
         why = (CANARY_FAILED, f"not submitted: the canary failed: {outcome.reason}")
-    elif plan is None:
+    elif settled is None:
         why = (NOT_SUBMITTED, "not submitted: the run stopped before its plan was settled (see plan_scans' log)")
     else:
-        failed = [p for p in plan.pilots if p not in jobs or jobs[p].status != SUCCEEDED]
+        failed = [p for p in settled.pilots if p not in jobs or jobs[p].status != SUCCEEDED]
         if not failed:
             return {}
         why = (PILOT_FAILED, f"not submitted: pilot scan(s) {', '.join(failed)} did not succeed")
@@ -380,11 +382,10 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
     if not discovery:
         # The run failed before any job: its leaf must fail too, or the run shows success.
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
-    config = RunConfig.from_dict(discovery["config"])
-    scans = [Scan.from_dict(s) for s in discovery["scans"]]
-    plan_dict = ti.xcom_pull(task_ids=PLAN_SCANS, key=PLAN_XCOM_KEY)
-    plan = Plan.from_dict(plan_dict) if plan_dict else None
-    outcome = CanaryOutcome.from_dict(plan.canary) if plan else _canary(ti, config)
+    plan = _plan(discovery)
+    config, scans = plan.config, plan.scans
+    settled = _settlement(ti)
+    outcome = CanaryOutcome.from_dict(settled.canary) if settled else _canary(ti, config)
     if config.backend == "local":
         jobs = local_records(_pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY))
         _link_local_logs(ti, dag_run, config, jobs)
@@ -402,33 +403,32 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
                         ": terminated" if orphan.terminated else "")  # fmt: skip
 
     s3 = s3_client()
-    if plan:
-        done_rows = plan.done
+    if settled:
+        done = settled.done
     else:  # never compared with the image: keep them, and say so
         why = "the canary failed" if outcome.status == "failed" else "the run stopped before its plan"
-        done_rows = {k: {**v, "reason": f"{v['reason']}; its image was not compared ({why})"} for k, v in discovery.get("done", {}).items()}
-    done = {scan_id: ScanResult(**row) for scan_id, row in done_rows.items()}
+        done = {k: replace(row, reason=f"{row.reason}; its image was not compared ({why})") for k, row in plan.done.items()}
     listing = output_listing(config, s3)  # the one listing: verdicts and connectomes
-    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, plan, outcome, jobs), listing)
-    reruns = plan.reruns if plan else discovery.get("reruns", {})
+    rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, settled, outcome, jobs), listing)
+    reruns = settled.reruns if settled else plan.reruns
     for row in rows:
-        row.pilot = bool(plan) and row.scan_id in plan.pilots
+        row.pilot = bool(settled) and row.scan_id in settled.pilots
         if row.scan_id in reruns and row.status == "succeeded":
             row.reason = f"ran again: {reruns[row.scan_id]}"
     connectomes = read_connectomes(config, scans, rows, listing, s3)
     report = build_report(
         config,
         rows,
-        started_at=discovery["started_at"],
+        started_at=plan.started_at,
         finished_at=datetime.now(timezone.utc).isoformat(),
         submitted=len(jobs),
-        warnings=discovery.get("warnings", []),
-        invalid_omitted=discovery.get("invalid_omitted", 0),
+        warnings=plan.warnings,
+        invalid_omitted=plan.invalid_omitted,
         canary=outcome.to_dict(),
-        contract=plan.contract if plan else None,
+        contract=settled.contract if settled else None,
         connectomes=connectomes.summary,
         orphans=[orphan.to_dict() for orphan in orphans],
-        lease=discovery.get("lease"),
+        lease={"took_over": plan.took_over.to_dict() if plan.took_over else None},
         throttled_polls=sum(item["polls"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, THROTTLED_XCOM_KEY)),
     )
     uri = write_report(s3, config, report, connectomes)

@@ -27,4 +27,4 @@ JOB_XCOM_KEY = "batch_job"  # {"scan_id", "job_id"}, pushed right after SubmitJo
 THROTTLED_XCOM_KEY = "throttled"  # {"scan_id", "polls"}: DescribeJobs polls Batch throttled, if any
 LOCAL_JOB_XCOM_KEY = "local_job"  # {"scan_id", "record"}, pushed by run_scan_local
 CANARY_JOB_XCOM_KEY = "canary_job"  # the canary's task arguments (write_job_specs), or None
-PLAN_XCOM_KEY = "plan"  # the settled plan (plan_scans)
+SETTLEMENT_XCOM_KEY = "settlement"  # where plan_scans wrote the settled run (runplan.Settlement)

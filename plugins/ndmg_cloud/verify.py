@@ -58,6 +58,10 @@ class ScanResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+        return cls(**data)
+
 
 def verify_scans(
     config: RunConfig,
