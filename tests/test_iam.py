@@ -79,6 +79,22 @@ def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
     assert evaluate([policy], "batch:TagResource", job, {}) == IMPLICIT_DENY
 
 
+def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
+    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
+
+    from ndmg_cloud.jobspec import run_file_uri
+
+    for params in CONFIGS[:2]:  # the default job dir (under the output) and one in another bucket
+        config = resolve(params, "run1")
+        policy = orchestrator_policy(config, "us-east-1", "123456789012")
+        for kind, suffix in (("plan", ".json"), ("settled", ".json"), ("released", ".items")):
+            arn = "arn:aws:s3:::" + run_file_uri(config, kind, suffix).removeprefix("s3://")
+            assert evaluate([policy], "s3:PutObject", arn, {}) == ALLOWED
+            assert evaluate([policy], "s3:GetObject", arn, {}) == ALLOWED, (params, kind)
+    other = "arn:aws:s3:::my-lab-jobs-other/run/plan-1.json"
+    assert evaluate([orchestrator_policy(resolve(CONFIGS[1], "run1"), "us-east-1", "123456789012")], "s3:GetObject", other, {}) == IMPLICIT_DENY
+
+
 def test_command_prints_both_policies(capsys):
     assert main(["--bucket", "lab-data", "--bidsdir", "ds1", "--account", "123456789012"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -125,10 +125,12 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
             },
             *listings,
             {
-                "Sid": "ReadManifestsAndReports",
+                # manifests and reports; and the run's own files in its job dir (the run plan,
+                # its settlement, the released scans, the job specs), read back by later tasks
+                "Sid": "ReadManifestsReportsAndRunFiles",
                 "Effect": "Allow",
                 "Action": "s3:GetObject",
-                "Resource": _object_arn(outputs.bucket, outputs.prefix + "*"),
+                "Resource": sorted({_object_arn(outputs.bucket, outputs.prefix + "*"), _object_arn(jobdir.bucket, jobdir.prefix + "*")}),
             },
             {
                 "Sid": "WriteSpecsReportsAndDescription",
