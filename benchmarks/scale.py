@@ -222,6 +222,57 @@ class Memory:
                 self.peak[name] = max(self.peak[name], rss / 2**20)
 
 
+# ---------------------------------------------------------------- plain-script baselines
+def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
+    """What a lab's hand-written script does against the same endpoint, with boto3 only:
+    list the dataset, put one JSON per scan, SubmitJob one by one; the seed's ndmg_cloud
+    stopped there (``wait=False``). With ``wait``, it also polls DescribeJobs with 100 ids
+    a call every ``poll`` seconds (the jobs held RUNNING for as long as in the Airflow run)
+    until all end, then checks each scan's manifest and graph with one listing: the least
+    a script can do to say which scans succeeded. Returns its wall time and hold."""
+    import boto3
+
+    s3, batch = boto3.client("s3"), boto3.client("batch")
+    batch_stub.holding = wait
+    started = time.monotonic()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=load.BUCKET, Prefix=load.PREFIX)
+    dwis = [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith("_dwi.nii.gz")]
+    jobs: dict[str, str] = {}
+    out = f"{load.PREFIX}derivatives/{tag}/"
+    for dwi in dwis:
+        sub = dwi.rsplit("/", 1)[-1].split("_")[0]
+        spec_key = f"{out}jobs/{sub}.json"
+        spec = {"scan": {"scan_id": sub}, "run_id": tag, "output_prefix": f"s3://{load.BUCKET}/{out}{sub}/",
+                "expected_outputs": [f"connectomes/{sub}_connectome.csv"], "manifest": f"s3://{load.BUCKET}/{out}{sub}/manifest.json",
+                "pipeline": {"name": "m2g"}}  # fmt: skip
+        s3.put_object(Bucket=load.BUCKET, Key=spec_key, Body=json.dumps(spec).encode())
+        command = ["ndmg-scan", "--spec", f"s3://{load.BUCKET}/{spec_key}"]
+        jobs[batch.submit_job(jobName=f"{tag}-{sub}", jobQueue="ndmg-queue", jobDefinition="ndmg",
+                              containerOverrides={"command": command})["jobId"]] = sub  # fmt: skip
+    held = 0.0
+    if wait:
+        held_from = time.monotonic()
+        time.sleep(poll * 4.5)  # as long as the Airflow run holds its jobs
+        batch_stub.release()
+        held = time.monotonic() - held_from
+        waiting = set(jobs)
+        while waiting:
+            ids = sorted(waiting)
+            for i in range(0, len(ids), 100):
+                for job in batch.describe_jobs(jobs=ids[i : i + 100])["jobs"]:
+                    if job["status"] in ("SUCCEEDED", "FAILED"):
+                        waiting.discard(job["jobId"])
+            if waiting:
+                time.sleep(poll)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=load.BUCKET, Prefix=out)
+        present = {o["Key"] for page in pages for o in page.get("Contents", [])}
+        done = sum(f"{out}{sub}/manifest.json" in present and f"{out}{sub}/connectomes/{sub}_connectome.csv" in present for sub in jobs.values())
+        if done != len(dwis):
+            raise RuntimeError(f"plain script: {done} of {len(dwis)} scans have their outputs")
+    wall = time.monotonic() - started
+    return {"wall": wall, "per_scan": (wall - held) / len(dwis)}
+
+
 # ---------------------------------------------------------------- one N
 def run_one(scans: int, poll: int, workdir: Path) -> dict:
     from ndmg_cloud.airflowapi import Airflow
@@ -239,6 +290,11 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
         load.make_batch_setup(endpoint)
         load.make_dataset(scans)
         batch = Batch()
+        baselines = {
+            "seed": plain_script(batch, poll, "seed", wait=False),  # list, spec, submit: the old ndmg_cloud
+            "plain": plain_script(batch, poll, "plain", wait=True),  # and wait, batched, and check outputs
+        }
+        batch.holding, batch.describe_calls, batch.submitted = True, [], 0  # the Airflow run's turn
         api_port = demo.free_port()
         proxy = ExecutionApiProxy(api_port)
         proxy_port = proxy.start()
@@ -315,7 +371,11 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
             "peak_mb": dict(memory.peak),
             "db_mb": int(postgres.query("select pg_database_size('airflow')")) / 2**20,
             "submitted": batch.submitted,
+            "baselines": baselines,
         }
+    except BaseException:
+        _print_component_logs(home, processes)
+        raise
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -327,6 +387,14 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
                 os.killpg(process.pid, signal.SIGKILL)
         server.stop()
         postgres.stop()
+
+
+def _print_component_logs(home: Path, processes: dict[str, subprocess.Popen]) -> None:
+    """A failed run: each Airflow component's state and the end of its log, on stderr."""
+    for name, process in processes.items():
+        state = "running" if process.poll() is None else f"exited {process.returncode}"
+        tail = (home / f"{name}.log").read_text(errors="replace")[-1500:] if (home / f"{name}.log").exists() else ""
+        print(f"--- airflow {name} ({state}), end of its log:\n{tail}", file=sys.stderr)
 
 
 def _dag_ready(api) -> bool:
@@ -357,6 +425,30 @@ def report(result: dict) -> None:
     print(f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= 1.1 else 'NOT met'}: <= 1.1")
     print("peak memory (PSS, with children):   " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
     print(f"Postgres database size:             {result['db_mb']:.1f} MB")
+    seed, plain = result["baselines"]["seed"], result["baselines"]["plain"]
+    print(f"plain-script baselines, same endpoint and process: the seed's list + spec + SubmitJob (no wait) "
+          f"{seed['per_scan']:.3f} s/scan; and waiting (DescribeJobs 100 ids a call) + checking outputs "
+          f"{plain['per_scan']:.3f} s/scan; this DAG {result['orchestration_per_scan'] / plain['per_scan']:.0f}x the waiting script")  # fmt: skip
+
+
+def _measure(n: int, poll: int) -> dict | None:
+    """One N in a process of its own (a fresh Postgres, Airflow and endpoint); prints its figures."""
+    done = subprocess.run([sys.executable, __file__, "--one", str(n), "--poll", str(poll)], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    if done.returncode or not lines:
+        print(f"N = {n}: the benchmark failed (exit {done.returncode})\n{done.stdout[-2000:]}\n{done.stderr[-12000:]}")
+        return None
+    result = json.loads(lines[-1][len(RESULT) :])
+    report(result)
+    return result
+
+
+def fit(results: list[dict]) -> tuple[float, float]:
+    """Least squares wall = base + per_scan x N over the runs."""
+    xs, ys = [r["scans"] for r in results], [r["wall"] for r in results]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    per_scan = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    return mean_y - per_scan * mean_x, per_scan
 
 
 def main() -> int:
@@ -364,6 +456,8 @@ def main() -> int:
     parser.add_argument("--scans", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--poll", type=int, default=5, help="Batch poll interval in seconds (deployments: 30)")
     parser.add_argument("--smoke", action="store_true", help="N = 6: the figures only (make test-live)")
+    parser.add_argument("--largest-within", type=float, metavar="SECONDS",
+                        help="then run the largest N (a multiple of 50) that the runs above say finishes within SECONDS")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N, in a process of its own
     args = parser.parse_args()
     if args.one:
@@ -372,13 +466,19 @@ def main() -> int:
         return 0
     results = []
     for n in [6] if args.smoke else args.scans:
-        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--poll", str(args.poll)], capture_output=True, text=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
-        if done.returncode or not lines:
-            print(f"N = {n}: the benchmark failed (exit {done.returncode})\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        results.append(_measure(n, args.poll))
+        if results[-1] is None:
             return 1
-        results.append(json.loads(lines[-1][len(RESULT):]))
-        report(results[-1])
+    if args.largest_within and len(results) >= 2:
+        base, per_scan = fit(results)
+        n = max(50, int((args.largest_within - base) / per_scan) // 50 * 50)
+        print(f"\nthe runs above fit wall = {base:.0f} s + {per_scan:.2f} s x N: the largest N within "
+              f"{args.largest_within:.0f} s is about {n:,}; running it")  # fmt: skip
+        results.append(_measure(n, args.poll))
+        if results[-1] is None:
+            return 1
+        within = results[-1]["wall"] <= args.largest_within
+        print(f"N = {n:,}: {results[-1]['wall']:.0f} s -> {'within' if within else 'NOT within'} {args.largest_within:.0f} s")
     if len(results) > 1:
         xcom = [r["xcom_bytes"][2] for r in results]
         print(f"\nXCom bytes per run_scan TI across N: max {xcom}  -> bar {'met' if max(xcom) - min(xcom) <= 16 else 'NOT met'}: constant in N")

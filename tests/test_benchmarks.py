@@ -57,3 +57,5 @@ def test_the_scale_benchmark_prints_its_figures():
     assert re.search(r"task launches per scan:\s+\d+\.\d+", out)
     assert re.search(r"peak memory \(PSS, with children\):\s+api-server \d+ MB.*scheduler \d+ MB.*triggerer \d+ MB", out)
     assert re.search(r"Postgres database size:\s+\d+\.\d+ MB", out)
+    assert re.search(r"plain-script baselines, same endpoint and process: the seed's list \+ spec \+ SubmitJob \(no wait\) "
+                     r"\d+\.\d+ s/scan; and waiting .* \d+\.\d+ s/scan; this DAG \d+x the waiting script", out)

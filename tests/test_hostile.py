@@ -56,7 +56,7 @@ def dataset(s3):
 
 
 def specs_of(config, found):
-    return [build_spec(config, scan) for scan in found.valid]
+    return [build_spec(config, scan).to_dict() for scan in found.valid]  # the specs as written
 
 
 def assert_safe(specs):

@@ -79,6 +79,27 @@ def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
     assert evaluate([policy], "batch:TagResource", job, {}) == IMPLICIT_DENY
 
 
+def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_later():
+    """AWS authorizes SubmitJob's tags as batch:TagResource with the request's tags: the
+    canary's job as much as a scan's must carry the project tag, or its SubmitJob is denied."""
+    from iam_eval import ALLOWED, evaluate
+
+    from ndmg_cloud.bids import Scan
+    from ndmg_cloud.canary import canary_kwargs
+    from ndmg_cloud.jobspec import build_spec
+
+    config = resolve(CONFIGS[0], "run1")
+    policy = orchestrator_policy(config, "us-east-1", "123456789012")
+    scan = Scan("sub-01", "01", None, {"subject": "01"}, "sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval",
+                "sub-01/dwi/sub-01_dwi.bvec", "sub-01/anat/sub-01_T1w.nii.gz")  # fmt: skip
+    spec = build_spec(config, scan)
+    job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
+    for what, payload in (("scan", spec.batch), ("canary", canary_kwargs(config, spec)["batch"])):
+        tags = payload["tags"]
+        assert evaluate([policy], "batch:TagResource", job, {f"aws:RequestTag/{k}": v for k, v in tags.items()}) == ALLOWED, what
+        assert evaluate([policy], "batch:TerminateJob", job, {f"aws:ResourceTag/{k}": v for k, v in tags.items()}) == ALLOWED, what
+
+
 def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
     from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 

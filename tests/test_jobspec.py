@@ -11,7 +11,7 @@ from botocore.validate import ParamValidator
 
 from datasets import E2E_KEYS
 from ndmg_cloud.bids import discover_scans
-from ndmg_cloud.jobspec import build_spec, check_no_shared_outputs, job_name
+from ndmg_cloud.jobspec import JobSpec, build_spec, check_no_shared_outputs, job_name
 from ndmg_cloud.params import resolve
 
 SUBMIT_JOB = botocore.session.get_session().get_service_model("batch").operation_model("SubmitJob").input_shape
@@ -20,7 +20,7 @@ SUBMIT_JOB = botocore.session.get_session().get_service_model("batch").operation
 def specs_for(**params):
     config = resolve({"bucket": "lab-data", "bidsdir": "ds1", **params}, "manual__2026-11-24T10:00:00+00:00")
     found = discover_scans(["ds1/" + k for k in E2E_KEYS], "ds1/")
-    return config, {s.scan_id: build_spec(config, s) for s in found.valid}
+    return config, {s.scan_id: build_spec(config, s).to_dict() for s in found.valid}  # the specs as written
 
 
 def test_batch_block_is_a_valid_submit_job_request():
@@ -92,9 +92,9 @@ def test_two_acquisitions_never_share_an_output_key():
     assert ap["output_prefix"] == pa["output_prefix"]
     assert ap["manifest"] != pa["manifest"]
     assert not set(ap["expected_outputs"]) & set(pa["expected_outputs"])
-    check_no_shared_outputs(list(specs.values()))
+    check_no_shared_outputs([JobSpec.from_dict(s) for s in specs.values()])
     with pytest.raises(ValueError, match="would both write"):
-        check_no_shared_outputs([ap, {**pa, "manifest": ap["manifest"]}])
+        check_no_shared_outputs([JobSpec.from_dict(ap), JobSpec.from_dict({**pa, "manifest": ap["manifest"]})])
 
 
 def test_no_credentials_in_specs(monkeypatch):

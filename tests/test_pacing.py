@@ -85,8 +85,18 @@ def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
     from ndmg_cloud.operators import ScanBatchOperator
     from ndmg_cloud.s3 import put_json
 
+    from ndmg_cloud.bids import Scan
+    from ndmg_cloud.jobspec import build_spec
+    from ndmg_cloud.params import resolve
+
     s3.create_bucket(Bucket="lab")
-    put_json(s3, "s3://lab/jobs/sub-01.json", {"run_id": "run-B", "scan": {"scan_id": "sub-01"}, "batch": {"jobName": "x"}})
+    run_b = resolve({"bucket": "lab-data", "jobdir": "s3://lab/jobs/"}, "run-B")
+    scan = Scan("sub-01", "01", None, {"subject": "01"}, "sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval",
+                "sub-01/dwi/sub-01_dwi.bvec", "sub-01/anat/sub-01_T1w.nii.gz")  # fmt: skip
+    build_spec(run_b, scan).write(s3)  # s3://lab/jobs/sub-01.json, by run-B
     operator = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://lab/jobs/sub-01.json")
     with pytest.raises(AirflowFailException, match="for scan 'sub-01' of run 'run-B', not scan 'sub-01' of run 'run-A'"):
+        operator.execute({"run_id": "run-A"})
+    put_json(s3, "s3://lab/jobs/sub-01.json", {"run_id": "run-A", "scan": {"scan_id": "sub-01"}})  # not a spec this code wrote
+    with pytest.raises(AirflowFailException, match="job spec s3://lab/jobs/sub-01.json cannot be read .*write_job_specs"):
         operator.execute({"run_id": "run-A"})

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 import pytest
 
 from ndmg_cloud.params import resolve
-from ndmg_cloud.report import CSV_COLUMNS, build_report, failing_scans, report_csv
+from ndmg_cloud.report import CSV_COLUMNS, build_report, report_csv
 from ndmg_cloud.verify import ScanResult
 
 CONTRACT_ROW = {"scan_id", "subject", "session", "status", "job_id", "attempts", "started_at", "stopped_at",
@@ -23,7 +23,7 @@ CONTRACT_SUMMARY = {"discovered", "invalid", "skipped_done", "submitted", "succe
                     "missing_outputs", "cost_usd"}  # fmt: skip
 
 
-def sample_report():
+def sample_run_report():
     config = resolve({"bucket": "lab-data", "bidsdir": "ds1"}, "run1")
     rows = [
         ScanResult("sub-01_ses-1", "01", "1", "succeeded", job_id="j1", attempts=1, duration_s=3600.0,
@@ -34,6 +34,10 @@ def sample_report():
         ScanResult("sub-04_ses-1", "04", "1", "invalid", reason="no .bvec file"),
     ]  # fmt: skip
     return build_report(config, rows, "2026-11-24T10:00:00+00:00", "2026-11-24T11:00:00+00:00", submitted=3)
+
+
+def sample_report():
+    return sample_run_report().to_dict()  # report.json
 
 
 def test_report_json_shape():
@@ -51,7 +55,21 @@ def test_report_json_shape():
 
 
 def test_failing_scans_are_failed_and_missing_outputs():
-    assert [r["scan_id"] for r in failing_scans(sample_report())] == ["sub-02", "sub-03_ses-1"]
+    assert [r.scan_id for r in sample_run_report().failing] == ["sub-02", "sub-03_ses-1"]
+
+
+def test_the_report_reads_back_by_field_and_an_older_report_still_reads():
+    from ndmg_cloud.report import RunReport
+
+    written = json.loads(json.dumps(sample_report()))
+    back = RunReport.from_dict(written)
+    assert back == sample_run_report() and back.to_dict() == written
+    assert back.summary.succeeded == 1 and back.scans[1].reason.startswith("Essential container")
+    older = {k: v for k, v in written.items() if k not in ("lease", "pilots", "connectomes", "contract")}
+    older["summary"] = {k: v for k, v in written["summary"].items() if k not in ("throttled_polls", "invalid_not_listed")}
+    older["scans"] = [{k: v for k, v in row.items() if k not in ("graphs", "pilot")} | {"retired_field": 1} for row in written["scans"]]
+    read = RunReport.from_dict(older)
+    assert read.summary.throttled_polls == 0 and read.contract is None and [r.status for r in read.failing] == ["failed", "missing_outputs"]
 
 
 def test_csv_has_one_row_per_scan():
@@ -370,7 +388,7 @@ def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch)
     assert jobs["sub-01"].log_url.endswith("/tasks/run_scan_local/mapped/0")
     assert airflow_log_url("http://x:8080", "d", "r", "t") == "http://x:8080/dags/d/runs/r/tasks/t"
 
-    report = build_report(config, [], "2026-11-24T10:00:00+00:00", "2026-11-24T10:01:00+00:00", submitted=2)
+    report = build_report(config, [], "2026-11-24T10:00:00+00:00", "2026-11-24T10:01:00+00:00", submitted=2).to_dict()
     report["scans"] = [{**ScanResult("sub-02", "02", None, "succeeded").to_dict(), "job_id": "local-sub-02",
                         "log_url": jobs["sub-02"].log_url}]  # fmt: skip
     from ndmg_cloud.report import report_html

@@ -46,7 +46,7 @@ def write_specs(s3, dataset: Path, **params):
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", **params}, "run1")
     specs = {}
     for scan in discover(config, s3).valid:
-        spec = build_spec(config, scan)
+        spec = build_spec(config, scan).to_dict()  # as written
         s3.put_object(Bucket=BUCKET, Key=spec["spec_uri"].split("/", 3)[3], Body=json.dumps(spec))
         specs[scan.scan_id] = spec
     return config, specs

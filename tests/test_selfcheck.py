@@ -17,7 +17,7 @@ from faults import FaultProxy, Rule
 from images import m2g_image, write_lfs_pointer
 from ndmg_cloud.atlases import catalogue
 from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec, write_spec
+from ndmg_cloud.jobspec import build_spec
 from ndmg_cloud.params import resolve
 
 BUCKET = "lab-data"
@@ -30,7 +30,8 @@ def m2g_spec(s3):
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "parcellation": ["Desikan", "Yeo-7"]}, "run-1")
     scan = next(s for s in discover(config, s3).valid if s.scan_id == "sub-01_ses-retest")
     spec = build_spec(config, scan)
-    write_spec(s3, spec)
+    spec.write(s3)
+    spec = spec.to_dict()  # as written
     return spec
 
 
@@ -87,7 +88,8 @@ def test_an_atlas_the_image_does_not_have_fails_the_atlas_check(s3, image):
     put_dataset(s3, BUCKET, "ds/")
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "parcellation": ["Glasser"]}, "run-1")
     spec = build_spec(config, discover(config, s3).valid[0])
-    write_spec(s3, spec)
+    spec.write(s3)
+    spec = spec.to_dict()  # as written
     done = self_check(spec, image)
     assert done.returncode == 1
     assert "Glasser is not among the image's 6 atlases at 2mm" in done.stdout
@@ -132,7 +134,8 @@ def test_a_pipeline_without_an_image_recipe_says_how_to_get_one(s3, image):
     put_dataset(s3, BUCKET, "ds/")
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "ndmg"}, "run-1")
     spec = build_spec(config, discover(config, s3).valid[0])
-    write_spec(s3, spec)
+    spec.write(s3)
+    spec = spec.to_dict()  # as written
     done = self_check(spec, image, NDMG_IMAGE_CONTRACT="")
     assert done.returncode == 1
     assert "this project has no image recipe for ndmg" in done.stdout

@@ -20,7 +20,7 @@ from typing import Any
 
 from ndmg_cloud.contract import ImageContract, local_contract
 from ndmg_cloud.jobs import SUCCEEDED, JobRecord
-from ndmg_cloud.jobspec import RETRY_STRATEGY, RUNNER_COMMAND, dataset_tag, job_name_prefix, run_token
+from ndmg_cloud.jobspec import RETRY_STRATEGY, RUNNER_COMMAND, JobSpec, job_name_prefix, run_token
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.runplan import Settlement
 from ndmg_cloud.s3 import get_json
@@ -30,23 +30,23 @@ from ndmg_cloud.layout import split_uri
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
 
 
-def canary_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
+def canary_kwargs(config: RunConfig, spec: JobSpec) -> dict[str, Any]:
     """The canary task's arguments: the scan's job spec checked on the run's queue and job
     definition, with the self-check command instead of the scan's."""
     result = config.outputs.canary_uri(config.run_id)
-    command = [RUNNER_COMMAND, "--self-check", "--spec", spec["spec_uri"], "--result", result]
+    command = [RUNNER_COMMAND, "--self-check", "--spec", spec.spec_uri, "--result", result]
     batch = {
         "jobName": f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}",
         "jobQueue": config.job_queue,
         "jobDefinition": config.job_definition,
         "containerOverrides": {
             "command": command,
-            "environment": [{"name": "NDMG_JOB_SPEC", "value": spec["spec_uri"]}],
+            "environment": [{"name": "NDMG_JOB_SPEC", "value": spec.spec_uri}],
         },
         "tags": {
-            "dataset": dataset_tag(config.dataset),
-            "scan": spec["batch"]["tags"]["scan"],
-            "run_id": spec["batch"]["tags"]["run_id"],
+            # the scan's tags (project among them: without it the orchestrator's role may
+            # neither tag the job at submit nor stop it, iam.py), and canary=true
+            **spec.batch["tags"],
             "pipeline": config.pipeline,
             "canary": "true",
         },
@@ -55,8 +55,8 @@ def canary_kwargs(config: RunConfig, spec: dict[str, Any]) -> dict[str, Any]:
         "timeout": {"attemptDurationSeconds": CANARY_TIMEOUT_SECONDS},
     }
     return {
-        "scan_id": spec["scan"]["scan_id"],
-        "job_spec_uri": spec["spec_uri"],
+        "scan_id": spec.scan_id,
+        "job_spec_uri": spec.spec_uri,
         "batch": batch,
         "runnable_timeout": config.runnable_timeout_minutes * 60,
     }

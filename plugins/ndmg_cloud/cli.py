@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ndmg_cloud.airflowapi import (
     Airflow,
@@ -47,6 +47,9 @@ from ndmg_cloud.demo import REPO
 from ndmg_cloud.params import PARAM_SCHEMAS
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.taskids import DAG_ID, DISCOVER, JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
+
+if TYPE_CHECKING:
+    from ndmg_cloud.report import RunReport  # imported where read: it pulls in the figures
 
 FINISHED = ("success", "failed")
 # Where `make airflow` (ndmg-demo --standalone, run from the repository) keeps its Airflow.
@@ -183,10 +186,11 @@ def follow(airflow: Airflow, run_id: str, every: float, out: Any = None) -> str:
         time.sleep(every)
 
 
-def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
+def report_of(airflow: Airflow, run_id: str) -> tuple[str, RunReport]:
     import boto3
 
     from ndmg_cloud.layout import split_uri
+    from ndmg_cloud.report import RunReport
 
     try:
         uri = airflow.xcom(run_id, VERIFY_AND_REPORT)
@@ -197,13 +201,13 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, dict[str, Any]]:
     bucket, key = split_uri(uri)
     with aws(f"cannot read {uri}"):
         body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    return uri, json.loads(body)
+    return uri, RunReport.from_dict(json.loads(body))
 
 
-def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
+def print_summary(uri: str, report: RunReport, out: Any = None) -> None:
     out = out or sys.stdout
-    s = report["summary"]
-    canary = report.get("canary") or {}
+    s = report.summary
+    canary = report.canary or {}
     if canary.get("status") == "failed":
         out.write(f"the canary failed, so no scan was submitted: {canary.get('reason')}\n")
         if canary.get("log_url"):
@@ -211,9 +215,9 @@ def print_summary(uri: str, report: dict[str, Any], out: Any = None) -> None:
     elif canary.get("status") == "passed":
         out.write(f"canary passed: {canary.get('reason')}\n")
     out.write(
-        f"{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "
-        f"{s['missing_outputs']} missing outputs, {s['invalid']} invalid, {s['skipped_done']} already done; "
-        f"cost ${s['cost_usd']:.2f}\nreport: {uri}\n"
+        f"{s.discovered} scans: {s.succeeded} succeeded, {s.failed} failed, "
+        f"{s.missing_outputs} missing outputs, {s.invalid} invalid, {s.skipped_done} already done; "
+        f"cost ${s.cost_usd:.2f}\nreport: {uri}\n"
     )
 
 
@@ -306,9 +310,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             report, unreadable = None, err
         if report:
             print(f"{'scan':<28} {'status':<16} {'duration':>9}  reason")
-            for row in report["scans"]:
-                duration = f"{row['duration_s']:.0f} s" if row["duration_s"] is not None else ""
-                print(f"{row['scan_id']:<28} {row['status']:<16} {duration:>9}  {row['reason'] or ''}")
+            for row in report.scans:
+                duration = f"{row.duration_s:.0f} s" if row.duration_s is not None else ""
+                print(f"{row.scan_id:<28} {row.status:<16} {duration:>9}  {row.reason or ''}")
             print_summary(uri, report)
             print(f"open the report: {report_url(airflow.url, run_id)}")
             return 0

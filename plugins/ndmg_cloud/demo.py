@@ -25,9 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ndmg_cloud.taskids import DAG_ID
+
+if TYPE_CHECKING:
+    from ndmg_cloud.report import RunReport
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "ndmg-demo"
@@ -121,25 +124,22 @@ def run_dag(conf: dict) -> str:
     return dag.test(run_conf=conf).run_id
 
 
-def print_table(report: dict, s3) -> None:
+def print_table(report: RunReport, s3) -> None:
     print(f"\n{'scan':<16} {'status':<16} {'duration':>9} {'edges':>6}  reason")
-    output = report["output"].removeprefix(f"s3://{BUCKET}/")
-    for row in report["scans"]:
+    output = report.output.removeprefix(f"s3://{BUCKET}/")
+    for row in report.scans:
         edges = ""
-        folder = f"sub-{row['subject']}/" + (f"ses-{row['session']}/" if row["session"] else "")
-        for path in row["outputs"]:
+        folder = f"sub-{row.subject}/" + (f"ses-{row.session}/" if row.session else "")
+        for path in row.outputs:
             if path.endswith("_connectome.csv"):
                 body = s3.get_object(Bucket=BUCKET, Key=f"{output}{folder}{path}")["Body"].read()
                 edges = str(len(body.splitlines()))
-        duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else ""
-        print(f"{row['scan_id']:<16} {row['status']:<16} {duration:>9} {edges:>6}  {row['reason'] or ''}")
-    s = report["summary"]
-    print(
-        f"\n{s['discovered']} scans: {s['succeeded']} succeeded, {s['failed']} failed, "
-        f"{s['missing_outputs']} missing outputs, {s['invalid']} invalid"
-    )
-    if report.get("contract"):
-        print(f"made with {report['contract']['label']} (image contract {report['contract']['fingerprint']})")
+        duration = f"{row.duration_s:.1f} s" if row.duration_s is not None else ""
+        print(f"{row.scan_id:<16} {row.status:<16} {duration:>9} {edges:>6}  {row.reason or ''}")
+    s = report.summary
+    print(f"\n{s.discovered} scans: {s.succeeded} succeeded, {s.failed} failed, {s.missing_outputs} missing outputs, {s.invalid} invalid")
+    if report.contract:
+        print(f"made with {report.contract['label']} (image contract {report.contract['fingerprint']})")
 
 
 @contextlib.contextmanager
@@ -217,7 +217,9 @@ def demo(out_dir: Path, serve: bool) -> int:
         s3 = boto3.client("s3")
         prefix = f"{BIDSDIR}/derivatives/ndmg/reports/{run_id}/"
         try:
-            report = json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read())
+            from ndmg_cloud.report import RunReport
+
+            report = RunReport.from_dict(json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read()))
         except s3.exceptions.NoSuchKey:
             print(f"ndmg-demo: the run {run_id} wrote no report; see {airflow_log}", file=sys.stderr)
             return 1
@@ -227,7 +229,7 @@ def demo(out_dir: Path, serve: bool) -> int:
         print(f"\nreport: {(out_dir / 'report.html').resolve().as_uri()}")
         print(f"        {(out_dir / 'report.json').resolve().as_uri()}")
         print(f"demo wall time: {time.monotonic() - started:.0f} s", flush=True)
-        failing = report["summary"]["failed"] + report["summary"]["missing_outputs"]
+        failing = len(report.failing)
         if serve:
             api_server, url, password = serve_report(run_id)
             print(f"\nthe same report served by Airflow: {url}")

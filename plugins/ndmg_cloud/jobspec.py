@@ -8,13 +8,13 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
-from ndmg_cloud.s3 import put_json
+from ndmg_cloud.s3 import read_at, write_at
 
 SPEC_VERSION = 1
 JOB_NAME_MAX = 128
@@ -86,7 +86,99 @@ def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
     return f"{config.jobdir}{kind}-{run_token(config.run_id)}{suffix}"
 
 
-def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
+@dataclass
+class PipelineCall:
+    """What the scan's container runs: the pipeline, its image and options, and the
+    command line this code builds from them (the runner rebuilds it and refuses another)."""
+
+    name: str
+    image: str
+    options: dict[str, Any]
+    command: list[str]
+
+
+@dataclass
+class JobSpec:
+    """One scan's job spec: everything its container needs, and ``batch``, the exact
+    SubmitJob payload (in AWS's own shape: ``aws batch submit-job --cli-input-json``).
+    ``to_dict`` is the document at ``spec_uri`` (the contract in DESIGN.md)."""
+
+    spec_uri: str
+    run_id: str
+    dataset: str
+    scan: Scan
+    inputs: dict[str, str | None]  # role (dwi, bval, bvec, t1w, dataset_description) -> path under input_root
+    input_root: str
+    output_root: str
+    output_prefix: str  # s3:// folder of the scan's outputs
+    manifest: str  # s3:// URI of the scan manifest, written last
+    expected_outputs: list[str]  # patterns under output_prefix
+    extra_inputs: dict[str, str]  # path in the work dir -> s3:// URI (e.g. an atlas)
+    pipeline: PipelineCall
+    batch: dict[str, Any]
+    spec_version: int = SPEC_VERSION
+
+    @property
+    def scan_id(self) -> str:
+        return self.scan.scan_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec_version": self.spec_version,
+            "spec_uri": self.spec_uri,
+            "run_id": self.run_id,
+            "dataset": self.dataset,
+            "scan": {**self.scan.to_dict(), "inputs": self.inputs},
+            "input_root": self.input_root,
+            "output_root": self.output_root,
+            "output_prefix": self.output_prefix,
+            "manifest": self.manifest,
+            "expected_outputs": self.expected_outputs,
+            "extra_inputs": self.extra_inputs,
+            "pipeline": asdict(self.pipeline),
+            "batch": self.batch,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """A spec as written by ``to_dict``; ``ValueError`` naming what is wrong otherwise."""
+        try:
+            version = data.get("spec_version", SPEC_VERSION)
+            if version > SPEC_VERSION:
+                raise ValueError(f"spec_version {version} is newer than this code's {SPEC_VERSION}")
+            scan = dict(data["scan"])
+            inputs = scan.pop("inputs")
+            return cls(
+                spec_uri=data["spec_uri"],
+                run_id=data["run_id"],
+                dataset=data["dataset"],
+                scan=Scan.from_dict(scan),
+                inputs=inputs,
+                input_root=data["input_root"],
+                output_root=data["output_root"],
+                output_prefix=data["output_prefix"],
+                manifest=data["manifest"],
+                expected_outputs=list(data["expected_outputs"]),
+                extra_inputs=dict(data.get("extra_inputs") or {}),
+                pipeline=PipelineCall(**data["pipeline"]),
+                batch=data["batch"],
+                spec_version=version,
+            )
+        except KeyError as err:
+            raise ValueError(f"no {err.args[0]!r} in the job spec") from None
+        except (AttributeError, TypeError) as err:
+            raise ValueError(f"the job spec is not one this code wrote: {err}") from None
+
+    def write(self, s3_client: Any) -> None:
+        """Put the spec at its URI: S3, or a local folder (``local`` backend only)."""
+        write_at(s3_client, self.spec_uri, json.dumps(self.to_dict(), indent=2, sort_keys=True).encode())
+
+    @classmethod
+    def read(cls, s3_client: Any, uri: str) -> JobSpec:
+        return cls.from_dict(json.loads(read_at(s3_client, uri)))
+
+
+def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
     """The job spec of one valid scan."""
     if not scan.valid:
         raise ValueError(f"scan {scan.scan_id} is invalid ({scan.reason}); it gets no job spec")
@@ -119,54 +211,40 @@ def build_spec(config: RunConfig, scan: Scan) -> dict[str, Any]:
         "retryStrategy": RETRY_STRATEGY,
         "timeout": {"attemptDurationSeconds": config.job_timeout_minutes * 60},
     }
-    return {
-        "spec_version": SPEC_VERSION,
-        "spec_uri": uri,
-        "run_id": config.run_id,
-        "dataset": config.dataset,
-        "scan": {
-            **scan.to_dict(),
-            "inputs": inputs,
-        },
-        "input_root": config.input_root.uri(),
-        "output_root": config.output_root.uri(),
-        "output_prefix": f"s3://{outputs.root.bucket}/{outputs.scan_prefix(scan)}",
-        "manifest": f"s3://{outputs.root.bucket}/{outputs.manifest_key(scan)}",
-        "expected_outputs": pipeline.expected_outputs(scan, config.options),
-        "extra_inputs": pipeline.extra_inputs(config.options),
-        "pipeline": {
-            "name": pipeline.name,
-            "image": pipeline.image,
-            "options": config.options,
-            "command": pipeline.command(scan, config.options, WORK_INPUT, WORK_OUTPUT),
-        },
-        "batch": batch,
-    }
+    return JobSpec(
+        spec_uri=uri,
+        run_id=config.run_id,
+        dataset=config.dataset,
+        scan=scan,
+        inputs=inputs,
+        input_root=config.input_root.uri(),
+        output_root=config.output_root.uri(),
+        output_prefix=f"s3://{outputs.root.bucket}/{outputs.scan_prefix(scan)}",
+        manifest=f"s3://{outputs.root.bucket}/{outputs.manifest_key(scan)}",
+        expected_outputs=pipeline.expected_outputs(scan, config.options),
+        extra_inputs=pipeline.extra_inputs(config.options),
+        pipeline=PipelineCall(
+            name=pipeline.name,
+            image=pipeline.image,
+            options=config.options,
+            command=pipeline.command(scan, config.options, WORK_INPUT, WORK_OUTPUT),
+        ),
+        batch=batch,
+    )
 
 
-def write_specs(s3_client: Any, specs: list[dict[str, Any]]) -> None:
+def write_specs(s3_client: Any, specs: list[JobSpec]) -> None:
     """Put many specs, 16 at a time (a rerun writes one per valid scan)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda spec: write_spec(s3_client, spec), specs))
+        list(pool.map(lambda spec: spec.write(s3_client), specs))
 
 
-def write_spec(s3_client: Any, spec: dict[str, Any]) -> None:
-    """Put a spec at its URI: S3, or a local folder (``local`` backend only)."""
-    uri = spec["spec_uri"]
-    if uri.startswith("s3://"):
-        put_json(s3_client, uri, spec)
-        return
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-
-
-def check_no_shared_outputs(specs: list[dict[str, Any]]) -> None:
+def check_no_shared_outputs(specs: list[JobSpec]) -> None:
     """Two scans must never write the same key: refuse the run before submitting if so."""
     owner: dict[str, str] = {}
     for spec in specs:
-        scan_id = spec["scan"]["scan_id"]
-        keys = [spec["manifest"]] + [spec["output_prefix"] + p for p in spec["expected_outputs"]]
+        scan_id = spec.scan_id
+        keys = [spec.manifest] + [spec.output_prefix + p for p in spec.expected_outputs]
         for key in keys:
             if key in owner and owner[key] != scan_id:
                 raise ValueError(f"scans {owner[key]} and {scan_id} would both write {key}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -153,17 +152,23 @@ class ScanBatchOperator(BatchOperator):
         """The SubmitJob payload of this scan's job spec (written by this run's write_job_specs)."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        from ndmg_cloud.s3 import get_bytes
+        from ndmg_cloud.jobspec import JobSpec
 
-        spec = json.loads(get_bytes(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri))
-        made_for = (spec.get("scan", {}).get("scan_id"), spec.get("run_id"))
+        try:
+            spec = JobSpec.read(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri)
+        except ValueError as err:  # JSON, or a spec this code did not write
+            raise AirflowFailException(
+                f"job spec {self.job_spec_uri} cannot be read ({err}): clear this run's write_job_specs task "
+                "to write it again"
+            ) from None
+        made_for = (spec.scan_id, spec.run_id)
         if made_for != (self.scan_id, run_id):
             raise AirflowFailException(
                 f"job spec {self.job_spec_uri} is for scan {made_for[0]!r} of run {made_for[1]!r}, not scan "
                 f"{self.scan_id!r} of run {run_id!r}: another run wrote over this run's job dir (a jobdir shared "
                 "by runs); give each run its own jobdir (leave it empty) and clear this run"
             )
-        return spec["batch"]
+        return spec.batch
 
     def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:
         if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)

@@ -14,7 +14,7 @@ import logging
 import statistics
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -281,6 +281,71 @@ def airflow_log_url(base_url: str, dag_id: str, run_id: str, task_id: str, map_i
     return f"{base_url.rstrip('/')}/dags/{dag_id}/runs/{quote(run_id)}/tasks/{task_id}{mapped}"
 
 
+@dataclass
+class Summary:
+    """The report's counts (DESIGN.md, Run report)."""
+
+    discovered: int
+    invalid: int
+    invalid_not_listed: int  # counted here, no row (the first INVALID_ROWS_KEPT have one)
+    skipped_done: int
+    submitted: int
+    succeeded: int
+    failed: int
+    missing_outputs: int
+    dry_run: int
+    failure_classes: dict[str, int]
+    cost_usd: float
+    throttled_polls: int  # DescribeJobs polls Batch answered with a throttling error
+
+
+@dataclass
+class RunReport:
+    """One run's report; ``to_dict`` is ``report.json`` (the contract in DESIGN.md)."""
+
+    dataset: str
+    run_id: str
+    params: dict[str, Any]
+    pipeline: str
+    options: dict[str, Any]
+    backend: str
+    cost_basis: str
+    input: str
+    output: str
+    jobdir: str
+    started_at: str
+    finished_at: str
+    summary: Summary
+    warnings: list[str]
+    orphans: list[dict[str, Any]]  # jobs of the run that no row names (terminated if still active)
+    lease: dict[str, Any]  # the output location's lease: which run's lease this one took over, and why
+    canary: dict[str, Any]  # what the canary found: status passed, failed or skipped; its checks
+    contract: dict[str, Any] | None  # the image contract summary of the code the scans were made with
+    pilots: list[str]
+    connectomes: dict[str, Any]  # what read_connectomes read and embedded
+    scans: list[ScanResult]
+
+    @property
+    def failing(self) -> list[ScanResult]:
+        """The rows that fail the run."""
+        return [r for r in self.scans if r.status in FAILING_STATUSES]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "summary": asdict(self.summary),
+                "scans": [r.to_dict() for r in self.scans]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report.json (one written by older code too: what it lacks is left empty)."""
+        known = {f.name for f in fields(cls)}
+        summary = {f.name: data.get("summary", {}).get(f.name, 0) for f in fields(Summary)}
+        summary["failure_classes"] = data.get("summary", {}).get("failure_classes") or {}
+        empty: dict[str, Any] = {"params": {}, "options": {}, "warnings": [], "orphans": [], "lease": {"took_over": None},
+                                 "canary": {}, "contract": None, "pilots": [], "connectomes": {}, "cost_basis": "", "jobdir": ""}  # fmt: skip
+        return cls(**{**empty, **{k: v for k, v in data.items() if k in known},
+                      "summary": Summary(**summary), "scans": [ScanResult.from_dict(r) for r in data.get("scans", [])]})  # fmt: skip
+
+
 def build_report(
     config: RunConfig,
     rows: list[ScanResult],
@@ -295,50 +360,48 @@ def build_report(
     lease: dict[str, Any] | None = None,
     throttled_polls: int = 0,
     invalid_omitted: int = 0,
-) -> dict[str, Any]:
+) -> RunReport:
     """``canary``: what the canary found (status passed, failed or skipped; its checks);
     ``contract``: the image contract summary of the code this run's scans were made with;
     ``connectomes``: the summary of ``read_connectomes`` (what was read and embedded)."""
     counts = Counter(r.status for r in rows)
-    summary = {
-        "discovered": len(rows) + invalid_omitted,
-        "invalid": counts["invalid"] + invalid_omitted,
-        "invalid_not_listed": invalid_omitted,  # counted here, no row (the first INVALID_ROWS_KEPT have one)
-        "skipped_done": counts["skipped_done"],
-        "submitted": submitted,
-        "succeeded": counts["succeeded"],
-        "failed": counts["failed"],
-        "missing_outputs": counts["missing_outputs"],
-        "dry_run": counts["dry_run"],
-        "failure_classes": dict(Counter(r.failure_class for r in rows if r.failure_class)),
-        "cost_usd": round(sum(r.cost_usd for r in rows), 4),
-        "throttled_polls": throttled_polls,  # DescribeJobs polls Batch answered with a throttling error
-    }
-    return {
-        "dataset": config.dataset,
-        "run_id": config.run_id,
-        "params": config.params,
-        "pipeline": config.pipeline,
-        "options": config.options,
-        "backend": config.backend,
-        "cost_basis": cost_basis(config.backend),
-        "input": config.input_root.uri(),
-        "output": config.output_root.uri(),
-        "jobdir": config.jobdir,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "summary": summary,
-        "warnings": list(warnings),
-        # jobs of the run that no row names (terminated if they were still active)
-        "orphans": list(orphans),
-        # the output location's lease: which run's lease this one took over, and why
-        "lease": lease or {"took_over": None},
-        "canary": canary or {"status": "skipped", "reason": "not recorded"},
-        "contract": contract,
-        "pilots": [r.scan_id for r in rows if r.pilot],
-        "connectomes": connectomes or {},
-        "scans": [r.to_dict() for r in rows],
-    }
+    summary = Summary(
+        discovered=len(rows) + invalid_omitted,
+        invalid=counts["invalid"] + invalid_omitted,
+        invalid_not_listed=invalid_omitted,
+        skipped_done=counts["skipped_done"],
+        submitted=submitted,
+        succeeded=counts["succeeded"],
+        failed=counts["failed"],
+        missing_outputs=counts["missing_outputs"],
+        dry_run=counts["dry_run"],
+        failure_classes=dict(Counter(r.failure_class for r in rows if r.failure_class)),
+        cost_usd=round(sum(r.cost_usd for r in rows), 4),
+        throttled_polls=throttled_polls,
+    )
+    return RunReport(
+        dataset=config.dataset,
+        run_id=config.run_id,
+        params=config.params,
+        pipeline=config.pipeline,
+        options=config.options,
+        backend=config.backend,
+        cost_basis=cost_basis(config.backend),
+        input=config.input_root.uri(),
+        output=config.output_root.uri(),
+        jobdir=config.jobdir,
+        started_at=started_at,
+        finished_at=finished_at,
+        summary=summary,
+        warnings=list(warnings),
+        orphans=list(orphans),
+        lease=lease or {"took_over": None},
+        canary=canary or {"status": "skipped", "reason": "not recorded"},
+        contract=contract,
+        pilots=[r.scan_id for r in rows if r.pilot],
+        connectomes=connectomes or {},
+        scans=rows,
+    )
 
 
 def headline_graph(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -484,8 +547,9 @@ def report_html(report: dict[str, Any], connectomes: Connectomes | None = None) 
     )
 
 
-def write_report(s3_client: Any, config: RunConfig, report: dict[str, Any], connectomes: Connectomes | None = None) -> str:
+def write_report(s3_client: Any, config: RunConfig, run_report: RunReport, connectomes: Connectomes | None = None) -> str:
     """Write report.csv, report.html and report.json; return the report.json URI."""
+    report = run_report.to_dict()  # the document the csv and the page are made from
     bucket = config.output_root.bucket
     prefix = config.outputs.report_prefix(config.run_id)
     put_bytes(s3_client, bucket, prefix + "report.csv", report_csv(report).encode(), "text/csv")
@@ -496,6 +560,3 @@ def write_report(s3_client: Any, config: RunConfig, report: dict[str, Any], conn
     put_json(s3_client, uri, report)
     return uri
 
-
-def failing_scans(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in report["scans"] if r["status"] in FAILING_STATUSES]

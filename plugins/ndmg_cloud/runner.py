@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from ndmg_cloud import contract as image_contract
-from ndmg_cloud.jobspec import WORK_INPUT, WORK_OUTPUT
+from ndmg_cloud.bids import Scan
+from ndmg_cloud.jobspec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.layout import split_uri
+from ndmg_cloud.manifest import SUCCESS, MadeWith, OutputFile, ScanManifest
 from ndmg_cloud.pipelines import WORK_SESSION
 from ndmg_cloud.scrub import pipeline_environment, redact
 from ndmg_cloud.s3 import put_json
@@ -82,12 +84,9 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def load_spec(location: str, client: Any | None) -> dict[str, Any]:
+def load_spec(location: str, client: Any | None) -> JobSpec:
     try:
-        if location.startswith("s3://"):
-            bucket, key = split_uri(location)
-            return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return json.loads(Path(location).read_text())
+        return JobSpec.read(client, location)
     except Exception as err:
         if isinstance(err, ScanFailure):  # SIGTERM arrived meanwhile
             raise
@@ -106,24 +105,24 @@ def work_name(name: str, subject: str, session: str | None) -> str:
 
 @dataclass
 class ScanRun:
-    spec: dict[str, Any]
+    spec: JobSpec
     client: Any
     workdir: Path
     started_at: str = field(default_factory=now)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[OutputFile] = field(default_factory=list)
     log_tail: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     process: subprocess.Popen | WarmProcess | None = None
     terminated: bool = False
     contract: image_contract.ImageContract | None = None
 
     @property
-    def scan(self) -> dict[str, Any]:
-        return self.spec["scan"]
+    def scan(self) -> Scan:
+        return self.spec.scan
 
     @property
     def session(self) -> str:
-        return self.scan["session"] or WORK_SESSION
+        return self.scan.session or WORK_SESSION
 
     @property
     def input_dir(self) -> Path:
@@ -135,16 +134,19 @@ class ScanRun:
 
     # 1 ---------------------------------------------------------------------------------
     def forget_old_manifest(self) -> None:
-        bucket, key = split_uri(self.spec["manifest"])
+        bucket, key = split_uri(self.spec.manifest)
         self.client.delete_object(Bucket=bucket, Key=key)
 
     # 2 ---------------------------------------------------------------------------------
     def download_inputs(self) -> None:
-        scan, subject = self.scan, self.scan["subject"]
+        scan, inputs, subject = self.scan, self.spec.inputs, self.scan.subject
         series = self.input_dir / f"sub-{subject}" / f"ses-{self.session}"
-        dwi_name = work_name(scan["inputs"]["dwi"].rsplit("/", 1)[-1], subject, scan["session"])
+        for role in ("dwi", "t1w"):
+            if not inputs.get(role):
+                raise ScanFailure(f"job spec has no {role} input", 2)
+        dwi_name = work_name(inputs["dwi"].rsplit("/", 1)[-1], subject, scan.session)
         dwi_stem = dwi_name.removesuffix(".gz").removesuffix(".nii")
-        t1w_name = work_name(scan["inputs"]["t1w"].rsplit("/", 1)[-1], subject, scan["session"])
+        t1w_name = work_name(inputs["t1w"].rsplit("/", 1)[-1], subject, scan.session)
         places = {
             "dwi": series / "dwi" / dwi_name,
             "bval": series / "dwi" / f"{dwi_stem}.bval",  # beside the image, even if inherited
@@ -153,22 +155,22 @@ class ScanRun:
             "dataset_description": self.input_dir / "dataset_description.json",
         }
         for role, target in places.items():
-            rel = scan["inputs"].get(role)
+            rel = inputs.get(role)
             if rel is None:
                 raise ScanFailure(f"job spec has no {role} input", 2)
             self.inputs[role] = self._download(rel, target, required=role != "dataset_description")
-        for rel, uri in self.spec.get("extra_inputs", {}).items():
+        for rel, uri in self.spec.extra_inputs.items():
             bucket, key = split_uri(uri)
             self.inputs[rel] = self._download(key, self.inside(self.input_dir, rel), required=True, bucket=bucket)
         if not places["dataset_description"].exists():
-            places["dataset_description"].write_text(json.dumps({"Name": self.spec["dataset"], "BIDSVersion": "1.9.0"}))
+            places["dataset_description"].write_text(json.dumps({"Name": self.spec.dataset, "BIDSVersion": "1.9.0"}))
 
     def _download(self, rel: str, target: Path, required: bool, bucket: str | None = None) -> dict[str, Any]:
         """Fetch a dataset file (``rel`` under the input root), or ``rel`` in ``bucket``."""
         from botocore.exceptions import ClientError
 
         if bucket is None:
-            bucket, root = split_uri(self.spec["input_root"])
+            bucket, root = split_uri(self.spec.input_root)
             key = root + rel
         else:
             key = rel
@@ -189,7 +191,7 @@ class ScanRun:
         import nibabel as nib
         import numpy as np
 
-        series = self.input_dir / f"sub-{self.scan['subject']}" / f"ses-{self.session}"
+        series = self.input_dir / f"sub-{self.scan.subject}" / f"ses-{self.session}"
         dwi = next((series / "dwi").glob("*_dwi.nii*"))
         t1w = next((series / "anat").glob("*_T1w.nii*"))
         shapes = {}
@@ -230,20 +232,18 @@ class ScanRun:
         """The command the spec's pipeline builds from the spec's scan and options: the
         runner runs that, never a command line taken from the spec as written (a spec
         whose command differs was not written by this code, and is refused)."""
-        from ndmg_cloud.bids import Scan
         from ndmg_cloud.pipelines import OptionError, get_pipeline
 
-        block = self.spec["pipeline"]
+        block = self.spec.pipeline
         try:
-            pipeline = get_pipeline(block["name"])
-            options = pipeline.resolve_options(block["options"])
-            scan = Scan.from_dict({k: v for k, v in self.scan.items() if k != "inputs"})
-            command = pipeline.command(scan, options, WORK_INPUT, WORK_OUTPUT)
+            pipeline = get_pipeline(block.name)
+            options = pipeline.resolve_options(block.options)
+            command = pipeline.command(self.scan, options, WORK_INPUT, WORK_OUTPUT)
         except (OptionError, KeyError, TypeError, ValueError) as err:
             raise ScanFailure(f"job spec's pipeline block cannot be read: {err}", 2) from None
-        if block.get("command") not in (None, command):
+        if block.command not in (None, command):
             raise ScanFailure(
-                f"job spec's pipeline command {block['command']!r} is not what pipeline {pipeline.name!r} builds "
+                f"job spec's pipeline command {block.command!r} is not what pipeline {pipeline.name!r} builds "
                 f"from the spec's options ({command!r}): refusing to run it; write the spec again with this code",
                 2,
             )
@@ -298,16 +298,16 @@ class ScanRun:
         """Where a work-tree output goes: the scan's output prefix, the work session mapped
         back, and files that do not name the scan prefixed with its id (two series of one
         session never write the same key)."""
-        scan, subject = self.scan, self.scan["subject"]
+        scan, subject = self.scan, self.scan.subject
         rel = path.relative_to(self.output_dir).as_posix()
         series = f"sub-{subject}/ses-{self.session}/"
         rel = rel[len(series) :] if rel.startswith(series) else rel
         folder, _, name = rel.rpartition("/")
-        if not scan["session"]:
+        if not scan.session:
             name = name.replace(f"sub-{subject}_ses-{WORK_SESSION}_", f"sub-{subject}_", 1)
-        stem = scan["dwi"].rsplit("/", 1)[-1].removesuffix(".gz").removesuffix(".nii")
+        stem = scan.dwi.rsplit("/", 1)[-1].removesuffix(".gz").removesuffix(".nii")
         if stem not in name:
-            name = f"{scan['scan_id']}_{name}"
+            name = f"{scan.scan_id}_{name}"
         return (folder + "/" if folder else "") + name
 
     def uploadable(self, path: Path) -> bool:
@@ -322,7 +322,7 @@ class ScanRun:
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, prefix = split_uri(self.spec["output_prefix"])
+        bucket, prefix = split_uri(self.spec.output_prefix)
         transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
         files = sorted(
             p
@@ -335,36 +335,37 @@ class ScanRun:
                 self.client.upload_file(str(path), bucket, prefix + rel, Config=transfer)  # no ACL, ever
             except (S3UploadFailedError, ClientError, BotoCoreError) as err:
                 raise ScanFailure(f"could not upload {rel} to s3://{bucket}/{prefix}{rel}: {err}") from None
-            self.outputs.append({"path": rel, "size": path.stat().st_size, "sha256": sha256(path)})
-        produced = [o["path"] for o in self.outputs if o["size"] > 0]
-        missing = [p for p in self.spec["expected_outputs"] if not fnmatch.filter(produced, p)]
+            self.outputs.append(OutputFile(rel, path.stat().st_size, sha256(path)))
+        produced = [o.path for o in self.outputs if o.size > 0]
+        missing = [p for p in self.spec.expected_outputs if not fnmatch.filter(produced, p)]
         if missing:
             raise ScanFailure(f"the pipeline finished but did not produce {', '.join(missing)}")
 
     # 6 ---------------------------------------------------------------------------------
     def write_manifest(self, exit_code: int) -> None:
-        manifest = {
-            "status": "success",
-            "scan_id": self.scan["scan_id"],
-            "dataset": self.spec["dataset"],
-            "run_id": self.spec["run_id"],
-            "pipeline": {
-                "name": self.spec["pipeline"]["name"],
-                "image": os.environ.get("NDMG_IMAGE", self.spec["pipeline"]["image"]),
-                "options": self.spec["pipeline"]["options"],
-                "command": self.spec["pipeline"]["command"],
+        block = self.spec.pipeline
+        manifest = ScanManifest(
+            status=SUCCESS,
+            scan_id=self.scan.scan_id,
+            dataset=self.spec.dataset,
+            run_id=self.spec.run_id,
+            pipeline=MadeWith(
+                name=block.name,
+                image=os.environ.get("NDMG_IMAGE", block.image),
+                options=block.options,
+                command=block.command,
                 # which code made this scan: resume compares it with the next run's
-                "contract": self.contract.summary() if self.contract else None,
-            },
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "started_at": self.started_at,
-            "finished_at": now(),
-            "exit_code": exit_code,
-            "log_tail": list(self.log_tail),
-        }
-        bucket, key = split_uri(self.spec["manifest"])
-        body = json.dumps(manifest, indent=2).encode()
+                contract=self.contract.summary() if self.contract else None,
+            ),
+            inputs=self.inputs,
+            outputs=self.outputs,
+            started_at=self.started_at,
+            finished_at=now(),
+            exit_code=exit_code,
+            log_tail=list(self.log_tail),
+        )
+        bucket, key = split_uri(self.spec.manifest)
+        body = json.dumps(manifest.to_dict(), indent=2).encode()
         self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 
 
@@ -389,10 +390,10 @@ def run_scan(spec_location: str, workdir: Path | None = None, keep: bool = False
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ndmg-scan-"))
     try:
         spec = load_spec(spec_location, client)
-        scan_id = spec["scan"]["scan_id"]
-        run = ScanRun(spec, client, workdir, contract=load_contract(spec["pipeline"]["name"]))
+        scan_id = spec.scan_id
+        run = ScanRun(spec, client, workdir, contract=load_contract(spec.pipeline.name))
         signal.signal(signal.SIGTERM, run.terminate)
-        log(f"scan {scan_id}: {spec['pipeline']['name']} -> {spec['output_prefix']}")
+        log(f"scan {scan_id}: {spec.pipeline.name} -> {spec.output_prefix}")
         if run.contract:
             log(f"image contract {run.contract.fingerprint}: {run.contract.label}")
         run.forget_old_manifest()
@@ -401,7 +402,7 @@ def run_scan(spec_location: str, workdir: Path | None = None, keep: bool = False
         exit_code = run.run_pipeline()
         run.upload_outputs()
         run.write_manifest(exit_code)
-        log(f"scan {scan_id}: done, {len(run.outputs)} outputs, manifest {spec['manifest']}")
+        log(f"scan {scan_id}: done, {len(run.outputs)} outputs, manifest {spec.manifest}")
         return 0
     except ScanFailure as failure:
         print(f"ndmg-scan: {scan_id} failed: {failure}", file=sys.stderr, flush=True)

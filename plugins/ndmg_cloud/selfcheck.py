@@ -30,6 +30,7 @@ from typing import Any
 from ndmg_cloud.atlases import LABEL_DIR, selected_by
 from ndmg_cloud.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
 from ndmg_cloud.layout import PROBE_NAME, split_uri
+from ndmg_cloud.jobspec import JobSpec
 from ndmg_cloud.pipelines import OptionError, Pipeline, get_pipeline
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
@@ -79,14 +80,14 @@ class SelfCheck:
         }
 
 
-def self_check(spec: dict[str, Any], client: Any, workdir: Path) -> SelfCheck:
+def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
     """Run every check (each reports on its own; one failing does not hide the others)."""
-    name = spec["pipeline"]["name"]
-    result = SelfCheck(spec["scan"]["scan_id"], name)
+    name = spec.pipeline.name
+    result = SelfCheck(spec.scan_id, name)
     pipeline = get_pipeline(name)
-    options = spec["pipeline"]["options"]
+    options = spec.pipeline.options
     _check_contract(result, name)
-    _check_command(result, spec["pipeline"]["command"])
+    _check_command(result, spec.pipeline.command)
     if pipeline.catalogue:
         _check_atlases(result, pipeline, options)
     _check_disk(result, pipeline, workdir)
@@ -168,13 +169,13 @@ def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
         result.add("disk", True, f"{free:.1f} GB free in {workdir} (a scan needs {need:g} GB)")
 
 
-def _check_s3(result: SelfCheck, spec: dict[str, Any], client: Any) -> None:
+def _check_s3(result: SelfCheck, spec: JobSpec, client: Any) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    inputs = spec["scan"]["inputs"]
-    bucket, root = split_uri(spec["input_root"])
+    inputs = spec.inputs
+    bucket, root = split_uri(spec.input_root)
     keys = [(bucket, root + inputs[role]) for role in ("dwi", "bval", "bvec", "t1w")]
-    keys += [split_uri(uri) for uri in spec.get("extra_inputs", {}).values()]
+    keys += [split_uri(uri) for uri in spec.extra_inputs.values()]
     try:
         for in_bucket, key in keys:
             client.head_object(Bucket=in_bucket, Key=key)
@@ -184,7 +185,7 @@ def _check_s3(result: SelfCheck, spec: dict[str, Any], client: Any) -> None:
     else:
         result.add("s3 read", True, f"read the job spec and the scan's {len(keys)} inputs")
 
-    out_bucket, prefix = split_uri(spec["output_prefix"])
+    out_bucket, prefix = split_uri(spec.output_prefix)
     probe = prefix + PROBE_NAME + uuid.uuid4().hex[:12]
     try:
         client.put_object(Bucket=out_bucket, Key=probe, Body=b"ndmg-cloud self-check\n")
@@ -193,7 +194,7 @@ def _check_s3(result: SelfCheck, spec: dict[str, Any], client: Any) -> None:
         result.add("s3 write", False, f"cannot write and delete s3://{out_bucket}/{probe}: {_code(err)}: the job "
                    "role needs s3:PutObject and s3:DeleteObject on the output prefix")
     else:
-        result.add("s3 write", True, f"wrote and deleted a probe under {spec['output_prefix']}")
+        result.add("s3 write", True, f"wrote and deleted a probe under {spec.output_prefix}")
 
 
 def _code(err: Exception) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,7 +61,7 @@ from ndmg_cloud import lease
 from ndmg_cloud.lease import TakeOver
 from ndmg_cloud.preflight import preflight
 from ndmg_cloud.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
-from ndmg_cloud.report import airflow_log_url, build_report, failing_scans, read_connectomes, write_report
+from ndmg_cloud.report import airflow_log_url, build_report, read_connectomes, write_report
 from ndmg_cloud.clients import AWS_CONN_ID, batch_client, logs_client, s3_client  # noqa: F401  (steps.* names)
 from ndmg_cloud.runplan import PlanRef, RunPlan, Settlement
 from ndmg_cloud.s3 import put_json
@@ -139,13 +139,13 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
         ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=None)
         return len(specs)
     _mark_derivatives(client, config)
-    _check_map_length(len([s for s in specs if s["scan"]["scan_id"] not in plan.done]))
+    _check_map_length(len([s for s in specs if s.scan_id not in plan.done]))
     canary = None
     if config.backend == "aws_batch" and config.canary:
-        first = next((s for s in specs if s["scan"]["scan_id"] not in plan.done), specs[0])
+        first = next((s for s in specs if s.scan_id not in plan.done), specs[0])
         canary = canary_kwargs(config, first)
         log.info("canary %s will check scan %s on %s / %s", canary["batch"]["jobName"],
-                 first["scan"]["scan_id"], config.job_queue, config.job_definition)  # fmt: skip
+                 first.scan_id, config.job_queue, config.job_definition)  # fmt: skip
     ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
     return len(specs)
 
@@ -432,12 +432,12 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         throttled_polls=sum(item["polls"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, THROTTLED_XCOM_KEY)),
     )
     uri = write_report(s3, config, report, connectomes)
-    summary = report["summary"]
+    summary = asdict(report.summary)
     log.info("report: %s", uri)
     log.info("canary: %s (%s)", outcome.status, outcome.reason)
     log.info("summary: %s", summary)
-    for row in report["scans"]:
-        log.info("%-40s %-16s %s", row["scan_id"], row["status"], row["reason"] or "")
+    for row in report.scans:
+        log.info("%-40s %-16s %s", row.scan_id, row.status, row.reason or "")
     ti.xcom_push(key="return_value", value=uri)
     if outlet_events is not None:
         from airflow.sdk import AssetAlias
@@ -451,11 +451,11 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
             f"the canary failed, so no scan was submitted: {outcome.reason}. "
             f"Log: {outcome.log_url or 'none'}. Report: {uri}"
         )
-    failing = failing_scans(report)
+    failing = report.failing
     if failing:
-        names = ", ".join(f"{r['scan_id']} ({r['status']})" for r in failing[:10])
+        names = ", ".join(f"{r.scan_id} ({r.status})" for r in failing[:10])
         raise AirflowFailException(
-            f"{len(failing)} of {summary['discovered']} scans did not succeed: {names}. "
+            f"{len(failing)} of {report.summary.discovered} scans did not succeed: {names}. "
             f"Report: {uri}"
         )
     return uri

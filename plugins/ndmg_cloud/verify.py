@@ -11,12 +11,13 @@ import fnmatch
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from collections.abc import Iterable
 from typing import Any
 
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.jobs import FAILED, NOT_SUBMITTED, SUCCEEDED, JobRecord
+from ndmg_cloud.manifest import NotAManifest, ScanManifest
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
 from ndmg_cloud.s3 import S3Object, get_json, list_objects
@@ -60,7 +61,9 @@ class ScanResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanResult:
-        return cls(**data)
+        """A row as ``to_dict`` wrote it (by older code too: fields it lacks keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def verify_scans(
@@ -142,12 +145,12 @@ def completed_scans(config: RunConfig, scans: list[Scan], s3_client: Any) -> tup
     return done, reruns
 
 
-def provenance_mismatch(manifest: dict[str, Any], config: RunConfig) -> str | None:
+def provenance_mismatch(manifest: ScanManifest, config: RunConfig) -> str | None:
     """Why outputs made under ``manifest`` are not this run's: another pipeline or options."""
-    made = manifest.get("pipeline") or {}
-    if made.get("name") != config.pipeline:
-        return f"done with pipeline {made.get('name') or 'unknown'}, this run uses {config.pipeline}"
-    theirs, ours = made.get("options") or {}, config.options
+    made = manifest.pipeline
+    if made.name != config.pipeline:
+        return f"done with pipeline {made.name or 'unknown'}, this run uses {config.pipeline}"
+    theirs, ours = made.options, config.options
     changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if changed:
         was = ", ".join(f"{k}={theirs.get(k)!r}" for k in changed)
@@ -179,10 +182,10 @@ def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: List
         else:
             pending.append((row, prefix, manifest))
 
-    def read(item: tuple[ScanResult, str, str]) -> tuple[ScanResult, str, Any]:
+    def read(item: tuple[ScanResult, str, str]) -> tuple[ScanResult, str, ScanManifest | Exception]:
         row, prefix, key = item
         try:
-            return row, prefix, get_json(s3_client, outputs.root.bucket, key)
+            return row, prefix, ScanManifest.from_dict(get_json(s3_client, outputs.root.bucket, key))
         except Exception as err:  # an unreadable manifest is a finding, not a crash
             return row, prefix, err
 
@@ -192,42 +195,40 @@ def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: List
             if problem:
                 row.status, row.reason = "missing_outputs", problem
                 continue
-            made = (manifest.get("pipeline") or {}).get("contract") or {}
-            row.status, row.made_by, row.contract = verdict, made.get("label"), made.get("fingerprint")
+            row.status, row.made_by, row.contract = verdict, manifest.pipeline.label, manifest.pipeline.fingerprint
             row.streamlines = reported_streamlines(manifest)
             if verdict == "skipped_done":
-                row.reason = f"already done by run {manifest.get('run_id', '?')} (force=true reruns it)"
+                row.reason = f"already done by run {manifest.run_id or '?'} (force=true reruns it)"
 
 
-def reported_streamlines(manifest: dict[str, Any]) -> int | None:
+def reported_streamlines(manifest: ScanManifest) -> int | None:
     """How many streamlines the pipeline tracked: the manifest's ``streamlines`` when it
     records one, else the last count in the pipeline's log tail (lite logs it; m2g does not)."""
-    recorded = manifest.get("streamlines")
-    if isinstance(recorded, int) and not isinstance(recorded, bool):
-        return recorded
-    for line in reversed(manifest.get("log_tail") or []):
-        found = STREAMLINES_LINE.search(str(line))
+    if manifest.streamlines is not None:
+        return manifest.streamlines
+    for line in reversed(manifest.log_tail):
+        found = STREAMLINES_LINE.search(line)
         if found:
             return int(found.group(1))
     return None
 
 
 def _manifest_problem(
-    manifest: Any, row: ScanResult, prefix: str, listing: Listing, config: RunConfig, verdict: str
+    manifest: ScanManifest | Exception, row: ScanResult, prefix: str, listing: Listing, config: RunConfig, verdict: str
 ) -> str | None:
+    if isinstance(manifest, NotAManifest):
+        return "scan manifest does not say success (not a JSON object)"
     if isinstance(manifest, Exception):
         return f"scan manifest does not say success (unreadable: {manifest})"
-    if not isinstance(manifest, dict):
-        return "scan manifest does not say success (not a JSON object)"
-    if manifest.get("status") != "success":
-        return f"scan manifest does not say success (its status is {manifest.get('status')!r})"
-    if verdict == "succeeded" and manifest.get("run_id") != config.run_id:
-        return f"the scan manifest is from run {manifest.get('run_id')!r}, not this one: the job wrote none"
+    if not manifest.succeeded:
+        return f"scan manifest does not say success (its status is {manifest.status!r})"
+    if verdict == "succeeded" and manifest.run_id != config.run_id:
+        return f"the scan manifest is from run {manifest.run_id!r}, not this one: the job wrote none"
     if verdict == "skipped_done":
         mismatch = provenance_mismatch(manifest, config)
         if mismatch:
             return mismatch
-    recorded = {o.get("path"): o.get("size") for o in manifest.get("outputs") or []}
+    recorded = manifest.size_of()
     differ = [p for p in row.outputs if recorded.get(p) != listing.objects[prefix + p].size]
     if differ:
         return f"{len(differ)} output(s) differ from the sizes the manifest records: {', '.join(differ[:3])}"
