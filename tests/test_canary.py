@@ -21,19 +21,19 @@ def test_the_same_code_in_another_image_reruns_and_the_fingerprints_tell_them_ap
     config = resolve({"bucket": "lab-data", "pipeline": "lite", "pilot_scans": 1}, "run-1")
     then = local_contract("lite")
     now = dataclasses.replace(then, base_image="python:3.11-slim-bookworm")  # same code, other base
-    plan = settle(config, RUNS, {"sub-01": done_row(then)}, {}, now, CanaryOutcome("passed"))
-    assert plan.done == {}
-    assert plan.reruns["sub-01"] == (
+    settled = settle(config, RUNS, {"sub-01": done_row(then)}, {}, now, CanaryOutcome("passed"))
+    assert settled.done == {}
+    assert settled.reruns["sub-01"] == (
         f"done with {then.label} (contract {then.fingerprint}), this run uses {now.label} (contract {now.fingerprint})"
     )
-    assert plan.pilots == ["sub-01"]  # a rerun is as good a pilot as a new scan
+    assert settled.pilots == ["sub-01"]  # a rerun is as good a pilot as a new scan
 
 
 def test_the_same_contract_is_done_and_without_a_canary_the_row_says_so():
     config = resolve({"bucket": "lab-data", "pipeline": "lite"}, "run-1")
     same = local_contract("lite")
-    plan = settle(config, RUNS, {"sub-01": done_row(same)}, {}, same, CanaryOutcome("passed"))
-    assert list(plan.done) == ["sub-01"] and plan.to_run(RUNS) == RUNS[1:]
+    settled = settle(config, RUNS, {"sub-01": done_row(same)}, {}, same, CanaryOutcome("passed"))
+    assert list(settled.done) == ["sub-01"] and settled.to_run(RUNS) == RUNS[1:]
     off = resolve({"bucket": "lab-data", "pipeline": "lite", "canary": False}, "run-1")
-    plan = settle(off, RUNS, {"sub-01": done_row(same)}, {}, None, skipped(off))
-    assert plan.done["sub-01"].reason.endswith("its image was not compared (canary=false)")
+    settled = settle(off, RUNS, {"sub-01": done_row(same)}, {}, None, skipped(off))
+    assert settled.done["sub-01"].reason.endswith("its image was not compared (canary=false)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ndmg_cloud.bids import Scan
+from ndmg_cloud.jobspec import run_token
 from ndmg_cloud.lease import TakeOver
 from ndmg_cloud.params import resolve
 from ndmg_cloud.runplan import PlanRef, RunPlan, Settlement
@@ -25,7 +26,7 @@ def plan_of(n: int, jobdir: str, **params) -> RunPlan:
 def test_the_plan_reads_back_as_written(tmp_path):
     plan = plan_of(5, f"{tmp_path}/jobs/")  # a local job dir (local backend); S3 in the DAG tests
     ref = plan.write(None)
-    assert ref.uri == f"{tmp_path}/jobs/plan-{ref.uri.rsplit('-', 1)[1]}" and ref.uri.endswith(".json")
+    assert ref.uri == f"{tmp_path}/jobs/plan-{run_token('manual__run-1')}.json"
     assert (ref.scans, ref.valid, ref.done) == (6, 5, 1)
     back = RunPlan.read(None, PlanRef.from_dict(json.loads(json.dumps(ref.to_dict()))))
     assert back == plan
@@ -54,3 +55,12 @@ def test_the_settlement_reads_back_as_written(tmp_path):
     assert uri.startswith(f"{tmp_path}/jobs/settled-")
     assert Settlement.read(None, uri) == settled
     assert settled.to_run(plan.scan_tasks()) == plan.scan_tasks()[1:]
+
+
+def test_a_run_in_flight_across_an_upgrade_still_names_its_config(tmp_path):
+    """Code before the plan file returned the whole plan from discover: its run's lease is
+    still released and `ndmg_cloud kill` still finds its jobs by the config in it."""
+    plan = plan_of(2, f"{tmp_path}/jobs/")
+    old_xcom = {**plan.to_dict(), "lease": {"took_over": None}}  # the old discover return value
+    assert PlanRef.config_in(old_xcom) == plan.config
+    assert PlanRef.config_in(plan.write(None).to_dict()) == plan.config

@@ -348,7 +348,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         discovered = airflow.xcom(args.run, DISCOVER)
     except NotFound:
         discovered = None  # discovery never finished: no job can carry the run's names
-    config = PlanRef.from_dict(discovered).config if discovered else None
+    config = PlanRef.config_in(discovered) if discovered else None
     import boto3
 
     from ndmg_cloud.jobs import ACTIVE, describe_jobs, terminate_job

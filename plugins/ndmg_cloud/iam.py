@@ -4,8 +4,9 @@
   replace) outputs under the output prefix's subject folders, and write the canary's
   findings (``reports/<run id>/canary.json``); nothing else.
 - orchestrator role (Airflow): submit, describe, list and terminate jobs on the named
-  queue and job definition; list/read the dataset and the outputs; write job specs,
-  reports and the derivatives description; read the jobs' log streams.
+  queue and job definition; list/read the dataset and the outputs; write and read back the
+  run's files in its job dir (job specs, the run plan and its settlement, the released
+  scans); write reports and the derivatives description; read the jobs' log streams.
 
 ``ndmg-policies --bucket B --bidsdir P ... --account 123456789012`` prints both.
 """

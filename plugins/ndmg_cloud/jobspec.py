@@ -94,14 +94,14 @@ class PipelineCall:
     name: str
     image: str
     options: dict[str, Any]
-    command: list[str]
+    command: list[str] | None = None  # None: a spec that did not record it (the runner builds it)
 
 
 @dataclass
 class JobSpec:
     """One scan's job spec: everything its container needs, and ``batch``, the exact
     SubmitJob payload (in AWS's own shape: ``aws batch submit-job --cli-input-json``).
-    ``to_dict`` is the document at ``spec_uri`` (the contract in DESIGN.md)."""
+    ``to_dict`` is the document at ``spec_uri`` (the contract in the README, "Outputs and report")."""
 
     spec_uri: str
     run_id: str

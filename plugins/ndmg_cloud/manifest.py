@@ -47,7 +47,7 @@ class OutputFile:
 
 @dataclass
 class ScanManifest:
-    """What one scan's job did (see the module docstring; DESIGN.md, Outputs)."""
+    """What one scan's job did (see the module docstring; the README, "Outputs and report")."""
 
     status: str | None
     scan_id: str | None

@@ -283,7 +283,7 @@ def airflow_log_url(base_url: str, dag_id: str, run_id: str, task_id: str, map_i
 
 @dataclass
 class Summary:
-    """The report's counts (DESIGN.md, Run report)."""
+    """The report's counts (the README, "Outputs and report")."""
 
     discovered: int
     invalid: int
@@ -301,7 +301,7 @@ class Summary:
 
 @dataclass
 class RunReport:
-    """One run's report; ``to_dict`` is ``report.json`` (the contract in DESIGN.md)."""
+    """One run's report; ``to_dict`` is ``report.json`` (the contract in the README, "Outputs and report")."""
 
     dataset: str
     run_id: str
@@ -341,7 +341,8 @@ class RunReport:
         summary = {f.name: data.get("summary", {}).get(f.name, 0) for f in fields(Summary)}
         summary["failure_classes"] = data.get("summary", {}).get("failure_classes") or {}
         empty: dict[str, Any] = {"params": {}, "options": {}, "warnings": [], "orphans": [], "lease": {"took_over": None},
-                                 "canary": {}, "contract": None, "pilots": [], "connectomes": {}, "cost_basis": "", "jobdir": ""}  # fmt: skip
+                                 "canary": {}, "contract": None, "pilots": [], "connectomes": {}, "cost_basis": "", "jobdir": "",
+                                 "backend": "", "pipeline": "", "input": "", "output": "", "finished_at": ""}  # fmt: skip
         return cls(**{**empty, **{k: v for k, v in data.items() if k in known},
                       "summary": Summary(**summary), "scans": [ScanResult.from_dict(r) for r in data.get("scans", [])]})  # fmt: skip
 

@@ -42,6 +42,13 @@ class PlanRef:
     def from_dict(cls, data: dict[str, Any]) -> PlanRef:
         return cls(**{**data, "config": RunConfig.from_dict(data["config"])})
 
+    @staticmethod
+    def config_in(data: dict[str, Any]) -> RunConfig:
+        """The run config in a discover XCom: a PlanRef's, or the whole plan's that code
+        before the plan file returned (a run in flight across an upgrade: its lease is
+        still released, ``ndmg_cloud kill`` still finds its jobs)."""
+        return RunConfig.from_dict(data["config"])
+
 
 @dataclass
 class RunPlan:

@@ -69,7 +69,7 @@ from ndmg_cloud.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.verify import completed_scans, output_listing, verify_scans
 
 log = logging.getLogger(__name__)
-INVALID_ROWS_KEPT = 200  # invalid scans listed in XCom and the report; the rest are counted
+INVALID_ROWS_KEPT = 200  # invalid scans listed in the run plan and the report; the rest are counted
 REPORTS_ALIAS = "ndmg-reports"
 
 
@@ -300,7 +300,7 @@ def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -
     """Release this run's lease (never another run's), also when discovery failed after
     taking it."""
     try:
-        config = PlanRef.from_dict(discovery).config if discovery else resolve(dict(params or {}), run_id)
+        config = PlanRef.config_in(discovery) if discovery else resolve(dict(params or {}), run_id)
     except Exception:  # noqa: BLE001 - params that never resolved never took a lease
         return
     if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
