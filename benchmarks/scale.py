@@ -101,6 +101,7 @@ class ExecutionApiProxy:
         self.upstream_port = upstream_port
         self.xcom_bytes: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
+        self.errors = 0  # requests the api-server did not answer
 
     def start(self) -> int:
         proxy = self
@@ -116,9 +117,14 @@ class ExecutionApiProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                answer = upstream.getresponse()
-                data = answer.read()
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                except OSError as err:  # the api-server is down: say so to the worker, quietly
+                    proxy.errors += 1
+                    self.send_error(502, f"api-server unreachable: {err}")
+                    return
                 if "/xcoms/" in self.path and self.command == "GET":
                     with proxy.lock:
                         proxy.xcom_bytes[_subject(self.headers.get("Authorization", ""))] += len(data)
@@ -390,11 +396,18 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
 
 
 def _print_component_logs(home: Path, processes: dict[str, subprocess.Popen]) -> None:
-    """A failed run: each Airflow component's state and the end of its log, on stderr."""
+    """A failed run: each Airflow component's state and the end of its log, on stderr; the
+    logs are kept in /tmp/ndmg-scale-failed-<N>/."""
+    kept = Path(tempfile.gettempdir()) / f"ndmg-scale-failed-{home.name.split('-')[-1]}"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir()
     for name, process in processes.items():
         state = "running" if process.poll() is None else f"exited {process.returncode}"
-        tail = (home / f"{name}.log").read_text(errors="replace")[-1500:] if (home / f"{name}.log").exists() else ""
-        print(f"--- airflow {name} ({state}), end of its log:\n{tail}", file=sys.stderr)
+        log = home / f"{name}.log"
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        if log.exists():
+            shutil.copy(log, kept / log.name)
+        print(f"--- airflow {name} ({state}), end of its log (all of it in {kept}):\n{tail}", file=sys.stderr)
 
 
 def _dag_ready(api) -> bool:
