@@ -34,7 +34,7 @@ from ndmg_cloud import steps
     doc_md=__doc__,
 )
 def ndmg_infra():
-    task(steps.deploy_infra_step, task_id="deploy_batch_stack")()
+    task(steps.deploy_infra_step, task_id="deploy_batch_stack", multiple_outputs=False)()  # stored once
 
 
 ndmg_infra()

@@ -29,6 +29,13 @@ def test_no_import_errors(dagbag):
     assert {"ndmg_participant", "ndmg_infra"} <= set(dagbag.dags)
 
 
+def test_no_task_stores_its_return_value_twice(dagbag):
+    """A TaskFlow task annotated to return a dict would also push each key (multiple_outputs)."""
+    twice = [f"{dag_id}.{t.task_id}" for dag_id in ("ndmg_participant", "ndmg_infra")
+             for t in dagbag.dags[dag_id].tasks if getattr(t, "multiple_outputs", False)]  # fmt: skip
+    assert twice == []
+
+
 def test_tasks_and_wiring(dag):
     assert {t.task_id for t in dag.tasks} == {
         "discover", "write_job_specs", "canary", "plan_scans", "pilot_scan", "release_scans", "choose_backend",
