@@ -5,7 +5,6 @@ exact SubmitJob payload (valid for ``aws batch submit-job --cli-input-json``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -14,7 +13,7 @@ from typing import Any
 from ndmg_cloud.bids import Scan
 from ndmg_cloud.params import RunConfig
 from ndmg_cloud.pipelines import get_pipeline
-from ndmg_cloud.s3 import read_at, write_at
+from ndmg_cloud.s3 import put_json, read_json_at
 
 SPEC_VERSION = 1
 JOB_NAME_MAX = 128
@@ -171,11 +170,11 @@ class JobSpec:
 
     def write(self, s3_client: Any) -> None:
         """Put the spec at its URI: S3, or a local folder (``local`` backend only)."""
-        write_at(s3_client, self.spec_uri, json.dumps(self.to_dict(), indent=2, sort_keys=True).encode())
+        put_json(s3_client, self.spec_uri, self.to_dict())
 
     @classmethod
     def read(cls, s3_client: Any, uri: str) -> JobSpec:
-        return cls.from_dict(json.loads(read_at(s3_client, uri)))
+        return cls.from_dict(read_json_at(s3_client, uri))
 
 
 def build_spec(config: RunConfig, scan: Scan) -> JobSpec:

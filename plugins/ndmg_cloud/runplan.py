@@ -13,7 +13,6 @@ written next to the plan (``settled-<run token>.json``) for the same reason.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ from ndmg_cloud.bids import Scan
 from ndmg_cloud.jobspec import run_file_uri, spec_uri
 from ndmg_cloud.lease import TakeOver
 from ndmg_cloud.params import RunConfig
-from ndmg_cloud.s3 import read_at, write_at
+from ndmg_cloud.s3 import put_json, read_json_at
 from ndmg_cloud.verify import ScanResult
 
 
@@ -111,12 +110,12 @@ class RunPlan:
     def write(self, s3_client: Any) -> PlanRef:
         """Write the plan to the run's job dir; return the XCom that points at it."""
         uri = run_file_uri(self.config, "plan", ".json")
-        write_at(s3_client, uri, json.dumps(self.to_dict(), separators=(",", ":")).encode())
+        put_json(s3_client, uri, self.to_dict())
         return PlanRef(uri, self.config, len(self.scans), len(self.valid), len(self.done))
 
     @classmethod
     def read(cls, s3_client: Any, ref: PlanRef) -> RunPlan:
-        return cls.from_dict(json.loads(read_at(s3_client, ref.uri)))
+        return cls.from_dict(read_json_at(s3_client, ref.uri))
 
 
 @dataclass
@@ -143,9 +142,9 @@ class Settlement:
     def write(self, s3_client: Any, config: RunConfig) -> str:
         """Write it next to the run plan; return its URI (the plan_scans task's XCom)."""
         uri = run_file_uri(config, "settled", ".json")
-        write_at(s3_client, uri, json.dumps(self.to_dict(), separators=(",", ":")).encode())
+        put_json(s3_client, uri, self.to_dict())
         return uri
 
     @classmethod
     def read(cls, s3_client: Any, uri: str) -> Settlement:
-        return cls.from_dict(json.loads(read_at(s3_client, uri)))
+        return cls.from_dict(read_json_at(s3_client, uri))

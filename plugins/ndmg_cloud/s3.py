@@ -48,8 +48,8 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[S3Objec
 
 
 def put_json(client: Any, uri: str, document: Any) -> None:
-    bucket, key = split_uri(uri)
-    put_bytes(client, bucket, key, json.dumps(document, indent=2, sort_keys=True).encode(), "application/json")
+    """Write ``document`` at ``uri`` (s3://, or a local path: see ``write_at``)."""
+    write_at(client, uri, json.dumps(document, indent=2, sort_keys=True).encode(), "application/json")
 
 
 def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str) -> None:
@@ -80,6 +80,11 @@ def write_at(client: Any, uri: str, body: bytes, content_type: str = "applicatio
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(body)
+
+
+def read_json_at(client: Any, uri: str) -> Any:
+    """The document ``put_json`` wrote at ``uri``."""
+    return json.loads(read_at(client, uri))
 
 
 def read_at(client: Any, uri: str, start: int | None = None, length: int | None = None) -> bytes:
