@@ -157,11 +157,11 @@ def test_report_link_targets():
 BUCKET = "lab-data"
 RUN_ID = "manual__2026-11-24T10:00:00+00:00"
 T0_MS = 1795514400000  # 2026-11-24 10:00:00 UTC
-EDGES = {  # scan -> its lite edge list (nodes from 0, i < j, streamline counts)
-    "sub-01_ses-retest": "0 1 7\n0 2 1\n1 2 30\n2 5 2\n",
-    "sub-01_ses-test": "0 3 4\n3 4 9\n",
-    "sub-02": "1 2 1\n",
-    "sub-03_ses-1_acq-AP": "0 1 2\n0 7 5\n",
+EDGES = {  # scan -> its lite edge list (m2g's: node 0 the background, i < j, streamline counts)
+    "sub-01_ses-retest": "1 2 7.0\n1 3 1.0\n2 3 30.0\n3 6 2.0\n",
+    "sub-01_ses-test": "1 4 4.0\n4 5 9.0\n",
+    "sub-02": "2 3 1.0\n",
+    "sub-03_ses-1_acq-AP": "1 2 2.0\n1 8 5.0\n",
 }
 FAILS = "sub-05_ses-1"
 
@@ -272,13 +272,13 @@ def test_report_html_draws_each_succeeded_scans_connectome_from_its_edge_list(s3
     heatmaps = page.of_class("heatmap")
     assert sorted(heatmaps) == sorted(EDGES)  # one per succeeded scan, none for the failed one
     for scan_id, edges in EDGES.items():
-        triples = [tuple(int(v) for v in line.split()) for line in edges.splitlines()]
+        triples = [tuple(int(float(v)) for v in line.split()) for line in edges.splitlines()]
         weights = {(i, j): w for i, j, w in triples} | {(j, i): w for i, j, w in triples}
         strongest = max(weights.values())
         _, pixels = decode_png(data_uri_png(heatmaps[scan_id]["src"]))
-        assert len(pixels) == max(j for _, j, _ in triples) + 1  # lite's nodes are numbered from 0
-        for a, row in enumerate(pixels):
-            for b, index in enumerate(row):
+        assert len(pixels) == max(j for _, j, _ in triples)  # nodes 1..last: the background is not drawn
+        for a, row in enumerate(pixels, start=1):
+            for b, index in enumerate(row, start=1):
                 assert index == colour_index(weights.get((a, b), 0), strongest), (scan_id, a, b)
     # the QA image lite drew, inline and byte for byte; a scan without one says so
     qa = page.of_class("qa")
@@ -288,7 +288,7 @@ def test_report_html_draws_each_succeeded_scans_connectome_from_its_edge_list(s3
 
     rows = {r["scan_id"]: r for r in report["scans"]}
     assert rows["sub-01_ses-retest"]["graphs"] == {"grid3": {
-        "path": "connectomes_d/grid3/sub-01_ses-retest_dwi_grid3_connectome.csv", "nodes": 6, "first_node": 0,
+        "path": "connectomes_d/grid3/sub-01_ses-retest_dwi_grid3_connectome.csv", "nodes": 6, "first_node": 1,
         "connected_nodes": 4, "edges": 4, "self_loops": 0, "density": 0.2667, "total_weight": 40, "max_weight": 30,
         "qa_image": "qa_d/graphs_plotting/sub-01_ses-retest_dwi_grid3_connectome.png",
     }}  # fmt: skip

@@ -222,15 +222,14 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
 
     from ndmg_cloud import synthetic
 
-    # regions 1 and 2 at the two ends of the x bundle, 3 and 4 at the ends of the y bundle
-    labels = np.zeros(synthetic.SHAPE, np.int16)
-    bx, by = synthetic.BUNDLE_X, synthetic.BUNDLE_Y
-    band = lambda r: slice(r[0] - 1, r[1] + 1)  # noqa: E731  (the bundle's cross-section, widened)
-    labels[: bx["x"][0] + 4, band(bx["y"]), band(bx["z"])] = 1
-    labels[bx["x"][1] - 4 :, band(bx["y"]), band(bx["z"])] = 2
-    labels[band(by["x"]), : by["y"][0] + 4, band(by["z"])] = 3
-    labels[band(by["x"]), by["y"][1] - 4 :, band(by["z"])] = 4
-    affine = synthetic.simulate(1).affine
+    # labels 10 and 20 around the two ends of sub-01's first bundle, 30 and 40 around its
+    # second's: m2g numbers nodes by rank among the atlas's labels (0 first), so 1-2 and 3-4
+    shape, affine = synthetic.grid_for()
+    world = synthetic.world_points(shape, affine)
+    labels = np.zeros(shape, np.int16)
+    motion = synthetic.session_motion(1, 1)
+    for label, end in zip((10, 20, 30, 40), [p for b in synthetic.geometry(1).bundles[:2] for p in b.ends_in_world(motion)]):
+        labels[np.linalg.norm(world - end, axis=-1) <= 5.0] = label
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "bundle_ends.nii.gz")
     s3.create_bucket(Bucket=BUCKET)
     s3.upload_file(str(tmp_path / "bundle_ends.nii.gz"), BUCKET, "atlases/bundle_ends.nii.gz")
@@ -243,11 +242,11 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
 
     key = key_of(spec["output_prefix"]) + "connectomes_d/bundle-ends/sub-01_ses-1_dwi_bundle-ends_connectome.csv"
     edges = {
-        (int(i), int(j)): int(w)
+        (int(i), int(j)): float(w)
         for i, j, w in (line.split() for line in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines())
     }
     strongest = sorted(edges, key=edges.get, reverse=True)[:2]
-    assert sorted(strongest) == [(0, 1), (2, 3)]  # each bundle joins its own two ends
+    assert sorted(strongest) == [(1, 2), (3, 4)]  # each bundle joins its own two ends
     manifest = read_json(s3, spec["manifest"])
     assert manifest["inputs"]["atlas/bundle-ends.nii.gz"]["key"] == "atlases/bundle_ends.nii.gz"
 

@@ -4,7 +4,7 @@ from its edge list, as a small palette PNG, and the ticks of a time axis.
 
 Edge lists are m2g's (networkx ``write_weighted_edgelist``: ``i j weight`` per line, space
 separated, no header, non-zero edges only; node 0 is m2g's background and has no edges)
-and ``lite``'s (the same format, nodes from 0). A square matrix of numbers (legacy ndmg's
+and ``lite``'s (written the same way, node 0 the background too). A square matrix of numbers (legacy ndmg's
 ``_adj.ssv``) is read as a dense adjacency matrix.
 """
 
@@ -31,7 +31,7 @@ class GraphError(ValueError):
 class Graph:
     """An undirected weighted graph read from one connectome file. An edge list does not
     name nodes without edges: ``first`` is the pipeline's first node index when known
-    (lite 0; m2g 1, as its node 0 is the background), ``size`` the node count when the
+    (1 for m2g and lite, whose node 0 is the background), ``size`` the node count when the
     file says it (a dense matrix)."""
 
     edges: list[tuple[int, int, float]]  # i <= j, weight != 0

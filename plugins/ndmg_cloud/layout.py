@@ -70,10 +70,21 @@ class OutputLayout:
 
     def scan_prefix(self, scan: Scan) -> str:
         """Where a scan's outputs go, in the pipeline's own layout: ``sub-S/[ses-T/]``."""
-        rel = f"sub-{scan.subject}/"
-        if scan.session:
-            rel += f"ses-{scan.session}/"
+        return self.session_prefix(scan.subject, scan.session)
+
+    def session_prefix(self, subject: str, session: str | None) -> str:
+        rel = f"sub-{subject}/"
+        if session:
+            rel += f"ses-{session}/"
         return self.root.key(rel)
+
+    def group_prefix(self, parcellation: str) -> str:
+        """The group level's outputs for one parcellation (group.json, .csv, .html)."""
+        return self.root.key(f"group/{parcellation}/")
+
+    @property
+    def reports_prefix(self) -> str:
+        return self.root.key("reports/")
 
     def manifest_key(self, scan: Scan) -> str:
         """The scan manifest, written last by the runner; named by scan so that two
@@ -81,7 +92,7 @@ class OutputLayout:
         return self.scan_prefix(scan) + f"{scan.scan_id}_manifest.json"
 
     def report_prefix(self, run_id: str) -> str:
-        return self.root.key(f"reports/{run_id}/")
+        return self.reports_prefix + f"{run_id}/"
 
     def canary_uri(self, run_id: str) -> str:
         """What the run's canary job (``ndmg-scan --self-check``) found, beside its report."""

@@ -77,7 +77,7 @@ MAX_QA_TOTAL_BYTES = 5_000_000  # of all QA images on the page
 MAX_CONNECTOME_BYTES = 64 * 1024 * 1024  # a larger edge list is not read for the report
 READERS = 16  # GETs at a time
 QA_FOLDERS = ("qa_d/", "qa/")
-FIRST_NODE = {"lite": 0, "m2g": 1}  # m2g's node 0 is the atlas background: never an edge
+FIRST_NODE = {"lite": 1, "m2g": 1}  # node 0 is the atlas background (m2g's numbering): never an edge
 
 
 @dataclass

@@ -25,6 +25,7 @@ class S3Object:
     key: str
     size: int
     etag: str
+    last_modified: Any = None  # a datetime, from the listing
 
 
 def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[S3Object]:
@@ -32,7 +33,7 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[S3Objec
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
             for obj in page.get("Contents", ()):
-                yield S3Object(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))
+                yield S3Object(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'), obj.get("LastModified"))
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
