@@ -26,12 +26,12 @@ def dag(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"ndmg_participant", "ndmg_infra"} <= set(dagbag.dags)
+    assert {"ndmg_participant", "ndmg_infra", "ndmg_group"} <= set(dagbag.dags)
 
 
 def test_no_task_stores_its_return_value_twice(dagbag):
     """A TaskFlow task annotated to return a dict would also push each key (multiple_outputs)."""
-    twice = [f"{dag_id}.{t.task_id}" for dag_id in ("ndmg_participant", "ndmg_infra")
+    twice = [f"{dag_id}.{t.task_id}" for dag_id in ("ndmg_participant", "ndmg_infra", "ndmg_group")
              for t in dagbag.dags[dag_id].tasks if getattr(t, "multiple_outputs", False)]  # fmt: skip
     assert twice == []
 
@@ -91,6 +91,23 @@ def test_params_carry_the_design_contract(dag):
     assert params["canary"] is True and params["pilot_scans"] == 0
 
 
+def test_the_group_level_runs_on_every_dataset_s_reports(dagbag, dag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    group = dagbag.dags["ndmg_group"]
+    assert [t.task_id for t in group.tasks] == ["find_report", "compare_connectomes"]
+    assert group.get_task("compare_connectomes").upstream_task_ids == {"find_report"}
+    assert group.timetable.asset_condition.name == "ndmg-reports"  # the alias verify_and_report emits through
+    assert {o.name for o in dag.get_task("verify_and_report").outlets} == {"ndmg-reports"}
+    ParamsDict(dict(group.params.items())).validate()  # an Asset-triggered run: every default holds
+    for bad in ({"report": "s3://b/x/summary.txt"}, {"output": "lab-data/out"}, {"permutations": -1}):
+        params = ParamsDict(dict(group.params.items()))
+        with pytest.raises(Exception, match="|".join(bad)):
+            for key, value in bad.items():
+                params[key] = value
+            params.validate()
+
+
 def test_params_outside_the_schema_are_refused(dag):
     from airflow.sdk.definitions.param import ParamsDict
 
@@ -125,7 +142,7 @@ print(json.dumps({"clients": made, "connections": calls}))
 """
 
 
-@pytest.mark.parametrize("dag_file", ["ndmg_participant.py", "ndmg_infra.py"])
+@pytest.mark.parametrize("dag_file", ["ndmg_participant.py", "ndmg_infra.py", "ndmg_group.py"])
 def test_parsing_creates_no_aws_client_and_opens_no_connection(dag_file):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     out = subprocess.run(

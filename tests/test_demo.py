@@ -40,18 +40,28 @@ def test_demo_runs_every_scan_prints_only_its_lines_and_serves_the_report(tmp_pa
     demo.stdin.flush()
     rest, errors = demo.communicate(timeout=120)
     assert demo.returncode == 0, errors
-    assert page.status_code == 200 and "sub-05" in page.text and "<html" in page.text
+    assert page.status_code == 200 and "sub-06" in page.text and "<html" in page.text
 
     # quiet: nothing on stderr, no library warnings among the demo's lines
     assert errors == ""
     assert not [line for line in lines if re.search(r"warning|deprecat|error", line, re.I)]
     table = [line for line in lines if line.startswith("sub-")]
-    assert len(table) == 9  # 4 subjects x 2 sessions + 1 session-less
+    assert len(table) == 11  # 5 subjects x 2 sessions + 1 session-less
     assert all(" succeeded " in line for line in table)
-    assert any(line.startswith("sub-05 ") for line in table)  # the session-less subject
-    assert "9 scans: 9 succeeded, 0 failed, 0 missing outputs, 0 invalid" in lines
+    assert any(line.startswith("sub-06 ") for line in table)  # the session-less subject
+    assert "11 scans: 11 succeeded, 0 failed, 0 missing outputs, 0 invalid" in lines
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["summary"]["succeeded"] == 9
+    assert report["summary"]["succeeded"] == 11
+
+    # the group level: the phantoms' subjects are told apart, and the figures are copied
+    said = next(line for line in lines if line.startswith("discriminability "))
+    value, p_value = re.match(r"discriminability ([\d.]+), p-value ([\d.e-]+) \(1000 label shuffles", said).groups()
+    assert float(value) >= 0.9 and float(p_value) < 0.05, said
+    assert "group level of grid3: 11 scans of 6 subjects used, 0 left out" in lines
+    group = json.loads((tmp_path / "out" / "group.json").read_text())
+    assert group["discriminability"]["value"] == float(value) and group["nodes"] == 27
+    assert 'class="discriminability"' in (tmp_path / "out" / "group.html").read_text()
+    assert f"group:  {(tmp_path / 'out' / 'group.html').as_uri()}" in lines
     assert "<html" in (tmp_path / "out" / "report.html").read_text()
     assert f"report: {(tmp_path / 'out' / 'report.html').as_uri()}" in lines
     assert (tmp_path / "out" / "airflow.log").stat().st_size > 0  # the chatter went here

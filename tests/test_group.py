@@ -187,3 +187,22 @@ def test_without_a_report_it_says_what_to_run(s3):
     s3.create_bucket(Bucket="empty-out")
     with pytest.raises(group.GroupError, match=r"no run report under s3://empty-out/d/reports/: run ndmg_participant"):
         group.newest_report(s3, "s3://empty-out/d/")
+
+
+def test_the_group_command_wants_exactly_one_source(capsys, monkeypatch):
+    from ndmg_cloud.cli import main
+
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "x")
+    assert main(["group"]) == 2
+    assert "name one source of connectomes: a participant RUN id, --report" in capsys.readouterr().err
+    assert main(["group", "manual__1", "--output", "s3://b/d/"]) == 2
+    assert "(given: run, output)" in capsys.readouterr().err
+
+
+def test_a_dry_run_report_has_nothing_to_compare(s3):
+    s3.create_bucket(Bucket=BUCKET)
+    report = RunReport.from_dict({"dataset": "ds", "run_id": "dry", "params": {"dry_run": True}, "output": OUTPUT,
+                                  "started_at": "", "scans": [row("sub-01_ses-1").to_dict()]})  # fmt: skip
+    s3.put_object(Bucket=BUCKET, Key="ds/derivatives/ndmg/reports/dry/report.json", Body=json.dumps(report.to_dict()).encode())
+    with pytest.raises(group.DryRunReport, match="report of a dry run"):
+        group.run_group(s3, f"{OUTPUT}reports/dry/report.json")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ndmg_cloud.taskids import DAG_ID, TASK_ORDER
+from ndmg_cloud.taskids import DAG_ID, GROUP_TASK_ORDER, TASK_ORDER
 
 
 class CliError(RuntimeError):
@@ -108,16 +108,16 @@ class Airflow:
             self._token = answer["access_token"]
         return self._token
 
-    def trigger(self, conf: dict[str, Any]) -> str:
-        run = self._request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    def trigger(self, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
+        run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
         return run["dag_run_id"]
 
-    def run(self, run_id: str) -> dict[str, Any]:
+    def run(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, Any]:
         try:
-            return self._request("GET", _run_path(run_id))
+            return self._request("GET", _run_path(run_id, dag_id))
         except NotFound:
             raise CliError(
-                f"{DAG_ID} has no run {run_id!r} on Airflow at {self.url}: "
+                f"{dag_id} has no run {run_id!r} on Airflow at {self.url}: "
                 "`ndmg_cloud status` shows the latest run; the grid lists them all"
             ) from None
 
@@ -127,33 +127,33 @@ class Airflow:
             raise CliError(f"{DAG_ID} has no runs yet on Airflow at {self.url}: start one with `ndmg_cloud participant`")
         return runs[0]["dag_run_id"]
 
-    def task_instances(self, run_id: str) -> list[dict[str, Any]]:
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
         out, offset = [], 0
         while True:
-            page = self._request("GET", f"{_run_path(run_id)}/taskInstances?limit=100&offset={offset}")
+            page = self._request("GET", f"{_run_path(run_id, dag_id)}/taskInstances?limit=100&offset={offset}")
             out += page["task_instances"]
             offset += 100
             if offset >= (page.get("total_entries") or 0):
                 return out
 
-    def xcom(self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    def xcom(self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1, dag_id: str = DAG_ID) -> Any:
         entry = self._request(
-            "GET", f"{_run_path(run_id)}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}"
+            "GET", f"{_run_path(run_id, dag_id)}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}"
         )
         return entry["value"]
 
-    def task_log(self, run_id: str, ti: dict[str, Any]) -> list[Any]:
+    def task_log(self, run_id: str, ti: dict[str, Any], dag_id: str = DAG_ID) -> list[Any]:
         """The whole log of a task instance's latest try: structured entries (dicts), or
         plain lines when Airflow could not parse it."""
-        path = f"{_run_path(run_id)}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
+        path = f"{_run_path(run_id, dag_id)}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
         return self._request("GET", f"{path}?full_content=true&map_index={ti['map_index']}")["content"]
 
     def fail_run(self, run_id: str) -> None:
         self._request("PATCH", _run_path(run_id), {"state": "failed"})
 
 
-def _run_path(run_id: str) -> str:
-    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+def _run_path(run_id: str, dag_id: str = DAG_ID) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
 
 
 def _detail(response: Any) -> str:
@@ -194,9 +194,9 @@ def error_of(log: list[Any]) -> str | None:
     return None
 
 
-def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: int = 5) -> list[str]:
+def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: int = 5, dag_id: str = DAG_ID) -> list[str]:
     """"<task> failed: <why>" for the failed tasks of a run, in the order the DAG runs them."""
-    order = {task_id: i for i, task_id in enumerate(TASK_ORDER)}
+    order = {task_id: i for i, task_id in enumerate(TASK_ORDER if dag_id == DAG_ID else GROUP_TASK_ORDER)}
     failed = sorted(
         (ti for ti in tis if ti["state"] == "failed"),
         key=lambda ti: (order.get(ti["task_id"], len(order)), ti["map_index"]),
@@ -207,12 +207,12 @@ def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: in
         if ti["map_index"] >= 0:
             name += f" [{ti.get('rendered_map_index') or ti['map_index']}]"
         try:
-            why = error_of(airflow.task_log(run_id, ti))
+            why = error_of(airflow.task_log(run_id, ti, dag_id))
         except CliError:
             why = None
         if not why:
             suffix = f"/mapped/{ti['map_index']}" if ti["map_index"] >= 0 else ""
-            why = f"see its log: {airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{ti['task_id']}{suffix}"
+            why = f"see its log: {airflow.url}/dags/{dag_id}/runs/{quote(run_id, safe='')}/tasks/{ti['task_id']}{suffix}"
         lines.append(f"{name} failed: {one_line(why)}")
     if len(failed) > limit:
         lines.append(f"... and {len(failed) - limit} more failed tasks")

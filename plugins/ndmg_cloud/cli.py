@@ -6,6 +6,8 @@
     ndmg_cloud status [RUN]      per-scan table of a run (the latest by default), or why it failed
     ndmg_cloud kill RUN          fail the run and terminate every Batch job of it
     ndmg_cloud report RUN        download report.html and print its path
+    ndmg_cloud group RUN | --output S3URI   the group level of a run (ndmg_group): graph
+                                 statistics and discriminability, followed to the end
     ndmg_cloud estimate --bucket B --bidsdir P ...   scans, vCPU-hours, dollars
     ndmg_cloud atlases                               the parcellations an image offers
     ndmg_cloud setup ... / teardown                  the Batch infrastructure
@@ -46,7 +48,16 @@ from ndmg_cloud.demo import REGION as EMBEDDED_REGION
 from ndmg_cloud.demo import REPO
 from ndmg_cloud.params import PARAM_SCHEMAS
 from ndmg_cloud.pipelines import get_pipeline
-from ndmg_cloud.taskids import DAG_ID, DISCOVER, JOB_TASKS, JOB_XCOM_KEY, SCAN_TASKS, VERIFY_AND_REPORT
+from ndmg_cloud.taskids import (
+    COMPARE_CONNECTOMES,
+    DAG_ID,
+    DISCOVER,
+    GROUP_DAG_ID,
+    JOB_TASKS,
+    JOB_XCOM_KEY,
+    SCAN_TASKS,
+    VERIFY_AND_REPORT,
+)
 
 if TYPE_CHECKING:
     from ndmg_cloud.report import RunReport  # imported where read: it pulls in the figures
@@ -261,7 +272,7 @@ def cmd_participant(args: argparse.Namespace) -> int:
     return finish(airflow, run_id, state)
 
 
-def trigger_locally(conf: dict[str, Any]) -> str:
+def trigger_locally(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
     """Trigger through the `airflow` command beside this Python, on the Airflow of AIRFLOW_HOME."""
     import subprocess
 
@@ -276,7 +287,7 @@ def trigger_locally(conf: dict[str, Any]) -> str:
     binary = os.path.join(os.path.dirname(sys.executable), "airflow")
     try:
         done = subprocess.run(
-            [binary, "dags", "trigger", DAG_ID, "--conf", json.dumps(conf), "--output", "json"],
+            [binary, "dags", "trigger", dag_id, "--conf", json.dumps(conf), "--output", "json"],
             capture_output=True,
             text=True,
         )
@@ -292,6 +303,62 @@ def trigger_locally(conf: dict[str, Any]) -> str:
         if line.startswith("[{"):
             return json.loads(line)[0]["dag_run_id"]
     raise CliError(f"the local Airflow did not say which run it created: {done.stdout[-300:]}")
+
+
+# ---------------------------------------------------------------------------------- group
+def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
+    """Which report the group level reads: a participant run's (its id), a report.json
+    URI, or the newest run's under an output location."""
+    given = [name for name in ("run", "report", "output") if getattr(args, name)]
+    if len(given) != 1:
+        raise CliError(
+            "name one source of connectomes: a participant RUN id, --report s3://.../report.json or "
+            f"--output s3://bucket/path (given: {', '.join(given) or 'none'})"
+        )
+    if args.run:
+        conf: dict[str, Any] = {"report": report_of(airflow, args.run)[0]}
+    elif args.report:
+        conf = {"report": args.report}
+    else:
+        conf = {"output": args.output}
+    if args.permutations is not None:
+        conf["permutations"] = args.permutations
+    return conf
+
+
+def print_group(found: dict[str, dict[str, Any]], out: Any = None) -> None:
+    out = out or sys.stdout
+    for parcellation, g in found.items():
+        left = f", left out: {', '.join(g['left_out'])}" if g["left_out"] else ""
+        out.write(f"{parcellation}: {g['scans']} scans used{left}\n")
+        if g["discriminability"] is None:
+            out.write(f"  discriminability not computed: {g['why_not']}\n")
+        else:
+            p = "no p-value (0 shuffles)" if g["p_value"] is None else f"p-value {g['p_value']:.3g}"
+            out.write(f"  discriminability {g['discriminability']:.3f}, {p}\n")
+        out.write(f"  {g['group.html']}\n  {g['group.json']}\n")
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    airflow = airflow_from(args)
+    conf = group_conf(args, airflow)
+    run_id = trigger_locally(conf, GROUP_DAG_ID) if args.local else airflow.trigger(conf, dag_id=GROUP_DAG_ID)
+    print(f"triggered {GROUP_DAG_ID} run {run_id} on {conf.get('report') or conf.get('output')}", flush=True)
+    try:
+        while (state := airflow.run(run_id, dag_id=GROUP_DAG_ID)["state"]) not in FINISHED:
+            time.sleep(args.poll_seconds)
+    except Unreachable:
+        raise CliError(
+            f"cannot follow {GROUP_DAG_ID} run {run_id}: no Airflow API server answers at {airflow.url}; "
+            "the run goes on: its outputs appear under <output>/group/"
+        ) from None
+    if state != "success":
+        tis = airflow.task_instances(run_id, dag_id=GROUP_DAG_ID)
+        for line in failures(airflow, run_id, tis, dag_id=GROUP_DAG_ID) or [f"{GROUP_DAG_ID} run {run_id} {state}"]:
+            print(line)
+        return 1
+    print_group(airflow.xcom(run_id, COMPARE_CONNECTOMES, dag_id=GROUP_DAG_ID))
+    return 0
 
 
 # --------------------------------------------------------------------- status/kill/report
@@ -617,6 +684,16 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "open", "open it in the browser", action="store_true")
     _airflow_flags(p)
     p.set_defaults(func=cmd_report)
+
+    p = _subcommand(sub, "group", "compare a run's connectomes: graph statistics and discriminability")
+    p.add_argument("run", nargs="?", help="the ndmg_participant run id whose connectomes to compare")
+    _add(p, "report", "or: the s3:// URI of a run's report.json")
+    _add(p, "output", "or: a dataset's output location (s3://bucket/path): its newest run")
+    _add(p, "permutations", "label shuffles behind the p-value (default 1000)", type=int)
+    _add(p, "local", "trigger through the `airflow` command on the Airflow of AIRFLOW_HOME", action="store_true")
+    _add(p, "poll_seconds", "seconds between two checks of the run's state (default 5)", type=float, default=5)
+    _airflow_flags(p)
+    p.set_defaults(func=cmd_group)
 
     p = _subcommand(sub, "estimate", "scans, vCPU-hours and dollars before running")
     _dataset_flags(p)

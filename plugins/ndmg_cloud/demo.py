@@ -1,10 +1,11 @@
 """The embedded default: the whole DAG with no AWS account and no Docker.
 
 ``ndmg-demo`` (``make demo``): start a local AWS endpoint (moto server on a free loopback
-port), generate a synthetic BIDS dataset of DWI phantoms (4 subjects x 2 sessions + 1
-session-less subject), upload it, run ``ndmg_participant`` with ``backend=local`` and
-``pipeline=lite``, print a per-scan table, copy report.html/json to ``demo-output/`` and
-stop the endpoint.
+port), generate a synthetic BIDS dataset of DWI phantoms (5 subjects x 2 sessions + 1
+session-less subject, each subject its own fibre bundles), upload it, run
+``ndmg_participant`` with ``backend=local`` and ``pipeline=lite``, print a per-scan table,
+then run ``ndmg_group`` on the run's report and print discriminability and its p-value;
+copy report.html/json and group.html/json to ``demo-output/`` and stop the endpoint.
 
 ``ndmg-demo --standalone`` (``make airflow``): the same endpoint and dataset, then
 ``airflow standalone`` so the DAG can be triggered from the UI form; Ctrl-C stops both.
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ndmg_cloud.taskids import DAG_ID
+from ndmg_cloud.taskids import DAG_ID, GROUP_DAG_ID
 
 if TYPE_CHECKING:
     from ndmg_cloud.report import RunReport
@@ -108,7 +109,7 @@ def upload_dataset(workdir: Path) -> list[str]:
     from ndmg_cloud.synthetic import make_dataset
 
     dataset = workdir / "dataset"
-    scans = make_dataset(dataset, subjects=4, sessions=2, sessionless=1)
+    scans = make_dataset(dataset, subjects=5, sessions=2, sessionless=1)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     for path in sorted(dataset.rglob("*")):
@@ -117,11 +118,39 @@ def upload_dataset(workdir: Path) -> list[str]:
     return scans
 
 
-def run_dag(conf: dict) -> str:
+def run_dag(conf: dict, dag_id: str = DAG_ID) -> str:
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
     return dag.test(run_conf=conf).run_id
+
+
+def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
+    """Run ndmg_group on the run's report; print discriminability; copy group.html/json."""
+    print(f"\nrunning ndmg_group on {report_uri} ...", flush=True)
+    with output_to(airflow_log):
+        run_dag({"report": report_uri}, GROUP_DAG_ID)
+    group_prefix = report_uri.removeprefix(f"s3://{BUCKET}/").split("reports/")[0] + "group/"
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=group_prefix).get("Contents", [])
+    documents = sorted(o["Key"] for o in listed if o["Key"].endswith("/group.json"))
+    if not documents:
+        print(f"ndmg-demo: ndmg_group wrote no group.json; see {airflow_log}", file=sys.stderr)
+        return False
+    for key in documents:
+        doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        d = doc["discriminability"]
+        print(f"group level of {doc['parcellation']}: {doc['group']['scans']} scans of {doc['group']['subjects']} subjects used, "
+              f"{len(doc['left_out'])} left out")  # fmt: skip
+        if d["value"] is None:
+            print(f"discriminability not computed: {d['why_not']}")
+        else:
+            print(f"discriminability {d['value']:.3f}, p-value {d['p_value']:.3g} ({d['permutations']} label shuffles; "
+                  f"{d['subjects']} subjects with 2 sessions; chance is 0.5)")  # fmt: skip
+    for name in ("group.html", "group.json"):
+        s3.download_file(BUCKET, documents[0].removesuffix("group.json") + name, str(out_dir / name))
+    print(f"group:  {(out_dir / 'group.html').resolve().as_uri()}")
+    print(f"        {(out_dir / 'group.json').resolve().as_uri()}")
+    return True
 
 
 def print_table(report: RunReport, s3) -> None:
@@ -228,8 +257,9 @@ def demo(out_dir: Path, serve: bool) -> int:
             s3.download_file(BUCKET, prefix + name, str(out_dir / name))
         print(f"\nreport: {(out_dir / 'report.html').resolve().as_uri()}")
         print(f"        {(out_dir / 'report.json').resolve().as_uri()}")
+        grouped = print_group(s3, f"s3://{BUCKET}/{prefix}report.json", out_dir, airflow_log)
         print(f"demo wall time: {time.monotonic() - started:.0f} s", flush=True)
-        failing = len(report.failing)
+        failing = len(report.failing) or not grouped
         if serve:
             api_server, url, password = serve_report(run_id)
             print(f"\nthe same report served by Airflow: {url}")
@@ -278,7 +308,7 @@ def standalone(home: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ndmg-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where report.html/json go")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where report.html/json and group.html/json go")
     parser.add_argument("--standalone", action="store_true", help="start airflow standalone on the embedded stack")
     parser.add_argument("--home", type=Path, default=Path(".airflow-demo"), help="AIRFLOW_HOME for --standalone")
     parser.add_argument(

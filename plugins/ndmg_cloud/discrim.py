@@ -72,7 +72,7 @@ def discriminability(vectors: np.ndarray, subjects: list[str], permutations: int
     null = np.array([statistic(distances, rng.permutation(labels)) for _ in range(permutations)])
     return Discriminability(
         value=round(observed, 4),
-        p_value=round(float((1 + (null >= observed).sum()) / (1 + permutations)), 4),
+        p_value=round(float((1 + (null >= observed).sum()) / (1 + permutations)), 4) if permutations else None,
         permutations=permutations,
         subjects=len(set(labels)),
         scans=len(labels),

@@ -45,6 +45,10 @@ class GroupError(RuntimeError):
     """The group level cannot start; the message says why and what to do."""
 
 
+class DryRunReport(GroupError):
+    """The report is a dry run's: no scan ran, there is nothing to compare."""
+
+
 @dataclass(frozen=True)
 class ScanGraph:
     """One scan's connectome in the group, and its statistics."""
@@ -150,6 +154,8 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
         report = RunReport.from_dict(read_json_at(s3_client, report_uri))
     except Exception as err:  # noqa: BLE001 - say which file, whatever the reason
         raise GroupError(f"cannot read the run report {report_uri}: {err.__class__.__name__}: {err}") from None
+    if report.params.get("dry_run"):
+        raise DryRunReport(f"{report_uri} is the report of a dry run ({report.run_id}): no connectome was made")
     root = S3Location.parse(report.output)
     layout = OutputLayout(root)
     listing = Listing(list_objects(s3_client, root.bucket, root.prefix))
@@ -243,12 +249,21 @@ def _compare(report: RunReport, report_uri: str, parc: str, graphs: list, left_o
     )  # fmt: skip
 
 
+GROUP_FILES = ("group.json", "group.csv", "group.html", "mean_connectome.csv")
+
+
+def group_uris(result: GroupResult) -> dict[str, str]:
+    root = S3Location.parse(result.output)
+    prefix = OutputLayout(root).group_prefix(result.parcellation)
+    return {name: f"s3://{root.bucket}/{prefix}{name}" for name in GROUP_FILES}
+
+
 def write_group(s3_client: Any, layout: OutputLayout, result: GroupResult) -> dict[str, str]:
     """Write group.json, group.csv, group.html and mean_connectome.csv; return their URIs."""
     from ndmg_cloud.grouppage import group_html
 
     bucket, prefix = layout.root.bucket, layout.group_prefix(result.parcellation)
-    uris = {name: f"s3://{bucket}/{prefix}{name}" for name in ("group.json", "group.csv", "group.html", "mean_connectome.csv")}
+    uris = group_uris(result)
     try:
         put_bytes(s3_client, bucket, prefix + "mean_connectome.csv", result.mean_edge_list().encode(), "text/csv")
         put_bytes(s3_client, bucket, prefix + "group.csv", result.csv_text().encode(), "text/csv")

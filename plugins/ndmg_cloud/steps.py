@@ -487,3 +487,61 @@ def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
     log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action,
              deployment.outputs.get("JobQueue"), deployment.outputs.get("JobDefinition"))
     return {"action": deployment.action, **deployment.outputs}
+
+
+# ----------------------------------------------------------------------------- ndmg_group
+def find_report_step(params: dict[str, Any], triggering_asset_events: Any = None) -> str:
+    """The ndmg_group DAG's first task: the report.json whose connectomes to compare: the
+    'report' param, else the newest run under 'output', else the run whose reports Asset
+    event triggered this one."""
+    from ndmg_cloud.group import GroupError, newest_report
+
+    report, output = params.get("report") or "", params.get("output") or ""
+    if report and output:
+        raise AirflowFailException(f"give 'report' or 'output', not both (report={report!r}, output={output!r})")
+    if report:
+        return report
+    if output:
+        try:
+            return newest_report(s3_client(), output)
+        except GroupError as err:
+            raise AirflowFailException(str(err)) from None
+    events = [e for asset_events in (triggering_asset_events or {}).values() for e in asset_events]
+    reports = [e for e in events if (e.extra or {}).get("report")]
+    if not reports:
+        raise AirflowFailException(
+            "no run report to compare: trigger with 'report' (s3://.../reports/<run>/report.json) or 'output' "
+            "(a dataset's output location); a successful ndmg_participant run triggers it by itself"
+        )
+    latest = max(reports, key=lambda e: e.timestamp)
+    log.info("triggered by %s's reports of run %s", latest.source_dag_id, latest.extra.get("run_id"))
+    return latest.extra["report"]
+
+
+def compare_connectomes_step(report_uri: str, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ndmg_group DAG's work: per parcellation, group.json/.csv/.html under
+    ``<output>/group/<parcellation>/``; returns what each found, for the CLI and the log."""
+    from airflow.providers.common.compat.sdk import AirflowSkipException
+
+    from ndmg_cloud.group import DryRunReport, GroupError, group_uris, run_group
+
+    try:
+        results = run_group(s3_client(), report_uri, int(params.get("permutations", 1000)))
+    except DryRunReport as err:
+        raise AirflowSkipException(str(err)) from None
+    except GroupError as err:
+        raise AirflowFailException(str(err)) from None
+    out = {}
+    for r in results:
+        d = r.discriminability
+        out[r.parcellation] = {
+            "scans": len(r.scans), "left_out": [x.scan_id for x in r.left_out],
+            "discriminability": d.value, "p_value": d.p_value, "why_not": d.why_not,
+            **group_uris(r),
+        }  # fmt: skip
+        log.info(
+            "%s: %d scans used, %d left out; discriminability %s, p-value %s%s; %s",
+            r.parcellation, len(r.scans), len(r.left_out), d.value, d.p_value,
+            f" ({d.why_not})" if d.why_not else "", out[r.parcellation]["group.html"],
+        )  # fmt: skip
+    return out

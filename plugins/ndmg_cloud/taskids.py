@@ -16,6 +16,11 @@ RUN_SCAN = "run_scan"
 RUN_SCAN_LOCAL = "run_scan_local"
 VERIFY_AND_REPORT = "verify_and_report"
 
+GROUP_DAG_ID = "ndmg_group"  # the group level: connectomes across a run's scans
+FIND_REPORT = "find_report"
+COMPARE_CONNECTOMES = "compare_connectomes"
+GROUP_TASK_ORDER = (FIND_REPORT, COMPARE_CONNECTOMES)
+
 TASK_ORDER = (DISCOVER, WRITE_JOB_SPECS, CANARY, PLAN_SCANS, PILOT_SCAN, RELEASE_SCANS, CHOOSE_BACKEND,
               RUN_SCAN, RUN_SCAN_LOCAL, VERIFY_AND_REPORT)  # fmt: skip
 BACKEND_TASKS = {"aws_batch": RUN_SCAN, "local": RUN_SCAN_LOCAL}  # who runs the scans
