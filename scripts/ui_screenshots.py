@@ -2,7 +2,8 @@
 
 Starts the embedded stack (local AWS endpoint, synthetic dataset, airflow standalone on a
 free port, everyone admin), triggers ndmg_participant (backend=local, pipeline=lite),
-waits for it, then takes: the trigger form, the grid with the mapped scans, report.html.
+waits for it and for the ndmg_group run its reports Asset triggers, then takes: the
+trigger form, the grid with the mapped scans, report.html and group.html.
 
     .venv/bin/python scripts/ui_screenshots.py [--out ui-screenshots] [--chromium /usr/bin/chromium]
 
@@ -71,7 +72,7 @@ def main() -> int:
     try:
         demo.airflow("db", "migrate")
         demo.airflow("pools", "set", "ndmg_local", "2", "local backend")
-        demo.upload_dataset(work)  # 9 phantom scans
+        demo.upload_dataset(work)  # 11 phantom scans
         log = open(work / "standalone.log", "w")
         airflow = demo.start_standalone(stdout=log, stderr=subprocess.STDOUT)
         session = requests.Session()
@@ -81,6 +82,18 @@ def main() -> int:
         run = session.post(f"{url}/api/v2/dags/ndmg_participant/dagRuns", json={"logical_date": None, "conf": conf}, timeout=10).json()
         run_id = run["dag_run_id"]
         wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant/dagRuns/{run_id}", timeout=5).json()["state"] in ("success", "failed"), 600, "the run")
+
+        def group_run() -> dict | None:
+            runs = session.get(f"{url}/api/v2/dags/ndmg_group/dagRuns", timeout=5).json()["dag_runs"]
+            done = [r for r in runs if r["run_type"] == "asset_triggered" and r["state"] in ("success", "failed")]
+            return done[0] if done else None
+
+        wait(group_run, 300, "the ndmg_group run of the reports Asset")
+        import boto3
+
+        group_html = work / "group.html"
+        key = f"{demo.BIDSDIR}/derivatives/ndmg/group/grid3/group.html"
+        boto3.client("s3").download_file(demo.BUCKET, key, str(group_html))
 
         args.out.mkdir(parents=True, exist_ok=True)
         problems = []
@@ -112,9 +125,13 @@ def main() -> int:
             page.screenshot(path=str(args.out / "report.png"), full_page=True)
             if "sub-01_ses-1" not in page.inner_text("body"):
                 problems.append("report.html lacks the scans")
+            page.goto(group_html.as_uri(), wait_until="load")
+            page.screenshot(path=str(args.out / "group.png"), full_page=True)
+            if "discriminability" not in page.inner_text("body") or group_run()["state"] != "success":
+                problems.append("group.html lacks discriminability, or the ndmg_group run failed")
             browser.close()
 
-        for name in ("trigger-form.png", "trigger-form-dataset.png", "grid.png", "mapped-scans.png", "report.png"):
+        for name in ("trigger-form.png", "trigger-form-dataset.png", "grid.png", "mapped-scans.png", "report.png", "group.png"):
             print(f"screenshot: {(args.out / name).resolve()}")
         if problems:
             print("ui_screenshots: " + "; ".join(problems), file=sys.stderr)

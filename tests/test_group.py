@@ -147,9 +147,9 @@ def test_the_demo_dataset_discriminates_its_subjects_and_shuffled_labels_do_not(
     vectors = np.array([adjacency(parse_connectome(phantom_graphs[s.scan_id], 1), result.nodes)[upper] for s in result.scans])
     labels = np.array([s.subject for s in result.scans])
     rng = np.random.default_rng(2026)
-    shuffled = [discriminability(vectors, list(rng.permutation(labels)), permutations=200, seed=k) for k in range(10)]
-    assert abs(np.mean([s.value for s in shuffled]) - 0.5) < 0.1
-    assert sum(s.p_value < 0.05 for s in shuffled) <= 1  # fails to discriminate
+    shuffled = [discriminability(vectors, list(rng.permutation(labels)), permutations=200, seed=k) for k in range(50)]
+    assert abs(np.mean([s.value for s in shuffled]) - 0.5) < 0.06  # chance
+    assert sum(s.p_value < 0.05 for s in shuffled) <= 5  # significant about as often as a 5 % test allows
 
 
 def test_group_outputs_list_every_scan_and_say_why_one_was_left_out(s3, phantom_graphs):
