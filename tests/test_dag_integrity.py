@@ -100,9 +100,11 @@ def test_the_group_level_runs_on_every_dataset_s_reports(dagbag, dag):
     assert group.timetable.asset_condition.name == "ndmg-reports"  # the alias verify_and_report emits through
     assert {o.name for o in dag.get_task("verify_and_report").outlets} == {"ndmg-reports"}
     ParamsDict(dict(group.params.items())).validate()  # an Asset-triggered run: every default holds
+    from airflow.sdk.exceptions import ParamValidationError
+
     for bad in ({"report": "s3://b/x/summary.txt"}, {"output": "lab-data/out"}, {"permutations": -1}):
         params = ParamsDict(dict(group.params.items()))
-        with pytest.raises(Exception, match="|".join(bad)):
+        with pytest.raises(ParamValidationError, match="|".join(bad)):
             for key, value in bad.items():
                 params[key] = value
             params.validate()

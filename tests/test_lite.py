@@ -107,9 +107,10 @@ def test_output_is_m2g_format_and_read_by_the_m2g_reader(phantom_dataset, tmp_pa
 def test_edge_lines_follow_networkx_write_weighted_edgelist(tmp_path):
     import networkx as nx
 
-    matrix = np.array([[0, 0, 0, 0], [0, 0, 2, 1], [0, 2, 0, 5], [0, 1, 5, 0]], dtype=float)
-    nx.write_weighted_edgelist(nx.from_numpy_array(matrix), tmp_path / "m2g.csv")
-    assert lite.edge_lines(matrix) == (tmp_path / "m2g.csv").read_text()
+    counts = np.array([[0, 0, 0, 0], [0, 0, 2, 1], [0, 2, 0, 5], [0, 1, 5, 0]], dtype=np.int64)  # what lite counts
+    m2g = counts.astype(float)  # m2g's matrix is float (np.add of networkx arrays)
+    nx.write_weighted_edgelist(nx.from_numpy_array(m2g), tmp_path / "m2g.csv")
+    assert lite.edge_lines(counts) == (tmp_path / "m2g.csv").read_text() == "1 2 2.0\n1 3 1.0\n2 3 5.0\n"
 
 
 def test_m2g_edge_rule_joins_every_pair_a_streamline_passes_through():
@@ -165,7 +166,7 @@ def test_short_streamlines_are_dropped(phantom_dataset, tmp_path, caplog):
         ("1000 " * 33, None, "no b0 volume"),
         (None, "scale", "b-vector of volume 1 has length 2.000, not 1"),
         ("-5 " + "1000 " * 32, None, "b-value -5 of volume 0 is negative"),
-        (None, "flat", "do not span 3D"),
+        (None, "flat", "the 32 gradient directions lie in one plane"),
     ],
 )
 def test_a_bad_gradient_table_fails_the_scan_with_the_reason(phantom_dataset, tmp_path, capsys, bval, bvec, says):
@@ -190,7 +191,23 @@ def test_a_bad_gradient_table_fails_the_scan_with_the_reason(phantom_dataset, tm
     assert not (tmp_path / "out").exists()  # nothing written for a refused scan
 
 
-def test_a_bad_parcellation_name_fails_before_tracking(phantom_dataset, tmp_path):
+def test_a_bad_parcellation_name_fails_before_tracking(phantom_dataset, tmp_path, monkeypatch):
     root, _ = phantom_dataset
+    monkeypatch.setattr(lite, "track", lambda *a, **k: pytest.fail("tracked before refusing the name"))
     with pytest.raises(lite.LiteError, match="'Desikan' is not gridN"):
         lite.run(root, tmp_path, "01", "1", ["grid3", "Desikan"])
+    with pytest.raises(lite.LiteError, match="'grid40' is not gridN \\(N from 1 to 12\\)"):
+        lite.run(root, tmp_path, "01", "1", ["grid40"])
+
+
+def test_b_vectors_written_to_few_decimals_are_accepted_as_unit(phantom_dataset, tmp_path):
+    import shutil
+
+    root, _ = phantom_dataset
+    copy = tmp_path / "in"
+    shutil.copytree(root, copy)
+    bvec = copy / "sub-01/ses-1/dwi/sub-01_ses-1_dwi.bvec"
+    np.savetxt(bvec, np.loadtxt(bvec) * 0.95, fmt="%.3f")  # within lite's 0.1, outside DIPY's 0.01
+    lite.run(copy, tmp_path / "out", "01", "1", ["grid3"])
+    edges = edges_of(tmp_path / "out/sub-01/ses-1" / GRID3.format("sub-01_ses-1"))
+    assert set(bundle_edges(1, 1)) <= set(edges)

@@ -40,6 +40,7 @@ from ndmg_cloud.airflowapi import (
     NoReport,
     NotFound,
     Unreachable,
+    error_of,
     failures,
     one_line,
     password_from_airflow_home,
@@ -316,7 +317,12 @@ def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
             f"--output s3://bucket/path (given: {', '.join(given) or 'none'})"
         )
     if args.run:
-        conf: dict[str, Any] = {"report": report_of(airflow, args.run)[0]}
+        try:
+            conf: dict[str, Any] = {"report": airflow.xcom(args.run, VERIFY_AND_REPORT)}
+        except NotFound:
+            raise NoReport(
+                f"run {args.run} has no report: verify_and_report did not write one; `ndmg_cloud status {args.run}` says why"
+            ) from None
     elif args.report:
         conf = {"report": args.report}
     else:
@@ -326,9 +332,9 @@ def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
     return conf
 
 
-def print_group(found: dict[str, dict[str, Any]], out: Any = None) -> None:
+def print_group(found: dict[str, dict[str, dict[str, Any]]], out: Any = None) -> None:
     out = out or sys.stdout
-    for parcellation, g in found.items():
+    for parcellation, g in (item for by_parcellation in found.values() for item in by_parcellation.items()):
         left = f", left out: {', '.join(g['left_out'])}" if g["left_out"] else ""
         out.write(f"{parcellation}: {g['scans']} scans used{left}\n")
         if g["discriminability"] is None:
@@ -356,6 +362,10 @@ def cmd_group(args: argparse.Namespace) -> int:
         tis = airflow.task_instances(run_id, dag_id=GROUP_DAG_ID)
         for line in failures(airflow, run_id, tis, dag_id=GROUP_DAG_ID) or [f"{GROUP_DAG_ID} run {run_id} {state}"]:
             print(line)
+        return 1
+    compare = next(ti for ti in airflow.task_instances(run_id, dag_id=GROUP_DAG_ID) if ti["task_id"] == COMPARE_CONNECTOMES)
+    if compare["state"] == "skipped":  # a dry run's report: nothing was made
+        print(f"nothing to compare: {error_of(airflow.task_log(run_id, compare, GROUP_DAG_ID)) or 'the report is a dry run'}")
         return 1
     print_group(airflow.xcom(run_id, COMPARE_CONNECTOMES, dag_id=GROUP_DAG_ID))
     return 0

@@ -130,7 +130,7 @@ def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
     print(f"\nrunning ndmg_group on {report_uri} ...", flush=True)
     with output_to(airflow_log):
         run_dag({"report": report_uri}, GROUP_DAG_ID)
-    group_prefix = report_uri.removeprefix(f"s3://{BUCKET}/").split("reports/")[0] + "group/"
+    group_prefix = report_uri.removeprefix(f"s3://{BUCKET}/").rsplit("reports/", 1)[0] + "group/"
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=group_prefix).get("Contents", [])
     documents = sorted(o["Key"] for o in listed if o["Key"].endswith("/group.json"))
     if not documents:
@@ -146,7 +146,7 @@ def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
         else:
             print(f"discriminability {d['value']:.3f}, p-value {d['p_value']:.3g} ({d['permutations']} label shuffles; "
                   f"{d['subjects']} subjects with 2 sessions; chance is 0.5)")  # fmt: skip
-    for name in ("group.html", "group.json"):
+    for name in ("group.html", "group.json"):  # of the first parcellation (the demo has one)
         s3.download_file(BUCKET, documents[0].removesuffix("group.json") + name, str(out_dir / name))
     print(f"group:  {(out_dir / 'group.html').resolve().as_uri()}")
     print(f"        {(out_dir / 'group.json').resolve().as_uri()}")

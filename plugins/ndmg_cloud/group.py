@@ -39,6 +39,8 @@ from ndmg_cloud.verify import Listing
 log = logging.getLogger(__name__)
 READERS = 16  # GETs at a time
 MAX_CONNECTOME_BYTES = 64 * 1024 * 1024
+MAX_GROUP_NODES = 1000  # regions: a scan's dense adjacency is held while it is compared
+USABLE = ("succeeded", "skipped_done")  # skipped_done: made by the same code in an earlier run, verified
 
 
 class GroupError(RuntimeError):
@@ -86,17 +88,21 @@ class GroupResult:
     discriminability: Discriminability
     made_at: str
     mean: np.ndarray = field(repr=False)  # nodes x nodes, node k at index k - 1
+    mean_stats: GraphStats | None = None  # of the mean connectome
     degrees: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # per subject, pooled
 
     @property
     def group_stats(self) -> dict[str, Any]:
         rows = [s.stats.row() for s in self.scans]
         keys = ("edges", "density", "mean_degree", "mean_strength", "clustering", "global_efficiency")
-        means = {k: round(float(np.mean([r[k] for r in rows if r[k] is not None])), 4) if rows else None for k in keys}
+        means = {}
+        for k in keys:
+            values = [r[k] for r in rows if r[k] is not None]
+            means[k] = round(float(np.mean(values)), 4) if values else None
+        mean_connectome = {**self.mean_stats.to_dict(), "path": "mean_connectome.csv"} if self.mean_stats else None
         return {
             "scans": len(self.scans), "subjects": len({s.subject for s in self.scans}),
-            "scans_left_out": len(self.left_out), "mean_over_scans": means,
-            "mean_connectome": {**graph_stats(self.mean).to_dict(), "path": "mean_connectome.csv"},
+            "scans_left_out": len(self.left_out), "mean_over_scans": means, "mean_connectome": mean_connectome,
         }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,9 +119,8 @@ class GroupResult:
 
     def csv_text(self) -> str:
         out = io.StringIO()
-        columns = ["scan_id", "subject", "session", "status", *next(iter([s.stats.row() for s in self.scans]), {}), "reason"]
-        if len(columns) == 5:
-            columns = ["scan_id", "subject", "session", "status", "reason"]
+        stats_columns = list(self.scans[0].stats.row()) if self.scans else []
+        columns = ["scan_id", "subject", "session", "status", *stats_columns, "reason"]
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for s in self.scans:
@@ -132,13 +137,20 @@ class GroupResult:
 
 
 def newest_report(s3_client: Any, output: str) -> str:
-    """The report.json of the newest run under ``output`` (one listing of its reports/)."""
+    """The report.json of the newest run under ``output`` that was not a dry run (one
+    listing of its reports/, then a GET per report from the newest until one is)."""
     root = S3Location.parse(output)
-    reports = [o for o in list_objects(s3_client, root.bucket, OutputLayout(root).reports_prefix) if o.key.endswith("/report.json")]
-    if not reports:
-        raise GroupError(f"no run report under {root.uri('reports/')}: run ndmg_participant on this output first")
-    newest = max(reports, key=lambda o: (o.last_modified, o.key))
-    return f"s3://{root.bucket}/{newest.key}"
+    try:
+        listed = list(list_objects(s3_client, root.bucket, OutputLayout(root).reports_prefix))
+    except S3AccessError as err:
+        raise GroupError(str(err)) from None
+    reports = sorted((o for o in listed if o.key.endswith("/report.json")), key=lambda o: (o.last_modified, o.key), reverse=True)
+    for candidate in reports:
+        uri = f"s3://{root.bucket}/{candidate.key}"
+        if not (read_json_at(s3_client, uri).get("params") or {}).get("dry_run"):
+            return uri
+    kind = f"only dry-run reports ({len(reports)})" if reports else "no run report"
+    raise GroupError(f"{kind} under {root.uri('reports/')}: run ndmg_participant on this output first")
 
 
 def parcellation_size(pipeline: str, parcellation: str) -> int | None:
@@ -158,31 +170,41 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
         raise DryRunReport(f"{report_uri} is the report of a dry run ({report.run_id}): no connectome was made")
     root = S3Location.parse(report.output)
     layout = OutputLayout(root)
-    listing = Listing(list_objects(s3_client, root.bucket, root.prefix))
-    to_read: dict[str, list[tuple[Any, str]]] = {}  # parcellation -> (row, key)
-    left_out: dict[str, list[LeftOut]] = {}
-    failed: list[LeftOut] = []
-    for row in report.scans:
-        if row.status != "succeeded":
-            reason = row.reason or f"the scan did not succeed ({row.status})"
-            failed.append(LeftOut(row.scan_id, row.subject, row.session, row.status, reason))
-            continue
+    try:
+        listing = Listing(list_objects(s3_client, root.bucket, root.prefix))
+    except S3AccessError as err:
+        raise GroupError(str(err)) from None
+    usable = [row for row in report.scans if row.status in USABLE]
+    failed = [
+        LeftOut(row.scan_id, row.subject, row.session, row.status, row.reason or f"the scan did not succeed ({row.status})")
+        for row in report.scans if row.status not in USABLE
+    ]  # fmt: skip
+    parcellations = sorted({parcellation_of(path) for row in usable for path in row.outputs})
+    to_read: dict[str, list[tuple[Any, str]]] = {parc: [] for parc in parcellations}  # (row, key)
+    left_out: dict[str, list[LeftOut]] = {parc: [] for parc in parcellations}
+    for row in usable:
         prefix = layout.session_prefix(row.subject, row.session)
+        paths = {}
         for path in row.outputs:
-            parc, key = parcellation_of(path), prefix + path
-            to_read.setdefault(parc, [])
-            left_out.setdefault(parc, [])
-            if key not in listing or listing.objects[key].size == 0:
+            paths.setdefault(parcellation_of(path), path)  # one connectome per scan and parcellation
+        for parc in parcellations:
+            if parc not in paths:
+                left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "no connectome",
+                                              f"the run report lists no {parc} connectome for this scan"))  # fmt: skip
+                continue
+            key = prefix + paths[parc]
+            size = listing.objects[key].size if key in listing else None
+            if not size:
+                what = "is empty" if size == 0 else "is not there now"
                 left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "missing",
-                                              f"succeeded in {report.run_id} but {key} is not there now"))  # fmt: skip
-            elif listing.objects[key].size > MAX_CONNECTOME_BYTES:
-                left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "too large",
-                                              f"{key} is {listing.objects[key].size:,} bytes"))  # fmt: skip
+                                              f"{row.status} in {report.run_id} but {key} {what}"))  # fmt: skip
+            elif size > MAX_CONNECTOME_BYTES:
+                left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "too large", f"{key} is {size:,} bytes"))
             else:
                 to_read[parc].append((row, key))
-    if not to_read:
+    if not any(to_read.values()):
         raise GroupError(
-            f"no succeeded scan with a connectome in the run report {report_uri} "
+            f"no scan with a connectome in the run report {report_uri} "
             f"({len(report.scans)} scans, {len(failed)} did not succeed): nothing to compare"
         )
 
@@ -222,30 +244,33 @@ def _background_first(graph: Graph) -> Graph:
 def _compare(report: RunReport, report_uri: str, parc: str, graphs: list, left_out: list[LeftOut],
              permutations: int, made_at: str, root: S3Location) -> GroupResult:  # fmt: skip
     known = parcellation_size(report.pipeline, parc)
-    highest = max((g.last_node for _, _, g in graphs), default=0)
-    nodes = known or highest
-    nodes_from = (
-        f"{parc} has {known} regions" if known else "the highest region any scan of the group connects"
-    )  # fmt: skip
-    matrices = [adjacency(g, nodes) for _, _, g in graphs]
-    scans = [
-        ScanGraph(row.scan_id, row.subject, row.session, key.removeprefix(root.prefix), graph_stats(m))
-        for (row, key, _), m in zip(graphs, matrices)
-    ]
+    nodes = known or max((g.last_node for _, _, g in graphs), default=0)
+    nodes_from = f"{parc} has {known} regions" if known else "the highest region any scan of the group connects"
+    common = dict(dataset=report.dataset, parcellation=parc, report=report_uri, run_id=report.run_id,
+                  pipeline=report.pipeline, output=report.output, nodes=nodes, nodes_from=nodes_from, made_at=made_at)  # fmt: skip
+    if nodes > MAX_GROUP_NODES:
+        why = (f"{parc} has {nodes:,} regions; the group level compares parcellations of up to "
+               f"{MAX_GROUP_NODES:,} (it holds a dense adjacency matrix per scan)")  # fmt: skip
+        skipped = [LeftOut(row.scan_id, row.subject, row.session, "not compared", why) for row, _, _ in graphs]
+        return GroupResult(**common, scans=[], left_out=sorted(left_out + skipped, key=lambda x: x.scan_id),
+                           discriminability=Discriminability(None, None, why_not=why), mean=np.zeros((0, 0)))  # fmt: skip
     upper = np.triu_indices(nodes, k=1)
-    vectors = np.array([m[upper] for m in matrices]) if matrices else np.zeros((0, 0))
-    subjects = [s.subject for s in scans]
-    discr = discriminability(vectors, subjects, permutations)
-    degrees: dict[str, list[float]] = {}
-    for s, m in zip(scans, matrices):
-        degrees.setdefault(s.subject, []).extend(np.count_nonzero(m, axis=1).tolist())
+    scans, vectors, degrees = [], [], {}
+    total = np.zeros((nodes, nodes))
+    for row, key, graph in graphs:
+        matrix = adjacency(graph, nodes)
+        stats = graph_stats(matrix)
+        scans.append(ScanGraph(row.scan_id, row.subject, row.session, key.removeprefix(root.prefix), stats))
+        vectors.append(matrix[upper].astype(np.float32))
+        np.fill_diagonal(matrix, 0)
+        degrees.setdefault(row.subject, []).extend(np.count_nonzero(matrix, axis=1).tolist())
+        total += matrix
+    mean = total / len(graphs) if graphs else total
+    discr = discriminability(np.array(vectors) if vectors else np.zeros((0, 0)), [s.subject for s in scans], permutations)
     log.info("%s: %d scans, %d left out; discriminability %s (p %s)", parc, len(scans), len(left_out), discr.value, discr.p_value)
     return GroupResult(
-        dataset=report.dataset, parcellation=parc, report=report_uri, run_id=report.run_id,
-        pipeline=report.pipeline, output=report.output, nodes=nodes, nodes_from=nodes_from, scans=scans,
-        left_out=sorted(left_out, key=lambda x: x.scan_id), discriminability=discr, made_at=made_at,
-        mean=np.mean(matrices, axis=0) if matrices else np.zeros((nodes, nodes)),
-        degrees={k: np.array(v) for k, v in sorted(degrees.items())},
+        **common, scans=scans, left_out=sorted(left_out, key=lambda x: x.scan_id), discriminability=discr,
+        mean=mean, mean_stats=graph_stats(mean), degrees={k: np.array(v) for k, v in sorted(degrees.items())},
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ndmg_cloud.group import GroupResult
 
 WIDTH, HEIGHT, PAD = 420, 220, 36
+MAX_SUBJECT_LINES = 10  # more lines than this are unreadable: the rest are named as not drawn
 SUBJECT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -58,9 +59,12 @@ def null_figure(null: list[float], observed: float | None) -> str:
 
 
 def degree_figure(degrees: dict[str, np.ndarray]) -> str:
-    """SVG: for each subject, the share of its regions (over all its scans) with each degree."""
+    """SVG: for each subject (the first ``MAX_SUBJECT_LINES``), the share of its regions
+    (over all its scans) with each degree."""
     if not degrees:
         return ""
+    hidden = max(0, len(degrees) - MAX_SUBJECT_LINES)
+    degrees = dict(list(degrees.items())[:MAX_SUBJECT_LINES])
     top_degree = max(int(v.max()) if v.size else 0 for v in degrees.values())
     edges = np.arange(top_degree + 2) - 0.5
     shares = {s: _bins(v, edges) / max(len(v), 1) for s, v in degrees.items()}
@@ -82,14 +86,17 @@ def degree_figure(degrees: dict[str, np.ndarray]) -> str:
         f'aria-label="degree distribution per subject">'
         f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{HEIGHT - PAD}" y2="{HEIGHT - PAD}" stroke="#444"/>'
         + "".join(lines) + "".join(legend) + ticks
+        + (f'<text x="{WIDTH - PAD + 4}" y="{PAD + 12 * len(legend)}" font-size="10">+{hidden} not drawn</text>' if hidden else "")
         + f'<text x="{WIDTH / 2}" y="{HEIGHT - 4}" font-size="11" text-anchor="middle">degree (share of regions, '
         f"all of a subject's scans)</text></svg>"
     )  # fmt: skip
 
 
-def mean_heatmap(result: GroupResult) -> tuple[str, int]:
+def mean_heatmap(result: GroupResult) -> tuple[str | None, int]:
     """The mean adjacency as an inline PNG (figures.heatmap: the run report's drawing)."""
     n = len(result.mean)
+    if n == 0 or not result.scans:
+        return None, 1
     rows, cols = np.nonzero(np.triu(result.mean))
     graph = Graph([(i + 1, j + 1, float(result.mean[i, j])) for i, j in zip(rows, cols)], 1, n)
     drawn = heatmap(graph)

@@ -8,8 +8,8 @@ from typing import Any
 from ndmg_cloud.params import _BUCKET, PATTERNS, PATTERN_RULES
 
 DEFAULT_PERMUTATIONS = 1000
-# a run id has ':' and '+' (manual__2026-11-26T07:14:50+00:00): S3 key characters and those
-REPORT_PATTERN = rf"^s3://{_BUCKET}/(?!.*//)[A-Za-z0-9!_.*'()/+=@,:-]+/report\.json$"
+# run ids have ':' '+' '~' (Airflow's allowed_run_id_pattern): S3 key characters and those
+REPORT_PATTERN = rf"^s3://{_BUCKET}/(?!.*//)[A-Za-z0-9!_.*'()/+=@,:~-]+/report\.json$"
 
 GROUP_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "report": {

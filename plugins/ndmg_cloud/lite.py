@@ -54,6 +54,7 @@ MIN_LENGTH_MM = 10.0
 B0_THRESHOLD = 50
 UNIT_TOLERANCE = 0.1  # |norm(bvec) - 1| allowed for a diffusion-weighted volume
 MIN_DIRECTIONS = 6
+MAX_GRID = 12  # grid12: 1,728 regions; a dense 1,729 x 1,729 matrix per parcellation
 GRID_BOX_MM = ((-24.0, 24.0), (-24.0, 24.0), (-10.0, 10.0))  # world x, y, z
 
 
@@ -92,9 +93,11 @@ def read_gradients(bval: Path, bvec: Path) -> tuple[np.ndarray, np.ndarray]:
     return bvals, rows.T
 
 
-def check_gradients(volumes: int, bvals: np.ndarray, bvecs: np.ndarray, name: str) -> None:
+def check_gradients(volumes: int, bvals: np.ndarray, bvecs: np.ndarray, name: str) -> np.ndarray:
     """Refuse a gradient table the model would silently misread; the message says what
-    is wrong and where."""
+    is wrong and where. Returns the b-vectors with the diffusion-weighted ones scaled to
+    exactly unit length (DIPY demands 1 +- 0.01; files written to 4-6 decimals are within
+    ``UNIT_TOLERANCE``)."""
     if len(bvals) != volumes or len(bvecs) != volumes:
         raise LiteError(f"{name} has {volumes} volumes but {len(bvals)} b-values and {len(bvecs)} b-vectors")
     if not np.all(np.isfinite(bvals)) or not np.all(np.isfinite(bvecs)):
@@ -112,12 +115,14 @@ def check_gradients(volumes: int, bvals: np.ndarray, bvecs: np.ndarray, name: st
             f"{name}: b-vector of volume {volume} has length {norms[bad[0]]:.3f}, not 1 "
             f"({bad.size} diffusion-weighted volumes are off); check the .bvec file"
         )
-    directions = bvecs[weighted]
-    if len(directions) < MIN_DIRECTIONS or np.linalg.matrix_rank(directions, tol=0.1) < 3:
-        raise LiteError(
-            f"{name}: {len(directions)} diffusion-weighted volumes whose directions do not span 3D; "
-            f"a tensor needs at least {MIN_DIRECTIONS} non-coplanar directions"
-        )
+    directions = bvecs[weighted] / norms[:, None]
+    if len(directions) < MIN_DIRECTIONS:
+        raise LiteError(f"{name}: {len(directions)} diffusion-weighted volumes; a tensor needs at least {MIN_DIRECTIONS}")
+    if np.linalg.matrix_rank(directions, tol=0.1) < 3:
+        raise LiteError(f"{name}: the {len(directions)} gradient directions lie in one plane; a tensor needs them to span 3D")
+    unit = bvecs.astype(float).copy()
+    unit[weighted] = directions
+    return unit
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ def connectome(streamlines, affine: np.ndarray, labels: np.ndarray, nodes: np.nd
     matrix = np.zeros((len(nodes), len(nodes)), np.int64)
     shape = np.array(labels.shape)
     for s in streamlines:
-        vox = np.rint(s @ inverse[:3, :3].T + inverse[:3, 3]).astype(int)
+        vox = np.floor(s @ inverse[:3, :3].T + inverse[:3, 3] + 0.5).astype(int)  # m2g/DIPY's rounding
         vox = vox[((vox >= 0) & (vox < shape)).all(axis=1)]
         passed = np.unique(labels[vox[:, 0], vox[:, 1], vox[:, 2]])
         passed = rank[passed[(passed > 0) & (passed < len(rank))]]
@@ -288,15 +293,18 @@ def write_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
 def grid_sizes(parcellations: list[str]) -> dict[str, int]:
     sizes = {}
     for parc in parcellations:
-        m = re.fullmatch(r"grid([1-9]\d?)", parc)
-        if not m:
-            raise LiteError(f"parcellation {parc!r} is not gridN (N from 1 to 99)")
+        m = re.fullmatch(r"grid(\d+)", parc)
+        if not m or not 1 <= int(m.group(1)) <= MAX_GRID:
+            raise LiteError(f"parcellation {parc!r} is not gridN (N from 1 to {MAX_GRID})")
         sizes[parc] = int(m.group(1))
     return sizes
 
 
-def parcellate(parcellations: list[str], tracking: Tracking, atlas: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per parcellation name: the label image on the DWI grid and its node labels (0 first)."""
+def parcellate(
+    parcellations: list[str], tracking: Tracking, atlas: tuple[str, np.ndarray, np.ndarray] | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per parcellation name: the label image on the DWI grid and its node labels (0 first);
+    ``atlas``: (name, labels, nodes) from ``atlas_labels``."""
     out = {}
     image = tracking.image
     grey = tracking.mask & (tracking.fa < FA_STOP)  # regions are not white matter
@@ -305,8 +313,8 @@ def parcellate(parcellations: list[str], tracking: Tracking, atlas: Path | None)
         labels[~grey] = 0
         out[parc] = (labels, np.arange(n**3 + 1))
     if atlas is not None:
-        labels, nodes = atlas_labels(atlas, image)
-        out[atlas.name.removesuffix(".gz").removesuffix(".nii")] = (labels, nodes)
+        name, labels, nodes = atlas
+        out[name] = (labels, nodes)
     return out
 
 
@@ -322,20 +330,25 @@ def run(
     min_length: float = MIN_LENGTH_MM,
 ) -> list[Path]:
     started = time.monotonic()
+    grid_sizes(parcellations)  # a bad name fails before anything is read
     image_path, bval, bvec = find_series(input_dir, subject, session)
     stem = image_path.name.removesuffix(".gz").removesuffix(".nii")
     image = load_isotropic(image_path)
     bvals, bvecs = read_gradients(bval, bvec)
-    check_gradients(image.data.shape[3], bvals, bvecs, image_path.name)
+    bvecs = check_gradients(image.data.shape[3], bvals, bvecs, image_path.name)
     if image.resliced_from:
         log.info("%s: resliced from %s mm voxels to %.2f mm isotropic", stem, image.resliced_from, image.voxel_mm)
-    grid_sizes(parcellations)  # a bad name fails before the tracking, not after it
+    atlas_parcellation = None  # a bad atlas fails before the tracking, not after it
+    if atlas is not None:
+        if not atlas.is_file():
+            raise LiteError(f"atlas {atlas} is not a file")
+        atlas_parcellation = (atlas.name.removesuffix(".gz").removesuffix(".nii"), *atlas_labels(atlas, image))
     tracking = track(image, bvals, bvecs, model, seeds, min_length)
     log.info(
         "%s: %d streamlines of %g mm or more (%d shorter dropped) in %.1f s",
         stem, len(tracking.streamlines), min_length, tracking.dropped_short, time.monotonic() - started,
     )  # fmt: skip
-    label_images = parcellate(parcellations, tracking, atlas)
+    label_images = parcellate(parcellations, tracking, atlas_parcellation)
     scan_out = output_dir / f"sub-{subject}" / f"ses-{session}"
     written = []
     for parc, (labels, nodes) in label_images.items():

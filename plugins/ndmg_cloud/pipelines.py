@@ -220,8 +220,9 @@ def atlas_name(uri: str) -> str:
 
 
 class Lite(Pipeline):
-    """``gridN`` parcellations of the brain mask, plus an ``atlas`` label image in the
-    DWI's own space when given (resampled to the DWI grid by nearest neighbour)."""
+    """``gridN`` parcellations of a fixed world-space box (the same regions in every
+    subject), plus an ``atlas`` label image in the DWI's world space when given (resampled
+    to the DWI grid by nearest neighbour). See lite.py."""
 
     def parcellations(self, options):
         names = list(options["parcellation"])

@@ -490,58 +490,69 @@ def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- ndmg_group
-def find_report_step(params: dict[str, Any], triggering_asset_events: Any = None) -> str:
-    """The ndmg_group DAG's first task: the report.json whose connectomes to compare: the
-    'report' param, else the newest run under 'output', else the run whose reports Asset
-    event triggered this one."""
+def find_report_step(params: dict[str, Any], triggering_asset_events: Any = None) -> list[str]:
+    """The ndmg_group DAG's first task: the report.json files whose connectomes to compare:
+    the 'report' param, else the newest run under 'output', else, for a run the reports
+    Asset triggered, the newest report of each dataset whose event it gathered."""
     from ndmg_cloud.group import GroupError, newest_report
 
     report, output = params.get("report") or "", params.get("output") or ""
     if report and output:
         raise AirflowFailException(f"give 'report' or 'output', not both (report={report!r}, output={output!r})")
     if report:
-        return report
+        return [report]
     if output:
         try:
-            return newest_report(s3_client(), output)
+            return [newest_report(s3_client(), output)]
         except GroupError as err:
             raise AirflowFailException(str(err)) from None
-    events = [e for asset_events in (triggering_asset_events or {}).values() for e in asset_events]
-    reports = [e for e in events if (e.extra or {}).get("report")]
-    if not reports:
+    newest: dict[str, Any] = {}  # per dataset's reports Asset (an event is listed under its alias too)
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            uri = event.asset.uri
+            if (event.extra or {}).get("report") and (uri not in newest or event.timestamp > newest[uri].timestamp):
+                newest[uri] = event
+    if not newest:
         raise AirflowFailException(
             "no run report to compare: trigger with 'report' (s3://.../reports/<run>/report.json) or 'output' "
             "(a dataset's output location); a successful ndmg_participant run triggers it by itself"
         )
-    latest = max(reports, key=lambda e: e.timestamp)
-    log.info("triggered by %s's reports of run %s", latest.source_dag_id, latest.extra.get("run_id"))
-    return latest.extra["report"]
+    for event in newest.values():
+        log.info("reports of %s run %s: %s", event.source_dag_id, event.extra.get("run_id"), event.extra["report"])
+    return [event.extra["report"] for event in newest.values()]
 
 
-def compare_connectomes_step(report_uri: str, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The ndmg_group DAG's work: per parcellation, group.json/.csv/.html under
+def compare_connectomes_step(reports: list[str], params: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The ndmg_group DAG's work: per report and parcellation, group.json/.csv/.html under
     ``<output>/group/<parcellation>/``; returns what each found, for the CLI and the log."""
     from airflow.providers.common.compat.sdk import AirflowSkipException
 
     from ndmg_cloud.group import DryRunReport, GroupError, group_uris, run_group
 
-    try:
-        results = run_group(s3_client(), report_uri, int(params.get("permutations", 1000)))
-    except DryRunReport as err:
-        raise AirflowSkipException(str(err)) from None
-    except GroupError as err:
-        raise AirflowFailException(str(err)) from None
-    out = {}
-    for r in results:
-        d = r.discriminability
-        out[r.parcellation] = {
-            "scans": len(r.scans), "left_out": [x.scan_id for x in r.left_out],
-            "discriminability": d.value, "p_value": d.p_value, "why_not": d.why_not,
-            **group_uris(r),
-        }  # fmt: skip
-        log.info(
-            "%s: %d scans used, %d left out; discriminability %s, p-value %s%s; %s",
-            r.parcellation, len(r.scans), len(r.left_out), d.value, d.p_value,
-            f" ({d.why_not})" if d.why_not else "", out[r.parcellation]["group.html"],
-        )  # fmt: skip
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    dry = []
+    for report in reports:
+        try:
+            results = run_group(s3_client(), report, int(params.get("permutations", 1000)))
+        except DryRunReport as err:
+            log.info("%s", err)
+            dry.append(str(err))
+            continue
+        except GroupError as err:
+            raise AirflowFailException(str(err)) from None
+        out[report] = {}
+        for r in results:
+            d = r.discriminability
+            out[report][r.parcellation] = {
+                "scans": len(r.scans), "left_out": [x.scan_id for x in r.left_out],
+                "discriminability": d.value, "p_value": d.p_value, "why_not": d.why_not,
+                **group_uris(r),
+            }  # fmt: skip
+            log.info(
+                "%s: %d scans used, %d left out; discriminability %s, p-value %s%s; %s",
+                r.parcellation, len(r.scans), len(r.left_out), d.value, d.p_value,
+                f" ({d.why_not})" if d.why_not else "", out[report][r.parcellation]["group.html"],
+            )  # fmt: skip
+    if not out:
+        raise AirflowSkipException("; ".join(dry))
     return out

@@ -1,13 +1,14 @@
 """A synthetic BIDS dataset of tiny but real DWI phantoms, simulated with DIPY, in which
 subjects differ and sessions of one subject are alike.
 
-Each scan shows an ellipsoidal "brain" (48 x 48 x 18 mm) holding three straight fibre
+Each scan shows an ellipsoidal "brain" (46 x 46 x 18 mm) holding three straight fibre
 bundles in isotropic tissue. The bundles are the subject's identity: their positions,
 angles and lengths are drawn from the subject's number, so every session of a subject has
 the same bundles. A session differs from another by its noise (Rician, SNR 30) and by a
-small head motion (up to 1 mm and 2 degrees about z), as two real sessions do. b=1000 s/mm^2
-on 32 directions plus one b0; 2 mm voxels by default (24 x 24 x 10), or any other voxel
-size over the same field of view (an anisotropic phantom images the same head).
+small head motion (up to 1 mm along each axis and 2 degrees about z), as two real sessions
+do. b=1000 s/mm^2 on 32 directions plus one b0; 2 mm voxels by default (24 x 24 x 10), or
+any other voxel size over the same field of view (an anisotropic phantom images the same
+head).
 
 Geometry is in millimetres, in "head" coordinates centred on the brain; the image's
 affine maps voxels to world (scanner) coordinates, where the head sits after its motion.
@@ -20,6 +21,7 @@ checked: the regions at the two ends of a bundle must be connected.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +155,10 @@ def world_points(shape, affine) -> np.ndarray:
     return idx @ affine[:3, :3].T + affine[:3, 3]
 
 
+@functools.lru_cache(maxsize=4)
 def gradients(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One b0 and DIRECTIONS well-spread b=1000 directions (electrostatic repulsion)."""
+    """One b0 and DIRECTIONS well-spread b=1000 directions (electrostatic repulsion; 0.7 s,
+    so computed once: the arrays are read-only)."""
     from dipy.core.sphere import HemiSphere, disperse_charges
 
     rng = np.random.default_rng(seed)
@@ -163,6 +167,7 @@ def gradients(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     hemi, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), 2000)
     bvecs = np.vstack([[0.0, 0.0, 0.0], hemi.vertices])
     bvals = np.r_[0, np.full(DIRECTIONS, B_VALUE)]
+    bvecs.flags.writeable = bvals.flags.writeable = False
     return bvals, bvecs
 
 
