@@ -31,7 +31,7 @@ airflow: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests -m "not crash and not slow"
 
-# ~15 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py), and the
+# ~21 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py), and the
 # dag.test() twins and long live tests marked slow
 test-live: $(STAMP)
 	$(PY) -m pytest -q tests -m "crash or slow"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+import pytest
 import requests
 
 from conftest import wait_for
@@ -15,6 +16,8 @@ from ndmg_cloud.airflowapi import Airflow, failures
 from ndmg_cloud.jobspec import run_token
 
 DAG = "ndmg_participant"
+# 25 s and 42 s on the live Airflow: with make test-live, to keep make test under 15 minutes
+pytestmark = pytest.mark.slow
 
 
 def airflow(live_airflow) -> Airflow:
