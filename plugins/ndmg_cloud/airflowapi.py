@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ndmg_cloud.taskids import DAG_ID, GROUP_TASK_ORDER, TASK_ORDER
+from ndmg_cloud.taskids import DAG_ID, TASK_ORDERS
 
 
 class CliError(RuntimeError):
@@ -196,7 +196,7 @@ def error_of(log: list[Any]) -> str | None:
 
 def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: int = 5, dag_id: str = DAG_ID) -> list[str]:
     """"<task> failed: <why>" for the failed tasks of a run, in the order the DAG runs them."""
-    order = {task_id: i for i, task_id in enumerate(TASK_ORDER if dag_id == DAG_ID else GROUP_TASK_ORDER)}
+    order = {task_id: i for i, task_id in enumerate(TASK_ORDERS[dag_id])}
     failed = sorted(
         (ti for ti in tis if ti["state"] == "failed"),
         key=lambda ti: (order.get(ti["task_id"], len(order)), ti["map_index"]),

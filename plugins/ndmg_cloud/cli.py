@@ -198,18 +198,23 @@ def follow(airflow: Airflow, run_id: str, every: float, out: Any = None) -> str:
         time.sleep(every)
 
 
+def report_uri_of(airflow: Airflow, run_id: str) -> str:
+    """Where a participant run's report.json is (verify_and_report's XCom): Airflow only."""
+    try:
+        return airflow.xcom(run_id, VERIFY_AND_REPORT)
+    except NotFound:
+        raise NoReport(
+            f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why"
+        ) from None
+
+
 def report_of(airflow: Airflow, run_id: str) -> tuple[str, RunReport]:
     import boto3
 
     from ndmg_cloud.layout import split_uri
     from ndmg_cloud.report import RunReport
 
-    try:
-        uri = airflow.xcom(run_id, VERIFY_AND_REPORT)
-    except NotFound:
-        raise NoReport(
-            f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why"
-        ) from None
+    uri = report_uri_of(airflow, run_id)
     bucket, key = split_uri(uri)
     with aws(f"cannot read {uri}"):
         body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -317,12 +322,7 @@ def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
             f"--output s3://bucket/path (given: {', '.join(given) or 'none'})"
         )
     if args.run:
-        try:
-            conf: dict[str, Any] = {"report": airflow.xcom(args.run, VERIFY_AND_REPORT)}
-        except NotFound:
-            raise NoReport(
-                f"run {args.run} has no report: verify_and_report did not write one; `ndmg_cloud status {args.run}` says why"
-            ) from None
+        conf: dict[str, Any] = {"report": report_uri_of(airflow, args.run)}
     elif args.report:
         conf = {"report": args.report}
     else:
