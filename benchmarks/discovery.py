@@ -2,7 +2,7 @@
 
 Prints figures, asserts nothing. Bars:
   * discovery makes exactly ceil(keys / 1000) S3 requests (one paginated listing);
-  * ndmg_cloud.entities.parse_entities parses >= 50,000 keys/s;
+  * ndmg_cloud.core.entities.parse_entities parses >= 50,000 keys/s;
   * parse_entities agrees with pybids' parse_file_entities on every key (0 mismatches).
 
 Run: .venv/bin/python benchmarks/discovery.py   (or `make bench`; `--smoke`: 20 subjects,
@@ -111,9 +111,9 @@ def main() -> int:
 
 
 def run(endpoint: str, subjects: int) -> int:
-    from ndmg_cloud import entities as ndmg_entities
-    from ndmg_cloud.discover import discover
-    from ndmg_cloud.params import PARAM_SCHEMAS, resolve
+    from ndmg_cloud.core import entities as ndmg_entities
+    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.params import PARAM_SCHEMAS, resolve
 
     print(f"moto server: {endpoint}")
     boto_cfg = BotoConfig(max_pool_connections=32, retries={"max_attempts": 1})
@@ -169,13 +169,13 @@ def run(endpoint: str, subjects: int) -> int:
     print(bar(len(requests) == expected, f"S3 requests ({len(requests)}) == ceil(keys/1000) ({expected})"))
 
     # Where the end-to-end time goes: the same listing without parsing.
-    from ndmg_cloud.s3 import list_objects
+    from ndmg_cloud.core.s3 import list_objects
 
     t0 = time.perf_counter()
     n = sum(1 for _ in list_objects(client, BUCKET, PREFIX))
     list_only = time.perf_counter() - t0
     print(f"(listing alone, no parsing: {n:,} keys in {list_only:.3f} s, {n / list_only:,.0f} keys/s; moto serves the pages)")
-    from ndmg_cloud.bids import discover_scans
+    from ndmg_cloud.core.bids import discover_scans
 
     t0 = time.perf_counter()
     in_memory = discover_scans(keys, PREFIX)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from ndmg_cloud import demo  # noqa: E402  (reused: environment, endpoint, airflow helpers)
+from ndmg_cloud.demo import stack as demo  # noqa: E402  (reused: environment, endpoint, airflow helpers)
+from ndmg_cloud.orchestration.dagtest import run_dag  # noqa: E402
 
 BUCKET = "ndmg-load"
 PREFIX = "bench/ds/"
@@ -53,7 +54,7 @@ def jobs_write_their_outputs() -> None:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
-    from ndmg_cloud.contract import ImageContract
+    from ndmg_cloud.scan.contract import ImageContract
 
     s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     real = models.BatchSimpleBackend._mark_job_as_finished
@@ -153,7 +154,7 @@ def main() -> int:
         calls.clear()
         print(f"{args.scans} scans ({keys} keys) on s3://{BUCKET}/{PREFIX}; max_map_length {os.environ['AIRFLOW__CORE__MAX_MAP_LENGTH']}")
         started = time.monotonic()
-        run_id = demo.run_dag({"bucket": BUCKET, "bidsdir": PREFIX, "dataset": "load"})
+        run_id = run_dag({"bucket": BUCKET, "bidsdir": PREFIX, "dataset": "load"})
         wall = time.monotonic() - started
         import boto3
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import load  # noqa: E402  (the dataset, the Batch setup, the jobs' outputs)
-from ndmg_cloud import demo  # noqa: E402
+from ndmg_cloud.demo import stack as demo  # noqa: E402
 
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PASSWORD = "bench-scale"
@@ -282,7 +282,7 @@ def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
 
 # ---------------------------------------------------------------- one N
 def run_one(scans: int, poll: int, workdir: Path) -> dict:
-    from ndmg_cloud.airflowapi import Airflow
+    from ndmg_cloud.cli.airflowapi import Airflow
 
     endpoint_port = demo.free_port()
     endpoint = f"http://127.0.0.1:{endpoint_port}"

@@ -1,6 +1,6 @@
 # Airflow for docker-compose.yaml: the official image, this project's pinned packages (the
 # lite pipeline's included) and the project itself, so that `ndmg_cloud`, `ndmg-scan` and
-# `python -m ndmg_cloud.runner` (the local backend's subprocess) work in every container.
+# `python -m ndmg_cloud.scan.runner` (the local backend's subprocess) work in every container.
 
 # The project as a wheel, built apart: the Airflow image gets the installed package and its
 # console scripts, not a source tree it would have to make writable for the build.

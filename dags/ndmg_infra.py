@@ -1,6 +1,6 @@
 """ndmg_infra: create or update the AWS Batch setup (CloudFormation stack) from the UI.
 
-One task: deploy infra/ndmg-batch.yaml with the form's values; a second run with the same
+One task: deploy the CloudFormation template (plugins/ndmg_cloud/infra/ndmg-batch.yaml) with the form's values; a second run with the same
 values changes nothing. Returns the job queue and job definition to use in ndmg_participant.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from ndmg_cloud import steps
+from ndmg_cloud.orchestration import steps
 
 
 @dag(

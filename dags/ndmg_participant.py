@@ -16,11 +16,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from ndmg_cloud import steps
-from ndmg_cloud.local import LOCAL_POOL
-from ndmg_cloud.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
-from ndmg_cloud.params import PARAM_SCHEMAS
-from ndmg_cloud.taskids import (
+from ndmg_cloud.orchestration import steps
+from ndmg_cloud.participant.local import LOCAL_POOL
+from ndmg_cloud.orchestration.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
+from ndmg_cloud.participant.params import PARAM_SCHEMAS
+from ndmg_cloud.orchestration.taskids import (
     CANARY,
     CHOOSE_BACKEND,
     DISCOVER,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from ndmg_cloud import cancel
-from ndmg_cloud.links import RunReportLink
-from ndmg_cloud.webapp import REPORT_APP, UNKNOWN_PARAMS_MIDDLEWARE
+from ndmg_cloud.orchestration import cancel
+from ndmg_cloud.orchestration.links import RunReportLink
+from ndmg_cloud.orchestration.webapp import REPORT_APP, UNKNOWN_PARAMS_MIDDLEWARE
 
 
 class NdmgCloudPlugin(AirflowPlugin):

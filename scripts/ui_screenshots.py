@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from ndmg_cloud import demo  # noqa: E402
+from ndmg_cloud.demo import stack as demo  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -119,7 +119,7 @@ def main() -> int:
             page.wait_for_timeout(1000)
             page.screenshot(path=str(args.out / "trigger-form-dataset.png"), full_page=True)
 
-            from ndmg_cloud.links import airflow_report_url
+            from ndmg_cloud.orchestration.links import airflow_report_url
 
             page.goto(airflow_report_url(url, run_id), wait_until="load")  # served by the api-server plugin
             page.screenshot(path=str(args.out / "report.png"), full_page=True)

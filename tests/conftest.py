@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ndmg_cloud.demo import configure_environment
+from ndmg_cloud.demo.stack import configure_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="ndmg-airflow-"))
@@ -271,7 +271,7 @@ def live_airflow(moto_server, tmp_path_factory):
     """A real Airflow: ``airflow standalone`` (api-server, scheduler, dag-processor,
     triggerer as processes, SQLite) on a free port, user admin with a known password.
     Shared by the CLI and browser tests."""
-    from ndmg_cloud.demo import start_standalone, stop_process_group
+    from ndmg_cloud.demo.stack import start_standalone, stop_process_group
 
     home = tmp_path_factory.mktemp("standalone")
     env, url = live_environment(home)

@@ -96,10 +96,37 @@ def listing(s3, bucket: str, prefix: str = "") -> dict[str, str]:
 
 def put_phantoms(s3, workdir, bucket: str, prefix: str) -> None:
     """Real DWI phantoms (sub-01 ses-1 and the session-less sub-02) at s3://bucket/prefix/."""
-    from ndmg_cloud.synthetic import make_dataset
+    from ndmg_cloud.demo.synthetic import make_dataset
 
     make_dataset(workdir / "phantoms", subjects=1, sessions=1, sessionless=1)
     s3.create_bucket(Bucket=bucket)
     for path in sorted((workdir / "phantoms").rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(workdir / 'phantoms').as_posix()}")
+
+
+def upload_tree(s3, bucket: str, root, prefix: str) -> None:
+    """Every file under the local folder ``root`` to s3://bucket/prefix..."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
+
+
+def write_specs(s3, dataset, bucket: str = "lab-data", **params):
+    """A phantom dataset folder uploaded to s3://bucket/ds/, a lite run resolved over it and
+    each valid scan's job spec written where the run writes it: (config, spec per scan id)."""
+    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.jobspec import build_spec
+    from ndmg_cloud.participant.params import resolve
+
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    upload_tree(s3, bucket, dataset, "ds/")
+    config = resolve({"bucket": bucket, "bidsdir": "ds", "pipeline": "lite", **params}, "run1")
+    specs = {}
+    for scan in discover(config, s3).valid:
+        spec = build_spec(config, scan).to_dict()  # as written
+        s3.put_object(Bucket=bucket, Key=spec["spec_uri"].split("/", 3)[3], Body=json.dumps(spec))
+        specs[scan.scan_id] = spec
+    return config, specs

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import pipeline_facts
-from ndmg_cloud.atlases import catalogue
-from ndmg_cloud.contract import reference_files
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.scan.contract import reference_files
 
 ATLASES = ("AAL", "Desikan", "DesikanKlein", "Yeo-7", "Yeo-7-liberal", "Schaefer400")
 M2G_COMMIT = "95d271f748e7d35b8d7feaa1b0112f471be8e514"
@@ -115,7 +115,7 @@ class Containers:
     def self_check(self, job, command: list[str]) -> int:
         env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_BATCH_JOB_ID": job.job_id}  # as Batch sets it
         env = self.image.env(**env) if self.image else {**os.environ, **env}
-        done = subprocess.run([sys.executable, "-m", "ndmg_cloud.runner", *command[1:]], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "ndmg_cloud.scan.runner", *command[1:]], capture_output=True,
                               text=True, env=env, timeout=300)  # fmt: skip
         self.self_checks.append(done)
         self._log(job, (done.stdout + done.stderr).splitlines())
@@ -125,7 +125,7 @@ class Containers:
         import hashlib
         import json
 
-        from ndmg_cloud.contract import ImageContract
+        from ndmg_cloud.scan.contract import ImageContract
 
         bucket, prefix = spec["output_prefix"][len("s3://") :].split("/", 1)
         outputs = []

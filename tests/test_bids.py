@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datasets import E2E_INVALID, E2E_KEYS, E2E_VALID
-from ndmg_cloud.bids import T1W_RULE, discover_scans, label_problem, normalise_labels, select
+from ndmg_cloud.core.bids import T1W_RULE, discover_scans, label_problem, normalise_labels, select
 
 
 def scans_of(keys, prefix=""):

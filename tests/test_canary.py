@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ndmg_cloud.canary import CanaryOutcome, settle, skipped
-from ndmg_cloud.contract import local_contract
-from ndmg_cloud.params import resolve
-from ndmg_cloud.verify import ScanResult
+from ndmg_cloud.participant.canary import CanaryOutcome, settle, skipped
+from ndmg_cloud.scan.contract import local_contract
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.participant.verify import ScanResult
 
 RUNS = [{"scan_id": s} for s in ("sub-01", "sub-02", "sub-03")]
 

@@ -12,7 +12,7 @@ import requests
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import _free_port, wait_for
 from datasets import put_dataset, put_phantoms
-from ndmg_cloud.cli import main
+from ndmg_cloud.cli.main import main
 from test_cli_errors import one_line_error, shell_without_aws
 
 
@@ -41,7 +41,7 @@ def phantoms(s3, tmp_path):
 
 
 def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, phantoms, capsys, tmp_path, monkeypatch):
-    from ndmg_cloud.links import airflow_report_url
+    from ndmg_cloud.orchestration.links import airflow_report_url
 
     code = cli(
         "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
@@ -69,7 +69,7 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     assert "<html" in (tmp_path / "r.html").read_text()
 
     # the "Run report" button of the final task opens the same page
-    from ndmg_cloud.airflowapi import Airflow
+    from ndmg_cloud.cli.airflowapi import Airflow
 
     links = Airflow(airflow_server["url"], "admin", PASSWORD)._request(
         "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/verify_and_report/links"
@@ -94,7 +94,7 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
 
 
 def _token(airflow_server):
-    from ndmg_cloud.airflowapi import Airflow
+    from ndmg_cloud.cli.airflowapi import Airflow
 
     return Airflow(airflow_server["url"], "admin", PASSWORD).token()
 
@@ -157,7 +157,7 @@ def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_be
     assert wait_for(running, timeout=120)
 
     # and a job that carries the run's names but no task recorded (a duplicate)
-    from ndmg_cloud.jobspec import job_name
+    from ndmg_cloud.participant.jobspec import job_name
 
     batch_env.submit_job(jobName=job_name("ds", "sub-01_ses-test", run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")
 
@@ -169,7 +169,7 @@ def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_be
 
 
 def requests_state(cli, run_id):
-    from ndmg_cloud.airflowapi import Airflow
+    from ndmg_cloud.cli.airflowapi import Airflow
 
     return Airflow(os.environ["NDMG_AIRFLOW_URL"], "admin", PASSWORD).run(run_id)["state"]
 
@@ -183,7 +183,7 @@ def test_estimate_before_running(s3, capsys):
 
 
 def test_seed_flags_map_to_params():
-    from ndmg_cloud.cli import conf_from, parser
+    from ndmg_cloud.cli.main import conf_from, parser
 
     expected = {
         "bucket": "b", "bidsdir": "HNU1", "jobdir": "s3://b/jobs", "modif": "out", "dataset": "HNU1",
@@ -202,7 +202,7 @@ def test_seed_flags_map_to_params():
 
 
 def test_underscore_and_dashed_spellings_set_the_same_params():
-    from ndmg_cloud.cli import conf_from, parser
+    from ndmg_cloud.cli.main import conf_from, parser
 
     def conf(*flags):
         return conf_from(parser().parse_args(["participant", "--bucket", "b", *flags]))
@@ -270,7 +270,7 @@ def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ndmg_cloud.airflowapi import Airflow, CliError
+    from ndmg_cloud.cli.airflowapi import Airflow, CliError
 
     seen = []
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import _free_port
 from datasets import put_dataset
-from ndmg_cloud.cli import EMBEDDED_AWS_ENV, aws_error, main, parser
+from ndmg_cloud.cli.main import EMBEDDED_AWS_ENV, aws_error, main, parser
 
 NDMG_CLOUD = str(Path(sys.executable).parent / "ndmg_cloud")
 AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -59,7 +59,7 @@ def test_estimate_without_aws_settings_says_what_to_export(tmp_path):
 
 
 def test_the_export_line_is_what_make_airflow_sets(monkeypatch):
-    from ndmg_cloud import demo
+    from ndmg_cloud.demo import stack as demo
 
     environ = {}
     monkeypatch.setattr(os, "environ", environ)
@@ -134,7 +134,7 @@ def test_no_airflow_password(monkeypatch, tmp_path, capsys):
 
 
 def test_the_password_airflow_standalone_generated_is_used(monkeypatch, tmp_path):
-    from ndmg_cloud.cli import airflow_from
+    from ndmg_cloud.cli.main import airflow_from
 
     (tmp_path / "simple_auth_manager_passwords.json.generated").write_text('{"admin": "s3cret"}')
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))

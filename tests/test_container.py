@@ -18,8 +18,8 @@ import pytest
 
 import pipeline_facts
 from conftest import ROOT
-from ndmg_cloud.atlases import catalogue
-from ndmg_cloud.pipelines import get_pipeline
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.core.pipelines import get_pipeline
 
 DOCKERFILES = sorted((ROOT / "container").glob("*Dockerfile*"))
 BIN = Path(sys.executable).parent

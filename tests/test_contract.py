@@ -15,9 +15,9 @@ import pytest
 
 import pipeline_facts as facts
 from images import Image, build_contract, m2g_image, make_atlas_dir, write_lfs_pointer
-from ndmg_cloud.atlases import catalogue
-from ndmg_cloud.contract import ImageContract, flag_problems, local_contract, parse_help
-from ndmg_cloud.pipelines import get_pipeline
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.scan.contract import ImageContract, flag_problems, local_contract, parse_help
+from ndmg_cloud.core.pipelines import get_pipeline
 
 
 @pytest.mark.parametrize("code", [facts.M2G_DEPLOY, facts.M2G_TAG, facts.M2G_PYPI, facts.NDMG_PYPI])
@@ -122,7 +122,7 @@ def test_the_fingerprint_follows_what_results_depend_on_and_is_read_back_as_writ
 def test_the_parse_only_probe_never_runs_the_program(tmp_path):
     """A program that parses with parse_known_args and would then run is stopped after the
     parse; what it would have ignored counts as refused."""
-    from ndmg_cloud.contract import parse_only
+    from ndmg_cloud.scan.contract import parse_only
 
     marker = tmp_path / "the-pipeline-ran"
     program = tmp_path / "bin" / "tolerant"
@@ -152,7 +152,7 @@ def test_the_probe_is_python_37_code_and_reads_37_help():
     """m2g's image runs Python 3.7: the probe's syntax and 3.7's help layout."""
     import ast
 
-    from ndmg_cloud.contract import _PARSE_ONLY
+    from ndmg_cloud.scan.contract import _PARSE_ONLY
 
     ast.parse(_PARSE_ONLY, feature_version=(3, 7))
     help_37 = (  # argparse 3.7 writes nargs="*" as [X [X ...]] and "+" as X [X ...]

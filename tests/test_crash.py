@@ -26,8 +26,8 @@ import pytest
 
 from conftest import dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
-from ndmg_cloud.airflowapi import Airflow
-from ndmg_cloud.jobspec import run_token
+from ndmg_cloud.cli.airflowapi import Airflow
+from ndmg_cloud.participant.jobspec import run_token
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")

@@ -225,7 +225,7 @@ def test_params_outside_the_schema_are_refused_at_trigger(dataset):
 
 @pytest.mark.slow  # 20 s: a dag.test() twin of the run test_demo makes (make demo) on the same backend
 def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_path):
-    from ndmg_cloud.synthetic import make_dataset
+    from ndmg_cloud.demo.synthetic import make_dataset
 
     scans = make_dataset(tmp_path / "ds", subjects=1, sessions=2, sessionless=1)
     s3.create_bucket(Bucket=BUCKET)
@@ -329,7 +329,7 @@ def batch_submitted(batch, since: list[str] = ()) -> list[str]:
 
 @pytest.mark.slow  # dag.test() twin of a live-tier scenario: make test-live
 def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     crashed: set[str] = set()
     real = ScanBatchOperator._persist_links
@@ -363,7 +363,7 @@ def test_a_worker_crash_after_submit_does_not_submit_again(s3, batch, dataset, b
 def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     """SubmitJob reaches Batch (the job exists) but the try dies before it hears the job id:
     the retry finds the job by its name and reattaches."""
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     real = ScanBatchOperator._submit
     crashed: set[str] = set()
@@ -394,7 +394,7 @@ def test_a_crash_inside_the_submit_window_does_not_submit_again(s3, batch, datas
 def test_a_duplicate_job_is_an_orphan_terminated_and_reported(s3, batch, dataset, batch_behaviour, containers, monkeypatch):
     """A job of the run that no scan row names (here: a second SubmitJob for one scan that
     nothing recorded) is terminated at the end of the run and listed under orphans."""
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     real = ScanBatchOperator._submit
     duplicates: list[str] = []
@@ -420,7 +420,7 @@ def test_a_duplicate_job_is_an_orphan_terminated_and_reported(s3, batch, dataset
 
 
 def test_a_clear_submits_afresh_even_when_a_job_with_the_name_exists():
-    from ndmg_cloud.operators import submitting_since
+    from ndmg_cloud.orchestration.operators import submitting_since
 
     saved = {"submitting_since": 1000.0, "max_tries": 2}
     assert submitting_since(saved, 2) == 1000.0  # a retry of this round looks for the job
@@ -429,7 +429,7 @@ def test_a_clear_submits_afresh_even_when_a_job_with_the_name_exists():
 
 
 def test_reattach_only_within_one_round_of_tries():
-    from ndmg_cloud.operators import reattachable
+    from ndmg_cloud.orchestration.operators import reattachable
 
     saved = {"job_id": "j-1", "max_tries": 2}
     assert reattachable(saved, 2) == "j-1"  # an automatic retry
@@ -454,7 +454,7 @@ def test_a_run_above_max_scans_is_refused_before_anything_is_written(s3, batch, 
 
 
 def test_invalid_scans_beyond_the_cap_are_counted_not_listed(s3, batch, dataset, monkeypatch):
-    from ndmg_cloud import steps
+    from ndmg_cloud.orchestration import steps
 
     monkeypatch.setattr(steps, "INVALID_ROWS_KEPT", 0)
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dry_run=True)
@@ -600,7 +600,7 @@ def test_scans_made_by_other_code_run_again_and_say_why(s3, batch, dataset, cont
 
 
 def token(run) -> str:
-    from ndmg_cloud.jobspec import run_token
+    from ndmg_cloud.participant.jobspec import run_token
 
     return run_token(run.run_id)
 
@@ -631,7 +631,7 @@ LEASE = f"{OUT}.ndmg-lease.json"
 def test_a_second_run_of_one_output_is_refused_at_once_naming_the_holder(s3, batch, dataset, batch_behaviour):
     import time
 
-    from ndmg_cloud.lease import Lease
+    from ndmg_cloud.participant.lease import Lease
 
     # a run of another Airflow writing the same output, its heartbeat a minute old
     s3.put_object(Bucket=BUCKET, Key=LEASE, Body=Lease("manual__elsewhere", time.time() - 60, time.time() - 600).body())
@@ -656,7 +656,7 @@ def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_r
 
     import time
 
-    from ndmg_cloud.lease import Lease
+    from ndmg_cloud.participant.lease import Lease
 
     # as if the first run had died holding it (marked failed before verify_and_report ran)
     s3.put_object(Bucket=BUCKET, Key=LEASE, Body=Lease(first.run_id, time.time(), time.time()).body())
@@ -674,7 +674,7 @@ def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, container
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 
     from faults import throttling_hook
-    from ndmg_cloud.triggers import ScanJobTrigger
+    from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 
     monkeypatch.setattr(ScanJobTrigger, "_hook", throttling_hook(lambda: BatchClientHook(aws_conn_id="aws_default"), first=3))
     batch_behaviour.run_seconds = 2.0  # RUNNING at first: the tasks defer to their triggers
@@ -690,7 +690,7 @@ def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, container
 
 
 def test_a_retry_waits_out_the_window_of_a_call_that_died_in_flight_but_not_of_one_that_ended():
-    from ndmg_cloud.operators import SUBMIT_WINDOW_SECONDS, in_flight_for
+    from ndmg_cloud.orchestration.operators import SUBMIT_WINDOW_SECONDS, in_flight_for
 
     died = {"submitting_since": 1000.0, "call_started": 1000.0, "max_tries": 2}
     assert in_flight_for(died, 1010.0) == SUBMIT_WINDOW_SECONDS - 10

@@ -62,7 +62,7 @@ def test_tasks_and_wiring(dag):
 def test_run_scan_is_a_deferrable_mapped_batch_operator(dag):
     from airflow.providers.amazon.aws.operators.batch import BatchOperator
 
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     for task_id in ("pilot_scan", "run_scan"):
         mapped = dag.get_task(task_id)

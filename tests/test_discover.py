@@ -8,9 +8,9 @@ import math
 import pytest
 
 from datasets import E2E_KEYS, put_dataset
-from ndmg_cloud.discover import DatasetError, discover
-from ndmg_cloud.params import ParamError, resolve
-from ndmg_cloud.s3 import S3AccessError
+from ndmg_cloud.participant.discover import DatasetError, discover
+from ndmg_cloud.participant.params import ParamError, resolve
+from ndmg_cloud.core.s3 import S3AccessError
 from test_verify import count_calls
 
 BUCKET = "lab-data"

@@ -6,7 +6,7 @@ from bids.layout import parse_file_entities
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ndmg_cloud.entities import parse_entities
+from ndmg_cloud.core.entities import parse_entities
 
 KEYS = ["sub", "ses", "acq", "run", "dir", "rec", "echo", "space", "desc", "task", "mt", "part",
         "hemi", "from", "to", "mode", "res", "atlas", "ce", "inv", "chunk", "label", "xfm"]

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from ndmg_cloud.figures import (
+from ndmg_cloud.report.figures import (
     NO_EDGE,
     GraphError,
     colour_index,

@@ -11,12 +11,16 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from ndmg_cloud import group, lite, synthetic
-from ndmg_cloud.discrim import discriminability, why_not
-from ndmg_cloud.figures import parse_connectome
-from ndmg_cloud.graphstats import adjacency, graph_stats
-from ndmg_cloud.report import RunReport
-from ndmg_cloud.verify import ScanResult
+from ndmg_cloud.group import compare as group
+
+from ndmg_cloud.scan import lite
+
+from ndmg_cloud.demo import synthetic
+from ndmg_cloud.group.discrim import discriminability, why_not
+from ndmg_cloud.report.figures import parse_connectome
+from ndmg_cloud.group.graphstats import adjacency, graph_stats
+from ndmg_cloud.report.runreport import RunReport
+from ndmg_cloud.participant.verify import ScanResult
 
 BUCKET = "lab-group"
 OUTPUT = f"s3://{BUCKET}/ds/derivatives/ndmg/"
@@ -220,7 +224,7 @@ def test_without_a_report_it_says_what_to_run(s3):
 
 
 def test_the_group_command_wants_exactly_one_source(capsys, monkeypatch):
-    from ndmg_cloud.cli import main
+    from ndmg_cloud.cli.main import main
 
     monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", "x")
     assert main(["group"]) == 2
@@ -255,7 +259,7 @@ def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
-    from ndmg_cloud.steps import find_report_step
+    from ndmg_cloud.orchestration.steps import find_report_step
 
     t0 = datetime(2026, 11, 26, tzinfo=timezone.utc)
 

@@ -11,8 +11,8 @@ import requests
 
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import wait_for
-from ndmg_cloud.airflowapi import Airflow
-from ndmg_cloud.cli import main
+from ndmg_cloud.cli.airflowapi import Airflow
+from ndmg_cloud.cli.main import main
 
 pytestmark = pytest.mark.slow  # two participant runs and three group runs: the live tier
 
@@ -28,7 +28,7 @@ def cli(live_airflow, monkeypatch):
 
 
 def put_study(s3, tmp_path, bucket: str, prefix: str, subjects: int, sessions: int) -> None:
-    from ndmg_cloud.synthetic import make_dataset
+    from ndmg_cloud.demo.synthetic import make_dataset
 
     make_dataset(tmp_path / bucket, subjects=subjects, sessions=sessions, sessionless=0)
     s3.create_bucket(Bucket=bucket)

@@ -14,12 +14,12 @@ from botocore.config import Config
 from conftest import ENDPOINT, REGION
 from datasets import listing, put_dataset
 from faults import FaultProxy, Rule
-from ndmg_cloud.discover import DatasetError, discover
-from ndmg_cloud.jobs import batch_records
-from ndmg_cloud.jobspec import build_spec
-from ndmg_cloud.params import ParamError, resolve
-from ndmg_cloud.preflight import PreflightError, preflight
-from ndmg_cloud.s3 import S3AccessError
+from ndmg_cloud.participant.discover import DatasetError, discover
+from ndmg_cloud.participant.jobs import batch_records
+from ndmg_cloud.participant.jobspec import build_spec
+from ndmg_cloud.participant.params import ParamError, resolve
+from ndmg_cloud.participant.preflight import PreflightError, preflight
+from ndmg_cloud.core.s3 import S3AccessError
 
 BUCKET = "lab-data"
 PREFIX = "ds/"
@@ -171,7 +171,7 @@ def test_missing_batch_setup_is_caught_before_any_submission(batch_env, batch_be
 
 
 def test_a_duplicate_trigger_is_refused_while_the_first_run_is_active(batch_env, batch_behaviour):
-    from ndmg_cloud.jobspec import job_name
+    from ndmg_cloud.participant.jobspec import job_name
 
     batch_behaviour.run_seconds = 30  # the first run's jobs are still running
     first = resolve({"bucket": BUCKET, "dataset": "ds1"}, "run-A")
@@ -194,7 +194,7 @@ def test_a_duplicate_trigger_is_refused_while_the_first_run_is_active(batch_env,
 # Cases only the scan runner can see: it checks files before the pipeline starts.
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from ndmg_cloud.synthetic import make_dataset
+    from ndmg_cloud.demo.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("phantom")
     make_dataset(root, subjects=1, sessions=1, sessionless=0)

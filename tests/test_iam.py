@@ -7,8 +7,8 @@ import json
 import pytest
 from parliament import analyze_policy_string
 
-from ndmg_cloud.iam import job_role_policy, main, orchestrator_policy
-from ndmg_cloud.params import resolve
+from ndmg_cloud.infra.iam import job_role_policy, main, orchestrator_policy
+from ndmg_cloud.participant.params import resolve
 
 CONFIGS = [
     {"bucket": "lab-data", "bidsdir": "studies/ds1"},
@@ -66,7 +66,7 @@ def test_orchestrator_submits_only_to_the_named_queue_and_definition():
 def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
     from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 
-    from ndmg_cloud.jobspec import PROJECT, PROJECT_TAG  # on every job submitted (test_jobspec)
+    from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG  # on every job submitted (test_jobspec)
 
     policy = orchestrator_policy(resolve(CONFIGS[0], "run1"), "us-east-1", "123456789012")
     job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
@@ -84,9 +84,9 @@ def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_
     canary's job as much as a scan's must carry the project tag, or its SubmitJob is denied."""
     from iam_eval import ALLOWED, evaluate
 
-    from ndmg_cloud.bids import Scan
-    from ndmg_cloud.canary import canary_kwargs
-    from ndmg_cloud.jobspec import build_spec
+    from ndmg_cloud.core.bids import Scan
+    from ndmg_cloud.participant.canary import canary_kwargs
+    from ndmg_cloud.participant.jobspec import build_spec
 
     config = resolve(CONFIGS[0], "run1")
     policy = orchestrator_policy(config, "us-east-1", "123456789012")
@@ -103,7 +103,7 @@ def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_
 def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
     from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 
-    from ndmg_cloud.jobspec import run_file_uri
+    from ndmg_cloud.participant.jobspec import run_file_uri
 
     for params in CONFIGS[:2]:  # the default job dir (under the output) and one in another bucket
         config = resolve(params, "run1")

@@ -16,9 +16,9 @@ import pytest
 
 from conftest import ENDPOINT, REGION, ROOT
 from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate, object_arn
-from ndmg_cloud.infra import InfraError, deploy, teardown
+from ndmg_cloud.infra.stack import InfraError, deploy, teardown
 
-TEMPLATE = ROOT / "infra" / "ndmg-batch.yaml"
+TEMPLATE = ROOT / "plugins" / "ndmg_cloud" / "infra" / "ndmg-batch.yaml"
 
 
 def test_template_passes_cfn_lint():
@@ -100,7 +100,7 @@ def root_volumes(environments) -> list[tuple[int, str, bool]]:
 
 
 def test_the_root_volume_size_is_a_setup_flag(network, capsys):
-    from ndmg_cloud.cli import main
+    from ndmg_cloud.cli.main import main
 
     subnets, groups = network
     code = main(["setup", "--image", "ndmg-cloud-m2g:95d271f7", "--subnets", *subnets, "--security-groups", *groups,
@@ -135,7 +135,7 @@ def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
 
 @pytest.mark.parametrize("status, message", [("ROLLBACK_COMPLETE", "run teardown"), ("UPDATE_IN_PROGRESS", "wait for it to finish")])
 def test_a_stack_that_cannot_be_updated_is_a_clear_error(status, message):
-    from ndmg_cloud.infra import InfraError
+    from ndmg_cloud.infra.stack import InfraError
 
     class Stuck:
         def describe_stacks(self, StackName):
@@ -241,8 +241,8 @@ def test_a_deployment_whose_jobs_could_not_write_is_refused_before_cloudformatio
     ],
 )
 def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, params, refusal):
-    from ndmg_cloud.params import resolve
-    from ndmg_cloud.preflight import PreflightError, preflight
+    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.participant.preflight import PreflightError, preflight
 
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ndmg_cloud.jobs import FAILURE_CLASSES, JobRecord, batch_record, classify_failure, fetch_log_tails
+from ndmg_cloud.participant.jobs import FAILURE_CLASSES, JobRecord, batch_record, classify_failure, fetch_log_tails
 
 
 def failed(status_reason, exit_code=None, container_reason=None, attempt_reason=None):

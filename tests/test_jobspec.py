@@ -10,9 +10,10 @@ import pytest
 from botocore.validate import ParamValidator
 
 from datasets import E2E_KEYS
-from ndmg_cloud.bids import discover_scans
-from ndmg_cloud.jobspec import JobSpec, build_spec, check_no_shared_outputs, job_name
-from ndmg_cloud.params import resolve
+from ndmg_cloud.core.bids import discover_scans
+from ndmg_cloud.core.spec import JobSpec
+from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, job_name
+from ndmg_cloud.participant.params import resolve
 
 SUBMIT_JOB = botocore.session.get_session().get_service_model("batch").operation_model("SubmitJob").input_shape
 

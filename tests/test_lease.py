@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ndmg_cloud import lease
+from ndmg_cloud.participant import lease
 
 BUCKET, KEY = "lab-data", "ds/derivatives/ndmg/.ndmg-lease.json"
 HOUR = 3600.0

@@ -12,8 +12,8 @@ import requests
 
 from conftest import wait_for
 from datasets import put_dataset
-from ndmg_cloud.airflowapi import Airflow, failures
-from ndmg_cloud.jobspec import run_token
+from ndmg_cloud.cli.airflowapi import Airflow, failures
+from ndmg_cloud.participant.jobspec import run_token
 
 DAG = "ndmg_participant"
 # 25 s and 42 s on the live Airflow: with make test-live, to keep make test under 15 minutes

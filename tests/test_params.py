@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ndmg_cloud.params import PARAM_SCHEMAS, ParamError, check_conf_keys, resolve
+from ndmg_cloud.participant.params import PARAM_SCHEMAS, ParamError, check_conf_keys, resolve
 
 
 def test_defaults_follow_the_seed_layout():
@@ -81,7 +81,7 @@ def test_every_param_has_a_title_and_description_for_the_form():
 
 
 def test_config_round_trips_through_xcom_form():
-    from ndmg_cloud.params import RunConfig
+    from ndmg_cloud.participant.params import RunConfig
 
     config = resolve({"bucket": "lab-data", "bidsdir": "ds"}, "run1")
     assert RunConfig.from_dict(config.to_dict()) == config

@@ -8,9 +8,9 @@ import itertools
 import pytest
 
 import pipeline_facts as facts
-from ndmg_cloud.atlases import RESOLUTIONS, catalogue, selected_by
-from ndmg_cloud.bids import Scan
-from ndmg_cloud.pipelines import M2G_SKULL, OptionError, get_pipeline
+from ndmg_cloud.core.atlases import RESOLUTIONS, catalogue, selected_by
+from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.pipelines import M2G_SKULL, OptionError, get_pipeline
 
 SESSION_SCAN = Scan("sub-01_ses-retest", "01", "retest", {"subject": "01", "session": "retest"},
                     "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.nii.gz")

@@ -1,4 +1,4 @@
-"""Waiting triggers share one DescribeJobs per 100 jobs per poll interval (``ndmg_cloud.poller``),
+"""Waiting triggers share one DescribeJobs per 100 jobs per poll interval (``ndmg_cloud.orchestration.poller``),
 and a scan whose job SUCCEEDED ends its task from the trigger with the XComs its worker
 would have pushed. DescribeJobs calls are counted where they arrive: in the local AWS
 endpoint's Batch handler."""
@@ -12,9 +12,9 @@ import math
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
-from ndmg_cloud.poller import DESCRIBE_JOBS_MAX
-from ndmg_cloud.taskids import THROTTLED_XCOM_KEY
-from ndmg_cloud.triggers import ScanJobTrigger
+from ndmg_cloud.orchestration.poller import DESCRIBE_JOBS_MAX
+from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
+from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 
 
 @pytest.fixture

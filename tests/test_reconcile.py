@@ -3,9 +3,9 @@ success are terminated and reported cancelled; jobs no row names are orphans, te
 
 from __future__ import annotations
 
-from ndmg_cloud.jobs import batch_records, classify_failure
-from ndmg_cloud.jobspec import job_name
-from ndmg_cloud.reconcile import cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
+from ndmg_cloud.participant.jobs import batch_records, classify_failure
+from ndmg_cloud.participant.jobspec import job_name
+from ndmg_cloud.participant.reconcile import cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 
 RUN = "manual__2026-11-25T18:00:00+00:00"
 

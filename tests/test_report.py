@@ -13,9 +13,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ndmg_cloud.params import resolve
-from ndmg_cloud.report import CSV_COLUMNS, build_report, report_csv
-from ndmg_cloud.verify import ScanResult
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.report.runreport import CSV_COLUMNS, build_report, report_csv
+from ndmg_cloud.participant.verify import ScanResult
 
 CONTRACT_ROW = {"scan_id", "subject", "session", "status", "job_id", "attempts", "started_at", "stopped_at",
                 "duration_s", "cost_usd", "outputs", "missing", "reason", "log_url"}  # fmt: skip
@@ -59,7 +59,7 @@ def test_failing_rows_are_failed_and_missing_outputs():
 
 
 def test_the_report_reads_back_by_field_and_an_older_report_still_reads():
-    from ndmg_cloud.report import RunReport
+    from ndmg_cloud.report.runreport import RunReport
 
     written = json.loads(json.dumps(sample_report()))
     back = RunReport.from_dict(written)
@@ -83,7 +83,7 @@ def test_csv_has_one_row_per_scan():
 def test_html_is_self_contained_and_shows_every_scan():
     from html.parser import HTMLParser
 
-    from ndmg_cloud.report import report_html
+    from ndmg_cloud.report.runreport import report_html
 
     report = sample_report()
     report["scans"][0].update(started_at="2026-11-24T10:00:00+00:00", stopped_at="2026-11-24T11:00:00+00:00")
@@ -128,7 +128,7 @@ def test_html_is_self_contained_and_shows_every_scan():
     ],
 )
 def test_report_links_are_https_or_this_machine_only(url, linked):
-    from ndmg_cloud.report import report_html
+    from ndmg_cloud.report.runreport import report_html
 
     report = sample_report()
     report["scans"][1]["log_url"] = url
@@ -137,14 +137,14 @@ def test_report_links_are_https_or_this_machine_only(url, linked):
 
 
 def test_estimate_on_demand_versus_spot():
-    from ndmg_cloud.cost import estimate
+    from ndmg_cloud.participant.cost import estimate
 
     guess = estimate(100, "m2g", hours_per_scan=1.0)
     assert guess == {"scans": 100, "instance_hours": 100.0, "vcpu_hours": 200.0, "on_demand_usd": 12.6, "spot_usd": 5.04}
 
 
 def test_report_link_targets():
-    from ndmg_cloud.links import airflow_report_url, report_html_uri
+    from ndmg_cloud.orchestration.links import airflow_report_url, report_html_uri
 
     uri = "s3://lab-data/ds/derivatives/ndmg/reports/manual__2026-11-24T10:00:00+00:00/report.json"
     assert report_html_uri(uri) == uri.removesuffix("report.json") + "report.html"
@@ -202,10 +202,10 @@ def lite_run(s3):
     """A local lite run's outputs on S3: four scans with connectomes (three with the QA
     image lite draws), one failed scan that wrote nothing; and their job records."""
     from datasets import E2E_KEYS
-    from ndmg_cloud.bids import discover_scans
-    from ndmg_cloud.figures import heatmap, parse_connectome
-    from ndmg_cloud.jobs import FAILED, SUCCEEDED, JobRecord
-    from ndmg_cloud.pipelines import get_pipeline
+    from ndmg_cloud.core.bids import discover_scans
+    from ndmg_cloud.report.figures import heatmap, parse_connectome
+    from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
+    from ndmg_cloud.core.pipelines import get_pipeline
 
     s3.create_bucket(Bucket=BUCKET)
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", "backend": "local"}, RUN_ID)
@@ -241,8 +241,8 @@ def lite_run(s3):
 
 
 def make_report(s3, config, scans, jobs, **limits):
-    from ndmg_cloud.report import read_connectomes, write_report
-    from ndmg_cloud.verify import output_listing, verify_scans
+    from ndmg_cloud.report.runreport import read_connectomes, write_report
+    from ndmg_cloud.participant.verify import output_listing, verify_scans
 
     listing = output_listing(config, s3)
     rows = verify_scans(config, scans, jobs, s3, listing=listing)
@@ -259,7 +259,7 @@ def make_report(s3, config, scans, jobs, **limits):
 def test_report_html_draws_each_succeeded_scans_connectome_from_its_edge_list(s3, lite_run):
     from test_figures import data_uri_png, decode_png
 
-    from ndmg_cloud.figures import colour_index
+    from ndmg_cloud.report.figures import colour_index
 
     config, scans, jobs, qa_images = lite_run
     calls = count_calls(s3)
@@ -365,9 +365,9 @@ def test_dry_run_report_reads_nothing(s3, lite_run):
 
 
 def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch):
-    from ndmg_cloud.jobs import SUCCEEDED, JobRecord
-    from ndmg_cloud.report import airflow_log_url
-    from ndmg_cloud.steps import _link_local_logs
+    from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
+    from ndmg_cloud.report.runreport import airflow_log_url
+    from ndmg_cloud.orchestration.steps import _link_local_logs
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.lab.example/")
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", "backend": "local"}, RUN_ID)
@@ -391,7 +391,7 @@ def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch)
     report = build_report(config, [], "2026-11-24T10:00:00+00:00", "2026-11-24T10:01:00+00:00", submitted=2).to_dict()
     report["scans"] = [{**ScanResult("sub-02", "02", None, "succeeded").to_dict(), "job_id": "local-sub-02",
                         "log_url": jobs["sub-02"].log_url}]  # fmt: skip
-    from ndmg_cloud.report import report_html
+    from ndmg_cloud.report.runreport import report_html
 
     html = report_html(report)
     assert f'<a href="{jobs["sub-02"].log_url}" title="the task instance in the Airflow UI">Airflow log</a>' in html

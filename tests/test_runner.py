@@ -16,10 +16,10 @@ import pytest
 from conftest import ENDPOINT
 from datasets import listing
 from faults import FaultProxy, Rule
-from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec
-from ndmg_cloud.params import resolve
-from ndmg_cloud.synthetic import make_dataset
+from ndmg_cloud.participant.discover import discover
+from ndmg_cloud.participant.jobspec import build_spec
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.demo.synthetic import make_dataset
 
 BUCKET = "lab-data"
 
@@ -54,7 +54,7 @@ def write_specs(s3, dataset: Path, **params):
 
 def run_runner(spec_uri: str, *extra: str, endpoint: str = ENDPOINT, wait: bool = True, env_extra=None):
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "NDMG_S3_MAX_ATTEMPTS": "3", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "ndmg_cloud.runner", "--spec", spec_uri, *extra]
+    cmd = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--spec", spec_uri, *extra]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -164,8 +164,8 @@ def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
 
 @pytest.mark.slow  # 15 s: with make test-live, to keep make test under 15 minutes
 def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms):
-    from ndmg_cloud.verify import verify_scans
-    from ndmg_cloud.bids import Scan
+    from ndmg_cloud.participant.verify import verify_scans
+    from ndmg_cloud.core.bids import Scan
 
     config, specs = write_specs(s3, phantoms["plain"])
     spec = specs["sub-01_ses-1"]
@@ -220,7 +220,7 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from ndmg_cloud import synthetic
+    from ndmg_cloud.demo import synthetic
 
     # labels 10 and 20 around the two ends of sub-01's first bundle, 30 and 40 around its
     # second's: m2g numbers nodes by rank among the atlas's labels (0 first), so 1-2 and 3-4
@@ -384,7 +384,7 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
 
 
 def test_the_local_runner_gets_an_allow_list_of_the_worker_environment():
-    from ndmg_cloud.scrub import runner_environment
+    from ndmg_cloud.scan.scrub import runner_environment
 
     worker = {"PATH": "/bin", "HOME": "/home/a", "LC_ALL": "C", "NDMG_WARM": "1", "AWS_ENDPOINT_URL": "http://x",
               "AWS_ACCESS_KEY_ID": "k", "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW_HOME": "/a",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from ndmg_cloud.bids import Scan
-from ndmg_cloud.jobspec import run_token
-from ndmg_cloud.lease import TakeOver
-from ndmg_cloud.params import resolve
-from ndmg_cloud.runplan import PlanRef, RunPlan, Settlement
-from ndmg_cloud.verify import ScanResult
+from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.participant.jobspec import run_token
+from ndmg_cloud.participant.lease import TakeOver
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.participant.runplan import PlanRef, RunPlan, Settlement
+from ndmg_cloud.participant.verify import ScanResult
 
 
 def plan_of(n: int, jobdir: str, **params) -> RunPlan:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from datasets import put_dataset, scans_keys
-from ndmg_cloud.scanitems import ScanItems, write_scan_items
+from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 
 ITEMS = [{"scan_id": f"sub-{i:02d}_ses-1", "job_spec_uri": f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", "runnable_timeout": 1800} for i in range(7)]
 
@@ -32,7 +32,7 @@ def test_an_item_is_one_ranged_get_and_iterating_is_one_get(s3):
     gets = []
     s3_calls = lambda **kw: gets.append(kw.get("Range"))  # noqa: E731
 
-    import ndmg_cloud.clients as clients
+    import ndmg_cloud.orchestration.clients as clients
 
     real = clients.s3_client
 

@@ -96,7 +96,7 @@ def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var
     context that holds connections and variables changes nothing of what it would submit."""
     import copy
 
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     braces = "s3://bkt/{{ conn.aws_default.password }}/{{ var.value.token }}/"
     batch = {

@@ -15,10 +15,10 @@ from conftest import ENDPOINT
 from datasets import put_dataset
 from faults import FaultProxy, Rule
 from images import m2g_image, write_lfs_pointer
-from ndmg_cloud.atlases import catalogue
-from ndmg_cloud.discover import discover
-from ndmg_cloud.jobspec import build_spec
-from ndmg_cloud.params import resolve
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.participant.discover import discover
+from ndmg_cloud.participant.jobspec import build_spec
+from ndmg_cloud.participant.params import resolve
 
 BUCKET = "lab-data"
 ACCESS_DENIED = (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
@@ -41,7 +41,7 @@ def image(tmp_path):
 
 
 def self_check(spec, image, *extra, endpoint=ENDPOINT, **env):
-    command = [sys.executable, "-m", "ndmg_cloud.runner", "--self-check", "--spec", spec["spec_uri"], *extra]
+    command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", spec["spec_uri"], *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env=image.env(AWS_ENDPOINT_URL=endpoint, NDMG_S3_MAX_ATTEMPTS="2", **env))  # fmt: skip
 

@@ -12,7 +12,7 @@ import requests
 
 from conftest import wait_for
 from datasets import put_phantoms
-from ndmg_cloud.links import airflow_report_url
+from ndmg_cloud.orchestration.links import airflow_report_url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from datasets import E2E_KEYS
-from ndmg_cloud.bids import discover_scans
-from ndmg_cloud.params import resolve
-from ndmg_cloud.jobs import batch_records, describe_jobs, failure_reason
-from ndmg_cloud.verify import verify_scans
+from ndmg_cloud.core.bids import discover_scans
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.participant.jobs import batch_records, describe_jobs, failure_reason
+from ndmg_cloud.participant.verify import verify_scans
 
 BUCKET = "lab-data"
 
@@ -36,7 +36,7 @@ def submit(batch, name):
 
 def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=None, options=None, recorded_size=None, **extra):
     """What the runner leaves: the outputs, then a manifest recording run, pipeline and sizes."""
-    from ndmg_cloud.pipelines import get_pipeline
+    from ndmg_cloud.core.pipelines import get_pipeline
 
     prefix = config.outputs.scan_prefix(scan)
     expected = get_pipeline(config.pipeline).expected_outputs(scan, config.options)
@@ -99,7 +99,7 @@ def test_a_manifest_from_another_run_or_with_other_sizes_is_not_this_runs_succes
 
 
 def test_done_means_this_pipeline_and_these_options(s3, run):
-    from ndmg_cloud.verify import completed_scans
+    from ndmg_cloud.participant.verify import completed_scans
 
     config, scans = run
     by_id = {s.scan_id: s for s in scans}
@@ -134,7 +134,7 @@ def test_one_listing_and_describe_jobs_in_batches_of_100(s3, batch_env, run, bat
 
 
 def test_streamlines_come_from_the_manifest_and_a_given_listing_is_reused(s3, batch_env, run, batch_behaviour):
-    from ndmg_cloud.verify import output_listing
+    from ndmg_cloud.participant.verify import output_listing
 
     config, scans = run
     by_id = {s.scan_id: s for s in scans}

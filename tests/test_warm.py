@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_runner import BUCKET, key_of, phantoms, run_runner, write_specs  # noqa: F401 - fixture
-from ndmg_cloud import warm
+from ndmg_cloud.scan import warm
 
 WARM = {warm.WARM_ENV: "1"}
 
@@ -78,7 +78,7 @@ def warm_children() -> list[int]:
             ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"ndmg_cloud.warm" in cmdline:
+        if b"ndmg_cloud.scan.warm" in cmdline:
             parents[int(entry)] = ppid
     servers = {pid for pid, ppid in parents.items() if ppid not in parents}
     return [pid for pid, ppid in parents.items() if ppid in servers]

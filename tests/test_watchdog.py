@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from ndmg_cloud.capacity import diagnose_stuck, instance_memory_mib
-from ndmg_cloud.jobs import classify_failure
-from ndmg_cloud.triggers import ScanJobTrigger
+from ndmg_cloud.participant.capacity import diagnose_stuck, instance_memory_mib
+from ndmg_cloud.participant.jobs import classify_failure
+from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 
 JOB = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}]}}
 QUEUE = {"jobQueueName": "ndmg-queue", "state": "ENABLED", "status": "VALID"}
@@ -93,7 +93,7 @@ def test_a_job_waiting_for_a_healthy_environment_is_left_alone(batch_env, batch_
 def test_trigger_round_trips_through_serialization():
     trigger = ScanJobTrigger(job_id="j", job_queue="q", runnable_timeout=1800, poll_interval=30)
     path, kwargs = trigger.serialize()
-    assert path == "ndmg_cloud.triggers.ScanJobTrigger"
+    assert path == "ndmg_cloud.orchestration.triggers.ScanJobTrigger"
     assert ScanJobTrigger(**kwargs).serialize() == (path, kwargs)
 
 
@@ -111,7 +111,7 @@ def test_stopping_a_deferred_task_terminates_its_job(batch_env, batch_behaviour)
 
 
 def test_stopping_a_sync_task_terminates_its_job(batch_env, batch_behaviour):
-    from ndmg_cloud.operators import ScanBatchOperator
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     batch_behaviour.run_seconds = 60
     job_id = submit(batch_env)
@@ -136,7 +136,7 @@ def test_a_job_wanting_more_vcpus_than_any_instance_has_is_stuck():
 def test_the_cancel_message_is_airflows():
     from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
 
-    from ndmg_cloud.triggers import USER_ACTION_CANCEL
+    from ndmg_cloud.orchestration.triggers import USER_ACTION_CANCEL
 
     assert USER_ACTION_CANCEL == _USER_ACTION_CANCEL_MSG
 
@@ -145,7 +145,7 @@ def test_the_cancel_message_is_airflows():
 def test_a_user_cancel_terminates_the_job_the_moment_it_reaches_the_trigger(batch_env, batch_behaviour, by_user):
     """As the triggerer does it: the waiting task is cancelled (with Airflow's message when a
     user acted); no on_kill is called here, so only the trigger itself can have terminated."""
-    from ndmg_cloud.triggers import USER_ACTION_CANCEL
+    from ndmg_cloud.orchestration.triggers import USER_ACTION_CANCEL
 
     batch_behaviour.run_seconds = 60
     job_id = submit(batch_env)

@@ -1,106 +1,11 @@
-"""The scans a run releases to its mapped tasks, as an XCom of constant size.
+"""The class path of ``ScanItems`` before ndmg-cloud's modules moved into packages.
 
-Airflow 3.3 resolves a mapped task's arguments (``expand_kwargs(upstream)``) by pulling the
-upstream's whole XCom and indexing it, in every mapped task instance, on execute and again
-on resume: a list of per-scan dicts costs O(N) per task and O(N^2) per run. ``release_scans``
-returns a ``ScanItems`` instead: where the items file is, how many items it holds and how
-wide each record is (about 150 bytes of XCom, whatever N). The items file holds one
-fixed-width JSON record per scan, so a mapped task instance reads its own record with one
-ranged GET (``items[map_index]``, which is all Airflow asks of it); iterating reads the file
-once. Each record is a scan's task arguments: ``scan_id``, ``job_spec_uri`` and, for Batch,
-``runnable_timeout`` and ``submit_not_before``; the SubmitJob payload stays in the job spec.
-
-``ScanItems`` travels through Airflow's serde (``serialize`` / ``deserialize``) and is on its
-deserialization allow-list once this module is imported (the DAG file imports it).
+A ``release_scans`` XCom of a run started before the move names
+``ndmg_cloud.scanitems.ScanItems``; Airflow's serde imports that path to read it, so a run in
+flight across the upgrade still finishes (``tests/test_packages.py``). Nothing imports this
+module: the class lives in ``ndmg_cloud.orchestration.scanitems``.
 """
 
-from __future__ import annotations
+from ndmg_cloud.orchestration.scanitems import LegacyScanItems as ScanItems
 
-import json
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, overload
-
-from ndmg_cloud.s3 import read_at, write_at
-
-PAD = b" "
-RECORD_ALIGN = 64  # record width is the longest record, rounded up to this
-
-
-class ScanItems(Sequence):
-    """A run's released scans (see the module docstring)."""
-
-    __version__: ClassVar[int] = 1
-
-    def __init__(self, uri: str, count: int, width: int) -> None:
-        self.uri, self.count, self.width = uri, count, width
-
-    def __len__(self) -> int:
-        return self.count
-
-    @overload
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(f"scan item {index} of {self.count}")
-        return _record(_read(self.uri, index * self.width, self.width))
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Every item, from one read of the whole file."""
-        if not self.count:
-            return
-        body = _read(self.uri, 0, self.count * self.width)
-        for start in range(0, len(body), self.width):
-            yield _record(body[start : start + self.width])
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ScanItems) and (self.uri, self.count, self.width) == (other.uri, other.count, other.width)
-
-    def __repr__(self) -> str:
-        return f"ScanItems({self.uri!r}, count={self.count}, width={self.width})"
-
-    def serialize(self) -> dict[str, Any]:
-        return {"uri": self.uri, "count": self.count, "width": self.width}
-
-    @staticmethod
-    def deserialize(data: dict[str, Any], version: int) -> ScanItems:
-        if version > ScanItems.__version__:
-            raise TypeError(f"ScanItems version {version} is newer than this code's {ScanItems.__version__}")
-        return ScanItems(data["uri"], int(data["count"]), int(data["width"]))
-
-
-def write_scan_items(s3_client: Any, uri: str, items: list[dict[str, Any]]) -> ScanItems:
-    """Write the items file (S3, or a local path for the local backend) and return its XCom."""
-    records = [json.dumps(item, sort_keys=True, separators=(",", ":")).encode() + b"\n" for item in items]
-    longest = max((len(r) for r in records), default=1)
-    width = -(-longest // RECORD_ALIGN) * RECORD_ALIGN
-    if not records:  # nothing released (a dry run, all done): no file to read
-        return ScanItems(uri, 0, width)
-    write_at(s3_client, uri, b"".join(r.ljust(width, PAD) for r in records), "application/octet-stream")
-    return ScanItems(uri, len(items), width)
-
-
-def _record(raw: bytes) -> dict[str, Any]:
-    return json.loads(raw.rstrip(PAD + b"\n").decode())
-
-
-def _read(uri: str, start: int, length: int) -> bytes:
-    from ndmg_cloud.clients import s3_client
-
-    return read_at(s3_client() if uri.startswith("s3://") else None, uri, start, length)
-
-
-def _allow_in_xcom() -> None:
-    """Let Airflow's serde rebuild a ScanItems from XCom in this process."""
-    from airflow.sdk.serde import allow_class
-
-    allow_class(ScanItems)
-
-
-_allow_in_xcom()
+__all__ = ["ScanItems"]

@@ -1,0 +1,111 @@
+"""The scan manifest: written LAST by the scan runner, read by the verifier and by resume.
+
+A scan counts as done only when its manifest says success for the run, pipeline, options and
+image contract in question, and its outputs have the sizes it records (``ndmg_cloud.participant.verify``).
+A manifest on S3 may have been written by anything (older code, a person, a half-finished
+upload), so ``from_dict`` reads what it can and leaves the judging to the verifier: a
+missing field is None (or empty), never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUCCESS = "success"
+
+
+class NotAManifest(ValueError):
+    """What was read is not a JSON object."""
+
+
+@dataclass
+class MadeWith:
+    """The code that made a scan's outputs."""
+
+    name: str | None = None  # the pipeline
+    image: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    contract: dict[str, Any] | None = None  # the image contract's summary (label, fingerprint, ...)
+
+    @property
+    def label(self) -> str | None:
+        return (self.contract or {}).get("label")
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.contract or {}).get("fingerprint")
+
+
+@dataclass
+class OutputFile:
+    path: str  # under the scan's output prefix
+    size: int
+    sha256: str
+
+
+@dataclass
+class ScanManifest:
+    """What one scan's job did (see the module docstring; the README, "Outputs and report")."""
+
+    status: str | None
+    scan_id: str | None
+    dataset: str | None
+    run_id: str | None
+    pipeline: MadeWith
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {key, etag, size}
+    outputs: list[OutputFile] = field(default_factory=list)
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    log_tail: list[str] = field(default_factory=list)
+    streamlines: int | None = None  # when the pipeline reports it
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+    def size_of(self) -> dict[str, int]:
+        """Output path -> the size the manifest records."""
+        return {o.path: o.size for o in self.outputs}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.streamlines is None:
+            del data["streamlines"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ScanManifest:
+        """Read a manifest as found on S3; ``NotAManifest`` if it is not a JSON object."""
+        if not isinstance(data, dict):
+            raise NotAManifest("not a JSON object")
+        made = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
+        contract = made.get("contract")
+        outputs = [
+            OutputFile(str(o.get("path")), o.get("size"), str(o.get("sha256", "")))
+            for o in data.get("outputs") or []
+            if isinstance(o, dict)
+        ]
+        streamlines = data.get("streamlines")
+        return cls(
+            status=data.get("status"),
+            scan_id=data.get("scan_id"),
+            dataset=data.get("dataset"),
+            run_id=data.get("run_id"),
+            pipeline=MadeWith(
+                name=made.get("name"),
+                image=made.get("image"),
+                options=made.get("options") if isinstance(made.get("options"), dict) else {},
+                command=made.get("command") or [],
+                contract=contract if isinstance(contract, dict) else None,
+            ),
+            inputs=data.get("inputs") if isinstance(data.get("inputs"), dict) else {},
+            outputs=outputs,
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            exit_code=data.get("exit_code"),
+            log_tail=[str(line) for line in data.get("log_tail") or []],
+            streamlines=streamlines if isinstance(streamlines, int) and not isinstance(streamlines, bool) else None,
+        )

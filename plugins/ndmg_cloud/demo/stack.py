@@ -1,0 +1,98 @@
+"""The embedded stack that ``make demo``, ``make airflow``, the tests and the benchmarks stand
+on: a local AWS endpoint (moto server on a free loopback port), Airflow on SQLite in a home
+of its own with every AWS client pointed at that endpoint, and the synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]  # the checkout (plugins/ndmg_cloud/demo/stack.py)
+BUCKET = "ndmg-demo"
+BIDSDIR = "synthetic"
+REGION = "us-east-1"
+EMBEDDED_EXPORTS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+RUN_CONF = {"bucket": BUCKET, "bidsdir": BIDSDIR, "backend": "local", "pipeline": "lite"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configure_environment(home: Path, endpoint: str) -> None:
+    """Airflow on SQLite in ``home`` and every AWS client pointed at the local endpoint."""
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": "100000",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("NDMG_DEMO_LOG_LEVEL", "WARNING"),
+            # Fake credentials that only the local endpoint accepts.
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {"conn_type": "aws", "extra": {"endpoint_url": endpoint, "region_name": REGION}}
+            ),
+            "NDMG_BATCH_POLL_SECONDS": "2",
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
+
+
+def start_standalone(**popen: Any) -> subprocess.Popen:
+    """``airflow standalone`` in its own process group (so it can be stopped whole)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], start_new_session=True, **popen)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the process and its children, SIGKILL them after ``grace`` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_endpoint(port: int):
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+def airflow(*args: str, quiet: bool = True) -> None:
+    binary = str(Path(sys.executable).parent / "airflow")
+    out = subprocess.DEVNULL if quiet else None
+    subprocess.run([binary, *args], check=True, stdout=out, stderr=out)
+
+
+def upload_dataset(workdir: Path) -> list[str]:
+    import boto3
+
+    from ndmg_cloud.demo.synthetic import make_dataset
+
+    dataset = workdir / "dataset"
+    scans = make_dataset(dataset, subjects=5, sessions=2, sessionless=1)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted(dataset.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"{BIDSDIR}/{path.relative_to(dataset).as_posix()}")
+    return scans

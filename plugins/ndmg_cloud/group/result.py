@@ -1,0 +1,100 @@
+"""What the group level found for one parcellation (``GroupResult``): the scans used with
+their graph statistics, the scans left out and why, the mean connectome and
+discriminability; ``to_dict`` is group.json, ``csv_text`` group.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ndmg_cloud.group.discrim import Discriminability
+from ndmg_cloud.group.graphstats import GraphStats
+
+
+@dataclass(frozen=True)
+class ScanGraph:
+    """One scan's connectome in the group, and its statistics."""
+
+    scan_id: str
+    subject: str
+    session: str | None
+    path: str  # relative to the output location
+    stats: GraphStats
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    scan_id: str
+    subject: str
+    session: str | None
+    status: str
+    reason: str
+
+
+@dataclass
+class GroupResult:
+    """One parcellation's group level; ``to_dict`` is group.json."""
+
+    dataset: str
+    parcellation: str
+    report: str
+    run_id: str
+    pipeline: str
+    output: str
+    nodes: int
+    nodes_from: str
+    scans: list[ScanGraph]
+    left_out: list[LeftOut]
+    discriminability: Discriminability
+    made_at: str
+    mean: np.ndarray = field(repr=False)  # nodes x nodes, node k at index k - 1
+    mean_stats: GraphStats | None = None  # of the mean connectome
+    degrees: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # per subject, pooled
+
+    @property
+    def group_stats(self) -> dict[str, Any]:
+        rows = [s.stats.row() for s in self.scans]
+        keys = ("edges", "density", "mean_degree", "mean_strength", "clustering", "global_efficiency")
+        means = {}
+        for k in keys:
+            values = [r[k] for r in rows if r[k] is not None]
+            means[k] = round(float(np.mean(values)), 4) if values else None
+        mean_connectome = {**self.mean_stats.to_dict(), "path": "mean_connectome.csv"} if self.mean_stats else None
+        return {
+            "scans": len(self.scans), "subjects": len({s.subject for s in self.scans}),
+            "scans_left_out": len(self.left_out), "mean_over_scans": means, "mean_connectome": mean_connectome,
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "parcellation": self.parcellation, "report": self.report,
+            "run_id": self.run_id, "pipeline": self.pipeline, "output": self.output, "made_at": self.made_at,
+            "nodes": self.nodes, "nodes_from": self.nodes_from,
+            "group": self.group_stats,
+            "discriminability": self.discriminability.to_dict(),
+            "scans": [{"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "path": s.path,
+                       **s.stats.to_dict()} for s in self.scans],
+            "left_out": [asdict(x) for x in self.left_out],
+        }  # fmt: skip
+
+    def csv_text(self) -> str:
+        out = io.StringIO()
+        stats_columns = list(self.scans[0].stats.row()) if self.scans else []
+        columns = ["scan_id", "subject", "session", "status", *stats_columns, "reason"]
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for s in self.scans:
+            writer.writerow({"scan_id": s.scan_id, "subject": s.subject, "session": s.session or "",
+                             "status": "used", **s.stats.row(), "reason": ""})  # fmt: skip
+        for x in self.left_out:
+            writer.writerow({"scan_id": x.scan_id, "subject": x.subject, "session": x.session or "",
+                             "status": x.status, "reason": x.reason})  # fmt: skip
+        return out.getvalue()
+
+    def mean_edge_list(self) -> str:
+        rows, cols = np.nonzero(np.triu(self.mean, k=1))
+        return "".join(f"{i + 1} {j + 1} {round(float(self.mean[i, j]), 4)}\n" for i, j in zip(rows, cols))

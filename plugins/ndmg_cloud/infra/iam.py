@@ -1,0 +1,183 @@
+"""Least-privilege IAM policy documents for a run, generated from its params.
+
+- job role (the scan container): read the input dataset and the job specs, write (and
+  replace) outputs under the output prefix's subject folders, and write the canary's
+  findings (``reports/<run id>/canary.json``); nothing else.
+- orchestrator role (Airflow): submit, describe, list and terminate jobs on the named
+  queue and job definition; list/read the dataset and the outputs; write and read back the
+  run's files in its job dir (job specs, the run plan and its settlement, the released
+  scans); write reports and the derivatives description; read the jobs' log streams.
+
+``ndmg-policies --bucket B --bidsdir P ... --account 123456789012`` prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ndmg_cloud.core.layout import S3Location
+from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
+from ndmg_cloud.participant.params import RunConfig, resolve
+from ndmg_cloud.core.pipelines import get_pipeline
+
+VERSION = "2012-10-17"
+
+
+def _object_arn(bucket: str, key_pattern: str) -> str:
+    return f"arn:aws:s3:::{bucket}/{key_pattern}"
+
+
+def _list(location: S3Location, sid: str, patterns: list[str] | None = None) -> dict[str, Any]:
+    """ListBucket limited to a prefix (list calls are made on the bucket, not objects)."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": f"arn:aws:s3:::{location.bucket}",
+        "Condition": {"StringLike": {"s3:prefix": patterns or [location.prefix, location.prefix + "*"]}},
+    }
+
+
+def _jobdir(config: RunConfig) -> S3Location:
+    return S3Location.parse(config.jobdir)
+
+
+def job_role_policy(config: RunConfig) -> dict[str, Any]:
+    inputs, outputs, jobdir = config.input_root, config.output_root, _jobdir(config)
+    read = [_object_arn(inputs.bucket, inputs.prefix + "*"), _object_arn(jobdir.bucket, jobdir.prefix + "*")]
+    for uri in get_pipeline(config.pipeline).extra_inputs(config.options).values():
+        location, _, key = uri[len("s3://") :].partition("/")
+        read.append(_object_arn(location, key))
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {"Sid": "ReadScanInputsAndJobSpecs", "Effect": "Allow", "Action": "s3:GetObject", "Resource": sorted(set(read))},
+            # lets a missing optional file answer 404 rather than 403
+            _list(inputs, "ListDatasetDescription", [inputs.prefix + "dataset_description.json"]),
+            {
+                "Sid": "WriteScanOutputs",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": _object_arn(outputs.bucket, outputs.prefix + "sub-*"),
+            },
+            {
+                # ndmg-scan --self-check --result (the canary job): one file per run, no reports
+                "Sid": "WriteCanaryFindings",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": _object_arn(outputs.bucket, outputs.prefix + "reports/*/canary.json"),
+            },
+        ],
+    }
+
+
+def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[str, Any]:
+    inputs, outputs, jobdir = config.input_root, config.output_root, _jobdir(config)
+    batch = f"arn:aws:batch:{region}:{account}"
+    queue = config.job_queue if config.job_queue.startswith("arn:") else f"{batch}:job-queue/{config.job_queue}"
+    definition = (
+        config.job_definition
+        if config.job_definition.startswith("arn:")
+        else f"{batch}:job-definition/{config.job_definition}"
+    )
+    definitions = [definition] if definition.count(":") > 6 else [definition, definition + ":*"]
+    listings = [_list(inputs, "ListDataset"), _list(outputs, "ListOutputs")]
+    if not outputs.contains(jobdir):
+        listings.append(_list(jobdir, "ListJobSpecs"))
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "SubmitToTheQueue",
+                "Effect": "Allow",
+                "Action": "batch:SubmitJob",
+                "Resource": [queue, *definitions, f"{batch}:job/*"],
+            },
+            {
+                # SubmitJob with tags needs TagResource: only with this project's tag
+                "Sid": "TagOwnJobsAtSubmit",
+                "Effect": "Allow",
+                "Action": "batch:TagResource",
+                "Resource": f"{batch}:job/*",
+                "Condition": {"StringEquals": {f"aws:RequestTag/{PROJECT_TAG}": PROJECT}},
+            },
+            {
+                "Sid": "StopOnlyThisProjectsJobs",
+                "Effect": "Allow",
+                "Action": ["batch:TerminateJob", "batch:CancelJob"],
+                "Resource": f"{batch}:job/*",
+                "Condition": {"StringEquals": {f"aws:ResourceTag/{PROJECT_TAG}": PROJECT}},
+            },
+            {
+                # these Batch reads have no resource-level permissions
+                "Sid": "DescribeBatch",
+                "Effect": "Allow",
+                "Action": [
+                    "batch:DescribeJobs",
+                    "batch:ListJobs",
+                    "batch:DescribeJobQueues",
+                    "batch:DescribeJobDefinitions",
+                    "batch:DescribeComputeEnvironments",
+                ],
+                "Resource": "*",
+            },
+            *listings,
+            {
+                # manifests and reports; and the run's own files in its job dir (the run plan,
+                # its settlement, the released scans, the job specs), read back by later tasks
+                "Sid": "ReadManifestsReportsAndRunFiles",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": sorted({_object_arn(outputs.bucket, outputs.prefix + "*"), _object_arn(jobdir.bucket, jobdir.prefix + "*")}),
+            },
+            {
+                "Sid": "WriteSpecsReportsAndDescription",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": sorted(
+                    {
+                        _object_arn(jobdir.bucket, jobdir.prefix + "*"),
+                        _object_arn(outputs.bucket, outputs.prefix + "reports/*"),
+                        _object_arn(outputs.bucket, outputs.prefix + "dataset_description.json"),
+                    }
+                ),
+            },
+            {
+                "Sid": "ReadJobLogs",
+                "Effect": "Allow",
+                "Action": "logs:GetLogEvents",
+                "Resource": f"arn:aws:logs:{region}:{account}:log-group:/aws/batch/job:log-stream:*",
+            },
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ndmg-policies", description="print least-privilege IAM policies for a run")
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--bidsdir", default="")
+    parser.add_argument("--modif", default="derivatives/ndmg")
+    parser.add_argument("--output_uri", default="")
+    parser.add_argument("--jobdir", default="")
+    parser.add_argument("--job_queue", default="ndmg-queue")
+    parser.add_argument("--job_definition", default="ndmg")
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--account", required=True, help="AWS account id (12 digits)")
+    args = parser.parse_args(argv)
+    params = {k: v for k, v in vars(args).items() if k not in ("region", "account")}
+    try:
+        config = resolve(params, "ndmg-policies")
+    except ValueError as err:
+        print(f"ndmg-policies: {err}", file=sys.stderr)
+        return 2
+    jobdir = args.jobdir or config.output_root.uri("jobs/")
+    config.jobdir = jobdir if jobdir.endswith("/") else jobdir + "/"
+    print(json.dumps({"job_role": job_role_policy(config), "orchestrator_role": orchestrator_policy(config, args.region, args.account)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

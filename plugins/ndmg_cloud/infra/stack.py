@@ -1,0 +1,150 @@
+"""The Batch infrastructure from code: deploy ``ndmg-batch.yaml`` (package data of
+``ndmg_cloud.infra``) as a CloudFormation stack, idempotently (a second deploy with the same parameters changes nothing)."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from botocore.exceptions import ClientError, WaiterError
+
+STACK_NAME = "ndmg-cloud-batch"
+# Managed compute environments and roles can take many minutes: wait up to an hour.
+WAIT = {"Delay": 15, "MaxAttempts": 240}
+UNUSABLE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
+TEMPLATE_NAME = "ndmg-batch.yaml"  # package data beside this module: a wheel and a source tree alike
+
+
+class InfraError(RuntimeError):
+    """The stack could not be deployed; the message says why."""
+
+
+@dataclass
+class Deployment:
+    stack: str
+    action: str  # created, updated or unchanged
+    outputs: dict[str, str]
+
+
+def template_body() -> str:
+    """The CloudFormation template, read as package data: the same file from a source tree,
+    an editable install, a wheel or the Airflow image."""
+    return resources.files(__package__).joinpath(TEMPLATE_NAME).read_text()
+
+
+def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, (list, tuple)) else str(value).lower() if isinstance(value, bool) else str(value)
+        out.append({"ParameterKey": key, "ParameterValue": text})
+    return out
+
+
+def _outputs(cfn: Any, stack: str) -> dict[str, str]:
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+
+
+def _status(cfn: Any, stack: str) -> str | None:
+    try:
+        status = cfn.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+    except ClientError as err:
+        if "does not exist" in str(err):
+            return None
+        raise
+    return None if status == "DELETE_COMPLETE" else status
+
+
+def _exists(cfn: Any, stack: str) -> bool:
+    return _status(cfn, stack) is not None
+
+
+def _same_as_deployed(cfn: Any, stack: str, body: str, parameters: list[dict[str, str]]) -> bool:
+    """The stack already runs this template with these parameter values."""
+    deployed = cfn.get_template(StackName=stack)["TemplateBody"]
+    if not isinstance(deployed, str) or deployed.strip() != body.strip():
+        return False
+    current = {
+        p["ParameterKey"]: p.get("ParameterValue")
+        for p in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])
+    }
+    return all(_items(current.get(p["ParameterKey"])) == _items(p["ParameterValue"]) for p in parameters)
+
+
+def _items(value: str | None) -> list[str]:
+    """A parameter value as a list: "a,b" (the API) or "['a', 'b']" (the local endpoint)."""
+    if value is None:
+        return []
+    if value.startswith("[") and value.endswith("]"):
+        return [str(v) for v in ast.literal_eval(value)]
+    return value.split(",")
+
+
+def check_locations(parameters: dict[str, Any]) -> None:
+    """Refuse, before CloudFormation does less clearly or not at all: an output prefix that
+    is empty or not a folder, and outputs inside the input prefix (the job role is denied
+    writes into every subject folder there, so no scan could write)."""
+    input_prefix = parameters.get("InputPrefix") or ""
+    output_prefix = parameters.get("OutputPrefix") or ""
+    for name, prefix, required in (("input prefix", input_prefix, False), ("output prefix", output_prefix, True)):
+        if (required and not prefix) or (prefix and not prefix.endswith("/")) or prefix.startswith("/"):
+            raise InfraError(
+                f"{name} {prefix!r} is not a folder: give one ending in '/' (e.g. 'ndmg/')"
+                + (", not the bucket root" if required else ", or nothing for the whole bucket")
+            )
+    if parameters.get("InputBucket") == parameters.get("OutputBucket") and output_prefix.startswith(input_prefix):
+        raise InfraError(
+            f"output prefix {output_prefix!r} lies inside input prefix {input_prefix!r} of bucket "
+            f"{parameters.get('InputBucket')!r}: jobs may never write there; choose an output prefix outside it "
+            "(or another bucket)"
+        )
+
+
+def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Deployment:
+    """Create the stack, or update it; report which, and the queue and job definition."""
+    check_locations(parameters)
+    args = {
+        "StackName": stack,
+        "TemplateBody": template_body(),
+        "Parameters": _parameters(parameters),
+        "Capabilities": ["CAPABILITY_IAM"],
+        "Tags": [{"Key": "project", "Value": "ndmg-cloud"}],
+    }
+    try:
+        status = _status(cfn, stack)
+        if status is not None and status.endswith("_IN_PROGRESS"):
+            raise InfraError(f"stack {stack} is {status}: wait for it to finish, then run setup again")
+        if status in UNUSABLE:
+            raise InfraError(
+                f"stack {stack} is {status} (see its events in the CloudFormation console): "
+                "run teardown, fix the cause, then setup again"
+            )
+        if status is None:
+            cfn.create_stack(**args)
+            cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
+            return Deployment(stack, "created", _outputs(cfn, stack))
+        if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
+            return Deployment(stack, "unchanged", _outputs(cfn, stack))
+        try:
+            cfn.update_stack(**args)
+        except ClientError as err:
+            if "No updates are to be performed" in str(err):
+                return Deployment(stack, "unchanged", _outputs(cfn, stack))
+            raise
+        cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig=WAIT)
+        return Deployment(stack, "updated", _outputs(cfn, stack))
+    except (ClientError, WaiterError) as err:
+        raise InfraError(f"could not deploy stack {stack}: {err}") from None
+
+
+def teardown(cfn: Any, stack: str = STACK_NAME) -> bool:
+    """Delete the stack; False when there was none."""
+    if not _exists(cfn, stack):
+        return False
+    cfn.delete_stack(StackName=stack)
+    cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig=WAIT)
+    return True

@@ -1,0 +1,18 @@
+"""A whole DAG run in this process (``dag.test()``): what ``make demo`` and the load
+benchmark run on the embedded stack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ndmg_cloud.orchestration.taskids import DAG_ID
+
+
+def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
+    """Run ``dag_id`` from the configured DAG folder (``[core] dags_folder``) to its end;
+    its run id."""
+    from airflow.configuration import conf as airflow_conf
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder")).dags[dag_id]
+    return dag.test(run_conf=conf).run_id

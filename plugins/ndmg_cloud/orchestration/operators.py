@@ -1,0 +1,362 @@
+"""``ScanBatchOperator``: one scan's Batch job, submitted from its job spec and waited on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.config import Config
+
+from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
+from airflow.providers.amazon.aws.operators.batch import BatchOperator
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow.providers.standard.operators.python import PythonOperator
+
+from ndmg_cloud.participant.jobs import jobs_named, terminate_job
+from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
+from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
+from ndmg_cloud.orchestration.triggers import ScanJobTrigger, polls_for
+
+STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
+CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
+
+# SubmitJob's own client, bounded so that a call, retries included, is over within
+# SUBMIT_WINDOW_SECONDS of its start: after that, a try that died during its call (whose task
+# runner may live on, as Airflow 3.3's do in their own process group when their supervisor
+# is killed) can no longer create a job, and its retry may look for the job by name.
+SUBMIT_ATTEMPTS, SUBMIT_CONNECT_TIMEOUT, SUBMIT_READ_TIMEOUT = 3, 5, 20
+STANDARD_MODE_MAX_BACKOFF = 20  # botocore's "standard" retry mode waits at most 20 s between attempts
+WORKER_CLOCK_MARGIN = 10  # between the clocks of the worker that died and the one retrying
+SUBMIT_CONFIG = Config(
+    connect_timeout=SUBMIT_CONNECT_TIMEOUT,
+    read_timeout=SUBMIT_READ_TIMEOUT,
+    retries={"mode": "standard", "total_max_attempts": SUBMIT_ATTEMPTS},
+)
+SUBMIT_WINDOW_SECONDS = (
+    SUBMIT_ATTEMPTS * (SUBMIT_CONNECT_TIMEOUT + SUBMIT_READ_TIMEOUT)
+    + (SUBMIT_ATTEMPTS - 1) * STANDARD_MODE_MAX_BACKOFF
+    + WORKER_CLOCK_MARGIN
+)
+
+
+def submitting_since(saved: Any, max_tries: int) -> float | None:
+    """When a try of this round of tries began submitting without recording a job id (it
+    may have died with the job created), or None."""
+    if isinstance(saved, dict) and saved.get("submitting_since") and saved.get("max_tries") == max_tries:
+        return float(saved["submitting_since"])
+    return None
+
+
+def in_flight_for(saved: Any, now: float) -> float:
+    """Seconds for which an earlier try's SubmitJob call may still create a job: none if
+    that try saw its call end (with an error), else until its submit window closes."""
+    if saved.get("call_ended"):
+        return 0.0
+    started = saved.get("call_started") or saved["submitting_since"]
+    return max(0.0, float(started) + SUBMIT_WINDOW_SECONDS - now)
+
+
+def reattachable(saved: Any, max_tries: int) -> str | None:
+    """The job id an Airflow retry must reattach to, or None to submit afresh.
+
+    The store survives retries and manual Clears alike; a Clear raises the task instance's
+    ``max_tries``, a retry does not. So a job saved under the same ``max_tries`` belongs to
+    this round of tries (reattach, never pay twice); one saved before a Clear does not.
+    """
+    if isinstance(saved, dict) and saved.get("job_id") and saved.get("max_tries") == max_tries:
+        return saved["job_id"]
+    return None
+
+
+class ScanBatchOperator(BatchOperator):
+    """Submit the exact SubmitJob payload of a scan's job spec, then wait (deferrable).
+
+    :param scan_id: the scan's BIDS entity string; shown as the map index label.
+    :param job_spec_uri: where the scan's job spec lives (the container reads it).
+    :param batch: the spec's ``batch`` block, passed to SubmitJob unchanged; None (a scan's
+        mapped task): read from the job spec at execute time.
+
+    :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
+        environments are checked and, if none can run it, the job is cancelled with the reason.
+    :param submit_not_before: this scan's turn to submit (epoch seconds; ``ndmg_cloud.participant.pacing``):
+        a task that starts earlier waits for it.
+
+    Every other argument is ``BatchOperator``'s (``deferrable``, ``poll_interval``,
+    ``aws_conn_id``, ...); its extra links (job, definition, queue, logs) are kept.
+    Right after submitting, the job id is pushed as XCom ``batch_job`` together with the
+    scan id, so the report can find the job even when the task fails, and saved in the
+    task's ``task_state_store``: an Airflow retry (a worker crash, say) reattaches to that
+    job, live or finished, instead of submitting the scan again. A manual Clear submits afresh.
+    """
+
+    # Nothing here is a template: the payload is data (paths and names from the dataset and
+    # the user), and Airflow's rendering would evaluate any ``{{ conn... }}`` inside it,
+    # nested values included (mapped-operator rendering marks only the top level as done).
+    template_fields: Sequence[str] = ()
+    template_fields_renderers: dict[str, str] = {}
+    # a job that SUCCEEDED ends the task in the triggerer, with the XComs execute_complete
+    # would push: a scan costs one task launch; only failures resume on a worker
+    ends_in_triggerer = True
+
+    def __init__(
+        self,
+        *,
+        scan_id: str,
+        job_spec_uri: str,
+        batch: dict[str, Any] | None = None,
+        runnable_timeout: int = 30 * 60,
+        submit_not_before: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        payload = batch or {"jobName": scan_id, "jobQueue": "from-the-job-spec", "jobDefinition": "from-the-job-spec"}
+        super().__init__(job_name=payload["jobName"], job_queue=payload["jobQueue"], job_definition=payload["jobDefinition"], **kwargs)
+        self.take_job(scan_id, job_spec_uri, payload, runnable_timeout)
+        self.payload_from_spec = batch is None  # read at execute: a mapped task's XCom stays small
+        self.submit_not_before = submit_not_before
+
+    def take_job(self, scan_id: str, job_spec_uri: str, batch: dict[str, Any], runnable_timeout: int) -> None:
+        """This task's job: the scan, its spec and the SubmitJob payload (BatchOperator's
+        fields follow from the payload, so they can never disagree with it)."""
+        self.scan_id, self.job_spec_uri, self.batch, self.runnable_timeout = scan_id, job_spec_uri, batch, runnable_timeout
+        self.job_name, self.job_queue, self.job_definition = batch["jobName"], batch["jobQueue"], batch["jobDefinition"]
+        self.container_overrides = batch.get("containerOverrides")
+        self.tags = batch.get("tags") or {}
+        self.retry_strategy = batch.get("retryStrategy")
+        self.submit_job_timeout = (batch.get("timeout") or {}).get("attemptDurationSeconds")
+
+    def defer(self, *, trigger: Any, method_name: str, kwargs: dict | None = None, timeout: Any = None) -> None:
+        """Wait with ScanJobTrigger (stuck-job watchdog, on_kill) instead of BatchJobTrigger."""
+        trigger = ScanJobTrigger(
+            job_id=self.job_id,
+            job_queue=self.job_queue,
+            runnable_timeout=self.runnable_timeout,
+            poll_interval=self.poll_interval,
+            max_polls=polls_for(self.poll_interval),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            scan_id=self.scan_id,
+            end_on_success=self.ends_in_triggerer,
+        )
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def execute(self, context: Any) -> str:
+        if self.payload_from_spec:
+            self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(context["run_id"]), self.runnable_timeout)
+        return self._final(lambda: super(ScanBatchOperator, self).execute(context))
+
+    def _spec_payload(self, run_id: str) -> dict[str, Any]:
+        """The SubmitJob payload of this scan's job spec (written by this run's write_job_specs)."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        from ndmg_cloud.core.spec import JobSpec
+
+        try:
+            spec = JobSpec.read(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri)
+        except ValueError as err:  # JSON, or a spec this code did not write
+            raise AirflowFailException(
+                f"job spec {self.job_spec_uri} cannot be read ({err}): clear this run's write_job_specs task "
+                "to write it again"
+            ) from None
+        made_for = (spec.scan_id, spec.run_id)
+        if made_for != (self.scan_id, run_id):
+            raise AirflowFailException(
+                f"job spec {self.job_spec_uri} is for scan {made_for[0]!r} of run {made_for[1]!r}, not scan "
+                f"{self.scan_id!r} of run {run_id!r}: another run wrote over this run's job dir (a jobdir shared "
+                "by runs); give each run its own jobdir (leave it empty) and clear this run"
+            )
+        return spec.batch
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:
+        if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)
+            return None
+        if event and event.get("throttled"):  # the report counts them
+            context["ti"].xcom_push(key=THROTTLED_XCOM_KEY, value={"scan_id": self.scan_id, "polls": event["throttled"]})
+        return self._final(lambda: super(ScanBatchOperator, self).execute_complete(context, event))
+
+    def _final(self, wait: Any) -> str:
+        """A job that ended FAILED fails the task for good: a retry would only reattach to
+        the same failed job (retries are for worker crashes, Spot is Batch's own retry)."""
+        try:
+            return wait()
+        except AirflowException as err:
+            if isinstance(err, AirflowFailException) or not self.job_id:
+                raise
+            job = self.hook.get_job_description(self.job_id)
+            if job.get("status") != "FAILED":
+                raise
+            raise AirflowFailException(
+                f"{self.what}: Batch job {self.job_id} failed: {job.get('statusReason') or 'no reason given'}"
+            ) from err
+
+    @property
+    def what(self) -> str:
+        """What this task's job is, for messages."""
+        return f"scan {self.scan_id}"
+
+    def on_kill(self) -> None:
+        """Sync mode: the task was killed; terminate its job (deferred tasks: the trigger's on_kill)."""
+        if self.job_id:
+            terminate_job(self.hook.client, self.job_id, "the Airflow task was stopped")
+            self.log.info("Terminated Batch job %s", self.job_id)
+
+    def submit_job(self, context: Any) -> None:
+        """Submit the scan's job at most once per round of tries, whatever the crash point.
+
+        The intent is saved before SubmitJob and the job id after it. A retry that finds the
+        job id reattaches; one that finds only the intent (the try died during or right after
+        the call, when Batch may have created the job) looks for the job by its name, unique
+        to this scan and run, among the jobs created since, and reattaches to it; only if
+        there is none does it submit. If the earlier try died during the call, its task runner
+        may live on with the request in flight (or retrying): the retry then waits for that
+        call's window (SUBMIT_WINDOW_SECONDS from its start) to close before it concludes
+        there is no job."""
+        store = context.get("task_state_store")
+        max_tries = context["ti"].max_tries
+        saved = store.get(STATE_KEY) if store is not None else None
+        job_id = reattachable(saved, max_tries)
+        if job_id and self._still_known(job_id):
+            self.log.info("Reattaching scan %s to Batch job %s from an earlier try: not submitting again", self.scan_id, job_id)
+            self._record(context, job_id)
+            return
+        since = submitting_since(saved, max_tries)
+        if since is not None:
+            job_id = self._job_of_earlier_try(since, in_flight_for(saved, time.time()))
+            if job_id:
+                self.log.info(
+                    "Batch job %s carries this scan's job name %s: an earlier try submitted it and died before "
+                    "recording it; reattaching, not submitting again", job_id, self.job_name,
+                )  # fmt: skip
+                store.set(STATE_KEY, {"job_id": job_id, "max_tries": max_tries})
+                self._record(context, job_id)
+                return
+        self.log.info(
+            "Submitting %s for scan %s (job spec %s) to queue %s, definition %s",
+            self.batch["jobName"],
+            self.scan_id,
+            self.job_spec_uri,
+            self.job_queue,
+            self.job_definition,
+        )
+        self._wait_for_turn()
+        now = time.time()
+        intent = {"submitting_since": since or now, "call_started": now, "max_tries": max_tries}
+        if store is not None:
+            store.set(STATE_KEY, intent)
+        try:
+            response = self._submit()
+        except Exception as err:
+            if store is not None:  # this call is over: a retry need not wait out its window
+                store.set(STATE_KEY, {**intent, "call_ended": True})
+            raise AirflowException(
+                f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job "
+                f"definition {self.job_definition!r}: {err}"
+            ) from err
+        if store is not None:
+            store.set(STATE_KEY, {"job_id": response["jobId"], "max_tries": max_tries})
+        self.log.info("Batch job %s submitted for scan %s", response["jobId"], self.scan_id)
+        self._record(context, response["jobId"])
+
+    def _wait_for_turn(self) -> None:
+        """Keep the run's SubmitJob calls under its rate (ndmg_cloud.participant.pacing)."""
+        wait = (self.submit_not_before or 0) - time.time()
+        if wait > 0:
+            self.log.info("Waiting %.1f s for this scan's turn to submit (NDMG_SUBMIT_RATE)", wait)
+            time.sleep(wait)
+
+    def _submit(self) -> dict[str, Any]:
+        client = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, config=SUBMIT_CONFIG).client
+        return client.submit_job(**self.batch)
+
+    def _job_of_earlier_try(self, since: float, in_flight: float) -> str | None:
+        """The job an earlier try of this round submitted, if it exists. If that try died
+        during its call, the call may still create the job until its window closes: look, and
+        if there is none yet, wait for the window to close and look again."""
+        job_id = self._job_named_since(since)
+        if job_id is None and in_flight > 0:
+            self.log.info(
+                "An earlier try began submitting scan %s and died during the call, which may still create "
+                "the job for %.0f s; waiting for that before looking for job %s again",
+                self.scan_id, in_flight, self.job_name,
+            )  # fmt: skip
+            time.sleep(in_flight)
+            job_id = self._job_named_since(since)
+        return job_id
+
+    def _job_named_since(self, since: float) -> str | None:
+        """The first job of the queue carrying this task's job name created since ``since``
+        (less a clock-skew margin); ListJobs with a JOB_NAME filter lists every status."""
+        earliest_ms = (since - CLOCK_SKEW_SECONDS) * 1000
+        found = [
+            job
+            for job in jobs_named(self.hook.client, self.job_queue, self.job_name)
+            if job.get("createdAt", 0) >= earliest_ms
+        ]
+        return min(found, key=lambda job: job.get("createdAt", 0))["jobId"] if found else None
+
+    def _still_known(self, job_id: str) -> bool:
+        try:
+            self.hook.get_job_description(job_id)
+        except AirflowException:
+            self.log.warning("Batch job %s from an earlier try is gone; submitting afresh", job_id)
+            return False
+        return True
+
+    def _record(self, context: Any, job_id: str) -> None:
+        self.job_id = job_id
+        context["ti"].xcom_push(key=JOB_XCOM_KEY, value={"scan_id": self.scan_id, "job_id": job_id})
+        BatchJobDetailsLink.persist(
+            context=context,
+            operator=self,
+            region_name=self.hook.conn_region_name,
+            aws_partition=self.hook.conn_partition,
+            job_id=self.job_id,
+        )
+        # the log link has nothing to show until the job ends (its trigger, or execute_complete,
+        # pushes it then): say so, rather than have each deferral log "XCom not found"
+        context["ti"].xcom_push(key=CloudWatchEventsLink.key, value=None)
+
+
+class CanaryOperator(ScanBatchOperator):
+    """The canary: one short Batch job on the run's queue and job definition that runs
+    ``ndmg-scan --self-check`` before any scan job (see ``ndmg_cloud.participant.canary``).
+
+    Its job is worked out at run time by ``spec_task_id`` (XCom ``canary_job``); a run without
+    one (``canary=false``, ``backend=local``, a dry run) skips this task. Everything else is
+    a scan job's: exactly-once submission, the stuck-job watchdog, termination on kill, the
+    Batch links; its self-check lines are copied from CloudWatch into this task's log.
+    """
+
+    def __init__(self, *, spec_task_id: str = WRITE_JOB_SPECS, **kwargs: Any) -> None:
+        placeholder = {"jobName": "canary", "jobQueue": "unknown-until-run-time", "jobDefinition": "unknown-until-run-time"}
+        super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder, awslogs_enabled=True, **kwargs)
+        self.spec_task_id = spec_task_id
+
+    what = "the canary (ndmg-scan --self-check)"
+    ends_in_triggerer = False  # its worker copies the self-check lines from CloudWatch
+
+    def execute(self, context: Any) -> str:
+        job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
+        if not job:
+            for link in self.operator_extra_links:  # no job, no links (and no "XCom not found" errors)
+                if getattr(link, "key", None):
+                    context["ti"].xcom_push(key=link.key, value=None)
+            raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
+        self.take_job(**job)
+        return super().execute(context)
+
+
+class RunReportOperator(PythonOperator):
+    """The verify-and-report step, with a "Run report" button that opens report.html, and the
+    same URL as the last line of its log (the log view makes it a link)."""
+
+    operator_extra_links = (RunReportLink(),)
+
+    def execute(self, context: Any) -> Any:
+        uri = super().execute(context)
+        if uri:
+            self.log.info("Run report: %s", airflow_report_url(deployment_base_url(), context["run_id"]))
+        return uri

@@ -1,0 +1,187 @@
+"""Before the fan-out: the canary job, and the run plan settled once the image is known.
+
+The canary (``backend=aws_batch``, param ``canary``, default on) is one short Batch job on
+the run's own queue and job definition that runs ``ndmg-scan --self-check`` on one scan of
+the run: the image's contract, the pipeline's own parser on the scan's exact command, the
+atlases, the work disk, the job role's S3 access. It writes what it found beside the run's
+report (``reports/<run id>/canary.json``). If it fails, the run stops having paid for one
+small job, not for an instance per scan.
+
+Then the settlement (``settle``, a ``runplan.Settlement``): a scan found done by discovery is skipped only if the code that
+made it is the code this run will use (the image contract's fingerprint); otherwise it runs
+again and its report row says why. The first ``pilot_scans`` scans to run go first; the
+rest are released only when every pilot succeeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ndmg_cloud.scan.contract import ImageContract, local_contract
+from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
+from ndmg_cloud.core.spec import RUNNER_COMMAND, JobSpec
+from ndmg_cloud.participant.jobspec import RETRY_STRATEGY, job_name_prefix, run_token
+from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.participant.runplan import Settlement
+from ndmg_cloud.core.s3 import get_json
+from ndmg_cloud.participant.verify import ScanResult
+from ndmg_cloud.core.layout import split_uri
+
+CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
+
+
+def canary_kwargs(config: RunConfig, spec: JobSpec) -> dict[str, Any]:
+    """The canary task's arguments: the scan's job spec checked on the run's queue and job
+    definition, with the self-check command instead of the scan's."""
+    result = config.outputs.canary_uri(config.run_id)
+    command = [RUNNER_COMMAND, "--self-check", "--spec", spec.spec_uri, "--result", result]
+    batch = {
+        "jobName": f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}",
+        "jobQueue": config.job_queue,
+        "jobDefinition": config.job_definition,
+        "containerOverrides": {
+            "command": command,
+            "environment": [{"name": "NDMG_JOB_SPEC", "value": spec.spec_uri}],
+        },
+        "tags": {
+            # the scan's tags (project among them: without it the orchestrator's role may
+            # neither tag the job at submit nor stop it, iam.py), and canary=true
+            **spec.batch["tags"],
+            "pipeline": config.pipeline,
+            "canary": "true",
+        },
+        "propagateTags": True,
+        "retryStrategy": RETRY_STRATEGY,  # a Spot reclaim retries it, like a scan
+        "timeout": {"attemptDurationSeconds": CANARY_TIMEOUT_SECONDS},
+    }
+    return {
+        "scan_id": spec.scan_id,
+        "job_spec_uri": spec.spec_uri,
+        "batch": batch,
+        "runnable_timeout": config.runnable_timeout_minutes * 60,
+    }
+
+
+@dataclass
+class CanaryOutcome:
+    """What the canary found: ``passed``, ``failed`` or ``skipped`` (with why)."""
+
+    status: str
+    reason: str | None = None
+    scan_id: str | None = None
+    job_id: str | None = None
+    log_url: str | None = None
+    failure_class: str | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    contract: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> ImageContract | None:
+        return ImageContract.from_dict(self.contract) if self.contract else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CanaryOutcome:
+        return cls(**data)
+
+
+def skipped(config: RunConfig) -> CanaryOutcome:
+    if config.dry_run:
+        why = "dry run: nothing is submitted"
+    elif config.backend != "aws_batch":
+        why = f"backend={config.backend}: scans run on this machine, with the code installed here"
+    else:
+        why = "canary=false"
+    return CanaryOutcome("skipped", why)
+
+
+def run_contract(config: RunConfig, outcome: CanaryOutcome) -> ImageContract | None:
+    """The code this run's scans are made with: the image the canary checked; the code
+    installed here on the local backend; unknown (None) when no canary ran."""
+    if outcome.status == "passed":
+        return outcome.image
+    return local_contract(config.pipeline) if config.backend == "local" else None
+
+
+def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryOutcome:
+    """The canary's verdict from its Batch job and the findings it wrote (if it got that far)."""
+    found = _found(config, s3_client, job.job_id)
+    outcome = CanaryOutcome(
+        "failed",
+        scan_id=(found or {}).get("scan_id"),
+        job_id=job.job_id,
+        log_url=job.log_url,
+        checks=(found or {}).get("checks", []),
+        contract=(found or {}).get("contract"),
+        log_tail=job.log_tail,
+    )
+    if job.status == SUCCEEDED and found and found.get("ok"):
+        outcome.status = "passed"
+        image = outcome.image
+        outcome.reason = f"the image can run this run's scans: {image.label}" if image else "passed"
+        return outcome
+    failing = next((c for c in outcome.checks if not c.get("ok")), None)
+    if failing:
+        outcome.reason = f"{failing['name']}: {failing['detail']}"
+    elif job.status == SUCCEEDED:
+        outcome.reason = f"the job succeeded but wrote no findings to {config.outputs.canary_uri(config.run_id)}"
+    else:
+        outcome.reason = job.reason or f"the canary job is {job.status}"
+    outcome.failure_class = job.failure_class
+    return outcome
+
+
+def _found(config: RunConfig, s3_client: Any, job_id: str) -> dict[str, Any] | None:
+    """The canary job's findings; none when it died first, or when they are not its own (a
+    scan job may write there too: only the canary's Batch job id speaks for the image)."""
+    bucket, key = split_uri(config.outputs.canary_uri(config.run_id))
+    try:
+        found = get_json(s3_client, bucket, key)
+    except Exception:  # no findings (the job died before writing them) is itself a finding
+        return None
+    return found if isinstance(found, dict) and found.get("job_id") == job_id else None
+
+
+def settle(
+    config: RunConfig,
+    tasks: list[dict[str, Any]],
+    done: dict[str, ScanResult],
+    reruns: dict[str, str],
+    contract: ImageContract | None,
+    outcome: CanaryOutcome,
+) -> Settlement:
+    """Keep as done only what this run's code made; the first ``pilot_scans`` of the rest go
+    first (aws_batch).
+
+    ``tasks`` are the task arguments of every valid scan, ``done`` the rows of the scans
+    discovery found done for this pipeline and options (each naming the contract that made
+    it), ``contract`` this run's (None when unknown: canary off).
+    """
+    kept, reruns = {}, dict(reruns)
+    for scan_id, row in done.items():
+        if contract is not None and row.contract != contract.fingerprint:
+            reruns[scan_id] = _rerun_reason(row, contract)
+            continue
+        if contract is None and config.backend == "aws_batch" and not config.dry_run:
+            row = replace(row, reason=f"{row.reason}; its image was not compared ({outcome.reason})")
+        kept[scan_id] = row
+    to_run = [] if config.dry_run else [t["scan_id"] for t in tasks if t["scan_id"] not in kept]
+    pilots = to_run[: config.pilot_scans] if config.backend == "aws_batch" else []
+    return Settlement(
+        done=kept,
+        reruns={k: v for k, v in reruns.items() if k not in kept},
+        pilots=pilots,
+        canary=outcome.to_dict(),
+        contract=contract.summary() if contract else None,
+    )
+
+
+def _rerun_reason(row: ScanResult, contract: ImageContract) -> str:
+    made, now = row.made_by or "code with no image contract", contract.label
+    if made == now:  # the same code in another image: the fingerprints tell them apart
+        made, now = f"{made} (contract {row.contract})", f"{now} (contract {contract.fingerprint})"
+    return f"done with {made}, this run uses {now}"

@@ -1,0 +1,68 @@
+"""The ``discover`` step: one listing of the dataset, scans out, bad input refused."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ndmg_cloud.core.bids import Discovery, discover_scans, select
+from ndmg_cloud.participant.params import ParamError, RunConfig
+from ndmg_cloud.core.s3 import list_objects
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be processed as asked; the message says why and what to do."""
+
+
+def discover(config: RunConfig, s3_client: Any) -> Discovery:
+    root = config.input_root
+    # An output folder inside the dataset is never a sub-* folder (params refuse that), so
+    # discovery, which reads only sub-* trees, never mistakes outputs for inputs.
+    keys = (obj.key for obj in list_objects(s3_client, root.bucket, root.prefix))
+    found = discover_scans(keys, root.prefix)
+    for warning in found.warnings:
+        log.warning(warning)
+
+    if found.keys_listed == 0:
+        raise DatasetError(
+            f"nothing under {root}: check 'bucket' ({root.bucket!r}) and 'bidsdir' ({root.prefix!r})"
+        )
+    if not found.scans:
+        raise DatasetError(
+            f"no DWI images under {root} ({found.keys_listed} keys listed): expected "
+            "sub-<label>/[ses-<label>/]dwi/sub-<label>[_ses-<label>]..._dwi.nii[.gz]; "
+            "check 'bidsdir'"
+        )
+    _check_filter(config.participants, sorted({s.subject for s in found.scans}), "participant_label", "sub")
+    _check_filter(
+        config.sessions, sorted({s.session for s in found.scans if s.session}), "session_label", "ses"
+    )
+    found.scans = select(found.scans, config.participants, config.sessions)
+    if not found.scans:
+        raise DatasetError(
+            f"participant_label {config.participants} and session_label {config.sessions} "
+            "together match no scan; loosen one of them"
+        )
+    if not found.valid:
+        reasons = "; ".join(f"{s.scan_id}: {s.reason}" for s in found.scans[:5])
+        raise DatasetError(f"all {len(found.scans)} scans are invalid, nothing to run. {reasons}")
+    log.info(
+        "%d keys listed, %d parsed, %d scans (%d valid, %d invalid)",
+        found.keys_listed,
+        found.keys_parsed,
+        len(found.scans),
+        len(found.valid),
+        len(found.invalid),
+    )
+    return found
+
+
+def _check_filter(wanted: list[str], present: list[str], param: str, key: str) -> None:
+    missing = [label for label in wanted if label not in present]
+    if missing:
+        shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
+        raise ParamError(
+            f"{param} {missing} not found in the dataset; {key} labels present: {shown or 'none'}"
+        )

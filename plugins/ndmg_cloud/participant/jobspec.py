@@ -1,0 +1,153 @@
+"""The job spec builder: one ``JobSpec`` (``core.spec``) per valid scan of a run, with the
+exact SubmitJob payload (valid for ``aws batch submit-job --cli-input-json``), job names,
+tags and the names of the run's own files in its job dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.core.pipelines import get_pipeline
+from ndmg_cloud.core.spec import RUNNER_COMMAND, WORK_INPUT, WORK_OUTPUT, JobSpec, PipelineCall
+
+JOB_NAME_MAX = 128
+DATASET_IN_NAME = 40  # characters of the dataset name kept at the front of job names
+# Batch retries inside the job on a Spot reclaim ("Host EC2 (instance i-...) terminated.")
+# and exits on anything else, so a reclaim costs one more attempt, never a resubmission.
+RETRY_STRATEGY = {
+    "attempts": 3,
+    "evaluateOnExit": [
+        {"onStatusReason": "Host EC2*", "action": "RETRY"},
+        {"onReason": "*", "action": "EXIT"},
+    ],
+}
+_NOT_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+_NOT_IN_TAG = re.compile(r"[^\w .:/=+\-@]+")
+
+
+PROJECT_TAG, PROJECT = "project", "ndmg-cloud"  # on every job this project submits
+
+def run_token(run_id: str) -> str:
+    """Eight hex characters that tell this run's jobs from another run's."""
+    return hashlib.sha1(run_id.encode()).hexdigest()[:8]
+
+
+def _dataset_part(dataset: str) -> str:
+    return _NOT_IN_JOB_NAME.sub("-", dataset).strip("-_")[:DATASET_IN_NAME] or "dataset"
+
+
+def job_name_prefix(dataset: str) -> str:
+    """What every job name of a dataset starts with (to find a dataset's jobs in a queue)."""
+    return _dataset_part(dataset) + "-"
+
+
+def job_name(dataset: str, scan_id: str, run_id: str) -> str:
+    """``<dataset>-<scan id>-<run token>``: legal for Batch, readable, unique per scan and run."""
+    token = run_token(run_id)
+    head = job_name_prefix(dataset)
+    scan = _NOT_IN_JOB_NAME.sub("-", scan_id)
+    name = f"{head}{scan}-{token}"
+    if len(name) <= JOB_NAME_MAX:
+        return name
+    # Too long: keep the end of the scan id (it tells scans apart) and add a hash of it.
+    digest = hashlib.sha1(scan_id.encode()).hexdigest()[:8]
+    room = JOB_NAME_MAX - len(head) - len(digest) - len(token) - 2
+    return f"{head}{scan[-room:].lstrip('-_')}-{digest}-{token}"
+
+
+def _tag(value: str) -> str:
+    return _NOT_IN_TAG.sub("-", value)[:256]
+
+
+def dataset_tag(dataset: str) -> str:
+    """The ``dataset`` tag every job of a dataset carries."""
+    return _tag(dataset)
+
+
+def spec_uri(config: RunConfig, scan: Scan) -> str:
+    return f"{config.jobdir}{scan.scan_id}.json"  # jobdir ends in "/"
+
+
+def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
+    """A file of the run itself in its job dir, ``<jobdir><kind>-<run token><suffix>`` (the
+    plan, the settlement, the released scans): named by run, as a job dir may be shared,
+    and never a scan's spec (scan ids start with ``sub-``)."""
+    return f"{config.jobdir}{kind}-{run_token(config.run_id)}{suffix}"
+
+
+def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
+    """The job spec of one valid scan."""
+    if not scan.valid:
+        raise ValueError(f"scan {scan.scan_id} is invalid ({scan.reason}); it gets no job spec")
+    pipeline = get_pipeline(config.pipeline)
+    outputs = config.outputs
+    uri = spec_uri(config, scan)
+    inputs = {
+        "dwi": scan.dwi,
+        "bval": scan.bval,
+        "bvec": scan.bvec,
+        "t1w": scan.t1w,
+        "dataset_description": "dataset_description.json",
+    }
+    batch = {
+        "jobName": job_name(config.dataset, scan.scan_id, config.run_id),
+        "jobQueue": config.job_queue,
+        "jobDefinition": config.job_definition,
+        "containerOverrides": {
+            "command": [RUNNER_COMMAND, "--spec", uri],
+            "environment": [{"name": "NDMG_JOB_SPEC", "value": uri}],
+        },
+        "tags": {
+            PROJECT_TAG: PROJECT,  # the orchestrator may stop only jobs carrying it (iam.py)
+            "dataset": dataset_tag(config.dataset),
+            "scan": _tag(scan.scan_id),
+            "run_id": _tag(config.run_id),
+            "pipeline": config.pipeline,
+        },
+        "propagateTags": True,
+        "retryStrategy": RETRY_STRATEGY,
+        "timeout": {"attemptDurationSeconds": config.job_timeout_minutes * 60},
+    }
+    return JobSpec(
+        spec_uri=uri,
+        run_id=config.run_id,
+        dataset=config.dataset,
+        scan=scan,
+        inputs=inputs,
+        input_root=config.input_root.uri(),
+        output_root=config.output_root.uri(),
+        output_prefix=f"s3://{outputs.root.bucket}/{outputs.scan_prefix(scan)}",
+        manifest=f"s3://{outputs.root.bucket}/{outputs.manifest_key(scan)}",
+        expected_outputs=pipeline.expected_outputs(scan, config.options),
+        extra_inputs=pipeline.extra_inputs(config.options),
+        pipeline=PipelineCall(
+            name=pipeline.name,
+            image=pipeline.image,
+            options=config.options,
+            command=pipeline.command(scan, config.options, WORK_INPUT, WORK_OUTPUT),
+        ),
+        batch=batch,
+    )
+
+
+def write_specs(s3_client: Any, specs: list[JobSpec]) -> None:
+    """Put many specs, 16 at a time (a rerun writes one per valid scan)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda spec: spec.write(s3_client), specs))
+
+
+def check_no_shared_outputs(specs: list[JobSpec]) -> None:
+    """Two scans must never write the same key: refuse the run before submitting if so."""
+    owner: dict[str, str] = {}
+    for spec in specs:
+        scan_id = spec.scan_id
+        keys = [spec.manifest] + [spec.output_prefix + p for p in spec.expected_outputs]
+        for key in keys:
+            if key in owner and owner[key] != scan_id:
+                raise ValueError(f"scans {owner[key]} and {scan_id} would both write {key}")
+            owner[key] = scan_id

@@ -1,0 +1,65 @@
+"""The ``local`` backend: the scan runner in a subprocess on the Airflow worker.
+
+The same ``ndmg-scan`` code as in the Batch container, the same job spec, and a
+``JobRecord`` like Batch's, so verification and the report do not care where a scan ran.
+Concurrency is capped by the Airflow pool ``ndmg_local`` (sized to the machine's cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+
+from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
+from ndmg_cloud.scan.scrub import redact, runner_environment
+from ndmg_cloud.scan.warm import WARM_ENV
+
+log = logging.getLogger(__name__)
+LOCAL_POOL = "ndmg_local"
+TAIL_LINES = 40
+
+
+def local_pool_slots() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_local(scan_id: str, spec_uri: str) -> JobRecord:
+    """Run one scan's runner to completion; its output goes to this task's log."""
+    command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--spec", spec_uri]
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    started = int(time.time() * 1000)
+    # not the worker's DB URL, JWT secret or Fernet key (scrub.py); ndmg-lite from the warm fork server (warm.py)
+    env = {**runner_environment(os.environ), WARM_ENV: "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in process.stdout:
+            line = redact(line.rstrip("\n"))
+            tail.append(line)
+            log.info("%s", line)
+        code = process.wait()
+    finally:
+        if process.poll() is None:  # the task was killed: do not leave the scan running
+            process.terminate()
+            process.wait(30)
+    stopped = int(time.time() * 1000)
+    reason = failure_class = None
+    if code != 0:
+        failure_class = {143: "cancelled", -15: "cancelled", 137: "out_of_memory", -9: "out_of_memory"}.get(
+            code, "pipeline_error"
+        )
+        reason = next((line for line in reversed(tail) if line.startswith("ndmg-scan:")), None)
+        reason = (reason or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
+    return JobRecord(
+        job_id=f"local-{scan_id}-{started}",
+        status=SUCCEEDED if code == 0 else FAILED,
+        attempts=1,
+        started_ms=started,
+        stopped_ms=stopped,
+        reason=reason,
+        failure_class=failure_class,
+        log_tail=list(tail),
+    )

@@ -1,0 +1,202 @@
+"""``ndmg-scan --self-check --spec URI``: prove this image can run one scan of this project,
+without running the pipeline. The canary job of each ``aws_batch`` run does this before any
+scan job is submitted; it costs one short job instead of N failed instances.
+
+Checks, one line each:
+
+- contract: the image carries a contract (``ndmg_cloud.scan.contract``) for the spec's pipeline;
+- command: the pipeline's own argument parser accepts the spec's exact command (parsed,
+  never run);
+- atlases: each requested atlas is in the contract and a real NIfTI file in the image,
+  and the pipeline's name matching selects exactly that file;
+- disk: the work folder has the room the pipeline needs;
+- s3 read: the job's role can read the job spec and the scan's inputs;
+- s3 write: it can write and delete a probe key under the scan's output prefix.
+
+With ``--result URI`` the findings (and the contract) are also written there as JSON, for
+the orchestrator to read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ndmg_cloud.core.atlases import LABEL_DIR, selected_by
+from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
+from ndmg_cloud.core.layout import PROBE_NAME, split_uri
+from ndmg_cloud.core.spec import JobSpec
+from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
+
+RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
+ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
+WORK_DISK_ENV = "NDMG_WORK_DISK_GB"  # free GB a scan needs, when not the pipeline's figure
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<9} {self.detail}"
+
+
+@dataclass
+class SelfCheck:
+    scan_id: str
+    pipeline: str
+    checks: list[Check] = field(default_factory=list)
+    contract: ImageContract | None = None
+    checked_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def first_failure(self) -> Check | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "job_id": os.environ.get("AWS_BATCH_JOB_ID"),  # set by Batch in every job's container
+            "scan_id": self.scan_id,
+            "pipeline": self.pipeline,
+            "checked_at": self.checked_at,
+            "checks": [asdict(c) for c in self.checks],
+            "contract": self.contract.to_dict() if self.contract else None,
+        }
+
+
+def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
+    """Run every check (each reports on its own; one failing does not hide the others)."""
+    name = spec.pipeline.name
+    result = SelfCheck(spec.scan_id, name)
+    pipeline = get_pipeline(name)
+    options = spec.pipeline.options
+    _check_contract(result, name)
+    _check_command(result, spec.pipeline.command)
+    if pipeline.catalogue:
+        _check_atlases(result, pipeline, options)
+    _check_disk(result, pipeline, workdir)
+    _check_s3(result, spec, client)
+    return result
+
+
+def _check_contract(result: SelfCheck, pipeline: str) -> None:
+    try:
+        contract = current(pipeline)
+    except ContractError as err:
+        result.add("contract", False, str(err))
+        return
+    if contract is None:
+        recipe = RECIPES.get(pipeline)
+        how = (f"build the scan image from {recipe}" if recipe else
+               f"this project has no image recipe for {pipeline}: build one whose last step is "
+               f"`ndmg-image-contract --pipeline {pipeline}` (container/README.md), or run with canary=false")  # fmt: skip
+        result.add("contract", False, f"this image has no contract for {pipeline} (NDMG_IMAGE_CONTRACT unset): {how}")
+        return
+    result.contract = contract
+    if contract.pipeline != pipeline:
+        result.add("contract", False, f"this image runs {contract.pipeline} ({contract.label}), the run asks for "
+                   f"{pipeline}: point job_definition at a {pipeline} image")
+        return
+    result.add("contract", True, f"{contract.label} (contract {contract.fingerprint}, runner {contract.runner})")
+
+
+def _check_command(result: SelfCheck, command: list[str]) -> None:
+    parsed = parse_only(command, result.contract)
+    if parsed.ok:
+        result.add("command", True, f"{command[0]} accepts the scan's command ({len(command) - 1} arguments, "
+                   f"checked by {parsed.how})")
+    else:
+        result.add("command", False, parsed.error)
+
+
+def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any]) -> None:
+    try:
+        atlases = pipeline.atlases(options)
+    except OptionError as err:
+        result.add("atlases", False, str(err))
+        return
+    size = options["voxelsize"]
+    offered = set((result.contract.atlases if result.contract else {}).get(size, []))
+    root = Path(os.environ.get(ATLAS_DIR_ENV) or pipeline.atlas_dir or ".")
+    label_dir = root / LABEL_DIR
+    present = [str(p) for p in sorted(label_dir.glob("*.nii.gz"))]
+    problems = []
+    for atlas in atlases:
+        if result.contract and atlas.name not in offered:
+            problems.append(f"{atlas.name} is not among the image's {len(offered)} atlases at {size}")
+            continue
+        problem = nifti_problem(label_dir / atlas.file) if (label_dir / atlas.file).exists() else "missing"
+        if problem:
+            problems.append(f"{label_dir / atlas.file}: {problem}")
+            continue
+        chosen = selected_by([atlas.argument], present, size)
+        if [Path(p).name for p in chosen] != [atlas.file]:
+            problems.append(f"{atlas.argument!r} selects {len(chosen)} files, not exactly {atlas.file}")
+    for rel in reference_files(size):
+        problem = nifti_problem(root / rel) if (root / rel).exists() else "missing"
+        if problem:
+            problems.append(f"{root / rel}: {problem}")
+    if problems:
+        result.add("atlases", False, "; ".join(problems))
+    else:
+        names = ", ".join(a.name for a in atlases)
+        result.add("atlases", True, f"{names} at {size}: real NIfTI files, each selected alone")
+
+
+def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
+    need = float(os.environ.get(WORK_DISK_ENV) or pipeline.work_disk_gb)
+    free = shutil.disk_usage(workdir).free / 1e9
+    if free < need:
+        result.add("disk", False, f"{workdir} has {free:.1f} GB free, a {pipeline.name} scan needs {need:g} GB: "
+                   "give the compute environment bigger root volumes (ndmg_cloud setup --root-volume-gb)")
+    else:
+        result.add("disk", True, f"{free:.1f} GB free in {workdir} (a scan needs {need:g} GB)")
+
+
+def _check_s3(result: SelfCheck, spec: JobSpec, client: Any) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    inputs = spec.inputs
+    bucket, root = split_uri(spec.input_root)
+    keys = [(bucket, root + inputs[role]) for role in ("dwi", "bval", "bvec", "t1w")]
+    keys += [split_uri(uri) for uri in spec.extra_inputs.values()]
+    try:
+        for in_bucket, key in keys:
+            client.head_object(Bucket=in_bucket, Key=key)
+    except (ClientError, BotoCoreError) as err:
+        result.add("s3 read", False, f"cannot read s3://{in_bucket}/{key}: {_code(err)}: the job role needs "
+                   "s3:GetObject on the dataset")
+    else:
+        result.add("s3 read", True, f"read the job spec and the scan's {len(keys)} inputs")
+
+    out_bucket, prefix = split_uri(spec.output_prefix)
+    probe = prefix + PROBE_NAME + uuid.uuid4().hex[:12]
+    try:
+        client.put_object(Bucket=out_bucket, Key=probe, Body=b"ndmg-cloud self-check\n")
+        client.delete_object(Bucket=out_bucket, Key=probe)
+    except (ClientError, BotoCoreError) as err:
+        result.add("s3 write", False, f"cannot write and delete s3://{out_bucket}/{probe}: {_code(err)}: the job "
+                   "role needs s3:PutObject and s3:DeleteObject on the output prefix")
+    else:
+        result.add("s3 write", True, f"wrote and deleted a probe under {spec.output_prefix}")
+
+
+def _code(err: Exception) -> str:
+    response = getattr(err, "response", None) or {}
+    return response.get("Error", {}).get("Code") or err.__class__.__name__
