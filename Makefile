@@ -1,6 +1,8 @@
 # make demo    - the whole DAG on the embedded default (local AWS endpoint, lite pipeline)
-# make test    - create .venv (first time) and run the test suite
+# make test    - create .venv (first time), install the test tools (scripts/install-test-tools.sh)
+#                and run the test suite
 # make test-live - the slow live tier: Airflow components killed mid-run
+# make lint    - ruff (lint and format check) and mypy, as configured in pyproject.toml
 # make airflow - airflow standalone on the embedded stack, to trigger the DAG from the UI
 # make bench - print the discovery / DAG parse benchmark figures
 # make bench-scale - a real Airflow on Postgres at N = 100, 1,000 and the largest N within 10 min (benchmarks/scale.py)
@@ -9,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-live airflow bench bench-load bench-scale screenshots lock clean
+.PHONY: demo test test-live test-tools lint format airflow bench bench-load bench-scale screenshots lock clean
 
 # uv (pinned in constraints.txt, installed by pip) installs the locked versions in seconds
 # where pip takes minutes; it resolves against the same constraints.txt.
@@ -28,12 +30,27 @@ demo: $(STAMP)
 airflow: $(STAMP)
 	$(VENV)/bin/ndmg-demo --standalone
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(PY) -m pytest -q tests -m "not crash and not slow"
+
+# Chromium, Docker Compose (no engine) and the PostgreSQL server from Debian's packages, when
+# missing and installable (root, apt-get); otherwise the tests that drive them are skipped
+test-tools:
+	@scripts/install-test-tools.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# apply ruff's fixes and formatting (make lint checks them)
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # ~21 minutes: Airflow's components killed and restarted mid-run (tests/test_crash.py), and the
 # dag.test() twins and long live tests marked slow
-test-live: $(STAMP)
+test-live: $(STAMP) test-tools
 	$(PY) -m pytest -q tests -m "crash or slow"
 
 bench: $(STAMP)

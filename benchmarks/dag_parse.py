@@ -135,9 +135,7 @@ DAGBAG = textwrap.dedent(
 
 def run(code: str, arg: str, env: dict[str, str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code, arg], env=env, cwd=str(ROOT), capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-c", code, arg], env=env, cwd=str(ROOT), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):

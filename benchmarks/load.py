@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from ndmg_cloud.demo import stack as demo  # noqa: E402  (reused: environment, endpoint, airflow helpers)
-from ndmg_cloud.orchestration.dagtest import run_dag  # noqa: E402
+from ndmg_cloud.demo import stack as demo
+from ndmg_cloud.orchestration.dagtest import run_dag
 
 BUCKET = "ndmg-load"
 PREFIX = "bench/ds/"
@@ -81,8 +81,12 @@ def jobs_write_their_outputs() -> None:
         for rel in spec["expected_outputs"]:
             s3.put_object(BUCKET, prefix + rel, body)
             outputs.append({"path": rel, "size": len(body)})
-        manifest = {"status": "success", "run_id": spec["run_id"], "outputs": outputs,
-                    "pipeline": {**spec["pipeline"], "contract": image.summary()}}  # fmt: skip
+        manifest = {
+            "status": "success",
+            "run_id": spec["run_id"],
+            "outputs": outputs,
+            "pipeline": {**spec["pipeline"], "contract": image.summary()},
+        }
         s3.put_object(BUCKET, key(spec["manifest"]), json.dumps(manifest).encode())
         return real(self, include_start_attempt, job)
 
@@ -99,9 +103,7 @@ def make_batch_setup(endpoint: str) -> None:
 
     batch = boto3.client("batch")
     role = boto3.client("iam").create_role(RoleName="svc", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    ce = batch.create_compute_environment(
-        computeEnvironmentName="ndmg-ce", type="UNMANAGED", state="ENABLED", serviceRole=role
-    )
+    ce = batch.create_compute_environment(computeEnvironmentName="ndmg-ce", type="UNMANAGED", state="ENABLED", serviceRole=role)
     batch.create_job_queue(
         jobQueueName="ndmg-queue",
         state="ENABLED",
@@ -111,15 +113,17 @@ def make_batch_setup(endpoint: str) -> None:
     batch.register_job_definition(
         jobDefinitionName="ndmg",
         type="container",
-        containerProperties={"image": "ndmg-cloud-m2g", "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}]},
+        containerProperties={
+            "image": "ndmg-cloud-m2g",
+            "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}],
+        },
     )
 
 
 def make_dataset(scans: int) -> int:
+    import boto3
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
-
-    import boto3
 
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
@@ -165,7 +169,9 @@ def main() -> int:
     summary = report["summary"]
     rows = len(report["scans"])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"report rows: {rows} (discovered {summary['discovered']}, succeeded {summary['succeeded']}, failed {summary['failed']}, missing {summary['missing_outputs']})")
+    print(
+        f"report rows: {rows} (discovered {summary['discovered']}, succeeded {summary['succeeded']}, failed {summary['failed']}, missing {summary['missing_outputs']})"
+    )
     print(f"wall time: {wall:.1f} s  ({wall / args.scans:.3f} s per scan; dag.test() runs mapped tasks one after another)")
     print(f"peak memory (this process, moto included): {peak_mb:.0f} MB")
     batch_calls, s3_calls = calls["batch"], calls["s3"]

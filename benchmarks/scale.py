@@ -47,11 +47,17 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import load  # noqa: E402  (the dataset, the Batch setup, the jobs' outputs)
+
 from ndmg_cloud.demo import stack as demo  # noqa: E402
 
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PASSWORD = "bench-scale"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# the newest of Debian's PostgreSQL servers (apt-get install postgresql)
+PG_BIN = max(
+    (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+    key=lambda p: int(p.parent.name),
+    default=Path("/usr/lib/postgresql/15/bin"),
+)
 PARALLELISM = 4 * (os.cpu_count() or 2)
 
 
@@ -84,7 +90,9 @@ class Postgres:
         return f"postgresql+psycopg2://airflow@127.0.0.1:{self.port}/airflow"
 
     def query(self, sql: str) -> str:
-        return self._run(str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "airflow", "-d", "airflow", "-Atc", sql).strip()
+        return self._run(
+            str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "airflow", "-d", "airflow", "-Atc", sql
+        ).strip()
 
     def stop(self) -> None:
         try:
@@ -249,13 +257,21 @@ def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
     for dwi in dwis:
         sub = dwi.rsplit("/", 1)[-1].split("_")[0]
         spec_key = f"{out}jobs/{sub}.json"
-        spec = {"scan": {"scan_id": sub}, "run_id": tag, "output_prefix": f"s3://{load.BUCKET}/{out}{sub}/",
-                "expected_outputs": [f"connectomes/{sub}_connectome.csv"], "manifest": f"s3://{load.BUCKET}/{out}{sub}/manifest.json",
-                "pipeline": {"name": "m2g"}}  # fmt: skip
+        spec = {
+            "scan": {"scan_id": sub},
+            "run_id": tag,
+            "output_prefix": f"s3://{load.BUCKET}/{out}{sub}/",
+            "expected_outputs": [f"connectomes/{sub}_connectome.csv"],
+            "manifest": f"s3://{load.BUCKET}/{out}{sub}/manifest.json",
+            "pipeline": {"name": "m2g"},
+        }
         s3.put_object(Bucket=load.BUCKET, Key=spec_key, Body=json.dumps(spec).encode())
         command = ["ndmg-scan", "--spec", f"s3://{load.BUCKET}/{spec_key}"]
-        jobs[batch.submit_job(jobName=f"{tag}-{sub}", jobQueue="ndmg-queue", jobDefinition="ndmg",
-                              containerOverrides={"command": command})["jobId"]] = sub  # fmt: skip
+        jobs[
+            batch.submit_job(jobName=f"{tag}-{sub}", jobQueue="ndmg-queue", jobDefinition="ndmg", containerOverrides={"command": command})[
+                "jobId"
+            ]
+        ] = sub
     held = 0.0
     if wait:
         held_from = time.monotonic()
@@ -273,7 +289,9 @@ def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
                 time.sleep(poll)
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=load.BUCKET, Prefix=out)
         present = {o["Key"] for page in pages for o in page.get("Contents", [])}
-        done = sum(f"{out}{sub}/manifest.json" in present and f"{out}{sub}/connectomes/{sub}_connectome.csv" in present for sub in jobs.values())
+        done = sum(
+            f"{out}{sub}/manifest.json" in present and f"{out}{sub}/connectomes/{sub}_connectome.csv" in present for sub in jobs.values()
+        )
         if done != len(dwis):
             raise RuntimeError(f"plain script: {done} of {len(dwis)} scans have their outputs")
     wall = time.monotonic() - started
@@ -349,8 +367,12 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
         while sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) < scans:
             if api.run(run_id)["state"] == "failed":
                 failed = [f"{ti['task_id']}[{ti['map_index']}]" for ti in api.task_instances(run_id) if ti["state"] == "failed"]
-                raise RuntimeError(f"run {run_id} failed before its scans were all waiting: {', '.join(failed)} failed\n"
-                                   + "\n".join(str(e) for e in api.task_log(run_id, next(ti for ti in api.task_instances(run_id) if ti["state"] == "failed")))[-3000:])  # fmt: skip
+                raise RuntimeError(
+                    f"run {run_id} failed before its scans were all waiting: {', '.join(failed)} failed\n"
+                    + "\n".join(
+                        str(e) for e in api.task_log(run_id, next(ti for ti in api.task_instances(run_id) if ti["state"] == "failed"))
+                    )[-3000:]
+                )
             time.sleep(2)
         held_from = time.monotonic()
         time.sleep(poll * 0.5)  # every trigger picked up
@@ -417,7 +439,7 @@ def _dag_ready(api) -> bool:
     try:
         api._request("GET", "/api/v2/dags/ndmg_participant")
         return True
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:
         return False
 
 
@@ -436,16 +458,22 @@ def report(result: dict) -> None:
     print(f"LocalExecutor parallelism:          {PARALLELISM} (4 per core)")
     print(f"wall time:                          {result['wall']:.0f} s")
     print(f"orchestration per scan:             {result['orchestration_per_scan']:.2f} s (wall time less the jobs' RUNNING hold, over N)")
-    print(f"DescribeJobs per poll interval:     {result['describe_per_interval']:.2f} while all {n:,} RUNNING "
-          f"({result['ids_per_call']:.0f} ids per call)  -> bar {'met' if result['describe_per_interval'] <= bar_describe else 'NOT met'}: <= {bar_describe}")  # fmt: skip
+    print(
+        f"DescribeJobs per poll interval:     {result['describe_per_interval']:.2f} while all {n:,} RUNNING "
+        f"({result['ids_per_call']:.0f} ids per call)  -> bar {'met' if result['describe_per_interval'] <= bar_describe else 'NOT met'}: <= {bar_describe}"
+    )
     print(f"XCom bytes pulled per run_scan TI:  min {low:,} / median {median:,.0f} / max {high:,}")
-    print(f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= 1.1 else 'NOT met'}: <= 1.1")
+    print(
+        f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= 1.1 else 'NOT met'}: <= 1.1"
+    )
     print("peak memory (PSS, with children):   " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
     print(f"Postgres database size:             {result['db_mb']:.1f} MB")
     seed, plain = result["baselines"]["seed"], result["baselines"]["plain"]
-    print(f"plain-script baselines, same endpoint and process: the seed's list + spec + SubmitJob (no wait) "
-          f"{seed['per_scan']:.3f} s/scan; and waiting (DescribeJobs 100 ids a call) + checking outputs "
-          f"{plain['per_scan']:.3f} s/scan; this DAG {result['orchestration_per_scan'] / plain['per_scan']:.0f}x the waiting script")  # fmt: skip
+    print(
+        f"plain-script baselines, same endpoint and process: the seed's list + spec + SubmitJob (no wait) "
+        f"{seed['per_scan']:.3f} s/scan; and waiting (DescribeJobs 100 ids a call) + checking outputs "
+        f"{plain['per_scan']:.3f} s/scan; this DAG {result['orchestration_per_scan'] / plain['per_scan']:.0f}x the waiting script"
+    )
 
 
 def _measure(n: int, poll: int) -> dict | None:
@@ -464,7 +492,7 @@ def fit(results: list[dict]) -> tuple[float, float]:
     """Least squares wall = base + per_scan x N over the runs."""
     xs, ys = [r["scans"] for r in results], [r["wall"] for r in results]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    per_scan = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    per_scan = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
     return mean_y - per_scan * mean_x, per_scan
 
 
@@ -473,8 +501,12 @@ def main() -> int:
     parser.add_argument("--scans", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--poll", type=int, default=5, help="Batch poll interval in seconds (deployments: 30)")
     parser.add_argument("--smoke", action="store_true", help="N = 6: the figures only (make test-live)")
-    parser.add_argument("--largest-within", type=float, metavar="SECONDS",
-                        help="then run the largest N (a multiple of 50) that the runs above say finishes within SECONDS")
+    parser.add_argument(
+        "--largest-within",
+        type=float,
+        metavar="SECONDS",
+        help="then run the largest N (a multiple of 50) that the runs above say finishes within SECONDS",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N, in a process of its own
     args = parser.parse_args()
     if args.one:
@@ -489,8 +521,10 @@ def main() -> int:
     if args.largest_within and len(results) >= 2:
         base, per_scan = fit(results)
         n = max(50, int((args.largest_within - base) / per_scan) // 50 * 50)
-        print(f"\nthe runs above fit wall = {base:.0f} s + {per_scan:.2f} s x N: the largest N within "
-              f"{args.largest_within:.0f} s is about {n:,}; running it")  # fmt: skip
+        print(
+            f"\nthe runs above fit wall = {base:.0f} s + {per_scan:.2f} s x N: the largest N within "
+            f"{args.largest_within:.0f} s is about {n:,}; running it"
+        )
         results.append(_measure(n, args.poll))
         if results[-1] is None:
             return 1
@@ -498,7 +532,9 @@ def main() -> int:
         print(f"N = {n:,}: {results[-1]['wall']:.0f} s -> {'within' if within else 'NOT within'} {args.largest_within:.0f} s")
     if len(results) > 1:
         xcom = [r["xcom_bytes"][2] for r in results]
-        print(f"\nXCom bytes per run_scan TI across N: max {xcom}  -> bar {'met' if max(xcom) - min(xcom) <= 16 else 'NOT met'}: constant in N")
+        print(
+            f"\nXCom bytes per run_scan TI across N: max {xcom}  -> bar {'met' if max(xcom) - min(xcom) <= 16 else 'NOT met'}: constant in N"
+        )
     return 0 if all(r["state"] == "success" for r in results) else 1
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from ndmg_cloud.orchestration import steps
 from ndmg_cloud.group.params import GROUP_PARAM_SCHEMAS
+from ndmg_cloud.orchestration import steps
 from ndmg_cloud.orchestration.taskids import COMPARE_CONNECTOMES, FIND_REPORT, GROUP_DAG_ID
 
 

@@ -20,13 +20,32 @@ from ndmg_cloud.orchestration import steps
     params={
         "image": Param(type="string", title="Scan image URI", description="ECR URI of ndmg-cloud-m2g (or -lite).", minLength=1),
         "subnets": Param(type="array", title="Subnets", description="Subnet ids for the instances.", items={"type": "string"}, minItems=1),
-        "security_groups": Param(type="array", title="Security groups", description="Security group ids.", items={"type": "string"}, minItems=1),
+        "security_groups": Param(
+            type="array", title="Security groups", description="Security group ids.", items={"type": "string"}, minItems=1
+        ),
         "input_bucket": Param(type="string", title="Input bucket", description="Bucket of the BIDS datasets.", minLength=3),
-        "input_prefix": Param("", type="string", title="Input prefix", description="Datasets' folder in the bucket, ending in / (empty = all of it); jobs never write into its subject folders.", pattern="^$|^([A-Za-z0-9!_.*'()+=@,-]+/)+$"),
+        "input_prefix": Param(
+            "",
+            type="string",
+            title="Input prefix",
+            description="Datasets' folder in the bucket, ending in / (empty = all of it); jobs never write into its subject folders.",
+            pattern="^$|^([A-Za-z0-9!_.*'()+=@,-]+/)+$",
+        ),
         "output_bucket": Param(type="string", title="Output bucket", description="Bucket for graphs, specs and reports.", minLength=3),
-        "output_prefix": Param(type="string", title="Output prefix", description="Outputs' folder in the bucket, ending in / (e.g. ndmg/); runs set output_uri under it.", pattern="^([A-Za-z0-9!_.*'()+=@,-]+/)+$"),
+        "output_prefix": Param(
+            type="string",
+            title="Output prefix",
+            description="Outputs' folder in the bucket, ending in / (e.g. ndmg/); runs set output_uri under it.",
+            pattern="^([A-Za-z0-9!_.*'()+=@,-]+/)+$",
+        ),
         "max_vcpus": Param(256, type="integer", minimum=2, title="Max vCPUs", description="2 per running scan."),
-        "root_volume_gb": Param(100, type="integer", minimum=30, title="Root volume (GiB)", description="Per instance: the scan image plus each running scan's work folder (m2g writes several GB)."),
+        "root_volume_gb": Param(
+            100,
+            type="integer",
+            minimum=30,
+            title="Root volume (GiB)",
+            description="Per instance: the scan image plus each running scan's work folder (m2g writes several GB).",
+        ),
         "use_spot": Param(True, type="boolean", title="Spot first", description="SPOT_CAPACITY_OPTIMIZED before on-demand."),
         "stack": Param("ndmg-cloud-batch", type="string", title="Stack name", description="CloudFormation stack."),
     },

@@ -17,9 +17,7 @@ import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
 from ndmg_cloud.orchestration import steps
-from ndmg_cloud.participant.local import LOCAL_POOL
 from ndmg_cloud.orchestration.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
-from ndmg_cloud.participant.params import PARAM_SCHEMAS
 from ndmg_cloud.orchestration.taskids import (
     CANARY,
     CHOOSE_BACKEND,
@@ -32,6 +30,8 @@ from ndmg_cloud.orchestration.taskids import (
     VERIFY_AND_REPORT,
     WRITE_JOB_SPECS,
 )
+from ndmg_cloud.participant.local import LOCAL_POOL
+from ndmg_cloud.participant.params import PARAM_SCHEMAS
 
 REPORTS = AssetAlias(steps.REPORTS_ALIAS)
 

@@ -45,8 +45,7 @@ def main() -> int:
     parser.add_argument("--source", required=True, help="repository@commit:path or package==version:path")
     parser.add_argument("--date", required=True, help="date of that code")
     args = parser.parse_args()
-    facts = {"program": args.program, "source": args.source, "date": args.date,
-             "arguments": arguments(args.path.read_text())}
+    facts = {"program": args.program, "source": args.source, "date": args.date, "arguments": arguments(args.path.read_text())}
     head = json.dumps({k: v for k, v in facts.items() if k != "arguments"}, indent=1)[:-2]
     rows = ",\n  ".join(json.dumps(a) for a in facts["arguments"])
     sys.stdout.write(f'{head},\n "arguments": [\n  {rows}\n ]\n}}\n')

@@ -27,9 +27,14 @@ sys.path.insert(0, str(REPO / "plugins"))
 from ndmg_cloud.demo import stack as demo  # noqa: E402
 
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def wait(predicate, timeout: float, what: str) -> None:
@@ -81,7 +86,11 @@ def main() -> int:
         conf = {"bucket": demo.BUCKET, "bidsdir": demo.BIDSDIR, "backend": "local", "pipeline": "lite"}
         run = session.post(f"{url}/api/v2/dags/ndmg_participant/dagRuns", json={"logical_date": None, "conf": conf}, timeout=10).json()
         run_id = run["dag_run_id"]
-        wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant/dagRuns/{run_id}", timeout=5).json()["state"] in ("success", "failed"), 600, "the run")
+        wait(
+            lambda: session.get(f"{url}/api/v2/dags/ndmg_participant/dagRuns/{run_id}", timeout=5).json()["state"] in ("success", "failed"),
+            600,
+            "the run",
+        )
 
         def group_run() -> dict | None:
             runs = session.get(f"{url}/api/v2/dags/ndmg_group/dagRuns", timeout=5).json()["dag_runs"]

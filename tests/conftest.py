@@ -102,9 +102,9 @@ def batch_env(aws, batch):
 
     iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
     role = iam.create_role(RoleName="ndmg-batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    ce = batch.create_compute_environment(
-        computeEnvironmentName="ndmg-compute", type="UNMANAGED", state="ENABLED", serviceRole=role
-    )["computeEnvironmentArn"]
+    ce = batch.create_compute_environment(computeEnvironmentName="ndmg-compute", type="UNMANAGED", state="ENABLED", serviceRole=role)[
+        "computeEnvironmentArn"
+    ]
     batch.create_job_queue(
         jobQueueName="ndmg-queue",
         state="ENABLED",

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import http.client
 import threading
-from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 SLOW_DOWN = (
     503,
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message></Error>",
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>',
 )
 
 
@@ -78,9 +77,7 @@ class FaultProxy:
                     self.wfile.write(payload)
                     return
                 headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() not in ("host", "content-length", "transfer-encoding", "expect")
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "transfer-encoding", "expect")
                 }
                 # http.client, not urllib: urllib would add a form Content-Type to bodies
                 connection = http.client.HTTPConnection(*proxy.upstream_address, timeout=60)

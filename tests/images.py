@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline_facts
 from ndmg_cloud.core.atlases import catalogue
 from ndmg_cloud.scan.contract import reference_files
+
+import pipeline_facts
 
 ATLASES = ("AAL", "Desikan", "DesikanKlein", "Yeo-7", "Yeo-7-liberal", "Schaefer400")
 M2G_COMMIT = "95d271f748e7d35b8d7feaa1b0112f471be8e514"
@@ -66,10 +67,23 @@ def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.Compl
     """The Dockerfile's last step: ``ndmg-image-contract`` against the image's program and atlases."""
     command = [
         str(Path(sys.executable).parent / "ndmg-image-contract"),
-        "--pipeline", "m2g", "--code-version", "0.3.0", "--revision", revision,
-        "--source", "https://github.com/neurodata/m2g", "--atlas-dir", str(image.atlas_dir),
-        "--atlas-source", NEUROPARC, "--base-image", BASE, "--out", str(image.contract),
-    ]  # fmt: skip
+        "--pipeline",
+        "m2g",
+        "--code-version",
+        "0.3.0",
+        "--revision",
+        revision,
+        "--source",
+        "https://github.com/neurodata/m2g",
+        "--atlas-dir",
+        str(image.atlas_dir),
+        "--atlas-source",
+        NEUROPARC,
+        "--base-image",
+        BASE,
+        "--out",
+        str(image.contract),
+    ]
     env = {**os.environ, "PATH": f"{image.bin_dir}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
@@ -115,8 +129,9 @@ class Containers:
     def self_check(self, job, command: list[str]) -> int:
         env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_BATCH_JOB_ID": job.job_id}  # as Batch sets it
         env = self.image.env(**env) if self.image else {**os.environ, **env}
-        done = subprocess.run([sys.executable, "-m", "ndmg_cloud.scan.runner", *command[1:]], capture_output=True,
-                              text=True, env=env, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "ndmg_cloud.scan.runner", *command[1:]], capture_output=True, text=True, env=env, timeout=300
+        )
         self.self_checks.append(done)
         self._log(job, (done.stdout + done.stderr).splitlines())
         return done.returncode

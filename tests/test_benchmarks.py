@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import postgres_bin, require_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +52,7 @@ def test_the_load_benchmark_prints_its_figures():
 @pytest.mark.slow
 def test_the_scale_benchmark_prints_its_figures():
     """A real Airflow on Postgres, six scans: every figure of make bench-scale is printed."""
+    require_tool("the PostgreSQL server", postgres_bin() is not None, "postgresql")
     out = bench("scale.py", "--smoke", timeout=900)
     assert "== N = 6 scans: run success, 6 jobs submitted ==" in out
     assert re.search(r"DescribeJobs per poll interval:\s+\d+\.\d+ while all 6 RUNNING", out)
@@ -57,5 +60,8 @@ def test_the_scale_benchmark_prints_its_figures():
     assert re.search(r"task launches per scan:\s+\d+\.\d+", out)
     assert re.search(r"peak memory \(PSS, with children\):\s+api-server \d+ MB.*scheduler \d+ MB.*triggerer \d+ MB", out)
     assert re.search(r"Postgres database size:\s+\d+\.\d+ MB", out)
-    assert re.search(r"plain-script baselines, same endpoint and process: the seed's list \+ spec \+ SubmitJob \(no wait\) "
-                     r"\d+\.\d+ s/scan; and waiting .* \d+\.\d+ s/scan; this DAG \d+x the waiting script", out)
+    assert re.search(
+        r"plain-script baselines, same endpoint and process: the seed's list \+ spec \+ SubmitJob \(no wait\) "
+        r"\d+\.\d+ s/scan; and waiting .* \d+\.\d+ s/scan; this DAG \d+x the waiting script",
+        out,
+    )

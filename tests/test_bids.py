@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from datasets import E2E_INVALID, E2E_KEYS, E2E_VALID
 from ndmg_cloud.core.bids import T1W_RULE, discover_scans, label_problem, normalise_labels, select
+
+from datasets import E2E_INVALID, E2E_KEYS, E2E_VALID
 
 
 def scans_of(keys, prefix=""):
@@ -20,10 +21,7 @@ def test_e2e_dataset_gives_one_scan_per_dwi_series():
     assert found.has_description and found.warnings == []
     assert found.keys_listed == len(E2E_KEYS)
     # only candidate keys are parsed: no sidecars, junk, derivatives or sourcedata
-    candidates = [
-        k for k in E2E_KEYS
-        if k.endswith((".nii.gz", ".bval", ".bvec")) and not k.startswith(("derivatives/", "sourcedata/"))
-    ]
+    candidates = [k for k in E2E_KEYS if k.endswith((".nii.gz", ".bval", ".bvec")) and not k.startswith(("derivatives/", "sourcedata/"))]
     assert found.keys_parsed == len(candidates) == 28
 
 
@@ -96,8 +94,12 @@ def test_t1w_choice_is_deterministic_and_recorded():
 
 
 def test_session_falls_back_to_subject_level_anatomy():
-    keys = ["sub-1/anat/sub-1_T1w.nii.gz", "sub-1/ses-a/dwi/sub-1_ses-a_dwi.nii.gz",
-            "sub-1/ses-a/dwi/sub-1_ses-a_dwi.bval", "sub-1/ses-a/dwi/sub-1_ses-a_dwi.bvec"]
+    keys = [
+        "sub-1/anat/sub-1_T1w.nii.gz",
+        "sub-1/ses-a/dwi/sub-1_ses-a_dwi.nii.gz",
+        "sub-1/ses-a/dwi/sub-1_ses-a_dwi.bval",
+        "sub-1/ses-a/dwi/sub-1_ses-a_dwi.bvec",
+    ]
     _, scans = scans_of(keys)
     assert scans["sub-1_ses-a"].t1w == "sub-1/anat/sub-1_T1w.nii.gz"
 
@@ -136,18 +138,26 @@ def test_clean_labels_have_no_problem():
 
 
 def test_same_scan_twice_is_invalid():
-    keys = ["sub-1/dwi/sub-1_dwi.nii.gz", "sub-1/dwi/sub-1_dwi.nii", "sub-1/dwi/sub-1_dwi.bval",
-            "sub-1/dwi/sub-1_dwi.bvec", "sub-1/anat/sub-1_T1w.nii.gz"]
+    keys = [
+        "sub-1/dwi/sub-1_dwi.nii.gz",
+        "sub-1/dwi/sub-1_dwi.nii",
+        "sub-1/dwi/sub-1_dwi.bval",
+        "sub-1/dwi/sub-1_dwi.bvec",
+        "sub-1/anat/sub-1_T1w.nii.gz",
+    ]
     found, _ = scans_of(keys)
     assert len(found.scans) == 1  # one row per scan id, invalid
     assert found.scans[0].reason == "two DWI images for scan sub-1: 'sub-1/dwi/sub-1_dwi.nii' and 'sub-1/dwi/sub-1_dwi.nii.gz'"
 
 
 def test_keys_that_are_not_bids_paths_are_junk_named_in_a_warning_never_a_second_dwi():
-    clean = ["sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval", "sub-01/dwi/sub-01_dwi.bvec",
-             "sub-01/anat/sub-01_T1w.nii.gz"]  # fmt: skip
-    junk = ["sub-01/dwi/./sub-01_dwi.nii.gz", "sub-01/dwi//sub-01_dwi.nii.gz", "sub-01/x/../dwi/sub-01_dwi.nii.gz",
-            "sub-02/dwi/sub-02_ses-1_dwi.nii.gz"]  # fmt: skip
+    clean = ["sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval", "sub-01/dwi/sub-01_dwi.bvec", "sub-01/anat/sub-01_T1w.nii.gz"]
+    junk = [
+        "sub-01/dwi/./sub-01_dwi.nii.gz",
+        "sub-01/dwi//sub-01_dwi.nii.gz",
+        "sub-01/x/../dwi/sub-01_dwi.nii.gz",
+        "sub-02/dwi/sub-02_ses-1_dwi.nii.gz",
+    ]
     found, _ = scans_of(clean + junk)
     assert [(s.scan_id, s.reason) for s in found.scans] == [("sub-01", None)]
     [warning] = [w for w in found.warnings if "not BIDS paths" in w]
@@ -159,22 +169,34 @@ def test_keys_that_are_not_bids_paths_are_junk_named_in_a_warning_never_a_second
 def test_labels_that_differ_only_in_case_make_both_scans_invalid():
     keys = []
     for sub in ("A", "a", "b"):
-        keys += [f"sub-{sub}/dwi/sub-{sub}_dwi.nii.gz", f"sub-{sub}/dwi/sub-{sub}_dwi.bval",
-                 f"sub-{sub}/dwi/sub-{sub}_dwi.bvec", f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz"]  # fmt: skip
+        keys += [
+            f"sub-{sub}/dwi/sub-{sub}_dwi.nii.gz",
+            f"sub-{sub}/dwi/sub-{sub}_dwi.bval",
+            f"sub-{sub}/dwi/sub-{sub}_dwi.bvec",
+            f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
+        ]
     found, _ = scans_of(keys)
     reasons = {s.scan_id: s.reason for s in found.scans}
     assert reasons["sub-b"] is None
-    assert reasons["sub-A"] == reasons["sub-a"] == "sub-A and sub-a differ only in case: they would collide on a case-insensitive file system; rename one"
+    assert (
+        reasons["sub-A"]
+        == reasons["sub-a"]
+        == "sub-A and sub-a differ only in case: they would collide on a case-insensitive file system; rename one"
+    )
 
 
 def test_derivatives_sourcedata_output_and_junk_are_ignored():
     keys = [
-        "sub-1/dwi/sub-1_dwi.nii.gz", "sub-1/dwi/sub-1_dwi.bval", "sub-1/dwi/sub-1_dwi.bvec",
+        "sub-1/dwi/sub-1_dwi.nii.gz",
+        "sub-1/dwi/sub-1_dwi.bval",
+        "sub-1/dwi/sub-1_dwi.bvec",
         "sub-1/anat/sub-1_T1w.nii.gz",
         "derivatives/x/sub-2/dwi/sub-2_dwi.nii.gz",
         "sourcedata/sub-3/dwi/sub-3_dwi.nii.gz",
         "derivatives/ndmg/sub-4/dwi/sub-4_dwi.nii.gz",
-        "sub-1/dwi/notes.txt", "random/sub-5_dwi.nii.gz", "sub-1/dwi/sub-1_dwi.json",
+        "sub-1/dwi/notes.txt",
+        "random/sub-5_dwi.nii.gz",
+        "sub-1/dwi/sub-1_dwi.json",
     ]
     found = discover_scans(keys, "")
     assert [s.scan_id for s in found.scans] == ["sub-1"]

@@ -5,16 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 from ndmg_cloud.participant.canary import CanaryOutcome, settle, skipped
-from ndmg_cloud.scan.contract import local_contract
 from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.verify import ScanResult
+from ndmg_cloud.scan.contract import local_contract
 
 RUNS = [{"scan_id": s} for s in ("sub-01", "sub-02", "sub-03")]
 
 
 def done_row(contract) -> ScanResult:
-    return ScanResult("sub-01", "01", None, "skipped_done", reason="already done by run r0 (force=true reruns it)",
-                      made_by=contract.label, contract=contract.fingerprint)  # fmt: skip
+    return ScanResult(
+        "sub-01",
+        "01",
+        None,
+        "skipped_done",
+        reason="already done by run r0 (force=true reruns it)",
+        made_by=contract.label,
+        contract=contract.fingerprint,
+    )
 
 
 def test_the_same_code_in_another_image_reruns_and_the_fingerprints_tell_them_apart():

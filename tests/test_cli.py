@@ -8,12 +8,13 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from test_cli_errors import one_line_error, shell_without_aws
+
+from ndmg_cloud.cli.main import main
 
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import _free_port, wait_for
 from datasets import put_dataset, put_phantoms
-from ndmg_cloud.cli.main import main
-from test_cli_errors import one_line_error, shell_without_aws
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,19 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     from ndmg_cloud.orchestration.links import airflow_report_url
 
     code = cli(
-        "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
-        "--backend", "local", "--follow", "--poll-seconds", "2",
-    )  # fmt: skip
+        "participant",
+        "--bucket",
+        "cli-data",
+        "--bidsdir",
+        "phantoms",
+        "--pipeline",
+        "lite",
+        "--backend",
+        "local",
+        "--follow",
+        "--poll-seconds",
+        "2",
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "triggered ndmg_participant run manual__" in out
@@ -101,9 +112,21 @@ def _token(airflow_server):
 
 def test_a_run_that_fails_in_discover_says_why(cli, phantoms, capsys):
     code = cli(
-        "participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local",
-        "--participant-label", "99", "--follow", "--poll-seconds", "1",
-    )  # fmt: skip
+        "participant",
+        "--bucket",
+        "cli-data",
+        "--bidsdir",
+        "phantoms",
+        "--pipeline",
+        "lite",
+        "--backend",
+        "local",
+        "--participant-label",
+        "99",
+        "--follow",
+        "--poll-seconds",
+        "1",
+    )
     out = capsys.readouterr().out
     assert code == 1, out
     why = "discover failed: ParamError: participant_label ['99'] not found in the dataset; sub labels present: 01, 02"
@@ -186,18 +209,58 @@ def test_seed_flags_map_to_params():
     from ndmg_cloud.cli.main import conf_from, parser
 
     expected = {
-        "bucket": "b", "bidsdir": "HNU1", "jobdir": "s3://b/jobs", "modif": "out", "dataset": "HNU1",
-        "space": "native", "pipeline": "m2g", "participant_label": ["0025427"],
-    }  # fmt: skip
+        "bucket": "b",
+        "bidsdir": "HNU1",
+        "jobdir": "s3://b/jobs",
+        "modif": "out",
+        "dataset": "HNU1",
+        "space": "native",
+        "pipeline": "m2g",
+        "participant_label": ["0025427"],
+    }
     seed = parser().parse_args(
-        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
-         "--sp", "native", "--dataset", "HNU1", "--participant_label", "0025427", "--pipeline", "m2g"]
-    )  # fmt: skip
+        [
+            "participant",
+            "--bucket",
+            "b",
+            "--bidsdir",
+            "HNU1",
+            "--jobdir",
+            "s3://b/jobs",
+            "--modif",
+            "out",
+            "--sp",
+            "native",
+            "--dataset",
+            "HNU1",
+            "--participant_label",
+            "0025427",
+            "--pipeline",
+            "m2g",
+        ]
+    )
     assert conf_from(seed) == expected
     dashed = parser().parse_args(
-        ["participant", "--bucket", "b", "--bidsdir", "HNU1", "--jobdir", "s3://b/jobs", "--modif", "out",
-         "--space", "native", "--dataset", "HNU1", "--participant-label", "0025427", "--pipeline", "m2g"]
-    )  # fmt: skip
+        [
+            "participant",
+            "--bucket",
+            "b",
+            "--bidsdir",
+            "HNU1",
+            "--jobdir",
+            "s3://b/jobs",
+            "--modif",
+            "out",
+            "--space",
+            "native",
+            "--dataset",
+            "HNU1",
+            "--participant-label",
+            "0025427",
+            "--pipeline",
+            "m2g",
+        ]
+    )
     assert conf_from(dashed) == expected
 
 
@@ -207,21 +270,79 @@ def test_underscore_and_dashed_spellings_set_the_same_params():
     def conf(*flags):
         return conf_from(parser().parse_args(["participant", "--bucket", "b", *flags]))
 
-    seed = conf("--session_label", "1", "--job_queue", "q", "--job_definition", "d:3", "--max_cost_usd", "0",
-                "--pilot_scans", "1", "--track_type", "local", "--diffusion_model", "csd", "--dry_run", "--no_canary")  # fmt: skip
-    dashed = conf("--session-label", "1", "--job-queue", "q", "--job-definition", "d:3", "--max-cost-usd", "0",
-                  "--pilot-scans", "1", "--track-type", "local", "--diffusion-model", "csd", "--dry-run", "--no-canary")  # fmt: skip
-    assert seed == dashed == {
-        "bucket": "b", "session_label": ["1"], "job_queue": "q", "job_definition": "d:3", "max_cost_usd": 0.0,
-        "pilot_scans": 1, "track_type": "local", "diffusion_model": "csd", "dry_run": True, "canary": False,
-    }  # fmt: skip
+    seed = conf(
+        "--session_label",
+        "1",
+        "--job_queue",
+        "q",
+        "--job_definition",
+        "d:3",
+        "--max_cost_usd",
+        "0",
+        "--pilot_scans",
+        "1",
+        "--track_type",
+        "local",
+        "--diffusion_model",
+        "csd",
+        "--dry_run",
+        "--no_canary",
+    )
+    dashed = conf(
+        "--session-label",
+        "1",
+        "--job-queue",
+        "q",
+        "--job-definition",
+        "d:3",
+        "--max-cost-usd",
+        "0",
+        "--pilot-scans",
+        "1",
+        "--track-type",
+        "local",
+        "--diffusion-model",
+        "csd",
+        "--dry-run",
+        "--no-canary",
+    )
+    assert (
+        seed
+        == dashed
+        == {
+            "bucket": "b",
+            "session_label": ["1"],
+            "job_queue": "q",
+            "job_definition": "d:3",
+            "max_cost_usd": 0.0,
+            "pilot_scans": 1,
+            "track_type": "local",
+            "diffusion_model": "csd",
+            "dry_run": True,
+            "canary": False,
+        }
+    )
 
 
 @pytest.mark.slow  # 15 s on the live Airflow: with make test-live, to keep make test under 15 minutes
 def test_local_trigger_goes_through_the_local_airflow_and_follows(cli, airflow_server, phantoms, capsys, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(airflow_server["home"]))
-    code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local",
-               "--dry_run", "--local", "--follow", "--poll-seconds", "1")  # fmt: skip
+    code = cli(
+        "participant",
+        "--bucket",
+        "cli-data",
+        "--bidsdir",
+        "phantoms",
+        "--pipeline",
+        "lite",
+        "--backend",
+        "local",
+        "--dry_run",
+        "--local",
+        "--follow",
+        "--poll-seconds",
+        "1",
+    )
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "on the local Airflow" in out and "(success)" in out
@@ -233,8 +354,22 @@ def test_local_follow_without_an_api_server_says_so(cli, airflow_server, phantom
     with socket.socket() as held:  # bound, never listening: nothing can answer on its port
         held.bind(("127.0.0.1", 0))
         nowhere = f"http://127.0.0.1:{held.getsockname()[1]}"
-        code = cli("participant", "--bucket", "cli-data", "--bidsdir", "phantoms", "--pipeline", "lite",
-                   "--backend", "local", "--dry-run", "--local", "--follow", "--airflow-url", nowhere)  # fmt: skip
+        code = cli(
+            "participant",
+            "--bucket",
+            "cli-data",
+            "--bidsdir",
+            "phantoms",
+            "--pipeline",
+            "lite",
+            "--backend",
+            "local",
+            "--dry-run",
+            "--local",
+            "--follow",
+            "--airflow-url",
+            nowhere,
+        )
     out, err = capsys.readouterr()
     assert code == 2
     run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
@@ -253,8 +388,21 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
     group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
-    argv = ["setup", "--image", "ndmg-cloud-m2g:0.3.0", "--subnets", *subnets, "--security-groups", group,
-            "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--output-prefix", "ndmg/"]  # fmt: skip
+    argv = [
+        "setup",
+        "--image",
+        "ndmg-cloud-m2g:0.3.0",
+        "--subnets",
+        *subnets,
+        "--security-groups",
+        group,
+        "--input-bucket",
+        "lab-data",
+        "--output-bucket",
+        "lab-results",
+        "--output-prefix",
+        "ndmg/",
+    ]
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "stack ndmg-cloud-batch: created" in first and "job_queue:" in first and "ndmg-queue" in first
@@ -319,8 +467,7 @@ def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, b
     batch_behaviour.on_submit = Containers(s3, image, ENDPOINT)
     batch_behaviour.run_seconds = 2  # jobs stay RUNNING: the triggerer waits for them
 
-    code = cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01",
-               "--follow", "--poll-seconds", "2")  # fmt: skip
+    code = cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01", "--follow", "--poll-seconds", "2")
     out = capsys.readouterr().out
     assert code == 1, out
     assert "the canary failed, so no scan was submitted: command: m2g refused the command (exit 2)" in out
@@ -329,8 +476,20 @@ def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, b
 
     (image.bin_dir / "m2g").write_text(good_m2g)  # the image rebuilt with the pinned m2g
     batch_behaviour.submitted.clear()
-    code = cli("participant", "--bucket", "lab-data", "--bidsdir", "ds", "--participant_label", "01",
-               "--pilot_scans", "1", "--follow", "--poll-seconds", "2")  # fmt: skip
+    code = cli(
+        "participant",
+        "--bucket",
+        "lab-data",
+        "--bidsdir",
+        "ds",
+        "--participant_label",
+        "01",
+        "--pilot_scans",
+        "1",
+        "--follow",
+        "--poll-seconds",
+        "2",
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "canary passed: the image can run this run's scans: m2g 95d271f7" in out

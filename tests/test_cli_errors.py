@@ -13,13 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _free_port
-from datasets import put_dataset
 from ndmg_cloud.cli.main import EMBEDDED_AWS_ENV, aws_error, main, parser
 
+from conftest import _free_port
+from datasets import put_dataset
+
 NDMG_CLOUD = str(Path(sys.executable).parent / "ndmg_cloud")
-AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")  # fmt: skip
+AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+)
 
 
 def shell_without_aws(tmp_path: Path) -> dict[str, str]:
@@ -71,8 +79,9 @@ def test_an_endpoint_that_does_not_answer():
     with socket.socket() as held:  # bound, never listening: nothing can answer on its port
         held.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{held.getsockname()[1]}"
-        done = ndmg_cloud("estimate", "--bucket", "lab-data", "--bidsdir", "ds",
-                          env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})  # fmt: skip
+        done = ndmg_cloud(
+            "estimate", "--bucket", "lab-data", "--bidsdir", "ds", env={**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"}
+        )
     assert done.returncode == 2
     line = one_line_error(done.stderr)
     assert f"cannot list s3://lab-data/ds/: nothing answers at AWS_ENDPOINT_URL={endpoint}" in line
@@ -171,16 +180,18 @@ def test_local_with_an_airflow_home_that_has_no_database(monkeypatch, tmp_path, 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["participant", "--bucket", "b", "--credentials", "creds.csv"],
-         "--credentials is gone: jobs get AWS access from their job role; the orchestrator uses your normal "
-         "AWS settings (AWS_PROFILE or ~/.aws)"),
+        (
+            ["participant", "--bucket", "b", "--credentials", "creds.csv"],
+            "--credentials is gone: jobs get AWS access from their job role; the orchestrator uses your normal "
+            "AWS settings (AWS_PROFILE or ~/.aws)",
+        ),
         (["participant", "--bucket", "b", "--credentials=creds.csv"], "--credentials is gone"),
         (["--state", "participant", "--bucket", "b"], "--state is gone: the action is the subcommand now"),
         (["participant", "--bucket", "b", "--filtering_type", "local"], "--filtering_type is gone: use --track-type"),
         (["participant", "--bucket", "b", "--pipeline", "dwi"], "--pipeline dwi is the seed's modality"),
         (["participant", "--bucket", "b", "--tr", "2.0"], "--tr is gone: functional MRI is not processed here"),
     ],
-)  # fmt: skip
+)
 def test_seed_flags_that_are_gone_get_a_migration_hint(argv, expected, capsys):
     assert main(argv) == 2
     assert one_line_error(capsys.readouterr().err).startswith(f"ndmg_cloud: {expected}")

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import pipeline_facts
-from conftest import ROOT
 from ndmg_cloud.core.atlases import catalogue
 from ndmg_cloud.core.pipelines import get_pipeline
+
+import pipeline_facts
+from conftest import ROOT
 
 DOCKERFILES = sorted((ROOT / "container").glob("*Dockerfile*"))
 BIN = Path(sys.executable).parent
@@ -69,7 +70,7 @@ def test_the_m2g_image_pins_the_code_the_tests_check_our_command_against():
     assert arg_default(M2G, "NEUROPARC_COMMIT") == catalogue("m2g").commit
     # git verifies the commit it checked out, for the code and for the atlases
     assert M2G.count('test "$(git -C') == 2
-    assert '--revision "${M2G_COMMIT}"' in M2G and 'neurodata/neuroparc@${NEUROPARC_COMMIT}' in M2G
+    assert '--revision "${M2G_COMMIT}"' in M2G and "neurodata/neuroparc@${NEUROPARC_COMMIT}" in M2G
 
 
 def test_the_m2g_image_uses_what_the_base_image_has():
@@ -118,8 +119,9 @@ def test_the_build_script_pins_the_base_by_this_repositorys_digest(tmp_path, dig
     (tmp_path / "docker").chmod(0o755)
     calls = tmp_path / "calls"
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls), "DIGESTS": digests}
-    done = subprocess.run(["bash", str(ROOT / "container" / "build-m2g.sh"), "repo/ndmg-cloud-m2g:95d271f7"],
-                          capture_output=True, text=True, env=env)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(ROOT / "container" / "build-m2g.sh"), "repo/ndmg-cloud-m2g:95d271f7"], capture_output=True, text=True, env=env
+    )
     made = calls.read_text().splitlines()
     assert made[0] == "pull neurodata/m2g:latest"
     if pinned:

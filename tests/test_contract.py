@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.core.pipelines import get_pipeline
+from ndmg_cloud.scan.contract import ImageContract, flag_problems, local_contract, parse_help
+
 import pipeline_facts as facts
 from images import Image, build_contract, m2g_image, make_atlas_dir, write_lfs_pointer
-from ndmg_cloud.core.atlases import catalogue
-from ndmg_cloud.scan.contract import ImageContract, flag_problems, local_contract, parse_help
-from ndmg_cloud.core.pipelines import get_pipeline
 
 
 @pytest.mark.parametrize("code", [facts.M2G_DEPLOY, facts.M2G_TAG, facts.M2G_PYPI, facts.NDMG_PYPI])
@@ -34,8 +35,10 @@ def test_flags_are_read_back_from_the_programs_own_help(code):
 
 def test_what_each_m2g_would_refuse_of_our_flags():
     needed = get_pipeline("m2g").flags
-    problems = {code: flag_problems(parse_help(facts.parser_of(code).format_help()), needed) for code in
-                (facts.M2G_DEPLOY, facts.M2G_POST_PAPER, facts.M2G_TAG, facts.M2G_PYPI)}  # fmt: skip
+    problems = {
+        code: flag_problems(parse_help(facts.parser_of(code).format_help()), needed)
+        for code in (facts.M2G_DEPLOY, facts.M2G_POST_PAPER, facts.M2G_TAG, facts.M2G_PYPI)
+    }
     assert problems[facts.M2G_DEPLOY] == [] and problems[facts.M2G_POST_PAPER] == []
     assert problems[facts.M2G_TAG] == ["--track_type is not accepted"]
     assert "--parcellation takes 1 value(s), the adapter passes several" in problems[facts.M2G_PYPI]
@@ -49,9 +52,11 @@ def test_the_build_writes_the_contract_of_the_pinned_m2g(tmp_path):
     contract = json.loads(image.contract.read_text())
     assert contract["pipeline"] == "m2g" and contract["program"] == "m2g"
     assert contract["code"] == {
-        "name": "m2g", "version": "0.3.0", "revision": "95d271f748e7d35b8d7feaa1b0112f471be8e514",
+        "name": "m2g",
+        "version": "0.3.0",
+        "revision": "95d271f748e7d35b8d7feaa1b0112f471be8e514",
         "source": "https://github.com/neurodata/m2g",
-    }  # fmt: skip
+    }
     assert contract["flags"]["--track_type"] == 1 and contract["flags"]["--parcellation"] == "+"
     assert contract["atlases"] == {"2mm": ["AAL", "Desikan", "DesikanKlein", "Schaefer400", "Yeo-7", "Yeo-7-liberal"]}
     assert contract["atlas_source"].startswith("neurodata/neuroparc@5a5e7469")
@@ -93,8 +98,15 @@ def test_the_build_fails_without_the_template_m2g_registers_to(tmp_path):
 
 def test_the_lite_image_and_the_local_backend_name_the_same_code(tmp_path):
     out = tmp_path / "contract.json"
-    command = [str(Path(sys.executable).parent / "ndmg-image-contract"), "--pipeline", "lite",
-               "--base-image", "python:3.11-slim-bookworm", "--out", str(out)]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "ndmg-image-contract"),
+        "--pipeline",
+        "lite",
+        "--base-image",
+        "python:3.11-slim-bookworm",
+        "--out",
+        str(out),
+    ]
     built = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=120)
     assert built.returncode == 0, built.stderr
     image = ImageContract.from_dict(json.loads(out.read_text()))
@@ -167,5 +179,11 @@ def test_the_probe_is_python_37_code_and_reads_37_help():
         "  --seeds SEEDS         Seeding density\n"
     )
     assert parse_help(help_37) == {
-        "-h": 0, "--help": 0, "--participant_label": "+", "--extra": "*", "--maybe": "?", "--skipeddy": 0, "--seeds": 1,
-    }  # fmt: skip
+        "-h": 0,
+        "--help": 0,
+        "--participant_label": "+",
+        "--extra": "*",
+        "--maybe": "?",
+        "--skipeddy": 0,
+        "--seeds": 1,
+    }

@@ -24,10 +24,11 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import dag_ready, live_environment, wait_for
-from datasets import put_dataset, scans_keys
 from ndmg_cloud.cli.airflowapi import Airflow
 from ndmg_cloud.participant.jobspec import run_token
+
+from conftest import dag_ready, live_environment, wait_for
+from datasets import put_dataset, scans_keys
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -50,9 +51,7 @@ class Parts:
     def start(self, name: str) -> None:
         log = open(self.home / f"{name}.log", "ab")
         binary = str(Path(sys.executable).parent / "airflow")
-        self.processes[name] = subprocess.Popen(
-            [binary, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.processes[name] = subprocess.Popen([binary, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str) -> None:
         """SIGKILL the component and everything it started (LocalExecutor's task processes)."""
@@ -222,7 +221,9 @@ def test_a_scan_marked_failed_before_any_triggerer_took_it_up_has_its_job_termin
     other = next(s for s in rows if s != scan)
     assert rows[other]["failure_class"] is None  # its job ran to the end (and wrote nothing: a stand-in)
     assert {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"} == {
-        scan: "failed", other: "success"}
+        scan: "failed",
+        other: "success",
+    }
 
 
 def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env, batch_behaviour, monkeypatch):
@@ -250,14 +251,18 @@ def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env,
     monkeypatch.setattr(BatchResponse, "describejobs", throttled)
     api = Airflow(parts.url, "admin", "ndmg-live-test")
     run_id = api.trigger({"bucket": "lab-data", "bidsdir": "ds", "participant_label": ["01"], "canary": False})
-    assert wait_for(lambda: sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) == 2, timeout=180)
+    assert wait_for(
+        lambda: sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) == 2, timeout=180
+    )
     storm["from"] = time.monotonic()
 
     assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=400), api.task_instances(run_id)
     counts = submissions(batch_behaviour.submitted, run_id)
     report = json.loads(s3.get_object(Bucket="lab-data", Key=api.xcom(run_id, "verify_and_report").split("/", 3)[3])["Body"].read())
-    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}; "
-          f"throttled polls in the report: {report['summary']['throttled_polls']}")  # fmt: skip
+    print(
+        f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}; "
+        f"throttled polls in the report: {report['summary']['throttled_polls']}"
+    )
     assert counts == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
     scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
     assert {ti["state"] for ti in scans} == {"success"}
@@ -266,9 +271,7 @@ def test_a_throttling_storm_is_waited_out_said_and_counted(parts, s3, batch_env,
     assert "throttled DescribeJobs" in logs  # the task log says so
 
 
-def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch_each(
-    parts, s3, batch_env, batch_behaviour, monkeypatch
-):
+def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch_each(parts, s3, batch_env, batch_behaviour, monkeypatch):
     """Issue 12: the triggers of a real triggerer share their DescribeJobs (at most
     ceil(waiting / 100) + 1 calls per poll interval, counted where they arrive), and a scan
     whose job SUCCEEDED ends in the triggerer: its task runs on a worker once."""
@@ -299,21 +302,23 @@ def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch
     window = [n for t, n in calls if start <= t < start + seconds]
     batch_behaviour.release()
     per_interval = len(window) / seconds
-    print(f"40 jobs RUNNING: {len(window)} DescribeJobs in {seconds} s ({per_interval:.2f} per 1 s poll), "
-          f"{sum(window) / max(1, len(window)):.1f} job ids per call")  # fmt: skip
+    print(
+        f"40 jobs RUNNING: {len(window)} DescribeJobs in {seconds} s ({per_interval:.2f} per 1 s poll), "
+        f"{sum(window) / max(1, len(window)):.1f} job ids per call"
+    )
     assert per_interval <= math.ceil(40 / 100) + 1
     assert sum(window) / len(window) >= 39  # the calls ask for (nearly) all 40 at once
 
     assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
     scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
     assert {ti["state"] for ti in scans} == {"success"} and len(scans) == 40
-    launches = [
-        sum("Worker startup parse complete" in str(entry) for entry in api.task_log(run_id, ti)) for ti in scans
-    ]
+    launches = [sum("Worker startup parse complete" in str(entry) for entry in api.task_log(run_id, ti)) for ti in scans]
     print(f"task launches per scan: {sum(launches) / len(launches):.2f}")
     assert launches == [1] * 40  # submitted, deferred, ended by its trigger: never resumed
     first = min(scans, key=lambda ti: ti["map_index"])
-    links = api._request("GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index={first['map_index']}")["extra_links"]
+    links = api._request(
+        "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index={first['map_index']}"
+    )["extra_links"]
     assert (links.get("CloudWatch Events") or "").startswith("https://console.aws.amazon.com/cloudwatch/"), links  # the UI's log link
     report = report_of(api, s3, run_id)  # the report reads what the triggerer pushed
     assert {row["job_id"] for row in report["scans"]} == {
@@ -334,8 +339,11 @@ def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, 
     def deferred() -> list[dict]:
         """Scan tasks whose trigger a triggerer has taken up (this scenario is the trigger's
         cancel; a cancel before that is the api-server's: see the no-triggerer scenario)."""
-        return [ti for ti in api.task_instances(run_id)
-                if ti["task_id"] == "run_scan" and ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id")]  # fmt: skip
+        return [
+            ti
+            for ti in api.task_instances(run_id)
+            if ti["task_id"] == "run_scan" and ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id")
+        ]
 
     assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
     time.sleep(2)  # the triggerer starts what it took up on its next loop

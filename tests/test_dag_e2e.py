@@ -35,11 +35,7 @@ def report_uri_of(run):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = (
-            session.query(XComModel)
-            .filter_by(run_id=run.run_id, task_id="verify_and_report", key="return_value")
-            .one()
-        )
+        row = session.query(XComModel).filter_by(run_id=run.run_id, task_id="verify_and_report", key="return_value").one()
         return XComModel.deserialize_value(row)
 
 
@@ -48,9 +44,7 @@ def asset_events(uri):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        events = (
-            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(AssetModel.uri == uri).all()
-        )
+        events = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(AssetModel.uri == uri).all()
         session.expunge_all()
         return events
 
@@ -609,17 +603,23 @@ def test_every_job_runs_the_job_definition_revision_the_canary_checked(s3, batch
     def canary_then_a_new_revision(job):
         code = containers(job)
         if "-canary-" in job.job_name:  # meanwhile someone registers another image
-            batch.register_job_definition(jobDefinitionName="ndmg", type="container", containerProperties={
-                "image": "someone-elses-image:latest",
-                "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}],
-            })  # fmt: skip
+            batch.register_job_definition(
+                jobDefinitionName="ndmg",
+                type="container",
+                containerProperties={
+                    "image": "someone-elses-image:latest",
+                    "resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}],
+                },
+            )
         return code
 
     batch_behaviour.on_submit = canary_then_a_new_revision
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
 
     assert run.state == "success"
-    jobs = batch.describe_jobs(jobs=[j["jobId"] for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]])["jobs"]
+    jobs = batch.describe_jobs(jobs=[j["jobId"] for j in batch.list_jobs(jobQueue="ndmg-queue", jobStatus="SUCCEEDED")["jobSummaryList"]])[
+        "jobs"
+    ]
     revisions = {j["jobName"]: j["jobDefinition"] for j in jobs}
     assert len(revisions) == 3 and len(set(revisions.values())) == 1  # the canary and both scans
     assert next(iter(revisions.values())).endswith("job-definition/ndmg:1")
@@ -673,8 +673,9 @@ def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_r
 def test_throttled_polls_are_counted_in_the_report(s3, batch, dataset, containers, batch_behaviour, monkeypatch):
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 
-    from faults import throttling_hook
     from ndmg_cloud.orchestration.triggers import ScanJobTrigger
+
+    from faults import throttling_hook
 
     monkeypatch.setattr(ScanJobTrigger, "_hook", throttling_hook(lambda: BatchClientHook(aws_conn_id="aws_default"), first=3))
     batch_behaviour.run_seconds = 2.0  # RUNNING at first: the tasks defer to their triggers

@@ -31,16 +31,28 @@ def test_no_import_errors(dagbag):
 
 def test_no_task_stores_its_return_value_twice(dagbag):
     """A TaskFlow task annotated to return a dict would also push each key (multiple_outputs)."""
-    twice = [f"{dag_id}.{t.task_id}" for dag_id in ("ndmg_participant", "ndmg_infra", "ndmg_group")
-             for t in dagbag.dags[dag_id].tasks if getattr(t, "multiple_outputs", False)]  # fmt: skip
+    twice = [
+        f"{dag_id}.{t.task_id}"
+        for dag_id in ("ndmg_participant", "ndmg_infra", "ndmg_group")
+        for t in dagbag.dags[dag_id].tasks
+        if getattr(t, "multiple_outputs", False)
+    ]
     assert twice == []
 
 
 def test_tasks_and_wiring(dag):
     assert {t.task_id for t in dag.tasks} == {
-        "discover", "write_job_specs", "canary", "plan_scans", "pilot_scan", "release_scans", "choose_backend",
-        "run_scan", "run_scan_local", "verify_and_report",
-    }  # fmt: skip
+        "discover",
+        "write_job_specs",
+        "canary",
+        "plan_scans",
+        "pilot_scan",
+        "release_scans",
+        "choose_backend",
+        "run_scan",
+        "run_scan_local",
+        "verify_and_report",
+    }
     assert dag.get_task("write_job_specs").upstream_task_ids == {"discover"}
     assert dag.get_task("canary").upstream_task_ids == {"write_job_specs"}
     plan = dag.get_task("plan_scans")
@@ -79,10 +91,30 @@ def test_run_scan_is_a_deferrable_mapped_batch_operator(dag):
 def test_params_carry_the_design_contract(dag):
     params = dag.params
     expected = {
-        "bucket", "bidsdir", "modif", "output_uri", "jobdir", "dataset", "participant_label",
-        "session_label", "pipeline", "parcellation", "space", "voxelsize", "mod", "diffusion_model",
-        "seeds", "skull", "job_queue", "job_definition", "backend", "force", "dry_run", "canary", "pilot_scans",
-    }  # fmt: skip
+        "bucket",
+        "bidsdir",
+        "modif",
+        "output_uri",
+        "jobdir",
+        "dataset",
+        "participant_label",
+        "session_label",
+        "pipeline",
+        "parcellation",
+        "space",
+        "voxelsize",
+        "mod",
+        "diffusion_model",
+        "seeds",
+        "skull",
+        "job_queue",
+        "job_definition",
+        "backend",
+        "force",
+        "dry_run",
+        "canary",
+        "pilot_scans",
+    }
     assert expected <= set(params.keys())
     assert params["modif"] == "derivatives/ndmg"
     assert params["pipeline"] == "m2g"
@@ -149,7 +181,10 @@ def test_parsing_creates_no_aws_client_and_opens_no_connection(dag_file):
     env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
     out = subprocess.run(
         [sys.executable, "-c", PARSE_PROBE, str(ROOT / "dags" / dag_file)],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe == {"clients": [], "connections": []}

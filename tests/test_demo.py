@@ -22,8 +22,12 @@ def demo_env() -> dict[str, str]:
 def test_demo_runs_every_scan_prints_only_its_lines_and_serves_the_report(tmp_path):
     demo = subprocess.Popen(
         [DEMO, "--out", str(tmp_path / "out"), "--serve"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env(),
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(),
+    )
     lines = []
     for line in demo.stdout:
         lines.append(line.rstrip("\n"))

@@ -6,12 +6,13 @@ import logging
 import math
 
 import pytest
+from test_verify import count_calls
 
-from datasets import E2E_KEYS, put_dataset
+from ndmg_cloud.core.s3 import S3AccessError
 from ndmg_cloud.participant.discover import DatasetError, discover
 from ndmg_cloud.participant.params import ParamError, resolve
-from ndmg_cloud.core.s3 import S3AccessError
-from test_verify import count_calls
+
+from datasets import E2E_KEYS, put_dataset
 
 BUCKET = "lab-data"
 

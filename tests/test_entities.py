@@ -8,8 +8,31 @@ from hypothesis import strategies as st
 
 from ndmg_cloud.core.entities import parse_entities
 
-KEYS = ["sub", "ses", "acq", "run", "dir", "rec", "echo", "space", "desc", "task", "mt", "part",
-        "hemi", "from", "to", "mode", "res", "atlas", "ce", "inv", "chunk", "label", "xfm"]
+KEYS = [
+    "sub",
+    "ses",
+    "acq",
+    "run",
+    "dir",
+    "rec",
+    "echo",
+    "space",
+    "desc",
+    "task",
+    "mt",
+    "part",
+    "hemi",
+    "from",
+    "to",
+    "mode",
+    "res",
+    "atlas",
+    "ce",
+    "inv",
+    "chunk",
+    "label",
+    "xfm",
+]
 DATATYPES = ["anat", "dwi", "func", "fmap", "perf", "junk"]
 SUFFIXES = ["dwi", "T1w", "bold", "epi", "phasediff", "magnitude1", "scans", "xfm", "mask", ""]
 EXTS = [".nii.gz", ".nii", ".bval", ".bvec", ".json", ".tsv", "", ".tar.gz", ".h5"]

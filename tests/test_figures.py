@@ -127,6 +127,4 @@ def test_time_axis_ticks_are_clock_times_at_round_elapsed_steps():
     assert ticks[0][1:] == ("10:00:00", "0") and ticks[1][1:] == ("10:05:00", "+5 min")
     assert len(time_ticks(start, start + 4.2)) == 5
     assert time_ticks(start, start + 3 * 86400)[1][1] == "11-24 22:00"  # 12-hour steps
-    assert [elapsed(s) for s in (0, 45, 90, 3600, 5400, 93600)] == [
-        "0", "+45 s", "+1 min 30 s", "+1 h", "+1 h 30 min", "+1 d 2 h"
-    ]  # fmt: skip
+    assert [elapsed(s) for s in (0, 45, 90, 3600, 5400, 93600)] == ["0", "+45 s", "+1 min 30 s", "+1 h", "+1 h 30 min", "+1 d 2 h"]

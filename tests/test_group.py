@@ -6,21 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from ndmg_cloud.group import compare as group
-
-from ndmg_cloud.scan import lite
-
 from ndmg_cloud.demo import synthetic
+from ndmg_cloud.group import compare as group
 from ndmg_cloud.group.discrim import discriminability, why_not
-from ndmg_cloud.report.figures import parse_connectome
 from ndmg_cloud.group.graphstats import adjacency, graph_stats
-from ndmg_cloud.report.runreport import RunReport
 from ndmg_cloud.participant.verify import ScanResult
+from ndmg_cloud.report.figures import parse_connectome
+from ndmg_cloud.report.runreport import RunReport
+from ndmg_cloud.scan import lite
 
 BUCKET = "lab-group"
 OUTPUT = f"s3://{BUCKET}/ds/derivatives/ndmg/"
@@ -124,9 +123,13 @@ def phantom_graphs(tmp_path_factory):
 def row(scan_id: str, status: str = "succeeded", reason: str | None = None) -> ScanResult:
     subject, _, session = scan_id.removeprefix("sub-").partition("_ses-")
     return ScanResult(
-        scan_id, subject, session or None, status, reason=reason,
+        scan_id,
+        subject,
+        session or None,
+        status,
+        reason=reason,
         outputs=[f"connectomes_d/{PARC}/{scan_id}_dwi_{PARC}_connectome.csv"] if status == "succeeded" else [],
-    )  # fmt: skip
+    )
 
 
 def put_run(s3, graphs: dict[str, bytes], rows: list[ScanResult], run_id: str = "manual__1") -> str:
@@ -135,10 +138,18 @@ def put_run(s3, graphs: dict[str, bytes], rows: list[ScanResult], run_id: str = 
         if r.outputs and r.scan_id in graphs:
             key = f"ds/derivatives/ndmg/sub-{r.subject}/" + (f"ses-{r.session}/" if r.session else "") + r.outputs[0]
             s3.put_object(Bucket=BUCKET, Key=key, Body=graphs[r.scan_id])
-    report = RunReport.from_dict({  # what ndmg_participant's verify_and_report writes, in short
-        "dataset": "ds", "run_id": run_id, "pipeline": "lite", "options": {"parcellation": [PARC]},
-        "input": f"s3://{BUCKET}/ds/", "output": OUTPUT, "started_at": "", "scans": [r.to_dict() for r in rows],
-    })  # fmt: skip
+    report = RunReport.from_dict(
+        {  # what ndmg_participant's verify_and_report writes, in short
+            "dataset": "ds",
+            "run_id": run_id,
+            "pipeline": "lite",
+            "options": {"parcellation": [PARC]},
+            "input": f"s3://{BUCKET}/ds/",
+            "output": OUTPUT,
+            "started_at": "",
+            "scans": [r.to_dict() for r in rows],
+        }
+    )
     uri = f"{OUTPUT}reports/{run_id}/report.json"
     s3.put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(report.to_dict()).encode())
     return uri
@@ -235,8 +246,16 @@ def test_the_group_command_wants_exactly_one_source(capsys, monkeypatch):
 
 def test_a_dry_run_report_has_nothing_to_compare(s3):
     s3.create_bucket(Bucket=BUCKET)
-    report = RunReport.from_dict({"dataset": "ds", "run_id": "dry", "params": {"dry_run": True}, "output": OUTPUT,
-                                  "started_at": "", "scans": [row("sub-01_ses-1").to_dict()]})  # fmt: skip
+    report = RunReport.from_dict(
+        {
+            "dataset": "ds",
+            "run_id": "dry",
+            "params": {"dry_run": True},
+            "output": OUTPUT,
+            "started_at": "",
+            "scans": [row("sub-01_ses-1").to_dict()],
+        }
+    )
     s3.put_object(Bucket=BUCKET, Key="ds/derivatives/ndmg/reports/dry/report.json", Body=json.dumps(report.to_dict()).encode())
     with pytest.raises(group.DryRunReport, match="report of a dry run"):
         group.run_group(s3, f"{OUTPUT}reports/dry/report.json")
@@ -253,7 +272,7 @@ def test_one_listing_and_one_get_per_connectome_no_head(s3, phantom_graphs):
 def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
     """Airflow's own accessor and event models: an event is listed under its Asset and under
     the alias it came through, and one group run may gather several datasets' events."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from airflow.sdk.api.datamodels._generated import AssetAliasReferenceAssetEventDagRun, AssetReferenceAssetEventDagRun
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
@@ -261,16 +280,20 @@ def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
 
     from ndmg_cloud.orchestration.steps import find_report_step
 
-    t0 = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 26, tzinfo=UTC)
 
     def event(dataset: str, run: str, minutes: int) -> AssetEventDagRunReferenceResult:
         uri = f"s3://lab/{dataset}/derivatives/ndmg/reports"
         return AssetEventDagRunReferenceResult(
             asset=AssetReferenceAssetEventDagRun(name=f"ndmg-reports/{dataset}", uri=uri, extra={}),
-            extra={"run_id": run, "report": f"{uri}/{run}/report.json"}, source_task_id="verify_and_report",
-            source_dag_id="ndmg_participant", source_run_id=run, source_map_index=-1,
-            source_aliases=[AssetAliasReferenceAssetEventDagRun(name="ndmg-reports")], timestamp=t0 + timedelta(minutes=minutes),
-        )  # fmt: skip
+            extra={"run_id": run, "report": f"{uri}/{run}/report.json"},
+            source_task_id="verify_and_report",
+            source_dag_id="ndmg_participant",
+            source_run_id=run,
+            source_map_index=-1,
+            source_aliases=[AssetAliasReferenceAssetEventDagRun(name="ndmg-reports")],
+            timestamp=t0 + timedelta(minutes=minutes),
+        )
 
     events = TriggeringAssetEventsAccessor.build([event("hnu1", "a", 1), event("hnu1", "b", 5), event("bnu1", "c", 3)])
     assert sorted(find_report_step({"report": "", "output": ""}, events)) == [

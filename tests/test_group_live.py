@@ -9,10 +9,11 @@ import json
 import pytest
 import requests
 
-from conftest import LIVE_PASSWORD as PASSWORD
-from conftest import wait_for
 from ndmg_cloud.cli.airflowapi import Airflow
 from ndmg_cloud.cli.main import main
+
+from conftest import LIVE_PASSWORD as PASSWORD
+from conftest import wait_for
 
 pytestmark = pytest.mark.slow  # two participant runs and three group runs: the live tier
 
@@ -38,8 +39,20 @@ def put_study(s3, tmp_path, bucket: str, prefix: str, subjects: int, sessions: i
 
 
 def participant(cli, capsys, bucket: str) -> tuple[int, str]:
-    code = cli("participant", "--bucket", bucket, "--bidsdir", "study", "--pipeline", "lite",
-               "--backend", "local", "--follow", "--poll-seconds", "2")  # fmt: skip
+    code = cli(
+        "participant",
+        "--bucket",
+        bucket,
+        "--bidsdir",
+        "study",
+        "--pipeline",
+        "lite",
+        "--backend",
+        "local",
+        "--follow",
+        "--poll-seconds",
+        "2",
+    )
     out = capsys.readouterr().out
     return code, out.split("triggered ndmg_participant run ")[1].split()[0]
 
@@ -100,6 +113,7 @@ def test_a_bad_report_uri_is_refused_at_trigger_time(live_airflow):
     answer = requests.post(
         f"{live_airflow['url']}/api/v2/dags/{GROUP}/dagRuns",
         json={"logical_date": None, "conf": {"report": "s3://grp-fail/study/summary.txt"}},
-        headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=10,
-    )  # fmt: skip
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+        timeout=10,
+    )
     assert answer.status_code == 400 and "report" in answer.text and "summary.txt" in answer.text

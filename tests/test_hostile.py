@@ -11,15 +11,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from conftest import ENDPOINT, REGION
-from datasets import listing, put_dataset
-from faults import FaultProxy, Rule
+from ndmg_cloud.core.s3 import S3AccessError
 from ndmg_cloud.participant.discover import DatasetError, discover
 from ndmg_cloud.participant.jobs import batch_records
 from ndmg_cloud.participant.jobspec import build_spec
 from ndmg_cloud.participant.params import ParamError, resolve
 from ndmg_cloud.participant.preflight import PreflightError, preflight
-from ndmg_cloud.core.s3 import S3AccessError
+
+from conftest import ENDPOINT, REGION
+from datasets import listing, put_dataset
+from faults import FaultProxy, Rule
 
 BUCKET = "lab-data"
 PREFIX = "ds/"
@@ -44,7 +45,12 @@ INVALID_SCANS = [
     ("file of another subject", dwi_series("sub-07/dwi", "sub-08"), "sub-08", "does not carry sub-07"),
     ("missing bvec", ["sub-07/dwi/sub-07_dwi.nii.gz", "sub-07/dwi/sub-07_dwi.bval", "sub-07/anat/sub-07_T1w.nii.gz"], "sub-07", "no .bvec"),
     ("missing T1w", dwi_series("sub-07/dwi", "sub-07"), "sub-07", "no T1w image for sub-07"),
-    ("same scan as .nii and .nii.gz", dwi_series("sub-07/dwi", "sub-07") + ["sub-07/dwi/sub-07_dwi.nii", "sub-07/anat/sub-07_T1w.nii.gz"], "sub-07", "two DWI images"),
+    (
+        "same scan as .nii and .nii.gz",
+        dwi_series("sub-07/dwi", "sub-07") + ["sub-07/dwi/sub-07_dwi.nii", "sub-07/anat/sub-07_T1w.nii.gz"],
+        "sub-07",
+        "two DWI images",
+    ),
     ("key-value pair without a value", dwi_series("sub-07/dwi", "sub-07_acq"), "sub-07_acq", "not a BIDS key-value pair"),
 ]
 
@@ -98,11 +104,21 @@ REFUSED = [
     ("a bucket full of non-BIDS junk", {"keys": ["junk/a.txt", "notes/résumé.pdf", "x/sub-01_dwi.nii.gz"]}, DatasetError, "no DWI images"),
     ("an empty prefix", {"params": {"bidsdir": "nothing-here"}}, DatasetError, "nothing under s3://lab-data/nothing-here/"),
     ("only invalid scans", {"keys": dwi_series("sub-0;1/dwi", "sub-0;1")}, DatasetError, "all 1 scans are invalid"),
-    ("output prefix inside a subject folder", {"params": {"modif": "sub-01/derivatives"}}, ParamError, "modif 'sub-01/derivatives' is refused: it must be a folder under derivatives/"),
+    (
+        "output prefix inside a subject folder",
+        {"params": {"modif": "sub-01/derivatives"}},
+        ParamError,
+        "modif 'sub-01/derivatives' is refused: it must be a folder under derivatives/",
+    ),
     ("output equal to the input", {"params": {"output_uri": f"s3://{BUCKET}/{PREFIX}"}}, ParamError, "is the dataset root"),
     ("empty modif", {"params": {"modif": ""}}, ParamError, "modif is empty"),
     ("participant label with metacharacters", {"params": {"participant_label": ["01 && rm -rf /"]}}, ParamError, "it must be a BIDS label"),
-    ("pipeline option with metacharacters", {"params": {"parcellation": ["AAL;reboot"]}}, ValueError, "parcellation 'AAL;reboot' is refused: it must be an atlas name"),
+    (
+        "pipeline option with metacharacters",
+        {"params": {"parcellation": ["AAL;reboot"]}},
+        ValueError,
+        "parcellation 'AAL;reboot' is refused: it must be an atlas name",
+    ),
 ]
 
 
@@ -175,9 +191,7 @@ def test_a_duplicate_trigger_is_refused_while_the_first_run_is_active(batch_env,
 
     batch_behaviour.run_seconds = 30  # the first run's jobs are still running
     first = resolve({"bucket": BUCKET, "dataset": "ds1"}, "run-A")
-    batch_env.submit_job(
-        jobName=job_name("ds1", "sub-01", "run-A"), jobQueue="ndmg-queue", jobDefinition="ndmg", tags={"dataset": "ds1"}
-    )
+    batch_env.submit_job(jobName=job_name("ds1", "sub-01", "run-A"), jobQueue="ndmg-queue", jobDefinition="ndmg", tags={"dataset": "ds1"})
     preflight(batch_env, first)  # its own jobs are no obstacle to itself
 
     second = resolve({"bucket": BUCKET, "dataset": "ds1"}, "run-B")
@@ -205,7 +219,13 @@ RUNNER_CASES = [
     ("0-byte NIfTI", {"sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz": b""}, [], 2, "is not a readable NIfTI image"),
     ("non-gzip NIfTI", {"sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz": b"this is not gzip"}, [], 2, "is not a readable NIfTI image"),
     ("bval count disagrees", {"sub-01/ses-1/dwi/sub-01_ses-1_dwi.bval": b"0 1000\n"}, [], 2, "has 33 volumes but its bval has 2 values"),
-    ("AccessDenied on get", {}, [Rule("GET", "_T1w.nii.gz", times=-1, response=ACCESS_DENIED)], 1, "could not download s3://lab-data/ds/sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz (AccessDenied)"),
+    (
+        "AccessDenied on get",
+        {},
+        [Rule("GET", "_T1w.nii.gz", times=-1, response=ACCESS_DENIED)],
+        1,
+        "could not download s3://lab-data/ds/sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz (AccessDenied)",
+    ),
     ("AccessDenied on put", {}, [Rule("PUT", "connectomes_d", times=-1, response=ACCESS_DENIED)], 1, "AccessDenied"),
 ]
 

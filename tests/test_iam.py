@@ -13,7 +13,12 @@ from ndmg_cloud.participant.params import resolve
 CONFIGS = [
     {"bucket": "lab-data", "bidsdir": "studies/ds1"},
     {"bucket": "openneuro.org", "bidsdir": "ds000221", "output_uri": "s3://my-lab/ds000221-ndmg", "jobdir": "s3://my-lab-jobs/run/"},
-    {"bucket": "lab-data", "pipeline": "lite", "atlas": "s3://lab-atlases/native/a.nii.gz", "job_queue": "arn:aws:batch:eu-west-1:123456789012:job-queue/q"},
+    {
+        "bucket": "lab-data",
+        "pipeline": "lite",
+        "atlas": "s3://lab-atlases/native/a.nii.gz",
+        "job_queue": "arn:aws:batch:eu-west-1:123456789012:job-queue/q",
+    },
 ]
 
 
@@ -64,9 +69,9 @@ def test_orchestrator_submits_only_to_the_named_queue_and_definition():
 
 
 def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
-    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
-
     from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG  # on every job submitted (test_jobspec)
+
+    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 
     policy = orchestrator_policy(resolve(CONFIGS[0], "run1"), "us-east-1", "123456789012")
     job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
@@ -82,16 +87,24 @@ def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
 def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_later():
     """AWS authorizes SubmitJob's tags as batch:TagResource with the request's tags: the
     canary's job as much as a scan's must carry the project tag, or its SubmitJob is denied."""
-    from iam_eval import ALLOWED, evaluate
-
     from ndmg_cloud.core.bids import Scan
     from ndmg_cloud.participant.canary import canary_kwargs
     from ndmg_cloud.participant.jobspec import build_spec
 
+    from iam_eval import ALLOWED, evaluate
+
     config = resolve(CONFIGS[0], "run1")
     policy = orchestrator_policy(config, "us-east-1", "123456789012")
-    scan = Scan("sub-01", "01", None, {"subject": "01"}, "sub-01/dwi/sub-01_dwi.nii.gz", "sub-01/dwi/sub-01_dwi.bval",
-                "sub-01/dwi/sub-01_dwi.bvec", "sub-01/anat/sub-01_T1w.nii.gz")  # fmt: skip
+    scan = Scan(
+        "sub-01",
+        "01",
+        None,
+        {"subject": "01"},
+        "sub-01/dwi/sub-01_dwi.nii.gz",
+        "sub-01/dwi/sub-01_dwi.bval",
+        "sub-01/dwi/sub-01_dwi.bvec",
+        "sub-01/anat/sub-01_T1w.nii.gz",
+    )
     spec = build_spec(config, scan)
     job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
     for what, payload in (("scan", spec.batch), ("canary", canary_kwargs(config, spec)["batch"])):
@@ -101,9 +114,9 @@ def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_
 
 
 def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
-    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
-
     from ndmg_cloud.participant.jobspec import run_file_uri
+
+    from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 
     for params in CONFIGS[:2]:  # the default job dir (under the output) and one in another bucket
         config = resolve(params, "run1")
@@ -113,7 +126,10 @@ def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
             assert evaluate([policy], "s3:PutObject", arn, {}) == ALLOWED
             assert evaluate([policy], "s3:GetObject", arn, {}) == ALLOWED, (params, kind)
     other = "arn:aws:s3:::my-lab-jobs-other/run/plan-1.json"
-    assert evaluate([orchestrator_policy(resolve(CONFIGS[1], "run1"), "us-east-1", "123456789012")], "s3:GetObject", other, {}) == IMPLICIT_DENY
+    assert (
+        evaluate([orchestrator_policy(resolve(CONFIGS[1], "run1"), "us-east-1", "123456789012")], "s3:GetObject", other, {})
+        == IMPLICIT_DENY
+    )
 
 
 def test_command_prints_both_policies(capsys):

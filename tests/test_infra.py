@@ -8,15 +8,16 @@ import json
 import re
 import subprocess
 import sys
-from urllib.parse import unquote
 from pathlib import Path
+from urllib.parse import unquote
 
 import boto3
 import pytest
 
+from ndmg_cloud.infra.stack import InfraError, deploy, teardown
+
 from conftest import ENDPOINT, REGION, ROOT
 from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate, object_arn
-from ndmg_cloud.infra.stack import InfraError, deploy, teardown
 
 TEMPLATE = ROOT / "plugins" / "ndmg_cloud" / "infra" / "ndmg-batch.yaml"
 
@@ -103,9 +104,25 @@ def test_the_root_volume_size_is_a_setup_flag(network, capsys):
     from ndmg_cloud.cli.main import main
 
     subnets, groups = network
-    code = main(["setup", "--image", "ndmg-cloud-m2g:95d271f7", "--subnets", *subnets, "--security-groups", *groups,
-                 "--input-bucket", "lab-data", "--output-bucket", "lab-results", "--output-prefix", "ndmg/",
-                 "--root-volume-gb", "250"])  # fmt: skip
+    code = main(
+        [
+            "setup",
+            "--image",
+            "ndmg-cloud-m2g:95d271f7",
+            "--subnets",
+            *subnets,
+            "--security-groups",
+            *groups,
+            "--input-bucket",
+            "lab-data",
+            "--output-bucket",
+            "lab-results",
+            "--output-prefix",
+            "ndmg/",
+            "--root-volume-gb",
+            "250",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     assert root_volumes(batch.describe_compute_environments()["computeEnvironments"]) == [(250, "gp3", True)] * 2
@@ -124,8 +141,14 @@ def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
 
     subnets, groups = network
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_infra"]
-    conf = {"image": "ndmg-cloud-m2g:0.3.0", "subnets": subnets, "security_groups": groups,
-            "input_bucket": "lab-data", "output_bucket": "lab-results", "output_prefix": "ndmg/"}  # fmt: skip
+    conf = {
+        "image": "ndmg-cloud-m2g:0.3.0",
+        "subnets": subnets,
+        "security_groups": groups,
+        "input_bucket": "lab-data",
+        "output_bucket": "lab-results",
+        "output_prefix": "ndmg/",
+    }
     run = dag.test(run_conf=conf)
     assert run.state == "success"
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
@@ -150,7 +173,10 @@ def deployed_job_role_policies(cfn, stack: str = "ndmg-cloud-batch") -> list[dic
     iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
     role_arn = {o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]}["JobRoleArn"]
     role = role_arn.rsplit("/", 1)[-1]
-    documents = [iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"] for name in iam.list_role_policies(RoleName=role)["PolicyNames"]]
+    documents = [
+        iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    ]
     return [policy_document(d) for d in documents]
 
 
@@ -195,8 +221,10 @@ def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(n
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     deploy(cfn, parameters(network, InputBucket="lab-data", InputPrefix="studies/", OutputBucket="lab-data"))
     policies = deployed_job_role_policies(cfn)
-    decided = [(action, bucket, key, evaluate(policies, action, object_arn(bucket, key) if key else f"arn:aws:s3:::{bucket}"))
-               for action, bucket, key, _ in JOB_ROLE_DECISIONS]  # fmt: skip
+    decided = [
+        (action, bucket, key, evaluate(policies, action, object_arn(bucket, key) if key else f"arn:aws:s3:::{bucket}"))
+        for action, bucket, key, _ in JOB_ROLE_DECISIONS
+    ]
     assert decided == JOB_ROLE_DECISIONS
 
 
@@ -215,8 +243,10 @@ def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
         ({"OutputPrefix": ""}, "output prefix '' is not a folder: give one ending in '/' (e.g. 'ndmg/'), not the bucket root"),
         ({"OutputPrefix": "ndmg"}, "output prefix 'ndmg' is not a folder"),
         ({"InputPrefix": "studies"}, "input prefix 'studies' is not a folder"),
-        ({"OutputBucket": "lab-data", "InputPrefix": "studies/", "OutputPrefix": "studies/HNU1/derivatives/"},
-         "output prefix 'studies/HNU1/derivatives/' lies inside input prefix 'studies/' of bucket 'lab-data'"),
+        (
+            {"OutputBucket": "lab-data", "InputPrefix": "studies/", "OutputPrefix": "studies/HNU1/derivatives/"},
+            "output prefix 'studies/HNU1/derivatives/' lies inside input prefix 'studies/' of bucket 'lab-data'",
+        ),
         ({"OutputBucket": "lab-data", "OutputPrefix": "ndmg/"}, "output prefix 'ndmg/' lies inside input prefix ''"),
     ],
 )
@@ -229,15 +259,21 @@ def test_a_deployment_whose_jobs_could_not_write_is_refused_before_cloudformatio
     "params, refusal",
     [
         # the README's old quick start: setup with an output bucket, a trigger without output_uri
-        ({"bucket": "lab-data", "bidsdir": "studies/HNU1"},
-         "the run's output location s3://lab-data/studies/HNU1/derivatives/ndmg/ lies outside s3://lab-results/ndmg/, "
-         "the only place the job role of 'ndmg' may write (and read job specs): set output_uri to a folder under it, "
-         "e.g. output_uri=s3://lab-results/ndmg/HNU1/"),
+        (
+            {"bucket": "lab-data", "bidsdir": "studies/HNU1"},
+            "the run's output location s3://lab-data/studies/HNU1/derivatives/ndmg/ lies outside s3://lab-results/ndmg/, "
+            "the only place the job role of 'ndmg' may write (and read job specs): set output_uri to a folder under it, "
+            "e.g. output_uri=s3://lab-results/ndmg/HNU1/",
+        ),
         ({"bucket": "lab-data", "bidsdir": "studies/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/"}, None),
-        ({"bucket": "lab-data", "bidsdir": "elsewhere/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/"},
-         "the dataset s3://lab-data/elsewhere/HNU1/ lies outside s3://lab-data/studies/, the only place the job role"),
-        ({"bucket": "lab-data", "bidsdir": "studies/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/", "jobdir": "s3://lab-data/jobs/"},
-         "the run's jobdir s3://lab-data/jobs/ lies outside s3://lab-results/ndmg/"),
+        (
+            {"bucket": "lab-data", "bidsdir": "elsewhere/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/"},
+            "the dataset s3://lab-data/elsewhere/HNU1/ lies outside s3://lab-data/studies/, the only place the job role",
+        ),
+        (
+            {"bucket": "lab-data", "bidsdir": "studies/HNU1", "output_uri": "s3://lab-results/ndmg/HNU1/", "jobdir": "s3://lab-data/jobs/"},
+            "the run's jobdir s3://lab-data/jobs/ lies outside s3://lab-results/ndmg/",
+        ),
     ],
 )
 def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, params, refusal):

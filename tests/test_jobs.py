@@ -21,7 +21,10 @@ def failed(status_reason, exit_code=None, container_reason=None, attempt_reason=
         (failed("Host EC2 (instance i-0abc) terminated."), "spot_interruption"),
         (failed("Essential container in task exited", attempt_reason="Host EC2 (instance i-1) terminated."), "spot_interruption"),
         (failed("Essential container in task exited", 137), "out_of_memory"),
-        (failed("Essential container in task exited", container_reason="OutOfMemoryError: Container killed due to memory usage"), "out_of_memory"),
+        (
+            failed("Essential container in task exited", container_reason="OutOfMemoryError: Container killed due to memory usage"),
+            "out_of_memory",
+        ),
         (failed("CannotPullContainerError: pull image manifest has been retried 5 time(s)"), "image_pull"),
         (failed("Task failed to start", container_reason="CannotPullContainerError: ref not found"), "image_pull"),
         (failed("Job attempt duration exceeded timeout"), "timeout"),

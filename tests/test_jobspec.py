@@ -9,11 +9,12 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from datasets import E2E_KEYS
 from ndmg_cloud.core.bids import discover_scans
 from ndmg_cloud.core.spec import JobSpec
 from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, job_name
 from ndmg_cloud.participant.params import resolve
+
+from datasets import E2E_KEYS
 
 SUBMIT_JOB = botocore.session.get_session().get_service_model("batch").operation_model("SubmitJob").input_shape
 
@@ -75,7 +76,7 @@ def test_job_names_are_legal_unique_and_readable():
     _, specs = specs_for(dataset="HNU1.retest_v2")  # '.' is a legal dataset name, not a job name
     names = [s["batch"]["jobName"] for s in specs.values()]
     assert len(set(names)) == len(names)
-    for name, scan_id in zip(names, specs):
+    for name, scan_id in zip(names, specs, strict=True):
         assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", name)
         assert name.startswith("HNU1-retest_v2-") and scan_id in name
 

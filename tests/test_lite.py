@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ndmg_cloud.scan import lite
-
 from ndmg_cloud.demo import synthetic
 from ndmg_cloud.report.figures import parse_connectome
+from ndmg_cloud.scan import lite
 
 GRID3 = "connectomes_d/grid3/{}_dwi_grid3_connectome.csv"
 

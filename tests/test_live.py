@@ -10,10 +10,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from conftest import wait_for
-from datasets import put_dataset
 from ndmg_cloud.cli.airflowapi import Airflow, failures
 from ndmg_cloud.participant.jobspec import run_token
+
+from conftest import wait_for
+from datasets import put_dataset
 
 DAG = "ndmg_participant"
 # 25 s and 42 s on the live Airflow: with make test-live, to keep make test under 15 minutes
@@ -56,10 +57,7 @@ def test_two_runs_of_one_dataset_triggered_at_once_one_is_refused(live_airflow, 
     assert "Contents" not in s3.list_objects_v2(Bucket="lab-data", Prefix="ds/derivatives/ndmg/.ndmg-lease.json")
 
 
-
-def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_reported_cancelled(
-    live_airflow, s3, batch_env, batch_behaviour
-):
+def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_reported_cancelled(live_airflow, s3, batch_env, batch_behaviour):
     """The api-server terminates the job itself (cancel.py), whatever the triggerer does."""
     put_dataset(s3, "lab-data", "ds/")
     batch_behaviour.run_seconds = 30

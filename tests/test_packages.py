@@ -104,8 +104,7 @@ def contract_violations(package: Path = PACKAGE) -> list[str]:
                 problems.append(f"{where}:{line} imports {target}, which belongs to no package")
             elif theirs not in ALLOWED[mine]:
                 problems.append(
-                    f"{where}:{line}: {mine} imports {theirs} ({target}); {mine} may import only "
-                    + ", ".join(sorted(ALLOWED[mine]))
+                    f"{where}:{line}: {mine} imports {theirs} ({target}); {mine} may import only " + ", ".join(sorted(ALLOWED[mine]))
                 )
     return problems
 
@@ -210,7 +209,11 @@ def test_the_blocker_blocks(scan_image_python):
 @pytest.mark.parametrize("entry", ["runner", "selfcheck", "contract", "lite", "warm", "scrub"])
 def test_scan_entry_points_import_without_the_orchestrator(scan_image_python, entry):
     done = subprocess.run(
-        [sys.executable, "-c", f"import ndmg_cloud.scan.{entry}; import sys; print(sorted(m for m in sys.modules if m.startswith('ndmg_cloud')))"],
+        [
+            sys.executable,
+            "-c",
+            f"import ndmg_cloud.scan.{entry}; import sys; print(sorted(m for m in sys.modules if m.startswith('ndmg_cloud')))",
+        ],
         env=scan_image_python,
         capture_output=True,
         text=True,
@@ -231,8 +234,9 @@ def test_a_scan_runs_to_success_without_the_orchestrator(s3, scan_image_python, 
     """The runner downloads a phantom scan, runs lite and uploads its
     graphs and manifest, in processes (the runner and the pipeline it starts) where Airflow, FastAPI, pybids, Jinja and networkx
     cannot be imported."""
-    from datasets import write_specs
     from ndmg_cloud.demo.synthetic import make_dataset
+
+    from datasets import write_specs
 
     make_dataset(tmp_path / "phantoms", subjects=1, sessions=1, sessionless=0)
     _, specs = write_specs(s3, tmp_path / "phantoms", bucket="lab-scan-image")
@@ -271,10 +275,16 @@ def test_the_scan_image_install_holds_core_and_scan_only(tmp_path, scan_image_py
     assert packages == {"core", "scan"}, packages
     assert "ndmg_cloud/core/data/neuroparc-labels.json" in code
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert set(line.split(" = ")[0] for line in entry_points.splitlines() if " = " in line) == {"ndmg-scan", "ndmg-image-contract", "ndmg-lite"}
+    assert set(line.split(" = ")[0] for line in entry_points.splitlines() if " = " in line) == {
+        "ndmg-scan",
+        "ndmg-image-contract",
+        "ndmg-lite",
+    }
     # installed alone, the runner imports and reads the atlases' package data
     target = tmp_path / "site"
-    subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     env = {**scan_image_python, "PYTHONPATH": os.pathsep.join([str(target), scan_image_python["PYTHONPATH"]])}
     probe = "import ndmg_cloud, ndmg_cloud.scan.runner; from ndmg_cloud.core.atlases import catalogue; print(ndmg_cloud.__file__, len(catalogue('m2g').atlases))"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
@@ -299,7 +309,9 @@ def test_the_cloudformation_template_ships_in_the_wheel(tmp_path):
     wheel = build_wheel(ROOT / "pyproject.toml", tmp_path)
     assert "ndmg_cloud/infra/ndmg-batch.yaml" in zipfile.ZipFile(wheel).namelist()
     target = tmp_path / "site"
-    subprocess.run([str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     probe = "import ndmg_cloud; from ndmg_cloud.infra.stack import template_body; print(ndmg_cloud.__file__); print(template_body())"
     env = {**os.environ, "PYTHONPATH": str(target)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)

@@ -37,14 +37,32 @@ def test_bucket_root_dataset_and_output_uri_elsewhere():
         ({"bucket": "lab-data", "bidsdir": "ds", "modif": "out"}, "modif 'out' is refused: it must be a folder under derivatives/"),
         ({"bucket": "lab-data", "bidsdir": "ds", "modif": "derivatives/../sub-01"}, "no '.', '..' or empty segments"),
         ({"bucket": "lab-data", "bidsdir": "ds", "modif": "derivatives//x"}, "modif 'derivatives//x' is refused"),
-        ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/./sub-01/x"}, "output_uri 's3://lab-data/ds/./sub-01/x' is refused"),
-        ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/code/out"}, "inside the input dataset s3://lab-data/ds/ but not under its derivatives/"),
-        ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds/sourcedata/jobs"}, "jobdir 's3://lab-data/ds/sourcedata/jobs' lies inside the input dataset"),
-        ({"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds//sub-01/jobs"}, "jobdir 's3://lab-data/ds//sub-01/jobs' is refused"),
-        ({"bucket": "lab-data", "jobdir": "s3://bkt/{{ conn.aws_default.password }}/"}, "jobdir 's3://bkt/{{ conn.aws_default.password }}/' is refused"),
+        (
+            {"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/./sub-01/x"},
+            "output_uri 's3://lab-data/ds/./sub-01/x' is refused",
+        ),
+        (
+            {"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/code/out"},
+            "inside the input dataset s3://lab-data/ds/ but not under its derivatives/",
+        ),
+        (
+            {"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds/sourcedata/jobs"},
+            "jobdir 's3://lab-data/ds/sourcedata/jobs' lies inside the input dataset",
+        ),
+        (
+            {"bucket": "lab-data", "bidsdir": "ds", "jobdir": "s3://lab-data/ds//sub-01/jobs"},
+            "jobdir 's3://lab-data/ds//sub-01/jobs' is refused",
+        ),
+        (
+            {"bucket": "lab-data", "jobdir": "s3://bkt/{{ conn.aws_default.password }}/"},
+            "jobdir 's3://bkt/{{ conn.aws_default.password }}/' is refused",
+        ),
         ({"bucket": "lab-data", "bidsdir": "ds{% raw %}"}, "bidsdir 'ds{% raw %}' is refused"),
         ({"bucket": "lab-data", "dataset": "{{ var.value.x }}"}, "dataset '{{ var.value.x }}' is refused"),
-        ({"bucket": "lab-data", "participant_label": ["1" * 65]}, "participant_label '" + "1" * 65 + "' is refused: it must be a BIDS label: letters and digits only, at most 64"),
+        (
+            {"bucket": "lab-data", "participant_label": ["1" * 65]},
+            "participant_label '" + "1" * 65 + "' is refused: it must be a BIDS label: letters and digits only, at most 64",
+        ),
         ({"bucket": "lab-data", "participant_label": ["01A", "sub-01a"]}, "participant_label '01A' and '01a' differ only in case"),
         ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/"}, "is the dataset root"),
         ({"bucket": "lab-data", "bidsdir": "ds", "output_uri": "s3://lab-data/ds/sub-1/x"}, "inside subject folder"),

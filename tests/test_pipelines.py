@@ -7,27 +7,48 @@ import itertools
 
 import pytest
 
-import pipeline_facts as facts
 from ndmg_cloud.core.atlases import RESOLUTIONS, catalogue, selected_by
 from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.pipelines import M2G_SKULL, OptionError, get_pipeline
 
-SESSION_SCAN = Scan("sub-01_ses-retest", "01", "retest", {"subject": "01", "session": "retest"},
-                    "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.nii.gz")
+import pipeline_facts as facts
+
+SESSION_SCAN = Scan(
+    "sub-01_ses-retest", "01", "retest", {"subject": "01", "session": "retest"}, "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi.nii.gz"
+)
 SESSIONLESS = Scan("sub-02", "02", None, {"subject": "02"}, "sub-02/dwi/sub-02_dwi.nii.gz")
-ACQ_SCAN = Scan("sub-32_ses-1_acq-NODDI10DIR", "32", "1", {"subject": "32", "session": "1", "acquisition": "NODDI10DIR"},
-                "sub-32/ses-1/dwi/sub-32_ses-1_acq-NODDI10DIR_dwi.nii.gz")
+ACQ_SCAN = Scan(
+    "sub-32_ses-1_acq-NODDI10DIR",
+    "32",
+    "1",
+    {"subject": "32", "session": "1", "acquisition": "NODDI10DIR"},
+    "sub-32/ses-1/dwi/sub-32_ses-1_acq-NODDI10DIR_dwi.nii.gz",
+)
 M2G_PARCELLATIONS = [None, ["Yeo-7", "Yeo-7-liberal", "HarvardOxfordsub-maxprob-thr25", "Schaefer1000"], ["DS72784"]]
 
 
 def m2g_option_sets():
     m2g = get_pipeline("m2g")
     for parc, size, mod, track, model, space, skull, extra in itertools.product(
-        M2G_PARCELLATIONS, RESOLUTIONS, ("det", "prob"), ("local", "particle"), ("csa", "csd"),
-        ("native", "native_dsn"), (None, *M2G_SKULL), ({}, {"seeds": 7, "n_cpus": 2, "mem_gb": 30}),
-    ):  # fmt: skip
-        given = {"parcellation": parc, "voxelsize": size, "mod": mod, "track_type": track,
-                 "diffusion_model": model, "space": space, "skull": skull, **extra}  # fmt: skip
+        M2G_PARCELLATIONS,
+        RESOLUTIONS,
+        ("det", "prob"),
+        ("local", "particle"),
+        ("csa", "csd"),
+        ("native", "native_dsn"),
+        (None, *M2G_SKULL),
+        ({}, {"seeds": 7, "n_cpus": 2, "mem_gb": 30}),
+    ):
+        given = {
+            "parcellation": parc,
+            "voxelsize": size,
+            "mod": mod,
+            "track_type": track,
+            "diffusion_model": model,
+            "space": space,
+            "skull": skull,
+            **extra,
+        }
         yield m2g.resolve_options(given)
 
 
@@ -130,7 +151,9 @@ def test_unknown_atlas_names_are_refused_with_the_closest_real_ones(asked, close
 
 def test_legacy_ndmg_command_is_the_released_ndmg_bids():
     ndmg = get_pipeline("ndmg")
-    for size, mod, track, model, space in itertools.product(("1mm", "2mm"), ("det", "prob"), ("local", "particle"), ("csd", "csa"), ("native", "native_dsn")):
+    for size, mod, track, model, space in itertools.product(
+        ("1mm", "2mm"), ("det", "prob"), ("local", "particle"), ("csd", "csa"), ("native", "native_dsn")
+    ):
         options = ndmg.resolve_options({"voxelsize": size, "mod": mod, "track_type": track, "diffusion_model": model, "space": space})
         for scan in (SESSION_SCAN, SESSIONLESS):
             parsed = facts.parse(facts.NDMG_PYPI, ndmg.command(scan, options, "/work/input", "/work/output"))

@@ -52,10 +52,7 @@ def test_250_waiting_jobs_cost_three_describe_jobs_per_poll(batch_env, batch_beh
     batch_behaviour.run_seconds = 120  # all RUNNING throughout
     job_ids = submit_many(batch_env, 250)
     polls = 3
-    triggers = [
-        ScanJobTrigger(job_id=j, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1, max_polls=polls)
-        for j in job_ids
-    ]
+    triggers = [ScanJobTrigger(job_id=j, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1, max_polls=polls) for j in job_ids]
     describe_jobs_calls.clear()
 
     events = run_all(triggers)

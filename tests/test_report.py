@@ -2,37 +2,51 @@
 
 from __future__ import annotations
 
-from html import escape
-
 import csv
 import io
 import json
 import re
 from collections import Counter
+from html import escape
 from html.parser import HTMLParser
 
 import pytest
 
 from ndmg_cloud.participant.params import resolve
-from ndmg_cloud.report.runreport import CSV_COLUMNS, build_report, report_csv
 from ndmg_cloud.participant.verify import ScanResult
+from ndmg_cloud.report.runreport import CSV_COLUMNS, build_report, report_csv
 
-CONTRACT_ROW = {"scan_id", "subject", "session", "status", "job_id", "attempts", "started_at", "stopped_at",
-                "duration_s", "cost_usd", "outputs", "missing", "reason", "log_url"}  # fmt: skip
-CONTRACT_SUMMARY = {"discovered", "invalid", "skipped_done", "submitted", "succeeded", "failed",
-                    "missing_outputs", "cost_usd"}  # fmt: skip
+CONTRACT_ROW = {
+    "scan_id",
+    "subject",
+    "session",
+    "status",
+    "job_id",
+    "attempts",
+    "started_at",
+    "stopped_at",
+    "duration_s",
+    "cost_usd",
+    "outputs",
+    "missing",
+    "reason",
+    "log_url",
+}
+CONTRACT_SUMMARY = {"discovered", "invalid", "skipped_done", "submitted", "succeeded", "failed", "missing_outputs", "cost_usd"}
 
 
 def sample_run_report():
     config = resolve({"bucket": "lab-data", "bidsdir": "ds1"}, "run1")
     rows = [
-        ScanResult("sub-01_ses-1", "01", "1", "succeeded", job_id="j1", attempts=1, duration_s=3600.0,
-                   cost_usd=0.126, outputs=["a.csv", "b.csv"]),
-        ScanResult("sub-02", "02", None, "failed", job_id="j2", attempts=2, cost_usd=0.01,
-                   reason="Essential container in task exited; exit code 1"),
+        ScanResult(
+            "sub-01_ses-1", "01", "1", "succeeded", job_id="j1", attempts=1, duration_s=3600.0, cost_usd=0.126, outputs=["a.csv", "b.csv"]
+        ),
+        ScanResult(
+            "sub-02", "02", None, "failed", job_id="j2", attempts=2, cost_usd=0.01, reason="Essential container in task exited; exit code 1"
+        ),
         ScanResult("sub-03_ses-1", "03", "1", "missing_outputs", job_id="j3", missing=["x.csv"]),
         ScanResult("sub-04_ses-1", "04", "1", "invalid", reason="no .bvec file"),
-    ]  # fmt: skip
+    ]
     return build_report(config, rows, "2026-11-24T10:00:00+00:00", "2026-11-24T11:00:00+00:00", submitted=3)
 
 
@@ -46,10 +60,19 @@ def test_report_json_shape():
     assert report["dataset"] == "ds1" and report["run_id"] == "run1"
     assert CONTRACT_SUMMARY <= set(report["summary"])
     assert report["summary"] == {
-        "discovered": 4, "invalid": 1, "skipped_done": 0, "submitted": 3, "succeeded": 1,
-        "failed": 1, "missing_outputs": 1, "dry_run": 0, "cost_usd": 0.136, "failure_classes": {}, "throttled_polls": 0,
+        "discovered": 4,
+        "invalid": 1,
+        "skipped_done": 0,
+        "submitted": 3,
+        "succeeded": 1,
+        "failed": 1,
+        "missing_outputs": 1,
+        "dry_run": 0,
+        "cost_usd": 0.136,
+        "failure_classes": {},
+        "throttled_polls": 0,
         "invalid_not_listed": 0,
-    }  # fmt: skip
+    }
     for row in report["scans"]:
         assert CONTRACT_ROW <= set(row)
 
@@ -87,8 +110,11 @@ def test_html_is_self_contained_and_shows_every_scan():
 
     report = sample_report()
     report["scans"][0].update(started_at="2026-11-24T10:00:00+00:00", stopped_at="2026-11-24T11:00:00+00:00")
-    report["scans"][1].update(started_at="2026-11-24T10:10:00+00:00", stopped_at="2026-11-24T10:20:00+00:00",
-                              log_url="https://us-east-1.console.aws.amazon.com/cloudwatch/home#x")
+    report["scans"][1].update(
+        started_at="2026-11-24T10:10:00+00:00",
+        stopped_at="2026-11-24T10:20:00+00:00",
+        log_url="https://us-east-1.console.aws.amazon.com/cloudwatch/home#x",
+    )
     report["scans"][1]["reason"] = "<script>alert(1)</script>"
     page = report_html(report)
 
@@ -201,11 +227,12 @@ def count_calls(client):
 def lite_run(s3):
     """A local lite run's outputs on S3: four scans with connectomes (three with the QA
     image lite draws), one failed scan that wrote nothing; and their job records."""
-    from datasets import E2E_KEYS
     from ndmg_cloud.core.bids import discover_scans
-    from ndmg_cloud.report.figures import heatmap, parse_connectome
-    from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
     from ndmg_cloud.core.pipelines import get_pipeline
+    from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
+    from ndmg_cloud.report.figures import heatmap, parse_connectome
+
+    from datasets import E2E_KEYS
 
     s3.create_bucket(Bucket=BUCKET)
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", "backend": "local"}, RUN_ID)
@@ -215,9 +242,14 @@ def lite_run(s3):
     for n, scan in enumerate(s for s in scans if s.valid):
         start = T0_MS + 60_000 + n * 120_000
         ok = scan.scan_id in EDGES
-        jobs[scan.scan_id] = JobRecord(f"local-{scan.scan_id}", SUCCEEDED if ok else FAILED, attempts=1,
-                                       started_ms=start, stopped_ms=start + 300_000,
-                                       reason=None if ok else "pipeline exited with code 1")  # fmt: skip
+        jobs[scan.scan_id] = JobRecord(
+            f"local-{scan.scan_id}",
+            SUCCEEDED if ok else FAILED,
+            attempts=1,
+            started_ms=start,
+            stopped_ms=start + 300_000,
+            reason=None if ok else "pipeline exited with code 1",
+        )
         if not ok:
             continue
         prefix = config.outputs.scan_prefix(scan)
@@ -232,23 +264,26 @@ def lite_run(s3):
             outputs.append({"path": qa_path, "size": len(qa)})
             qa_images[scan.scan_id] = qa
         manifest = {
-            "status": "success", "run_id": RUN_ID, "outputs": outputs,
+            "status": "success",
+            "run_id": RUN_ID,
+            "outputs": outputs,
             "pipeline": {"name": "lite", "options": config.options, "contract": {"label": "ndmg-lite 1234abcd"}},
             "log_tail": ["running: ndmg-lite ...", f"ndmg-lite {scan.dwi_stem}: {100 + n} streamlines in 1.0 s"],
-        }  # fmt: skip
+        }
         s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps(manifest))
     return config, scans, jobs, qa_images
 
 
 def make_report(s3, config, scans, jobs, **limits):
-    from ndmg_cloud.report.runreport import read_connectomes, write_report
     from ndmg_cloud.participant.verify import output_listing, verify_scans
+    from ndmg_cloud.report.runreport import read_connectomes, write_report
 
     listing = output_listing(config, s3)
     rows = verify_scans(config, scans, jobs, s3, listing=listing)
     connectomes = read_connectomes(config, scans, rows, listing, s3, **limits)
-    report = build_report(config, rows, "2026-11-24T10:00:00+00:00", "2026-11-24T10:20:00+00:00", submitted=len(jobs),
-                          connectomes=connectomes.summary)  # fmt: skip
+    report = build_report(
+        config, rows, "2026-11-24T10:00:00+00:00", "2026-11-24T10:20:00+00:00", submitted=len(jobs), connectomes=connectomes.summary
+    )
     write_report(s3, config, report, connectomes)
     prefix = config.outputs.report_prefix(config.run_id)
     html = s3.get_object(Bucket=BUCKET, Key=prefix + "report.html")["Body"].read().decode()
@@ -287,11 +322,20 @@ def test_report_html_draws_each_succeeded_scans_connectome_from_its_edge_list(s3
     assert "the pipeline wrote no QA image" in html
 
     rows = {r["scan_id"]: r for r in report["scans"]}
-    assert rows["sub-01_ses-retest"]["graphs"] == {"grid3": {
-        "path": "connectomes_d/grid3/sub-01_ses-retest_dwi_grid3_connectome.csv", "nodes": 6, "first_node": 1,
-        "connected_nodes": 4, "edges": 4, "self_loops": 0, "density": 0.2667, "total_weight": 40, "max_weight": 30,
-        "qa_image": "qa_d/graphs_plotting/sub-01_ses-retest_dwi_grid3_connectome.png",
-    }}  # fmt: skip
+    assert rows["sub-01_ses-retest"]["graphs"] == {
+        "grid3": {
+            "path": "connectomes_d/grid3/sub-01_ses-retest_dwi_grid3_connectome.csv",
+            "nodes": 6,
+            "first_node": 1,
+            "connected_nodes": 4,
+            "edges": 4,
+            "self_loops": 0,
+            "density": 0.2667,
+            "total_weight": 40,
+            "max_weight": 30,
+            "qa_image": "qa_d/graphs_plotting/sub-01_ses-retest_dwi_grid3_connectome.png",
+        }
+    }
     assert rows["sub-01_ses-retest"]["streamlines"] == 100  # from lite's log line in the manifest
     assert rows[FAILS]["status"] == "failed" and rows[FAILS]["graphs"] == {} and rows[FAILS]["streamlines"] is None
     assert report["connectomes"]["scans_embedded"] == 4 and report["connectomes"]["scans_left_out"] == 0
@@ -365,9 +409,9 @@ def test_dry_run_report_reads_nothing(s3, lite_run):
 
 
 def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch):
+    from ndmg_cloud.orchestration.steps import _link_local_logs
     from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
     from ndmg_cloud.report.runreport import airflow_log_url
-    from ndmg_cloud.orchestration.steps import _link_local_logs
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.lab.example/")
     config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", "backend": "local"}, RUN_ID)
@@ -382,15 +426,15 @@ def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch)
     jobs = {s: JobRecord(f"local-{s}", SUCCEEDED) for s in ("sub-02", "sub-01")}
     _link_local_logs(TI(), None, config, jobs)
     assert jobs["sub-02"].log_url == (
-        "https://airflow.lab.example/dags/ndmg_participant/runs/manual__2026-11-24T10%3A00%3A00%2B00%3A00"
-        "/tasks/run_scan_local/mapped/1"
+        "https://airflow.lab.example/dags/ndmg_participant/runs/manual__2026-11-24T10%3A00%3A00%2B00%3A00/tasks/run_scan_local/mapped/1"
     )
     assert jobs["sub-01"].log_url.endswith("/tasks/run_scan_local/mapped/0")
     assert airflow_log_url("http://x:8080", "d", "r", "t") == "http://x:8080/dags/d/runs/r/tasks/t"
 
     report = build_report(config, [], "2026-11-24T10:00:00+00:00", "2026-11-24T10:01:00+00:00", submitted=2).to_dict()
-    report["scans"] = [{**ScanResult("sub-02", "02", None, "succeeded").to_dict(), "job_id": "local-sub-02",
-                        "log_url": jobs["sub-02"].log_url}]  # fmt: skip
+    report["scans"] = [
+        {**ScanResult("sub-02", "02", None, "succeeded").to_dict(), "job_id": "local-sub-02", "log_url": jobs["sub-02"].log_url}
+    ]
     from ndmg_cloud.report.runreport import report_html
 
     html = report_html(report)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENDPOINT
-from datasets import listing
-from faults import FaultProxy, Rule
+from ndmg_cloud.demo.synthetic import make_dataset
 from ndmg_cloud.participant.discover import discover
 from ndmg_cloud.participant.jobspec import build_spec
 from ndmg_cloud.participant.params import resolve
-from ndmg_cloud.demo.synthetic import make_dataset
+
+from conftest import ENDPOINT
+from datasets import listing
+from faults import FaultProxy, Rule
 
 BUCKET = "lab-data"
 
@@ -96,9 +97,9 @@ def test_runner_produces_graphs_and_the_manifest_last(s3, phantoms):
     manifest = read_json(s3, spec["manifest"])
     assert manifest["status"] == "success" and manifest["exit_code"] == 0
     assert manifest["pipeline"]["name"] == "lite"
-    assert manifest["inputs"]["dwi"]["etag"] == s3.head_object(
-        Bucket=BUCKET, Key="ds/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz"
-    )["ETag"].strip('"')
+    assert manifest["inputs"]["dwi"]["etag"] == s3.head_object(Bucket=BUCKET, Key="ds/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz")[
+        "ETag"
+    ].strip('"')
     by_path = {o["path"]: o for o in manifest["outputs"]}
     body = s3.get_object(Bucket=BUCKET, Key=graph)["Body"].read()
     rel = "connectomes_d/grid3/sub-01_ses-1_dwi_grid3_connectome.csv"
@@ -145,7 +146,9 @@ def test_inherited_gradients_are_placed_beside_the_image(s3, phantoms, tmp_path)
 def test_transient_s3_errors_are_retried(s3, phantoms):
     _, specs = write_specs(s3, phantoms["plain"])
     spec = specs["sub-01_ses-1"]
-    done, proxy = run_through_faults(spec["spec_uri"], [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)])
+    done, proxy = run_through_faults(
+        spec["spec_uri"], [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)]
+    )
     assert done.returncode == 0, done.stderr
     assert [s for _, p, s in proxy.seen if "sub-01_ses-1_dwi.nii.gz" in p][:3] == [503, 503, 200]
     assert read_json(s3, spec["manifest"])["status"] == "success"
@@ -164,8 +167,8 @@ def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
 
 @pytest.mark.slow  # 15 s: with make test-live, to keep make test under 15 minutes
 def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms):
-    from ndmg_cloud.participant.verify import verify_scans
     from ndmg_cloud.core.bids import Scan
+    from ndmg_cloud.participant.verify import verify_scans
 
     config, specs = write_specs(s3, phantoms["plain"])
     spec = specs["sub-01_ses-1"]
@@ -228,7 +231,7 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
     world = synthetic.world_points(shape, affine)
     labels = np.zeros(shape, np.int16)
     motion = synthetic.session_motion(1, 1)
-    for label, end in zip((10, 20, 30, 40), [p for b in synthetic.geometry(1).bundles[:2] for p in b.ends_in_world(motion)]):
+    for label, end in zip((10, 20, 30, 40), [p for b in synthetic.geometry(1).bundles[:2] for p in b.ends_in_world(motion)], strict=True):
         labels[np.linalg.norm(world - end, axis=-1) <= 5.0] = label
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "bundle_ends.nii.gz")
     s3.create_bucket(Bucket=BUCKET)
@@ -282,7 +285,9 @@ def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, pha
         spec = specs[scan_id]
         done = run_runner(spec["spec_uri"], env_extra=env)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr
-        graph = f"dwi/roi-connectomes/desikan_space-MNI152NLin6_res-2x2x2/{stem}_desikan_space-MNI152NLin6_res-2x2x2_measure-spatial-ds_adj.ssv"
+        graph = (
+            f"dwi/roi-connectomes/desikan_space-MNI152NLin6_res-2x2x2/{stem}_desikan_space-MNI152NLin6_res-2x2x2_measure-spatial-ds_adj.ssv"
+        )
         assert spec["expected_outputs"] == [graph]
         keys = set(listing(s3, BUCKET, key_of(spec["output_prefix"])))
         assert key_of(spec["output_prefix"]) + graph in keys  # re-rooted under sub-S/[ses-T/]
@@ -368,16 +373,25 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
     local_spec.write_text(json.dumps(spec))
     worker = {
         "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
-        "AWS_ACCESS_KEY_ID": "AKIA" + "W" * 16, "AWS_SECRET_ACCESS_KEY": "worker-secret",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://a:pw@db/a",
-        "AIRFLOW__CORE__FERNET_KEY": "fernet", "MY_DB_PASSWORD": "pw",
-    }  # fmt: skip
+        "AWS_ACCESS_KEY_ID": "AKIA" + "W" * 16,
+        "AWS_SECRET_ACCESS_KEY": "worker-secret",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://a:pw@db/a",
+        "AIRFLOW__CORE__FERNET_KEY": "fernet",
+        "MY_DB_PASSWORD": "pw",
+    }
 
     result = run_runner(str(local_spec), env_extra=worker)
 
     seen = next(line for line in result.stdout.splitlines() if line.startswith("env:")).split()[1:]
-    assert not set(seen) & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "MY_DB_PASSWORD"}  # fmt: skip
+    assert not set(seen) & {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "MY_DB_PASSWORD",
+    }
     assert "PATH" in seen
     assert "pipeline exited with code 1: leaked [redacted] and [redacted]" in result.stderr
     assert FAKE_KEY_ID not in result.stdout + result.stderr
@@ -386,7 +400,17 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
 def test_the_local_runner_gets_an_allow_list_of_the_worker_environment():
     from ndmg_cloud.scan.scrub import runner_environment
 
-    worker = {"PATH": "/bin", "HOME": "/home/a", "LC_ALL": "C", "NDMG_WARM": "1", "AWS_ENDPOINT_URL": "http://x",
-              "AWS_ACCESS_KEY_ID": "k", "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AIRFLOW_HOME": "/a",
-              "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://", "AIRFLOW_CONN_AWS_DEFAULT": "aws://k:s@", "GITHUB_TOKEN": "t"}  # fmt: skip
+    worker = {
+        "PATH": "/bin",
+        "HOME": "/home/a",
+        "LC_ALL": "C",
+        "NDMG_WARM": "1",
+        "AWS_ENDPOINT_URL": "http://x",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt",
+        "AIRFLOW_HOME": "/a",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://",
+        "AIRFLOW_CONN_AWS_DEFAULT": "aws://k:s@",
+        "GITHUB_TOKEN": "t",
+    }
     assert sorted(runner_environment(worker)) == ["AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "HOME", "LC_ALL", "NDMG_WARM", "PATH"]

@@ -14,13 +14,31 @@ from ndmg_cloud.participant.verify import ScanResult
 
 def plan_of(n: int, jobdir: str, **params) -> RunPlan:
     config = resolve({"bucket": "lab-data", "pipeline": "lite", "backend": "local", "jobdir": jobdir, **params}, "manual__run-1")
-    scans = [Scan(f"sub-{i:04d}", f"{i:04d}", None, {"subject": f"{i:04d}"}, f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.nii.gz",
-                  f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.bval", f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.bvec") for i in range(n)]  # fmt: skip
+    scans = [
+        Scan(
+            f"sub-{i:04d}",
+            f"{i:04d}",
+            None,
+            {"subject": f"{i:04d}"},
+            f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.nii.gz",
+            f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.bval",
+            f"sub-{i:04d}/dwi/sub-{i:04d}_dwi.bvec",
+        )
+        for i in range(n)
+    ]
     scans.append(Scan("sub-bad", "bad", None, {}, "sub-bad/dwi/sub-bad_dwi.nii.gz", reason="no .bval file"))
     done = {"sub-0000": ScanResult("sub-0000", "0000", None, "skipped_done", reason="already done", made_by="lite 1", contract="c1")}
-    return RunPlan(config, scans, done, {"sub-0001": "done with other options"}, invalid_omitted=3,
-                   warnings=["a warning"], took_over=TakeOver("old-run", "2026-11-26T00:00:00Z", "its run failed"),
-                   keys_listed=n * 4, started_at="2026-11-26T03:00:00+00:00")  # fmt: skip
+    return RunPlan(
+        config,
+        scans,
+        done,
+        {"sub-0001": "done with other options"},
+        invalid_omitted=3,
+        warnings=["a warning"],
+        took_over=TakeOver("old-run", "2026-11-26T00:00:00Z", "its run failed"),
+        keys_listed=n * 4,
+        started_at="2026-11-26T03:00:00+00:00",
+    )
 
 
 def test_the_plan_reads_back_as_written(tmp_path):
@@ -44,7 +62,9 @@ def test_scan_tasks_carry_no_submit_payload_and_a_dry_run_has_none(tmp_path):
     assert [t["scan_id"] for t in tasks] == ["sub-0000", "sub-0001", "sub-0002"]  # valid scans only
     assert tasks[1] == {"scan_id": "sub-0001", "job_spec_uri": "s3://lab-out/jobs/sub-0001.json", "runnable_timeout": 1800}
     assert plan_of(3, f"{tmp_path}/jobs/").scan_tasks()[0] == {
-        "scan_id": "sub-0000", "job_spec_uri": f"{tmp_path}/jobs/sub-0000.json"}  # local: no Batch timeout
+        "scan_id": "sub-0000",
+        "job_spec_uri": f"{tmp_path}/jobs/sub-0000.json",
+    }  # local: no Batch timeout
     assert plan_of(3, f"{tmp_path}/jobs/", dry_run=True).scan_tasks() == []
 
 

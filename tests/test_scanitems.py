@@ -8,11 +8,14 @@ import json
 
 import pytest
 
-from conftest import ROOT
-from datasets import put_dataset, scans_keys
 from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 
-ITEMS = [{"scan_id": f"sub-{i:02d}_ses-1", "job_spec_uri": f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", "runnable_timeout": 1800} for i in range(7)]
+from conftest import ROOT
+from datasets import put_dataset, scans_keys
+
+ITEMS = [
+    {"scan_id": f"sub-{i:02d}_ses-1", "job_spec_uri": f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", "runnable_timeout": 1800} for i in range(7)
+]
 
 
 def test_items_round_trip_through_airflows_serde(s3):
@@ -91,8 +94,9 @@ def test_a_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env,
     large = pulled_bytes(s3, monkeypatch, "large/", subjects=8)
     scans = lambda pulled: {i: n for (task_id, i), n in pulled.items() if task_id == "run_scan"}  # noqa: E731
     assert sorted(scans(small)) == list(range(4)) and sorted(scans(large)) == list(range(16))
-    print(f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(scans(small).values()))}, "
-          f"N=16 {sorted(set(scans(large).values()))}")  # fmt: skip
+    print(
+        f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(scans(small).values()))}, N=16 {sorted(set(scans(large).values()))}"
+    )
     assert max(scans(large).values()) <= max(scans(small).values()) + 8  # the items file's URI differs by a few characters
     assert max(scans(large).values()) < 400
     # every other task too: the run plan and its settlement are read from S3, not from XCom

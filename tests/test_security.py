@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+from test_dag_e2e import BIDSDIR, BUCKET, run_dag
+
 from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET
 from datasets import put_dataset
 from images import Containers, m2g_image
-from test_dag_e2e import BIDSDIR, BUCKET, run_dag
 
 CREDENTIAL = re.compile(
     "|".join([re.escape(FAKE_KEY_ID), re.escape(FAKE_SECRET), r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"aws_session_token"]),
@@ -37,7 +38,11 @@ def artifacts_of(run, s3, batch_env, capfd) -> dict[str, str]:
             artifacts["s3://" + obj["Key"]] = body.decode("utf-8", "replace")
             grants = s3.get_object_acl(Bucket=BUCKET, Key=obj["Key"])["Grants"]
             assert all(g["Grantee"].get("Type") == "CanonicalUser" for g in grants), obj["Key"]
-    job_ids = [j["jobId"] for status in ("SUCCEEDED", "FAILED") for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]]
+    job_ids = [
+        j["jobId"]
+        for status in ("SUCCEEDED", "FAILED")
+        for j in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]
+    ]
     for job in batch_env.describe_jobs(jobs=job_ids)["jobs"]:
         artifacts[f"batch job {job['jobName']}"] = json.dumps(job, default=str)
     artifacts.update(xcoms_of(run.run_id))
@@ -103,8 +108,10 @@ def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var
         "jobName": "ds-{{ conn.aws_default.login }}-abcd1234",
         "jobQueue": "ndmg-queue",
         "jobDefinition": "ndmg",
-        "containerOverrides": {"command": ["ndmg-scan", "--spec", braces + "sub-01.json"],
-                               "environment": [{"name": "NDMG_SPEC", "value": braces}]},
+        "containerOverrides": {
+            "command": ["ndmg-scan", "--spec", braces + "sub-01.json"],
+            "environment": [{"name": "NDMG_SPEC", "value": braces}],
+        },
         "tags": {"ndmg:dataset": "{% raw %}x{% endraw %}"},
     }
     secrets = type("Secrets", (), {"__getattr__": lambda self, name: self, "__str__": lambda self: "SECRET"})()

@@ -10,15 +10,16 @@ import sys
 
 import pytest
 
+from ndmg_cloud.core.atlases import catalogue
+from ndmg_cloud.participant.discover import discover
+from ndmg_cloud.participant.jobspec import build_spec
+from ndmg_cloud.participant.params import resolve
+
 import pipeline_facts as facts
 from conftest import ENDPOINT
 from datasets import put_dataset
 from faults import FaultProxy, Rule
 from images import m2g_image, write_lfs_pointer
-from ndmg_cloud.core.atlases import catalogue
-from ndmg_cloud.participant.discover import discover
-from ndmg_cloud.participant.jobspec import build_spec
-from ndmg_cloud.participant.params import resolve
 
 BUCKET = "lab-data"
 ACCESS_DENIED = (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
@@ -42,8 +43,9 @@ def image(tmp_path):
 
 def self_check(spec, image, *extra, endpoint=ENDPOINT, **env):
     command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", spec["spec_uri"], *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env=image.env(AWS_ENDPOINT_URL=endpoint, NDMG_S3_MAX_ATTEMPTS="2", **env))  # fmt: skip
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=image.env(AWS_ENDPOINT_URL=endpoint, NDMG_S3_MAX_ATTEMPTS="2", **env)
+    )
 
 
 def lines(done):
@@ -123,8 +125,11 @@ def test_an_image_without_a_contract_is_refused(s3, m2g_spec, image):
 
 def test_a_lite_image_asked_to_run_m2g_is_refused(s3, m2g_spec, image, tmp_path):
     lite_contract = tmp_path / "lite-contract.json"
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ndmg-image-contract"), "--pipeline", "lite",
-                    "--out", str(lite_contract)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ndmg-image-contract"), "--pipeline", "lite", "--out", str(lite_contract)],
+        check=True,
+        capture_output=True,
+    )
     done = self_check(m2g_spec, image, NDMG_IMAGE_CONTRACT=str(lite_contract))
     assert done.returncode == 1
     assert "this image runs lite" in done.stdout and "point job_definition at a m2g image" in done.stdout

@@ -4,24 +4,25 @@ signing in, filling the form, clicking Trigger; and the trigger-time refusals be
 
 from __future__ import annotations
 
-import shutil
 from urllib.parse import quote, unquote
 
 import pytest
 import requests
 
-from conftest import wait_for
-from datasets import put_phantoms
 from ndmg_cloud.orchestration.links import airflow_report_url
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import wait_for
+from datasets import put_phantoms
+from helpers import chromium, require_tool
+
+CHROMIUM = chromium()
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 DAG = "ndmg_participant"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    assert CHROMIUM, "Chromium is missing: apt-get install chromium (.ci/run does)"
+    require_tool("Chromium", CHROMIUM is not None, "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

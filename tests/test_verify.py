@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 
-from datasets import E2E_KEYS
 from ndmg_cloud.core.bids import discover_scans
-from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.jobs import batch_records, describe_jobs, failure_reason
+from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.verify import verify_scans
+
+from datasets import E2E_KEYS
 
 BUCKET = "lab-data"
 
@@ -45,11 +46,14 @@ def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=Non
     manifest = {
         "status": manifest_status,
         "run_id": run_id or config.run_id,
-        "pipeline": {"name": config.pipeline, "options": options or config.options,
-                     "contract": {"label": "m2g 95d271f7", "fingerprint": "abc123abc123"}},
+        "pipeline": {
+            "name": config.pipeline,
+            "options": options or config.options,
+            "contract": {"label": "m2g 95d271f7", "fingerprint": "abc123abc123"},
+        },
         "outputs": [{"path": rel, "size": size if recorded_size is None else recorded_size} for rel in expected],
         **extra,
-    }  # fmt: skip
+    }
     s3.put_object(Bucket=BUCKET, Key=config.outputs.manifest_key(scan), Body=json.dumps(manifest))
 
 

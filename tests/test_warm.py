@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_runner import BUCKET, key_of, phantoms, run_runner, write_specs  # noqa: F401 - fixture
+
 from ndmg_cloud.scan import warm
 
 WARM = {warm.WARM_ENV: "1"}

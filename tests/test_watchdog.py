@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
+from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 from ndmg_cloud.participant.capacity import diagnose_stuck, instance_memory_mib
 from ndmg_cloud.participant.jobs import classify_failure
-from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 
 JOB = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}]}}
 QUEUE = {"jobQueueName": "ndmg-queue", "state": "ENABLED", "status": "VALID"}
@@ -116,9 +116,11 @@ def test_stopping_a_sync_task_terminates_its_job(batch_env, batch_behaviour):
     batch_behaviour.run_seconds = 60
     job_id = submit(batch_env)
     operator = ScanBatchOperator(
-        task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://b/x.json",
+        task_id="run_scan",
+        scan_id="sub-01",
+        job_spec_uri="s3://b/x.json",
         batch={"jobName": "x", "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"},
-    )  # fmt: skip
+    )
     operator.job_id = job_id
 
     operator.on_kill()

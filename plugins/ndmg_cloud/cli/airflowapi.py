@@ -51,9 +51,7 @@ class Airflow:
             headers["Authorization"] = f"Bearer {self.token()}"
         for attempt in range(self.BUSY_RETRIES + 1):
             try:
-                response = requests.request(
-                    method, self.url + path, json=body, headers=headers, timeout=self.TIMEOUT_SECONDS
-                )
+                response = requests.request(method, self.url + path, json=body, headers=headers, timeout=self.TIMEOUT_SECONDS)
             except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
                 raise CliError(
                     f"the Airflow URL {self.url!r} is not a URL: give http://host:port "
@@ -61,13 +59,11 @@ class Airflow:
                 ) from None
             except requests.ConnectionError:
                 raise Unreachable(
-                    f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; "
-                    "set --airflow-url or NDMG_AIRFLOW_URL)"
+                    f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; set --airflow-url or NDMG_AIRFLOW_URL)"
                 ) from None
             except requests.Timeout:
                 raise CliError(
-                    f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s: "
-                    "it may be busy; try again"
+                    f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s: it may be busy; try again"
                 ) from None
             repeatable = not (method == "POST" and path.endswith("/dagRuns"))
             if not repeatable or response.status_code != 500 or "Database error" not in response.text:
@@ -77,18 +73,14 @@ class Airflow:
             time.sleep(self.BUSY_WAIT_SECONDS * (attempt + 1))
         if response.status_code in (401, 403):
             raise CliError(
-                f"Airflow at {self.url} refused the credentials of user {self.username!r}: "
-                "check --username and NDMG_AIRFLOW_PASSWORD"
+                f"Airflow at {self.url} refused the credentials of user {self.username!r}: check --username and NDMG_AIRFLOW_PASSWORD"
             )
         if response.status_code in (400, 422):
             raise CliError(f"Airflow refused the request: {_detail(response)}")
         if response.status_code == 404:
             raise NotFound(f"not found on Airflow at {self.url}: {path} ({_detail(response)})")
         if response.status_code >= 300:
-            raise CliError(
-                f"Airflow answered {response.status_code} to {method} {path}: {_detail(response)}: "
-                "its api-server log says more"
-            )
+            raise CliError(f"Airflow answered {response.status_code} to {method} {path}: {_detail(response)}: its api-server log says more")
         try:
             return response.json() if response.content else None
         except ValueError:
@@ -137,9 +129,7 @@ class Airflow:
                 return out
 
     def xcom(self, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1, dag_id: str = DAG_ID) -> Any:
-        entry = self._request(
-            "GET", f"{_run_path(run_id, dag_id)}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}"
-        )
+        entry = self._request("GET", f"{_run_path(run_id, dag_id)}/taskInstances/{task_id}/xcomEntries/{key}?map_index={map_index}")
         return entry["value"]
 
     def task_log(self, run_id: str, ti: dict[str, Any], dag_id: str = DAG_ID) -> list[Any]:
@@ -195,7 +185,7 @@ def error_of(log: list[Any]) -> str | None:
 
 
 def failures(airflow: Airflow, run_id: str, tis: list[dict[str, Any]], limit: int = 5, dag_id: str = DAG_ID) -> list[str]:
-    """"<task> failed: <why>" for the failed tasks of a run, in the order the DAG runs them."""
+    """ "<task> failed: <why>" for the failed tasks of a run, in the order the DAG runs them."""
     order = {task_id: i for i, task_id in enumerate(TASK_ORDERS[dag_id])}
     failed = sorted(
         (ti for ti in tis if ti["state"] == "failed"),

@@ -45,10 +45,9 @@ from ndmg_cloud.cli.airflowapi import (
     one_line,
     password_from_airflow_home,
 )
+from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.demo.stack import REGION as EMBEDDED_REGION
 from ndmg_cloud.demo.stack import REPO
-from ndmg_cloud.participant.params import PARAM_SCHEMAS
-from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.orchestration.taskids import (
     COMPARE_CONNECTOMES,
     DAG_ID,
@@ -59,6 +58,7 @@ from ndmg_cloud.orchestration.taskids import (
     SCAN_TASKS,
     VERIFY_AND_REPORT,
 )
+from ndmg_cloud.participant.params import PARAM_SCHEMAS
 
 if TYPE_CHECKING:
     from ndmg_cloud.report.runreport import RunReport  # imported where read: it pulls in the figures
@@ -86,9 +86,16 @@ def embedded_stack_hint() -> str:
 
 
 CREDENTIAL_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException", "InvalidToken",
-    "UnrecognizedClientException", "InvalidClientTokenId", "AuthFailure", "InvalidSignatureException",
-}  # fmt: skip
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidToken",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "AuthFailure",
+    "InvalidSignatureException",
+}
 DENIED_CODES = {"AccessDenied", "AccessDeniedException", "AllAccessDisabled", "UnauthorizedOperation", "403"}
 
 
@@ -99,9 +106,7 @@ def aws_error(err: Exception, doing: str) -> CliError:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     or_embedded = "" if endpoint else f"; or, {embedded_stack_hint()}"
     if isinstance(err, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
-        return CliError(
-            f"{doing}: no usable AWS credentials ({err}): set your AWS settings (AWS_PROFILE or ~/.aws){or_embedded}"
-        )
+        return CliError(f"{doing}: no usable AWS credentials ({err}): set your AWS settings (AWS_PROFILE or ~/.aws){or_embedded}")
     if isinstance(err, bx.NoRegionError):
         return CliError(f"{doing}: no AWS region: export AWS_DEFAULT_REGION=<your region>{or_embedded}")
     if isinstance(err, bx.ProfileNotFound):
@@ -203,9 +208,7 @@ def report_uri_of(airflow: Airflow, run_id: str) -> str:
     try:
         return airflow.xcom(run_id, VERIFY_AND_REPORT)
     except NotFound:
-        raise NoReport(
-            f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why"
-        ) from None
+        raise NoReport(f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why") from None
 
 
 def report_of(airflow: Airflow, run_id: str) -> tuple[str, RunReport]:
@@ -483,8 +486,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     todo = len(found.valid) - len(done)
     guess = estimate(todo, config.pipeline, args.hours_per_scan)
     print(
-        f"{len(found.scans)} scans found: {len(found.valid)} valid, {len(found.invalid)} invalid, "
-        f"{len(done)} already done, {todo} to run"
+        f"{len(found.scans)} scans found: {len(found.valid)} valid, {len(found.invalid)} invalid, {len(done)} already done, {todo} to run"
     )
     print(
         f"{guess['instance_hours']} instance-hours ({guess['vcpu_hours']} vCPU-hours) of r5.large: "
@@ -570,8 +572,7 @@ SEED_ALIASES = {"space": ["--sp"]}  # the seed ndmg_cloud's name of m2g's --spac
 GONE_FLAGS = {
     "--password": "a password on the command line shows in `ps` and shell history: export NDMG_AIRFLOW_PASSWORD, "
     "or run on a terminal and type it when asked",
-    "--credentials": "jobs get AWS access from their job role; the orchestrator uses your normal AWS settings "
-    "(AWS_PROFILE or ~/.aws)",
+    "--credentials": "jobs get AWS access from their job role; the orchestrator uses your normal AWS settings (AWS_PROFILE or ~/.aws)",
     "--state": "the action is the subcommand now: ndmg_cloud participant | status | kill",
     "--filtering_type": "use --track-type (local or particle), the option m2g reads",
     "--modality": "ndmg_cloud runs the diffusion pipelines only (--pipeline m2g, ndmg or lite)",
@@ -580,8 +581,7 @@ GONE_FLAGS = {
     "--log": "group-level plots are not made: the report (ndmg_cloud report RUN) lists every scan and its outputs",
     "--debug": "each scan's whole log is in its task log (and CloudWatch on AWS); the report has a failed scan's last lines",
     "--big": "voxel-wise graphs are not made: the connectomes are per parcellation (--parcellation)",
-    "--push_location": "each scan job uploads its outputs, privately, under the dataset's --modif folder "
-    "(or --output-uri)",
+    "--push_location": "each scan job uploads its outputs, privately, under the dataset's --modif folder (or --output-uri)",
     "--push_data": "each scan job uploads its outputs, privately, under the dataset's --modif folder (or --output-uri)",
 }
 SEED_PIPELINES = {"dwi": "m2g", "func": None}  # m2g_cloud's --pipeline took a modality
@@ -649,17 +649,25 @@ def _param_flag(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
 
 
 def _airflow_flags(p: argparse.ArgumentParser) -> None:
-    _add(p, "airflow_url", "Airflow api-server URL (env NDMG_AIRFLOW_URL; default http://localhost:8080)",
-         default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"))  # fmt: skip
-    _add(p, "username", "Airflow user (env NDMG_AIRFLOW_USER; default admin)",
-         default=os.environ.get("NDMG_AIRFLOW_USER", "admin"))  # fmt: skip
+    _add(
+        p,
+        "airflow_url",
+        "Airflow api-server URL (env NDMG_AIRFLOW_URL; default http://localhost:8080)",
+        default=os.environ.get("NDMG_AIRFLOW_URL", "http://localhost:8080"),
+    )
+    _add(p, "username", "Airflow user (env NDMG_AIRFLOW_USER; default admin)", default=os.environ.get("NDMG_AIRFLOW_USER", "admin"))
 
 
 def _dataset_flags(p: argparse.ArgumentParser) -> None:
     for name in PARAM_FLAGS:
         _param_flag(p, name, **({"required": True} if name == "bucket" else {}))
-    p.add_argument("--no-canary", "--no_canary", dest="no_canary", action="store_true",
-                   help="submit without the canary job (it checks the image first)")  # fmt: skip
+    p.add_argument(
+        "--no-canary",
+        "--no_canary",
+        dest="no_canary",
+        action="store_true",
+        help="submit without the canary job (it checks the image first)",
+    )
 
 
 def _subcommand(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -720,14 +728,28 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "subnets", "subnets of the compute environments", nargs="+", required=True)
     _add(p, "security_groups", "security groups of the compute environments", nargs="+", required=True)
     _add(p, "input_bucket", "bucket the jobs read datasets from", required=True)
-    _add(p, "input_prefix", "folder of the datasets in the input bucket, ending in / (default: all of it); "
-         "jobs read it and never write into its subject folders", default="")  # fmt: skip
+    _add(
+        p,
+        "input_prefix",
+        "folder of the datasets in the input bucket, ending in / (default: all of it); "
+        "jobs read it and never write into its subject folders",
+        default="",
+    )
     _add(p, "output_bucket", "bucket the jobs write outputs to", required=True)
-    _add(p, "output_prefix", "folder of the outputs in the output bucket, ending in / (e.g. ndmg/); runs set "
-         "output_uri under it", required=True)  # fmt: skip
+    _add(
+        p,
+        "output_prefix",
+        "folder of the outputs in the output bucket, ending in / (e.g. ndmg/); runs set output_uri under it",
+        required=True,
+    )
     _add(p, "max_vcpus", "most vCPUs the compute environments scale to (2 per scan; default 256)", type=int, default=256)
-    _add(p, "root_volume_gb", "root volume of each instance: the image plus each scan's work (m2g: several GB; "
-         "default 100)", type=int, default=100)  # fmt: skip
+    _add(
+        p,
+        "root_volume_gb",
+        "root volume of each instance: the image plus each scan's work (m2g: several GB; default 100)",
+        type=int,
+        default=100,
+    )
     _add(p, "on_demand", "no Spot environment", action="store_true")
     _add(p, "job_queue", "name of the job queue to create (default ndmg-queue)", default="ndmg-queue")
     _add(p, "job_definition", "name of the job definition to register (default ndmg)", default="ndmg")
@@ -764,8 +786,7 @@ def explain(err: Exception) -> str:
         # ParamError, OptionError ...) each say what was wrong and what to do
         return str(err)
     return (
-        f"unexpected {type(err).__name__}: {err}: this is a bug of ndmg_cloud; "
-        "NDMG_CLI_DEBUG=1 shows where it happened (please report it)"
+        f"unexpected {type(err).__name__}: {err}: this is a bug of ndmg_cloud; NDMG_CLI_DEBUG=1 shows where it happened (please report it)"
     )
 
 

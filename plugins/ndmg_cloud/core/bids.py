@@ -24,10 +24,7 @@ IGNORED_TOP_LEVEL = ("derivatives", "sourcedata", "code", "stimuli", "phenotype"
 FILE_KIND_ENTITIES = ("suffix", "extension", "datatype")
 DESCRIPTION = "dataset_description.json"
 
-T1W_RULE = (
-    "the T1w with the fewest entities besides sub/ses, then the lowest run, "
-    "then the first path in sort order"
-)
+T1W_RULE = "the T1w with the fewest entities besides sub/ses, then the lowest run, then the first path in sort order"
 
 
 @dataclass
@@ -154,16 +151,10 @@ def label_problem(rel: str) -> str | None:
         file_labels.setdefault(key, value)
     for key, value in list(dir_labels.items()) + list(file_labels.items()):
         if not LABEL.fullmatch(value):
-            return (
-                f"label {key}-{value!r} in '{rel}' is not alphanumeric; "
-                "BIDS labels may only use letters and digits"
-            )
+            return f"label {key}-{value!r} in '{rel}' is not alphanumeric; BIDS labels may only use letters and digits"
     for key in ("sub", "ses"):
         if key in dir_labels and file_labels.get(key) != dir_labels[key]:
-            return (
-                f"file name '{name}' does not carry {key}-{dir_labels[key]} "
-                f"of its folder in '{rel}'"
-            )
+            return f"file name '{name}' does not carry {key}-{dir_labels[key]} of its folder in '{rel}'"
     return None
 
 
@@ -183,9 +174,7 @@ def _looks_like_dwi(rel: str) -> bool:
 
 def _is_image(f: _File, suffix: str, datatype: str) -> bool:
     e = f.entities
-    return e.get("suffix") == suffix and e.get("datatype") == datatype and (
-        e.get("extension") in IMAGE_EXTENSIONS
-    )
+    return e.get("suffix") == suffix and e.get("datatype") == datatype and (e.get("extension") in IMAGE_EXTENSIONS)
 
 
 def _ancestors(directory: str) -> list[str]:
@@ -207,17 +196,11 @@ def _applies_to(sidecar: _File, dwi: _File) -> bool:
 def _nearest_gradient(dwi: _File, by_dir: dict[str, list[_File]], ext: str) -> tuple[str | None, str]:
     """BIDS inheritance: the nearest applicable file up the tree, the most specific first."""
     for directory in _ancestors(dwi.directory):
-        applicable = [
-            f
-            for f in by_dir.get(directory, ())
-            if f.entities.get("extension") == ext and _applies_to(f, dwi)
-        ]
+        applicable = [f for f in by_dir.get(directory, ()) if f.entities.get("extension") == ext and _applies_to(f, dwi)]
         if not applicable:
             continue
         applicable.sort(key=lambda f: -len(f.series_entities))
-        if len(applicable) > 1 and len(applicable[0].series_entities) == len(
-            applicable[1].series_entities
-        ):
+        if len(applicable) > 1 and len(applicable[0].series_entities) == len(applicable[1].series_entities):
             names = ", ".join(sorted(f.path for f in applicable[:2]))
             return None, f"two {ext} files apply equally to '{dwi.path}': {names}"
         return applicable[0].path, ""
@@ -307,9 +290,7 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
         more = f" and {len(junk_keys) - JUNK_NAMED_IN_WARNING} more" if len(junk_keys) > JUNK_NAMED_IN_WARNING else ""
         result.warnings.append(f"{len(junk_keys)} keys under sub-* are not BIDS paths and were ignored: {named}{more}")
     if not result.has_description:
-        result.warnings.append(
-            f"no {DESCRIPTION} under '{prefix or '/'}': this may not be a BIDS dataset root"
-        )
+        result.warnings.append(f"no {DESCRIPTION} under '{prefix or '/'}': this may not be a BIDS dataset root")
     return result
 
 
@@ -361,8 +342,7 @@ def normalise_labels(labels: Iterable[str], key: str) -> list[str]:
             label = label[len(key) + 1 :]
         if not LABEL.fullmatch(label):
             raise ValueError(
-                f"{key} label {raw!r} is not a BIDS label: use letters and digits only, "
-                f"without the '{key}-' prefix (e.g. '01')"
+                f"{key} label {raw!r} is not a BIDS label: use letters and digits only, without the '{key}-' prefix (e.g. '01')"
             )
         out.append(label)
     return out
@@ -370,9 +350,4 @@ def normalise_labels(labels: Iterable[str], key: str) -> list[str]:
 
 def select(scans: list[Scan], participants: list[str], sessions: list[str]) -> list[Scan]:
     """Keep the scans of the given participants / sessions (empty list = all)."""
-    return [
-        s
-        for s in scans
-        if (not participants or s.subject in participants)
-        and (not sessions or s.session in sessions)
-    ]
+    return [s for s in scans if (not participants or s.subject in participants) and (not sessions or s.session in sessions)]

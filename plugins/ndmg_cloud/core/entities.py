@@ -12,9 +12,10 @@ property on generated keys).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable
+from typing import Any
 
 try:  # Python 3.11+: the parser moved to a private module of ``re``.
     from re import _parser as sre_parse  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from ndmg_cloud.core.bids import Scan
 
-
 # The self-check writes and deletes ``<scan output prefix><PROBE_NAME><token>``: inside the
 # scan's own prefix, the only place a scan job may write.
 PROBE_NAME = ".ndmg-self-check-"

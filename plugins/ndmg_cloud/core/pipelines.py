@@ -7,8 +7,9 @@ its graphs is never counted as done.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 from ndmg_cloud.core.atlases import Atlas, catalogue
 from ndmg_cloud.core.bids import Scan
@@ -38,7 +39,7 @@ M2G_DEFAULT_PARCELLATIONS = ("AAL", "Desikan")
 M2G_SKULL = ("below", "cerebelum", "eye", "general")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Switch (0), one value (1) or one or more ("+"): what an argparse flag takes.
-Nargs = Union[int, str]
+Nargs = int | str
 
 
 class OptionError(ValueError):
@@ -164,27 +165,34 @@ class M2G(Pipeline):
     def command(self, scan, options, input_dir, output_dir):
         cmd = [
             "m2g",
-            "--pipeline", "dwi",
-            "--participant_label", scan.subject,
-            "--session_label", scan.session or WORK_SESSION,
-            "--parcellation", *(atlas.argument for atlas in self.atlases(options)),
-            "--voxelsize", options["voxelsize"],
-            "--mod", options["mod"],
-            "--track_type", options["track_type"],
-            "--diffusion_model", options["diffusion_model"],
-            "--space", options["space"],
-            "--seeds", str(options["seeds"]),
-        ]  # fmt: skip
+            "--pipeline",
+            "dwi",
+            "--participant_label",
+            scan.subject,
+            "--session_label",
+            scan.session or WORK_SESSION,
+            "--parcellation",
+            *(atlas.argument for atlas in self.atlases(options)),
+            "--voxelsize",
+            options["voxelsize"],
+            "--mod",
+            options["mod"],
+            "--track_type",
+            options["track_type"],
+            "--diffusion_model",
+            options["diffusion_model"],
+            "--space",
+            options["space"],
+            "--seeds",
+            str(options["seeds"]),
+        ]
         for key in ("skull", "n_cpus", "mem_gb"):
             if key in options:
                 cmd += [f"--{key}", str(options[key])]
         return cmd + [input_dir, output_dir]
 
     def expected_outputs(self, scan, options):
-        return [
-            f"connectomes_d/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_connectome.csv"
-            for atlas in self.atlases(options)
-        ]
+        return [f"connectomes_d/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_connectome.csv" for atlas in self.atlases(options)]
 
 
 class LegacyNdmg(Pipeline):
@@ -240,10 +248,7 @@ class Lite(Pipeline):
         return cmd + [input_dir, output_dir]
 
     def expected_outputs(self, scan, options):
-        return [
-            f"connectomes_d/{parc}/{scan.dwi_stem}_{parc}_connectome.csv"
-            for parc in self.parcellations(options)
-        ]
+        return [f"connectomes_d/{parc}/{scan.dwi_stem}_{parc}_connectome.csv" for parc in self.parcellations(options)]
 
     def extra_inputs(self, options):
         if "atlas" not in options:
@@ -258,10 +263,20 @@ PIPELINES: dict[str, Pipeline] = {
         description="m2g (neurodata/m2g deploy code, pinned in the image), the current ndmg",
         program="m2g",
         flags={
-            "--pipeline": 1, "--participant_label": "+", "--session_label": "+", "--parcellation": "+",
-            "--voxelsize": 1, "--mod": 1, "--track_type": 1, "--diffusion_model": 1, "--space": 1,
-            "--seeds": 1, "--skull": 1, "--n_cpus": 1, "--mem_gb": 1,
-        },  # fmt: skip
+            "--pipeline": 1,
+            "--participant_label": "+",
+            "--session_label": "+",
+            "--parcellation": "+",
+            "--voxelsize": 1,
+            "--mod": 1,
+            "--track_type": 1,
+            "--diffusion_model": 1,
+            "--space": 1,
+            "--seeds": 1,
+            "--skull": 1,
+            "--n_cpus": 1,
+            "--mem_gb": 1,
+        },
         work_disk_gb=20,  # eddy-corrected data, registrations, streamlines: several GB a scan
         catalogue="m2g",
         atlas_dir="/m2g_atlases",
@@ -284,9 +299,16 @@ PIPELINES: dict[str, Pipeline] = {
         description="legacy ndmg_bids (ndmg 0.2.1, 2019)",
         program="ndmg_bids",
         flags={
-            "--participant_label": "+", "--session_label": "+", "--atlas": 1, "--vox": 1, "--mod": 1,
-            "--tt": 1, "--mf": 1, "--sp": 1, "--seeds": 1,
-        },  # fmt: skip
+            "--participant_label": "+",
+            "--session_label": "+",
+            "--atlas": 1,
+            "--vox": 1,
+            "--mod": 1,
+            "--tt": 1,
+            "--mf": 1,
+            "--sp": 1,
+            "--seeds": 1,
+        },
         work_disk_gb=20,
         catalogue="ndmg",
         atlas_dir="/ndmg_atlases",
@@ -306,9 +328,13 @@ PIPELINES: dict[str, Pipeline] = {
         description="small DIPY connectome pipeline for demos and smoke tests (not ndmg)",
         program="ndmg-lite",
         flags={
-            "--participant_label": 1, "--session_label": 1, "--parcellation": "+", "--atlas": 1,
-            "--diffusion_model": 1, "--seeds": 1,
-        },  # fmt: skip
+            "--participant_label": 1,
+            "--session_label": 1,
+            "--parcellation": "+",
+            "--atlas": 1,
+            "--diffusion_model": 1,
+            "--seeds": 1,
+        },
         work_disk_gb=0.5,
         options={
             "parcellation": Option(["grid3"], grid_names),
@@ -324,6 +350,4 @@ def get_pipeline(name: str) -> Pipeline:
     try:
         return PIPELINES[name]
     except KeyError:
-        raise OptionError(
-            f"pipeline {name!r} is unknown; choose one of {', '.join(PIPELINES)}"
-        ) from None
+        raise OptionError(f"pipeline {name!r} is unknown; choose one of {', '.join(PIPELINES)}") from None

@@ -37,13 +37,10 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> Iterator[S3Objec
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
-            raise S3AccessError(
-                f"bucket {bucket!r} does not exist (check the 'bucket' param and the AWS region)"
-            ) from None
+            raise S3AccessError(f"bucket {bucket!r} does not exist (check the 'bucket' param and the AWS region)") from None
         if code in ("AccessDenied", "AllAccessDisabled", "403"):
             raise S3AccessError(
-                f"access denied listing s3://{bucket}/{prefix}: the orchestrator's role needs "
-                "s3:ListBucket on this bucket and prefix"
+                f"access denied listing s3://{bucket}/{prefix}: the orchestrator's role needs s3:ListBucket on this bucket and prefix"
             ) from None
         raise
 

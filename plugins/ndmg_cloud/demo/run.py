@@ -19,14 +19,13 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ndmg_cloud.demo.stack import (
     BIDSDIR,
@@ -47,6 +46,7 @@ from ndmg_cloud.orchestration.taskids import GROUP_DAG_ID
 if TYPE_CHECKING:
     from ndmg_cloud.report.runreport import RunReport
 
+
 def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
     """Run ndmg_group on the run's report; print discriminability; copy group.html/json."""
     print(f"\nrunning ndmg_group on {report_uri} ...", flush=True)
@@ -61,13 +61,17 @@ def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
     for key in documents:
         doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
         d = doc["discriminability"]
-        print(f"group level of {doc['parcellation']}: {doc['group']['scans']} scans of {doc['group']['subjects']} subjects used, "
-              f"{len(doc['left_out'])} left out")  # fmt: skip
+        print(
+            f"group level of {doc['parcellation']}: {doc['group']['scans']} scans of {doc['group']['subjects']} subjects used, "
+            f"{len(doc['left_out'])} left out"
+        )
         if d["value"] is None:
             print(f"discriminability not computed: {d['why_not']}")
         else:
-            print(f"discriminability {d['value']:.3f}, p-value {d['p_value']:.3g} ({d['permutations']} label shuffles; "
-                  f"{d['subjects']} subjects with 2 sessions; chance is 0.5)")  # fmt: skip
+            print(
+                f"discriminability {d['value']:.3f}, p-value {d['p_value']:.3g} ({d['permutations']} label shuffles; "
+                f"{d['subjects']} subjects with 2 sessions; chance is 0.5)"
+            )
     for name in ("group.html", "group.json"):  # of the first parcellation (the demo has one)
         s3.download_file(BUCKET, documents[0].removesuffix("group.json") + name, str(out_dir / name))
     print(f"group:  {(out_dir / 'group.html').resolve().as_uri()}")

@@ -42,9 +42,7 @@ def configure_environment(home: Path, endpoint: str) -> None:
             "AWS_SECRET_ACCESS_KEY": "demo",
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ENDPOINT_URL": endpoint,
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-                {"conn_type": "aws", "extra": {"endpoint_url": endpoint, "region_name": REGION}}
-            ),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "extra": {"endpoint_url": endpoint, "region_name": REGION}}),
             "NDMG_BATCH_POLL_SECONDS": "2",
         }
     )

@@ -55,7 +55,7 @@ class Bundle:
         d = np.subtract(self.end, self.start)
         return d / np.linalg.norm(d)
 
-    def ends_in_world(self, motion: "Motion", beyond_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    def ends_in_world(self, motion: Motion, beyond_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
         """World points ``beyond_mm`` past each end (where a streamline along the bundle
         stops), for a head at ``motion``."""
         d = self.direction
@@ -127,9 +127,7 @@ def geometry(subject: int) -> Geometry:
     rng = np.random.default_rng(1000 + subject)
     along_x = _segment((0.0, rng.uniform(-6, 6), rng.uniform(-1.5, 1.5)), rng.uniform(-25, 25), 36.0, 4.0)
     along_y = _segment((rng.uniform(-6, 6), 0.0, rng.uniform(-1.5, 1.5)), 90 + rng.uniform(-25, 25), 36.0, 4.0)
-    third = _segment(
-        (rng.uniform(-9, 9), rng.uniform(-9, 9), 0.0), rng.uniform(0, 180), rng.uniform(16, 24), 3.0
-    )
+    third = _segment((rng.uniform(-9, 9), rng.uniform(-9, 9), 0.0), rng.uniform(0, 180), rng.uniform(16, 24), 3.0)
     return Geometry((along_x, along_y, third))
 
 
@@ -143,7 +141,7 @@ def session_motion(subject: int, session: int) -> Motion:
 def grid_for(voxel_mm=VOXEL_MM) -> tuple[tuple[int, int, int], np.ndarray]:
     """The image shape and affine covering the field of view, centred on world (0, 0, 0)."""
     voxel = np.asarray(voxel_mm, float)
-    shape = tuple(int(round(f / v)) for f, v in zip(FIELD_OF_VIEW_MM, voxel))
+    shape = tuple(int(round(f / v)) for f, v in zip(FIELD_OF_VIEW_MM, voxel, strict=True))
     affine = np.diag([*voxel, 1.0])
     affine[:3, 3] = -(np.asarray(shape) - 1) * voxel / 2
     return shape, affine
@@ -202,9 +200,7 @@ def simulate(subject: int = 1, session: int = 1, voxel_mm=VOXEL_MM, noise_seed: 
     for bits in np.unique(members[members > 0]):
         sticks = [directions[i] for i in range(len(directions)) if bits >> i & 1]
         evals = np.array([WM_EVALS] * len(sticks))
-        signal, _ = multi_tensor(
-            gtab, evals, S0=S0, angles=np.array(sticks), fractions=[100 / len(sticks)] * len(sticks), snr=None
-        )
+        signal, _ = multi_tensor(gtab, evals, S0=S0, angles=np.array(sticks), fractions=[100 / len(sticks)] * len(sticks), snr=None)
         clean[members == bits] = signal
 
     rng = np.random.default_rng([subject, session, 11] if noise_seed is None else noise_seed)
@@ -250,9 +246,7 @@ def make_dataset(
     import nibabel as nib
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dataset_description.json").write_text(
-        json.dumps({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, indent=2) + "\n"
-    )
+    (out / "dataset_description.json").write_text(json.dumps({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, indent=2) + "\n")
     bvals, bvecs = gradients()
     if inherit_gradients:
         write_gradients(out / "dwi", bvals, bvecs)
@@ -283,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessionless", type=int, default=1, help="subjects without sessions (default 1)")
     parser.add_argument("--inherit-gradients", action="store_true", help="one dwi.bval/.bvec at the root")
     parser.add_argument(
-        "--voxel-mm", type=float, nargs=3, default=VOXEL_MM, metavar=("X", "Y", "Z"),
+        "--voxel-mm",
+        type=float,
+        nargs=3,
+        default=VOXEL_MM,
+        metavar=("X", "Y", "Z"),
         help="voxel size in mm (default 2 2 2); the field of view stays 48 x 48 x 20 mm",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    scans = make_dataset(
-        args.out, args.subjects, args.sessions, args.sessionless, args.inherit_gradients, voxel_mm=tuple(args.voxel_mm)
     )
+    args = parser.parse_args(argv)
+    scans = make_dataset(args.out, args.subjects, args.sessions, args.sessionless, args.inherit_gradients, voxel_mm=tuple(args.voxel_mm))
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {len(scans)} scans to {args.out} ({size / 1024:.0f} KiB)")
     return 0

@@ -17,25 +17,22 @@ never dropped. Outputs, per parcellation, under ``<output>/group/<parcellation>/
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from ndmg_cloud.core.layout import OutputLayout, S3Location
+from ndmg_cloud.core.s3 import S3AccessError, get_bytes, list_objects, put_bytes, put_json, read_json_at
 from ndmg_cloud.group.discrim import Discriminability, discriminability
-from ndmg_cloud.report.figures import Graph, GraphError, parse_connectome
 from ndmg_cloud.group.graphstats import adjacency, graph_stats
 from ndmg_cloud.group.result import GroupResult, LeftOut, ScanGraph
-from ndmg_cloud.core.layout import OutputLayout, S3Location
-from ndmg_cloud.report.runreport import FIRST_NODE, RunReport, parcellation_of
-from ndmg_cloud.core.s3 import S3AccessError, get_bytes, list_objects, put_bytes, put_json, read_json_at
 from ndmg_cloud.participant.verify import Listing
+from ndmg_cloud.report.figures import Graph, GraphError, parse_connectome
+from ndmg_cloud.report.runreport import FIRST_NODE, RunReport, parcellation_of
 
 log = logging.getLogger(__name__)
 READERS = 16  # GETs at a time
@@ -80,7 +77,7 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
     parcellation's outputs (unless ``write`` is False) and returns the results."""
     try:
         report = RunReport.from_dict(read_json_at(s3_client, report_uri))
-    except Exception as err:  # noqa: BLE001 - say which file, whatever the reason
+    except Exception as err:
         raise GroupError(f"cannot read the run report {report_uri}: {err.__class__.__name__}: {err}") from None
     if report.params.get("dry_run"):
         raise DryRunReport(f"{report_uri} is the report of a dry run ({report.run_id}): no connectome was made")
@@ -93,8 +90,9 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
     usable = [row for row in report.scans if row.status in USABLE]
     failed = [
         LeftOut(row.scan_id, row.subject, row.session, row.status, row.reason or f"the scan did not succeed ({row.status})")
-        for row in report.scans if row.status not in USABLE
-    ]  # fmt: skip
+        for row in report.scans
+        if row.status not in USABLE
+    ]
     parcellations = sorted({parcellation_of(path) for row in usable for path in row.outputs})
     to_read: dict[str, list[tuple[Any, str]]] = {parc: [] for parc in parcellations}  # (row, key)
     left_out: dict[str, list[LeftOut]] = {parc: [] for parc in parcellations}
@@ -105,15 +103,19 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
             paths.setdefault(parcellation_of(path), path)  # one connectome per scan and parcellation
         for parc in parcellations:
             if parc not in paths:
-                left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "no connectome",
-                                              f"the run report lists no {parc} connectome for this scan"))  # fmt: skip
+                left_out[parc].append(
+                    LeftOut(
+                        row.scan_id, row.subject, row.session, "no connectome", f"the run report lists no {parc} connectome for this scan"
+                    )
+                )
                 continue
             key = prefix + paths[parc]
             size = listing.objects[key].size if key in listing else None
             if not size:
                 what = "is empty" if size == 0 else "is not there now"
-                left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "missing",
-                                              f"{row.status} in {report.run_id} but {key} {what}"))  # fmt: skip
+                left_out[parc].append(
+                    LeftOut(row.scan_id, row.subject, row.session, "missing", f"{row.status} in {report.run_id} but {key} {what}")
+                )
             elif size > MAX_CONNECTOME_BYTES:
                 left_out[parc].append(LeftOut(row.scan_id, row.subject, row.session, "too large", f"{key} is {size:,} bytes"))
             else:
@@ -130,10 +132,10 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
             return row, key, parse_connectome(get_bytes(s3_client, f"s3://{root.bucket}/{key}"), FIRST_NODE.get(report.pipeline))
         except GraphError as err:
             return row, key, f"unreadable: {err}"
-        except Exception as err:  # noqa: BLE001 - a file we cannot fetch is a finding
+        except Exception as err:
             return row, key, f"could not be read: {err.__class__.__name__}: {err}"
 
-    made_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    made_at = datetime.now(UTC).isoformat(timespec="seconds")
     results = []
     with ThreadPoolExecutor(max_workers=READERS) as pool:
         for parc in sorted(to_read):
@@ -157,19 +159,36 @@ def _background_first(graph: Graph) -> Graph:
     return Graph([(i + 1, j + 1, w) for i, j, w in graph.edges], 1, graph.size)
 
 
-def _compare(report: RunReport, report_uri: str, parc: str, graphs: list, left_out: list[LeftOut],
-             permutations: int, made_at: str, root: S3Location) -> GroupResult:  # fmt: skip
+def _compare(
+    report: RunReport, report_uri: str, parc: str, graphs: list, left_out: list[LeftOut], permutations: int, made_at: str, root: S3Location
+) -> GroupResult:
     known = parcellation_size(report.pipeline, parc)
     nodes = known or max((g.last_node for _, _, g in graphs), default=0)
     nodes_from = f"{parc} has {known} regions" if known else "the highest region any scan of the group connects"
-    common = dict(dataset=report.dataset, parcellation=parc, report=report_uri, run_id=report.run_id,
-                  pipeline=report.pipeline, output=report.output, nodes=nodes, nodes_from=nodes_from, made_at=made_at)  # fmt: skip
+    common = dict(
+        dataset=report.dataset,
+        parcellation=parc,
+        report=report_uri,
+        run_id=report.run_id,
+        pipeline=report.pipeline,
+        output=report.output,
+        nodes=nodes,
+        nodes_from=nodes_from,
+        made_at=made_at,
+    )
     if nodes > MAX_GROUP_NODES:
-        why = (f"{parc} has {nodes:,} regions; the group level compares parcellations of up to "
-               f"{MAX_GROUP_NODES:,} (it holds a dense adjacency matrix per scan)")  # fmt: skip
+        why = (
+            f"{parc} has {nodes:,} regions; the group level compares parcellations of up to "
+            f"{MAX_GROUP_NODES:,} (it holds a dense adjacency matrix per scan)"
+        )
         skipped = [LeftOut(row.scan_id, row.subject, row.session, "not compared", why) for row, _, _ in graphs]
-        return GroupResult(**common, scans=[], left_out=sorted(left_out + skipped, key=lambda x: x.scan_id),
-                           discriminability=Discriminability(None, None, why_not=why), mean=np.zeros((0, 0)))  # fmt: skip
+        return GroupResult(
+            **common,
+            scans=[],
+            left_out=sorted(left_out + skipped, key=lambda x: x.scan_id),
+            discriminability=Discriminability(None, None, why_not=why),
+            mean=np.zeros((0, 0)),
+        )
     upper = np.triu_indices(nodes, k=1)
     scans, vectors, degrees = [], [], {}
     total = np.zeros((nodes, nodes))
@@ -185,9 +204,14 @@ def _compare(report: RunReport, report_uri: str, parc: str, graphs: list, left_o
     discr = discriminability(np.array(vectors) if vectors else np.zeros((0, 0)), [s.subject for s in scans], permutations)
     log.info("%s: %d scans, %d left out; discriminability %s (p %s)", parc, len(scans), len(left_out), discr.value, discr.p_value)
     return GroupResult(
-        **common, scans=scans, left_out=sorted(left_out, key=lambda x: x.scan_id), discriminability=discr,
-        mean=mean, mean_stats=graph_stats(mean), degrees={k: np.array(v) for k, v in sorted(degrees.items())},
-    )  # fmt: skip
+        **common,
+        scans=scans,
+        left_out=sorted(left_out, key=lambda x: x.scan_id),
+        discriminability=discr,
+        mean=mean,
+        mean_stats=graph_stats(mean),
+        degrees={k: np.array(v) for k, v in sorted(degrees.items())},
+    )
 
 
 GROUP_FILES = ("group.json", "group.csv", "group.html", "mean_connectome.csv")

@@ -39,11 +39,16 @@ class Discriminability:
     def to_dict(self) -> dict:
         null = np.asarray(self.null)
         return {
-            "value": self.value, "p_value": self.p_value, "permutations": self.permutations,
-            "subjects": self.subjects, "scans": self.scans, "distance": self.distance, "why_not": self.why_not,
+            "value": self.value,
+            "p_value": self.p_value,
+            "permutations": self.permutations,
+            "subjects": self.subjects,
+            "scans": self.scans,
+            "distance": self.distance,
+            "why_not": self.why_not,
             "null_mean": round(float(null.mean()), 4) if null.size else None,
             "null_95th_percentile": round(float(np.quantile(null, 0.95)), 4) if null.size else None,
-        }  # fmt: skip
+        }
 
 
 def why_not(subjects: list[str]) -> str | None:

@@ -58,11 +58,17 @@ class GraphStats:
     def row(self) -> dict[str, float | int | None]:
         """The flat columns of group.csv."""
         return {
-            "nodes": self.nodes, "edges": self.edges, "density": self.density, "total_weight": self.total_weight,
-            "mean_degree": self.degree.mean, "max_degree": self.degree.max,
-            "mean_strength": self.strength.mean, "max_strength": self.strength.max,
-            "clustering": self.clustering, "global_efficiency": self.global_efficiency,
-        }  # fmt: skip
+            "nodes": self.nodes,
+            "edges": self.edges,
+            "density": self.density,
+            "total_weight": self.total_weight,
+            "mean_degree": self.degree.mean,
+            "max_degree": self.degree.max,
+            "mean_strength": self.strength.mean,
+            "max_strength": self.strength.max,
+            "clustering": self.clustering,
+            "global_efficiency": self.global_efficiency,
+        }
 
 
 def adjacency(graph: Graph, nodes: int) -> np.ndarray:

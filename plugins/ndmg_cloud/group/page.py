@@ -5,6 +5,7 @@ subject and discriminability against its permutation null distribution (inline S
 from __future__ import annotations
 
 from html import escape
+
 import numpy as np
 
 from ndmg_cloud.group.result import GroupResult
@@ -33,11 +34,11 @@ def null_figure(null: list[float], observed: float | None) -> str:
     bars = [
         f'<rect class="null" x="{x(edges[k]):.1f}" y="{PAD + plot_h * (1 - c / top):.1f}" '
         f'width="{plot_w / 40 - 1:.1f}" height="{plot_h * c / top:.1f}" fill="#9aa7b8"/>'
-        for k, c in enumerate(counts) if c
-    ]  # fmt: skip
+        for k, c in enumerate(counts)
+        if c
+    ]
     ticks = "".join(
-        f'<text x="{x(t):.1f}" y="{HEIGHT - PAD + 14}" font-size="10" text-anchor="middle">{t:.2g}</text>'
-        for t in (0, 0.25, 0.5, 0.75, 1)
+        f'<text x="{x(t):.1f}" y="{HEIGHT - PAD + 14}" font-size="10" text-anchor="middle">{t:.2g}</text>' for t in (0, 0.25, 0.5, 0.75, 1)
     )
     line = (
         f'<line class="observed" x1="{x(observed):.1f}" x2="{x(observed):.1f}" y1="{PAD - 6}" y2="{HEIGHT - PAD}" '
@@ -48,10 +49,12 @@ def null_figure(null: list[float], observed: float | None) -> str:
         f'<svg class="discriminability" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'role="img" aria-label="discriminability {observed:.3f} against {len(null)} shuffles">'
         f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{HEIGHT - PAD}" y2="{HEIGHT - PAD}" stroke="#444"/>'
-        + "".join(bars) + ticks + line
+        + "".join(bars)
+        + ticks
+        + line
         + f'<text x="{WIDTH / 2}" y="{HEIGHT - 4}" font-size="11" text-anchor="middle">discriminability '
         f"(grey: {len(null)} label shuffles)</text></svg>"
-    )  # fmt: skip
+    )
 
 
 def degree_figure(degrees: dict[str, np.ndarray]) -> str:
@@ -71,7 +74,9 @@ def degree_figure(degrees: dict[str, np.ndarray]) -> str:
     for k, (subject, share) in enumerate(shares.items()):
         colour = SUBJECT_COLOURS[k % len(SUBJECT_COLOURS)]
         points = " ".join(f"{PAD + d * step:.1f},{PAD + plot_h * (1 - s / top_share):.1f}" for d, s in enumerate(share))
-        lines.append(f'<polyline class="subject" data-subject="{escape(subject)}" points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        lines.append(
+            f'<polyline class="subject" data-subject="{escape(subject)}" points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
+        )
         legend.append(f'<text x="{WIDTH - PAD + 4}" y="{PAD + 12 * k}" font-size="10" fill="{colour}">sub-{escape(subject)}</text>')
     ticks = "".join(
         f'<text x="{PAD + d * step:.1f}" y="{HEIGHT - PAD + 14}" font-size="10" text-anchor="middle">{d}</text>'
@@ -81,11 +86,13 @@ def degree_figure(degrees: dict[str, np.ndarray]) -> str:
         f'<svg class="degrees" xmlns="http://www.w3.org/2000/svg" width="{WIDTH + 50}" height="{HEIGHT}" role="img" '
         f'aria-label="degree distribution per subject">'
         f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{HEIGHT - PAD}" y2="{HEIGHT - PAD}" stroke="#444"/>'
-        + "".join(lines) + "".join(legend) + ticks
+        + "".join(lines)
+        + "".join(legend)
+        + ticks
         + (f'<text x="{WIDTH - PAD + 4}" y="{PAD + 12 * len(legend)}" font-size="10">+{hidden} not drawn</text>' if hidden else "")
         + f'<text x="{WIDTH / 2}" y="{HEIGHT - 4}" font-size="11" text-anchor="middle">degree (share of regions, '
         f"all of a subject's scans)</text></svg>"
-    )  # fmt: skip
+    )
 
 
 def mean_heatmap(result: GroupResult) -> tuple[str | None, int]:
@@ -94,7 +101,7 @@ def mean_heatmap(result: GroupResult) -> tuple[str | None, int]:
     if n == 0 or not result.scans:
         return None, 1
     rows, cols = np.nonzero(np.triu(result.mean))
-    graph = Graph([(i + 1, j + 1, float(result.mean[i, j])) for i, j in zip(rows, cols)], 1, n)
+    graph = Graph([(i + 1, j + 1, float(result.mean[i, j])) for i, j in zip(rows, cols, strict=True)], 1, n)
     drawn = heatmap(graph)
     return drawn.data_uri(), drawn.nodes_per_pixel
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ndmg_cloud.participant.params import _BUCKET, PATTERNS, PATTERN_RULES
+from ndmg_cloud.participant.params import _BUCKET, PATTERN_RULES, PATTERNS
 
 DEFAULT_PERMUTATIONS = 1000
 # run ids have ':' '+' '~' (Airflow's allowed_run_id_pattern): S3 key characters and those

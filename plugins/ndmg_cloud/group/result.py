@@ -65,21 +65,31 @@ class GroupResult:
             means[k] = round(float(np.mean(values)), 4) if values else None
         mean_connectome = {**self.mean_stats.to_dict(), "path": "mean_connectome.csv"} if self.mean_stats else None
         return {
-            "scans": len(self.scans), "subjects": len({s.subject for s in self.scans}),
-            "scans_left_out": len(self.left_out), "mean_over_scans": means, "mean_connectome": mean_connectome,
-        }  # fmt: skip
+            "scans": len(self.scans),
+            "subjects": len({s.subject for s in self.scans}),
+            "scans_left_out": len(self.left_out),
+            "mean_over_scans": means,
+            "mean_connectome": mean_connectome,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "parcellation": self.parcellation, "report": self.report,
-            "run_id": self.run_id, "pipeline": self.pipeline, "output": self.output, "made_at": self.made_at,
-            "nodes": self.nodes, "nodes_from": self.nodes_from,
+            "dataset": self.dataset,
+            "parcellation": self.parcellation,
+            "report": self.report,
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "output": self.output,
+            "made_at": self.made_at,
+            "nodes": self.nodes,
+            "nodes_from": self.nodes_from,
             "group": self.group_stats,
             "discriminability": self.discriminability.to_dict(),
-            "scans": [{"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "path": s.path,
-                       **s.stats.to_dict()} for s in self.scans],
+            "scans": [
+                {"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "path": s.path, **s.stats.to_dict()} for s in self.scans
+            ],
             "left_out": [asdict(x) for x in self.left_out],
-        }  # fmt: skip
+        }
 
     def csv_text(self) -> str:
         out = io.StringIO()
@@ -88,13 +98,15 @@ class GroupResult:
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for s in self.scans:
-            writer.writerow({"scan_id": s.scan_id, "subject": s.subject, "session": s.session or "",
-                             "status": "used", **s.stats.row(), "reason": ""})  # fmt: skip
+            writer.writerow(
+                {"scan_id": s.scan_id, "subject": s.subject, "session": s.session or "", "status": "used", **s.stats.row(), "reason": ""}
+            )
         for x in self.left_out:
-            writer.writerow({"scan_id": x.scan_id, "subject": x.subject, "session": x.session or "",
-                             "status": x.status, "reason": x.reason})  # fmt: skip
+            writer.writerow(
+                {"scan_id": x.scan_id, "subject": x.subject, "session": x.session or "", "status": x.status, "reason": x.reason}
+            )
         return out.getvalue()
 
     def mean_edge_list(self) -> str:
         rows, cols = np.nonzero(np.triu(self.mean, k=1))
-        return "".join(f"{i + 1} {j + 1} {round(float(self.mean[i, j]), 4)}\n" for i, j in zip(rows, cols))
+        return "".join(f"{i + 1} {j + 1} {round(float(self.mean[i, j]), 4)}\n" for i, j in zip(rows, cols, strict=True))

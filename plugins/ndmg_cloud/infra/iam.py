@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 from ndmg_cloud.core.layout import S3Location
+from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 from ndmg_cloud.participant.params import RunConfig, resolve
-from ndmg_cloud.core.pipelines import get_pipeline
 
 VERSION = "2012-10-17"
 
@@ -78,11 +78,7 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
     inputs, outputs, jobdir = config.input_root, config.output_root, _jobdir(config)
     batch = f"arn:aws:batch:{region}:{account}"
     queue = config.job_queue if config.job_queue.startswith("arn:") else f"{batch}:job-queue/{config.job_queue}"
-    definition = (
-        config.job_definition
-        if config.job_definition.startswith("arn:")
-        else f"{batch}:job-definition/{config.job_definition}"
-    )
+    definition = config.job_definition if config.job_definition.startswith("arn:") else f"{batch}:job-definition/{config.job_definition}"
     definitions = [definition] if definition.count(":") > 6 else [definition, definition + ":*"]
     listings = [_list(inputs, "ListDataset"), _list(outputs, "ListOutputs")]
     if not outputs.contains(jobdir):
@@ -175,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jobdir = args.jobdir or config.output_root.uri("jobs/")
     config.jobdir = jobdir if jobdir.endswith("/") else jobdir + "/"
-    print(json.dumps({"job_role": job_role_policy(config), "orchestrator_role": orchestrator_policy(config, args.region, args.account)}, indent=2))
+    print(
+        json.dumps(
+            {"job_role": job_role_policy(config), "orchestrator_role": orchestrator_policy(config, args.region, args.account)}, indent=2
+        )
+    )
     return 0
 
 

@@ -68,10 +68,7 @@ def _same_as_deployed(cfn: Any, stack: str, body: str, parameters: list[dict[str
     deployed = cfn.get_template(StackName=stack)["TemplateBody"]
     if not isinstance(deployed, str) or deployed.strip() != body.strip():
         return False
-    current = {
-        p["ParameterKey"]: p.get("ParameterValue")
-        for p in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])
-    }
+    current = {p["ParameterKey"]: p.get("ParameterValue") for p in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])}
     return all(_items(current.get(p["ParameterKey"])) == _items(p["ParameterValue"]) for p in parameters)
 
 
@@ -120,8 +117,7 @@ def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Dep
             raise InfraError(f"stack {stack} is {status}: wait for it to finish, then run setup again")
         if status in UNUSABLE:
             raise InfraError(
-                f"stack {stack} is {status} (see its events in the CloudFormation console): "
-                "run teardown, fix the cause, then setup again"
+                f"stack {stack} is {status} (see its events in the CloudFormation console): run teardown, fix the cause, then setup again"
             )
         if status is None:
             cfn.create_stack(**args)

@@ -41,8 +41,8 @@ def terminate_recorded_job(task_instance: Any, what: str) -> str | None:
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
     from botocore.config import Config
 
-    from ndmg_cloud.participant.jobs import terminate_job
     from ndmg_cloud.orchestration.steps import AWS_CONN_ID
+    from ndmg_cloud.participant.jobs import terminate_job
 
     job_id = recorded_job_id(task_instance)
     if job_id:

@@ -6,20 +6,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from botocore.config import Config
-
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
-
 from airflow.providers.standard.operators.python import PythonOperator
+from botocore.config import Config
 
-from ndmg_cloud.participant.jobs import jobs_named, terminate_job
-from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
+from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.orchestration.triggers import ScanJobTrigger, polls_for
+from ndmg_cloud.participant.jobs import jobs_named, terminate_job
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
@@ -158,8 +156,7 @@ class ScanBatchOperator(BatchOperator):
             spec = JobSpec.read(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri)
         except ValueError as err:  # JSON, or a spec this code did not write
             raise AirflowFailException(
-                f"job spec {self.job_spec_uri} cannot be read ({err}): clear this run's write_job_specs task "
-                "to write it again"
+                f"job spec {self.job_spec_uri} cannot be read ({err}): clear this run's write_job_specs task to write it again"
             ) from None
         made_for = (spec.scan_id, spec.run_id)
         if made_for != (self.scan_id, run_id):
@@ -228,8 +225,10 @@ class ScanBatchOperator(BatchOperator):
             if job_id:
                 self.log.info(
                     "Batch job %s carries this scan's job name %s: an earlier try submitted it and died before "
-                    "recording it; reattaching, not submitting again", job_id, self.job_name,
-                )  # fmt: skip
+                    "recording it; reattaching, not submitting again",
+                    job_id,
+                    self.job_name,
+                )
                 store.set(STATE_KEY, {"job_id": job_id, "max_tries": max_tries})
                 self._record(context, job_id)
                 return
@@ -252,8 +251,7 @@ class ScanBatchOperator(BatchOperator):
             if store is not None:  # this call is over: a retry need not wait out its window
                 store.set(STATE_KEY, {**intent, "call_ended": True})
             raise AirflowException(
-                f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job "
-                f"definition {self.job_definition!r}: {err}"
+                f"could not submit scan {self.scan_id} to job queue {self.job_queue!r} with job definition {self.job_definition!r}: {err}"
             ) from err
         if store is not None:
             store.set(STATE_KEY, {"job_id": response["jobId"], "max_tries": max_tries})
@@ -280,8 +278,10 @@ class ScanBatchOperator(BatchOperator):
             self.log.info(
                 "An earlier try began submitting scan %s and died during the call, which may still create "
                 "the job for %.0f s; waiting for that before looking for job %s again",
-                self.scan_id, in_flight, self.job_name,
-            )  # fmt: skip
+                self.scan_id,
+                in_flight,
+                self.job_name,
+            )
             time.sleep(in_flight)
             job_id = self._job_named_since(since)
         return job_id
@@ -290,11 +290,7 @@ class ScanBatchOperator(BatchOperator):
         """The first job of the queue carrying this task's job name created since ``since``
         (less a clock-skew margin); ListJobs with a JOB_NAME filter lists every status."""
         earliest_ms = (since - CLOCK_SKEW_SECONDS) * 1000
-        found = [
-            job
-            for job in jobs_named(self.hook.client, self.job_queue, self.job_name)
-            if job.get("createdAt", 0) >= earliest_ms
-        ]
+        found = [job for job in jobs_named(self.hook.client, self.job_queue, self.job_name) if job.get("createdAt", 0) >= earliest_ms]
         return min(found, key=lambda job: job.get("createdAt", 0))["jobId"] if found else None
 
     def _still_known(self, job_id: str) -> bool:

@@ -144,11 +144,14 @@ class JobPoller:
             self._last_said = now
             log.warning(
                 "Batch throttled DescribeJobs (%s) for %d jobs: the shared poller backs off for about %.0f s",
-                code, len(chunk), self.interval * 1.5,
-            )  # fmt: skip
+                code,
+                len(chunk),
+                self.interval * 1.5,
+            )
 
-    def _answer(self, chunk: list[str], *, by_id: dict[str, Any] | None = None, region: str | None = None,
-                error: BaseException | None = None) -> None:  # fmt: skip
+    def _answer(
+        self, chunk: list[str], *, by_id: dict[str, Any] | None = None, region: str | None = None, error: BaseException | None = None
+    ) -> None:
         for job_id in chunk:
             throttled = self.throttled.pop(job_id, 0)
             status = JobStatus((by_id or {}).get(job_id), throttled, self.throttle_code if throttled else "", region)

@@ -9,33 +9,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.core.bids import Scan
-from ndmg_cloud.participant.canary import (
-    CanaryOutcome,
-    canary_kwargs,
-    canary_outcome,
-    run_contract,
-    settle,
-    skipped,
-)
-from ndmg_cloud.participant.cost import estimate
-from ndmg_cloud.participant.jobs import (
-    CANARY_FAILED,
-    NOT_SUBMITTED,
-    PILOT_FAILED,
-    SUCCEEDED,
-    JobRecord,
-    batch_records,
-    fetch_log_tails,
-    local_records,
-)
-from ndmg_cloud.participant.local import run_local
-from ndmg_cloud.participant.pacing import paced, submit_rate
+from ndmg_cloud.core.s3 import put_json
+from ndmg_cloud.orchestration.clients import AWS_CONN_ID, batch_client, logs_client, s3_client
+from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.orchestration.taskids import (
     BACKEND_TASKS,
     BATCH_SCAN_TASKS,
@@ -47,26 +29,44 @@ from ndmg_cloud.orchestration.taskids import (
     LOCAL_JOB_XCOM_KEY,
     PILOT_SCAN,
     PLAN_SCANS,
-    SETTLEMENT_XCOM_KEY,
     RELEASE_SCANS,
     RUN_SCAN,
     RUN_SCAN_LOCAL,
+    SETTLEMENT_XCOM_KEY,
     THROTTLED_XCOM_KEY,
     WRITE_JOB_SPECS,
 )
-from ndmg_cloud.participant.discover import discover
-from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, run_file_uri, write_specs
-from ndmg_cloud.participant.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.participant import lease
+from ndmg_cloud.participant.canary import (
+    CanaryOutcome,
+    canary_kwargs,
+    canary_outcome,
+    run_contract,
+    settle,
+    skipped,
+)
+from ndmg_cloud.participant.cost import estimate
+from ndmg_cloud.participant.discover import discover
+from ndmg_cloud.participant.jobs import (
+    CANARY_FAILED,
+    NOT_SUBMITTED,
+    PILOT_FAILED,
+    SUCCEEDED,
+    JobRecord,
+    batch_records,
+    fetch_log_tails,
+    local_records,
+)
+from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, run_file_uri, write_specs
 from ndmg_cloud.participant.lease import TakeOver
+from ndmg_cloud.participant.local import run_local
+from ndmg_cloud.participant.pacing import paced, submit_rate
+from ndmg_cloud.participant.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.participant.preflight import preflight
 from ndmg_cloud.participant.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
-from ndmg_cloud.report.runreport import airflow_log_url, build_report, read_connectomes, write_report
-from ndmg_cloud.orchestration.clients import AWS_CONN_ID, batch_client, logs_client, s3_client  # noqa: F401  (steps.* names)
 from ndmg_cloud.participant.runplan import PlanRef, RunPlan, Settlement
-from ndmg_cloud.core.s3 import put_json
-from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.participant.verify import completed_scans, output_listing, verify_scans
+from ndmg_cloud.report.runreport import airflow_log_url, build_report, read_connectomes, write_report
 
 log = logging.getLogger(__name__)
 INVALID_ROWS_KEPT = 200  # invalid scans listed in the run plan and the report; the rest are counted
@@ -111,7 +111,7 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
         warnings=found.warnings + ([f"took over the lease of run {took_over.run_id}: {took_over.why}"] if took_over else []),
         took_over=took_over,
         keys_listed=found.keys_listed,
-        started_at=datetime.now(timezone.utc).isoformat(),
+        started_at=datetime.now(UTC).isoformat(),
     )
     ref = plan.write(s3)
     log.info("run plan: %s (%d scans, %d valid, %d done)", ref.uri, ref.scans, ref.valid, ref.done)
@@ -144,8 +144,9 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
     if config.backend == "aws_batch" and config.canary:
         first = next((s for s in specs if s.scan_id not in plan.done), specs[0])
         canary = canary_kwargs(config, first)
-        log.info("canary %s will check scan %s on %s / %s", canary["batch"]["jobName"],
-                 first.scan_id, config.job_queue, config.job_definition)  # fmt: skip
+        log.info(
+            "canary %s will check scan %s on %s / %s", canary["batch"]["jobName"], first.scan_id, config.job_queue, config.job_definition
+        )
     ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
     return len(specs)
 
@@ -279,7 +280,7 @@ def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
         try:
             state = ti.get_dagrun_state(dag_id=DAG_ID, run_id=run_id) if ti is not None else None
             return getattr(state, "value", state)  # DagRunState.SUCCESS -> "success"
-        except Exception:  # noqa: BLE001 - a run this Airflow does not know
+        except Exception:
             return None
 
     try:
@@ -301,7 +302,7 @@ def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -
     taking it."""
     try:
         config = PlanRef.config_in(discovery) if discovery else resolve(dict(params or {}), run_id)
-    except Exception:  # noqa: BLE001 - params that never resolved never took a lease
+    except Exception:
         return
     if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
         log.info("released the lease on %s", config.output_root)
@@ -310,7 +311,7 @@ def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -
 def _jobs_of_run(client: Any, config: RunConfig) -> list[dict[str, Any]]:
     try:
         return jobs_of_run(client, config.job_queue, config.dataset, config.run_id)
-    except Exception as err:  # noqa: BLE001 - the report goes on; the log says what was not checked
+    except Exception as err:
         log.warning("could not list the jobs of this run in queue %s to find orphans: %s", config.job_queue, err)
         return []
 
@@ -399,8 +400,13 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         known = set(job_ids.values()) | {item["job_id"] for item in _pulled(ti, CANARY, JOB_XCOM_KEY)}
         orphans = [] if config.dry_run else sweep_orphans(client, _jobs_of_run(client, config), known)
         for orphan in orphans:
-            log.warning("orphan Batch job %s (%s, %s) of this run%s", orphan.job_id, orphan.job_name, orphan.status,
-                        ": terminated" if orphan.terminated else "")  # fmt: skip
+            log.warning(
+                "orphan Batch job %s (%s, %s) of this run%s",
+                orphan.job_id,
+                orphan.job_name,
+                orphan.status,
+                ": terminated" if orphan.terminated else "",
+            )
 
     s3 = s3_client()
     if settled:
@@ -420,7 +426,7 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         config,
         rows,
         started_at=plan.started_at,
-        finished_at=datetime.now(timezone.utc).isoformat(),
+        finished_at=datetime.now(UTC).isoformat(),
         submitted=len(jobs),
         warnings=plan.warnings,
         invalid_omitted=plan.invalid_omitted,
@@ -448,16 +454,12 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
 
     if outcome.status == "failed":
         raise AirflowFailException(
-            f"the canary failed, so no scan was submitted: {outcome.reason}. "
-            f"Log: {outcome.log_url or 'none'}. Report: {uri}"
+            f"the canary failed, so no scan was submitted: {outcome.reason}. Log: {outcome.log_url or 'none'}. Report: {uri}"
         )
     failing = report.failing
     if failing:
         names = ", ".join(f"{r.scan_id} ({r.status})" for r in failing[:10])
-        raise AirflowFailException(
-            f"{len(failing)} of {report.summary.discovered} scans did not succeed: {names}. "
-            f"Report: {uri}"
-        )
+        raise AirflowFailException(f"{len(failing)} of {report.summary.discovered} scans did not succeed: {names}. Report: {uri}")
     return uri
 
 
@@ -484,8 +486,13 @@ def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
         },
         stack=params["stack"],
     )
-    log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action,
-             deployment.outputs.get("JobQueue"), deployment.outputs.get("JobDefinition"))
+    log.info(
+        "stack %s: %s; job_queue=%s job_definition=%s",
+        deployment.stack,
+        deployment.action,
+        deployment.outputs.get("JobQueue"),
+        deployment.outputs.get("JobDefinition"),
+    )
     return {"action": deployment.action, **deployment.outputs}
 
 
@@ -544,15 +551,23 @@ def compare_connectomes_step(reports: list[str], params: dict[str, Any]) -> dict
         for r in results:
             d = r.discriminability
             out[report][r.parcellation] = {
-                "scans": len(r.scans), "left_out": [x.scan_id for x in r.left_out],
-                "discriminability": d.value, "p_value": d.p_value, "why_not": d.why_not,
+                "scans": len(r.scans),
+                "left_out": [x.scan_id for x in r.left_out],
+                "discriminability": d.value,
+                "p_value": d.p_value,
+                "why_not": d.why_not,
                 **group_uris(r),
-            }  # fmt: skip
+            }
             log.info(
                 "%s: %d scans used, %d left out; discriminability %s, p-value %s%s; %s",
-                r.parcellation, len(r.scans), len(r.left_out), d.value, d.p_value,
-                f" ({d.why_not})" if d.why_not else "", out[report][r.parcellation]["group.html"],
-            )  # fmt: skip
+                r.parcellation,
+                len(r.scans),
+                len(r.left_out),
+                d.value,
+                d.p_value,
+                f" ({d.why_not})" if d.why_not else "",
+                out[report][r.parcellation]["group.html"],
+            )
     if not out:
         raise AirflowSkipException("; ".join(dry))
     return out

@@ -29,11 +29,10 @@ from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from botocore.session import get_session
 
-from ndmg_cloud.participant.capacity import diagnose_stuck
-from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, terminate_job
 from ndmg_cloud.orchestration.poller import THROTTLE_LOG_SECONDS, shared_poller
 from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
-
+from ndmg_cloud.participant.capacity import diagnose_stuck
+from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, terminate_job
 
 # the message Airflow's triggerer cancels a trigger with when a user acted on its task
 # (airflow.jobs.triggerer_job_runner._USER_ACTION_CANCEL_MSG)
@@ -142,9 +141,11 @@ class ScanJobTrigger(BaseTrigger):
                 if time.monotonic() - last_said >= THROTTLE_LOG_SECONDS:
                     last_said = time.monotonic()
                     self.log.warning(
-                        "Batch throttled DescribeJobs for job %s (%s; %d throttled polls so far): the triggerer's "
-                        "poller backs off", self.job_id, seen.throttle_code, throttled,
-                    )  # fmt: skip
+                        "Batch throttled DescribeJobs for job %s (%s; %d throttled polls so far): the triggerer's poller backs off",
+                        self.job_id,
+                        seen.throttle_code,
+                        throttled,
+                    )
             if seen.job is None:
                 yield self._event("error", f"Batch job {self.job_id} not found", throttled)
                 return
@@ -197,9 +198,7 @@ class ScanJobTrigger(BaseTrigger):
         order = sorted((queue or {}).get("computeEnvironmentOrder", []), key=lambda o: o.get("order", 0))
         names = [o["computeEnvironment"] for o in order]
         environments = (
-            (await client.describe_compute_environments(computeEnvironments=names)).get("computeEnvironments", [])
-            if names
-            else []
+            (await client.describe_compute_environments(computeEnvironments=names)).get("computeEnvironments", []) if names else []
         )
         return diagnose_stuck(job, queue, environments)
 

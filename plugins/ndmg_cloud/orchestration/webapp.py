@@ -19,15 +19,14 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from ndmg_cloud.orchestration.links import REPORT_ROUTE_PREFIX, report_html_uri
-from ndmg_cloud.participant.params import ParamError, check_conf_keys
 from ndmg_cloud.orchestration.taskids import DAG_ID, VERIFY_AND_REPORT
+from ndmg_cloud.participant.params import ParamError, check_conf_keys
 
 # report.html comes from the run's data (dataset names, reasons): serve it sandboxed, so no
 # script in it could act as the signed-in user, with its inline styles and images only.
 REPORT_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-        "sandbox allow-popups allow-popups-to-escape-sandbox"
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox allow-popups allow-popups-to-escape-sandbox"
     ),
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -49,9 +48,7 @@ def stored_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.scalars(
-            XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, map_indexes=map_index, key=key)
-        ).first()
+        row = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, map_indexes=map_index, key=key)).first()
         return XComModel.deserialize_value(row) if row is not None else None
 
 
@@ -77,7 +74,7 @@ def create_app() -> FastAPI:
             raise HTTPException(404, f"run {run_id!r} of {dag_id} has no report yet: verify_and_report has not run")
         try:
             html = read_report_html(uri)
-        except Exception as err:  # noqa: BLE001 - the browser gets the reason, not a stack
+        except Exception as err:
             raise HTTPException(502, f"cannot read {report_html_uri(uri)}: {err}") from None
         return HTMLResponse(html, headers=REPORT_HEADERS)
 

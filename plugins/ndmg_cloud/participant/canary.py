@@ -18,15 +18,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ndmg_cloud.scan.contract import ImageContract, local_contract
-from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
+from ndmg_cloud.core.layout import split_uri
+from ndmg_cloud.core.s3 import get_json
 from ndmg_cloud.core.spec import RUNNER_COMMAND, JobSpec
+from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
 from ndmg_cloud.participant.jobspec import RETRY_STRATEGY, job_name_prefix, run_token
 from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.participant.runplan import Settlement
-from ndmg_cloud.core.s3 import get_json
 from ndmg_cloud.participant.verify import ScanResult
-from ndmg_cloud.core.layout import split_uri
+from ndmg_cloud.scan.contract import ImageContract, local_contract
 
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
 

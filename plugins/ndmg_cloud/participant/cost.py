@@ -16,6 +16,7 @@ def job_cost_usd(started_ms: int | None, stopped_ms: int | None, vcpus: int = R5
     instances = max(1.0, vcpus / R5_LARGE_VCPUS)
     return hours * R5_LARGE_ON_DEMAND_USD_PER_HOUR * instances
 
+
 # Spot r5.large has run at roughly 40 % of on-demand; the seed's "$.05 a scan" is this.
 SPOT_FRACTION = 0.4
 HOURS_PER_SCAN = {"m2g": 1.5, "ndmg": 1.5, "lite": 0.05}

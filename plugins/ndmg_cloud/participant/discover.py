@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from ndmg_cloud.core.bids import Discovery, discover_scans, select
-from ndmg_cloud.participant.params import ParamError, RunConfig
 from ndmg_cloud.core.s3 import list_objects
+from ndmg_cloud.participant.params import ParamError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,7 @@ def discover(config: RunConfig, s3_client: Any) -> Discovery:
         log.warning(warning)
 
     if found.keys_listed == 0:
-        raise DatasetError(
-            f"nothing under {root}: check 'bucket' ({root.bucket!r}) and 'bidsdir' ({root.prefix!r})"
-        )
+        raise DatasetError(f"nothing under {root}: check 'bucket' ({root.bucket!r}) and 'bidsdir' ({root.prefix!r})")
     if not found.scans:
         raise DatasetError(
             f"no DWI images under {root} ({found.keys_listed} keys listed): expected "
@@ -36,14 +34,11 @@ def discover(config: RunConfig, s3_client: Any) -> Discovery:
             "check 'bidsdir'"
         )
     _check_filter(config.participants, sorted({s.subject for s in found.scans}), "participant_label", "sub")
-    _check_filter(
-        config.sessions, sorted({s.session for s in found.scans if s.session}), "session_label", "ses"
-    )
+    _check_filter(config.sessions, sorted({s.session for s in found.scans if s.session}), "session_label", "ses")
     found.scans = select(found.scans, config.participants, config.sessions)
     if not found.scans:
         raise DatasetError(
-            f"participant_label {config.participants} and session_label {config.sessions} "
-            "together match no scan; loosen one of them"
+            f"participant_label {config.participants} and session_label {config.sessions} together match no scan; loosen one of them"
         )
     if not found.valid:
         reasons = "; ".join(f"{s.scan_id}: {s.reason}" for s in found.scans[:5])
@@ -63,6 +58,4 @@ def _check_filter(wanted: list[str], present: list[str], param: str, key: str) -
     missing = [label for label in wanted if label not in present]
     if missing:
         shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
-        raise ParamError(
-            f"{param} {missing} not found in the dataset; {key} labels present: {shown or 'none'}"
-        )
+        raise ParamError(f"{param} {missing} not found in the dataset; {key} labels present: {shown or 'none'}")

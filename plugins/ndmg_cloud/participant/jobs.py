@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -44,9 +44,7 @@ def jobs_named(client: Any, queue: str, name: str) -> list[dict[str, Any]]:
     With a filter ListJobs ignores jobStatus and lists every status, newest first."""
     jobs, token = [], None
     while True:
-        page = client.list_jobs(
-            jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}], **({"nextToken": token} if token else {})
-        )
+        page = client.list_jobs(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}], **({"nextToken": token} if token else {}))
         jobs += page.get("jobSummaryList", [])
         token = page.get("nextToken")
         if not token:
@@ -94,7 +92,7 @@ class JobRecord:
 def _iso(ms: int | None) -> str | None:
     if not ms:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
 def describe_jobs(batch_client: Any, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -150,6 +148,7 @@ def local_records(items: list[dict[str, Any]]) -> dict[str, JobRecord]:
 def log_url(region: str, stream: str | None, group: str = "/aws/batch/job") -> str | None:
     if not stream:
         return None
+
     # The console wants the group and stream URL-encoded twice, with % written as $25.
     def enc(s: str) -> str:
         return quote(quote(s, safe=""), safe="").replace("%", "$")

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ndmg_cloud.core.bids import Scan
-from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.core.spec import RUNNER_COMMAND, WORK_INPUT, WORK_OUTPUT, JobSpec, PipelineCall
+from ndmg_cloud.participant.params import RunConfig
 
 JOB_NAME_MAX = 128
 DATASET_IN_NAME = 40  # characters of the dataset name kept at the front of job names
@@ -31,6 +31,7 @@ _NOT_IN_TAG = re.compile(r"[^\w .:/=+\-@]+")
 
 
 PROJECT_TAG, PROJECT = "project", "ndmg-cloud"  # on every job this project submits
+
 
 def run_token(run_id: str) -> str:
     """Eight hex characters that tell this run's jobs from another run's."""

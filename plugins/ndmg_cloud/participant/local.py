@@ -48,9 +48,7 @@ def run_local(scan_id: str, spec_uri: str) -> JobRecord:
     stopped = int(time.time() * 1000)
     reason = failure_class = None
     if code != 0:
-        failure_class = {143: "cancelled", -15: "cancelled", 137: "out_of_memory", -9: "out_of_memory"}.get(
-            code, "pipeline_error"
-        )
+        failure_class = {143: "cancelled", -15: "cancelled", 137: "out_of_memory", -9: "out_of_memory"}.get(code, "pipeline_error")
         reason = next((line for line in reversed(tail) if line.startswith("ndmg-scan:")), None)
         reason = (reason or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
     return JobRecord(

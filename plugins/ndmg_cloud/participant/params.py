@@ -99,7 +99,13 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         "maxLength": 63,
         "pattern": PATTERNS["bucket"],
     },
-    "bidsdir": _optional(DATASET, "string", "BIDS dataset path", "Dataset folder inside the bucket (studies/HNU1); empty = the bucket root.", pattern=PATTERNS["bidsdir"]),
+    "bidsdir": _optional(
+        DATASET,
+        "string",
+        "BIDS dataset path",
+        "Dataset folder inside the bucket (studies/HNU1); empty = the bucket root.",
+        pattern=PATTERNS["bidsdir"],
+    ),
     "modif": _param(
         DATASET,
         "derivatives/ndmg",
@@ -109,10 +115,30 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         minLength=1,
         pattern=PATTERNS["modif"],
     ),
-    "output_uri": _optional(DATASET, "string", "Output location", "Full s3:// output location; overrides bucket/bidsdir/modif (e.g. when the input is read-only open data). Empty = <dataset>/<output folder>.", pattern=PATTERNS["output_uri"]),
-    "jobdir": _optional(DATASET, "string", "Job spec folder", "Where the per-scan job JSONs go (s3:// URI); empty = <output>/jobs/<run id>/.", pattern=PATTERNS["jobdir"]),
-    "dataset": _optional(DATASET, "string", "Dataset name", "Name used in job names and tags (letters, digits, . _ -); empty = last part of the dataset path.", pattern=PATTERNS["dataset"]),
-    "participant_label": _labels(DATASET, "Participants", "Subject labels (01 or sub-01), one per line; empty = all.", PATTERNS["participant_label"]),
+    "output_uri": _optional(
+        DATASET,
+        "string",
+        "Output location",
+        "Full s3:// output location; overrides bucket/bidsdir/modif (e.g. when the input is read-only open data). Empty = <dataset>/<output folder>.",
+        pattern=PATTERNS["output_uri"],
+    ),
+    "jobdir": _optional(
+        DATASET,
+        "string",
+        "Job spec folder",
+        "Where the per-scan job JSONs go (s3:// URI); empty = <output>/jobs/<run id>/.",
+        pattern=PATTERNS["jobdir"],
+    ),
+    "dataset": _optional(
+        DATASET,
+        "string",
+        "Dataset name",
+        "Name used in job names and tags (letters, digits, . _ -); empty = last part of the dataset path.",
+        pattern=PATTERNS["dataset"],
+    ),
+    "participant_label": _labels(
+        DATASET, "Participants", "Subject labels (01 or sub-01), one per line; empty = all.", PATTERNS["participant_label"]
+    ),
     "session_label": _labels(DATASET, "Sessions", "Session labels (1 or ses-1), one per line; empty = all.", PATTERNS["session_label"]),
     # --- Pipeline
     "pipeline": _param(
@@ -124,25 +150,76 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         enum=list(PIPELINES),
         values_display={"m2g": "m2g (current ndmg)", "ndmg": "ndmg 0.2.1 (legacy)", "lite": "lite (small demo pipeline)"},
     ),
-    "parcellation": _optional(PIPELINE, "array", "Parcellations", "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).", items={"type": "string", "pattern": PATTERNS["parcellation"]}),
+    "parcellation": _optional(
+        PIPELINE,
+        "array",
+        "Parcellations",
+        "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).",
+        items={"type": "string", "pattern": PATTERNS["parcellation"]},
+    ),
     "space": _optional_choice(PIPELINE, ["native", "native_dsn"], "Registration space", "m2g/ndmg: native or native_dsn."),
     "voxelsize": _optional_choice(PIPELINE, ["1mm", "2mm", "4mm"], "Voxel size", "m2g: 1mm, 2mm or 4mm."),
     "mod": _optional_choice(PIPELINE, ["det", "prob"], "Tracking", "det or prob.", det="deterministic", prob="probabilistic"),
     "track_type": _optional_choice(PIPELINE, ["local", "particle"], "Track type", "m2g/ndmg: local or particle."),
     "diffusion_model": _optional_choice(PIPELINE, ["csa", "csd", "tensor"], "Diffusion model", "m2g: csa or csd; lite: tensor or csa."),
     "seeds": _optional(PIPELINE, "integer", "Seeds per voxel", "m2g and lite.", minimum=1),
-    "skull": _optional_choice(PIPELINE, list(M2G_SKULL), "Skull-strip fix (m2g)", "m2g --skull, when the default skull strip failed: below (excess tissue below the brain), cerebelum (cerebellum missing), eye (frontal clipping), general (excess clipping)."),
+    "skull": _optional_choice(
+        PIPELINE,
+        list(M2G_SKULL),
+        "Skull-strip fix (m2g)",
+        "m2g --skull, when the default skull strip failed: below (excess tissue below the brain), cerebelum (cerebellum missing), eye (frontal clipping), general (excess clipping).",
+    ),
     "n_cpus": _optional(PIPELINE, "integer", "CPUs for m2g", "m2g --n_cpus.", minimum=1),
     "mem_gb": _optional(PIPELINE, "integer", "Memory for m2g (GB)", "m2g --mem_gb.", minimum=1),
-    "atlas": _optional(PIPELINE, "string", "Atlas image (lite)", "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids.", pattern=PATTERNS["atlas"]),
+    "atlas": _optional(
+        PIPELINE,
+        "string",
+        "Atlas image (lite)",
+        "lite: s3:// URI of a label NIfTI in the DWI's own space, used besides the grids.",
+        pattern=PATTERNS["atlas"],
+    ),
     # --- AWS Batch
-    "job_queue": _param(AWS_BATCH, "ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1, pattern=PATTERNS["job_queue"]),
-    "job_definition": _param(AWS_BATCH, "ndmg", "string", "Batch job definition", "AWS Batch job definition name (name:revision) or ARN.", minLength=1, pattern=PATTERNS["job_definition"]),
-    "job_timeout_minutes": _param(AWS_BATCH, 360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1),
-    "runnable_timeout": _param(AWS_BATCH, 30, "integer", "Stuck-job check (minutes)", "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.", minimum=1),
-    "max_cost_usd": _optional(AWS_BATCH, "number", "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this; empty = no ceiling.", minimum=0),
-    "canary": _param(AWS_BATCH, True, "boolean", "Canary job first", "Before any scan job, one short job on the run's queue and job definition checks that the image can run this run's scans (ndmg-scan --self-check); a failing canary stops the run there."),
-    "pilot_scans": _param(AWS_BATCH, 0, "integer", "Pilot scans", "Run this many scans to success before submitting the rest; 0 = submit all at once.", minimum=0),
+    "job_queue": _param(
+        AWS_BATCH, "ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1, pattern=PATTERNS["job_queue"]
+    ),
+    "job_definition": _param(
+        AWS_BATCH,
+        "ndmg",
+        "string",
+        "Batch job definition",
+        "AWS Batch job definition name (name:revision) or ARN.",
+        minLength=1,
+        pattern=PATTERNS["job_definition"],
+    ),
+    "job_timeout_minutes": _param(
+        AWS_BATCH, 360, "integer", "Job timeout (minutes)", "Batch stops an attempt that runs longer.", minimum=1
+    ),
+    "runnable_timeout": _param(
+        AWS_BATCH,
+        30,
+        "integer",
+        "Stuck-job check (minutes)",
+        "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.",
+        minimum=1,
+    ),
+    "max_cost_usd": _optional(
+        AWS_BATCH, "number", "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this; empty = no ceiling.", minimum=0
+    ),
+    "canary": _param(
+        AWS_BATCH,
+        True,
+        "boolean",
+        "Canary job first",
+        "Before any scan job, one short job on the run's queue and job definition checks that the image can run this run's scans (ndmg-scan --self-check); a failing canary stops the run there.",
+    ),
+    "pilot_scans": _param(
+        AWS_BATCH,
+        0,
+        "integer",
+        "Pilot scans",
+        "Run this many scans to success before submitting the rest; 0 = submit all at once.",
+        minimum=0,
+    ),
     # --- Run control
     "backend": _param(
         RUN_CONTROL,
@@ -153,7 +230,14 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         enum=list(BACKENDS),
         values_display={"aws_batch": "AWS Batch (one job per scan)", "local": "local (on the Airflow worker)"},
     ),
-    "max_scans": _param(RUN_CONTROL, DEFAULT_MAX_SCANS, "integer", "Most scans per run", "A run that would run more scans than this is refused before anything is written or submitted (a wrong bidsdir, a bucket of junk); raise it for a bigger dataset.", minimum=1),
+    "max_scans": _param(
+        RUN_CONTROL,
+        DEFAULT_MAX_SCANS,
+        "integer",
+        "Most scans per run",
+        "A run that would run more scans than this is refused before anything is written or submitted (a wrong bidsdir, a bucket of junk); raise it for a bigger dataset.",
+        minimum=1,
+    ),
     "force": _param(RUN_CONTROL, False, "boolean", "Reprocess done scans", "Run scans even when their outputs are already complete."),
     "dry_run": _param(RUN_CONTROL, False, "boolean", "Dry run", "Discover, write job specs and the report; submit nothing."),
 }
@@ -258,9 +342,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     pipeline = get_pipeline(params.get("pipeline") or "m2g")
     options = pipeline.resolve_options({k: params.get(k) for k in OPTION_NAMES})
 
-    dataset = (params.get("dataset") or "").strip() or (
-        bidsdir.rstrip("/").rsplit("/", 1)[-1] if bidsdir else bucket
-    )
+    dataset = (params.get("dataset") or "").strip() or (bidsdir.rstrip("/").rsplit("/", 1)[-1] if bidsdir else bucket)
     backend = params.get("backend") or "aws_batch"
     jobdir = (params.get("jobdir") or "").strip() or OutputLayout(output_root).default_jobdir(run_id)
     if jobdir.startswith("s3://"):
@@ -328,8 +410,7 @@ def _output_root(params: dict[str, Any], input_root: S3Location) -> S3Location:
         modif = as_prefix(params.get("modif") or "")
         if not modif:
             raise ParamError(
-                "modif is empty: outputs would be written into the input dataset itself; "
-                "use a folder such as 'derivatives/ndmg'"
+                "modif is empty: outputs would be written into the input dataset itself; use a folder such as 'derivatives/ndmg'"
             )
         out = input_root.child(modif)
         where = f"modif {params.get('modif')!r}"

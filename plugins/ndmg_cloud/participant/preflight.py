@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ndmg_cloud.core.layout import S3Location
 from ndmg_cloud.participant.jobs import ACTIVE, describe_jobs
 from ndmg_cloud.participant.jobspec import dataset_tag, job_name_prefix, run_token
-from ndmg_cloud.core.layout import S3Location
 from ndmg_cloud.participant.params import RunConfig
 
 
@@ -41,8 +41,7 @@ def check_batch_setup(batch_client: Any, queue: str, definition: str) -> dict[st
     active = [d for d in described if d.get("status", "ACTIVE") == "ACTIVE"]
     if not active:
         raise PreflightError(
-            f"job definition {definition!r} does not exist (or is inactive) in {region}: register it "
-            "or set the job_definition param"
+            f"job definition {definition!r} does not exist (or is inactive) in {region}: register it or set the job_definition param"
         )
     return max(active, key=lambda d: d.get("revision", 0))
 

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.s3 import put_json, read_json_at
 from ndmg_cloud.participant.jobspec import run_file_uri, spec_uri
 from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.params import RunConfig
-from ndmg_cloud.core.s3 import put_json, read_json_at
 from ndmg_cloud.participant.verify import ScanResult
 
 

@@ -10,17 +10,17 @@ import bisect
 import fnmatch
 import logging
 import re
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from collections.abc import Iterable
 from typing import Any
 
 from ndmg_cloud.core.bids import Scan
-from ndmg_cloud.participant.jobs import FAILED, NOT_SUBMITTED, SUCCEEDED, JobRecord
 from ndmg_cloud.core.manifest import NotAManifest, ScanManifest
-from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.core.s3 import S3Object, get_json, list_objects
+from ndmg_cloud.participant.jobs import FAILED, NOT_SUBMITTED, SUCCEEDED, JobRecord
+from ndmg_cloud.participant.params import RunConfig
 
 log = logging.getLogger(__name__)
 STATUSES = ("succeeded", "failed", "invalid", "skipped_done", "missing_outputs", "dry_run")
@@ -101,9 +101,7 @@ def verify_scans(
             continue
         job = jobs.get(scan.scan_id)
         if job is None:
-            row.failure_class, row.reason = not_submitted.get(
-                scan.scan_id, (NOT_SUBMITTED, "no job was submitted for this scan")
-            )
+            row.failure_class, row.reason = not_submitted.get(scan.scan_id, (NOT_SUBMITTED, "no job was submitted for this scan"))
             row.status = "failed"
             continue
         row.job_id, row.attempts, row.log_url = job.job_id, job.attempts, job.log_url

@@ -15,7 +15,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MAX_HEATMAP_PIXELS = 128  # per side; larger graphs are binned (sums of node blocks)
 NO_EDGE = (255, 255, 255)
@@ -120,7 +120,7 @@ def _plain_edge_list(text: str) -> list[tuple[int, int, float]] | None:
         return None
     if min(firsts) < 0 or min(seconds) < 0:
         return None
-    edges = [(i, j, w) if i <= j else (j, i, w) for i, j, w in zip(firsts, seconds, weights) if w]
+    edges = [(i, j, w) if i <= j else (j, i, w) for i, j, w in zip(firsts, seconds, weights, strict=True) if w]
     if len({(i, j) for i, j, _ in edges}) != len(edges):
         return None  # a pair listed twice: merged by the general reader
     edges.sort()
@@ -139,7 +139,7 @@ def palette() -> list[tuple[int, int, int]]:
         x = k / 254 * (len(VIRIDIS) - 1)
         lo = min(int(x), len(VIRIDIS) - 2)
         f = x - lo
-        colours.append(tuple(round(a + (b - a) * f) for a, b in zip(VIRIDIS[lo], VIRIDIS[lo + 1])))
+        colours.append(tuple(round(a + (b - a) * f) for a, b in zip(VIRIDIS[lo], VIRIDIS[lo + 1], strict=True)))
     return colours
 
 
@@ -228,7 +228,7 @@ def time_ticks(start: float, end: float, max_ticks: int = 8) -> list[tuple[float
     ticks = []
     for k in range(int(span // step) + 1):
         offset = k * step
-        moment = datetime.fromtimestamp(start + offset, tz=timezone.utc)
+        moment = datetime.fromtimestamp(start + offset, tz=UTC)
         ticks.append((float(offset), moment.strftime(clock), elapsed(offset)))
     return ticks
 

@@ -20,12 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.core.bids import Scan
-from ndmg_cloud.participant.cost import cost_basis, cost_cell
-from ndmg_cloud.report.figures import GraphError, colour_bar, data_uri, heatmap, parse_connectome, time_ticks
-from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.core.s3 import get_bytes, put_bytes, put_json
+from ndmg_cloud.participant.cost import cost_basis, cost_cell
+from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.participant.verify import Listing, ScanResult, fnmatch_magic
+from ndmg_cloud.report.figures import GraphError, colour_bar, data_uri, heatmap, parse_connectome, time_ticks
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,14 @@ def read_connectomes(
 
     def read(item: _Read) -> tuple[_Read, ScanFigure]:
         figure = ScanFigure(
-            item.row.scan_id, item.parcellation, item.path, {},
-            qa_path=item.qa_path, qa_note=item.qa_note, streamlines=item.row.streamlines,
-        )  # fmt: skip
+            item.row.scan_id,
+            item.parcellation,
+            item.path,
+            {},
+            qa_path=item.qa_path,
+            qa_note=item.qa_note,
+            streamlines=item.row.streamlines,
+        )
         if item.size > max_connectome_bytes:
             figure.error = f"not read for the report: {item.size:,} bytes, above {max_connectome_bytes:,}"
             return item, figure
@@ -331,8 +336,11 @@ class RunReport:
         return [r for r in self.scans if r.status in FAILING_STATUSES]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "summary": asdict(self.summary),
-                "scans": [r.to_dict() for r in self.scans]}  # fmt: skip
+        return {
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "summary": asdict(self.summary),
+            "scans": [r.to_dict() for r in self.scans],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
@@ -340,11 +348,32 @@ class RunReport:
         known = {f.name for f in fields(cls)}
         summary = {f.name: data.get("summary", {}).get(f.name, 0) for f in fields(Summary)}
         summary["failure_classes"] = data.get("summary", {}).get("failure_classes") or {}
-        empty: dict[str, Any] = {"params": {}, "options": {}, "warnings": [], "orphans": [], "lease": {"took_over": None},
-                                 "canary": {}, "contract": None, "pilots": [], "connectomes": {}, "cost_basis": "", "jobdir": "",
-                                 "backend": "", "pipeline": "", "input": "", "output": "", "finished_at": ""}  # fmt: skip
-        return cls(**{**empty, **{k: v for k, v in data.items() if k in known},
-                      "summary": Summary(**summary), "scans": [ScanResult.from_dict(r) for r in data.get("scans", [])]})  # fmt: skip
+        empty: dict[str, Any] = {
+            "params": {},
+            "options": {},
+            "warnings": [],
+            "orphans": [],
+            "lease": {"took_over": None},
+            "canary": {},
+            "contract": None,
+            "pilots": [],
+            "connectomes": {},
+            "cost_basis": "",
+            "jobdir": "",
+            "backend": "",
+            "pipeline": "",
+            "input": "",
+            "output": "",
+            "finished_at": "",
+        }
+        return cls(
+            **{
+                **empty,
+                **{k: v for k, v in data.items() if k in known},
+                "summary": Summary(**summary),
+                "scans": [ScanResult.from_dict(r) for r in data.get("scans", [])],
+            }
+        )
 
 
 def build_report(
@@ -437,11 +466,7 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any]:
     """Bars of each job's start..stop on a time axis from the run's start (clock times in
     UTC and time elapsed), under a curve of how many jobs ran at once."""
     spans = sorted(
-        (
-            (r, _seconds(r["started_at"]), _seconds(r["stopped_at"]))
-            for r in report["scans"]
-            if r["started_at"] and r["stopped_at"]
-        ),
+        ((r, _seconds(r["started_at"]), _seconds(r["stopped_at"])) for r in report["scans"] if r["started_at"] and r["stopped_at"]),
         key=lambda span: span[1],
     )
     if not spans:
@@ -466,8 +491,7 @@ def _timeline(report: dict[str, Any]) -> dict[str, Any]:
     ]
     bottom = top + len(rows) * ROW_HEIGHT
     ticks = [
-        {"x": round(TIMELINE_LEFT + offset * scale, 1), "clock": clock, "elapsed": since}
-        for offset, clock, since in time_ticks(t0, t1)
+        {"x": round(TIMELINE_LEFT + offset * scale, 1), "clock": clock, "elapsed": since} for offset, clock, since in time_ticks(t0, t1)
     ]
     return {
         "rows": rows,
@@ -560,4 +584,3 @@ def write_report(s3_client: Any, config: RunConfig, run_report: RunReport, conne
     uri = f"s3://{bucket}/{prefix}report.json"
     put_json(s3_client, uri, report)
     return uri
-

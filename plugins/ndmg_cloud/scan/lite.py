@@ -157,7 +157,7 @@ def preload() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot
     import nibabel.processing  # noqa: F401
     from dipy.align import reslice  # noqa: F401
     from dipy.data import default_sphere  # noqa: F401
@@ -270,7 +270,7 @@ def edge_lines(matrix: np.ndarray) -> str:
     """The graph as networkx ``write_weighted_edgelist`` writes m2g's float adjacency:
     ``i j weight`` for each non-zero pair i < j, in row order, weights as floats."""
     rows, cols = np.nonzero(np.triu(matrix, k=1))
-    return "".join(f"{i} {j} {float(matrix[i, j])}\n" for i, j in zip(rows, cols))
+    return "".join(f"{i} {j} {float(matrix[i, j])}\n" for i, j in zip(rows, cols, strict=True))
 
 
 def write_heatmap(matrix: np.ndarray, path: Path, title: str) -> None:
@@ -346,8 +346,12 @@ def run(
     tracking = track(image, bvals, bvecs, model, seeds, min_length)
     log.info(
         "%s: %d streamlines of %g mm or more (%d shorter dropped) in %.1f s",
-        stem, len(tracking.streamlines), min_length, tracking.dropped_short, time.monotonic() - started,
-    )  # fmt: skip
+        stem,
+        len(tracking.streamlines),
+        min_length,
+        tracking.dropped_short,
+        time.monotonic() - started,
+    )
     label_images = parcellate(parcellations, tracking, atlas_parcellation)
     scan_out = output_dir / f"sub-{subject}" / f"ses-{session}"
     written = []

@@ -38,18 +38,18 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ndmg_cloud.scan import contract as image_contract
 from ndmg_cloud.core.bids import Scan
-from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.core.layout import split_uri
 from ndmg_cloud.core.manifest import SUCCESS, MadeWith, OutputFile, ScanManifest
 from ndmg_cloud.core.pipelines import WORK_SESSION
-from ndmg_cloud.scan.scrub import pipeline_environment, redact
 from ndmg_cloud.core.s3 import put_json
+from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
+from ndmg_cloud.scan import contract as image_contract
+from ndmg_cloud.scan.scrub import pipeline_environment, redact
 from ndmg_cloud.scan.warm import WarmProcess, start_program
 
 SCRATCH_DIRS = {"tmp_d", "tmp"}
@@ -81,7 +81,7 @@ def s3_client() -> Any:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def load_spec(location: str, client: Any | None) -> JobSpec:
@@ -99,7 +99,7 @@ def work_name(name: str, subject: str, session: str | None) -> str:
     the work session ``ses-1`` for a session-less scan."""
     marker = f"sub-{subject}_"
     if name.startswith(marker) and not name.startswith(f"{marker}ses-"):
-        return f"{marker}ses-{session or WORK_SESSION}_{name[len(marker):]}"
+        return f"{marker}ses-{session or WORK_SESSION}_{name[len(marker) :]}"
     return name
 
 

@@ -23,15 +23,15 @@ import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ndmg_cloud.core.atlases import LABEL_DIR, selected_by
-from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
 from ndmg_cloud.core.layout import PROBE_NAME, split_uri
-from ndmg_cloud.core.spec import JobSpec
 from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
+from ndmg_cloud.core.spec import JobSpec
+from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
 ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
@@ -54,7 +54,7 @@ class SelfCheck:
     pipeline: str
     checks: list[Check] = field(default_factory=list)
     contract: ImageContract | None = None
-    checked_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    checked_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
     def ok(self) -> bool:
@@ -103,15 +103,22 @@ def _check_contract(result: SelfCheck, pipeline: str) -> None:
         return
     if contract is None:
         recipe = RECIPES.get(pipeline)
-        how = (f"build the scan image from {recipe}" if recipe else
-               f"this project has no image recipe for {pipeline}: build one whose last step is "
-               f"`ndmg-image-contract --pipeline {pipeline}` (container/README.md), or run with canary=false")  # fmt: skip
+        how = (
+            f"build the scan image from {recipe}"
+            if recipe
+            else f"this project has no image recipe for {pipeline}: build one whose last step is "
+            f"`ndmg-image-contract --pipeline {pipeline}` (container/README.md), or run with canary=false"
+        )
         result.add("contract", False, f"this image has no contract for {pipeline} (NDMG_IMAGE_CONTRACT unset): {how}")
         return
     result.contract = contract
     if contract.pipeline != pipeline:
-        result.add("contract", False, f"this image runs {contract.pipeline} ({contract.label}), the run asks for "
-                   f"{pipeline}: point job_definition at a {pipeline} image")
+        result.add(
+            "contract",
+            False,
+            f"this image runs {contract.pipeline} ({contract.label}), the run asks for "
+            f"{pipeline}: point job_definition at a {pipeline} image",
+        )
         return
     result.add("contract", True, f"{contract.label} (contract {contract.fingerprint}, runner {contract.runner})")
 
@@ -119,8 +126,7 @@ def _check_contract(result: SelfCheck, pipeline: str) -> None:
 def _check_command(result: SelfCheck, command: list[str]) -> None:
     parsed = parse_only(command, result.contract)
     if parsed.ok:
-        result.add("command", True, f"{command[0]} accepts the scan's command ({len(command) - 1} arguments, "
-                   f"checked by {parsed.how})")
+        result.add("command", True, f"{command[0]} accepts the scan's command ({len(command) - 1} arguments, checked by {parsed.how})")
     else:
         result.add("command", False, parsed.error)
 
@@ -163,8 +169,12 @@ def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
     need = float(os.environ.get(WORK_DISK_ENV) or pipeline.work_disk_gb)
     free = shutil.disk_usage(workdir).free / 1e9
     if free < need:
-        result.add("disk", False, f"{workdir} has {free:.1f} GB free, a {pipeline.name} scan needs {need:g} GB: "
-                   "give the compute environment bigger root volumes (ndmg_cloud setup --root-volume-gb)")
+        result.add(
+            "disk",
+            False,
+            f"{workdir} has {free:.1f} GB free, a {pipeline.name} scan needs {need:g} GB: "
+            "give the compute environment bigger root volumes (ndmg_cloud setup --root-volume-gb)",
+        )
     else:
         result.add("disk", True, f"{free:.1f} GB free in {workdir} (a scan needs {need:g} GB)")
 
@@ -180,8 +190,7 @@ def _check_s3(result: SelfCheck, spec: JobSpec, client: Any) -> None:
         for in_bucket, key in keys:
             client.head_object(Bucket=in_bucket, Key=key)
     except (ClientError, BotoCoreError) as err:
-        result.add("s3 read", False, f"cannot read s3://{in_bucket}/{key}: {_code(err)}: the job role needs "
-                   "s3:GetObject on the dataset")
+        result.add("s3 read", False, f"cannot read s3://{in_bucket}/{key}: {_code(err)}: the job role needs s3:GetObject on the dataset")
     else:
         result.add("s3 read", True, f"read the job spec and the scan's {len(keys)} inputs")
 
@@ -191,8 +200,12 @@ def _check_s3(result: SelfCheck, spec: JobSpec, client: Any) -> None:
         client.put_object(Bucket=out_bucket, Key=probe, Body=b"ndmg-cloud self-check\n")
         client.delete_object(Bucket=out_bucket, Key=probe)
     except (ClientError, BotoCoreError) as err:
-        result.add("s3 write", False, f"cannot write and delete s3://{out_bucket}/{probe}: {_code(err)}: the job "
-                   "role needs s3:PutObject and s3:DeleteObject on the output prefix")
+        result.add(
+            "s3 write",
+            False,
+            f"cannot write and delete s3://{out_bucket}/{probe}: {_code(err)}: the job "
+            "role needs s3:PutObject and s3:DeleteObject on the output prefix",
+        )
     else:
         result.add("s3 write", True, f"wrote and deleted a probe under {spec.output_prefix}")
 

@@ -158,9 +158,7 @@ def start_program(command: list[str], env: dict[str, str]) -> Any:
                 return WarmProcess(path, command, env, os.getcwd())
         except (OSError, ValueError):
             pass  # no server after all: the plain way below
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 
 
 # --- the server ------------------------------------------------------------------------
@@ -186,7 +184,7 @@ def _run_child(connection: socket.socket, request: dict[str, Any], others: list[
         code = lite.main(sys.argv[1:])
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    except BaseException as err:  # noqa: BLE001 - what a crashing program prints
+    except BaseException as err:
         print(f"ndmg-lite: {type(err).__name__}: {err}", file=sys.stderr)
         code = 1
     sys.stdout.flush()
