@@ -85,7 +85,7 @@ def jobs_write_their_outputs() -> None:
             "status": "success",
             "run_id": spec["run_id"],
             "outputs": outputs,
-            "pipeline": {**spec["pipeline"], "contract": image.summary()},
+            "pipeline": {**spec["pipeline"], "contract": image.summary().to_dict()},
         }
         s3.put_object(BUCKET, key(spec["manifest"]), json.dumps(manifest).encode())
         return real(self, include_start_attempt, job)
@@ -158,12 +158,16 @@ def main() -> int:
         calls.clear()
         print(f"{args.scans} scans ({keys} keys) on s3://{BUCKET}/{PREFIX}; max_map_length {os.environ['AIRFLOW__CORE__MAX_MAP_LENGTH']}")
         started = time.monotonic()
-        run_id = run_dag({"bucket": BUCKET, "bidsdir": PREFIX, "dataset": "load"})
+        conf = {"bucket": BUCKET, "bidsdir": PREFIX, "dataset": "load"}
+        run_id = run_dag(conf)
         wall = time.monotonic() - started
         import boto3
 
-        report_key = f"{PREFIX}derivatives/ndmg/reports/{run_id}/report.json"
-        report = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=report_key)["Body"].read())
+        from ndmg_cloud.core.s3 import read_json_at
+        from ndmg_cloud.participant.params import resolve
+
+        report_uri = resolve(conf, run_id).outputs.report_uri(run_id)  # where the run wrote it
+        report = read_json_at(boto3.client("s3"), report_uri)
     finally:
         server.stop()
     summary = report["summary"]

@@ -5,7 +5,8 @@ this run's scans) -> plan_scans (what is done by this image's code, what runs ag
 why) -> pilot_scan (pilot_scans > 0: a few scans to success first) -> release_scans ->
 run_scan (one AWS Batch job per scan; or run_scan_local, one runner subprocess per scan,
 with backend=local) -> verify_and_report.
-Wiring only: each task's logic is in plugins/ndmg_cloud (see steps.py).
+Wiring only: each task's callable is in ndmg_cloud.orchestration.participant_tasks, the
+run's logic in ndmg_cloud.participant.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from ndmg_cloud.orchestration import steps
+from ndmg_cloud.orchestration import participant_tasks
+from ndmg_cloud.orchestration.clients import AWS_CONN_ID
 from ndmg_cloud.orchestration.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
 from ndmg_cloud.orchestration.taskids import (
     CANARY,
     CHOOSE_BACKEND,
+    DAG_ID,
     DISCOVER,
     PILOT_SCAN,
     PLAN_SCANS,
     RELEASE_SCANS,
+    REPORTS_ALIAS,
     RUN_SCAN,
     RUN_SCAN_LOCAL,
     VERIFY_AND_REPORT,
@@ -33,11 +37,11 @@ from ndmg_cloud.orchestration.taskids import (
 from ndmg_cloud.participant.local import LOCAL_POOL
 from ndmg_cloud.participant.params import PARAM_SCHEMAS
 
-REPORTS = AssetAlias(steps.REPORTS_ALIAS)
+REPORTS = AssetAlias(REPORTS_ALIAS)
 
 
 BATCH = {
-    "aws_conn_id": steps.AWS_CONN_ID,
+    "aws_conn_id": AWS_CONN_ID,
     "deferrable": True,
     "poll_interval": int(os.environ.get("NDMG_BATCH_POLL_SECONDS", "30")),
     # retries cover worker crashes: a retry reattaches to the job, never resubmits
@@ -52,7 +56,7 @@ def scan_jobs(task_id: str, **kwargs):
 
 
 @dag(
-    dag_id="ndmg_participant",
+    dag_id=DAG_ID,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -62,24 +66,24 @@ def scan_jobs(task_id: str, **kwargs):
     doc_md=__doc__,
 )
 def ndmg_participant():
-    discovery = task(steps.discover_step, task_id=DISCOVER, multiple_outputs=False)()  # stored once
-    specs = task(steps.write_job_specs_step, task_id=WRITE_JOB_SPECS)(discovery)
+    discovery = task(participant_tasks.discover_step, task_id=DISCOVER, multiple_outputs=False)()  # stored once
+    specs = task(participant_tasks.write_job_specs_step, task_id=WRITE_JOB_SPECS)(discovery)
     canary = CanaryOperator(task_id=CANARY, **BATCH)  # skips itself when the run has none
     # none_failed: a skipped canary (or no pilots) lets the run go on, a failed one stops it
-    pilot_kwargs = task(steps.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery)
+    pilot_kwargs = task(participant_tasks.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery)
     pilots = scan_jobs(PILOT_SCAN).expand_kwargs(pilot_kwargs)
-    rest = task(steps.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(discovery)
-    backend = task.branch(steps.choose_backend_step, task_id=CHOOSE_BACKEND)(discovery)
+    rest = task(participant_tasks.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(discovery)
+    backend = task.branch(participant_tasks.choose_backend_step, task_id=CHOOSE_BACKEND)(discovery)
     batch_jobs = scan_jobs(RUN_SCAN).expand_kwargs(rest)
     local_jobs = task(
-        steps.run_scan_local_step,
+        participant_tasks.run_scan_local_step,
         task_id=RUN_SCAN_LOCAL,
         pool=LOCAL_POOL,
         map_index_template="{{ task.op_kwargs['scan_id'] }}",
     ).expand_kwargs(rest)
     report = RunReportOperator(
         task_id=VERIFY_AND_REPORT,
-        python_callable=steps.verify_and_report_step,
+        python_callable=participant_tasks.verify_and_report_step,
         trigger_rule="all_done",  # runs when some scans failed, and says so
         outlets=[REPORTS],  # an Asset per dataset's reports, for downstream DAGs
     )

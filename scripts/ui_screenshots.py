@@ -83,7 +83,7 @@ def main() -> int:
         session = requests.Session()
         wait(lambda: session.get(f"{url}/api/v2/dags/ndmg_participant", timeout=5).status_code == 200, 240, "the DAG in the API")
 
-        conf = {"bucket": demo.BUCKET, "bidsdir": demo.BIDSDIR, "backend": "local", "pipeline": "lite"}
+        conf = demo.RUN_CONF
         run = session.post(f"{url}/api/v2/dags/ndmg_participant/dagRuns", json={"logical_date": None, "conf": conf}, timeout=10).json()
         run_id = run["dag_run_id"]
         wait(
@@ -100,9 +100,12 @@ def main() -> int:
         wait(group_run, 300, "the ndmg_group run of the reports Asset")
         import boto3
 
-        group_html = work / "group.html"
-        key = f"{demo.BIDSDIR}/derivatives/ndmg/group/grid3/group.html"
-        boto3.client("s3").download_file(demo.BUCKET, key, str(group_html))
+        from ndmg_cloud.core.layout import GROUP_HTML, split_uri
+        from ndmg_cloud.participant.params import resolve
+
+        group_html = work / GROUP_HTML
+        bucket, key = split_uri(resolve(conf, run_id).outputs.group_uri("grid3", GROUP_HTML))
+        boto3.client("s3").download_file(bucket, key, str(group_html))
 
         args.out.mkdir(parents=True, exist_ok=True)
         problems = []

@@ -295,3 +295,36 @@ def pytest_collection_modifyitems(config, items):
     live = [item for item in items if "live_airflow" in getattr(item, "fixturenames", ())]
     chosen = set(map(id, live))
     items[:] = [item for item in items if id(item) not in chosen] + live
+
+
+@pytest.fixture
+def cli(live_airflow, monkeypatch):
+    """``ndmg_cloud`` as a person runs it against the session's live Airflow: ``cli("status",
+    run_id)`` returns its exit code."""
+    from ndmg_cloud.cli.main import main
+
+    monkeypatch.setenv("NDMG_AIRFLOW_URL", live_airflow["url"])
+    monkeypatch.setenv("NDMG_AIRFLOW_USER", "admin")
+    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", LIVE_PASSWORD)
+    return lambda *argv: main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def phantom_dirs(tmp_path_factory):
+    """One session scan and one session-less scan; and the same with inherited gradients."""
+    from ndmg_cloud.demo.synthetic import make_dataset
+
+    plain = tmp_path_factory.mktemp("plain")
+    make_dataset(plain, subjects=1, sessions=1, sessionless=1)
+    inherited = tmp_path_factory.mktemp("inherited")
+    make_dataset(inherited, subjects=1, sessions=1, sessionless=0, inherit_gradients=True)
+    return {"plain": plain, "inherited": inherited}
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A laid-out m2g scan image of the test's own (pinned m2g stand-in, atlases, contract),
+    which the test may break."""
+    from images import m2g_image
+
+    return m2g_image(tmp_path / "image")

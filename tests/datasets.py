@@ -100,9 +100,7 @@ def put_phantoms(s3, workdir, bucket: str, prefix: str) -> None:
 
     make_dataset(workdir / "phantoms", subjects=1, sessions=1, sessionless=1)
     s3.create_bucket(Bucket=bucket)
-    for path in sorted((workdir / "phantoms").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(workdir / 'phantoms').as_posix()}")
+    upload_tree(s3, bucket, workdir / "phantoms", f"{prefix}/")
 
 
 def upload_tree(s3, bucket: str, root, prefix: str) -> None:
@@ -130,3 +128,11 @@ def write_specs(s3, dataset, bucket: str = "lab-data", **params):
         s3.put_object(Bucket=bucket, Key=spec["spec_uri"].split("/", 3)[3], Body=json.dumps(spec))
         specs[scan.scan_id] = spec
     return config, specs
+
+
+def sessionless_scan():
+    """A valid session-less scan, sub-01, with its own bval/bvec and a T1w."""
+    from ndmg_cloud.core.bids import Scan
+
+    dwi = "sub-01/dwi/sub-01_dwi"
+    return Scan("sub-01", "01", None, {"subject": "01"}, f"{dwi}.nii.gz", f"{dwi}.bval", f"{dwi}.bvec", "sub-01/anat/sub-01_T1w.nii.gz")

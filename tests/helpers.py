@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,3 +35,22 @@ def postgres_bin() -> Path | None:
     """The PostgreSQL server's programs (Debian's postgresql package), newest version first."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name), reverse=True)
     return found[0].parent if found else None
+
+
+def read_json(s3, where: str, bucket: str | None = None):
+    """The JSON document at an s3:// URI, or at key ``where`` of ``bucket``."""
+    from ndmg_cloud.core.s3 import read_json_at
+
+    return read_json_at(s3, where if where.startswith("s3://") else f"s3://{bucket}/{where}")
+
+
+def count_calls(client) -> Counter:
+    """AWS API calls ``client`` makes from now on, by operation name."""
+    calls: Counter = Counter()
+    client.meta.events.register("before-call.*.*", lambda model, **_: calls.update([model.name]))
+    return calls
+
+
+def submit(batch, name: str = "ds-sub-01-abcdef12") -> str:
+    """A job on the local Batch's queue and definition (conftest.batch_env); its id."""
+    return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]

@@ -153,7 +153,7 @@ class Containers:
             "status": "success",
             "scan_id": spec["scan"]["scan_id"],
             "run_id": spec["run_id"],
-            "pipeline": {**spec["pipeline"], "contract": contract.summary() if contract else None},
+            "pipeline": {**spec["pipeline"], "contract": contract.summary().to_dict() if contract else None},
             "outputs": outputs,
             "exit_code": 0,
         }

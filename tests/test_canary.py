@@ -6,10 +6,11 @@ import dataclasses
 
 from ndmg_cloud.participant.canary import CanaryOutcome, settle, skipped
 from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.participant.runplan import ScanTask
 from ndmg_cloud.participant.verify import ScanResult
 from ndmg_cloud.scan.contract import local_contract
 
-RUNS = [{"scan_id": s} for s in ("sub-01", "sub-02", "sub-03")]
+RUNS = [ScanTask(s, f"s3://lab-data/jobs/{s}.json") for s in ("sub-01", "sub-02", "sub-03")]
 
 
 def done_row(contract) -> ScanResult:

@@ -24,18 +24,6 @@ def airflow_server(live_airflow):
 
 
 @pytest.fixture
-def cli(airflow_server, monkeypatch):
-    monkeypatch.setenv("NDMG_AIRFLOW_URL", airflow_server["url"])
-    monkeypatch.setenv("NDMG_AIRFLOW_USER", "admin")
-    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", PASSWORD)
-
-    def run(*argv):
-        return main(list(argv))
-
-    return run
-
-
-@pytest.fixture
 def phantoms(s3, tmp_path):
     put_phantoms(s3, tmp_path, "cli-data", "phantoms")
     return s3

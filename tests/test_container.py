@@ -57,6 +57,8 @@ def test_scan_images_run_the_runner_and_carry_a_contract(name):
     assert "NDMG_IMAGE_CONTRACT=/opt/ndmg-cloud/image-contract.json" in text
     pipeline = name.split(".")[1]
     assert re.search(rf"ndmg-image-contract\"? --pipeline {pipeline}\b", text)
+    # the scan image installs core + scan only (test_packages builds that wheel)
+    assert "COPY container/scan-pyproject.toml ./pyproject.toml" in text
 
 
 def test_lite_image_runs_as_a_plain_user():

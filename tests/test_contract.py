@@ -127,8 +127,8 @@ def test_the_fingerprint_follows_what_results_depend_on_and_is_read_back_as_writ
     # read back (e.g. by an orchestrator of another version): the fingerprint written at build time
     written = {**contract.to_dict(), "fingerprint": "0123456789ab", "a_field_of_a_newer_version": 1}
     assert ImageContract.from_dict(written).fingerprint == "0123456789ab"
-    assert contract.summary()["label"].startswith("ndmg-lite ")
-    assert set(contract.summary()) == {"fingerprint", "label", "pipeline", "code", "base_image", "atlas_source"}
+    assert contract.summary().label.startswith("ndmg-lite ")
+    assert set(contract.summary().to_dict()) == {"fingerprint", "label", "pipeline", "code", "base_image", "atlas_source"}
 
 
 def test_the_parse_only_probe_never_runs_the_program(tmp_path):

@@ -29,6 +29,7 @@ from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
+from helpers import read_json
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -107,8 +108,7 @@ def put_twelve_scans(s3) -> dict:
 
 
 def report_of(api: Airflow, s3, run_id: str) -> dict:
-    bucket, key = api.xcom(run_id, "verify_and_report").removeprefix("s3://").split("/", 1)
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return read_json(s3, api.xcom(run_id, "verify_and_report"))
 
 
 def submissions(names: list[str], run_id: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ENDPOINT, ROOT
 from datasets import E2E_INVALID, E2E_VALID, listing, put_dataset
+from helpers import read_json
 from images import Containers, build_contract, m2g_image
 
 BUCKET = "lab-data"
@@ -22,12 +23,11 @@ def run_dag(**conf):
     return dag.test(run_conf=conf)
 
 
-def read_json(s3, key):
-    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-
-
 def report_of(s3, run):
-    return read_json(s3, f"{OUT}reports/{run.run_id}/report.json")
+    """The report of ``run`` of the e2e dataset, where its output layout puts it."""
+    from ndmg_cloud.core.layout import OutputLayout, S3Location
+
+    return read_json(s3, OutputLayout(S3Location(BUCKET, OUT)).report_uri(run.run_id))
 
 
 def report_uri_of(run):
@@ -74,15 +74,16 @@ def dataset(s3, batch_env, airflow_db):
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """The m2g scan image the job definition names (pinned m2g, atlases, contract)."""
+def module_image(tmp_path_factory):
+    """The m2g scan image the job definition names (pinned m2g, atlases, contract), built
+    once for the module: no test here changes it."""
     return m2g_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture
-def containers(s3, batch_behaviour, image):
+def containers(s3, batch_behaviour, module_image):
     """Every Batch job runs as a container of that image: the canary's self-check for real."""
-    batch_behaviour.on_submit = Containers(s3, image, ENDPOINT)
+    batch_behaviour.on_submit = Containers(s3, module_image, ENDPOINT)
     return batch_behaviour.on_submit
 
 
@@ -144,7 +145,7 @@ def test_all_scans_succeed_means_the_run_succeeds(s3, batch, dataset, containers
     report = report_of(s3, run)
     assert sorted(rows_by_scan(report)) == ["sub-01_ses-retest", "sub-01_ses-test", "sub-02"]
     assert report["summary"]["succeeded"] == 3
-    description = read_json(s3, OUT + "dataset_description.json")
+    description = read_json(s3, bucket=BUCKET, where=OUT + "dataset_description.json")
     assert description["DatasetType"] == "derivative"
     # downstream DAGs can subscribe to this dataset's reports
     events = asset_events(f"s3://{BUCKET}/{OUT}reports")
@@ -156,12 +157,12 @@ def test_job_specs_hold_the_exact_submit_payload(s3, batch, dataset, containers)
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
 
     prefix = f"{OUT}jobs/{run.run_id}/"
-    specs = {k[len(prefix) :]: read_json(s3, k) for k in listing(s3, BUCKET, prefix) if k.startswith(prefix + "sub-")}
+    specs = {k[len(prefix) :]: read_json(s3, bucket=BUCKET, where=k) for k in listing(s3, BUCKET, prefix) if k.startswith(prefix + "sub-")}
     assert sorted(specs) == sorted(f"{s}.json" for s in E2E_VALID)
     run_files = sorted(k[len(prefix) :] for k in listing(s3, BUCKET, prefix) if not k.startswith(prefix + "sub-"))
     # the run plan, its settlement and the scans' task arguments, named by run
     assert run_files == [f"plan-{token(run)}.json", f"released-{token(run)}.items", f"settled-{token(run)}.json"]
-    plan = read_json(s3, f"{prefix}plan-{token(run)}.json")
+    plan = read_json(s3, bucket=BUCKET, where=f"{prefix}plan-{token(run)}.json")
     assert sorted(s["scan_id"] for s in plan["scans"]) == sorted(E2E_VALID + ["sub-04_ses-1"])
 
     spec = specs["sub-02.json"]
@@ -231,7 +232,7 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     run = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
 
     assert run.state == "success"
-    report = read_json(s3, f"phantoms/derivatives/ndmg/reports/{run.run_id}/report.json")
+    report = read_json(s3, bucket=BUCKET, where=f"phantoms/derivatives/ndmg/reports/{run.run_id}/report.json")
     rows = rows_by_scan(report)
     assert sorted(rows) == sorted(scans)
     for row in rows.values():
@@ -250,12 +251,12 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
 
     # a rerun skips what this code made; a scan made by other lite code runs again
     manifest_key = "phantoms/derivatives/ndmg/sub-02/sub-02_manifest.json"
-    manifest = read_json(s3, manifest_key)
+    manifest = read_json(s3, bucket=BUCKET, where=manifest_key)
     assert manifest["pipeline"]["contract"] == report["contract"]
     manifest["pipeline"]["contract"] = {**manifest["pipeline"]["contract"], "fingerprint": "0" * 12, "label": "ndmg-lite 00000000"}
     s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(manifest))
     again = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
-    rows = rows_by_scan(read_json(s3, f"phantoms/derivatives/ndmg/reports/{again.run_id}/report.json"))
+    rows = rows_by_scan(read_json(s3, bucket=BUCKET, where=f"phantoms/derivatives/ndmg/reports/{again.run_id}/report.json"))
     assert {scan: row["status"] for scan, row in rows.items() if scan != "sub-02"} == {s: "skipped_done" for s in scans if s != "sub-02"}
     assert rows["sub-02"]["status"] == "succeeded"
     assert rows["sub-02"]["reason"] == f"ran again: done with ndmg-lite 00000000, this run uses {report['contract']['label']}"
@@ -448,7 +449,7 @@ def test_a_run_above_max_scans_is_refused_before_anything_is_written(s3, batch, 
 
 
 def test_invalid_scans_beyond_the_cap_are_counted_not_listed(s3, batch, dataset, monkeypatch):
-    from ndmg_cloud.orchestration import steps
+    from ndmg_cloud.orchestration import participant_tasks as steps
 
     monkeypatch.setattr(steps, "INVALID_ROWS_KEPT", 0)
     run = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dry_run=True)

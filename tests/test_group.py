@@ -278,7 +278,7 @@ def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
-    from ndmg_cloud.orchestration.steps import find_report_step
+    from ndmg_cloud.orchestration.group_tasks import find_report_step
 
     t0 = datetime(2026, 11, 26, tzinfo=UTC)
 

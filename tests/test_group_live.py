@@ -10,22 +10,14 @@ import pytest
 import requests
 
 from ndmg_cloud.cli.airflowapi import Airflow
-from ndmg_cloud.cli.main import main
 
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import wait_for
+from datasets import upload_tree
 
 pytestmark = pytest.mark.slow  # two participant runs and three group runs: the live tier
 
 GROUP = "ndmg_group"
-
-
-@pytest.fixture
-def cli(live_airflow, monkeypatch):
-    monkeypatch.setenv("NDMG_AIRFLOW_URL", live_airflow["url"])
-    monkeypatch.setenv("NDMG_AIRFLOW_USER", "admin")
-    monkeypatch.setenv("NDMG_AIRFLOW_PASSWORD", PASSWORD)
-    return lambda *argv: main(list(argv))
 
 
 def put_study(s3, tmp_path, bucket: str, prefix: str, subjects: int, sessions: int) -> None:
@@ -33,9 +25,7 @@ def put_study(s3, tmp_path, bucket: str, prefix: str, subjects: int, sessions: i
 
     make_dataset(tmp_path / bucket, subjects=subjects, sessions=sessions, sessionless=0)
     s3.create_bucket(Bucket=bucket)
-    for path in sorted((tmp_path / bucket).rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(tmp_path / bucket).as_posix()}")
+    upload_tree(s3, bucket, tmp_path / bucket, f"{prefix}/")
 
 
 def participant(cli, capsys, bucket: str) -> tuple[int, str]:

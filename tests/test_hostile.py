@@ -56,7 +56,8 @@ INVALID_SCANS = [
 
 
 @pytest.fixture
-def dataset(s3):
+def s3_with_dataset(s3):
+    """The S3 client, with the end-to-end dataset under PREFIX."""
     put_dataset(s3, BUCKET, PREFIX)
     return s3
 
@@ -73,26 +74,26 @@ def assert_safe(specs):
 
 
 @pytest.mark.parametrize("case, keys, scan_id, reason", INVALID_SCANS, ids=[c[0] for c in INVALID_SCANS])
-def test_hostile_keys_make_invalid_scans(dataset, case, keys, scan_id, reason):
-    put_dataset(dataset, BUCKET, PREFIX, keys)
-    before = listing(dataset, BUCKET, PREFIX)
+def test_hostile_keys_make_invalid_scans(s3_with_dataset, case, keys, scan_id, reason):
+    put_dataset(s3_with_dataset, BUCKET, PREFIX, keys)
+    before = listing(s3_with_dataset, BUCKET, PREFIX)
     config = resolve({"bucket": BUCKET, "bidsdir": PREFIX}, "run1")
 
-    found = discover(config, dataset)
+    found = discover(config, s3_with_dataset)
     specs = specs_of(config, found)
 
     bad = {s.scan_id: s for s in found.invalid}
     assert scan_id in bad and reason in bad[scan_id].reason
     assert scan_id not in {s["scan"]["scan_id"] for s in specs}
     assert_safe(specs)
-    assert listing(dataset, BUCKET, PREFIX) == before
+    assert listing(s3_with_dataset, BUCKET, PREFIX) == before
 
 
-def test_a_dot_dot_folder_is_junk_named_in_a_warning_and_never_a_scan(dataset):
-    put_dataset(dataset, BUCKET, PREFIX, dwi_series("sub-07/../sub-08/dwi", "sub-08"))
+def test_a_dot_dot_folder_is_junk_named_in_a_warning_and_never_a_scan(s3_with_dataset):
+    put_dataset(s3_with_dataset, BUCKET, PREFIX, dwi_series("sub-07/../sub-08/dwi", "sub-08"))
     config = resolve({"bucket": BUCKET, "bidsdir": PREFIX}, "run1")
 
-    found = discover(config, dataset)
+    found = discover(config, s3_with_dataset)
 
     assert not {s.scan_id for s in found.scans} & {"sub-07", "sub-08"}  # beside the dataset's clean scans
     assert not any("sub-08" in spec["scan"]["scan_id"] for spec in specs_of(config, found))
@@ -139,7 +140,7 @@ def client_through(proxy_url: str, service: str):
     return boto3.client(service, region_name=REGION, endpoint_url=proxy_url, config=Config(retries={"mode": "adaptive", "max_attempts": 6}))
 
 
-def test_access_denied_on_list(dataset):
+def test_access_denied_on_list(s3_with_dataset):
     proxy = FaultProxy(ENDPOINT, [Rule("GET", "list-type=2", times=-1, response=ACCESS_DENIED)])
     try:
         with pytest.raises(S3AccessError, match="access denied listing s3://lab-data/ds/: the orchestrator's role needs s3:ListBucket"):
@@ -148,7 +149,7 @@ def test_access_denied_on_list(dataset):
         proxy.stop()
 
 
-def test_s3_slowdown_on_list_is_absorbed(dataset):
+def test_s3_slowdown_on_list_is_absorbed(s3_with_dataset):
     proxy = FaultProxy(ENDPOINT, [Rule("GET", "list-type=2", times=3)])
     try:
         found = discover(resolve({"bucket": BUCKET, "bidsdir": PREFIX}, "r"), client_through(proxy.start(), "s3"))
@@ -232,7 +233,9 @@ RUNNER_CASES = [
 
 @pytest.mark.parametrize("case, overwrite, rules, code, message", RUNNER_CASES, ids=[c[0] for c in RUNNER_CASES])
 def test_runner_refuses_bad_files_with_one_line(s3, phantom, case, overwrite, rules, code, message):
-    from test_runner import key_of, run_through_faults, write_specs
+    from test_runner import key_of, run_through_faults
+
+    from datasets import write_specs
 
     _, specs = write_specs(s3, phantom)
     for rel, body in overwrite.items():

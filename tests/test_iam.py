@@ -10,6 +10,8 @@ from parliament import analyze_policy_string
 from ndmg_cloud.infra.iam import job_role_policy, main, orchestrator_policy
 from ndmg_cloud.participant.params import resolve
 
+from datasets import sessionless_scan
+
 CONFIGS = [
     {"bucket": "lab-data", "bidsdir": "studies/ds1"},
     {"bucket": "openneuro.org", "bidsdir": "ds000221", "output_uri": "s3://my-lab/ds000221-ndmg", "jobdir": "s3://my-lab-jobs/run/"},
@@ -87,27 +89,17 @@ def test_the_orchestrator_may_stop_only_jobs_this_project_tagged():
 def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_later():
     """AWS authorizes SubmitJob's tags as batch:TagResource with the request's tags: the
     canary's job as much as a scan's must carry the project tag, or its SubmitJob is denied."""
-    from ndmg_cloud.core.bids import Scan
-    from ndmg_cloud.participant.canary import canary_kwargs
+    from ndmg_cloud.participant.canary import canary_job
     from ndmg_cloud.participant.jobspec import build_spec
 
     from iam_eval import ALLOWED, evaluate
 
     config = resolve(CONFIGS[0], "run1")
     policy = orchestrator_policy(config, "us-east-1", "123456789012")
-    scan = Scan(
-        "sub-01",
-        "01",
-        None,
-        {"subject": "01"},
-        "sub-01/dwi/sub-01_dwi.nii.gz",
-        "sub-01/dwi/sub-01_dwi.bval",
-        "sub-01/dwi/sub-01_dwi.bvec",
-        "sub-01/anat/sub-01_T1w.nii.gz",
-    )
+    scan = sessionless_scan()
     spec = build_spec(config, scan)
     job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
-    for what, payload in (("scan", spec.batch), ("canary", canary_kwargs(config, spec)["batch"])):
+    for what, payload in (("scan", spec.batch.payload()), ("canary", canary_job(config, spec).submission.payload())):
         tags = payload["tags"]
         assert evaluate([policy], "batch:TagResource", job, {f"aws:RequestTag/{k}": v for k, v in tags.items()}) == ALLOWED, what
         assert evaluate([policy], "batch:TerminateJob", job, {f"aws:ResourceTag/{k}": v for k, v in tags.items()}) == ALLOWED, what

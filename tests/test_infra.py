@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import boto3
 import pytest
 
+from ndmg_cloud.infra.params import InfraParams
 from ndmg_cloud.infra.stack import InfraError, deploy, teardown
 
 from conftest import ENDPOINT, REGION, ROOT
@@ -35,17 +36,18 @@ def network(aws):
     return subnets, groups
 
 
-def parameters(network, **extra):
+def parameters(network, **extra) -> InfraParams:
     subnets, groups = network
-    return {
-        "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0",
-        "Subnets": subnets,
-        "SecurityGroups": groups,
-        "InputBucket": "lab-data",
-        "OutputBucket": "lab-results",
-        "OutputPrefix": "ndmg/",
+    given = {
+        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0",
+        "subnets": subnets,
+        "security_groups": groups,
+        "input_bucket": "lab-data",
+        "output_bucket": "lab-results",
+        "output_prefix": "ndmg/",
         **extra,
     }
+    return InfraParams(**given)
 
 
 def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
@@ -54,7 +56,7 @@ def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
 
     first = deploy(cfn, parameters(network))
     assert first.action == "created"
-    assert "ndmg-queue" in first.outputs["JobQueue"] and "ndmg" in first.outputs["JobDefinition"]
+    assert "ndmg-queue" in first.outputs.job_queue and "ndmg" in first.outputs.job_definition
 
     queue = batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"][0]
     assert queue["priority"] == 1 and queue["state"] == "ENABLED"
@@ -131,7 +133,7 @@ def test_the_root_volume_size_is_a_setup_flag(network, capsys):
 def test_on_demand_only(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, UseSpot=False, MaxvCpus=16))
+    deploy(cfn, parameters(network, use_spot=False, max_vcpus=16))
     queue = batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"][0]
     assert len(queue["computeEnvironmentOrder"]) == 1
 
@@ -165,7 +167,7 @@ def test_a_stack_that_cannot_be_updated_is_a_clear_error(status, message):
             return {"Stacks": [{"StackStatus": status}]}
 
     with pytest.raises(InfraError, match=f"stack ndmg-cloud-batch is {status}.*{message}"):
-        deploy(Stuck(), {"ImageUri": "x", "InputBucket": "a", "OutputBucket": "b", "OutputPrefix": "ndmg/"})
+        deploy(Stuck(), InfraParams(image="x", input_bucket="a", output_bucket="b", output_prefix="ndmg/"))
 
 
 def deployed_job_role_policies(cfn, stack: str = "ndmg-cloud-batch") -> list[dict]:
@@ -219,7 +221,7 @@ JOB_ROLE_DECISIONS = [
 
 def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, InputBucket="lab-data", InputPrefix="studies/", OutputBucket="lab-data"))
+    deploy(cfn, parameters(network, input_bucket="lab-data", input_prefix="studies/", output_bucket="lab-data"))
     policies = deployed_job_role_policies(cfn)
     decided = [
         (action, bucket, key, evaluate(policies, action, object_arn(bucket, key) if key else f"arn:aws:s3:::{bucket}"))
@@ -230,7 +232,7 @@ def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(n
 
 def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, InputPrefix="studies/"))
+    deploy(cfn, parameters(network, input_prefix="studies/"))
     policies = deployed_job_role_policies(cfn)
     listing = lambda prefix: evaluate(policies, "s3:ListBucket", "arn:aws:s3:::lab-data", {"s3:prefix": prefix})  # noqa: E731
     assert listing("studies/HNU1/sub-01/") == ALLOWED
@@ -240,14 +242,14 @@ def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"OutputPrefix": ""}, "output prefix '' is not a folder: give one ending in '/' (e.g. 'ndmg/'), not the bucket root"),
-        ({"OutputPrefix": "ndmg"}, "output prefix 'ndmg' is not a folder"),
-        ({"InputPrefix": "studies"}, "input prefix 'studies' is not a folder"),
+        ({"output_prefix": ""}, "output prefix '' is not a folder: give one ending in '/' (e.g. 'ndmg/'), not the bucket root"),
+        ({"output_prefix": "ndmg"}, "output prefix 'ndmg' is not a folder"),
+        ({"input_prefix": "studies"}, "input prefix 'studies' is not a folder"),
         (
-            {"OutputBucket": "lab-data", "InputPrefix": "studies/", "OutputPrefix": "studies/HNU1/derivatives/"},
+            {"output_bucket": "lab-data", "input_prefix": "studies/", "output_prefix": "studies/HNU1/derivatives/"},
             "output prefix 'studies/HNU1/derivatives/' lies inside input prefix 'studies/' of bucket 'lab-data'",
         ),
-        ({"OutputBucket": "lab-data", "OutputPrefix": "ndmg/"}, "output prefix 'ndmg/' lies inside input prefix ''"),
+        ({"output_bucket": "lab-data", "output_prefix": "ndmg/"}, "output prefix 'ndmg/' lies inside input prefix ''"),
     ],
 )
 def test_a_deployment_whose_jobs_could_not_write_is_refused_before_cloudformation(network, extra, message):
@@ -282,7 +284,7 @@ def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, par
 
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, InputPrefix="studies/"))
+    deploy(cfn, parameters(network, input_prefix="studies/"))
     config = resolve(params, "run1")
     if refusal is None:
         assert preflight(batch, config).endswith(":job-definition/ndmg:1")
@@ -304,3 +306,49 @@ def test_instances_require_imdsv2_within_one_hop(network):
         )["LaunchTemplateVersions"]
         options = version["LaunchTemplateData"]["MetadataOptions"]
         assert (options["HttpTokens"], int(options["HttpPutResponseHopLimit"])) == ("required", 1)
+
+
+def test_the_form_and_setup_deploy_the_same_stack():
+    """ndmg_infra's form and ndmg_cloud setup name the same template parameters with the same
+    values and defaults: a stack made by one and redeployed by the other is unchanged (before,
+    a redeploy from the form reset the queue and job definition names setup had chosen)."""
+    import yaml
+
+    from ndmg_cloud.cli.main import infra_params, parser
+    from ndmg_cloud.infra.params import INFRA_PARAM_SCHEMAS
+
+    class Template(yaml.SafeLoader):
+        """CloudFormation YAML: its intrinsic functions (!Ref, !Sub ...) read as nothing."""
+
+    Template.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load(TEMPLATE.read_text(), Loader=Template)
+    given = {
+        "image": "img:1",
+        "subnets": ["subnet-1"],
+        "security_groups": ["sg-1"],
+        "input_bucket": "lab-data",
+        "output_bucket": "lab-results",
+        "output_prefix": "ndmg/",
+    }
+    from_form = InfraParams.from_params({**{k: s["default"] for k, s in INFRA_PARAM_SCHEMAS.items() if "default" in s}, **given})
+    argv = [
+        "setup",
+        "--image",
+        "img:1",
+        "--subnets",
+        "subnet-1",
+        "--security-groups",
+        "sg-1",
+        "--input-bucket",
+        "lab-data",
+        "--output-bucket",
+        "lab-results",
+        "--output-prefix",
+        "ndmg/",
+    ]
+    from_setup = infra_params(parser().parse_args(argv))
+    assert from_form == from_setup
+    assert set(from_form.cfn_parameters()) == set(template["Parameters"]) - {"JobTimeoutSeconds"}  # that one: the template's default
+    custom = InfraParams.from_params({**given, "job_queue": "lab-queue", "job_definition": "lab-ndmg"})
+    argv += ["--job-queue", "lab-queue", "--job-definition", "lab-ndmg"]
+    assert custom.cfn_parameters() == infra_params(parser().parse_args(argv)).cfn_parameters()

@@ -9,6 +9,9 @@ import time
 import pytest
 
 from ndmg_cloud.participant.pacing import paced, submit_rate
+from ndmg_cloud.participant.runplan import ScanTask
+
+from datasets import sessionless_scan
 
 
 class Context(dict):
@@ -38,33 +41,28 @@ def test_scans_submitted_back_to_back_keep_to_the_rate(batch_env, batch_behaviou
 
     monkeypatch.setattr(BatchResponse, "submitjob", timed)
     monkeypatch.setattr(ScanBatchOperator, "_record", lambda self, context, job_id: None)  # no Airflow links here
-    items = [
-        {
-            "scan_id": f"sub-0{i}",
-            "job_spec_uri": f"s3://b/j/sub-0{i}.json",
-            "batch": {"jobName": f"ds-sub-0{i}-abc", "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"},
-        }
-        for i in range(4)
-    ]
+    tasks = [ScanTask(f"sub-0{i}", f"s3://b/j/sub-0{i}.json", 1800) for i in range(4)]
+    names = [f"ds-sub-0{i}-abc" for i in range(4)]
     released = time.time()
-    turns = paced(items, rate=2.0, start=released)  # 2 per second: turns 0, 0.5, 1.0, 1.5 s after release
-    for item in turns:
-        ScanBatchOperator(task_id="run_scan", **item).submit_job(Context())
+    turns = paced(tasks, rate=2.0, start=released)  # 2 per second: turns 0, 0.5, 1.0, 1.5 s after release
+    for task, name in zip(turns, names, strict=True):
+        payload = {"jobName": name, "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"}
+        ScanBatchOperator(task_id="run_scan", batch=payload, **task.kwargs()).submit_job(Context())
 
     # every scan submitted once, in its turn's order, none before its turn (unpaced, all four
     # would arrive within the first half second); how much later is the machine's business
-    assert [name for _, name in arrivals] == [item["batch"]["jobName"] for item in items]
+    assert [name for _, name in arrivals] == names
     early = [
-        (name, round(item["submit_not_before"] - when, 3))
-        for (when, name), item in zip(arrivals, turns, strict=True)
-        if when < item["submit_not_before"]
+        (name, round(task.submit_not_before - when, 3))
+        for (when, name), task in zip(arrivals, turns, strict=True)
+        if when < task.submit_not_before
     ]
     assert not early, f"submitted before their turn (seconds early): {early}"
 
 
 def test_turns_follow_the_rate():
-    items = [{"scan_id": "a", "job_spec_uri": "x"}, {"scan_id": "b", "job_spec_uri": "y"}]
-    assert [o["submit_not_before"] for o in paced(items, rate=4.0, start=100.0)] == [100.0, 100.25]
+    tasks = [ScanTask("a", "x"), ScanTask("b", "y")]
+    assert [t.submit_not_before for t in paced(tasks, rate=4.0, start=100.0)] == [100.0, 100.25]
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "51", "fast"])
@@ -92,7 +90,6 @@ def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
     task must not submit the second run's job."""
     from airflow.providers.common.compat.sdk import AirflowFailException
 
-    from ndmg_cloud.core.bids import Scan
     from ndmg_cloud.core.s3 import put_json
     from ndmg_cloud.orchestration.operators import ScanBatchOperator
     from ndmg_cloud.participant.jobspec import build_spec
@@ -100,16 +97,7 @@ def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
 
     s3.create_bucket(Bucket="lab")
     run_b = resolve({"bucket": "lab-data", "jobdir": "s3://lab/jobs/"}, "run-B")
-    scan = Scan(
-        "sub-01",
-        "01",
-        None,
-        {"subject": "01"},
-        "sub-01/dwi/sub-01_dwi.nii.gz",
-        "sub-01/dwi/sub-01_dwi.bval",
-        "sub-01/dwi/sub-01_dwi.bvec",
-        "sub-01/anat/sub-01_T1w.nii.gz",
-    )
+    scan = sessionless_scan()
     build_spec(run_b, scan).write(s3)  # s3://lab/jobs/sub-01.json, by run-B
     operator = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://lab/jobs/sub-01.json")
     with pytest.raises(AirflowFailException, match="for scan 'sub-01' of run 'run-B', not scan 'sub-01' of run 'run-A'"):

@@ -16,6 +16,8 @@ from ndmg_cloud.orchestration.poller import DESCRIBE_JOBS_MAX
 from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
 from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 
+from helpers import submit
+
 
 @pytest.fixture
 def describe_jobs_calls(monkeypatch):
@@ -34,7 +36,7 @@ def describe_jobs_calls(monkeypatch):
 
 
 def submit_many(batch, n):
-    return [batch.submit_job(jobName=f"ds-sub-{i:04d}-abc", jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"] for i in range(n)]
+    return [submit(batch, f"ds-sub-{i:04d}-abc") for i in range(n)]
 
 
 def run_all(triggers, timeout=60):

@@ -7,11 +7,13 @@ from ndmg_cloud.participant.jobs import batch_records, classify_failure
 from ndmg_cloud.participant.jobspec import job_name
 from ndmg_cloud.participant.reconcile import cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
 
+from helpers import submit
+
 RUN = "manual__2026-11-25T18:00:00+00:00"
 
 
-def submit(batch, scan_id: str, run_id: str = RUN, dataset: str = "ds") -> str:
-    return batch.submit_job(jobName=job_name(dataset, scan_id, run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+def submit_scan(batch, scan_id: str, run_id: str = RUN, dataset: str = "ds") -> str:
+    return submit(batch, job_name(dataset, scan_id, run_id))
 
 
 def test_task_states_are_matched_to_scans_by_map_index():
@@ -22,7 +24,7 @@ def test_task_states_are_matched_to_scans_by_map_index():
 
 def test_a_job_whose_task_ended_failed_is_terminated_and_cancelled(batch_env, batch_behaviour):
     batch_behaviour.run_seconds = 60  # both still running when the run ends
-    ids = {"sub-01": submit(batch_env, "sub-01"), "sub-02": submit(batch_env, "sub-02")}
+    ids = {"sub-01": submit_scan(batch_env, "sub-01"), "sub-02": submit_scan(batch_env, "sub-02")}
     records = batch_records(batch_env, ids)
 
     cancelled = cancel_ended(batch_env, records, {"sub-01": "failed", "sub-02": "running"})
@@ -36,7 +38,7 @@ def test_a_job_whose_task_ended_failed_is_terminated_and_cancelled(batch_env, ba
 
 
 def test_a_job_that_finished_before_the_kill_keeps_its_success(batch_env, batch_behaviour):
-    ids = {"sub-01": submit(batch_env, "sub-01")}
+    ids = {"sub-01": submit_scan(batch_env, "sub-01")}
     import time
 
     deadline = time.time() + 30
@@ -50,10 +52,10 @@ def test_a_job_that_finished_before_the_kill_keeps_its_success(batch_env, batch_
 
 def test_jobs_of_the_run_that_no_row_names_are_orphans(batch_env, batch_behaviour):
     batch_behaviour.run_seconds = 60
-    named = submit(batch_env, "sub-01")
-    duplicate = submit(batch_env, "sub-01")  # a second job for one scan, recorded nowhere
-    other_run = submit(batch_env, "sub-01", run_id="manual__another")
-    other_dataset = submit(batch_env, "sub-01", dataset="elsewhere")
+    named = submit_scan(batch_env, "sub-01")
+    duplicate = submit_scan(batch_env, "sub-01")  # a second job for one scan, recorded nowhere
+    other_run = submit_scan(batch_env, "sub-01", run_id="manual__another")
+    other_dataset = submit_scan(batch_env, "sub-01", dataset="elsewhere")
 
     run_jobs = jobs_of_run(batch_env, "ndmg-queue", "ds", RUN)
     assert {j["jobId"] for j in run_jobs} == {named, duplicate}

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import re
-from collections import Counter
 from html import escape
 from html.parser import HTMLParser
 
@@ -15,6 +14,8 @@ import pytest
 from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.verify import ScanResult
 from ndmg_cloud.report.runreport import CSV_COLUMNS, build_report, report_csv
+
+from helpers import count_calls
 
 CONTRACT_ROW = {
     "scan_id",
@@ -163,10 +164,11 @@ def test_report_links_are_https_or_this_machine_only(url, linked):
 
 
 def test_estimate_on_demand_versus_spot():
-    from ndmg_cloud.participant.cost import estimate
+    from ndmg_cloud.participant.cost import CostEstimate, estimate
 
     guess = estimate(100, "m2g", hours_per_scan=1.0)
-    assert guess == {"scans": 100, "instance_hours": 100.0, "vcpu_hours": 200.0, "on_demand_usd": 12.6, "spot_usd": 5.04}
+    assert guess == CostEstimate(scans=100, instance_hours=100.0, vcpu_hours=200.0, on_demand_usd=12.6, spot_usd=5.04)
+    assert str(guess) == "100.0 instance-hours (200.0 vCPU-hours) of r5.large: about $12.60 on-demand, $5.04 on Spot"
 
 
 def test_report_link_targets():
@@ -215,12 +217,6 @@ class Page(HTMLParser):
 
     def of_class(self, name):
         return {img["data-scan"]: img for img in self.imgs if img.get("class") == name}
-
-
-def count_calls(client):
-    calls = Counter()
-    client.meta.events.register("before-call.*.*", lambda model, **_: calls.update([model.name]))
-    return calls
 
 
 @pytest.fixture
@@ -409,7 +405,7 @@ def test_dry_run_report_reads_nothing(s3, lite_run):
 
 
 def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch):
-    from ndmg_cloud.orchestration.steps import _link_local_logs
+    from ndmg_cloud.orchestration.participant_tasks import _link_local_logs
     from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
     from ndmg_cloud.report.runreport import airflow_log_url
 

@@ -13,44 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ndmg_cloud.demo.synthetic import make_dataset
-from ndmg_cloud.participant.discover import discover
-from ndmg_cloud.participant.jobspec import build_spec
-from ndmg_cloud.participant.params import resolve
-
 from conftest import ENDPOINT
-from datasets import listing
+from datasets import listing, write_specs
 from faults import FaultProxy, Rule
+from helpers import read_json
 
 BUCKET = "lab-data"
-
-
-def upload_tree(s3, root: Path, prefix: str) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), BUCKET, prefix + path.relative_to(root).as_posix())
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    """One session scan and one session-less scan; and the same with inherited gradients."""
-    plain = tmp_path_factory.mktemp("plain")
-    make_dataset(plain, subjects=1, sessions=1, sessionless=1)
-    inherited = tmp_path_factory.mktemp("inherited")
-    make_dataset(inherited, subjects=1, sessions=1, sessionless=0, inherit_gradients=True)
-    return {"plain": plain, "inherited": inherited}
-
-
-def write_specs(s3, dataset: Path, **params):
-    s3.create_bucket(Bucket=BUCKET)
-    upload_tree(s3, dataset, "ds/")
-    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "lite", **params}, "run1")
-    specs = {}
-    for scan in discover(config, s3).valid:
-        spec = build_spec(config, scan).to_dict()  # as written
-        s3.put_object(Bucket=BUCKET, Key=spec["spec_uri"].split("/", 3)[3], Body=json.dumps(spec))
-        specs[scan.scan_id] = spec
-    return config, specs
 
 
 def run_runner(spec_uri: str, *extra: str, endpoint: str = ENDPOINT, wait: bool = True, env_extra=None):
@@ -75,12 +43,8 @@ def key_of(uri: str) -> str:
     return uri.split("/", 3)[3]
 
 
-def read_json(s3, uri):
-    return json.loads(s3.get_object(Bucket=BUCKET, Key=key_of(uri))["Body"].read())
-
-
-def test_runner_produces_graphs_and_the_manifest_last(s3, phantoms):
-    config, specs = write_specs(s3, phantoms["plain"])
+def test_runner_produces_graphs_and_the_manifest_last(s3, phantom_dirs):
+    config, specs = write_specs(s3, phantom_dirs["plain"])
     before = listing(s3, BUCKET, "ds/sub-")
     spec = specs["sub-01_ses-1"]
     done, recorder = run_through_faults(spec["spec_uri"], [])  # no faults: it records the requests
@@ -117,8 +81,8 @@ def test_runner_produces_graphs_and_the_manifest_last(s3, phantoms):
     assert len(puts) == len(manifest["outputs"]) + 1
 
 
-def test_sessionless_scan_is_mapped_back(s3, phantoms):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_sessionless_scan_is_mapped_back(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = specs["sub-02"]
     done = run_runner(spec["spec_uri"])
     assert done.returncode == 0, done.stderr
@@ -128,8 +92,8 @@ def test_sessionless_scan_is_mapped_back(s3, phantoms):
     assert read_json(s3, spec["manifest"])["status"] == "success"
 
 
-def test_inherited_gradients_are_placed_beside_the_image(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["inherited"])
+def test_inherited_gradients_are_placed_beside_the_image(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["inherited"])
     spec = specs["sub-01_ses-1"]
     assert spec["scan"]["inputs"]["bval"] == "dwi.bval"
     done = run_runner(spec["spec_uri"], "--workdir", str(tmp_path), "--keep-workdir")
@@ -143,8 +107,8 @@ def test_inherited_gradients_are_placed_beside_the_image(s3, phantoms, tmp_path)
     assert (tmp_path / "input" / "dataset_description.json").exists()
 
 
-def test_transient_s3_errors_are_retried(s3, phantoms):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_transient_s3_errors_are_retried(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = specs["sub-01_ses-1"]
     done, proxy = run_through_faults(
         spec["spec_uri"], [Rule("GET", "sub-01_ses-1_dwi.nii.gz", times=2), Rule("PUT", "connectome.csv", times=1)]
@@ -154,8 +118,8 @@ def test_transient_s3_errors_are_retried(s3, phantoms):
     assert read_json(s3, spec["manifest"])["status"] == "success"
 
 
-def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_persistent_s3_errors_end_in_one_clean_line(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = specs["sub-01_ses-1"]
     done, proxy = run_through_faults(spec["spec_uri"], [Rule("GET", "_T1w.nii.gz", times=-1)])
     assert done.returncode != 0
@@ -166,11 +130,11 @@ def test_persistent_s3_errors_end_in_one_clean_line(s3, phantoms):
 
 
 @pytest.mark.slow  # 15 s: with make test-live, to keep make test under 15 minutes
-def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantoms):
+def test_crash_between_upload_and_manifest_leaves_the_scan_not_done(s3, phantom_dirs):
     from ndmg_cloud.core.bids import Scan
     from ndmg_cloud.participant.verify import verify_scans
 
-    config, specs = write_specs(s3, phantoms["plain"])
+    config, specs = write_specs(s3, phantom_dirs["plain"])
     spec = specs["sub-01_ses-1"]
     # an earlier success: this rerun must not be able to lean on it
     assert run_runner(spec["spec_uri"]).returncode == 0
@@ -194,8 +158,8 @@ def slow_program(folder: Path, name: str, marker: Path) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
 
-def test_sigterm_stops_the_pipeline_and_writes_no_manifest(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_sigterm_stops_the_pipeline_and_writes_no_manifest(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     marker = tmp_path / "pipeline-pid"
     local_spec = tmp_path / "spec.json"
@@ -219,7 +183,7 @@ def test_sigterm_stops_the_pipeline_and_writes_no_manifest(s3, phantoms, tmp_pat
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
 
 
-def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
+def test_lite_with_an_atlas_image_connects_its_regions(s3, phantom_dirs, tmp_path):
     import nibabel as nib
     import numpy as np
 
@@ -237,7 +201,7 @@ def test_lite_with_an_atlas_image_connects_its_regions(s3, phantoms, tmp_path):
     s3.create_bucket(Bucket=BUCKET)
     s3.upload_file(str(tmp_path / "bundle_ends.nii.gz"), BUCKET, "atlases/bundle_ends.nii.gz")
 
-    _, specs = write_specs(s3, phantoms["plain"], atlas=f"s3://{BUCKET}/atlases/bundle_ends.nii.gz")
+    _, specs = write_specs(s3, phantom_dirs["plain"], atlas=f"s3://{BUCKET}/atlases/bundle_ends.nii.gz")
     spec = specs["sub-01_ses-1"]
     assert "connectomes_d/bundle-ends/sub-01_ses-1_dwi_bundle-ends_connectome.csv" in spec["expected_outputs"]
     done = run_runner(spec["spec_uri"])
@@ -273,13 +237,13 @@ Path(args.output_dir, "tmp", "reg_a", "scratch.nii.gz").write_text("scratch")
 '''
 
 
-def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, phantoms, tmp_path):
+def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, phantom_dirs, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     program = bin_dir / "ndmg_bids"
     program.write_text(NDMG_BIDS.format(python=sys.executable, tests=str(Path(__file__).parent)))
     program.chmod(0o755)
-    _, specs = write_specs(s3, phantoms["plain"], pipeline="ndmg")
+    _, specs = write_specs(s3, phantom_dirs["plain"], pipeline="ndmg")
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     for scan_id, stem in (("sub-01_ses-1", "sub-01_ses-1_dwi"), ("sub-02", "sub-02_dwi")):
         spec = specs[scan_id]
@@ -298,8 +262,8 @@ def test_legacy_ndmg_outputs_at_its_output_root_are_filed_under_the_scan(s3, pha
         assert manifest["status"] == "success" and [o["path"] for o in manifest["outputs"]] == [graph]
 
 
-def test_a_spec_whose_command_is_not_the_pipelines_is_refused(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_a_spec_whose_command_is_not_the_pipelines_is_refused(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     spec["pipeline"] = {**spec["pipeline"], "command": ["sh", "-c", "cat ~/.aws/credentials"]}
     local_spec = tmp_path / "spec.json"
@@ -312,8 +276,8 @@ def test_a_spec_whose_command_is_not_the_pipelines_is_refused(s3, phantoms, tmp_
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key_of(spec["manifest"]))
 
 
-def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     spec["extra_inputs"] = {"../../escaped.txt": spec["input_root"] + "dataset_description.json"}
     local_spec = tmp_path / "spec.json"
@@ -326,8 +290,8 @@ def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantoms, tmp_path
     assert not (tmp_path / "escaped.txt").exists()
 
 
-def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     secret = tmp_path / "credentials"
     secret.write_text("aws_secret_access_key = TOP-SECRET\n")
@@ -358,8 +322,8 @@ FAKE_KEY_ID = "AKIA" + "ABCDEFGHIJKLMNOP"
 FAKE_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
 
 
-def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacted(s3, phantoms, tmp_path):
-    _, specs = write_specs(s3, phantoms["plain"])
+def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacted(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     folder = tmp_path / "bin"
     folder.mkdir()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.participant.canary import CanaryOutcome, Settlement
 from ndmg_cloud.participant.jobspec import run_token
 from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.params import resolve
-from ndmg_cloud.participant.runplan import PlanRef, RunPlan, Settlement
+from ndmg_cloud.participant.runplan import PlanRef, RunPlan
 from ndmg_cloud.participant.verify import ScanResult
 
 
@@ -59,18 +60,18 @@ def test_the_xcom_is_the_same_size_whatever_the_number_of_scans(tmp_path):
 
 def test_scan_tasks_carry_no_submit_payload_and_a_dry_run_has_none(tmp_path):
     tasks = plan_of(3, "s3://lab-out/jobs/", backend="aws_batch").scan_tasks()
-    assert [t["scan_id"] for t in tasks] == ["sub-0000", "sub-0001", "sub-0002"]  # valid scans only
-    assert tasks[1] == {"scan_id": "sub-0001", "job_spec_uri": "s3://lab-out/jobs/sub-0001.json", "runnable_timeout": 1800}
-    assert plan_of(3, f"{tmp_path}/jobs/").scan_tasks()[0] == {
+    assert [t.scan_id for t in tasks] == ["sub-0000", "sub-0001", "sub-0002"]  # valid scans only
+    assert tasks[1].kwargs() == {"scan_id": "sub-0001", "job_spec_uri": "s3://lab-out/jobs/sub-0001.json", "runnable_timeout": 1800}
+    assert plan_of(3, f"{tmp_path}/jobs/").scan_tasks()[0].kwargs() == {
         "scan_id": "sub-0000",
         "job_spec_uri": f"{tmp_path}/jobs/sub-0000.json",
-    }  # local: no Batch timeout
+    }  # local: no Batch timeout, and so the task is given none
     assert plan_of(3, f"{tmp_path}/jobs/", dry_run=True).scan_tasks() == []
 
 
 def test_the_settlement_reads_back_as_written(tmp_path):
     plan = plan_of(2, f"{tmp_path}/jobs/")
-    settled = Settlement(plan.done, {"sub-0001": "why"}, ["sub-0001"], {"status": "passed"}, None)
+    settled = Settlement(plan.done, {"sub-0001": "why"}, ["sub-0001"], CanaryOutcome("passed"), None)
     uri = settled.write(None, plan.config)
     assert uri.startswith(f"{tmp_path}/jobs/settled-")
     assert Settlement.read(None, uri) == settled

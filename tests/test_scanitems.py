@@ -9,29 +9,30 @@ import json
 import pytest
 
 from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
+from ndmg_cloud.participant.runplan import ScanTask
 
 from conftest import ROOT
 from datasets import put_dataset, scans_keys
 
-ITEMS = [
-    {"scan_id": f"sub-{i:02d}_ses-1", "job_spec_uri": f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", "runnable_timeout": 1800} for i in range(7)
-]
+TASKS = [ScanTask(f"sub-{i:02d}_ses-1", f"s3://lab/jobs/r/sub-{i:02d}_ses-1.json", 1800, 1.7e9 + i / 5) for i in range(7)]
+ITEMS = [task.kwargs() for task in TASKS]  # what each mapped task is given
 
 
 def test_items_round_trip_through_airflows_serde(s3):
     from airflow.sdk import serde
 
     s3.create_bucket(Bucket="lab")
-    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", TASKS)
     wire = json.dumps(serde.serialize(items))
     back = serde.deserialize(json.loads(wire))
     assert isinstance(back, ScanItems) and back == items and len(wire) < 200
     assert len(back) == 7 and back[3] == ITEMS[3] and back[-1] == ITEMS[-1] and list(back) == ITEMS
+    assert back.tasks() == TASKS
 
 
 def test_an_item_is_one_ranged_get_and_iterating_is_one_get(s3):
     s3.create_bucket(Bucket="lab")
-    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", TASKS)
     gets = []
     s3_calls = lambda **kw: gets.append(kw.get("Range"))  # noqa: E731
 

@@ -101,6 +101,7 @@ def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var
     context that holds connections and variables changes nothing of what it would submit."""
     import copy
 
+    from ndmg_cloud.core.spec import SubmitJob
     from ndmg_cloud.orchestration.operators import ScanBatchOperator
 
     braces = "s3://bkt/{{ conn.aws_default.password }}/{{ var.value.token }}/"
@@ -118,5 +119,6 @@ def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var
     context = {"conn": secrets, "var": secrets, "ds": "2026-01-01"}
     op = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri=braces + "sub-01.json", batch=copy.deepcopy(batch))
     op.render_template_fields(context)  # what Airflow does before execute (the canary's class inherits this)
-    assert (op.container_overrides, op.job_name, op.tags, op.batch) == (batch["containerOverrides"], batch["jobName"], batch["tags"], batch)
+    assert (op.container_overrides, op.job_name, op.tags) == (batch["containerOverrides"], batch["jobName"], batch["tags"])
+    assert op.submission == SubmitJob.from_payload(batch)  # what SubmitJob is sent: the payload as given
     assert "SECRET" not in json.dumps(vars(op), default=str)

@@ -19,7 +19,7 @@ import pipeline_facts as facts
 from conftest import ENDPOINT
 from datasets import put_dataset
 from faults import FaultProxy, Rule
-from images import m2g_image, write_lfs_pointer
+from images import write_lfs_pointer
 
 BUCKET = "lab-data"
 ACCESS_DENIED = (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
@@ -34,11 +34,6 @@ def m2g_spec(s3):
     spec.write(s3)
     spec = spec.to_dict()  # as written
     return spec
-
-
-@pytest.fixture
-def image(tmp_path):
-    return m2g_image(tmp_path / "image")
 
 
 def self_check(spec, image, *extra, endpoint=ENDPOINT, **env):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 
@@ -13,14 +12,9 @@ from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.verify import verify_scans
 
 from datasets import E2E_KEYS
+from helpers import count_calls, submit
 
 BUCKET = "lab-data"
-
-
-def count_calls(client):
-    calls = Counter()
-    client.meta.events.register("before-call.*.*", lambda model, **_: calls.update([model.name]))
-    return calls
 
 
 @pytest.fixture
@@ -29,10 +23,6 @@ def run(s3, batch_env):
     config = resolve({"bucket": BUCKET, "bidsdir": "ds"}, "run1")
     scans = discover_scans(["ds/" + k for k in E2E_KEYS], "ds/").scans
     return config, scans
-
-
-def submit(batch, name):
-    return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
 
 
 def put_outputs(s3, config, scan, manifest_status="success", size=10, run_id=None, options=None, recorded_size=None, **extra):

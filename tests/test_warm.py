@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runner import BUCKET, key_of, phantoms, run_runner, write_specs  # noqa: F401 - fixture
+from test_runner import BUCKET, key_of, run_runner
 
 from ndmg_cloud.scan import warm
+
+from datasets import write_specs
 
 WARM = {warm.WARM_ENV: "1"}
 
@@ -24,8 +26,8 @@ def connectome_of(s3, spec) -> bytes:
     return s3.get_object(Bucket=BUCKET, Key=key_of(spec["output_prefix"]) + csv)["Body"].read()
 
 
-def test_a_warm_scan_writes_what_a_cold_scan_writes(s3, phantoms):  # noqa: F811
-    _, specs = write_specs(s3, phantoms["plain"], parcellation=["grid3"])
+def test_a_warm_scan_writes_what_a_cold_scan_writes(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"], parcellation=["grid3"])
     spec = specs["sub-01_ses-1"]
     cold = run_runner(spec["spec_uri"])
     assert cold.returncode == 0, cold.stderr
@@ -38,8 +40,8 @@ def test_a_warm_scan_writes_what_a_cold_scan_writes(s3, phantoms):  # noqa: F811
     assert connectome_of(s3, spec) == cold_graph
 
 
-def test_sigterm_to_the_runner_stops_its_warm_program(s3, phantoms):  # noqa: F811
-    _, specs = write_specs(s3, phantoms["plain"], parcellation=["grid3"], seeds=400)  # a long scan
+def test_sigterm_to_the_runner_stops_its_warm_program(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"], parcellation=["grid3"], seeds=400)  # a long scan
     proc = run_runner(specs["sub-01_ses-1"]["spec_uri"], wait=False, env_extra=WARM)
     for line in proc.stdout:  # the runner's own lines, then the program's
         if "running (warm)" in line:

@@ -11,6 +11,8 @@ from ndmg_cloud.orchestration.triggers import ScanJobTrigger
 from ndmg_cloud.participant.capacity import diagnose_stuck, instance_memory_mib
 from ndmg_cloud.participant.jobs import classify_failure
 
+from helpers import submit
+
 JOB = {"container": {"resourceRequirements": [{"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "15200"}]}}
 QUEUE = {"jobQueueName": "ndmg-queue", "state": "ENABLED", "status": "VALID"}
 
@@ -58,10 +60,6 @@ def run_trigger(trigger):
             return event.payload
 
     return asyncio.run(asyncio.wait_for(first_event(), 30))
-
-
-def submit(batch):
-    return batch.submit_job(jobName="ds-sub-01-abcdef12", jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
 
 
 def test_a_job_stuck_behind_a_disabled_environment_is_cancelled_with_the_reason(batch_env, batch_behaviour):

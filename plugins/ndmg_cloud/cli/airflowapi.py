@@ -97,16 +97,17 @@ class Airflow:
                     "`make airflow` printed; with AIRFLOW_HOME set to that Airflow's home it is read from there)"
                 )
             answer = self._request("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
-            self._token = answer["access_token"]
+            self._token = str(answer["access_token"])
         return self._token
 
     def trigger(self, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
         run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
+        return str(run["dag_run_id"])
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, Any]:
         try:
-            return self._request("GET", _run_path(run_id, dag_id))
+            run: dict[str, Any] = self._request("GET", _run_path(run_id, dag_id))
+            return run
         except NotFound:
             raise CliError(
                 f"{dag_id} has no run {run_id!r} on Airflow at {self.url}: "
@@ -117,10 +118,11 @@ class Airflow:
         runs = self._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=1")["dag_runs"]
         if not runs:
             raise CliError(f"{DAG_ID} has no runs yet on Airflow at {self.url}: start one with `ndmg_cloud participant`")
-        return runs[0]["dag_run_id"]
+        return str(runs[0]["dag_run_id"])
 
     def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
-        out, offset = [], 0
+        out: list[dict[str, Any]] = []
+        offset = 0
         while True:
             page = self._request("GET", f"{_run_path(run_id, dag_id)}/taskInstances?limit=100&offset={offset}")
             out += page["task_instances"]
@@ -136,7 +138,8 @@ class Airflow:
         """The whole log of a task instance's latest try: structured entries (dicts), or
         plain lines when Airflow could not parse it."""
         path = f"{_run_path(run_id, dag_id)}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
-        return self._request("GET", f"{path}?full_content=true&map_index={ti['map_index']}")["content"]
+        content: list[Any] = self._request("GET", f"{path}?full_content=true&map_index={ti['map_index']}")["content"]
+        return content
 
     def fail_run(self, run_id: str) -> None:
         self._request("PATCH", _run_path(run_id), {"state": "failed"})
@@ -164,9 +167,10 @@ def password_from_airflow_home(username: str | None) -> str | None:
     if not path or not username:
         return None
     try:
-        return json.loads(Path(path).read_text()).get(username)
+        found = json.loads(Path(path).read_text()).get(username)
     except (OSError, ValueError, AttributeError):
         return None
+    return found if isinstance(found, str) else None
 
 
 def error_of(log: list[Any]) -> str | None:

@@ -48,6 +48,9 @@ from ndmg_cloud.cli.airflowapi import (
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.demo.stack import REGION as EMBEDDED_REGION
 from ndmg_cloud.demo.stack import REPO
+from ndmg_cloud.group.params import DEFAULT_PERMUTATIONS, GroupParams
+from ndmg_cloud.group.result import GroupSummary
+from ndmg_cloud.infra.params import MAX_VCPUS, ROOT_VOLUME_GB, STACK_NAME, InfraParams
 from ndmg_cloud.orchestration.taskids import (
     COMPARE_CONNECTOMES,
     DAG_ID,
@@ -58,6 +61,8 @@ from ndmg_cloud.orchestration.taskids import (
     SCAN_TASKS,
     VERIFY_AND_REPORT,
 )
+from ndmg_cloud.participant.params import DEFAULT_JOB_DEFINITION as JOB_DEFINITION
+from ndmg_cloud.participant.params import DEFAULT_JOB_QUEUE as JOB_QUEUE
 from ndmg_cloud.participant.params import PARAM_SCHEMAS
 
 if TYPE_CHECKING:
@@ -206,7 +211,7 @@ def follow(airflow: Airflow, run_id: str, every: float, out: Any = None) -> str:
 def report_uri_of(airflow: Airflow, run_id: str) -> str:
     """Where a participant run's report.json is (verify_and_report's XCom): Airflow only."""
     try:
-        return airflow.xcom(run_id, VERIFY_AND_REPORT)
+        return str(airflow.xcom(run_id, VERIFY_AND_REPORT))
     except NotFound:
         raise NoReport(f"run {run_id} has no report: verify_and_report did not write one; `ndmg_cloud status {run_id}` says why") from None
 
@@ -227,13 +232,13 @@ def report_of(airflow: Airflow, run_id: str) -> tuple[str, RunReport]:
 def print_summary(uri: str, report: RunReport, out: Any = None) -> None:
     out = out or sys.stdout
     s = report.summary
-    canary = report.canary or {}
-    if canary.get("status") == "failed":
-        out.write(f"the canary failed, so no scan was submitted: {canary.get('reason')}\n")
-        if canary.get("log_url"):
-            out.write(f"canary log: {canary['log_url']}\n")
-    elif canary.get("status") == "passed":
-        out.write(f"canary passed: {canary.get('reason')}\n")
+    canary = report.canary
+    if canary.status == "failed":
+        out.write(f"the canary failed, so no scan was submitted: {canary.reason}\n")
+        if canary.log_url:
+            out.write(f"canary log: {canary.log_url}\n")
+    elif canary.status == "passed":
+        out.write(f"canary passed: {canary.reason}\n")
     out.write(
         f"{s.discovered} scans: {s.succeeded} succeeded, {s.failed} failed, "
         f"{s.missing_outputs} missing outputs, {s.invalid} invalid, {s.skipped_done} already done; "
@@ -310,12 +315,12 @@ def trigger_locally(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
         raise CliError(f"the local Airflow (AIRFLOW_HOME={home}) refused the trigger: {last}")
     for line in reversed(done.stdout.splitlines()):  # log lines come first; the JSON is last
         if line.startswith("[{"):
-            return json.loads(line)[0]["dag_run_id"]
+            return str(json.loads(line)[0]["dag_run_id"])
     raise CliError(f"the local Airflow did not say which run it created: {done.stdout[-300:]}")
 
 
 # ---------------------------------------------------------------------------------- group
-def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
+def group_params(args: argparse.Namespace, airflow: Airflow) -> GroupParams:
     """Which report the group level reads: a participant run's (its id), a report.json
     URI, or the newest run's under an output location."""
     given = [name for name in ("run", "report", "output") if getattr(args, name)]
@@ -324,35 +329,32 @@ def group_conf(args: argparse.Namespace, airflow: Airflow) -> dict[str, Any]:
             "name one source of connectomes: a participant RUN id, --report s3://.../report.json or "
             f"--output s3://bucket/path (given: {', '.join(given) or 'none'})"
         )
-    if args.run:
-        conf: dict[str, Any] = {"report": report_uri_of(airflow, args.run)}
-    elif args.report:
-        conf = {"report": args.report}
-    else:
-        conf = {"output": args.output}
-    if args.permutations is not None:
-        conf["permutations"] = args.permutations
-    return conf
+    report = report_uri_of(airflow, args.run) if args.run else args.report or ""
+    permutations = DEFAULT_PERMUTATIONS if args.permutations is None else args.permutations
+    return GroupParams(report=report, output=args.output or "", permutations=permutations)
 
 
 def print_group(found: dict[str, dict[str, dict[str, Any]]], out: Any = None) -> None:
+    """What compare_connectomes returned: per report, per parcellation, a ``GroupSummary``."""
     out = out or sys.stdout
-    for parcellation, g in (item for by_parcellation in found.values() for item in by_parcellation.items()):
-        left = f", left out: {', '.join(g['left_out'])}" if g["left_out"] else ""
-        out.write(f"{parcellation}: {g['scans']} scans used{left}\n")
-        if g["discriminability"] is None:
-            out.write(f"  discriminability not computed: {g['why_not']}\n")
+    for parcellation, value in (item for by_parcellation in found.values() for item in by_parcellation.items()):
+        g = GroupSummary.from_xcom(parcellation, value)
+        left = f", left out: {', '.join(g.left_out)}" if g.left_out else ""
+        out.write(f"{parcellation}: {g.scans} scans used{left}\n")
+        if g.discriminability is None:
+            out.write(f"  discriminability not computed: {g.why_not}\n")
         else:
-            p = "no p-value (0 shuffles)" if g["p_value"] is None else f"p-value {g['p_value']:.3g}"
-            out.write(f"  discriminability {g['discriminability']:.3f}, {p}\n")
-        out.write(f"  {g['group.html']}\n  {g['group.json']}\n")
+            p = "no p-value (0 shuffles)" if g.p_value is None else f"p-value {g.p_value:.3g}"
+            out.write(f"  discriminability {g.discriminability:.3f}, {p}\n")
+        out.write(f"  {g.html}\n  {g.document}\n")
 
 
 def cmd_group(args: argparse.Namespace) -> int:
     airflow = airflow_from(args)
-    conf = group_conf(args, airflow)
+    params = group_params(args, airflow)
+    conf = params.conf()
     run_id = trigger_locally(conf, GROUP_DAG_ID) if args.local else airflow.trigger(conf, dag_id=GROUP_DAG_ID)
-    print(f"triggered {GROUP_DAG_ID} run {run_id} on {conf.get('report') or conf.get('output')}", flush=True)
+    print(f"triggered {GROUP_DAG_ID} run {run_id} on {params.source}", flush=True)
     try:
         while (state := airflow.run(run_id, dag_id=GROUP_DAG_ID)["state"]) not in FINISHED:
             time.sleep(args.poll_seconds)
@@ -414,6 +416,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     """Fail the run, then terminate every job of it: those its tasks recorded and any other
     job carrying the run's job names (a duplicate, a job submitted as the task died)."""
+    from ndmg_cloud.participant.jobs import SubmittedJob
     from ndmg_cloud.participant.runplan import PlanRef
 
     airflow = airflow_from(args)
@@ -421,7 +424,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     for ti in airflow.task_instances(args.run):
         if ti["task_id"] in JOB_TASKS:
             try:
-                job_ids.add(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])["job_id"])
+                job_ids.add(SubmittedJob.from_xcom(airflow.xcom(args.run, ti["task_id"], JOB_XCOM_KEY, ti["map_index"])).job_id)
             except NotFound:
                 pass  # not submitted yet: failing the run stops it before it is
     try:
@@ -450,11 +453,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import boto3
 
-    from ndmg_cloud.core.layout import split_uri
+    from ndmg_cloud.core.layout import REPORT_HTML, sibling, split_uri
 
     airflow = airflow_from(args)
     uri, report = report_of(airflow, args.run)
-    html = uri.removesuffix("report.json") + "report.html"
+    html = sibling(uri, REPORT_HTML)
     bucket, key = split_uri(html)
     target = os.path.abspath(args.out or f"report-{args.run.replace(':', '-').replace('+', '-')}.html")
     with aws(f"cannot download {html}"):
@@ -470,60 +473,61 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- estimate
 def cmd_estimate(args: argparse.Namespace) -> int:
+    """What the run would cost, from the same survey of the dataset and refusals as the DAG's
+    discover task (max_scans, max_cost_usd)."""
     import boto3
 
-    from ndmg_cloud.participant.cost import estimate
-    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.cost import check_cost
+    from ndmg_cloud.participant.discover import discover, survey
     from ndmg_cloud.participant.params import resolve
-    from ndmg_cloud.participant.verify import completed_scans
 
     config = resolve(conf_from(args), "estimate")
+    s3 = boto3.client("s3")
     with aws(f"cannot list {config.input_root}"):
-        s3 = boto3.client("s3")
         found = discover(config, s3)
     with aws(f"cannot read what is already done under {config.output_root}"):
-        done, _ = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
-    todo = len(found.valid) - len(done)
-    guess = estimate(todo, config.pipeline, args.hours_per_scan)
+        surveyed = survey(config, s3, found)
     print(
-        f"{len(found.scans)} scans found: {len(found.valid)} valid, {len(found.invalid)} invalid, {len(done)} already done, {todo} to run"
+        f"{len(found.scans)} scans found: {len(found.valid)} valid, {len(found.invalid)} invalid, "
+        f"{len(surveyed.done)} already done, {surveyed.to_run} to run"
     )
-    print(
-        f"{guess['instance_hours']} instance-hours ({guess['vcpu_hours']} vCPU-hours) of r5.large: "
-        f"about ${guess['on_demand_usd']:.2f} on-demand, ${guess['spot_usd']:.2f} on Spot"
-    )
+    print(check_cost(surveyed.to_run, config.pipeline, config.backend, config.max_cost_usd, args.hours_per_scan))
     return 0
 
 
 # -------------------------------------------------------------------------- setup/teardown
+def infra_params(args: argparse.Namespace) -> InfraParams:
+    """The stack ``setup``'s flags describe (the ndmg_infra form builds the same type)."""
+    return InfraParams(
+        image=args.image,
+        subnets=args.subnets,
+        security_groups=args.security_groups,
+        input_bucket=args.input_bucket,
+        input_prefix=args.input_prefix,
+        output_bucket=args.output_bucket,
+        output_prefix=args.output_prefix,
+        max_vcpus=args.max_vcpus,
+        root_volume_gb=args.root_volume_gb,
+        use_spot=not args.on_demand,
+        job_queue=args.job_queue,
+        job_definition=args.job_definition,
+        stack=args.stack,
+    )
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     import boto3
 
     from ndmg_cloud.infra.stack import deploy
 
-    with aws(f"cannot deploy stack {args.stack}"):
-        deployment = deploy(
-            boto3.client("cloudformation"),
-            {
-                "ImageUri": args.image,
-                "Subnets": args.subnets,
-                "SecurityGroups": args.security_groups,
-                "InputBucket": args.input_bucket,
-                "InputPrefix": args.input_prefix,
-                "OutputBucket": args.output_bucket,
-                "OutputPrefix": args.output_prefix,
-                "MaxvCpus": args.max_vcpus,
-                "RootVolumeGiB": args.root_volume_gb,
-                "UseSpot": not args.on_demand,
-                "QueueName": args.job_queue,
-                "JobDefinitionName": args.job_definition,
-            },
-            stack=args.stack,
-        )
+    params = infra_params(args)
+    with aws(f"cannot deploy stack {params.stack}"):
+        deployment = deploy(boto3.client("cloudformation"), params)
+    outputs = deployment.outputs
     print(f"stack {deployment.stack}: {deployment.action}")
-    print(f"job_queue:      {deployment.outputs.get('JobQueue')}")
-    print(f"job_definition: {deployment.outputs.get('JobDefinition')}")
-    print(f"output_uri:     under {deployment.outputs.get('OutputLocation')} (e.g. {deployment.outputs.get('OutputLocation')}<dataset>/)")
+    print(f"job_queue:      {outputs.job_queue}")
+    print(f"job_definition: {outputs.job_definition}")
+    print(f"output_uri:     under {outputs.output_location} (e.g. {outputs.output_location}<dataset>/)")
     return 0
 
 
@@ -671,7 +675,8 @@ def _dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _subcommand(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    return parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -742,22 +747,22 @@ def parser() -> argparse.ArgumentParser:
         "folder of the outputs in the output bucket, ending in / (e.g. ndmg/); runs set output_uri under it",
         required=True,
     )
-    _add(p, "max_vcpus", "most vCPUs the compute environments scale to (2 per scan; default 256)", type=int, default=256)
+    _add(p, "max_vcpus", f"most vCPUs the compute environments scale to (2 per scan; default {MAX_VCPUS})", type=int, default=MAX_VCPUS)
     _add(
         p,
         "root_volume_gb",
-        "root volume of each instance: the image plus each scan's work (m2g: several GB; default 100)",
+        f"root volume of each instance: the image plus each scan's work (m2g: several GB; default {ROOT_VOLUME_GB})",
         type=int,
-        default=100,
+        default=ROOT_VOLUME_GB,
     )
     _add(p, "on_demand", "no Spot environment", action="store_true")
-    _add(p, "job_queue", "name of the job queue to create (default ndmg-queue)", default="ndmg-queue")
-    _add(p, "job_definition", "name of the job definition to register (default ndmg)", default="ndmg")
-    _add(p, "stack", "CloudFormation stack name (default ndmg-cloud-batch)", default="ndmg-cloud-batch")
+    _add(p, "job_queue", f"name of the job queue to create (default {JOB_QUEUE})", default=JOB_QUEUE)
+    _add(p, "job_definition", f"name of the job definition to register (default {JOB_DEFINITION})", default=JOB_DEFINITION)
+    _add(p, "stack", f"CloudFormation stack name (default {STACK_NAME})", default=STACK_NAME)
     p.set_defaults(func=cmd_setup)
 
     p = _subcommand(sub, "teardown", "delete the Batch infrastructure")
-    _add(p, "stack", "CloudFormation stack name (default ndmg-cloud-batch)", default="ndmg-cloud-batch")
+    _add(p, "stack", f"CloudFormation stack name (default {STACK_NAME})", default=STACK_NAME)
     p.set_defaults(func=cmd_teardown)
 
     for p in sub.choices.values():
@@ -797,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(hint)
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as err:  # the last net: never a traceback for a user

@@ -113,7 +113,10 @@ def _index(catalogue: Catalogue) -> dict[tuple[str, str], Atlas]:
         name = atlas_name(file)
         if name is None:
             continue  # an odd name (2019 neuroparc): not offered
-        size = by_res[LABEL_FILE.fullmatch(file)["res"]]
+        match = LABEL_FILE.fullmatch(file)
+        if match is None:
+            continue  # not a label file of this catalogue's naming
+        size = by_res[match["res"]]
         index[(name, size)] = Atlas(name, size, file)
     return index
 

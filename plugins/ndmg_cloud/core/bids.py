@@ -309,7 +309,7 @@ def _refuse_case_collisions(scans: list[Scan]) -> None:
                 scan.reason = f"{names} differ only in case: they would collide on a case-insensitive file system; rename one"
 
 
-def _scan_for(dwi: _File, gradients, anat, bad_label: str | None) -> Scan:
+def _scan_for(dwi: _File, gradients: dict[str, list[_File]], anat: dict[str, list[_File]], bad_label: str | None) -> Scan:
     stem = file_stem(dwi.path.rsplit("/", 1)[-1])
     scan_id = stem[: -len("_dwi")] if stem.endswith("_dwi") else stem
     parts = dwi.path.split("/")

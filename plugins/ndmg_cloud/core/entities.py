@@ -20,7 +20,7 @@ from typing import Any
 try:  # Python 3.11+: the parser moved to a private module of ``re``.
     from re import _parser as sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
-    import sre_parse  # type: ignore[no-redef]
+    import sre_parse
 
 PYBIDS_CONFIGS = ("bids", "derivatives")
 

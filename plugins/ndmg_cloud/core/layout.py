@@ -14,6 +14,15 @@ from ndmg_cloud.core.bids import Scan
 # scan's own prefix, the only place a scan job may write.
 PROBE_NAME = ".ndmg-self-check-"
 
+# Folders and files of an output location (the README's contract, "Outputs and report").
+REPORTS, GROUP, JOBS = "reports", "group", "jobs"
+REPORT_JSON, REPORT_CSV, REPORT_HTML = "report.json", "report.csv", "report.html"
+CANARY_JSON = "canary.json"  # what the run's canary found, beside its report
+GROUP_JSON, GROUP_CSV, GROUP_HTML, MEAN_CONNECTOME = "group.json", "group.csv", "group.html", "mean_connectome.csv"
+GROUP_FILES = (GROUP_JSON, GROUP_CSV, GROUP_HTML, MEAN_CONNECTOME)
+DESCRIPTION = "dataset_description.json"
+LEASE = ".ndmg-lease.json"
+
 
 @dataclass(frozen=True)
 class S3Location:
@@ -53,6 +62,11 @@ def as_prefix(path: str) -> str:
     return f"{path}/" if path else ""
 
 
+def sibling(uri: str, name: str) -> str:
+    """The file ``name`` in the folder of ``uri`` (report.html beside a report.json)."""
+    return uri.rsplit("/", 1)[0] + "/" + name
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b.json`` -> (``bucket``, ``a/b.json``)."""
     if not uri.startswith("s3://"):
@@ -79,11 +93,20 @@ class OutputLayout:
 
     def group_prefix(self, parcellation: str) -> str:
         """The group level's outputs for one parcellation (group.json, .csv, .html)."""
-        return self.root.key(f"group/{parcellation}/")
+        return self.root.key(f"{GROUP}/{parcellation}/")
+
+    def group_uri(self, parcellation: str, name: str = GROUP_JSON) -> str:
+        """One of the group level's files (``GROUP_FILES``) for one parcellation."""
+        return f"s3://{self.root.bucket}/{self.group_prefix(parcellation)}{name}"
 
     @property
     def reports_prefix(self) -> str:
-        return self.root.key("reports/")
+        return self.root.key(f"{REPORTS}/")
+
+    @property
+    def reports_uri(self) -> str:
+        """The dataset's reports folder as one URI (the reports Asset), without a trailing '/'."""
+        return self.root.uri(REPORTS)
 
     def manifest_key(self, scan: Scan) -> str:
         """The scan manifest, written last by the runner; named by scan so that two
@@ -93,18 +116,28 @@ class OutputLayout:
     def report_prefix(self, run_id: str) -> str:
         return self.reports_prefix + f"{run_id}/"
 
+    def report_uri(self, run_id: str, name: str = REPORT_JSON) -> str:
+        """One of a run's report files: report.json (default), report.csv, report.html,
+        canary.json."""
+        return f"s3://{self.root.bucket}/{self.report_prefix(run_id)}{name}"
+
     def canary_uri(self, run_id: str) -> str:
         """What the run's canary job (``ndmg-scan --self-check``) found, beside its report."""
-        return self.root.uri(f"reports/{run_id}/canary.json")
+        return self.report_uri(run_id, CANARY_JSON)
 
     def default_jobdir(self, run_id: str) -> str:
-        return self.root.uri(f"jobs/{run_id}/")
+        return self.root.uri(f"{JOBS}/{run_id}/")
 
     @property
     def lease_key(self) -> str:
         """One run per output location at a time: the lease (lease.py)."""
-        return self.root.key(".ndmg-lease.json")
+        return self.root.key(LEASE)
 
     @property
     def description_key(self) -> str:
-        return self.root.key("dataset_description.json")
+        return self.root.key(DESCRIPTION)
+
+
+def is_report(key: str) -> bool:
+    """A run's report.json (``reports/<run id>/report.json``)."""
+    return key.endswith(f"/{REPORT_JSON}")

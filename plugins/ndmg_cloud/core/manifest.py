@@ -19,6 +19,37 @@ class NotAManifest(ValueError):
     """What was read is not a JSON object."""
 
 
+@dataclass(frozen=True)
+class ContractSummary:
+    """An image contract in brief (``scan.contract.ImageContract.summary``): what every scan
+    manifest, a run's settlement and its report record of the code that made the outputs."""
+
+    fingerprint: str | None  # twelve hex digits over what a scan's result depends on
+    label: str | None  # the code as a person names it: ``m2g 95d271f7``
+    pipeline: str | None = None
+    code: dict[str, str] = field(default_factory=dict)  # name, version, revision, source
+    base_image: str | None = None
+    atlas_source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ContractSummary | None:
+        """A summary as written (None for anything that is not one)."""
+        if not isinstance(data, dict):
+            return None
+        code = data.get("code")
+        return cls(
+            fingerprint=data.get("fingerprint"),
+            label=data.get("label"),
+            pipeline=data.get("pipeline"),
+            code=code if isinstance(code, dict) else {},
+            base_image=data.get("base_image"),
+            atlas_source=data.get("atlas_source"),
+        )
+
+
 @dataclass
 class MadeWith:
     """The code that made a scan's outputs."""
@@ -27,21 +58,21 @@ class MadeWith:
     image: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
-    contract: dict[str, Any] | None = None  # the image contract's summary (label, fingerprint, ...)
+    contract: ContractSummary | None = None  # the image contract's summary
 
     @property
     def label(self) -> str | None:
-        return (self.contract or {}).get("label")
+        return self.contract.label if self.contract else None
 
     @property
     def fingerprint(self) -> str | None:
-        return (self.contract or {}).get("fingerprint")
+        return self.contract.fingerprint if self.contract else None
 
 
 @dataclass
 class OutputFile:
     path: str  # under the scan's output prefix
-    size: int
+    size: int | None  # None: the manifest does not say (it then matches no object)
     sha256: str
 
 
@@ -66,7 +97,7 @@ class ScanManifest:
     def succeeded(self) -> bool:
         return self.status == SUCCESS
 
-    def size_of(self) -> dict[str, int]:
+    def size_of(self) -> dict[str, int | None]:
         """Output path -> the size the manifest records."""
         return {o.path: o.size for o in self.outputs}
 
@@ -81,10 +112,10 @@ class ScanManifest:
         """Read a manifest as found on S3; ``NotAManifest`` if it is not a JSON object."""
         if not isinstance(data, dict):
             raise NotAManifest("not a JSON object")
-        made = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
-        contract = made.get("contract")
+        made: dict[str, Any] = data["pipeline"] if isinstance(data.get("pipeline"), dict) else {}
+        options, inputs = made.get("options"), data.get("inputs")
         outputs = [
-            OutputFile(str(o.get("path")), o.get("size"), str(o.get("sha256", "")))
+            OutputFile(str(o.get("path")), o.get("size") if isinstance(o.get("size"), int) else None, str(o.get("sha256", "")))
             for o in data.get("outputs") or []
             if isinstance(o, dict)
         ]
@@ -97,11 +128,11 @@ class ScanManifest:
             pipeline=MadeWith(
                 name=made.get("name"),
                 image=made.get("image"),
-                options=made.get("options") if isinstance(made.get("options"), dict) else {},
+                options=options if isinstance(options, dict) else {},
                 command=made.get("command") or [],
-                contract=contract if isinstance(contract, dict) else None,
+                contract=ContractSummary.from_dict(made.get("contract")),
             ),
-            inputs=data.get("inputs") if isinstance(data.get("inputs"), dict) else {},
+            inputs=inputs if isinstance(inputs, dict) else {},
             outputs=outputs,
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),

@@ -116,7 +116,7 @@ class Pipeline:
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in; an option this pipeline does not take is an error."""
-        resolved = {}
+        resolved: dict[str, Any] = {}
         for key, value in given.items():
             if value is None or value == [] or value == "":  # empty = the pipeline's default
                 continue
@@ -162,7 +162,7 @@ class M2G(Pipeline):
     """m2g's ``deploy`` code from 2022-03-22 on (``--track_type``, ``--parcellation`` nargs +).
     Outputs: ``connectomes_d/<atlas stem>/<dwi stem>_<atlas stem>_connectome.csv``."""
 
-    def command(self, scan, options, input_dir, output_dir):
+    def command(self, scan: Scan, options: dict[str, Any], input_dir: str, output_dir: str) -> list[str]:
         cmd = [
             "m2g",
             "--pipeline",
@@ -191,7 +191,7 @@ class M2G(Pipeline):
                 cmd += [f"--{key}", str(options[key])]
         return cmd + [input_dir, output_dir]
 
-    def expected_outputs(self, scan, options):
+    def expected_outputs(self, scan: Scan, options: dict[str, Any]) -> list[str]:
         return [f"connectomes_d/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_connectome.csv" for atlas in self.atlases(options)]
 
 
@@ -200,7 +200,7 @@ class LegacyNdmg(Pipeline):
     ``dwi/roi-connectomes/<atlas stem>/<dwi stem>_<atlas stem>_measure-spatial-ds_adj.ssv``
     at the output root, which the runner re-roots under the scan's output prefix."""
 
-    def command(self, scan, options, input_dir, output_dir):
+    def command(self, scan: Scan, options: dict[str, Any], input_dir: str, output_dir: str) -> list[str]:
         [atlas] = self.atlases(options)
         cmd = ["ndmg_bids", "--participant_label", scan.subject]
         cmd += ["--session_label", scan.session or WORK_SESSION]
@@ -210,7 +210,7 @@ class LegacyNdmg(Pipeline):
         cmd += ["--seeds", str(options["seeds"])]
         return cmd + [input_dir, output_dir]
 
-    def expected_outputs(self, scan, options):
+    def expected_outputs(self, scan: Scan, options: dict[str, Any]) -> list[str]:
         [atlas] = self.atlases(options)
         return [f"dwi/roi-connectomes/{atlas.stem}/{scan.dwi_stem}_{atlas.stem}_measure-spatial-ds_adj.ssv"]
 
@@ -232,13 +232,13 @@ class Lite(Pipeline):
     subject), plus an ``atlas`` label image in the DWI's world space when given (resampled
     to the DWI grid by nearest neighbour). See lite.py."""
 
-    def parcellations(self, options):
+    def parcellations(self, options: dict[str, Any]) -> list[str]:
         names = list(options["parcellation"])
         if "atlas" in options:
             names.append(atlas_name(options["atlas"]))
         return names
 
-    def command(self, scan, options, input_dir, output_dir):
+    def command(self, scan: Scan, options: dict[str, Any], input_dir: str, output_dir: str) -> list[str]:
         cmd = ["ndmg-lite", "--participant_label", scan.subject]
         cmd += ["--session_label", scan.session or WORK_SESSION]
         cmd += ["--parcellation", *options["parcellation"]]
@@ -247,10 +247,10 @@ class Lite(Pipeline):
         cmd += ["--diffusion_model", options["diffusion_model"], "--seeds", str(options["seeds"])]
         return cmd + [input_dir, output_dir]
 
-    def expected_outputs(self, scan, options):
+    def expected_outputs(self, scan: Scan, options: dict[str, Any]) -> list[str]:
         return [f"connectomes_d/{parc}/{scan.dwi_stem}_{parc}_connectome.csv" for parc in self.parcellations(options)]
 
-    def extra_inputs(self, options):
+    def extra_inputs(self, options: dict[str, Any]) -> dict[str, str]:
         if "atlas" not in options:
             return {}
         return {f"atlas/{atlas_name(options['atlas'])}.nii.gz": options["atlas"]}

@@ -66,7 +66,8 @@ def get_json(client: Any, bucket: str, key: str) -> Any:
 
 def get_bytes(client: Any, uri: str) -> bytes:
     bucket, key = split_uri(uri)
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
 
 
 def write_at(client: Any, uri: str, body: bytes, content_type: str = "application/json") -> None:
@@ -93,4 +94,5 @@ def read_at(client: Any, uri: str, start: int | None = None, length: int | None 
             return handle.read() if length is None else handle.read(length)
     bucket, key = split_uri(uri)
     ranged = {} if start is None else {"Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
-    return client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
+    body: bytes = client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
+    return body

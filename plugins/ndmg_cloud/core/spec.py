@@ -7,7 +7,7 @@ and by the orchestrator: the one type both sides share.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ndmg_cloud.core.bids import Scan
@@ -15,9 +15,65 @@ from ndmg_cloud.core.s3 import put_json, read_json_at
 
 SPEC_VERSION = 1
 RUNNER_COMMAND = "ndmg-scan"  # what every scan image provides on its PATH
+JOB_SPEC_ENV = "NDMG_JOB_SPEC"  # the job spec's URI, in a scan job's environment
 # Inside the container the pipeline reads and writes local folders only.
 WORK_INPUT = "/work/input"
 WORK_OUTPUT = "/work/output"
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    """One Batch SubmitJob request. ``payload()`` is AWS's own shape, the job spec's ``batch``
+    (valid for ``aws batch submit-job --cli-input-json``)."""
+
+    job_name: str
+    job_queue: str
+    job_definition: str
+    command: list[str] | None = None  # None: the job definition's
+    environment: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int | None = None
+    retry_strategy: dict[str, Any] | None = None
+    propagate_tags: bool = True
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"jobName": self.job_name, "jobQueue": self.job_queue, "jobDefinition": self.job_definition}
+        overrides: dict[str, Any] = {}
+        if self.command is not None:
+            overrides["command"] = list(self.command)
+        if self.environment:
+            overrides["environment"] = [{"name": k, "value": v} for k, v in self.environment.items()]
+        if overrides:
+            payload["containerOverrides"] = overrides
+        if self.tags:
+            payload["tags"] = dict(self.tags)
+        payload["propagateTags"] = self.propagate_tags
+        if self.retry_strategy is not None:
+            payload["retryStrategy"] = self.retry_strategy
+        if self.timeout_seconds is not None:
+            payload["timeout"] = {"attemptDurationSeconds": self.timeout_seconds}
+        return payload
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> SubmitJob:
+        """A payload in AWS's shape; ``ValueError`` naming what is missing."""
+        try:
+            overrides = data.get("containerOverrides") or {}
+            return cls(
+                job_name=data["jobName"],
+                job_queue=data["jobQueue"],
+                job_definition=data["jobDefinition"],
+                command=list(overrides["command"]) if "command" in overrides else None,
+                environment={e["name"]: e["value"] for e in overrides.get("environment") or []},
+                tags=dict(data.get("tags") or {}),
+                timeout_seconds=(data.get("timeout") or {}).get("attemptDurationSeconds"),
+                retry_strategy=data.get("retryStrategy"),
+                propagate_tags=bool(data.get("propagateTags", True)),
+            )
+        except KeyError as err:
+            raise ValueError(f"no {err.args[0]!r} in the SubmitJob payload") from None
+        except (AttributeError, TypeError) as err:
+            raise ValueError(f"the SubmitJob payload is not in AWS's shape: {err}") from None
 
 
 @dataclass
@@ -33,8 +89,8 @@ class PipelineCall:
 
 @dataclass
 class JobSpec:
-    """One scan's job spec: everything its container needs, and ``batch``, the exact
-    SubmitJob payload (in AWS's own shape: ``aws batch submit-job --cli-input-json``).
+    """One scan's job spec: everything its container needs, and ``batch``, its SubmitJob
+    request (written in AWS's own shape: ``aws batch submit-job --cli-input-json``).
     ``to_dict`` is the document at ``spec_uri`` (the contract in the README, "Outputs and report")."""
 
     spec_uri: str
@@ -49,7 +105,7 @@ class JobSpec:
     expected_outputs: list[str]  # patterns under output_prefix
     extra_inputs: dict[str, str]  # path in the work dir -> s3:// URI (e.g. an atlas)
     pipeline: PipelineCall
-    batch: dict[str, Any]
+    batch: SubmitJob
     spec_version: int = SPEC_VERSION
 
     @property
@@ -70,7 +126,7 @@ class JobSpec:
             "expected_outputs": self.expected_outputs,
             "extra_inputs": self.extra_inputs,
             "pipeline": asdict(self.pipeline),
-            "batch": self.batch,
+            "batch": self.batch.payload(),
         }
 
     @classmethod
@@ -95,7 +151,7 @@ class JobSpec:
                 expected_outputs=list(data["expected_outputs"]),
                 extra_inputs=dict(data.get("extra_inputs") or {}),
                 pipeline=PipelineCall(**data["pipeline"]),
-                batch=data["batch"],
+                batch=SubmitJob.from_payload(data["batch"]),
                 spec_version=version,
             )
         except KeyError as err:

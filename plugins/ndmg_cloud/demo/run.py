@@ -24,9 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from ndmg_cloud.core.layout import GROUP, GROUP_HTML, GROUP_JSON, REPORT_HTML, REPORT_JSON, OutputLayout, split_uri
+from ndmg_cloud.core.s3 import list_objects, read_json_at
 from ndmg_cloud.demo.stack import (
     BIDSDIR,
     BUCKET,
@@ -42,44 +45,45 @@ from ndmg_cloud.demo.stack import (
 )
 from ndmg_cloud.orchestration.dagtest import run_dag
 from ndmg_cloud.orchestration.taskids import GROUP_DAG_ID
+from ndmg_cloud.participant.params import resolve
+from ndmg_cloud.report.runreport import RunReport
 
-if TYPE_CHECKING:
-    from ndmg_cloud.report.runreport import RunReport
 
-
-def print_group(s3, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
+def print_group(s3: Any, layout: OutputLayout, report_uri: str, out_dir: Path, airflow_log: Path) -> bool:
     """Run ndmg_group on the run's report; print discriminability; copy group.html/json."""
+    from ndmg_cloud.group.result import GroupSummary
+
     print(f"\nrunning ndmg_group on {report_uri} ...", flush=True)
     with output_to(airflow_log):
         run_dag({"report": report_uri}, GROUP_DAG_ID)
-    group_prefix = report_uri.removeprefix(f"s3://{BUCKET}/").rsplit("reports/", 1)[0] + "group/"
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=group_prefix).get("Contents", [])
-    documents = sorted(o["Key"] for o in listed if o["Key"].endswith("/group.json"))
+    listed = list_objects(s3, layout.root.bucket, layout.root.key(f"{GROUP}/"))
+    documents = sorted(f"s3://{layout.root.bucket}/{o.key}" for o in listed if o.key.endswith(f"/{GROUP_JSON}"))
     if not documents:
-        print(f"ndmg-demo: ndmg_group wrote no group.json; see {airflow_log}", file=sys.stderr)
+        print(f"ndmg-demo: ndmg_group wrote no {GROUP_JSON}; see {airflow_log}", file=sys.stderr)
         return False
-    for key in documents:
-        doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-        d = doc["discriminability"]
-        print(
-            f"group level of {doc['parcellation']}: {doc['group']['scans']} scans of {doc['group']['subjects']} subjects used, "
-            f"{len(doc['left_out'])} left out"
-        )
-        if d["value"] is None:
-            print(f"discriminability not computed: {d['why_not']}")
+    groups = [GroupSummary.from_document(read_json_at(s3, uri), uri) for uri in documents]
+    for g in groups:
+        print(f"group level of {g.parcellation}: {g.scans} scans of {g.subjects} subjects used, {len(g.left_out)} left out")
+        if g.discriminability is None:
+            print(f"discriminability not computed: {g.why_not}")
         else:
             print(
-                f"discriminability {d['value']:.3f}, p-value {d['p_value']:.3g} ({d['permutations']} label shuffles; "
-                f"{d['subjects']} subjects with 2 sessions; chance is 0.5)"
+                f"discriminability {g.discriminability:.3f}, p-value {g.p_value:.3g} ({g.permutations} label shuffles; "
+                f"{g.repeated_subjects} subjects with 2 sessions; chance is 0.5)"
             )
-    for name in ("group.html", "group.json"):  # of the first parcellation (the demo has one)
-        s3.download_file(BUCKET, documents[0].removesuffix("group.json") + name, str(out_dir / name))
-    print(f"group:  {(out_dir / 'group.html').resolve().as_uri()}")
-    print(f"        {(out_dir / 'group.json').resolve().as_uri()}")
+    for name in (GROUP_HTML, GROUP_JSON):  # of the first parcellation (the demo has one)
+        download(s3, groups[0].files[name], out_dir / name)
+    print(f"group:  {(out_dir / GROUP_HTML).resolve().as_uri()}")
+    print(f"        {(out_dir / GROUP_JSON).resolve().as_uri()}")
     return True
 
 
-def print_table(report: RunReport, s3) -> None:
+def download(s3: Any, uri: str, path: Path) -> None:
+    bucket, key = split_uri(uri)
+    s3.download_file(bucket, key, str(path))
+
+
+def print_table(report: RunReport, s3: Any) -> None:
     print(f"\n{'scan':<16} {'status':<16} {'duration':>9} {'edges':>6}  reason")
     output = report.output.removeprefix(f"s3://{BUCKET}/")
     for row in report.scans:
@@ -94,11 +98,11 @@ def print_table(report: RunReport, s3) -> None:
     s = report.summary
     print(f"\n{s.discovered} scans: {s.succeeded} succeeded, {s.failed} failed, {s.missing_outputs} missing outputs, {s.invalid} invalid")
     if report.contract:
-        print(f"made with {report.contract['label']} (image contract {report.contract['fingerprint']})")
+        print(f"made with {report.contract.label} (image contract {report.contract.fingerprint})")
 
 
 @contextlib.contextmanager
-def output_to(log_path: Path):
+def output_to(log_path: Path) -> Iterator[None]:
     """Everything written to this process's stdout/stderr, and by its subprocesses, goes to
     ``log_path`` (Airflow's and the libraries' chatter), so the demo prints only its lines."""
     sys.stdout.flush()
@@ -118,7 +122,7 @@ def output_to(log_path: Path):
             os.close(saved[1])
 
 
-def serve_report(run_id: str) -> tuple[subprocess.Popen, str, str]:
+def serve_report(run_id: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """The api-server of the demo's Airflow, with a one-time password, for the report URL."""
     from ndmg_cloud.orchestration.links import airflow_report_url
 
@@ -170,20 +174,19 @@ def demo(out_dir: Path, serve: bool) -> int:
         with output_to(airflow_log):
             run_id = run_dag(RUN_CONF)
         s3 = boto3.client("s3")
-        prefix = f"{BIDSDIR}/derivatives/ndmg/reports/{run_id}/"
+        layout = resolve(RUN_CONF, run_id).outputs  # where the run wrote, as it worked it out
+        report_uri = layout.report_uri(run_id)
         try:
-            from ndmg_cloud.report.runreport import RunReport
-
-            report = RunReport.from_dict(json.loads(s3.get_object(Bucket=BUCKET, Key=prefix + "report.json")["Body"].read()))
+            report = RunReport.from_dict(read_json_at(s3, report_uri))
         except s3.exceptions.NoSuchKey:
             print(f"ndmg-demo: the run {run_id} wrote no report; see {airflow_log}", file=sys.stderr)
             return 1
         print_table(report, s3)
-        for name in ("report.html", "report.json"):
-            s3.download_file(BUCKET, prefix + name, str(out_dir / name))
-        print(f"\nreport: {(out_dir / 'report.html').resolve().as_uri()}")
-        print(f"        {(out_dir / 'report.json').resolve().as_uri()}")
-        grouped = print_group(s3, f"s3://{BUCKET}/{prefix}report.json", out_dir, airflow_log)
+        for name in (REPORT_HTML, REPORT_JSON):
+            download(s3, layout.report_uri(run_id, name), out_dir / name)
+        print(f"\nreport: {(out_dir / REPORT_HTML).resolve().as_uri()}")
+        print(f"        {(out_dir / REPORT_JSON).resolve().as_uri()}")
+        grouped = print_group(s3, layout, report_uri, out_dir, airflow_log)
         print(f"demo wall time: {time.monotonic() - started:.0f} s", flush=True)
         failing = len(report.failing) or not grouped
         if serve:

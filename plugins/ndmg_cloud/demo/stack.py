@@ -24,7 +24,8 @@ RUN_CONF = {"bucket": BUCKET, "bidsdir": BIDSDIR, "backend": "local", "pipeline"
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def configure_environment(home: Path, endpoint: str) -> None:
@@ -49,12 +50,12 @@ def configure_environment(home: Path, endpoint: str) -> None:
     os.environ.pop("AWS_PROFILE", None)
 
 
-def start_standalone(**popen: Any) -> subprocess.Popen:
+def start_standalone(**popen: Any) -> subprocess.Popen[bytes]:
     """``airflow standalone`` in its own process group (so it can be stopped whole)."""
     return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], start_new_session=True, **popen)
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
+def stop_process_group(process: subprocess.Popen[Any], grace: float = 30) -> None:
     """SIGTERM the process and its children, SIGKILL them after ``grace`` seconds."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -63,7 +64,7 @@ def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def start_endpoint(port: int):
+def start_endpoint(port: int) -> Any:
     import logging
 
     from moto.server import ThreadedMotoServer

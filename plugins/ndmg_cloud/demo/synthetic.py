@@ -110,15 +110,20 @@ def inside_brain(head: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
     return ((head / radii) ** 2).sum(axis=-1) <= 1.0
 
 
-def _segment(centre, angle_deg: float, length: float, radius: float) -> Bundle:
+def _segment(centre: tuple[float, float, float], angle_deg: float, length: float, radius: float) -> Bundle:
     """An in-plane bundle through ``centre``, shortened until both ends sit inside the brain
     with room for the isotropic tissue where tracking stops."""
     d = np.array([np.cos(np.deg2rad(angle_deg)), np.sin(np.deg2rad(angle_deg)), 0.0])
-    centre = np.asarray(centre, float)
-    while length > 8 and not inside_brain(np.array([centre - d * length / 2, centre + d * length / 2]), 5.0).all():
+    middle = np.asarray(centre, float)
+    while length > 8 and not inside_brain(np.array([middle - d * length / 2, middle + d * length / 2]), 5.0).all():
         length -= 1.0
-    start, end = centre - d * length / 2, centre + d * length / 2
-    return Bundle(tuple(round(float(v), 3) for v in start), tuple(round(float(v), 3) for v in end), radius)
+    start, end = middle - d * length / 2, middle + d * length / 2
+    return Bundle(_point(start), _point(end), radius)
+
+
+def _point(v: np.ndarray) -> tuple[float, float, float]:
+    """A point in world space (mm), rounded to a micrometre."""
+    return round(float(v[0]), 3), round(float(v[1]), 3), round(float(v[2]), 3)
 
 
 def geometry(subject: int) -> Geometry:
@@ -134,22 +139,23 @@ def geometry(subject: int) -> Geometry:
 def session_motion(subject: int, session: int) -> Motion:
     """A session's small head motion, drawn from (subject, session)."""
     rng = np.random.default_rng([subject, session, 7])
-    shift = tuple(float(v) for v in np.round(rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 3), 3))
-    return Motion(shift=shift, turn_deg=float(np.round(rng.uniform(-MAX_TURN_DEG, MAX_TURN_DEG), 3)))
+    sx, sy, sz = (float(v) for v in np.round(rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 3), 3))
+    return Motion(shift=(sx, sy, sz), turn_deg=float(np.round(rng.uniform(-MAX_TURN_DEG, MAX_TURN_DEG), 3)))
 
 
-def grid_for(voxel_mm=VOXEL_MM) -> tuple[tuple[int, int, int], np.ndarray]:
+def grid_for(voxel_mm: float | tuple[float, float, float] = VOXEL_MM) -> tuple[tuple[int, int, int], np.ndarray]:
     """The image shape and affine covering the field of view, centred on world (0, 0, 0)."""
     voxel = np.asarray(voxel_mm, float)
-    shape = tuple(int(round(f / v)) for f, v in zip(FIELD_OF_VIEW_MM, voxel, strict=True))
+    x, y, z = (int(round(f / v)) for f, v in zip(FIELD_OF_VIEW_MM, voxel, strict=True))
+    shape = (x, y, z)
     affine = np.diag([*voxel, 1.0])
     affine[:3, 3] = -(np.asarray(shape) - 1) * voxel / 2
     return shape, affine
 
 
-def world_points(shape, affine) -> np.ndarray:
+def world_points(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """The world coordinates (mm) of every voxel centre, shape + (3,)."""
-    idx = np.stack(np.indices(shape), axis=-1).astype(float)
+    idx = np.stack(list(np.indices(shape)), axis=-1).astype(float)
     return idx @ affine[:3, :3].T + affine[:3, 3]
 
 
@@ -178,7 +184,9 @@ def tissue(geom: Geometry, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return brain, members
 
 
-def simulate(subject: int = 1, session: int = 1, voxel_mm=VOXEL_MM, noise_seed: int | None = None) -> Phantom:
+def simulate(
+    subject: int = 1, session: int = 1, voxel_mm: float | tuple[float, float, float] = VOXEL_MM, noise_seed: int | None = None
+) -> Phantom:
     """Subject ``subject``'s head in session ``session``: its bundles, this session's
     motion and noise, imaged on a grid of ``voxel_mm`` voxels."""
     from dipy.core.gradients import gradient_table
@@ -234,7 +242,7 @@ def make_dataset(
     sessionless: int = 1,
     inherit_gradients: bool = False,
     name: str = "ndmg-cloud synthetic phantoms",
-    voxel_mm=VOXEL_MM,
+    voxel_mm: float | tuple[float, float, float] = VOXEL_MM,
 ) -> list[str]:
     """Write a BIDS dataset; return the scan ids in it.
 
@@ -250,7 +258,7 @@ def make_dataset(
     bvals, bvecs = gradients()
     if inherit_gradients:
         write_gradients(out / "dwi", bvals, bvecs)
-    folders = [(s, t) for s in range(1, subjects + 1) for t in range(1, sessions + 1)]
+    folders: list[tuple[int, int | None]] = [(s, t) for s in range(1, subjects + 1) for t in range(1, sessions + 1)]
     folders += [(subjects + s, None) for s in range(1, sessionless + 1)]
     scan_ids = []
     for subject, session in folders:

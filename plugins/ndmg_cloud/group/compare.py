@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ndmg_cloud.core.layout import OutputLayout, S3Location
-from ndmg_cloud.core.s3 import S3AccessError, get_bytes, list_objects, put_bytes, put_json, read_json_at
+from ndmg_cloud.core.layout import GROUP_CSV, GROUP_HTML, GROUP_JSON, MEAN_CONNECTOME, OutputLayout, S3Location, is_report
+from ndmg_cloud.core.s3 import S3AccessError, get_bytes, list_objects, put_json, read_json_at, write_at
 from ndmg_cloud.group.discrim import Discriminability, discriminability
 from ndmg_cloud.group.graphstats import adjacency, graph_stats
 from ndmg_cloud.group.result import GroupResult, LeftOut, ScanGraph
@@ -57,13 +57,13 @@ def newest_report(s3_client: Any, output: str) -> str:
         listed = list(list_objects(s3_client, root.bucket, OutputLayout(root).reports_prefix))
     except S3AccessError as err:
         raise GroupError(str(err)) from None
-    reports = sorted((o for o in listed if o.key.endswith("/report.json")), key=lambda o: (o.last_modified, o.key), reverse=True)
+    reports = sorted((o for o in listed if is_report(o.key)), key=lambda o: (o.last_modified, o.key), reverse=True)
     for candidate in reports:
         uri = f"s3://{root.bucket}/{candidate.key}"
-        if not (read_json_at(s3_client, uri).get("params") or {}).get("dry_run"):
+        if not RunReport.from_dict(read_json_at(s3_client, uri)).dry_run:
             return uri
     kind = f"only dry-run reports ({len(reports)})" if reports else "no run report"
-    raise GroupError(f"{kind} under {root.uri('reports/')}: run ndmg_participant on this output first")
+    raise GroupError(f"{kind} under {OutputLayout(root).reports_uri}/: run ndmg_participant on this output first")
 
 
 def parcellation_size(pipeline: str, parcellation: str) -> int | None:
@@ -79,7 +79,7 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
         report = RunReport.from_dict(read_json_at(s3_client, report_uri))
     except Exception as err:
         raise GroupError(f"cannot read the run report {report_uri}: {err.__class__.__name__}: {err}") from None
-    if report.params.get("dry_run"):
+    if report.dry_run:
         raise DryRunReport(f"{report_uri} is the report of a dry run ({report.run_id}): no connectome was made")
     root = S3Location.parse(report.output)
     layout = OutputLayout(root)
@@ -98,7 +98,7 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
     left_out: dict[str, list[LeftOut]] = {parc: [] for parc in parcellations}
     for row in usable:
         prefix = layout.session_prefix(row.subject, row.session)
-        paths = {}
+        paths: dict[str, str] = {}
         for path in row.outputs:
             paths.setdefault(parcellation_of(path), path)  # one connectome per scan and parcellation
         for parc in parcellations:
@@ -148,7 +148,7 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
             results.append(_compare(report, report_uri, parc, graphs, failed + left_out[parc], permutations, made_at, root))
     if write:
         for result in results:
-            write_group(s3_client, layout, result)
+            write_group(s3_client, result)
     return results
 
 
@@ -160,12 +160,19 @@ def _background_first(graph: Graph) -> Graph:
 
 
 def _compare(
-    report: RunReport, report_uri: str, parc: str, graphs: list, left_out: list[LeftOut], permutations: int, made_at: str, root: S3Location
+    report: RunReport,
+    report_uri: str,
+    parc: str,
+    graphs: list[tuple[Any, str, Graph]],
+    left_out: list[LeftOut],
+    permutations: int,
+    made_at: str,
+    root: S3Location,
 ) -> GroupResult:
     known = parcellation_size(report.pipeline, parc)
     nodes = known or max((g.last_node for _, _, g in graphs), default=0)
     nodes_from = f"{parc} has {known} regions" if known else "the highest region any scan of the group connects"
-    common = dict(
+    common: dict[str, Any] = dict(
         dataset=report.dataset,
         parcellation=parc,
         report=report_uri,
@@ -190,7 +197,9 @@ def _compare(
             mean=np.zeros((0, 0)),
         )
     upper = np.triu_indices(nodes, k=1)
-    scans, vectors, degrees = [], [], {}
+    scans: list[ScanGraph] = []
+    vectors: list[np.ndarray] = []
+    degrees: dict[str, list[int]] = {}
     total = np.zeros((nodes, nodes))
     for row, key, graph in graphs:
         matrix = adjacency(graph, nodes)
@@ -214,26 +223,16 @@ def _compare(
     )
 
 
-GROUP_FILES = ("group.json", "group.csv", "group.html", "mean_connectome.csv")
-
-
-def group_uris(result: GroupResult) -> dict[str, str]:
-    root = S3Location.parse(result.output)
-    prefix = OutputLayout(root).group_prefix(result.parcellation)
-    return {name: f"s3://{root.bucket}/{prefix}{name}" for name in GROUP_FILES}
-
-
-def write_group(s3_client: Any, layout: OutputLayout, result: GroupResult) -> dict[str, str]:
+def write_group(s3_client: Any, result: GroupResult) -> dict[str, str]:
     """Write group.json, group.csv, group.html and mean_connectome.csv; return their URIs."""
     from ndmg_cloud.group.page import group_html
 
-    bucket, prefix = layout.root.bucket, layout.group_prefix(result.parcellation)
-    uris = group_uris(result)
+    files = result.files
     try:
-        put_bytes(s3_client, bucket, prefix + "mean_connectome.csv", result.mean_edge_list().encode(), "text/csv")
-        put_bytes(s3_client, bucket, prefix + "group.csv", result.csv_text().encode(), "text/csv")
-        put_bytes(s3_client, bucket, prefix + "group.html", group_html(result).encode(), "text/html; charset=utf-8")
-        put_json(s3_client, uris["group.json"], result.to_dict())  # last: its presence means the rest is there
+        write_at(s3_client, files[MEAN_CONNECTOME], result.mean_edge_list().encode(), "text/csv")
+        write_at(s3_client, files[GROUP_CSV], result.csv_text().encode(), "text/csv")
+        write_at(s3_client, files[GROUP_HTML], group_html(result).encode(), "text/html; charset=utf-8")
+        put_json(s3_client, files[GROUP_JSON], result.to_dict())  # last: its presence means the rest is there
     except S3AccessError as err:
         raise GroupError(str(err)) from None
-    return uris
+    return files

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Discriminability:
     distance: str = DISTANCE
     null: list[float] = field(default_factory=list, repr=False)  # for the figure
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         null = np.asarray(self.null)
         return {
             "value": self.value,
@@ -92,7 +93,8 @@ def euclidean_distances(x: np.ndarray) -> np.ndarray:
     squares = (x * x).sum(axis=1)
     d2 = squares[:, None] + squares[None, :] - 2 * (x @ x.T)
     np.fill_diagonal(d2, 0)
-    return np.sqrt(np.maximum(d2, 0))
+    distances: np.ndarray = np.sqrt(np.maximum(d2, 0))
+    return distances
 
 
 def statistic(distances: np.ndarray, labels: np.ndarray) -> float:

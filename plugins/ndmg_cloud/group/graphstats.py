@@ -14,6 +14,7 @@ lowers the density and the mean degree, as it should. Weights are streamline cou
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class GraphStats:
     clustering: float
     global_efficiency: float | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def row(self) -> dict[str, float | int | None]:

@@ -30,7 +30,10 @@ def null_figure(null: list[float], observed: float | None) -> str:
     counts = _bins(np.asarray(null), edges)
     top = max(int(counts.max()), 1)
     plot_w, plot_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
-    x = lambda v: PAD + v * plot_w  # noqa: E731
+
+    def x(v: float) -> float:
+        return PAD + v * plot_w
+
     bars = [
         f'<rect class="null" x="{x(edges[k]):.1f}" y="{PAD + plot_h * (1 - c / top):.1f}" '
         f'width="{plot_w / 40 - 1:.1f}" height="{plot_h * c / top:.1f}" fill="#9aa7b8"/>'
@@ -101,7 +104,7 @@ def mean_heatmap(result: GroupResult) -> tuple[str | None, int]:
     if n == 0 or not result.scans:
         return None, 1
     rows, cols = np.nonzero(np.triu(result.mean))
-    graph = Graph([(i + 1, j + 1, float(result.mean[i, j])) for i, j in zip(rows, cols, strict=True)], 1, n)
+    graph = Graph([(int(i) + 1, int(j) + 1, float(result.mean[i, j])) for i, j in zip(rows, cols, strict=True)], 1, n)
     drawn = heatmap(graph)
     return drawn.data_uri(), drawn.nodes_per_pixel
 

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from ndmg_cloud.core.layout import S3Location
+from ndmg_cloud.core.layout import CANARY_JSON, DESCRIPTION, JOBS, REPORTS, S3Location
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 from ndmg_cloud.participant.params import RunConfig, resolve
@@ -56,7 +56,7 @@ def job_role_policy(config: RunConfig) -> dict[str, Any]:
         "Statement": [
             {"Sid": "ReadScanInputsAndJobSpecs", "Effect": "Allow", "Action": "s3:GetObject", "Resource": sorted(set(read))},
             # lets a missing optional file answer 404 rather than 403
-            _list(inputs, "ListDatasetDescription", [inputs.prefix + "dataset_description.json"]),
+            _list(inputs, "ListDatasetDescription", [inputs.prefix + DESCRIPTION]),
             {
                 "Sid": "WriteScanOutputs",
                 "Effect": "Allow",
@@ -68,7 +68,7 @@ def job_role_policy(config: RunConfig) -> dict[str, Any]:
                 "Sid": "WriteCanaryFindings",
                 "Effect": "Allow",
                 "Action": "s3:PutObject",
-                "Resource": _object_arn(outputs.bucket, outputs.prefix + "reports/*/canary.json"),
+                "Resource": _object_arn(outputs.bucket, outputs.prefix + f"{REPORTS}/*/{CANARY_JSON}"),
             },
         ],
     }
@@ -136,8 +136,8 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
                 "Resource": sorted(
                     {
                         _object_arn(jobdir.bucket, jobdir.prefix + "*"),
-                        _object_arn(outputs.bucket, outputs.prefix + "reports/*"),
-                        _object_arn(outputs.bucket, outputs.prefix + "dataset_description.json"),
+                        _object_arn(outputs.bucket, outputs.prefix + f"{REPORTS}/*"),
+                        _object_arn(outputs.bucket, outputs.prefix + DESCRIPTION),
                     }
                 ),
             },
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"ndmg-policies: {err}", file=sys.stderr)
         return 2
-    jobdir = args.jobdir or config.output_root.uri("jobs/")
+    jobdir = args.jobdir or config.output_root.uri(f"{JOBS}/")
     config.jobdir = jobdir if jobdir.endswith("/") else jobdir + "/"
     print(
         json.dumps(

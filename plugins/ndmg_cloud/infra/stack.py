@@ -10,7 +10,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-STACK_NAME = "ndmg-cloud-batch"
+from ndmg_cloud.infra.params import STACK_NAME, InfraParams, StackOutputs
+
 # Managed compute environments and roles can take many minutes: wait up to an hour.
 WAIT = {"Delay": 15, "MaxAttempts": 240}
 UNUSABLE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
@@ -25,7 +26,7 @@ class InfraError(RuntimeError):
 class Deployment:
     stack: str
     action: str  # created, updated or unchanged
-    outputs: dict[str, str]
+    outputs: StackOutputs
 
 
 def template_body() -> str:
@@ -44,9 +45,9 @@ def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _outputs(cfn: Any, stack: str) -> dict[str, str]:
+def _outputs(cfn: Any, stack: str) -> StackOutputs:
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
-    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    return StackOutputs.from_outputs({o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])})
 
 
 def _status(cfn: Any, stack: str) -> str | None:
@@ -81,33 +82,33 @@ def _items(value: str | None) -> list[str]:
     return value.split(",")
 
 
-def check_locations(parameters: dict[str, Any]) -> None:
+def check_locations(params: InfraParams) -> None:
     """Refuse, before CloudFormation does less clearly or not at all: an output prefix that
     is empty or not a folder, and outputs inside the input prefix (the job role is denied
     writes into every subject folder there, so no scan could write)."""
-    input_prefix = parameters.get("InputPrefix") or ""
-    output_prefix = parameters.get("OutputPrefix") or ""
+    input_prefix, output_prefix = params.input_prefix, params.output_prefix
     for name, prefix, required in (("input prefix", input_prefix, False), ("output prefix", output_prefix, True)):
         if (required and not prefix) or (prefix and not prefix.endswith("/")) or prefix.startswith("/"):
             raise InfraError(
                 f"{name} {prefix!r} is not a folder: give one ending in '/' (e.g. 'ndmg/')"
                 + (", not the bucket root" if required else ", or nothing for the whole bucket")
             )
-    if parameters.get("InputBucket") == parameters.get("OutputBucket") and output_prefix.startswith(input_prefix):
+    if params.input_bucket == params.output_bucket and output_prefix.startswith(input_prefix):
         raise InfraError(
             f"output prefix {output_prefix!r} lies inside input prefix {input_prefix!r} of bucket "
-            f"{parameters.get('InputBucket')!r}: jobs may never write there; choose an output prefix outside it "
+            f"{params.input_bucket!r}: jobs may never write there; choose an output prefix outside it "
             "(or another bucket)"
         )
 
 
-def deploy(cfn: Any, parameters: dict[str, Any], stack: str = STACK_NAME) -> Deployment:
+def deploy(cfn: Any, params: InfraParams) -> Deployment:
     """Create the stack, or update it; report which, and the queue and job definition."""
-    check_locations(parameters)
-    args = {
+    check_locations(params)
+    stack = params.stack
+    args: dict[str, Any] = {
         "StackName": stack,
         "TemplateBody": template_body(),
-        "Parameters": _parameters(parameters),
+        "Parameters": _parameters(params.cfn_parameters()),
         "Capabilities": ["CAPABILITY_IAM"],
         "Tags": [{"Key": "project", "Value": "ndmg-cloud"}],
     }

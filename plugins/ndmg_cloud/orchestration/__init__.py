@@ -1,4 +1,5 @@
-"""Airflow's side: the task steps, the Batch operators, the trigger and its shared poller,
+"""Airflow's side: the task callables of each DAG (participant_tasks, group_tasks,
+infra_tasks), the Batch operators, the trigger and its shared poller,
 the UI links, the api-server plugin (report route, trigger-conf check), the cancel
 listener, the AWS clients from Airflow connections, and the task ids.
 

@@ -21,6 +21,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from ndmg_cloud.orchestration.taskids import DAG_ID, JOB_TASKS, JOB_XCOM_KEY
+from ndmg_cloud.participant.jobs import SubmittedJob
 
 log = logging.getLogger(__name__)
 # The api-server answers the person only after this: a short, bounded call
@@ -33,7 +34,7 @@ def recorded_job_id(task_instance: Any) -> str | None:
 
     ti = task_instance
     value = stored_xcom(ti.dag_id, ti.run_id, ti.task_id, JOB_XCOM_KEY, ti.map_index)
-    return value.get("job_id") if isinstance(value, dict) else None
+    return SubmittedJob.from_xcom(value).job_id if isinstance(value, dict) else None
 
 
 def terminate_recorded_job(task_instance: Any, what: str) -> str | None:
@@ -41,7 +42,7 @@ def terminate_recorded_job(task_instance: Any, what: str) -> str | None:
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
     from botocore.config import Config
 
-    from ndmg_cloud.orchestration.steps import AWS_CONN_ID
+    from ndmg_cloud.orchestration.clients import AWS_CONN_ID
     from ndmg_cloud.participant.jobs import terminate_job
 
     job_id = recorded_job_id(task_instance)

@@ -15,4 +15,4 @@ def run_dag(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder")).dags[dag_id]
-    return dag.test(run_conf=conf).run_id
+    return str(dag.test(run_conf=conf).run_id)

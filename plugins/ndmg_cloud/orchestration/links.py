@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
+from ndmg_cloud.core.layout import REPORT_HTML, sibling
 from ndmg_cloud.orchestration.taskids import DAG_ID
 
 REPORT_ROUTE_PREFIX = "/ndmg-cloud"
@@ -16,7 +17,7 @@ REPORT_ROUTE_PREFIX = "/ndmg-cloud"
 
 def report_html_uri(report_json_uri: str) -> str:
     """report.html beside the report.json a run's verify_and_report returned."""
-    return report_json_uri.removesuffix("report.json") + "report.html"
+    return sibling(report_json_uri, REPORT_HTML)
 
 
 def report_path(run_id: str, dag_id: str = DAG_ID) -> str:

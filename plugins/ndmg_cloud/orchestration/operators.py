@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NoReturn
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
@@ -14,10 +14,12 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.providers.standard.operators.python import PythonOperator
 from botocore.config import Config
 
+from ndmg_cloud.core.spec import JobSpec, SubmitJob
 from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
-from ndmg_cloud.orchestration.triggers import ScanJobTrigger, polls_for
-from ndmg_cloud.participant.jobs import jobs_named, terminate_job
+from ndmg_cloud.orchestration.triggers import ScanJobEvent, ScanJobTrigger, polls_for
+from ndmg_cloud.participant.canary import CanaryJob
+from ndmg_cloud.participant.jobs import SubmittedJob, ThrottledPolls, jobs_named, terminate_job
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
@@ -66,7 +68,7 @@ def reattachable(saved: Any, max_tries: int) -> str | None:
     this round of tries (reattach, never pay twice); one saved before a Clear does not.
     """
     if isinstance(saved, dict) and saved.get("job_id") and saved.get("max_tries") == max_tries:
-        return saved["job_id"]
+        return str(saved["job_id"])
     return None
 
 
@@ -75,8 +77,8 @@ class ScanBatchOperator(BatchOperator):
 
     :param scan_id: the scan's BIDS entity string; shown as the map index label.
     :param job_spec_uri: where the scan's job spec lives (the container reads it).
-    :param batch: the spec's ``batch`` block, passed to SubmitJob unchanged; None (a scan's
-        mapped task): read from the job spec at execute time.
+    :param batch: the SubmitJob payload in AWS's shape (a job spec's ``batch``), submitted
+        unchanged; None (a scan's mapped task): read from the job spec at execute time.
 
     :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
         environments are checked and, if none can run it, the job is cancelled with the reason.
@@ -95,7 +97,7 @@ class ScanBatchOperator(BatchOperator):
     # the user), and Airflow's rendering would evaluate any ``{{ conn... }}`` inside it,
     # nested values included (mapped-operator rendering marks only the top level as done).
     template_fields: Sequence[str] = ()
-    template_fields_renderers: dict[str, str] = {}
+    template_fields_renderers: ClassVar[dict[str, str]] = {}
     # a job that SUCCEEDED ends the task in the triggerer, with the XComs execute_complete
     # would push: a scan costs one task launch; only failures resume on a worker
     ends_in_triggerer = True
@@ -110,24 +112,26 @@ class ScanBatchOperator(BatchOperator):
         submit_not_before: float | None = None,
         **kwargs: Any,
     ) -> None:
-        payload = batch or {"jobName": scan_id, "jobQueue": "from-the-job-spec", "jobDefinition": "from-the-job-spec"}
-        super().__init__(job_name=payload["jobName"], job_queue=payload["jobQueue"], job_definition=payload["jobDefinition"], **kwargs)
-        self.take_job(scan_id, job_spec_uri, payload, runnable_timeout)
+        submission = SubmitJob.from_payload(batch) if batch else SubmitJob(scan_id, "from-the-job-spec", "from-the-job-spec")
+        super().__init__(job_name=submission.job_name, job_queue=submission.job_queue, job_definition=submission.job_definition, **kwargs)
+        self.take_job(scan_id, job_spec_uri, submission, runnable_timeout)
         self.payload_from_spec = batch is None  # read at execute: a mapped task's XCom stays small
         self.submit_not_before = submit_not_before
 
-    def take_job(self, scan_id: str, job_spec_uri: str, batch: dict[str, Any], runnable_timeout: int) -> None:
-        """This task's job: the scan, its spec and the SubmitJob payload (BatchOperator's
-        fields follow from the payload, so they can never disagree with it)."""
-        self.scan_id, self.job_spec_uri, self.batch, self.runnable_timeout = scan_id, job_spec_uri, batch, runnable_timeout
-        self.job_name, self.job_queue, self.job_definition = batch["jobName"], batch["jobQueue"], batch["jobDefinition"]
-        self.container_overrides = batch.get("containerOverrides")
-        self.tags = batch.get("tags") or {}
-        self.retry_strategy = batch.get("retryStrategy")
-        self.submit_job_timeout = (batch.get("timeout") or {}).get("attemptDurationSeconds")
+    def take_job(self, scan_id: str, job_spec_uri: str, submission: SubmitJob, runnable_timeout: int) -> None:
+        """This task's job: the scan, its spec and its SubmitJob request (BatchOperator's
+        fields follow from the request, so they can never disagree with it)."""
+        self.scan_id, self.job_spec_uri, self.submission, self.runnable_timeout = scan_id, job_spec_uri, submission, runnable_timeout
+        self.job_name, self.job_queue, self.job_definition = submission.job_name, submission.job_queue, submission.job_definition
+        self.container_overrides = submission.payload().get("containerOverrides")
+        self.tags = dict(submission.tags)
+        self.retry_strategy = submission.retry_strategy
+        self.submit_job_timeout = submission.timeout_seconds
 
-    def defer(self, *, trigger: Any, method_name: str, kwargs: dict | None = None, timeout: Any = None) -> None:
+    def defer(self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None, timeout: Any = None) -> NoReturn:
         """Wait with ScanJobTrigger (stuck-job watchdog, on_kill) instead of BatchJobTrigger."""
+        if not self.job_id:
+            raise AirflowException(f"{self.what}: no Batch job to wait for")
         trigger = ScanJobTrigger(
             job_id=self.job_id,
             job_queue=self.job_queue,
@@ -141,16 +145,14 @@ class ScanBatchOperator(BatchOperator):
         )
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
-    def execute(self, context: Any) -> str:
+    def execute(self, context: Any) -> str | None:
         if self.payload_from_spec:
             self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(context["run_id"]), self.runnable_timeout)
         return self._final(lambda: super(ScanBatchOperator, self).execute(context))
 
-    def _spec_payload(self, run_id: str) -> dict[str, Any]:
-        """The SubmitJob payload of this scan's job spec (written by this run's write_job_specs)."""
+    def _spec_payload(self, run_id: str) -> SubmitJob:
+        """The SubmitJob request of this scan's job spec (written by this run's write_job_specs)."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        from ndmg_cloud.core.spec import JobSpec
 
         try:
             spec = JobSpec.read(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri)
@@ -167,14 +169,15 @@ class ScanBatchOperator(BatchOperator):
             )
         return spec.batch
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:
+    def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:  # type: ignore[override]  # None: the trigger ended the task
         if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)
             return None
-        if event and event.get("throttled"):  # the report counts them
-            context["ti"].xcom_push(key=THROTTLED_XCOM_KEY, value={"scan_id": self.scan_id, "polls": event["throttled"]})
+        throttled = ScanJobEvent.from_payload(event).throttled if event else 0
+        if throttled:  # the report counts them
+            context["ti"].xcom_push(key=THROTTLED_XCOM_KEY, value=ThrottledPolls(self.scan_id, throttled).to_xcom())
         return self._final(lambda: super(ScanBatchOperator, self).execute_complete(context, event))
 
-    def _final(self, wait: Any) -> str:
+    def _final(self, wait: Callable[[], str | None]) -> str | None:
         """A job that ended FAILED fails the task for good: a retry would only reattach to
         the same failed job (retries are for worker crashes, Spot is Batch's own retry)."""
         try:
@@ -234,7 +237,7 @@ class ScanBatchOperator(BatchOperator):
                 return
         self.log.info(
             "Submitting %s for scan %s (job spec %s) to queue %s, definition %s",
-            self.batch["jobName"],
+            self.submission.job_name,
             self.scan_id,
             self.job_spec_uri,
             self.job_queue,
@@ -267,7 +270,8 @@ class ScanBatchOperator(BatchOperator):
 
     def _submit(self) -> dict[str, Any]:
         client = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, config=SUBMIT_CONFIG).client
-        return client.submit_job(**self.batch)
+        response: dict[str, Any] = client.submit_job(**self.submission.payload())
+        return response
 
     def _job_of_earlier_try(self, since: float, in_flight: float) -> str | None:
         """The job an earlier try of this round submitted, if it exists. If that try died
@@ -303,7 +307,7 @@ class ScanBatchOperator(BatchOperator):
 
     def _record(self, context: Any, job_id: str) -> None:
         self.job_id = job_id
-        context["ti"].xcom_push(key=JOB_XCOM_KEY, value={"scan_id": self.scan_id, "job_id": job_id})
+        context["ti"].xcom_push(key=JOB_XCOM_KEY, value=SubmittedJob(self.scan_id, job_id).to_xcom())
         BatchJobDetailsLink.persist(
             context=context,
             operator=self,
@@ -327,21 +331,22 @@ class CanaryOperator(ScanBatchOperator):
     """
 
     def __init__(self, *, spec_task_id: str = WRITE_JOB_SPECS, **kwargs: Any) -> None:
-        placeholder = {"jobName": "canary", "jobQueue": "unknown-until-run-time", "jobDefinition": "unknown-until-run-time"}
-        super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder, awslogs_enabled=True, **kwargs)
+        placeholder = SubmitJob("canary", "unknown-until-run-time", "unknown-until-run-time")
+        super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder.payload(), awslogs_enabled=True, **kwargs)
         self.spec_task_id = spec_task_id
 
     what = "the canary (ndmg-scan --self-check)"
     ends_in_triggerer = False  # its worker copies the self-check lines from CloudWatch
 
-    def execute(self, context: Any) -> str:
+    def execute(self, context: Any) -> str | None:
         job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
         if not job:
             for link in self.operator_extra_links:  # no job, no links (and no "XCom not found" errors)
                 if getattr(link, "key", None):
                     context["ti"].xcom_push(key=link.key, value=None)
             raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
-        self.take_job(**job)
+        canary = CanaryJob.from_xcom(job)
+        self.take_job(canary.scan_id, canary.job_spec_uri, canary.submission, canary.runnable_timeout)
         return super().execute(context)
 
 

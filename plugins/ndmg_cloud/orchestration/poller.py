@@ -55,7 +55,7 @@ class JobPoller:
         self.throttle_code = ""
         self.calls = 0  # DescribeJobs calls made, throttled ones included
         self.closed = False
-        self._last_said = -THROTTLE_LOG_SECONDS
+        self._last_said: float = -THROTTLE_LOG_SECONDS
         # its own context: the poller is not part of the log of the trigger that started it
         self.task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
 

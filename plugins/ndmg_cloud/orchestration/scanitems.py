@@ -7,8 +7,8 @@ returns a ``ScanItems`` instead: where the items file is, how many items it hold
 wide each record is (about 150 bytes of XCom, whatever N). The items file holds one
 fixed-width JSON record per scan, so a mapped task instance reads its own record with one
 ranged GET (``items[map_index]``, which is all Airflow asks of it); iterating reads the file
-once. Each record is a scan's task arguments: ``scan_id``, ``job_spec_uri`` and, for Batch,
-``runnable_timeout`` and ``submit_not_before``; the SubmitJob payload stays in the job spec.
+once. Each record is a scan's task arguments (``runplan.ScanTask.kwargs``); the SubmitJob
+payload stays in the job spec.
 
 ``ScanItems`` travels through Airflow's serde (``serialize`` / ``deserialize``) and is on its
 deserialization allow-list once this module is imported (the DAG file imports it).
@@ -21,21 +21,22 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, overload
 
 from ndmg_cloud.core.s3 import read_at, write_at
+from ndmg_cloud.participant.runplan import ScanTask
 
 PAD = b" "
 RECORD_ALIGN = 64  # record width is the longest record, rounded up to this
 
 
-class ScanItems(Sequence):
-    """A run's released scans (see the module docstring)."""
+class ScanItems(Sequence[dict[str, Any]]):
+    """A run's released scans (see the module docstring): item i is scan i's task arguments."""
 
     __version__: ClassVar[int] = 1
 
-    def __init__(self, uri: str, count: int, width: int) -> None:
-        self.uri, self.count, self.width = uri, count, width
+    def __init__(self, uri: str, length: int, width: int) -> None:
+        self.uri, self.length, self.width = uri, length, width
 
     def __len__(self) -> int:
-        return self.count
+        return self.length
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -44,29 +45,33 @@ class ScanItems(Sequence):
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
+            return [self[i] for i in range(*index.indices(self.length))]
         if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(f"scan item {index} of {self.count}")
+            index += self.length
+        if not 0 <= index < self.length:
+            raise IndexError(f"scan item {index} of {self.length}")
         return _record(_read(self.uri, index * self.width, self.width))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Every item, from one read of the whole file."""
-        if not self.count:
+        if not self.length:
             return
-        body = _read(self.uri, 0, self.count * self.width)
+        body = _read(self.uri, 0, self.length * self.width)
         for start in range(0, len(body), self.width):
             yield _record(body[start : start + self.width])
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ScanItems) and (self.uri, self.count, self.width) == (other.uri, other.count, other.width)
+        return isinstance(other, ScanItems) and (self.uri, self.length, self.width) == (other.uri, other.length, other.width)
 
     def __repr__(self) -> str:
-        return f"ScanItems({self.uri!r}, count={self.count}, width={self.width})"
+        return f"ScanItems({self.uri!r}, length={self.length}, width={self.width})"
+
+    def tasks(self) -> list[ScanTask]:
+        """Every scan's task, from one read of the items file."""
+        return [ScanTask.from_kwargs(item) for item in self]
 
     def serialize(self) -> dict[str, Any]:
-        return {"uri": self.uri, "count": self.count, "width": self.width}
+        return {"uri": self.uri, "count": self.length, "width": self.width}  # "count": the XCom's key since 0.1
 
     @staticmethod
     def deserialize(data: dict[str, Any], version: int) -> ScanItems:
@@ -75,19 +80,20 @@ class ScanItems(Sequence):
         return ScanItems(data["uri"], int(data["count"]), int(data["width"]))
 
 
-def write_scan_items(s3_client: Any, uri: str, items: list[dict[str, Any]]) -> ScanItems:
+def write_scan_items(s3_client: Any, uri: str, tasks: list[ScanTask]) -> ScanItems:
     """Write the items file (S3, or a local path for the local backend) and return its XCom."""
-    records = [json.dumps(item, sort_keys=True, separators=(",", ":")).encode() + b"\n" for item in items]
+    records = [json.dumps(task.kwargs(), sort_keys=True, separators=(",", ":")).encode() + b"\n" for task in tasks]
     longest = max((len(r) for r in records), default=1)
     width = -(-longest // RECORD_ALIGN) * RECORD_ALIGN
     if not records:  # nothing released (a dry run, all done): no file to read
         return ScanItems(uri, 0, width)
     write_at(s3_client, uri, b"".join(r.ljust(width, PAD) for r in records), "application/octet-stream")
-    return ScanItems(uri, len(items), width)
+    return ScanItems(uri, len(tasks), width)
 
 
 def _record(raw: bytes) -> dict[str, Any]:
-    return json.loads(raw.rstrip(PAD + b"\n").decode())
+    record: dict[str, Any] = json.loads(raw.rstrip(PAD + b"\n").decode())
+    return record
 
 
 def _read(uri: str, start: int, length: int) -> bytes:

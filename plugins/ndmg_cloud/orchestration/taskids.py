@@ -1,5 +1,6 @@
-"""The task ids and XCom keys of the ``ndmg_participant`` DAG, in the order the tasks run.
-The DAG file, its steps, the report and the CLI all name tasks from here."""
+"""The DAG ids, task ids, XCom keys and Asset alias of this project's DAGs, tasks in the
+order they run. The DAG files, their task callables, the report and the CLI all name them
+from here."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ RUN_SCAN = "run_scan"
 RUN_SCAN_LOCAL = "run_scan_local"
 VERIFY_AND_REPORT = "verify_and_report"
 
+REPORTS_ALIAS = "ndmg-reports"  # the Asset alias of every dataset's reports: ndmg_participant emits, ndmg_group listens
+
 GROUP_DAG_ID = "ndmg_group"  # the group level: connectomes across a run's scans
 FIND_REPORT = "find_report"
 COMPARE_CONNECTOMES = "compare_connectomes"
 GROUP_TASK_ORDER = (FIND_REPORT, COMPARE_CONNECTOMES)
+
+INFRA_DAG_ID = "ndmg_infra"  # the Batch stack from the UI
+DEPLOY_BATCH_STACK = "deploy_batch_stack"
 
 TASK_ORDER = (
     DISCOVER,
@@ -33,14 +39,14 @@ TASK_ORDER = (
     RUN_SCAN_LOCAL,
     VERIFY_AND_REPORT,
 )
-TASK_ORDERS = {DAG_ID: TASK_ORDER, GROUP_DAG_ID: GROUP_TASK_ORDER}  # per DAG, in the order it runs them
+TASK_ORDERS = {DAG_ID: TASK_ORDER, GROUP_DAG_ID: GROUP_TASK_ORDER, INFRA_DAG_ID: (DEPLOY_BATCH_STACK,)}  # per DAG, in run order
 BACKEND_TASKS = {"aws_batch": RUN_SCAN, "local": RUN_SCAN_LOCAL}  # who runs the scans
 SCAN_TASKS = (PILOT_SCAN, RUN_SCAN, RUN_SCAN_LOCAL)  # one mapped task instance per scan
 BATCH_SCAN_TASKS = (PILOT_SCAN, RUN_SCAN)  # the scans' Batch jobs
 JOB_TASKS = (CANARY, PILOT_SCAN, RUN_SCAN)  # every task that owns a Batch job
 
-JOB_XCOM_KEY = "batch_job"  # {"scan_id", "job_id"}, pushed right after SubmitJob
-THROTTLED_XCOM_KEY = "throttled"  # {"scan_id", "polls"}: DescribeJobs polls Batch throttled, if any
-LOCAL_JOB_XCOM_KEY = "local_job"  # {"scan_id", "record"}, pushed by run_scan_local
-CANARY_JOB_XCOM_KEY = "canary_job"  # the canary's task arguments (write_job_specs), or None
+JOB_XCOM_KEY = "batch_job"  # a jobs.SubmittedJob, pushed right after SubmitJob
+THROTTLED_XCOM_KEY = "throttled"  # a jobs.ThrottledPolls: DescribeJobs polls Batch throttled, if any
+LOCAL_JOB_XCOM_KEY = "local_job"  # a jobs.LocalJob, pushed by run_scan_local
+CANARY_JOB_XCOM_KEY = "canary_job"  # the canary.CanaryJob of write_job_specs, or None
 SETTLEMENT_XCOM_KEY = "settlement"  # where plan_scans wrote the settled run (runplan.Settlement)

@@ -21,6 +21,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
@@ -32,7 +33,7 @@ from botocore.session import get_session
 from ndmg_cloud.orchestration.poller import THROTTLE_LOG_SECONDS, shared_poller
 from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
 from ndmg_cloud.participant.capacity import diagnose_stuck
-from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, terminate_job
+from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, ThrottledPolls, terminate_job
 
 # the message Airflow's triggerer cancels a trigger with when a user acted on its task
 # (airflow.jobs.triggerer_job_runner._USER_ACTION_CANCEL_MSG)
@@ -47,7 +48,7 @@ def polls_for(poll_interval: int) -> int:
 
 @functools.cache
 def _partition(region: str) -> str:
-    return get_session().get_partition_for_region(region)
+    return str(get_session().get_partition_for_region(region))
 
 
 def cloudwatch_link(job: dict[str, Any], region: str | None) -> dict[str, Any] | None:
@@ -69,6 +70,30 @@ def cloudwatch_link(job: dict[str, Any], region: str | None) -> dict[str, Any] |
     }
 
 
+@dataclass(frozen=True)
+class ScanJobEvent:
+    """What a ScanJobTrigger resumes its task with: ``payload()`` is the provider's Batch
+    trigger event (``BatchOperator.execute_complete`` reads status, job_id and message), plus
+    the polls Batch throttled (the report counts them)."""
+
+    status: str  # success, failure or error
+    job_id: str
+    message: str | None = None
+    throttled: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"status": self.status, "job_id": self.job_id}
+        if self.message:
+            payload["message"] = self.message
+        if self.throttled:
+            payload["throttled"] = self.throttled
+        return payload
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> ScanJobEvent:
+        return cls(str(data.get("status")), str(data.get("job_id")), data.get("message"), int(data.get("throttled") or 0))
+
+
 class ScanJobTrigger(BaseTrigger):
     def __init__(
         self,
@@ -83,7 +108,7 @@ class ScanJobTrigger(BaseTrigger):
         scan_id: str = "",
         end_on_success: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Airflow's BaseTrigger.__init__ is unannotated
         self.job_id = job_id
         self.job_queue = job_queue
         self.runnable_timeout = runnable_timeout
@@ -150,7 +175,7 @@ class ScanJobTrigger(BaseTrigger):
                 yield self._event("error", f"Batch job {self.job_id} not found", throttled)
                 return
             job = seen.job
-            status = job.get("status")
+            status = str(job.get("status"))
             if status == SUCCEEDED:
                 yield self._succeeded(job, seen.region, throttled)
                 return
@@ -177,7 +202,7 @@ class ScanJobTrigger(BaseTrigger):
             return self._event("success", throttled=throttled)
         xcoms: dict[str, Any] = {"return_value": self.job_id}
         if throttled:
-            xcoms[THROTTLED_XCOM_KEY] = {"scan_id": self.scan_id, "polls": throttled}
+            xcoms[THROTTLED_XCOM_KEY] = ThrottledPolls(self.scan_id, throttled).to_xcom()
         link = cloudwatch_link(job, region)
         if link:
             # what the provider's link reads, and the URL the api-server shows (Airflow 3.3 reads
@@ -203,12 +228,7 @@ class ScanJobTrigger(BaseTrigger):
         return diagnose_stuck(job, queue, environments)
 
     def _event(self, status: str, message: str | None = None, throttled: int = 0) -> TriggerEvent:
-        payload: dict[str, Any] = {"status": status, "job_id": self.job_id}
-        if message:
-            payload["message"] = message
-        if throttled:
-            payload["throttled"] = throttled  # polls Batch refused with a throttling error
-        return TriggerEvent(payload)
+        return TriggerEvent(ScanJobEvent(status, self.job_id, message, throttled).payload())
 
     async def on_kill(self) -> None:
         """The user marked the task failed or cleared it: stop paying for the job.

@@ -54,12 +54,13 @@ def stored_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value
 
 def report_json_uri_of(dag_id: str, run_id: str) -> str | None:
     """The URI the run's verify_and_report task returned (None until it has run)."""
-    return stored_xcom(dag_id, run_id, VERIFY_AND_REPORT)
+    uri = stored_xcom(dag_id, run_id, VERIFY_AND_REPORT)
+    return uri if isinstance(uri, str) else None
 
 
 def read_report_html(report_json_uri: str) -> bytes:
     from ndmg_cloud.core.s3 import get_bytes
-    from ndmg_cloud.orchestration.steps import s3_client
+    from ndmg_cloud.orchestration.clients import s3_client
 
     return get_bytes(s3_client(), report_html_uri(report_json_uri))
 
@@ -88,11 +89,14 @@ class RefuseUnknownParams:
     def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[..., Awaitable[None]]
+    ) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not TRIGGER_PATH.fullmatch(scope["path"]):
             await self.app(scope, receive, send)
             return
-        messages, body = [], b""
+        messages: list[dict[str, Any]] = []
+        body = b""
         while True:
             message = await receive()
             messages.append(message)
@@ -105,7 +109,7 @@ class RefuseUnknownParams:
             return
         pending = iter(messages)
 
-        async def replay() -> dict:
+        async def replay() -> dict[str, Any]:
             return next(pending, None) or await receive()
 
         await self.app(scope, replay, send)

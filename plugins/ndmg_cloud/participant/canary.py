@@ -7,7 +7,7 @@ atlases, the work disk, the job role's S3 access. It writes what it found beside
 report (``reports/<run id>/canary.json``). If it fails, the run stops having paid for one
 small job, not for an instance per scan.
 
-Then the settlement (``settle``, a ``runplan.Settlement``): a scan found done by discovery is skipped only if the code that
+Then the settlement (``settle``, a ``Settlement``): a scan found done by discovery is skipped only if the code that
 made it is the code this run will use (the image contract's fingerprint); otherwise it runs
 again and its report row says why. The first ``pilot_scans`` scans to run go first; the
 rest are released only when every pilot succeeded.
@@ -19,48 +19,52 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ndmg_cloud.core.layout import split_uri
-from ndmg_cloud.core.s3 import get_json
-from ndmg_cloud.core.spec import RUNNER_COMMAND, JobSpec
+from ndmg_cloud.core.manifest import ContractSummary
+from ndmg_cloud.core.s3 import get_json, put_json, read_json_at
+from ndmg_cloud.core.spec import RUNNER_COMMAND, JobSpec, SubmitJob
 from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
-from ndmg_cloud.participant.jobspec import RETRY_STRATEGY, job_name_prefix, run_token
+from ndmg_cloud.participant.jobspec import job_name_prefix, run_file_uri, run_token, submit_job
 from ndmg_cloud.participant.params import RunConfig
-from ndmg_cloud.participant.runplan import Settlement
+from ndmg_cloud.participant.runplan import ScanTask
 from ndmg_cloud.participant.verify import ScanResult
 from ndmg_cloud.scan.contract import ImageContract, local_contract
+from ndmg_cloud.scan.selfcheck import SelfCheck
 
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
 
 
-def canary_kwargs(config: RunConfig, spec: JobSpec) -> dict[str, Any]:
-    """The canary task's arguments: the scan's job spec checked on the run's queue and job
-    definition, with the self-check command instead of the scan's."""
+@dataclass(frozen=True)
+class CanaryJob:
+    """The canary task's job (XCom ``canary_job`` of write_job_specs): one scan's job spec,
+    checked on the run's queue and job definition by the self-check instead of the scan."""
+
+    scan_id: str
+    job_spec_uri: str
+    submission: SubmitJob
+    runnable_timeout: int
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "job_spec_uri": self.job_spec_uri,
+            "batch": self.submission.payload(),
+            "runnable_timeout": self.runnable_timeout,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: dict[str, Any]) -> CanaryJob:
+        return cls(data["scan_id"], data["job_spec_uri"], SubmitJob.from_payload(data["batch"]), int(data["runnable_timeout"]))
+
+
+def canary_job(config: RunConfig, spec: JobSpec) -> CanaryJob:
+    """The canary of a run: ``ndmg-scan --self-check`` on ``spec``'s scan, its findings
+    written beside the run's report; the scan's tags and ``canary=true``."""
     result = config.outputs.canary_uri(config.run_id)
     command = [RUNNER_COMMAND, "--self-check", "--spec", spec.spec_uri, "--result", result]
-    batch = {
-        "jobName": f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}",
-        "jobQueue": config.job_queue,
-        "jobDefinition": config.job_definition,
-        "containerOverrides": {
-            "command": command,
-            "environment": [{"name": "NDMG_JOB_SPEC", "value": spec.spec_uri}],
-        },
-        "tags": {
-            # the scan's tags (project among them: without it the orchestrator's role may
-            # neither tag the job at submit nor stop it, iam.py), and canary=true
-            **spec.batch["tags"],
-            "pipeline": config.pipeline,
-            "canary": "true",
-        },
-        "propagateTags": True,
-        "retryStrategy": RETRY_STRATEGY,  # a Spot reclaim retries it, like a scan
-        "timeout": {"attemptDurationSeconds": CANARY_TIMEOUT_SECONDS},
-    }
-    return {
-        "scan_id": spec.scan_id,
-        "job_spec_uri": spec.spec_uri,
-        "batch": batch,
-        "runnable_timeout": config.runnable_timeout_minutes * 60,
-    }
+    name = f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}"
+    tags = {**spec.batch.tags, "pipeline": config.pipeline, "canary": "true"}
+    submission = submit_job(config, name, command, spec.spec_uri, tags, CANARY_TIMEOUT_SECONDS)
+    return CanaryJob(spec.scan_id, spec.spec_uri, submission, config.runnable_timeout_minutes * 60)
 
 
 @dataclass
@@ -86,7 +90,47 @@ class CanaryOutcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CanaryOutcome:
-        return cls(**data)
+        """As written by ``to_dict``; a report.json of older code may lack it (skipped)."""
+        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**{"status": "skipped", "reason": "not recorded", **known})
+
+
+@dataclass
+class Settlement:
+    """The settled run: what is done, what runs again and why, which scans go first."""
+
+    done: dict[str, ScanResult]  # scan id -> its skipped_done report row
+    reruns: dict[str, str]  # scan id -> why it runs although an earlier run made it
+    pilots: list[str]  # scan ids run first, to success, before the others are released
+    canary: CanaryOutcome
+    contract: ContractSummary | None  # the code this run's scans are made with
+
+    def to_run(self, tasks: list[ScanTask]) -> list[ScanTask]:
+        """Of the tasks of every valid scan, those of the scans that run in this run."""
+        return [t for t in tasks if t.scan_id not in self.done]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "done": {scan_id: row.to_dict() for scan_id, row in self.done.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settlement:
+        return cls(
+            done={k: ScanResult.from_dict(row) for k, row in data["done"].items()},
+            reruns=dict(data["reruns"]),
+            pilots=list(data["pilots"]),
+            canary=CanaryOutcome.from_dict(data["canary"]),
+            contract=ContractSummary.from_dict(data.get("contract")),
+        )
+
+    def write(self, s3_client: Any, config: RunConfig) -> str:
+        """Write it next to the run plan; return its URI (the plan_scans task's XCom)."""
+        uri = run_file_uri(config, "settled", ".json")
+        put_json(s3_client, uri, self.to_dict())
+        return uri
+
+    @classmethod
+    def read(cls, s3_client: Any, uri: str) -> Settlement:
+        return cls.from_dict(read_json_at(s3_client, uri))
 
 
 def skipped(config: RunConfig) -> CanaryOutcome:
@@ -112,21 +156,21 @@ def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryO
     found = _found(config, s3_client, job.job_id)
     outcome = CanaryOutcome(
         "failed",
-        scan_id=(found or {}).get("scan_id"),
+        scan_id=found.scan_id if found else None,
         job_id=job.job_id,
         log_url=job.log_url,
-        checks=(found or {}).get("checks", []),
-        contract=(found or {}).get("contract"),
+        checks=[asdict(c) for c in found.checks] if found else [],
+        contract=found.contract.to_dict() if found and found.contract else None,
         log_tail=job.log_tail,
     )
-    if job.status == SUCCEEDED and found and found.get("ok"):
+    if job.status == SUCCEEDED and found and found.ok:
         outcome.status = "passed"
         image = outcome.image
         outcome.reason = f"the image can run this run's scans: {image.label}" if image else "passed"
         return outcome
-    failing = next((c for c in outcome.checks if not c.get("ok")), None)
+    failing = found.first_failure if found else None
     if failing:
-        outcome.reason = f"{failing['name']}: {failing['detail']}"
+        outcome.reason = f"{failing.name}: {failing.detail}"
     elif job.status == SUCCEEDED:
         outcome.reason = f"the job succeeded but wrote no findings to {config.outputs.canary_uri(config.run_id)}"
     else:
@@ -135,20 +179,20 @@ def canary_outcome(config: RunConfig, job: JobRecord, s3_client: Any) -> CanaryO
     return outcome
 
 
-def _found(config: RunConfig, s3_client: Any, job_id: str) -> dict[str, Any] | None:
+def _found(config: RunConfig, s3_client: Any, job_id: str) -> SelfCheck | None:
     """The canary job's findings; none when it died first, or when they are not its own (a
     scan job may write there too: only the canary's Batch job id speaks for the image)."""
     bucket, key = split_uri(config.outputs.canary_uri(config.run_id))
     try:
-        found = get_json(s3_client, bucket, key)
+        found = SelfCheck.from_dict(get_json(s3_client, bucket, key))
     except Exception:  # no findings (the job died before writing them) is itself a finding
         return None
-    return found if isinstance(found, dict) and found.get("job_id") == job_id else None
+    return found if found.job_id == job_id else None
 
 
 def settle(
     config: RunConfig,
-    tasks: list[dict[str, Any]],
+    tasks: list[ScanTask],
     done: dict[str, ScanResult],
     reruns: dict[str, str],
     contract: ImageContract | None,
@@ -157,7 +201,7 @@ def settle(
     """Keep as done only what this run's code made; the first ``pilot_scans`` of the rest go
     first (aws_batch).
 
-    ``tasks`` are the task arguments of every valid scan, ``done`` the rows of the scans
+    ``tasks`` are the tasks of every valid scan, ``done`` the rows of the scans
     discovery found done for this pipeline and options (each naming the contract that made
     it), ``contract`` this run's (None when unknown: canary off).
     """
@@ -169,13 +213,13 @@ def settle(
         if contract is None and config.backend == "aws_batch" and not config.dry_run:
             row = replace(row, reason=f"{row.reason}; its image was not compared ({outcome.reason})")
         kept[scan_id] = row
-    to_run = [] if config.dry_run else [t["scan_id"] for t in tasks if t["scan_id"] not in kept]
+    to_run = [] if config.dry_run else [t.scan_id for t in tasks if t.scan_id not in kept]
     pilots = to_run[: config.pilot_scans] if config.backend == "aws_batch" else []
     return Settlement(
         done=kept,
         reruns={k: v for k, v in reruns.items() if k not in kept},
         pilots=pilots,
-        canary=outcome.to_dict(),
+        canary=outcome,
         contract=contract.summary() if contract else None,
     )
 

@@ -55,12 +55,13 @@ def why_it_cannot_run(ce: dict[str, Any], vcpus: int, memory: int) -> str | None
         return None  # unmanaged: its capacity is not ours to judge
     if resources.get("maxvCpus", 0) < vcpus:
         return f"compute environment {name} allows at most {resources.get('maxvCpus')} vCPUs, the job needs {vcpus}"
-    cores = [instance_vcpus(t) for t in resources.get("instanceTypes") or ()]
-    if cores and None not in cores and max(cores) < vcpus:
+    types = resources.get("instanceTypes") or ()
+    cores = [c for c in (instance_vcpus(t) for t in types) if c is not None]
+    if types and len(cores) == len(types) and max(cores) < vcpus:
         types = ", ".join(resources["instanceTypes"])
         return f"instance types {types} of compute environment {name} have fewer than the job's {vcpus} vCPUs"
-    sizes = [instance_memory_mib(t) for t in resources.get("instanceTypes") or ()]
-    if sizes and None not in sizes and max(sizes) - AGENT_RESERVE_MIB < memory:
+    sizes = [m for m in (instance_memory_mib(t) for t in types) if m is not None]
+    if types and len(sizes) == len(types) and max(sizes) - AGENT_RESERVE_MIB < memory:
         types = ", ".join(resources["instanceTypes"])
         return f"instance types {types} of compute environment {name} cannot fit the job's {memory} MiB"
     return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 # r5.large (2 vCPU, 16 GiB), us-east-1 on-demand, USD per hour. A job definition of 2 vCPUs
 # and 15200 MiB takes the whole instance, so a job pays for one instance while it runs.
 R5_LARGE_ON_DEMAND_USD_PER_HOUR = 0.126
@@ -22,17 +25,51 @@ SPOT_FRACTION = 0.4
 HOURS_PER_SCAN = {"m2g": 1.5, "ndmg": 1.5, "lite": 0.05}
 
 
-def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> dict[str, float]:
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a run of ``scans`` scans would cost, before it runs."""
+
+    scans: int
+    instance_hours: float
+    vcpu_hours: float
+    on_demand_usd: float
+    spot_usd: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.instance_hours} instance-hours ({self.vcpu_hours} vCPU-hours) of r5.large: "
+            f"about ${self.on_demand_usd:.2f} on-demand, ${self.spot_usd:.2f} on Spot"
+        )
+
+
+class OverBudget(ValueError):
+    """A run whose estimate is above its ``max_cost_usd``; the message says what to do."""
+
+
+def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> CostEstimate:
     """Before a run: instance-hours, vCPU-hours and dollars on-demand vs Spot."""
     hours = scans * (hours_per_scan if hours_per_scan is not None else HOURS_PER_SCAN.get(pipeline, 1.5))
     on_demand = hours * R5_LARGE_ON_DEMAND_USD_PER_HOUR
-    return {
-        "scans": scans,
-        "instance_hours": round(hours, 2),
-        "vcpu_hours": round(hours * R5_LARGE_VCPUS, 2),
-        "on_demand_usd": round(on_demand, 2),
-        "spot_usd": round(on_demand * SPOT_FRACTION, 2),
-    }
+    return CostEstimate(
+        scans=scans,
+        instance_hours=round(hours, 2),
+        vcpu_hours=round(hours * R5_LARGE_VCPUS, 2),
+        on_demand_usd=round(on_demand, 2),
+        spot_usd=round(on_demand * SPOT_FRACTION, 2),
+    )
+
+
+def check_cost(scans: int, pipeline: str, backend: str, max_cost_usd: float | None, hours_per_scan: float | None = None) -> CostEstimate:
+    """The estimate of a run; ``OverBudget`` if it is above ``max_cost_usd`` (AWS Batch
+    only: the local backend bills nothing)."""
+    guess = estimate(scans, pipeline, hours_per_scan)
+    if max_cost_usd is not None and backend == "aws_batch" and guess.on_demand_usd > max_cost_usd:
+        raise OverBudget(
+            f"{scans} scans would cost about ${guess.on_demand_usd:.2f} on-demand "
+            f"(${guess.spot_usd:.2f} on Spot), above max_cost_usd={max_cost_usd}: "
+            "raise max_cost_usd or narrow the run with participant_label"
+        )
+    return guess
 
 
 # a report cell's tooltip (short: a 10,000-scan report repeats it on every row)
@@ -47,7 +84,7 @@ def cost_basis(backend: str) -> str:
     return f"estimate: job run time x r5.large on-demand ${R5_LARGE_ON_DEMAND_USD_PER_HOUR}/h (us-east-1)"
 
 
-def cost_cell(backend: str, row: dict) -> tuple[str, str]:
+def cost_cell(backend: str, row: dict[str, Any]) -> tuple[str, str]:
     """A report row's cost as (text, tooltip): never an empty cell without a reason."""
     if not row.get("job_id"):
         return "—", "no job ran for this scan in this run"

@@ -3,17 +3,52 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ndmg_cloud.core.bids import Discovery, discover_scans, select
 from ndmg_cloud.core.s3 import list_objects
 from ndmg_cloud.participant.params import ParamError, RunConfig
+from ndmg_cloud.participant.verify import ScanResult, completed_scans
 
 log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
     """The dataset cannot be processed as asked; the message says why and what to do."""
+
+
+class TooManyScans(ValueError):
+    """A run above its ``max_scans``; the message says what to do."""
+
+
+@dataclass
+class Survey:
+    """What a run would do with its dataset: the scans found, those an earlier run already
+    made for this pipeline and options, and why others run again."""
+
+    found: Discovery
+    done: dict[str, ScanResult]  # scan id -> its skipped_done row
+    reruns: dict[str, str]  # scan id -> why it runs although made before
+
+    @property
+    def to_run(self) -> int:
+        return len(self.found.valid) - len(self.done)
+
+
+def survey(config: RunConfig, s3_client: Any, found: Discovery | None = None) -> Survey:
+    """One listing of the dataset (unless ``found`` is its discovery) and one of the output
+    location: what this run would run (``force``: every valid scan), refused if more than
+    ``max_scans``."""
+    found = discover(config, s3_client) if found is None else found
+    done, reruns = ({}, {}) if config.force else completed_scans(config, found.valid, s3_client)
+    surveyed = Survey(found, done, reruns)
+    if surveyed.to_run > config.max_scans:
+        raise TooManyScans(
+            f"this run would run {surveyed.to_run} scans of {config.input_root}, more than max_scans={config.max_scans}: "
+            "check bidsdir, narrow the run with participant_label, or raise max_scans"
+        )
+    return surveyed
 
 
 def discover(config: RunConfig, s3_client: Any) -> Discovery:

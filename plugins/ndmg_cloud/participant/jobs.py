@@ -140,9 +140,55 @@ def batch_record(job: dict[str, Any], region: str) -> JobRecord:
     )
 
 
-def local_records(items: list[dict[str, Any]]) -> dict[str, JobRecord]:
+# What the scan tasks push for the report (XCom values: plain JSON, read back with from_xcom).
+@dataclass(frozen=True)
+class SubmittedJob:
+    """XCom ``batch_job``: the Batch job of a scan (or the canary), pushed right after SubmitJob."""
+
+    scan_id: str
+    job_id: str
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> SubmittedJob:
+        return cls(str(value["scan_id"]), str(value["job_id"]))
+
+
+@dataclass(frozen=True)
+class ThrottledPolls:
+    """XCom ``throttled``: how many of a scan's DescribeJobs polls Batch throttled."""
+
+    scan_id: str
+    polls: int
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> ThrottledPolls:
+        return cls(str(value["scan_id"]), int(value["polls"]))
+
+
+@dataclass(frozen=True)
+class LocalJob:
+    """XCom ``local_job``: what a local scan's runner subprocess did (``run_scan_local``)."""
+
+    scan_id: str
+    record: JobRecord
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"scan_id": self.scan_id, "record": self.record.to_dict()}
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> LocalJob:
+        return cls(str(value["scan_id"]), JobRecord(**value["record"]))
+
+
+def local_records(jobs: list[LocalJob]) -> dict[str, JobRecord]:
     """scan id -> record, from the ``local_job`` XComs of ``run_scan_local``."""
-    return {item["scan_id"]: JobRecord(**item["record"]) for item in items if item}
+    return {job.scan_id: job.record for job in jobs}
 
 
 def log_url(region: str, stream: str | None, group: str = "/aws/batch/job") -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.pipelines import get_pipeline
-from ndmg_cloud.core.spec import RUNNER_COMMAND, WORK_INPUT, WORK_OUTPUT, JobSpec, PipelineCall
+from ndmg_cloud.core.spec import JOB_SPEC_ENV, RUNNER_COMMAND, WORK_INPUT, WORK_OUTPUT, JobSpec, PipelineCall, SubmitJob
 from ndmg_cloud.participant.params import RunConfig
 
 JOB_NAME_MAX = 128
@@ -81,6 +81,22 @@ def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
     return f"{config.jobdir}{kind}-{run_token(config.run_id)}{suffix}"
 
 
+def submit_job(config: RunConfig, name: str, command: list[str], spec: str, tags: dict[str, str], timeout_seconds: int) -> SubmitJob:
+    """A SubmitJob request of this run (a scan's, or the canary's): the run's queue and job
+    definition, the job spec's URI in the environment, the project tag on top of ``tags``
+    (the orchestrator may stop only jobs carrying it, infra/iam.py), Spot reclaims retried."""
+    return SubmitJob(
+        job_name=name,
+        job_queue=config.job_queue,
+        job_definition=config.job_definition,
+        command=command,
+        environment={JOB_SPEC_ENV: spec},
+        tags={PROJECT_TAG: PROJECT, **tags},
+        timeout_seconds=timeout_seconds,
+        retry_strategy=RETRY_STRATEGY,
+    )
+
+
 def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
     """The job spec of one valid scan."""
     if not scan.valid:
@@ -95,25 +111,15 @@ def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
         "t1w": scan.t1w,
         "dataset_description": "dataset_description.json",
     }
-    batch = {
-        "jobName": job_name(config.dataset, scan.scan_id, config.run_id),
-        "jobQueue": config.job_queue,
-        "jobDefinition": config.job_definition,
-        "containerOverrides": {
-            "command": [RUNNER_COMMAND, "--spec", uri],
-            "environment": [{"name": "NDMG_JOB_SPEC", "value": uri}],
-        },
-        "tags": {
-            PROJECT_TAG: PROJECT,  # the orchestrator may stop only jobs carrying it (iam.py)
-            "dataset": dataset_tag(config.dataset),
-            "scan": _tag(scan.scan_id),
-            "run_id": _tag(config.run_id),
-            "pipeline": config.pipeline,
-        },
-        "propagateTags": True,
-        "retryStrategy": RETRY_STRATEGY,
-        "timeout": {"attemptDurationSeconds": config.job_timeout_minutes * 60},
-    }
+    tags = {"dataset": dataset_tag(config.dataset), "scan": _tag(scan.scan_id), "run_id": _tag(config.run_id), "pipeline": config.pipeline}
+    batch = submit_job(
+        config,
+        job_name(config.dataset, scan.scan_id, config.run_id),
+        [RUNNER_COMMAND, "--spec", uri],
+        uri,
+        tags,
+        config.job_timeout_minutes * 60,
+    )
     return JobSpec(
         spec_uri=uri,
         run_id=config.run_id,

@@ -57,6 +57,10 @@ class TakeOver:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TakeOver:
+        return cls(str(data["run_id"]), str(data.get("heartbeat_utc", "")), str(data.get("why", "")))
+
 
 def take(
     client: Any,
@@ -71,11 +75,14 @@ def take(
     stamp = now()
     if _put(client, bucket, key, Lease(run_id, stamp, stamp), IfNoneMatch="*"):
         return None
-    current, etag = _read(client, bucket, key)
-    if current is None:  # released in between: try once more from scratch
+    found = _read(client, bucket, key)
+    if found is None:  # released in between: try once more from scratch
         if _put(client, bucket, key, Lease(run_id, stamp, stamp), IfNoneMatch="*"):
             return None
-        current, etag = _read(client, bucket, key)
+        found = _read(client, bucket, key)
+    if found is None:
+        raise LeaseHeld(_changing_hands(bucket, key, run_id))
+    current, etag = found
     if current.run_id == run_id:  # this run's own lease (a retry of discover)
         _put(client, bucket, key, Lease(run_id, stamp, current.taken_at), IfMatch=etag)
         return None
@@ -88,23 +95,26 @@ def take(
     else:
         raise LeaseHeld(_held_message(bucket, key, current, state, age))
     if not _put(client, bucket, key, Lease(run_id, stamp, stamp), IfMatch=etag):
-        current, _ = _read(client, bucket, key)  # another run took it over first
-        raise LeaseHeld(_held_message(bucket, key, current, holder_state(current.run_id), 0.0))
+        found = _read(client, bucket, key)  # another run took it over first
+        if found is None:
+            raise LeaseHeld(_changing_hands(bucket, key, run_id))
+        raise LeaseHeld(_held_message(bucket, key, found[0], holder_state(found[0].run_id), 0.0))
     return TakeOver(current.run_id, _utc(current.heartbeat), why)
 
 
 def refresh(client: Any, bucket: str, key: str, run_id: str, now: Callable[[], float] = time.time) -> bool:
     """Move this run's heartbeat on; False if the lease is no longer this run's."""
-    current, etag = _read(client, bucket, key)
-    if current is None or current.run_id != run_id:
+    found = _read(client, bucket, key)
+    if found is None or found[0].run_id != run_id:
         return False
+    current, etag = found
     return _put(client, bucket, key, Lease(run_id, now(), current.taken_at), IfMatch=etag)
 
 
 def release(client: Any, bucket: str, key: str, run_id: str) -> bool:
     """Delete the lease if it is this run's (never another run's)."""
-    current, _ = _read(client, bucket, key)
-    if current is None or current.run_id != run_id:
+    found = _read(client, bucket, key)
+    if found is None or found[0].run_id != run_id:
         return False
     client.delete_object(Bucket=bucket, Key=key)
     return True
@@ -120,14 +130,21 @@ def _put(client: Any, bucket: str, key: str, lease: Lease, **condition: str) -> 
     return True
 
 
-def _read(client: Any, bucket: str, key: str) -> tuple[Lease | None, str | None]:
+def _read(client: Any, bucket: str, key: str) -> tuple[Lease, str] | None:
+    """The lease and its ETag; None when there is none."""
     try:
         answer = client.get_object(Bucket=bucket, Key=key)
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None, None
+            return None
         raise
-    return Lease.parse(answer["Body"].read()), answer["ETag"]
+    return Lease.parse(answer["Body"].read()), str(answer["ETag"])
+
+
+def _changing_hands(bucket: str, key: str, run_id: str) -> str:
+    return (
+        f"the lease on s3://{bucket}/{key} was taken and released by other runs while run {run_id} tried to take it: trigger this run again"
+    )
 
 
 def _held_message(bucket: str, key: str, lease: Lease, state: str | None, age: float) -> str:

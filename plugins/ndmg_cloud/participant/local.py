@@ -36,7 +36,7 @@ def run_local(scan_id: str, spec_uri: str) -> JobRecord:
     env = {**runner_environment(os.environ), WARM_ENV: "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        for line in process.stdout:
+        for line in process.stdout or ():
             line = redact(line.rstrip("\n"))
             tail.append(line)
             log.info("%s", line)

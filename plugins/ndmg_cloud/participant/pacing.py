@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from dataclasses import replace
+
+from ndmg_cloud.participant.runplan import ScanTask
 
 DEFAULT_SUBMIT_RATE = 5.0  # SubmitJob calls per second per run
 BATCH_SUBMIT_QUOTA = 50  # per second per account (AWS Batch service quotas, fixed)
@@ -35,7 +37,7 @@ def submit_rate() -> float:
     return rate
 
 
-def paced(items: list[dict[str, Any]], rate: float, start: float | None = None) -> list[dict[str, Any]]:
-    """Batch scans' task arguments, each with its turn to submit: the i-th at start + i / rate."""
+def paced(tasks: list[ScanTask], rate: float, start: float | None = None) -> list[ScanTask]:
+    """Batch scans' tasks, each with its turn to submit: the i-th at start + i / rate."""
     start = time.time() if start is None else start
-    return [{**item, "submit_not_before": round(start + turn / rate, 3)} for turn, item in enumerate(items)]
+    return [replace(task, submit_not_before=round(start + turn / rate, 3)) for turn, task in enumerate(tasks)]

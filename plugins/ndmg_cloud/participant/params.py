@@ -48,6 +48,8 @@ PATTERNS = {
     "job_definition": r"^([A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9][A-Za-z0-9_-]{0,127}(:[0-9]+)?)$",
 }
 PIPELINE_DEFAULT = "pipeline default"
+# The Batch names a run uses unless told otherwise: what ndmg_cloud setup / ndmg_infra create
+DEFAULT_JOB_QUEUE, DEFAULT_JOB_DEFINITION = "ndmg-queue", "ndmg"
 DEFAULT_MAX_SCANS = 2000
 _S3_RULE = "with S3 key characters only (letters, digits, ! _ . * ' ( ) / + = @ , -) and no '.', '..' or empty segments"
 # What each pattern asks for, in the words of the message that refuses a value.
@@ -68,22 +70,22 @@ PATTERN_RULES = {
 assert set(PATTERN_RULES) == set(PATTERNS)
 
 
-def _param(section: str, default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict:
+def _param(section: str, default: Any, type_: Any, title: str, description: str, **extra: Any) -> dict[str, Any]:
     return {"default": default, "type": type_, "title": title, "description": description, "section": section, **extra}
 
 
-def _optional(section: str, type_: str, title: str, description: str, **extra: Any) -> dict:
+def _optional(section: str, type_: str, title: str, description: str, **extra: Any) -> dict[str, Any]:
     """A param the user may leave empty (null): the resolver derives its value."""
     return _param(section, None, ["null", type_], title, description, **extra)
 
 
-def _optional_choice(section: str, choices: list[str], title: str, description: str, **labels: str) -> dict:
+def _optional_choice(section: str, choices: list[str], title: str, description: str, **labels: str) -> dict[str, Any]:
     """A nullable enum whose empty choice reads "pipeline default", not "null"."""
     display = {"null": PIPELINE_DEFAULT, **{c: labels.get(c, c) for c in choices}}
     return _optional(section, "string", title, description, enum=[None, *choices], values_display=display)
 
 
-def _labels(section: str, title: str, description: str, pattern: str) -> dict:
+def _labels(section: str, title: str, description: str, pattern: str) -> dict[str, Any]:
     return _optional(section, "array", title, description, items={"type": "string", "pattern": pattern})
 
 
@@ -180,11 +182,17 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     # --- AWS Batch
     "job_queue": _param(
-        AWS_BATCH, "ndmg-queue", "string", "Batch job queue", "AWS Batch job queue name or ARN.", minLength=1, pattern=PATTERNS["job_queue"]
+        AWS_BATCH,
+        DEFAULT_JOB_QUEUE,
+        "string",
+        "Batch job queue",
+        "AWS Batch job queue name or ARN.",
+        minLength=1,
+        pattern=PATTERNS["job_queue"],
     ),
     "job_definition": _param(
         AWS_BATCH,
-        "ndmg",
+        DEFAULT_JOB_DEFINITION,
         "string",
         "Batch job definition",
         "AWS Batch job definition name (name:revision) or ARN.",
@@ -270,8 +278,8 @@ class RunConfig:
     options: dict[str, Any]
     participants: list[str] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
-    job_queue: str = "ndmg-queue"
-    job_definition: str = "ndmg"
+    job_queue: str = DEFAULT_JOB_QUEUE
+    job_definition: str = DEFAULT_JOB_DEFINITION
     job_timeout_minutes: int = 360
     runnable_timeout_minutes: int = 30
     max_cost_usd: float | None = None
@@ -364,7 +372,7 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     except ValueError as err:
         raise ParamError(str(err)) from None
     for key, labels in (("participant_label", participants), ("session_label", sessions)):
-        folded = {}
+        folded: dict[str, str] = {}
         for label in labels:
             other = folded.setdefault(label.lower(), label)
             if other != label:
@@ -383,8 +391,8 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
         options=options,
         participants=participants,
         sessions=sessions,
-        job_queue=params.get("job_queue") or "ndmg-queue",
-        job_definition=params.get("job_definition") or "ndmg",
+        job_queue=params.get("job_queue") or DEFAULT_JOB_QUEUE,
+        job_definition=params.get("job_definition") or DEFAULT_JOB_DEFINITION,
         job_timeout_minutes=int(params.get("job_timeout_minutes") or 360),
         runnable_timeout_minutes=int(params.get("runnable_timeout") or 30),
         max_cost_usd=params.get("max_cost_usd"),

@@ -110,4 +110,4 @@ def preflight(batch_client: Any, config: RunConfig) -> str:
             f"{config.job_queue!r} from another run ({names}...): a second run now would pay for "
             "the same scans twice. Wait for that run to end, or cancel it, then trigger again."
         )
-    return definition["jobDefinitionArn"]
+    return str(definition["jobDefinitionArn"])

@@ -35,6 +35,10 @@ class Orphan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Orphan:
+        return cls(str(data["job_id"]), str(data.get("job_name", "")), str(data.get("status", "")), bool(data.get("terminated")))
+
 
 def jobs_of_run(client: Any, queue: str, dataset: str, run_id: str) -> list[dict[str, Any]]:
     """Summaries of every job of the queue whose name marks it as this run's."""

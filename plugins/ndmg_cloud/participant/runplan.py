@@ -7,8 +7,8 @@ once (``<jobdir>plan-<run token>.json``) and returns a ``PlanRef`` (its URI, the
 the counts: the same few hundred bytes whatever N). Each later task reads the plan by its
 URI, with one GET.
 
-``Settlement`` is the plan settled once the image is known (``canary.settle``); it is
-written next to the plan (``settled-<run token>.json``) for the same reason.
+The plan settled once the image is known (``canary.Settlement``) is written next to it
+(``settled-<run token>.json``) for the same reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,31 @@ from ndmg_cloud.participant.jobspec import run_file_uri, spec_uri
 from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.participant.verify import ScanResult
+
+
+@dataclass(frozen=True)
+class ScanTask:
+    """One mapped scan task's arguments (pilot_scan, run_scan or run_scan_local): the scan and
+    its job spec, and for a Batch scan how long RUNNABLE is normal and its turn to submit.
+    The SubmitJob payload is not among them: the task reads it from the job spec."""
+
+    scan_id: str
+    job_spec_uri: str
+    runnable_timeout: int | None = None  # aws_batch: seconds RUNNABLE before the stuck-job check
+    submit_not_before: float | None = None  # aws_batch: epoch seconds of its turn to submit (pacing)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The task's keyword arguments, as ``expand_kwargs`` hands them over (unset ones left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_kwargs(cls, data: dict[str, Any]) -> ScanTask:
+        return cls(
+            scan_id=data["scan_id"],
+            job_spec_uri=data["job_spec_uri"],
+            runnable_timeout=data.get("runnable_timeout"),
+            submit_not_before=data.get("submit_not_before"),
+        )
 
 
 @dataclass
@@ -67,18 +92,13 @@ class RunPlan:
     def valid(self) -> list[Scan]:
         return [s for s in self.scans if s.valid]
 
-    def scan_tasks(self) -> list[dict[str, Any]]:
-        """The task arguments of every valid scan's mapped task (run_scan, run_scan_local or
-        pilot_scan). The SubmitJob payload is not among them: the task reads it from the
-        job spec (one GET, whatever N). A dry run runs none."""
+    def scan_tasks(self) -> list[ScanTask]:
+        """The task of every valid scan (one GET of its spec each, whatever N). A dry run runs none."""
         config = self.config
         if config.dry_run:
             return []
-        tasks = [{"scan_id": scan.scan_id, "job_spec_uri": spec_uri(config, scan)} for scan in self.valid]
-        if config.backend == "aws_batch":
-            for item in tasks:
-                item["runnable_timeout"] = config.runnable_timeout_minutes * 60
-        return tasks
+        runnable_timeout = config.runnable_timeout_minutes * 60 if config.backend == "aws_batch" else None
+        return [ScanTask(scan.scan_id, spec_uri(config, scan), runnable_timeout) for scan in self.valid]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,35 +136,3 @@ class RunPlan:
     @classmethod
     def read(cls, s3_client: Any, ref: PlanRef) -> RunPlan:
         return cls.from_dict(read_json_at(s3_client, ref.uri))
-
-
-@dataclass
-class Settlement:
-    """The settled run: what is done, what runs again and why, which scans go first."""
-
-    done: dict[str, ScanResult]  # scan id -> its skipped_done report row
-    reruns: dict[str, str]  # scan id -> why it runs although an earlier run made it
-    pilots: list[str]  # scan ids run first, to success, before the others are released
-    canary: dict[str, Any]  # the CanaryOutcome, as a dict
-    contract: dict[str, Any] | None  # summary of the code this run's scans are made with
-
-    def to_run(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Of the task arguments of every valid scan, those of the scans that run in this run."""
-        return [t for t in tasks if t["scan_id"] not in self.done]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "done": {scan_id: row.to_dict() for scan_id, row in self.done.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Settlement:
-        return cls(**{**data, "done": {k: ScanResult.from_dict(row) for k, row in data["done"].items()}})
-
-    def write(self, s3_client: Any, config: RunConfig) -> str:
-        """Write it next to the run plan; return its URI (the plan_scans task's XCom)."""
-        uri = run_file_uri(config, "settled", ".json")
-        put_json(s3_client, uri, self.to_dict())
-        return uri
-
-    @classmethod
-    def read(cls, s3_client: Any, uri: str) -> Settlement:
-        return cls.from_dict(read_json_at(s3_client, uri))

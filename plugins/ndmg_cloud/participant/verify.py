@@ -169,16 +169,16 @@ def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: List
         prefix = outputs.scan_prefix(scan)
         present, missing = _match_outputs(listing, prefix, pipeline.expected_outputs(scan, config.options))
         row.outputs = sorted(present)
-        manifest = outputs.manifest_key(scan)
-        if manifest not in listing:
-            missing.append(manifest[len(prefix) :])
+        manifest_key = outputs.manifest_key(scan)
+        if manifest_key not in listing:
+            missing.append(manifest_key[len(prefix) :])
         row.missing = missing
         if missing:
             row.status = "missing_outputs"
             context = "job succeeded but " if verdict == "succeeded" else ""
             row.reason = f"{context}{len(missing)} expected file(s) are missing: {', '.join(missing[:3])}"
         else:
-            pending.append((row, prefix, manifest))
+            pending.append((row, prefix, manifest_key))
 
     def read(item: tuple[ScanResult, str, str]) -> tuple[ScanResult, str, ScanManifest | Exception]:
         row, prefix, key = item
@@ -188,15 +188,15 @@ def _judge(config: RunConfig, rows: list[tuple[ScanResult, Scan]], listing: List
             return row, prefix, err
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for row, prefix, manifest in pool.map(read, pending):
-            problem = _manifest_problem(manifest, row, prefix, listing, config, verdict)
-            if problem:
+        for row, prefix, found in pool.map(read, pending):
+            problem = _manifest_problem(found, row, prefix, listing, config, verdict)
+            if problem or not isinstance(found, ScanManifest):
                 row.status, row.reason = "missing_outputs", problem
                 continue
-            row.status, row.made_by, row.contract = verdict, manifest.pipeline.label, manifest.pipeline.fingerprint
-            row.streamlines = reported_streamlines(manifest)
+            row.status, row.made_by, row.contract = verdict, found.pipeline.label, found.pipeline.fingerprint
+            row.streamlines = reported_streamlines(found)
             if verdict == "skipped_done":
-                row.reason = f"already done by run {manifest.run_id or '?'} (force=true reruns it)"
+                row.reason = f"already done by run {found.run_id or '?'} (force=true reruns it)"
 
 
 def reported_streamlines(manifest: ScanManifest) -> int | None:

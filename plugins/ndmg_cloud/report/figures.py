@@ -49,7 +49,7 @@ class Graph:
             return self.first_node + self.size - 1
         return max((j for _, j, _ in self.edges), default=self.first_node - 1)
 
-    def stats(self) -> dict[str, int | float]:
+    def stats(self) -> dict[str, int | float | None]:
         """``nodes``: the node indices from the first to the last with an edge (or the
         matrix's size): the heatmap's side; ``connected_nodes``: nodes with at least one
         edge; ``density``: edges between distinct nodes over the pairs of ``nodes``;
@@ -139,7 +139,8 @@ def palette() -> list[tuple[int, int, int]]:
         x = k / 254 * (len(VIRIDIS) - 1)
         lo = min(int(x), len(VIRIDIS) - 2)
         f = x - lo
-        colours.append(tuple(round(a + (b - a) * f) for a, b in zip(VIRIDIS[lo], VIRIDIS[lo + 1], strict=True)))
+        (r0, g0, b0), (r1, g1, b1) = VIRIDIS[lo], VIRIDIS[lo + 1]
+        colours.append((round(r0 + (r1 - r0) * f), round(g0 + (g1 - g0) * f), round(b0 + (b1 - b0) * f)))
     return colours
 
 

@@ -20,10 +20,15 @@ from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.layout import REPORT_CSV, REPORT_HTML, REPORT_JSON
+from ndmg_cloud.core.manifest import ContractSummary
 from ndmg_cloud.core.pipelines import get_pipeline
-from ndmg_cloud.core.s3 import get_bytes, put_bytes, put_json
+from ndmg_cloud.core.s3 import get_bytes, put_json, write_at
+from ndmg_cloud.participant.canary import CanaryOutcome
 from ndmg_cloud.participant.cost import cost_basis, cost_cell
+from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.participant.reconcile import Orphan
 from ndmg_cloud.participant.verify import Listing, ScanResult, fnmatch_magic
 from ndmg_cloud.report.figures import GraphError, colour_bar, data_uri, heatmap, parse_connectome, time_ticks
 
@@ -322,12 +327,12 @@ class RunReport:
     finished_at: str
     summary: Summary
     warnings: list[str]
-    orphans: list[dict[str, Any]]  # jobs of the run that no row names (terminated if still active)
-    lease: dict[str, Any]  # the output location's lease: which run's lease this one took over, and why
-    canary: dict[str, Any]  # what the canary found: status passed, failed or skipped; its checks
-    contract: dict[str, Any] | None  # the image contract summary of the code the scans were made with
+    orphans: list[Orphan]  # jobs of the run that no row names (terminated if still active)
+    took_over: TakeOver | None  # the output location's lease this run took over, and why (report.json: lease.took_over)
+    canary: CanaryOutcome  # what the canary found: status passed, failed or skipped; its checks
+    contract: ContractSummary | None  # the code the scans were made with
     pilots: list[str]
-    connectomes: dict[str, Any]  # what read_connectomes read and embedded
+    connectomes: dict[str, Any]  # what read_connectomes read and embedded (the page's figures summary)
     scans: list[ScanResult]
 
     @property
@@ -335,10 +340,20 @@ class RunReport:
         """The rows that fail the run."""
         return [r for r in self.scans if r.status in FAILING_STATUSES]
 
+    @property
+    def dry_run(self) -> bool:
+        """A dry run's report: nothing was submitted, no connectome made."""
+        return bool(self.params.get("dry_run"))
+
     def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "took_over"}
         return {
-            **{f.name: getattr(self, f.name) for f in fields(self)},
+            **data,
             "summary": asdict(self.summary),
+            "orphans": [o.to_dict() for o in self.orphans],
+            "lease": {"took_over": self.took_over.to_dict() if self.took_over else None},
+            "canary": self.canary.to_dict(),
+            "contract": self.contract.to_dict() if self.contract else None,
             "scans": [r.to_dict() for r in self.scans],
         }
 
@@ -352,10 +367,6 @@ class RunReport:
             "params": {},
             "options": {},
             "warnings": [],
-            "orphans": [],
-            "lease": {"took_over": None},
-            "canary": {},
-            "contract": None,
             "pilots": [],
             "connectomes": {},
             "cost_basis": "",
@@ -366,11 +377,16 @@ class RunReport:
             "output": "",
             "finished_at": "",
         }
+        took_over = (data.get("lease") or {}).get("took_over")
         return cls(
             **{
                 **empty,
                 **{k: v for k, v in data.items() if k in known},
                 "summary": Summary(**summary),
+                "orphans": [Orphan.from_dict(o) for o in data.get("orphans") or []],
+                "took_over": TakeOver.from_dict(took_over) if took_over else None,
+                "canary": CanaryOutcome.from_dict(data.get("canary") or {}),
+                "contract": ContractSummary.from_dict(data.get("contract")),
                 "scans": [ScanResult.from_dict(r) for r in data.get("scans", [])],
             }
         )
@@ -382,12 +398,12 @@ def build_report(
     started_at: str,
     finished_at: str,
     submitted: int,
-    warnings: list[str] = (),
-    canary: dict[str, Any] | None = None,
-    contract: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+    canary: CanaryOutcome | None = None,
+    contract: ContractSummary | None = None,
     connectomes: dict[str, Any] | None = None,
-    orphans: list[dict[str, Any]] = (),
-    lease: dict[str, Any] | None = None,
+    orphans: list[Orphan] | None = None,
+    took_over: TakeOver | None = None,
     throttled_polls: int = 0,
     invalid_omitted: int = 0,
 ) -> RunReport:
@@ -423,10 +439,10 @@ def build_report(
         started_at=started_at,
         finished_at=finished_at,
         summary=summary,
-        warnings=list(warnings),
-        orphans=list(orphans),
-        lease=lease or {"took_over": None},
-        canary=canary or {"status": "skipped", "reason": "not recorded"},
+        warnings=list(warnings or []),
+        orphans=list(orphans or []),
+        took_over=took_over,
+        canary=canary or CanaryOutcome("skipped", "not recorded"),
         contract=contract,
         pilots=[r.scan_id for r in rows if r.pilot],
         connectomes=connectomes or {},
@@ -465,8 +481,12 @@ def _seconds(iso: str | None) -> float | None:
 def _timeline(report: dict[str, Any]) -> dict[str, Any]:
     """Bars of each job's start..stop on a time axis from the run's start (clock times in
     UTC and time elapsed), under a curve of how many jobs ran at once."""
-    spans = sorted(
-        ((r, _seconds(r["started_at"]), _seconds(r["stopped_at"])) for r in report["scans"] if r["started_at"] and r["stopped_at"]),
+    spans: list[tuple[Any, float, float]] = sorted(
+        (
+            (r, start, stop)
+            for r in report["scans"]
+            if (start := _seconds(r["started_at"])) is not None and (stop := _seconds(r["stopped_at"])) is not None
+        ),
         key=lambda span: span[1],
     )
     if not spans:
@@ -512,7 +532,7 @@ def _load_curve(spans: list[tuple[Any, float, float]], t0: float, scale: float) 
     """A step curve of the jobs running at each moment, over every job (drawn as a bar or
     not); one step per pixel column at most, at the column's busiest moment."""
     events = sorted([(start, 1) for _, start, _ in spans] + [(stop, -1) for _, _, stop in spans])
-    level, columns = 0, {}  # pixel column -> [most running in it, running when it ends]
+    level, columns = 0, {}  # type: tuple[int, dict[int, list[int]]]  # pixel column -> [most running in it, running when it ends]
     for moment, change in events:
         column = int(TIMELINE_LEFT + (moment - t0) * scale)
         busiest = columns.setdefault(column, [level, level])
@@ -575,12 +595,11 @@ def report_html(report: dict[str, Any], connectomes: Connectomes | None = None) 
 def write_report(s3_client: Any, config: RunConfig, run_report: RunReport, connectomes: Connectomes | None = None) -> str:
     """Write report.csv, report.html and report.json; return the report.json URI."""
     report = run_report.to_dict()  # the document the csv and the page are made from
-    bucket = config.output_root.bucket
-    prefix = config.outputs.report_prefix(config.run_id)
-    put_bytes(s3_client, bucket, prefix + "report.csv", report_csv(report).encode(), "text/csv")
+    outputs = config.outputs
+    write_at(s3_client, outputs.report_uri(config.run_id, REPORT_CSV), report_csv(report).encode(), "text/csv")
     html = report_html(report, connectomes).encode()
-    put_bytes(s3_client, bucket, prefix + "report.html", html, "text/html; charset=utf-8")
+    write_at(s3_client, outputs.report_uri(config.run_id, REPORT_HTML), html, "text/html; charset=utf-8")
     log.info("report.html: %d bytes", len(html))
-    uri = f"s3://{bucket}/{prefix}report.json"
-    put_json(s3_client, uri, report)
+    uri = outputs.report_uri(config.run_id, REPORT_JSON)
+    put_json(s3_client, uri, report)  # last: its presence means the rest is there
     return uri

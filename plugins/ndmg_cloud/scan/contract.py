@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ndmg_cloud.core.atlases import LABEL_DIR, RESOLUTIONS, atlas_name
+from ndmg_cloud.core.manifest import ContractSummary
 from ndmg_cloud.core.pipelines import Nargs, Pipeline, get_pipeline
 
 CONTRACT_ENV = "NDMG_IMAGE_CONTRACT"
@@ -73,16 +74,9 @@ class ImageContract:
         revision = self.code.get("revision") or "?"
         return f"{self.code.get('name', self.pipeline)} {revision.split(':')[-1][:8]}"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ContractSummary:
         """What each scan manifest records (the full contract stays in the image)."""
-        return {
-            "fingerprint": self.fingerprint,
-            "label": self.label,
-            "pipeline": self.pipeline,
-            "code": self.code,
-            "base_image": self.base_image,
-            "atlas_source": self.atlas_source,
-        }
+        return ContractSummary(self.fingerprint, self.label, self.pipeline, dict(self.code), self.base_image, self.atlas_source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -443,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get(CONTRACT_ENV, DEFAULT_PATH)))
     args = parser.parse_args(argv)
     try:
-        if args.pipeline == "lite":  # our own code: the same identity as on the local backend
-            code = local_contract("lite").code
+        lite = local_contract("lite") if args.pipeline == "lite" else None
+        if lite is not None:  # our own code: the same identity as on the local backend
+            code = lite.code
         else:
             code = {
                 "name": args.code_name or args.pipeline,

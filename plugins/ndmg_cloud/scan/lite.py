@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,11 +139,12 @@ class Image:
 def load_isotropic(path: Path) -> Image:
     import nibabel as nib
 
-    img = nib.load(path)
+    img: Any = nib.load(path)  # a NIfTI image (nibabel's stubs say FileBasedImage)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim != 4:
         raise LiteError(f"{path.name} is {data.ndim}D; a DWI series is 4D (x, y, z, volume)")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zx, zy, zz = (float(z) for z in img.header.get_zooms()[:3])
+    zooms = (zx, zy, zz)
     if max(zooms) - min(zooms) <= 0.01 * min(zooms):
         return Image(data, img.affine, zooms[0])
     from dipy.align.reslice import reslice
@@ -169,7 +171,7 @@ def preload() -> None:
 
 @dataclass(frozen=True)
 class Tracking:
-    streamlines: list  # world coordinates (mm)
+    streamlines: list[np.ndarray]  # world coordinates (mm)
     image: Image
     mask: np.ndarray
     fa: np.ndarray
@@ -216,7 +218,7 @@ def grid_labels(affine: np.ndarray, shape: tuple[int, ...], n: int) -> np.ndarra
     """Label each voxel by the block of the world box ``GRID_BOX_MM`` (n x n x n blocks)
     its centre lies in: ``1 + a*n*n + b*n + c``; 0 outside the box. The same world place
     has the same label in every image."""
-    idx = np.stack(np.indices(shape[:3]), axis=-1).astype(float)
+    idx = np.stack(list(np.indices(shape[:3])), axis=-1).astype(float)
     world = idx @ affine[:3, :3].T + affine[:3, 3]
     labels = np.ones(shape[:3], np.int32)
     inside = np.ones(shape[:3], bool)
@@ -234,7 +236,7 @@ def atlas_labels(atlas: Path, image: Image) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    img = nib.load(atlas)
+    img: Any = nib.load(atlas)  # a NIfTI image (nibabel's stubs say FileBasedImage)
     if img.ndim != 3:
         raise LiteError(f"atlas {atlas.name} must be a 3D label image, not {img.ndim}D")
     own = np.rint(np.asarray(img.dataobj)).astype(np.int64)
@@ -246,7 +248,7 @@ def atlas_labels(atlas: Path, image: Image) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(np.asarray(resampled.dataobj)).astype(np.int64), np.union1d(np.unique(own), [0])
 
 
-def connectome(streamlines, affine: np.ndarray, labels: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+def connectome(streamlines: list[np.ndarray], affine: np.ndarray, labels: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     """m2g's rule: for every streamline, each pair of distinct non-zero labels among the
     voxels its points fall in gains 1. ``nodes``: the parcellation's labels in order, 0
     first; the matrix is indexed by rank in it (node 0 = background, never connected)."""

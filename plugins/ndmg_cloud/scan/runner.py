@@ -111,8 +111,8 @@ class ScanRun:
     started_at: str = field(default_factory=now)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: list[OutputFile] = field(default_factory=list)
-    log_tail: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
-    process: subprocess.Popen | WarmProcess | None = None
+    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    process: subprocess.Popen[str] | WarmProcess | None = None
     terminated: bool = False
     contract: image_contract.ImageContract | None = None
 
@@ -141,12 +141,12 @@ class ScanRun:
     def download_inputs(self) -> None:
         scan, inputs, subject = self.scan, self.spec.inputs, self.scan.subject
         series = self.input_dir / f"sub-{subject}" / f"ses-{self.session}"
-        for role in ("dwi", "t1w"):
-            if not inputs.get(role):
-                raise ScanFailure(f"job spec has no {role} input", 2)
-        dwi_name = work_name(inputs["dwi"].rsplit("/", 1)[-1], subject, scan.session)
+        dwi, t1w = inputs.get("dwi"), inputs.get("t1w")
+        if not dwi or not t1w:
+            raise ScanFailure(f"job spec has no {'dwi' if not dwi else 't1w'} input", 2)
+        dwi_name = work_name(dwi.rsplit("/", 1)[-1], subject, scan.session)
         dwi_stem = dwi_name.removesuffix(".gz").removesuffix(".nii")
-        t1w_name = work_name(inputs["t1w"].rsplit("/", 1)[-1], subject, scan.session)
+        t1w_name = work_name(t1w.rsplit("/", 1)[-1], subject, scan.session)
         places = {
             "dwi": series / "dwi" / dwi_name,
             "bval": series / "dwi" / f"{dwi_stem}.bval",  # beside the image, even if inherited
@@ -197,7 +197,7 @@ class ScanRun:
         shapes = {}
         for image in (dwi, t1w):
             try:
-                shapes[image] = nib.load(image).shape
+                shapes[image] = nib.load(image).shape  # type: ignore[attr-defined]  # a NIfTI image (nibabel's stubs type it as FileBasedImage)
             except Exception as err:
                 if isinstance(err, ScanFailure):
                     raise
@@ -261,7 +261,7 @@ class ScanRun:
             log(f"running{' (warm)' if isinstance(self.process, WarmProcess) else ''}: {' '.join(command)}")
         except OSError as err:
             raise ScanFailure(f"cannot start the pipeline {command[0]!r}: {err}", 127) from None
-        for line in self.process.stdout:
+        for line in self.process.stdout or ():
             line = redact(line.rstrip("\n"))
             sys.stdout.write(line + "\n")
             self.log_tail.append(line)
@@ -336,7 +336,7 @@ class ScanRun:
             except (S3UploadFailedError, ClientError, BotoCoreError) as err:
                 raise ScanFailure(f"could not upload {rel} to s3://{bucket}/{prefix}{rel}: {err}") from None
             self.outputs.append(OutputFile(rel, path.stat().st_size, sha256(path)))
-        produced = [o.path for o in self.outputs if o.size > 0]
+        produced = [o.path for o in self.outputs if o.size]
         missing = [p for p in self.spec.expected_outputs if not fnmatch.filter(produced, p)]
         if missing:
             raise ScanFailure(f"the pipeline finished but did not produce {', '.join(missing)}")
@@ -353,7 +353,7 @@ class ScanRun:
                 name=block.name,
                 image=os.environ.get("NDMG_IMAGE", block.image),
                 options=block.options,
-                command=block.command,
+                command=block.command or [],
                 # which code made this scan: resume compares it with the next run's
                 contract=self.contract.summary() if self.contract else None,
             ),
@@ -450,9 +450,9 @@ def run_self_check(spec_location: str, result_uri: str | None, workdir: Path | N
         except Exception as err:  # the checks are printed above either way
             print(f"ndmg-scan: {result.scan_id} self-check could not write {result_uri}: {err}", file=sys.stderr, flush=True)
             return 1
-    failure = result.first_failure
-    if failure:
-        print(f"ndmg-scan: {result.scan_id} self-check failed: {failure.name}: {failure.detail}", file=sys.stderr, flush=True)
+    failed_check = result.first_failure
+    if failed_check:
+        print(f"ndmg-scan: {result.scan_id} self-check failed: {failed_check.name}: {failed_check.detail}", file=sys.stderr, flush=True)
         return 1
     log(f"self-check passed: this image can run scan {result.scan_id}")
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 from ndmg_cloud.core.atlases import LABEL_DIR, selected_by
 from ndmg_cloud.core.layout import PROBE_NAME, split_uri
 from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
-from ndmg_cloud.core.spec import JobSpec
+from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
@@ -68,16 +68,34 @@ class SelfCheck:
         self.checks.append(Check(name, ok, detail))
         return ok
 
+    job_id: str | None = None  # the Batch job that checked (AWS_BATCH_JOB_ID), as written
+
     def to_dict(self) -> dict[str, Any]:
+        """The findings document (``--result``; the canary's ``canary.json``)."""
         return {
             "ok": self.ok,
-            "job_id": os.environ.get("AWS_BATCH_JOB_ID"),  # set by Batch in every job's container
+            "job_id": self.job_id or os.environ.get("AWS_BATCH_JOB_ID"),  # set by Batch in every job's container
             "scan_id": self.scan_id,
             "pipeline": self.pipeline,
             "checked_at": self.checked_at,
             "checks": [asdict(c) for c in self.checks],
             "contract": self.contract.to_dict() if self.contract else None,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SelfCheck:
+        """A findings document; ``ValueError`` if it is not one."""
+        try:
+            return cls(
+                scan_id=str(data["scan_id"]),
+                pipeline=str(data["pipeline"]),
+                checks=[Check(str(c["name"]), bool(c["ok"]), str(c["detail"])) for c in data.get("checks") or []],
+                contract=ImageContract.from_dict(data["contract"]) if data.get("contract") else None,
+                checked_at=str(data.get("checked_at") or ""),
+                job_id=data.get("job_id"),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"not a self-check's findings: {err!r}") from None
 
 
 def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
@@ -87,7 +105,7 @@ def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
     pipeline = get_pipeline(name)
     options = spec.pipeline.options
     _check_contract(result, name)
-    _check_command(result, spec.pipeline.command)
+    _check_command(result, spec.pipeline.command or pipeline.command(spec.scan, options, WORK_INPUT, WORK_OUTPUT))
     if pipeline.catalogue:
         _check_atlases(result, pipeline, options)
     _check_disk(result, pipeline, workdir)
@@ -184,7 +202,7 @@ def _check_s3(result: SelfCheck, spec: JobSpec, client: Any) -> None:
 
     inputs = spec.inputs
     bucket, root = split_uri(spec.input_root)
-    keys = [(bucket, root + inputs[role]) for role in ("dwi", "bval", "bvec", "t1w")]
+    keys = [(bucket, root + path) for role in ("dwi", "bval", "bvec", "t1w") if (path := inputs.get(role))]
     keys += [split_uri(uri) for uri in spec.extra_inputs.values()]
     try:
         for in_bucket, key in keys:

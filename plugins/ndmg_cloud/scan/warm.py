@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ class WarmProcess:
         self._reading = False
         self.stdout = self._lines()
 
-    def _lines(self):
+    def _lines(self) -> Iterator[str]:
         self._reading = True
         try:
             for line in self._stream:
@@ -130,13 +131,13 @@ class WarmProcess:
         if self._reading:  # from a signal handler, while the runner reads the stream
             while _alive(self.pid):
                 if deadline is not None and time.monotonic() > deadline:
-                    raise subprocess.TimeoutExpired("ndmg-warm", timeout)
+                    raise subprocess.TimeoutExpired("ndmg-warm", timeout or 0.0)
                 time.sleep(0.05)
-            return self.poll()
+            return self.poll() or -signal.SIGTERM  # poll: not None once the pid is gone
         for _ in self.stdout:  # drain what is left
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("ndmg-warm", timeout)
-        return self.returncode
+                raise subprocess.TimeoutExpired("ndmg-warm", timeout or 0.0)
+        return self.returncode if self.returncode is not None else -signal.SIGKILL  # set by the drained stream
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,6 @@
-"""The DAG's task callables: each creates its AWS clients at run time and calls one step.
-
-The DAG file only wires these together; the logic lives in ``discover``, ``jobspec``,
-``canary``, ``verify`` and ``report``.
+"""The ``ndmg_participant`` DAG's task callables: each creates its AWS clients at run time
+and calls the run's logic in ``ndmg_cloud.participant`` (discover, jobspec, canary, runplan,
+verify) and ``ndmg_cloud.report``. The DAG file only wires these together.
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.layout import DESCRIPTION
 from ndmg_cloud.core.s3 import put_json
-from ndmg_cloud.orchestration.clients import AWS_CONN_ID, batch_client, logs_client, s3_client
+from ndmg_cloud.orchestration.clients import batch_client, logs_client, s3_client
 from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.orchestration.taskids import (
     BACKEND_TASKS,
@@ -30,6 +30,7 @@ from ndmg_cloud.orchestration.taskids import (
     PILOT_SCAN,
     PLAN_SCANS,
     RELEASE_SCANS,
+    REPORTS_ALIAS,
     RUN_SCAN,
     RUN_SCAN_LOCAL,
     SETTLEMENT_XCOM_KEY,
@@ -39,20 +40,24 @@ from ndmg_cloud.orchestration.taskids import (
 from ndmg_cloud.participant import lease
 from ndmg_cloud.participant.canary import (
     CanaryOutcome,
-    canary_kwargs,
+    Settlement,
+    canary_job,
     canary_outcome,
     run_contract,
     settle,
     skipped,
 )
-from ndmg_cloud.participant.cost import estimate
-from ndmg_cloud.participant.discover import discover
+from ndmg_cloud.participant.cost import OverBudget, check_cost
+from ndmg_cloud.participant.discover import TooManyScans, survey
 from ndmg_cloud.participant.jobs import (
     CANARY_FAILED,
     NOT_SUBMITTED,
     PILOT_FAILED,
     SUCCEEDED,
     JobRecord,
+    LocalJob,
+    SubmittedJob,
+    ThrottledPolls,
     batch_records,
     fetch_log_tails,
     local_records,
@@ -64,13 +69,12 @@ from ndmg_cloud.participant.pacing import paced, submit_rate
 from ndmg_cloud.participant.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.participant.preflight import preflight
 from ndmg_cloud.participant.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
-from ndmg_cloud.participant.runplan import PlanRef, RunPlan, Settlement
-from ndmg_cloud.participant.verify import completed_scans, output_listing, verify_scans
+from ndmg_cloud.participant.runplan import PlanRef, RunPlan, ScanTask
+from ndmg_cloud.participant.verify import output_listing, verify_scans
 from ndmg_cloud.report.runreport import airflow_log_url, build_report, read_connectomes, write_report
 
 log = logging.getLogger(__name__)
 INVALID_ROWS_KEPT = 200  # invalid scans listed in the run plan and the report; the rest are counted
-REPORTS_ALIAS = "ndmg-reports"
 
 
 def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
@@ -84,19 +88,16 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
         # the revision the canary checks is the revision every scan job runs
         config.job_definition = preflight(batch_client(), config)
     s3 = s3_client()
-    found = discover(config, s3)
-    done, reruns = ({}, {}) if config.force else completed_scans(config, found.valid, s3)
+    try:
+        surveyed = survey(config, s3)
+    except TooManyScans as err:
+        raise AirflowFailException(str(err)) from None
+    found, done, reruns = surveyed.found, surveyed.done, surveyed.reruns
     if done:
         log.info("%d scans already done for this pipeline and options (force=true reruns them)", len(done))
     for scan_id, why in reruns.items():
         log.info("%s runs again: %s", scan_id, why)
-    to_run = len(found.valid) - len(done)
-    if to_run > config.max_scans:
-        raise AirflowFailException(
-            f"this run would run {to_run} scans of {config.input_root}, more than max_scans={config.max_scans}: "
-            "check bidsdir, narrow the run with participant_label, or raise max_scans"
-        )
-    check_cost(config, to_run)
+    _check_cost(config, surveyed.to_run)
     invalid = [s for s in found.scans if not s.valid]
     omitted = max(0, len(invalid) - INVALID_ROWS_KEPT)
     if omitted:
@@ -143,10 +144,9 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
     canary = None
     if config.backend == "aws_batch" and config.canary:
         first = next((s for s in specs if s.scan_id not in plan.done), specs[0])
-        canary = canary_kwargs(config, first)
-        log.info(
-            "canary %s will check scan %s on %s / %s", canary["batch"]["jobName"], first.scan_id, config.job_queue, config.job_definition
-        )
+        job = canary_job(config, first)
+        log.info("canary %s will check scan %s on %s / %s", job.submission.job_name, first.scan_id, config.job_queue, config.job_definition)
+        canary = job.to_xcom()
     ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
     return len(specs)
 
@@ -168,10 +168,10 @@ def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
         log.info("%s runs again: %s", scan_id, why)
     to_run = settled.to_run(tasks)
     log.info("%d scans to run (%d pilots first), %d done", len(to_run), len(settled.pilots), len(settled.done))
-    check_cost(config, len(to_run))
+    _check_cost(config, len(to_run))
     _check_map_length(len(to_run))
     ti.xcom_push(key=SETTLEMENT_XCOM_KEY, value=settled.write(s3_client(), config))
-    return _with_turns(config, [t for t in to_run if t["scan_id"] in settled.pilots])  # a few: a plain list
+    return [t.kwargs() for t in _with_turns(config, [t for t in to_run if t.scan_id in settled.pilots])]  # a few: a plain list
 
 
 def _settlement(ti: Any) -> Settlement | None:
@@ -180,37 +180,42 @@ def _settlement(ti: Any) -> Settlement | None:
     return Settlement.read(s3_client(), uri) if uri else None
 
 
+def _settled(ti: Any) -> Settlement:
+    """The settlement of a run that got past plan_scans (release_scans runs only then)."""
+    settled = _settlement(ti)
+    if settled is None:
+        raise AirflowFailException("plan_scans pushed no settlement: see its log")
+    return settled
+
+
 def release_scans_step(discovery: dict[str, Any], ti: Any) -> ScanItems:
     """Every pilot succeeded (or there were none): the rest of the run goes. Returns the
     scans as a ``ScanItems`` (constant-size XCom; each mapped task reads its own item), each
     Batch scan with its turn to submit (``ndmg_cloud.participant.pacing``)."""
     plan = _plan(discovery)
-    settled = _settlement(ti)
-    rest = [t for t in settled.to_run(plan.scan_tasks()) if t["scan_id"] not in settled.pilots]
+    settled = _settled(ti)
+    rest = [t for t in settled.to_run(plan.scan_tasks()) if t.scan_id not in settled.pilots]
     if settled.pilots:
         log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(settled.pilots), len(rest))
     return write_scan_items(s3_client(), run_file_uri(plan.config, "released", ".items"), _with_turns(plan.config, rest))
 
 
-def _with_turns(config: RunConfig, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batch scans' task arguments, each with its turn to submit (ndmg_cloud.participant.pacing)."""
-    if config.backend != "aws_batch" or not items:
-        return items
+def _with_turns(config: RunConfig, tasks: list[ScanTask]) -> list[ScanTask]:
+    """Batch scans' tasks, each with its turn to submit (ndmg_cloud.participant.pacing)."""
+    if config.backend != "aws_batch" or not tasks:
+        return tasks
     rate = submit_rate()
-    log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(items), rate, len(items) / rate)
-    return paced(items, rate)
+    log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(tasks), rate, len(tasks) / rate)
+    return paced(tasks, rate)
 
 
-def check_cost(config: RunConfig, scans: int) -> None:
+def _check_cost(config: RunConfig, scans: int) -> None:
     """Refuse a run whose estimate is above the max_cost_usd param."""
-    guess = estimate(scans, config.pipeline)
-    log.info("estimate: %s", guess)
-    if config.max_cost_usd is not None and config.backend == "aws_batch" and guess["on_demand_usd"] > config.max_cost_usd:
-        raise AirflowFailException(
-            f"{scans} scans would cost about ${guess['on_demand_usd']:.2f} on-demand "
-            f"(${guess['spot_usd']:.2f} on Spot), above max_cost_usd={config.max_cost_usd}: "
-            "raise max_cost_usd or narrow the run with participant_label"
-        )
+    try:
+        guess = check_cost(scans, config.pipeline, config.backend, config.max_cost_usd)
+    except OverBudget as err:
+        raise AirflowFailException(str(err)) from None
+    log.info("estimate for %d scans: %s", scans, guess)
 
 
 def _check_map_length(scans: int) -> None:
@@ -234,7 +239,7 @@ def choose_backend_step(discovery: dict[str, Any]) -> str:
 def run_scan_local_step(scan_id: str, job_spec_uri: str, ti: Any) -> str:
     """The ``local`` backend: the scan runner in a subprocess on this worker."""
     record = run_local(scan_id, job_spec_uri)
-    ti.xcom_push(key=LOCAL_JOB_XCOM_KEY, value={"scan_id": scan_id, "record": record.to_dict()})
+    ti.xcom_push(key=LOCAL_JOB_XCOM_KEY, value=LocalJob(scan_id, record).to_xcom())
     if record.status != SUCCEEDED:
         raise AirflowException(f"scan {scan_id}: {record.reason}")
     return record.job_id
@@ -244,7 +249,7 @@ def _mark_derivatives(client: Any, config: RunConfig) -> None:
     """``<output>/dataset_description.json`` marks the output folder as BIDS derivatives."""
     put_json(
         client,
-        config.output_root.uri("dataset_description.json"),
+        config.output_root.uri(DESCRIPTION),
         {
             "Name": f"{config.pipeline} connectomes of {config.dataset}",
             "BIDSVersion": "1.9.0",
@@ -270,7 +275,7 @@ def report_asset(config: RunConfig) -> Any:
     """The Asset of a dataset's reports: ``s3://<output>/reports``, named by dataset."""
     from airflow.sdk import Asset
 
-    return Asset(name=f"ndmg-reports/{config.dataset}", uri=config.output_root.uri("reports"))
+    return Asset(name=f"{REPORTS_ALIAS}/{config.dataset}", uri=config.outputs.reports_uri)
 
 
 def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
@@ -319,8 +324,8 @@ def _jobs_of_run(client: Any, config: RunConfig) -> list[dict[str, Any]]:
 def _scan_task_states(ti: Any, config: RunConfig) -> dict[str, str]:
     """scan id -> state of its pilot_scan / run_scan task instance in this run."""
     mapped = {
-        PILOT_SCAN: [item["scan_id"] for item in ti.xcom_pull(task_ids=PLAN_SCANS) or [] if item],
-        RUN_SCAN: [item["scan_id"] for item in ti.xcom_pull(task_ids=RELEASE_SCANS) or [] if item],
+        PILOT_SCAN: [ScanTask.from_kwargs(item).scan_id for item in ti.xcom_pull(task_ids=PLAN_SCANS) or [] if item],
+        RUN_SCAN: [ScanTask.from_kwargs(item).scan_id for item in ti.xcom_pull(task_ids=RELEASE_SCANS) or [] if item],
     }
     states = ti.get_task_states(dag_id=DAG_ID, task_ids=list(mapped), run_ids=[config.run_id])
     return scan_task_states(states.get(config.run_id, {}), mapped)
@@ -330,7 +335,7 @@ def _canary(ti: Any, config: RunConfig) -> CanaryOutcome:
     """What the canary found: from its Batch job and findings; or why there was none."""
     canary_jobs = _pulled(ti, CANARY, JOB_XCOM_KEY)
     if canary_jobs:
-        job_id = canary_jobs[0]["job_id"]
+        job_id = SubmittedJob.from_xcom(canary_jobs[0]).job_id
         records = batch_records(batch_client(), {CANARY: job_id})
         fetch_log_tails(logs_client(), records)
         return canary_outcome(config, records[CANARY], s3_client())
@@ -363,7 +368,7 @@ def _link_local_logs(ti: Any, dag_run: Any, config: RunConfig, jobs: dict[str, J
     base_url = deployment_base_url()  # [api] base_url, as TaskInstance.log_url reads it
     dag_id = getattr(dag_run, "dag_id", None) or DAG_ID
     released = ti.xcom_pull(task_ids=RELEASE_SCANS) or []
-    map_index = {item["scan_id"]: i for i, item in enumerate(released) if item}
+    map_index = {ScanTask.from_kwargs(item).scan_id: i for i, item in enumerate(released) if item}
     for scan_id, record in jobs.items():
         if not record.log_url and scan_id in map_index:
             record.log_url = airflow_log_url(base_url, dag_id, config.run_id, RUN_SCAN_LOCAL, map_index[scan_id])
@@ -386,18 +391,19 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
     plan = _plan(discovery)
     config, scans = plan.config, plan.scans
     settled = _settlement(ti)
-    outcome = CanaryOutcome.from_dict(settled.canary) if settled else _canary(ti, config)
+    outcome = settled.canary if settled else _canary(ti, config)
     if config.backend == "local":
-        jobs = local_records(_pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY))
+        jobs = local_records([LocalJob.from_xcom(v) for v in _pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY)])
         _link_local_logs(ti, dag_run, config, jobs)
         orphans: list[Orphan] = []
     else:
-        job_ids = {item["scan_id"]: item["job_id"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, JOB_XCOM_KEY)}
+        submitted = [SubmittedJob.from_xcom(v) for task_id in BATCH_SCAN_TASKS for v in _pulled(ti, task_id, JOB_XCOM_KEY)]
+        job_ids = {job.scan_id: job.job_id for job in submitted}
         client = batch_client()
         jobs = batch_records(client, job_ids) if job_ids else {}
         cancel_ended(client, jobs, _scan_task_states(ti, config))
         fetch_log_tails(logs_client(), jobs)
-        known = set(job_ids.values()) | {item["job_id"] for item in _pulled(ti, CANARY, JOB_XCOM_KEY)}
+        known = set(job_ids.values()) | {SubmittedJob.from_xcom(v).job_id for v in _pulled(ti, CANARY, JOB_XCOM_KEY)}
         orphans = [] if config.dry_run else sweep_orphans(client, _jobs_of_run(client, config), known)
         for orphan in orphans:
             log.warning(
@@ -418,7 +424,7 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
     rows = verify_scans(config, scans, jobs, s3, done, _not_submitted(scans, settled, outcome, jobs), listing)
     reruns = settled.reruns if settled else plan.reruns
     for row in rows:
-        row.pilot = bool(settled) and row.scan_id in settled.pilots
+        row.pilot = settled is not None and row.scan_id in settled.pilots
         if row.scan_id in reruns and row.status == "succeeded":
             row.reason = f"ran again: {reruns[row.scan_id]}"
     connectomes = read_connectomes(config, scans, rows, listing, s3)
@@ -430,12 +436,14 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         submitted=len(jobs),
         warnings=plan.warnings,
         invalid_omitted=plan.invalid_omitted,
-        canary=outcome.to_dict(),
+        canary=outcome,
         contract=settled.contract if settled else None,
         connectomes=connectomes.summary,
-        orphans=[orphan.to_dict() for orphan in orphans],
-        lease={"took_over": plan.took_over.to_dict() if plan.took_over else None},
-        throttled_polls=sum(item["polls"] for task_id in BATCH_SCAN_TASKS for item in _pulled(ti, task_id, THROTTLED_XCOM_KEY)),
+        orphans=orphans,
+        took_over=plan.took_over,
+        throttled_polls=sum(
+            ThrottledPolls.from_xcom(v).polls for task_id in BATCH_SCAN_TASKS for v in _pulled(ti, task_id, THROTTLED_XCOM_KEY)
+        ),
     )
     uri = write_report(s3, config, report, connectomes)
     summary = asdict(report.summary)
@@ -461,113 +469,3 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         names = ", ".join(f"{r.scan_id} ({r.status})" for r in failing[:10])
         raise AirflowFailException(f"{len(failing)} of {report.summary.discovered} scans did not succeed: {names}. Report: {uri}")
     return uri
-
-
-def deploy_infra_step(params: dict[str, Any]) -> dict[str, str]:
-    """The ndmg_infra DAG's task: deploy the Batch stack; return its outputs."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    from ndmg_cloud.infra.stack import deploy
-
-    cfn = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="cloudformation").get_conn()
-    deployment = deploy(
-        cfn,
-        {
-            "ImageUri": params["image"],
-            "Subnets": params["subnets"],
-            "SecurityGroups": params["security_groups"],
-            "InputBucket": params["input_bucket"],
-            "InputPrefix": params["input_prefix"],
-            "OutputBucket": params["output_bucket"],
-            "OutputPrefix": params["output_prefix"],
-            "MaxvCpus": params["max_vcpus"],
-            "RootVolumeGiB": params["root_volume_gb"],
-            "UseSpot": params["use_spot"],
-        },
-        stack=params["stack"],
-    )
-    log.info(
-        "stack %s: %s; job_queue=%s job_definition=%s",
-        deployment.stack,
-        deployment.action,
-        deployment.outputs.get("JobQueue"),
-        deployment.outputs.get("JobDefinition"),
-    )
-    return {"action": deployment.action, **deployment.outputs}
-
-
-# ----------------------------------------------------------------------------- ndmg_group
-def find_report_step(params: dict[str, Any], triggering_asset_events: Any = None) -> list[str]:
-    """The ndmg_group DAG's first task: the report.json files whose connectomes to compare:
-    the 'report' param, else the newest run under 'output', else, for a run the reports
-    Asset triggered, the newest report of each dataset whose event it gathered."""
-    from ndmg_cloud.group.compare import GroupError, newest_report
-
-    report, output = params.get("report") or "", params.get("output") or ""
-    if report and output:
-        raise AirflowFailException(f"give 'report' or 'output', not both (report={report!r}, output={output!r})")
-    if report:
-        return [report]
-    if output:
-        try:
-            return [newest_report(s3_client(), output)]
-        except GroupError as err:
-            raise AirflowFailException(str(err)) from None
-    newest: dict[str, Any] = {}  # per dataset's reports Asset (an event is listed under its alias too)
-    for events in (triggering_asset_events or {}).values():
-        for event in events:
-            uri = event.asset.uri
-            if (event.extra or {}).get("report") and (uri not in newest or event.timestamp > newest[uri].timestamp):
-                newest[uri] = event
-    if not newest:
-        raise AirflowFailException(
-            "no run report to compare: trigger with 'report' (s3://.../reports/<run>/report.json) or 'output' "
-            "(a dataset's output location); a successful ndmg_participant run triggers it by itself"
-        )
-    for event in newest.values():
-        log.info("reports of %s run %s: %s", event.source_dag_id, event.extra.get("run_id"), event.extra["report"])
-    return [event.extra["report"] for event in newest.values()]
-
-
-def compare_connectomes_step(reports: list[str], params: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The ndmg_group DAG's work: per report and parcellation, group.json/.csv/.html under
-    ``<output>/group/<parcellation>/``; returns what each found, for the CLI and the log."""
-    from airflow.providers.common.compat.sdk import AirflowSkipException
-
-    from ndmg_cloud.group.compare import DryRunReport, GroupError, group_uris, run_group
-
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    dry = []
-    for report in reports:
-        try:
-            results = run_group(s3_client(), report, int(params.get("permutations", 1000)))
-        except DryRunReport as err:
-            log.info("%s", err)
-            dry.append(str(err))
-            continue
-        except GroupError as err:
-            raise AirflowFailException(str(err)) from None
-        out[report] = {}
-        for r in results:
-            d = r.discriminability
-            out[report][r.parcellation] = {
-                "scans": len(r.scans),
-                "left_out": [x.scan_id for x in r.left_out],
-                "discriminability": d.value,
-                "p_value": d.p_value,
-                "why_not": d.why_not,
-                **group_uris(r),
-            }
-            log.info(
-                "%s: %d scans used, %d left out; discriminability %s, p-value %s%s; %s",
-                r.parcellation,
-                len(r.scans),
-                len(r.left_out),
-                d.value,
-                d.p_value,
-                f" ({d.why_not})" if d.why_not else "",
-                out[report][r.parcellation]["group.html"],
-            )
-    if not out:
-        raise AirflowSkipException("; ".join(dry))
-    return out

@@ -1,0 +1,110 @@
+"""A run in flight across the package split finishes on the new code.
+
+The code from before ``plugins/ndmg_cloud/`` was split into packages (git history, commit
+``BEFORE_SPLIT``) runs a real Airflow (api-server, scheduler, dag-processor, triggerer) until
+every scan waits in the triggerer: Airflow has then stored the old class paths, the trigger
+table's ``ndmg_cloud.triggers.ScanJobTrigger`` and the release_scans XCom's
+``ndmg_cloud.scanitems.ScanItems``. Every component is stopped, the same Airflow home is
+started again on today's code, the jobs end, and the run must finish: each scan succeeded,
+none submitted twice. The live tier (``make test-live``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from test_crash import TIMERS, Parts, submissions
+
+from ndmg_cloud.cli.airflowapi import Airflow
+
+from conftest import ENDPOINT, LIVE_PASSWORD, ROOT, dag_ready, live_environment, wait_for
+from datasets import put_dataset, scans_keys
+from helpers import read_json
+from images import Containers
+
+pytestmark = pytest.mark.crash
+BEFORE_SPLIT = "dfe0d194dd9eb0881ed3e23a78a8cb4a016a98d2"  # the last commit before the package split
+
+
+def code_before_the_split(where: Path) -> Path:
+    """plugins/ and dags/ as they were at BEFORE_SPLIT, from this checkout's history."""
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_SPLIT, "plugins", "dags"], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(
+            f"this checkout lacks commit {BEFORE_SPLIT[:8]} (a shallow clone?): `git fetch --unshallow` to run the upgrade test "
+            f"({done.stderr.decode().strip()})"
+        )
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(where, filter="data")
+    return where
+
+
+def stored_class_paths(home: Path, run_id: str) -> tuple[set[str], str]:
+    """The trigger classes in Airflow's trigger table, and release_scans' stored XCom."""
+    with sqlite3.connect(home / "airflow.db") as db:
+        classpaths = {row[0] for row in db.execute("SELECT classpath FROM trigger")}
+        (value,) = db.execute("SELECT value FROM xcom WHERE run_id = ? AND task_id = 'release_scans'", (run_id,)).fetchone()
+    return classpaths, value if isinstance(value, str) else json.dumps(value)
+
+
+def test_a_run_started_before_the_split_finishes_after_the_upgrade(moto_server, s3, batch_env, batch_behaviour, tmp_path_factory):
+    old = code_before_the_split(tmp_path_factory.mktemp("before-split"))
+    home = tmp_path_factory.mktemp("upgrade")
+    before = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(old / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(old / "plugins"),
+        "PYTHONPATH": str(old / "plugins"),  # ahead of the editable install: `import ndmg_cloud` is the old code
+    }
+    env, url = live_environment(home, **TIMERS, **before)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+
+    put_dataset(s3, "lab-data", "up/", keys=scans_keys(2, 1))
+    batch_behaviour.on_submit = Containers(s3, None, ENDPOINT)  # each job leaves its outputs and manifest
+    batch_behaviour.hold = True  # and runs until released
+    parts = Parts(home, env, url)
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        parts.start(name)
+    try:
+        assert wait_for(lambda: dag_ready(url), timeout=180), (home / "api-server.log").read_text()[-3000:]
+        api = Airflow(url, "admin", LIVE_PASSWORD)
+        run_id = api.trigger({"bucket": "lab-data", "bidsdir": "up", "canary": False})
+
+        def waiting() -> int:
+            return sum(
+                ti["task_id"] == "run_scan" and ti["state"] == "deferred" and bool((ti.get("trigger") or {}).get("triggerer_id"))
+                for ti in api.task_instances(run_id)
+            )
+
+        assert wait_for(lambda: waiting() == 2, timeout=300), api.task_instances(run_id)
+        classpaths, released = stored_class_paths(home, run_id)
+        assert classpaths == {"ndmg_cloud.triggers.ScanJobTrigger"}  # what the old code stored
+        assert "ndmg_cloud.scanitems.ScanItems" in released
+    finally:
+        parts.stop_all()
+
+    after = {k: v for k, v in env.items() if k not in before}
+    after.update({"AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")})
+    parts = Parts(home, after, url)
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        parts.start(name)
+    try:
+        assert wait_for(lambda: dag_ready(url), timeout=180), (home / "api-server.log").read_text()[-3000:]
+        batch_behaviour.release()
+        api = Airflow(url, "admin", LIVE_PASSWORD)
+        assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
+        logs = {name: (home / f"{name}.log").read_text()[-2000:] for name in ("triggerer", "scheduler")}
+        assert api.run(run_id)["state"] == "success", (api.task_instances(run_id), logs)
+    finally:
+        parts.stop_all()
+
+    report = read_json(s3, api.xcom(run_id, "verify_and_report"))
+    assert {row["scan_id"]: row["status"] for row in report["scans"]} == {"sub-01_ses-1": "succeeded", "sub-02_ses-1": "succeeded"}
+    assert submissions(batch_behaviour.submitted, run_id) == {"sub-01_ses-1": 1, "sub-02_ses-1": 1}  # never submitted again
