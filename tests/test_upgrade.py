@@ -102,9 +102,9 @@ def test_a_run_started_before_the_split_finishes_after_the_upgrade(moto_server, 
         assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=300), api.task_instances(run_id)
         logs = {name: (home / f"{name}.log").read_text()[-2000:] for name in ("triggerer", "scheduler")}
         assert api.run(run_id)["state"] == "success", (api.task_instances(run_id), logs)
+        report = read_json(s3, api.xcom(run_id, "verify_and_report"))
     finally:
         parts.stop_all()
 
-    report = read_json(s3, api.xcom(run_id, "verify_and_report"))
     assert {row["scan_id"]: row["status"] for row in report["scans"]} == {"sub-01_ses-1": "succeeded", "sub-02_ses-1": "succeeded"}
     assert submissions(batch_behaviour.submitted, run_id) == {"sub-01_ses-1": 1, "sub-02_ses-1": 1}  # never submitted again
