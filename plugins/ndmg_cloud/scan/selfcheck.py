@@ -88,7 +88,7 @@ class SelfCheck:
         try:
             return cls(
                 scan_id=str(data["scan_id"]),
-                pipeline=str(data["pipeline"]),
+                pipeline=str(data.get("pipeline") or ""),
                 checks=[Check(str(c["name"]), bool(c["ok"]), str(c["detail"])) for c in data.get("checks") or []],
                 contract=ImageContract.from_dict(data["contract"]) if data.get("contract") else None,
                 checked_at=str(data.get("checked_at") or ""),
