@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from urllib.parse import quote
@@ -115,8 +116,8 @@ def test_a_run_that_fails_in_discover_says_why(cli, phantoms, capsys):
         "--poll-seconds",
         "1",
     )
-    out = capsys.readouterr().out
-    assert code == 1, out
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
     why = "discover failed: ParamError: participant_label ['99'] not found in the dataset; sub labels present: 01, 02"
     assert "0/0 done, 0 failed  (failed)" in out and why in out
     run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
@@ -401,27 +402,48 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     assert "stack ndmg-cloud-batch: deleted" in capsys.readouterr().out
 
 
-def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch):
-    """SQLite under `airflow standalone` answers 500 "Database error" while it is locked."""
+def test_a_busy_airflow_database_is_asked_again_and_a_repeated_trigger_starts_one_run(monkeypatch):
+    """SQLite under `airflow standalone` answers 500 "Database error" while it is locked:
+    every call is asked again, a trigger too: it names its run id, so its repeat starts one
+    run (Airflow answers 409 for a run id it has), whether the busy answer hid a run made or not."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ndmg_cloud.cli.airflowapi import Airflow, CliError
+    from ndmg_cloud.cli.airflowapi import Airflow
 
-    seen = []
+    seen: list[tuple[str, str]] = []
+    runs: dict[str, dict] = {}
+    made_but_unsaid = {"on": False}  # the first POST creates the run, then answers 500
 
     class Busy(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
-        def _answer(self):
-            seen.append((self.command, self.path))
-            busy = sum(1 for s in seen if s == (self.command, self.path)) <= 2
-            body = b'{"reason": "Database error"}' if busy else b'{"state": "failed"}'
-            self.send_response(500 if busy else 200)
+        def _send(self, status: int, document: dict):
+            body = json.dumps(document).encode()
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _answer(self):
+            seen.append((self.command, self.path))
+            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if self.command == "POST":
+                run_id = request["dag_run_id"]
+                if run_id in runs:
+                    return self._send(409, {"detail": f"run {run_id} exists"})
+                if made_but_unsaid["on"]:
+                    runs[run_id] = {"dag_run_id": run_id, "conf": request["conf"]}
+                    return self._send(500, {"reason": "Database error"})
+            if sum(1 for s in seen if s == (self.command, self.path)) <= 2:
+                return self._send(500, {"reason": "Database error"})
+            if self.command == "POST":
+                runs[request["dag_run_id"]] = {"dag_run_id": request["dag_run_id"], "conf": request["conf"]}
+                return self._send(200, runs[request["dag_run_id"]])
+            if self.command == "GET":
+                return self._send(200, runs.get(self.path.rsplit("/", 1)[-1].replace("%3A", ":").replace("%2B", "+"), {}))
+            return self._send(200, {"state": "failed"})
 
         do_GET = do_POST = do_PATCH = _answer
 
@@ -433,9 +455,11 @@ def test_a_busy_airflow_database_is_asked_again_but_a_trigger_is_not(monkeypatch
         airflow._token = "t"
         airflow.fail_run("run-1")  # PATCH: two busy answers, then done
         assert seen.count(("PATCH", "/api/v2/dags/ndmg_participant/dagRuns/run-1")) == 3
-        with pytest.raises(CliError, match="Airflow answered 500 to POST"):
-            airflow.trigger({"bucket": "b"})  # never repeated: it could start two runs
-        assert seen.count(("POST", "/api/v2/dags/ndmg_participant/dagRuns")) == 1
+        first = airflow.trigger({"bucket": "b"})  # two busy answers, then the run
+        assert seen.count(("POST", "/api/v2/dags/ndmg_participant/dagRuns")) == 3 and list(runs) == [first]
+        made_but_unsaid["on"] = True
+        second = airflow.trigger({"bucket": "c"})  # made, answered 500; the repeat hears 409
+        assert list(runs) == [first, second] and runs[second]["conf"] == {"bucket": "c"}  # one run each
     finally:
         server.shutdown()
 

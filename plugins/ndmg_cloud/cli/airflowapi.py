@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,10 @@ class Unreachable(CliError):
     """Nothing answers at the Airflow URL."""
 
 
+class Conflict(CliError):
+    """Airflow answered 409: what was to be created exists."""
+
+
 class NoReport(CliError):
     """The run has no report (verify_and_report has not written one)."""
 
@@ -34,7 +39,8 @@ class Airflow:
     """The few Airflow REST API v2 calls the CLI makes."""
 
     # A busy metadata DB (SQLite under `airflow standalone`: "database is locked") answers
-    # 500 "Database error"; calls that are safe to repeat (all but a trigger) are asked again.
+    # 500 "Database error"; every call is asked again (a trigger names its run id, so a
+    # repeat can never start a second run: Airflow answers 409 for a run id it has).
     BUSY_RETRIES, BUSY_WAIT_SECONDS = 3, 2.0
     TIMEOUT_SECONDS = 30
 
@@ -65,8 +71,7 @@ class Airflow:
                 raise CliError(
                     f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s: it may be busy; try again"
                 ) from None
-            repeatable = not (method == "POST" and path.endswith("/dagRuns"))
-            if not repeatable or response.status_code != 500 or "Database error" not in response.text:
+            if response.status_code != 500 or "Database error" not in response.text:
                 break
             if attempt == self.BUSY_RETRIES:
                 break
@@ -79,6 +84,8 @@ class Airflow:
             raise CliError(f"Airflow refused the request: {_detail(response)}")
         if response.status_code == 404:
             raise NotFound(f"not found on Airflow at {self.url}: {path} ({_detail(response)})")
+        if response.status_code == 409:
+            raise Conflict(f"Airflow at {self.url} already has what {method} {path} would create: {_detail(response)}")
         if response.status_code >= 300:
             raise CliError(f"Airflow answered {response.status_code} to {method} {path}: {_detail(response)}: its api-server log says more")
         try:
@@ -101,8 +108,15 @@ class Airflow:
         return self._token
 
     def trigger(self, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
-        run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-        return str(run["dag_run_id"])
+        """Start a run of ``dag_id`` with ``conf``; its run id. The run id is chosen here, so
+        that a trigger repeated because the DB was busy starts one run, never two."""
+        run_id = f"manual__{datetime.now(UTC).isoformat()}"
+        try:
+            self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf})
+        except Conflict:  # a busy answer hid that an earlier attempt of this trigger created it
+            if self.run(run_id, dag_id).get("conf") != conf:
+                raise
+        return run_id
 
     def run(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, Any]:
         try:
