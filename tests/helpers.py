@@ -51,6 +51,27 @@ def count_calls(client) -> Counter:
     return calls
 
 
+def setup_argv(subnets: list[str], groups: list[str], *extra: str, image: str = "ndmg-cloud-m2g:0.3.0") -> list[str]:
+    """``ndmg_cloud setup`` with the required flags (inputs in lab-data, outputs under
+    lab-results/ndmg/), then ``extra``."""
+    return [
+        "setup",
+        "--image",
+        image,
+        "--subnets",
+        *subnets,
+        "--security-groups",
+        *groups,
+        "--input-bucket",
+        "lab-data",
+        "--output-bucket",
+        "lab-results",
+        "--output-prefix",
+        "ndmg/",
+        *extra,
+    ]
+
+
 def submit(batch, name: str = "ds-sub-01-abcdef12") -> str:
     """A job on the local Batch's queue and definition (conftest.batch_env); its id."""
     return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]

@@ -16,6 +16,7 @@ from ndmg_cloud.cli.main import main
 from conftest import LIVE_PASSWORD as PASSWORD
 from conftest import _free_port, wait_for
 from datasets import put_dataset, put_phantoms
+from helpers import setup_argv
 
 
 @pytest.fixture(scope="module")
@@ -377,21 +378,7 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
     group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
-    argv = [
-        "setup",
-        "--image",
-        "ndmg-cloud-m2g:0.3.0",
-        "--subnets",
-        *subnets,
-        "--security-groups",
-        group,
-        "--input-bucket",
-        "lab-data",
-        "--output-bucket",
-        "lab-results",
-        "--output-prefix",
-        "ndmg/",
-    ]
+    argv = setup_argv(subnets, [group])
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "stack ndmg-cloud-batch: created" in first and "job_queue:" in first and "ndmg-queue" in first

@@ -18,6 +18,7 @@ from ndmg_cloud.infra.params import InfraParams
 from ndmg_cloud.infra.stack import InfraError, deploy, teardown
 
 from conftest import ENDPOINT, REGION, ROOT
+from helpers import setup_argv
 from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate, object_arn
 
 TEMPLATE = ROOT / "plugins" / "ndmg_cloud" / "infra" / "ndmg-batch.yaml"
@@ -106,25 +107,7 @@ def test_the_root_volume_size_is_a_setup_flag(network, capsys):
     from ndmg_cloud.cli.main import main
 
     subnets, groups = network
-    code = main(
-        [
-            "setup",
-            "--image",
-            "ndmg-cloud-m2g:95d271f7",
-            "--subnets",
-            *subnets,
-            "--security-groups",
-            *groups,
-            "--input-bucket",
-            "lab-data",
-            "--output-bucket",
-            "lab-results",
-            "--output-prefix",
-            "ndmg/",
-            "--root-volume-gb",
-            "250",
-        ]
-    )
+    code = main(setup_argv(subnets, groups, "--root-volume-gb", "250", image="ndmg-cloud-m2g:95d271f7"))
     assert code == 0, capsys.readouterr().err
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     assert root_volumes(batch.describe_compute_environments()["computeEnvironments"]) == [(250, "gp3", True)] * 2
@@ -315,7 +298,6 @@ def test_the_form_and_setup_deploy_the_same_stack():
     import yaml
 
     from ndmg_cloud.cli.main import infra_params, parser
-    from ndmg_cloud.infra.params import INFRA_PARAM_SCHEMAS
 
     class Template(yaml.SafeLoader):
         """CloudFormation YAML: its intrinsic functions (!Ref, !Sub ...) read as nothing."""
@@ -330,22 +312,8 @@ def test_the_form_and_setup_deploy_the_same_stack():
         "output_bucket": "lab-results",
         "output_prefix": "ndmg/",
     }
-    from_form = InfraParams.from_params({**{k: s["default"] for k, s in INFRA_PARAM_SCHEMAS.items() if "default" in s}, **given})
-    argv = [
-        "setup",
-        "--image",
-        "img:1",
-        "--subnets",
-        "subnet-1",
-        "--security-groups",
-        "sg-1",
-        "--input-bucket",
-        "lab-data",
-        "--output-bucket",
-        "lab-results",
-        "--output-prefix",
-        "ndmg/",
-    ]
+    from_form = InfraParams.from_params(given)  # the form's defaults for the rest
+    argv = setup_argv(["subnet-1"], ["sg-1"], image="img:1")
     from_setup = infra_params(parser().parse_args(argv))
     assert from_form == from_setup
     assert set(from_form.cfn_parameters()) == set(template["Parameters"]) - {"JobTimeoutSeconds"}  # that one: the template's default

@@ -78,7 +78,7 @@ def imports_of(path: Path, known: dict[str, Path]) -> list[tuple[int, str]]:
     return found
 
 
-def contract_violations(package: Path = PACKAGE) -> list[str]:
+def contract_violations() -> list[str]:
     known = modules()
     problems = []
     for module, path in known.items():

@@ -491,28 +491,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"{len(found.scans)} scans found: {len(found.valid)} valid, {len(found.invalid)} invalid, "
         f"{len(surveyed.done)} already done, {surveyed.to_run} to run"
     )
-    print(check_cost(surveyed.to_run, config.pipeline, config.backend, config.max_cost_usd, args.hours_per_scan))
+    print(check_cost(config, surveyed.to_run, args.hours_per_scan))
     return 0
 
 
 # -------------------------------------------------------------------------- setup/teardown
 def infra_params(args: argparse.Namespace) -> InfraParams:
-    """The stack ``setup``'s flags describe (the ndmg_infra form builds the same type)."""
-    return InfraParams(
-        image=args.image,
-        subnets=args.subnets,
-        security_groups=args.security_groups,
-        input_bucket=args.input_bucket,
-        input_prefix=args.input_prefix,
-        output_bucket=args.output_bucket,
-        output_prefix=args.output_prefix,
-        max_vcpus=args.max_vcpus,
-        root_volume_gb=args.root_volume_gb,
-        use_spot=not args.on_demand,
-        job_queue=args.job_queue,
-        job_definition=args.job_definition,
-        stack=args.stack,
-    )
+    """The stack ``setup``'s flags describe: the flags are the ndmg_infra form's params by
+    name (``--on-demand`` is ``use_spot`` false), read by the same ``InfraParams.from_params``."""
+    return InfraParams.from_params({**vars(args), "use_spot": not args.on_demand})
 
 
 def cmd_setup(args: argparse.Namespace) -> int:

@@ -212,7 +212,7 @@ def _with_turns(config: RunConfig, tasks: list[ScanTask]) -> list[ScanTask]:
 def _check_cost(config: RunConfig, scans: int) -> None:
     """Refuse a run whose estimate is above the max_cost_usd param."""
     try:
-        guess = check_cost(scans, config.pipeline, config.backend, config.max_cost_usd)
+        guess = check_cost(config, scans)
     except OverBudget as err:
         raise AirflowFailException(str(err)) from None
     log.info("estimate for %d scans: %s", scans, guess)

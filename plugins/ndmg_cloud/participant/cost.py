@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ndmg_cloud.participant.params import RunConfig
+
 # r5.large (2 vCPU, 16 GiB), us-east-1 on-demand, USD per hour. A job definition of 2 vCPUs
 # and 15200 MiB takes the whole instance, so a job pays for one instance while it runs.
 R5_LARGE_ON_DEMAND_USD_PER_HOUR = 0.126
@@ -59,11 +61,12 @@ def estimate(scans: int, pipeline: str, hours_per_scan: float | None = None) -> 
     )
 
 
-def check_cost(scans: int, pipeline: str, backend: str, max_cost_usd: float | None, hours_per_scan: float | None = None) -> CostEstimate:
-    """The estimate of a run; ``OverBudget`` if it is above ``max_cost_usd`` (AWS Batch
-    only: the local backend bills nothing)."""
-    guess = estimate(scans, pipeline, hours_per_scan)
-    if max_cost_usd is not None and backend == "aws_batch" and guess.on_demand_usd > max_cost_usd:
+def check_cost(config: RunConfig, scans: int, hours_per_scan: float | None = None) -> CostEstimate:
+    """The estimate of ``scans`` scans of a run; ``OverBudget`` if it is above the run's
+    ``max_cost_usd`` (AWS Batch only: the local backend bills nothing)."""
+    guess = estimate(scans, config.pipeline, hours_per_scan)
+    max_cost_usd = config.max_cost_usd
+    if max_cost_usd is not None and config.backend == "aws_batch" and guess.on_demand_usd > max_cost_usd:
         raise OverBudget(
             f"{scans} scans would cost about ${guess.on_demand_usd:.2f} on-demand "
             f"(${guess.spot_usd:.2f} on Spot), above max_cost_usd={max_cost_usd}: "
