@@ -55,6 +55,11 @@ def scan_jobs(task_id: str, **kwargs):
     return ScanBatchOperator.partial(task_id=task_id, map_index_template="{{ task.scan_id }}", **BATCH, **kwargs)
 
 
+# Each mapped scan task takes its item as ONE argument (scan_task=), never spread into keyword
+# arguments (expand_kwargs): keys added to an item by whoever can write XComs cannot set the
+# operator's other arguments (its AWS connection, say). The task checks the item's seal.
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=None,
@@ -71,16 +76,16 @@ def ndmg_participant():
     canary = CanaryOperator(task_id=CANARY, **BATCH)  # skips itself when the run has none
     # none_failed: a skipped canary (or no pilots) lets the run go on, a failed one stops it
     pilot_kwargs = task(participant_tasks.plan_scans_step, task_id=PLAN_SCANS, trigger_rule="none_failed")(discovery)
-    pilots = scan_jobs(PILOT_SCAN).expand_kwargs(pilot_kwargs)
+    pilots = scan_jobs(PILOT_SCAN).expand(scan_task=pilot_kwargs)
     rest = task(participant_tasks.release_scans_step, task_id=RELEASE_SCANS, trigger_rule="none_failed")(discovery)
     backend = task.branch(participant_tasks.choose_backend_step, task_id=CHOOSE_BACKEND)(discovery)
-    batch_jobs = scan_jobs(RUN_SCAN).expand_kwargs(rest)
+    batch_jobs = scan_jobs(RUN_SCAN).expand(scan_task=rest)
     local_jobs = task(
         participant_tasks.run_scan_local_step,
         task_id=RUN_SCAN_LOCAL,
         pool=LOCAL_POOL,
-        map_index_template="{{ task.op_kwargs['scan_id'] }}",
-    ).expand_kwargs(rest)
+        map_index_template="{{ task.op_kwargs['scan_task']['scan_id'] }}",
+    ).expand(scan_task=rest)
     report = RunReportOperator(
         task_id=VERIFY_AND_REPORT,
         python_callable=participant_tasks.verify_and_report_step,

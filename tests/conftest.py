@@ -116,6 +116,11 @@ def batch_env(aws, batch):
         type="container",
         containerProperties={
             "image": "ndmg-cloud-m2g:latest",
+            # where its scans may read and write, as the CloudFormation template sets it (scan/guard.py)
+            "environment": [
+                {"name": "NDMG_INPUT_ROOTS", "value": "s3://lab-data/"},
+                {"name": "NDMG_OUTPUT_ROOTS", "value": "s3://lab-data/"},
+            ],
             "resourceRequirements": [
                 {"type": "VCPU", "value": "2"},
                 {"type": "MEMORY", "value": "15200"},

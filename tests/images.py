@@ -97,6 +97,14 @@ def m2g_image(root: Path, code: str = pipeline_facts.M2G_DEPLOY) -> Image:
     return image
 
 
+def job_environment(job) -> dict[str, str]:
+    """A (local endpoint's) Batch job's container environment: its job definition's, then the
+    job's own overrides, as Batch merges them."""
+    defined = (job.job_definition.container_properties or {}).get("environment") or []
+    overridden = (job.container_overrides or {}).get("environment") or []
+    return {e["name"]: e["value"] for e in [*defined, *overridden]}
+
+
 class Containers:
     """What a scan image's container does when the local Batch runs one of its jobs.
 
@@ -127,7 +135,9 @@ class Containers:
         return 0
 
     def self_check(self, job, command: list[str]) -> int:
-        env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_BATCH_JOB_ID": job.job_id}  # as Batch sets it
+        # what Batch gives the container: the job definition's environment, the job's overrides
+        # on top, and the job's id
+        env = {**job_environment(job), "AWS_ENDPOINT_URL": self.endpoint, "AWS_BATCH_JOB_ID": job.job_id}
         env = self.image.env(**env) if self.image else {**os.environ, **env}
         done = subprocess.run(
             [sys.executable, "-m", "ndmg_cloud.scan.runner", *command[1:]], capture_output=True, text=True, env=env, timeout=300

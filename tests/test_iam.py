@@ -99,7 +99,7 @@ def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_
     scan = sessionless_scan()
     spec = build_spec(config, scan)
     job = "arn:aws:batch:us-east-1:123456789012:job/0b9c4f6e"
-    for what, payload in (("scan", spec.batch.payload()), ("canary", canary_job(config, spec).submission.payload())):
+    for what, payload in (("scan", spec.batch.payload()), ("canary", canary_job(config, scan.scan_id).submission.payload())):
         tags = payload["tags"]
         assert evaluate([policy], "batch:TagResource", job, {f"aws:RequestTag/{k}": v for k, v in tags.items()}) == ALLOWED, what
         assert evaluate([policy], "batch:TerminateJob", job, {f"aws:ResourceTag/{k}": v for k, v in tags.items()}) == ALLOWED, what

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
+from ndmg_cloud.participant.jobspec import scan_submission
 from ndmg_cloud.participant.pacing import paced, submit_rate
+from ndmg_cloud.participant.params import resolve
 from ndmg_cloud.participant.runplan import ScanTask
 
 from datasets import sessionless_scan
@@ -41,13 +43,17 @@ def test_scans_submitted_back_to_back_keep_to_the_rate(batch_env, batch_behaviou
 
     monkeypatch.setattr(BatchResponse, "submitjob", timed)
     monkeypatch.setattr(ScanBatchOperator, "_record", lambda self, context, job_id: None)  # no Airflow links here
-    tasks = [ScanTask(f"sub-0{i}", f"s3://b/j/sub-0{i}.json", 1800) for i in range(4)]
-    names = [f"ds-sub-0{i}-abc" for i in range(4)]
+    config = resolve({"bucket": "lab-data", "jobdir": "s3://lab/j/", "dataset": "ds"}, "run-1")
+    tasks = [ScanTask(f"sub-0{i}", f"s3://lab/j/sub-0{i}.json", 1800) for i in range(4)]
+    names = [scan_submission(config, t.scan_id).job_name for t in tasks]
     released = time.time()
     turns = paced(tasks, rate=2.0, start=released)  # 2 per second: turns 0, 0.5, 1.0, 1.5 s after release
-    for task, name in zip(turns, names, strict=True):
-        payload = {"jobName": name, "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"}
-        ScanBatchOperator(task_id="run_scan", batch=payload, **task.kwargs()).submit_job(Context())
+    for task in turns:
+        operator = ScanBatchOperator(task_id="run_scan", scan_task=task.kwargs())
+        # what execute does once the task's argument and the spec are checked
+        operator.take_job(task.scan_id, task.job_spec_uri, scan_submission(config, task.scan_id), 1800, config)
+        operator.submit_not_before = task.submit_not_before
+        operator.submit_job(Context())
 
     # every scan submitted once, in its turn's order, none before its turn (unpaced, all four
     # would arrive within the first half second); how much later is the machine's business
@@ -88,20 +94,17 @@ def test_the_default_rate_leaves_room_under_the_account_quota(monkeypatch):
 def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
     """A jobdir shared by two runs: the second's specs replace the first's; the first run's
     task must not submit the second run's job."""
-    from airflow.providers.common.compat.sdk import AirflowFailException
-
     from ndmg_cloud.core.s3 import put_json
-    from ndmg_cloud.orchestration.operators import ScanBatchOperator
-    from ndmg_cloud.participant.jobspec import build_spec
-    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.participant.jobspec import build_spec, read_spec, write_specs
+    from ndmg_cloud.participant.seal import BrokenSeal
 
     s3.create_bucket(Bucket="lab")
+    run_a = resolve({"bucket": "lab-data", "jobdir": "s3://lab/jobs/"}, "run-A")
     run_b = resolve({"bucket": "lab-data", "jobdir": "s3://lab/jobs/"}, "run-B")
     scan = sessionless_scan()
-    build_spec(run_b, scan).write(s3)  # s3://lab/jobs/sub-01.json, by run-B
-    operator = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri="s3://lab/jobs/sub-01.json")
-    with pytest.raises(AirflowFailException, match="for scan 'sub-01' of run 'run-B', not scan 'sub-01' of run 'run-A'"):
-        operator.execute({"run_id": "run-A"})
+    write_specs(s3, [build_spec(run_b, scan)])  # s3://lab/jobs/sub-01.json, by run-B
+    with pytest.raises(BrokenSeal, match="is for scan 'sub-01' of run 'run-B', not scan 'sub-01' of run 'run-A'"):
+        read_spec(s3, run_a, "sub-01")
     put_json(s3, "s3://lab/jobs/sub-01.json", {"run_id": "run-A", "scan": {"scan_id": "sub-01"}})  # not a spec this code wrote
-    with pytest.raises(AirflowFailException, match="job spec s3://lab/jobs/sub-01.json cannot be read .*write_job_specs"):
-        operator.execute({"run_id": "run-A"})
+    with pytest.raises(BrokenSeal, match=r"the job spec \(s3://lab/jobs/sub-01.json\) has no seal"):
+        read_spec(s3, run_a, "sub-01")

@@ -286,7 +286,7 @@ def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantom_dirs, tmp_
     result = run_runner(str(local_spec), "--workdir", str(tmp_path / "work"))
 
     assert result.returncode == 2
-    assert "job spec names input '../../escaped.txt', which lies outside the work folder" in result.stderr
+    assert "job spec's extra input '../../escaped.txt' is not a plain relative path: refusing it" in result.stderr
     assert not (tmp_path / "escaped.txt").exists()
 
 

@@ -47,7 +47,7 @@ def test_the_plan_reads_back_as_written(tmp_path):
     ref = plan.write(None)
     assert ref.uri == f"{tmp_path}/jobs/plan-{run_token('manual__run-1')}.json"
     assert (ref.scans, ref.valid, ref.done) == (6, 5, 1)
-    back = RunPlan.read(None, PlanRef.from_dict(json.loads(json.dumps(ref.to_dict()))))
+    back = RunPlan.read(None, PlanRef.from_dict(json.loads(json.dumps(ref.to_dict())), "manual__run-1"))
     assert back == plan
     assert back.done["sub-0000"].made_by == "lite 1" and back.took_over.run_id == "old-run"
 
@@ -74,7 +74,7 @@ def test_the_settlement_reads_back_as_written(tmp_path):
     settled = Settlement(plan.done, {"sub-0001": "why"}, ["sub-0001"], CanaryOutcome("passed"), None)
     uri = settled.write(None, plan.config)
     assert uri.startswith(f"{tmp_path}/jobs/settled-")
-    assert Settlement.read(None, uri) == settled
+    assert Settlement.read(None, plan.config) == settled
     assert settled.to_run(plan.scan_tasks()) == plan.scan_tasks()[1:]
 
 

@@ -22,7 +22,7 @@ def test_items_round_trip_through_airflows_serde(s3):
     from airflow.sdk import serde
 
     s3.create_bucket(Bucket="lab")
-    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", TASKS)
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
     wire = json.dumps(serde.serialize(items))
     back = serde.deserialize(json.loads(wire))
     assert isinstance(back, ScanItems) and back == items and len(wire) < 200
@@ -32,7 +32,7 @@ def test_items_round_trip_through_airflows_serde(s3):
 
 def test_an_item_is_one_ranged_get_and_iterating_is_one_get(s3):
     s3.create_bucket(Bucket="lab")
-    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", TASKS)
+    items = write_scan_items(s3, "s3://lab/jobs/r/released.items", ITEMS)
     gets = []
     s3_calls = lambda **kw: gets.append(kw.get("Range"))  # noqa: E731
 
@@ -99,7 +99,7 @@ def test_a_task_pulls_the_same_bytes_whatever_the_number_of_scans(s3, batch_env,
         f"XCom bytes pulled per run_scan task instance: N=4 {sorted(set(scans(small).values()))}, N=16 {sorted(set(scans(large).values()))}"
     )
     assert max(scans(large).values()) <= max(scans(small).values()) + 8  # the items file's URI differs by a few characters
-    assert max(scans(large).values()) < 400
+    assert max(scans(large).values()) < 2500  # its own item, and discover's sealed XCom (the run's configuration)
     # every other task too: the run plan and its settlement are read from S3, not from XCom
     for task_id in ("write_job_specs", "plan_scans", "release_scans", "choose_backend"):
         print(f"{task_id}: N=4 {small[task_id, -1]} B, N=16 {large[task_id, -1]} B")

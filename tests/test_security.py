@@ -117,7 +117,8 @@ def test_the_scan_operator_renders_nothing_of_its_payload_even_with_conn_and_var
     }
     secrets = type("Secrets", (), {"__getattr__": lambda self, name: self, "__str__": lambda self: "SECRET"})()
     context = {"conn": secrets, "var": secrets, "ds": "2026-01-01"}
-    op = ScanBatchOperator(task_id="run_scan", scan_id="sub-01", job_spec_uri=braces + "sub-01.json", batch=copy.deepcopy(batch))
+    op = ScanBatchOperator(task_id="run_scan", scan_task={"scan_id": "sub-01", "job_spec_uri": braces + "sub-01.json"})
+    op.take_job("sub-01", braces + "sub-01.json", SubmitJob.from_payload(copy.deepcopy(batch)), 1800)
     op.render_template_fields(context)  # what Airflow does before execute (the canary's class inherits this)
     assert (op.container_overrides, op.job_name, op.tags) == (batch["containerOverrides"], batch["jobName"], batch["tags"])
     assert op.submission == SubmitJob.from_payload(batch)  # what SubmitJob is sent: the payload as given

@@ -113,12 +113,7 @@ def test_stopping_a_sync_task_terminates_its_job(batch_env, batch_behaviour):
 
     batch_behaviour.run_seconds = 60
     job_id = submit(batch_env)
-    operator = ScanBatchOperator(
-        task_id="run_scan",
-        scan_id="sub-01",
-        job_spec_uri="s3://b/x.json",
-        batch={"jobName": "x", "jobQueue": "ndmg-queue", "jobDefinition": "ndmg"},
-    )
+    operator = ScanBatchOperator(task_id="run_scan", scan_task={"scan_id": "sub-01", "job_spec_uri": "s3://b/x.json"})
     operator.job_id = job_id
 
     operator.on_kill()

@@ -15,6 +15,7 @@ from typing import Any
 from ndmg_cloud.core.entities import parse_entities
 
 LABEL = re.compile(r"[a-zA-Z0-9]+")
+MAX_LABEL_CHARS = 64  # longer labels make keys, job names and work paths beyond what S3, Batch and filesystems take
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 GRADIENT_EXTENSIONS = (".bval", ".bvec")
 CANDIDATE_EXTENSIONS = IMAGE_EXTENSIONS + GRADIENT_EXTENSIONS
@@ -150,11 +151,21 @@ def label_problem(rel: str) -> str | None:
             return f"'{pair}' in '{rel}' is not a BIDS key-value pair"
         file_labels.setdefault(key, value)
     for key, value in list(dir_labels.items()) + list(file_labels.items()):
-        if not LABEL.fullmatch(value):
-            return f"label {key}-{value!r} in '{rel}' is not alphanumeric; BIDS labels may only use letters and digits"
+        problem = bad_label(value)
+        if problem:
+            return f"label {key}-{value[:80]!r} in '{rel[:300]}' {problem}"
     for key in ("sub", "ses"):
         if key in dir_labels and file_labels.get(key) != dir_labels[key]:
             return f"file name '{name}' does not carry {key}-{dir_labels[key]} of its folder in '{rel}'"
+    return None
+
+
+def bad_label(value: str) -> str | None:
+    """Why ``value`` is not a label this project accepts, or None."""
+    if not LABEL.fullmatch(value):
+        return "is not alphanumeric; BIDS labels may only use letters and digits"
+    if len(value) > MAX_LABEL_CHARS:
+        return f"is {len(value)} characters long; labels may have at most {MAX_LABEL_CHARS}"
     return None
 
 

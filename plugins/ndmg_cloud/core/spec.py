@@ -16,6 +16,8 @@ from ndmg_cloud.core.s3 import put_json, read_json_at
 SPEC_VERSION = 1
 RUNNER_COMMAND = "ndmg-scan"  # what every scan image provides on its PATH
 JOB_SPEC_ENV = "NDMG_JOB_SPEC"  # the job spec's URI, in a scan job's environment
+# the SHA-256 of the job spec the orchestrator checked before submitting: the runner refuses another
+JOB_SPEC_SHA256_ENV = "NDMG_JOB_SPEC_SHA256"
 # Inside the container the pipeline reads and writes local folders only.
 WORK_INPUT = "/work/input"
 WORK_OUTPUT = "/work/output"

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from ndmg_cloud.participant.seal import SEAL_KEY_ENV
 
 REPO = Path(__file__).resolve().parents[3]  # the checkout (plugins/ndmg_cloud/demo/stack.py)
 BUCKET = "ndmg-demo"
@@ -48,6 +51,8 @@ def configure_environment(home: Path, endpoint: str) -> None:
         }
     )
     os.environ.pop("AWS_PROFILE", None)
+    # the run's seals (participant/seal.py): a fresh secret per embedded stack, never a default
+    os.environ.setdefault(SEAL_KEY_ENV, secrets.token_hex(32))
 
 
 def start_standalone(**popen: Any) -> subprocess.Popen[bytes]:

@@ -14,12 +14,16 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.providers.standard.operators.python import PythonOperator
 from botocore.config import Config
 
-from ndmg_cloud.core.spec import JobSpec, SubmitJob
+from ndmg_cloud.core.spec import SubmitJob
 from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
-from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, JOB_XCOM_KEY, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
+from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.orchestration.triggers import ScanJobEvent, ScanJobTrigger, polls_for
-from ndmg_cloud.participant.canary import CanaryJob
+from ndmg_cloud.participant.canary import CanaryJob, canary_job
 from ndmg_cloud.participant.jobs import SubmittedJob, ThrottledPolls, jobs_named, terminate_job
+from ndmg_cloud.participant.jobspec import RefusedSubmission, check_submission, read_spec, scan_submission
+from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.participant.runplan import PILOT, RELEASED, PlanRef, ScanTask
+from ndmg_cloud.participant.seal import NoSealKey
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
 CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
@@ -73,17 +77,22 @@ def reattachable(saved: Any, max_tries: int) -> str | None:
 
 
 class ScanBatchOperator(BatchOperator):
-    """Submit the exact SubmitJob payload of a scan's job spec, then wait (deferrable).
+    """Submit one scan's Batch job, then wait (deferrable).
 
-    :param scan_id: the scan's BIDS entity string; shown as the map index label.
-    :param job_spec_uri: where the scan's job spec lives (the container reads it).
-    :param batch: the SubmitJob payload in AWS's shape (a job spec's ``batch``), submitted
-        unchanged; None (a scan's mapped task): read from the job spec at execute time.
-
+    :param scan_task: this scan's task argument (a sealed ``runplan.ScanTask``, an item of
+        plan_scans' or release_scans' list): which scan, and its turn to submit
+        (``ndmg_cloud.participant.pacing``); a task that starts earlier waits for it. Its seal
+        is checked before anything of it is used; the scan id alone labels the map index.
     :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
-        environments are checked and, if none can run it, the job is cancelled with the reason.
-    :param submit_not_before: this scan's turn to submit (epoch seconds; ``ndmg_cloud.participant.pacing``):
-        a task that starts earlier waits for it.
+        environments are checked and, if none can run it, the job is cancelled with the
+        reason (the run's ``runnable_timeout_minutes`` when it runs).
+
+    The SubmitJob request is built when the task runs, from the run's configuration (the
+    sealed XCom of ``discover``) and the scan id: ``ndmg-scan --spec <this scan's spec>`` on
+    the run's queue and pinned job definition, with the SHA-256 of the job spec it checked
+    (sealed, for this scan and run) in the job's environment. Nothing of it comes from a
+    mapped argument, an XCom or S3 as written, and ``check_submission`` refuses any other
+    request at the last moment.
 
     Every other argument is ``BatchOperator``'s (``deferrable``, ``poll_interval``,
     ``aws_conn_id``, ...); its extra links (job, definition, queue, logs) are kept.
@@ -102,31 +111,39 @@ class ScanBatchOperator(BatchOperator):
     # would push: a scan costs one task launch; only failures resume on a worker
     ends_in_triggerer = True
 
-    def __init__(
+    def __init__(self, *, scan_task: dict[str, Any] | None = None, runnable_timeout: int = 30 * 60, **kwargs: Any) -> None:
+        named = ScanTask.from_kwargs(scan_task) if isinstance(scan_task, dict) and "scan_id" in scan_task else None
+        scan_id = str(named.scan_id) if named else "unknown"  # unchecked: a label until execute checks the seal
+        placeholder = SubmitJob(scan_id, "unknown-until-run-time", "unknown-until-run-time")
+        super().__init__(
+            job_name=placeholder.job_name, job_queue=placeholder.job_queue, job_definition=placeholder.job_definition, **kwargs
+        )
+        self.scan_task = scan_task
+        self.config: RunConfig | None = None  # the run's, once execute has checked it
+        self.spec_sha256: str | None = None
+        self.submit_not_before: float | None = None
+        self.take_job(scan_id, "", placeholder, runnable_timeout)
+
+    def take_job(
         self,
-        *,
         scan_id: str,
         job_spec_uri: str,
-        batch: dict[str, Any] | None = None,
-        runnable_timeout: int = 30 * 60,
-        submit_not_before: float | None = None,
-        **kwargs: Any,
+        submission: SubmitJob,
+        runnable_timeout: int,
+        config: RunConfig | None = None,
+        spec_sha256: str | None = None,
     ) -> None:
-        submission = SubmitJob.from_payload(batch) if batch else SubmitJob(scan_id, "from-the-job-spec", "from-the-job-spec")
-        super().__init__(job_name=submission.job_name, job_queue=submission.job_queue, job_definition=submission.job_definition, **kwargs)
-        self.take_job(scan_id, job_spec_uri, submission, runnable_timeout)
-        self.payload_from_spec = batch is None  # read at execute: a mapped task's XCom stays small
-        self.submit_not_before = submit_not_before
-
-    def take_job(self, scan_id: str, job_spec_uri: str, submission: SubmitJob, runnable_timeout: int) -> None:
         """This task's job: the scan, its spec and its SubmitJob request (BatchOperator's
-        fields follow from the request, so they can never disagree with it)."""
+        fields follow from the request, so they can never disagree with it), and the run
+        configuration ``check_submission`` holds it to."""
         self.scan_id, self.job_spec_uri, self.submission, self.runnable_timeout = scan_id, job_spec_uri, submission, runnable_timeout
         self.job_name, self.job_queue, self.job_definition = submission.job_name, submission.job_queue, submission.job_definition
         self.container_overrides = submission.payload().get("containerOverrides")
         self.tags = dict(submission.tags)
         self.retry_strategy = submission.retry_strategy
         self.submit_job_timeout = submission.timeout_seconds
+        if config is not None:
+            self.config, self.spec_sha256 = config, spec_sha256
 
     def defer(self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None, timeout: Any = None) -> NoReturn:
         """Wait with ScanJobTrigger (stuck-job watchdog, on_kill) instead of BatchJobTrigger."""
@@ -146,28 +163,27 @@ class ScanBatchOperator(BatchOperator):
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def execute(self, context: Any) -> str | None:
-        if self.payload_from_spec:
-            self.take_job(self.scan_id, self.job_spec_uri, self._spec_payload(context["run_id"]), self.runnable_timeout)
+        try:
+            self.prepare(context)
+        except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
+            raise AirflowFailException(f"{self.what}: nothing submitted: {err}") from None
         return self._final(lambda: super(ScanBatchOperator, self).execute(context))
 
-    def _spec_payload(self, run_id: str) -> SubmitJob:
-        """The SubmitJob request of this scan's job spec (written by this run's write_job_specs)."""
+    def run_config(self, context: Any) -> RunConfig:
+        """The run's configuration, from discover's XCom if its seal holds for this run."""
+        return PlanRef.from_dict(context["ti"].xcom_pull(task_ids=DISCOVER), context["run_id"]).config
+
+    def prepare(self, context: Any) -> None:
+        """Check this task's argument and the scan's job spec; build the SubmitJob request."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        try:
-            spec = JobSpec.read(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), self.job_spec_uri)
-        except ValueError as err:  # JSON, or a spec this code did not write
-            raise AirflowFailException(
-                f"job spec {self.job_spec_uri} cannot be read ({err}): clear this run's write_job_specs task to write it again"
-            ) from None
-        made_for = (spec.scan_id, spec.run_id)
-        if made_for != (self.scan_id, run_id):
-            raise AirflowFailException(
-                f"job spec {self.job_spec_uri} is for scan {made_for[0]!r} of run {made_for[1]!r}, not scan "
-                f"{self.scan_id!r} of run {run_id!r}: another run wrote over this run's job dir (a jobdir shared "
-                "by runs); give each run its own jobdir (leave it empty) and clear this run"
-            )
-        return spec.batch
+        role = PILOT if self.task_id == PILOT_SCAN else RELEASED
+        task = ScanTask.verified(self.scan_task, context["run_id"], role, context["ti"].map_index)
+        config = self.run_config(context)
+        spec, sha256 = read_spec(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), config, task.scan_id)
+        submission = scan_submission(config, task.scan_id, sha256)
+        self.take_job(task.scan_id, spec.spec_uri, submission, config.runnable_timeout_minutes * 60, config, sha256)
+        self.submit_not_before = task.submit_not_before
 
     def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:  # type: ignore[override]  # None: the trigger ended the task
         if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)
@@ -269,6 +285,9 @@ class ScanBatchOperator(BatchOperator):
             time.sleep(wait)
 
     def _submit(self) -> dict[str, Any]:
+        if self.config is None:
+            raise RefusedSubmission(f"{self.what}: no run configuration was checked, so nothing is submitted")
+        check_submission(self.config, self.submission, self.scan_id, self.spec_sha256)
         client = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, config=SUBMIT_CONFIG).client
         response: dict[str, Any] = client.submit_job(**self.submission.payload())
         return response
@@ -324,30 +343,34 @@ class CanaryOperator(ScanBatchOperator):
     """The canary: one short Batch job on the run's queue and job definition that runs
     ``ndmg-scan --self-check`` before any scan job (see ``ndmg_cloud.participant.canary``).
 
-    Its job is worked out at run time by ``spec_task_id`` (XCom ``canary_job``); a run without
-    one (``canary=false``, ``backend=local``, a dry run) skips this task. Everything else is
-    a scan job's: exactly-once submission, the stuck-job watchdog, termination on kill, the
-    Batch links; its self-check lines are copied from CloudWatch into this task's log.
+    Which scan it checks is named by ``spec_task_id`` (XCom ``canary_job``, sealed); its job
+    is built here from the run's configuration. A run without one (``canary=false``,
+    ``backend=local``, a dry run) skips this task. Everything else is a scan job's:
+    exactly-once submission, the stuck-job watchdog, termination on kill, the Batch links;
+    its self-check lines are copied from CloudWatch into this task's log.
     """
 
     def __init__(self, *, spec_task_id: str = WRITE_JOB_SPECS, **kwargs: Any) -> None:
-        placeholder = SubmitJob("canary", "unknown-until-run-time", "unknown-until-run-time")
-        super().__init__(scan_id="canary", job_spec_uri="", batch=placeholder.payload(), awslogs_enabled=True, **kwargs)
+        super().__init__(scan_task={"scan_id": "canary", "job_spec_uri": ""}, awslogs_enabled=True, **kwargs)
         self.spec_task_id = spec_task_id
 
     what = "the canary (ndmg-scan --self-check)"
     ends_in_triggerer = False  # its worker copies the self-check lines from CloudWatch
 
-    def execute(self, context: Any) -> str | None:
-        job = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
-        if not job:
+    def prepare(self, context: Any) -> None:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        picked = context["ti"].xcom_pull(task_ids=self.spec_task_id, key=CANARY_JOB_XCOM_KEY)
+        if not picked:
             for link in self.operator_extra_links:  # no job, no links (and no "XCom not found" errors)
                 if getattr(link, "key", None):
                     context["ti"].xcom_push(key=link.key, value=None)
             raise AirflowSkipException("no canary in this run (canary=false, backend=local or a dry run)")
-        canary = CanaryJob.from_xcom(job)
-        self.take_job(canary.scan_id, canary.job_spec_uri, canary.submission, canary.runnable_timeout)
-        return super().execute(context)
+        scan_id = CanaryJob.picked(picked, context["run_id"])
+        config = self.run_config(context)
+        _, sha256 = read_spec(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), config, scan_id)
+        job = canary_job(config, scan_id, sha256)
+        self.take_job(job.scan_id, job.job_spec_uri, job.submission, job.runnable_timeout, config, sha256)
 
 
 class RunReportOperator(PythonOperator):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +41,7 @@ from ndmg_cloud.orchestration.taskids import (
 )
 from ndmg_cloud.participant import lease
 from ndmg_cloud.participant.canary import (
+    CanaryJob,
     CanaryOutcome,
     Settlement,
     canary_job,
@@ -62,14 +65,15 @@ from ndmg_cloud.participant.jobs import (
     fetch_log_tails,
     local_records,
 )
-from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, run_file_uri, write_specs
+from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, read_spec, run_file_uri, write_specs
 from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.local import run_local
 from ndmg_cloud.participant.pacing import paced, submit_rate
 from ndmg_cloud.participant.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.participant.preflight import preflight
 from ndmg_cloud.participant.reconcile import Orphan, cancel_ended, jobs_of_run, scan_task_states, sweep_orphans
-from ndmg_cloud.participant.runplan import PlanRef, RunPlan, ScanTask
+from ndmg_cloud.participant.runplan import PILOT, RELEASED, PlanRef, RunPlan, ScanTask
+from ndmg_cloud.participant.seal import BrokenSeal, NoSealKey, check_key
 from ndmg_cloud.participant.verify import output_listing, verify_scans
 from ndmg_cloud.report.runreport import airflow_log_url, build_report, read_connectomes, write_report
 
@@ -83,6 +87,8 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
+    with _refusing_broken_seals():
+        check_key()  # before the lease: a run that cannot seal its plan takes nothing
     took_over = _take_lease(config, ti)
     if config.backend == "aws_batch" and not config.dry_run:
         # the revision the canary checks is the revision every scan job runs
@@ -119,21 +125,38 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
     return ref.to_dict()
 
 
-def _plan(discovery: dict[str, Any]) -> RunPlan:
-    """The run plan ``discover`` wrote (its XCom, a ``PlanRef``, says where)."""
-    return RunPlan.read(s3_client(), PlanRef.from_dict(discovery))
+def _plan(discovery: Any, run_id: str) -> RunPlan:
+    """The run plan ``discover`` wrote, if the seals of its XCom and of the plan hold."""
+    with _refusing_broken_seals():
+        return RunPlan.read(s3_client(), PlanRef.from_dict(discovery, run_id))
+
+
+def _config(discovery: Any, run_id: str) -> RunConfig:
+    """The run's configuration, from discover's XCom if its seal holds."""
+    with _refusing_broken_seals():
+        return PlanRef.from_dict(discovery, run_id).config
+
+
+@contextmanager
+def _refusing_broken_seals() -> Iterator[None]:
+    """A rewritten document (or no seal key) fails the task for good, saying why."""
+    try:
+        yield
+    except (BrokenSeal, NoSealKey) as err:
+        raise AirflowFailException(str(err)) from None
 
 
 def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
     """Write one job spec per valid scan (those found done too: the canary may find them made
     by other code). Returns how many; pushes the canary's task arguments (or None)."""
-    plan = _plan(discovery)
+    plan = _plan(discovery, ti.run_id)
     config = plan.config
     _refresh_lease(config)
     specs = [build_spec(config, scan) for scan in plan.valid]
     check_no_shared_outputs(specs)
     client = s3_client()
-    write_specs(client, specs)
+    with _refusing_broken_seals():
+        write_specs(client, specs)
     log.info("wrote %d job specs under %s", len(specs), config.jobdir)
     if config.dry_run:
         log.info("dry run: nothing is submitted")
@@ -144,9 +167,9 @@ def write_job_specs_step(discovery: dict[str, Any], ti: Any) -> int:
     canary = None
     if config.backend == "aws_batch" and config.canary:
         first = next((s for s in specs if s.scan_id not in plan.done), specs[0])
-        job = canary_job(config, first)
+        job = canary_job(config, first.scan_id)
         log.info("canary %s will check scan %s on %s / %s", job.submission.job_name, first.scan_id, config.job_queue, config.job_definition)
-        canary = job.to_xcom()
+        canary = CanaryJob.pick(config, first.scan_id)
     ti.xcom_push(key=CANARY_JOB_XCOM_KEY, value=canary)
     return len(specs)
 
@@ -155,7 +178,7 @@ def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
     """Settle the run once the image is known (the canary's contract; the installed code on
     the local backend): what is done, what runs again and why, which scans are pilots.
     Writes the settlement and pushes its URI; returns the pilot scans' task arguments."""
-    plan = _plan(discovery)
+    plan = _plan(discovery, ti.run_id)
     config = plan.config
     _refresh_lease(config)
     outcome = _canary(ti, config)
@@ -171,18 +194,19 @@ def plan_scans_step(discovery: dict[str, Any], ti: Any) -> list[dict[str, Any]]:
     _check_cost(config, len(to_run))
     _check_map_length(len(to_run))
     ti.xcom_push(key=SETTLEMENT_XCOM_KEY, value=settled.write(s3_client(), config))
-    return [t.kwargs() for t in _with_turns(config, [t for t in to_run if t.scan_id in settled.pilots])]  # a few: a plain list
+    pilots = _with_turns(config, [t for t in to_run if t.scan_id in settled.pilots])
+    return ScanTask.sealed_list(pilots, config.run_id, PILOT)  # a few: a plain list
 
 
-def _settlement(ti: Any) -> Settlement | None:
-    """The settlement plan_scans wrote; None when the run stopped before it."""
-    uri = ti.xcom_pull(task_ids=PLAN_SCANS, key=SETTLEMENT_XCOM_KEY)
-    return Settlement.read(s3_client(), uri) if uri else None
+def _settlement(config: RunConfig) -> Settlement | None:
+    """The settlement plan_scans wrote (where this run writes it); None when the run stopped before it."""
+    with _refusing_broken_seals():
+        return Settlement.read(s3_client(), config)
 
 
-def _settled(ti: Any) -> Settlement:
+def _settled(config: RunConfig) -> Settlement:
     """The settlement of a run that got past plan_scans (release_scans runs only then)."""
-    settled = _settlement(ti)
+    settled = _settlement(config)
     if settled is None:
         raise AirflowFailException("plan_scans pushed no settlement: see its log")
     return settled
@@ -192,12 +216,13 @@ def release_scans_step(discovery: dict[str, Any], ti: Any) -> ScanItems:
     """Every pilot succeeded (or there were none): the rest of the run goes. Returns the
     scans as a ``ScanItems`` (constant-size XCom; each mapped task reads its own item), each
     Batch scan with its turn to submit (``ndmg_cloud.participant.pacing``)."""
-    plan = _plan(discovery)
-    settled = _settled(ti)
+    plan = _plan(discovery, ti.run_id)
+    settled = _settled(plan.config)
     rest = [t for t in settled.to_run(plan.scan_tasks()) if t.scan_id not in settled.pilots]
     if settled.pilots:
         log.info("pilot scans %s succeeded: releasing the other %d", ", ".join(settled.pilots), len(rest))
-    return write_scan_items(s3_client(), run_file_uri(plan.config, "released", ".items"), _with_turns(plan.config, rest))
+    records = ScanTask.sealed_list(_with_turns(plan.config, rest), plan.config.run_id, RELEASED)
+    return write_scan_items(s3_client(), run_file_uri(plan.config, "released", ".items"), records)
 
 
 def _with_turns(config: RunConfig, tasks: list[ScanTask]) -> list[ScanTask]:
@@ -231,14 +256,19 @@ def _check_map_length(scans: int) -> None:
         )
 
 
-def choose_backend_step(discovery: dict[str, Any]) -> str:
+def choose_backend_step(discovery: dict[str, Any], run_id: str) -> str:
     """Follow the mapped task of the run's backend; the other one is skipped whole."""
-    return BACKEND_TASKS[PlanRef.from_dict(discovery).config.backend]
+    return BACKEND_TASKS[_config(discovery, run_id).backend]
 
 
-def run_scan_local_step(scan_id: str, job_spec_uri: str, ti: Any) -> str:
-    """The ``local`` backend: the scan runner in a subprocess on this worker."""
-    record = run_local(scan_id, job_spec_uri)
+def run_scan_local_step(scan_task: dict[str, Any], ti: Any) -> str:
+    """The ``local`` backend: the scan runner in a subprocess on this worker, on this run's
+    job spec of the scan (checked: sealed, for this scan and run; the runner checks its SHA-256)."""
+    with _refusing_broken_seals():
+        scan_id = ScanTask.verified(scan_task, ti.run_id, RELEASED, ti.map_index).scan_id
+        config = _config(ti.xcom_pull(task_ids=DISCOVER), ti.run_id)
+        spec, sha256 = read_spec(s3_client(), config, scan_id)
+    record = run_local(scan_id, spec.spec_uri, sha256, config)
     ti.xcom_push(key=LOCAL_JOB_XCOM_KEY, value=LocalJob(scan_id, record).to_xcom())
     if record.status != SUCCEEDED:
         raise AirflowException(f"scan {scan_id}: {record.reason}")
@@ -302,11 +332,11 @@ def _refresh_lease(config: RunConfig) -> None:
         log.warning("this run no longer holds the lease on %s (another run took it over)", config.output_root)
 
 
-def _release_lease(discovery: dict[str, Any] | None, params: Any, run_id: str) -> None:
+def _release_lease(params: Any, run_id: str) -> None:
     """Release this run's lease (never another run's), also when discovery failed after
-    taking it."""
+    taking it: where is the run's params' (its trigger's), not an XCom's."""
     try:
-        config = PlanRef.config_in(discovery) if discovery else resolve(dict(params or {}), run_id)
+        config = resolve(dict(params or {}), run_id)
     except Exception:
         return
     if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
@@ -381,16 +411,16 @@ def verify_and_report_step(ti: Any, dag_run: Any = None, outlet_events: Any = No
     try:
         return _verify_and_report(ti, dag_run, outlet_events, discovery)
     finally:
-        _release_lease(discovery, params, ti.run_id)
+        _release_lease(params, ti.run_id)
 
 
 def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dict[str, Any] | None) -> str:
     if not discovery:
         # The run failed before any job: its leaf must fail too, or the run shows success.
         raise AirflowFailException("discovery failed, so nothing was run: see the discover task's log")
-    plan = _plan(discovery)
+    plan = _plan(discovery, ti.run_id)
     config, scans = plan.config, plan.scans
-    settled = _settlement(ti)
+    settled = _settlement(config)
     outcome = settled.canary if settled else _canary(ti, config)
     if config.backend == "local":
         jobs = local_records([LocalJob.from_xcom(v) for v in _pulled(ti, RUN_SCAN_LOCAL, LOCAL_JOB_XCOM_KEY)])

@@ -80,15 +80,16 @@ class ScanItems(Sequence[dict[str, Any]]):
         return ScanItems(data["uri"], int(data["count"]), int(data["width"]))
 
 
-def write_scan_items(s3_client: Any, uri: str, tasks: list[ScanTask]) -> ScanItems:
-    """Write the items file (S3, or a local path for the local backend) and return its XCom."""
-    records = [json.dumps(task.kwargs(), sort_keys=True, separators=(",", ":")).encode() + b"\n" for task in tasks]
+def write_scan_items(s3_client: Any, uri: str, items: list[dict[str, Any]]) -> ScanItems:
+    """Write the items file (S3, or a local path for the local backend) and return its XCom.
+    ``items`` are the scans' task arguments (sealed: ``ScanTask.sealed_list``)."""
+    records = [json.dumps(item, sort_keys=True, separators=(",", ":")).encode() + b"\n" for item in items]
     longest = max((len(r) for r in records), default=1)
     width = -(-longest // RECORD_ALIGN) * RECORD_ALIGN
     if not records:  # nothing released (a dry run, all done): no file to read
         return ScanItems(uri, 0, width)
     write_at(s3_client, uri, b"".join(r.ljust(width, PAD) for r in records), "application/octet-stream")
-    return ScanItems(uri, len(tasks), width)
+    return ScanItems(uri, len(items), width)
 
 
 def _record(raw: bytes) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Any
 from ndmg_cloud.core.layout import split_uri
 from ndmg_cloud.core.manifest import ContractSummary
 from ndmg_cloud.core.s3 import get_json, put_json, read_json_at
-from ndmg_cloud.core.spec import RUNNER_COMMAND, JobSpec, SubmitJob
+from ndmg_cloud.core.spec import RUNNER_COMMAND, SubmitJob
 from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
-from ndmg_cloud.participant.jobspec import job_name_prefix, run_file_uri, run_token, submit_job
+from ndmg_cloud.participant.jobspec import job_name_prefix, run_file_uri, run_token, scan_tags, spec_uri, submit_job
 from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.participant.runplan import ScanTask
+from ndmg_cloud.participant.seal import seal, unseal
 from ndmg_cloud.participant.verify import ScanResult
 from ndmg_cloud.scan.contract import ImageContract, local_contract
 from ndmg_cloud.scan.selfcheck import SelfCheck
@@ -33,38 +34,41 @@ from ndmg_cloud.scan.selfcheck import SelfCheck
 CANARY_TIMEOUT_SECONDS = 15 * 60  # the self-check takes about a minute once the image is pulled
 
 
+CANARY_PICK = "canary"  # the role of write_job_specs' canary XCom in its seal
+
+
 @dataclass(frozen=True)
 class CanaryJob:
-    """The canary task's job (XCom ``canary_job`` of write_job_specs): one scan's job spec,
-    checked on the run's queue and job definition by the self-check instead of the scan."""
+    """The canary task's job: one scan's job spec, checked on the run's queue and job
+    definition by the self-check instead of the scan. Built at submit time from the run's
+    configuration and the scan id (``canary_job``); the XCom only names the scan (``pick``)."""
 
     scan_id: str
     job_spec_uri: str
     submission: SubmitJob
     runnable_timeout: int
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "scan_id": self.scan_id,
-            "job_spec_uri": self.job_spec_uri,
-            "batch": self.submission.payload(),
-            "runnable_timeout": self.runnable_timeout,
-        }
+    @staticmethod
+    def pick(config: RunConfig, scan_id: str) -> dict[str, Any]:
+        """write_job_specs' XCom ``canary_job``: which scan the canary checks, sealed for this run."""
+        return seal({"scan_id": scan_id}, f"{config.run_id}:{CANARY_PICK}")
 
-    @classmethod
-    def from_xcom(cls, data: dict[str, Any]) -> CanaryJob:
-        return cls(data["scan_id"], data["job_spec_uri"], SubmitJob.from_payload(data["batch"]), int(data["runnable_timeout"]))
+    @staticmethod
+    def picked(data: Any, run_id: str) -> str:
+        """The scan id in a ``pick`` XCom of run ``run_id``, if its seal holds."""
+        return str(unseal(data, f"{run_id}:{CANARY_PICK}", "write_job_specs' canary_job XCom")["scan_id"])
 
 
-def canary_job(config: RunConfig, spec: JobSpec) -> CanaryJob:
-    """The canary of a run: ``ndmg-scan --self-check`` on ``spec``'s scan, its findings
+def canary_job(config: RunConfig, scan_id: str, spec_sha256: str | None = None) -> CanaryJob:
+    """The canary of a run: ``ndmg-scan --self-check`` on the scan's job spec, its findings
     written beside the run's report; the scan's tags and ``canary=true``."""
+    uri = spec_uri(config, scan_id)
     result = config.outputs.canary_uri(config.run_id)
-    command = [RUNNER_COMMAND, "--self-check", "--spec", spec.spec_uri, "--result", result]
+    command = [RUNNER_COMMAND, "--self-check", "--spec", uri, "--result", result]
     name = f"{job_name_prefix(config.dataset)}canary-{run_token(config.run_id)}"
-    tags = {**spec.batch.tags, "pipeline": config.pipeline, "canary": "true"}
-    submission = submit_job(config, name, command, spec.spec_uri, tags, CANARY_TIMEOUT_SECONDS)
-    return CanaryJob(spec.scan_id, spec.spec_uri, submission, config.runnable_timeout_minutes * 60)
+    tags = {**scan_tags(config, scan_id), "canary": "true"}
+    submission = submit_job(config, name, command, uri, tags, CANARY_TIMEOUT_SECONDS, spec_sha256)
+    return CanaryJob(scan_id, uri, submission, config.runnable_timeout_minutes * 60)
 
 
 @dataclass
@@ -123,14 +127,25 @@ class Settlement:
         )
 
     def write(self, s3_client: Any, config: RunConfig) -> str:
-        """Write it next to the run plan; return its URI (the plan_scans task's XCom)."""
+        """Write it, sealed, next to the run plan; return its URI (the plan_scans task's XCom)."""
         uri = run_file_uri(config, "settled", ".json")
-        put_json(s3_client, uri, self.to_dict())
+        put_json(s3_client, uri, seal(self.to_dict(), uri))
         return uri
 
     @classmethod
-    def read(cls, s3_client: Any, uri: str) -> Settlement:
-        return cls.from_dict(read_json_at(s3_client, uri))
+    def read(cls, s3_client: Any, config: RunConfig) -> Settlement | None:
+        """The run's settlement (where this run writes it; no XCom says where), if its seal
+        holds; None if the run stopped before writing it."""
+        uri = run_file_uri(config, "settled", ".json")
+        try:
+            document = read_json_at(s3_client, uri)
+        except FileNotFoundError:
+            return None
+        except Exception as err:
+            if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return cls.from_dict(unseal(document, uri, "the run's settlement"))
 
 
 def skipped(config: RunConfig) -> CanaryOutcome:

@@ -6,14 +6,26 @@ tags and the names of the run's own files in its job dir.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.pipelines import get_pipeline
-from ndmg_cloud.core.spec import JOB_SPEC_ENV, RUNNER_COMMAND, WORK_INPUT, WORK_OUTPUT, JobSpec, PipelineCall, SubmitJob
+from ndmg_cloud.core.s3 import put_json, read_at
+from ndmg_cloud.core.spec import (
+    JOB_SPEC_ENV,
+    JOB_SPEC_SHA256_ENV,
+    RUNNER_COMMAND,
+    WORK_INPUT,
+    WORK_OUTPUT,
+    JobSpec,
+    PipelineCall,
+    SubmitJob,
+)
 from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.participant.seal import BrokenSeal, seal, unseal
 
 JOB_NAME_MAX = 128
 DATASET_IN_NAME = 40  # characters of the dataset name kept at the front of job names
@@ -70,8 +82,8 @@ def dataset_tag(dataset: str) -> str:
     return _tag(dataset)
 
 
-def spec_uri(config: RunConfig, scan: Scan) -> str:
-    return f"{config.jobdir}{scan.scan_id}.json"  # jobdir ends in "/"
+def spec_uri(config: RunConfig, scan_id: str) -> str:
+    return f"{config.jobdir}{scan_id}.json"  # jobdir ends in "/"
 
 
 def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
@@ -81,20 +93,99 @@ def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
     return f"{config.jobdir}{kind}-{run_token(config.run_id)}{suffix}"
 
 
-def submit_job(config: RunConfig, name: str, command: list[str], spec: str, tags: dict[str, str], timeout_seconds: int) -> SubmitJob:
+def submit_job(
+    config: RunConfig,
+    name: str,
+    command: list[str],
+    spec: str,
+    tags: dict[str, str],
+    timeout_seconds: int,
+    spec_sha256: str | None = None,
+) -> SubmitJob:
     """A SubmitJob request of this run (a scan's, or the canary's): the run's queue and job
-    definition, the job spec's URI in the environment, the project tag on top of ``tags``
-    (the orchestrator may stop only jobs carrying it, infra/iam.py), Spot reclaims retried."""
+    definition, the job spec's URI in the environment (and, at submit time, the SHA-256 of the
+    spec the orchestrator checked: the runner refuses any other), the project tag on top of
+    ``tags`` (the orchestrator may stop only jobs carrying it, infra/iam.py), Spot reclaims retried."""
+    environment = {JOB_SPEC_ENV: spec}
+    if spec_sha256:
+        environment[JOB_SPEC_SHA256_ENV] = spec_sha256
     return SubmitJob(
         job_name=name,
         job_queue=config.job_queue,
         job_definition=config.job_definition,
         command=command,
-        environment={JOB_SPEC_ENV: spec},
+        environment=environment,
         tags={PROJECT_TAG: PROJECT, **tags},
         timeout_seconds=timeout_seconds,
         retry_strategy=RETRY_STRATEGY,
     )
+
+
+def scan_tags(config: RunConfig, scan_id: str) -> dict[str, str]:
+    """The tags of a scan's job (the canary's too, plus ``canary=true``)."""
+    return {"dataset": dataset_tag(config.dataset), "scan": _tag(scan_id), "run_id": _tag(config.run_id), "pipeline": config.pipeline}
+
+
+def scan_submission(config: RunConfig, scan_id: str, spec_sha256: str | None = None) -> SubmitJob:
+    """The SubmitJob request of one scan of the run, built from the run's configuration and the
+    scan id alone: ``ndmg-scan --spec <its spec>`` on the run's queue and job definition."""
+    uri = spec_uri(config, scan_id)
+    return submit_job(
+        config,
+        job_name(config.dataset, scan_id, config.run_id),
+        [RUNNER_COMMAND, "--spec", uri],
+        uri,
+        scan_tags(config, scan_id),
+        config.job_timeout_minutes * 60,
+        spec_sha256,
+    )
+
+
+class RefusedSubmission(ValueError):
+    """A SubmitJob request that is not one this run may send."""
+
+
+def check_submission(config: RunConfig, submission: SubmitJob, scan_id: str, spec_sha256: str | None) -> None:
+    """The last gate before SubmitJob: the run's queue and pinned job definition, and the
+    command ``ndmg-scan --spec <this scan's spec>`` or the canary's self-check of it, with
+    nothing else in the environment; ``RefusedSubmission`` naming what differs."""
+    uri = spec_uri(config, scan_id)
+    allowed = (
+        [RUNNER_COMMAND, "--spec", uri],
+        [RUNNER_COMMAND, "--self-check", "--spec", uri, "--result", config.outputs.canary_uri(config.run_id)],
+    )
+    environment = {JOB_SPEC_ENV: uri, **({JOB_SPEC_SHA256_ENV: spec_sha256} if spec_sha256 else {})}
+    wrong = [
+        f"{what} {given!r} (this run's is {expected!r})"
+        for what, given, expected in (
+            ("job queue", submission.job_queue, config.job_queue),
+            ("job definition", submission.job_definition, config.job_definition),
+            ("environment", submission.environment, environment),
+        )
+        if given != expected
+    ]
+    if submission.command not in allowed:
+        wrong.append(f"command {submission.command!r} (this scan's is {allowed[0]!r})")
+    if wrong:
+        raise RefusedSubmission(f"refusing to submit a job for scan {scan_id}: {'; '.join(wrong)}")
+
+
+def read_spec(s3_client: Any, config: RunConfig, scan_id: str) -> tuple[JobSpec, str]:
+    """This run's job spec of ``scan_id`` (where this run put it), if its seal holds and it
+    is for this scan and run; and the SHA-256 of its bytes (the runner checks it).
+    ``ValueError`` (``BrokenSeal`` for a rewritten one) saying why otherwise."""
+    uri = spec_uri(config, scan_id)
+    raw = read_at(s3_client, uri)
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise BrokenSeal(f"job spec {uri} is not JSON: it was not written by this run") from None
+    spec = JobSpec.from_dict(unseal(document, uri, "the job spec"))
+    if (spec.scan_id, spec.run_id, spec.spec_uri) != (scan_id, config.run_id, uri):
+        raise BrokenSeal(
+            f"job spec {uri} is for scan {spec.scan_id!r} of run {spec.run_id!r}, not scan {scan_id!r} of run {config.run_id!r}"
+        )
+    return spec, hashlib.sha256(raw).hexdigest()
 
 
 def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
@@ -103,7 +194,7 @@ def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
         raise ValueError(f"scan {scan.scan_id} is invalid ({scan.reason}); it gets no job spec")
     pipeline = get_pipeline(config.pipeline)
     outputs = config.outputs
-    uri = spec_uri(config, scan)
+    uri = spec_uri(config, scan.scan_id)
     inputs = {
         "dwi": scan.dwi,
         "bval": scan.bval,
@@ -111,15 +202,6 @@ def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
         "t1w": scan.t1w,
         "dataset_description": "dataset_description.json",
     }
-    tags = {"dataset": dataset_tag(config.dataset), "scan": _tag(scan.scan_id), "run_id": _tag(config.run_id), "pipeline": config.pipeline}
-    batch = submit_job(
-        config,
-        job_name(config.dataset, scan.scan_id, config.run_id),
-        [RUNNER_COMMAND, "--spec", uri],
-        uri,
-        tags,
-        config.job_timeout_minutes * 60,
-    )
     return JobSpec(
         spec_uri=uri,
         run_id=config.run_id,
@@ -138,14 +220,14 @@ def build_spec(config: RunConfig, scan: Scan) -> JobSpec:
             options=config.options,
             command=pipeline.command(scan, config.options, WORK_INPUT, WORK_OUTPUT),
         ),
-        batch=batch,
+        batch=scan_submission(config, scan.scan_id),
     )
 
 
 def write_specs(s3_client: Any, specs: list[JobSpec]) -> None:
-    """Put many specs, 16 at a time (a rerun writes one per valid scan)."""
+    """Put many specs, each sealed for its place, 16 at a time (a rerun writes one per valid scan)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda spec: spec.write(s3_client), specs))
+        list(pool.map(lambda spec: put_json(s3_client, spec.spec_uri, seal(spec.to_dict(), spec.spec_uri)), specs))
 
 
 def check_no_shared_outputs(specs: list[JobSpec]) -> None:

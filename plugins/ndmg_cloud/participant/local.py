@@ -14,7 +14,10 @@ import sys
 import time
 from collections import deque
 
+from ndmg_cloud.core.spec import JOB_SPEC_SHA256_ENV
 from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
+from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.scan.guard import INPUT_ROOTS_ENV, OUTPUT_ROOTS_ENV
 from ndmg_cloud.scan.scrub import redact, runner_environment
 from ndmg_cloud.scan.warm import WARM_ENV
 
@@ -27,13 +30,21 @@ def local_pool_slots() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def run_local(scan_id: str, spec_uri: str) -> JobRecord:
-    """Run one scan's runner to completion; its output goes to this task's log."""
+def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig) -> JobRecord:
+    """Run one scan's runner to completion; its output goes to this task's log. The runner
+    gets what a deployment's job definition gives it: the SHA-256 of the spec the orchestrator
+    checked, and the only locations it may read and write (this run's input and output roots)."""
     command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--spec", spec_uri]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     started = int(time.time() * 1000)
     # not the worker's DB URL, JWT secret or Fernet key (scrub.py); ndmg-lite from the warm fork server (warm.py)
-    env = {**runner_environment(os.environ), WARM_ENV: "1"}
+    env = {
+        **runner_environment(os.environ),
+        WARM_ENV: "1",
+        JOB_SPEC_SHA256_ENV: spec_sha256,
+        INPUT_ROOTS_ENV: config.input_root.uri(),
+        OUTPUT_ROOTS_ENV: config.output_root.uri(),
+    }
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         for line in process.stdout or ():

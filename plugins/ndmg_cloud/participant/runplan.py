@@ -21,14 +21,21 @@ from ndmg_cloud.core.s3 import put_json, read_json_at
 from ndmg_cloud.participant.jobspec import run_file_uri, spec_uri
 from ndmg_cloud.participant.lease import TakeOver
 from ndmg_cloud.participant.params import RunConfig
+from ndmg_cloud.participant.seal import seal, unseal
 from ndmg_cloud.participant.verify import ScanResult
+
+PLAN_REF = "plan-ref"  # the role of discover's XCom in its seal
+PILOT, RELEASED = "pilot", "released"  # the two lists of scan tasks (plan_scans', release_scans')
 
 
 @dataclass(frozen=True)
 class ScanTask:
-    """One mapped scan task's arguments (pilot_scan, run_scan or run_scan_local): the scan and
+    """One mapped scan task's argument (pilot_scan, run_scan or run_scan_local): the scan and
     its job spec, and for a Batch scan how long RUNNABLE is normal and its turn to submit.
-    The SubmitJob payload is not among them: the task reads it from the job spec."""
+    The SubmitJob payload is not among them: the task builds it from the run's configuration.
+
+    It travels sealed (``sealed_list``), bound to its run, its list and its place in it: the
+    task checks the seal (``verified``) before it uses anything of it."""
 
     scan_id: str
     job_spec_uri: str
@@ -41,12 +48,30 @@ class ScanTask:
 
     @classmethod
     def from_kwargs(cls, data: dict[str, Any]) -> ScanTask:
+        """Unchecked: for what only names scans (task states, log links); a task that runs a
+        scan reads its argument with ``verified``."""
         return cls(
             scan_id=data["scan_id"],
             job_spec_uri=data["job_spec_uri"],
             runnable_timeout=data.get("runnable_timeout"),
             submit_not_before=data.get("submit_not_before"),
         )
+
+    @staticmethod
+    def sealed_list(tasks: list[ScanTask], run_id: str, role: str) -> list[dict[str, Any]]:
+        """The tasks' arguments, each sealed for its place in the ``role`` list of run ``run_id``."""
+        return [seal(task.kwargs(), _place(run_id, role, i)) for i, task in enumerate(tasks)]
+
+    @classmethod
+    def verified(cls, data: Any, run_id: str, role: str, map_index: int) -> ScanTask:
+        """The argument of map index ``map_index`` of the ``role`` list, if its seal holds."""
+        where = _place(run_id, role, map_index)
+        body = unseal(data, where, f"the argument of scan task {map_index}")
+        return cls.from_kwargs(body)
+
+
+def _place(run_id: str, role: str, index: int) -> str:
+    return f"{run_id}:{role}:{index}"
 
 
 @dataclass
@@ -60,11 +85,14 @@ class PlanRef:
     done: int  # valid scans an earlier run already made (before the image check)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "config": self.config.to_dict()}
+        """The XCom: sealed for this run."""
+        return seal({**asdict(self), "config": self.config.to_dict()}, f"{self.config.run_id}:{PLAN_REF}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PlanRef:
-        return cls(**{**data, "config": RunConfig.from_dict(data["config"])})
+    def from_dict(cls, data: Any, run_id: str) -> PlanRef:
+        """discover's XCom in run ``run_id``, if its seal holds (``BrokenSeal`` otherwise)."""
+        body = unseal(data, f"{run_id}:{PLAN_REF}", "discover's XCom (the run's configuration and plan)")
+        return cls(**{**body, "config": RunConfig.from_dict(body["config"])})
 
     @staticmethod
     def config_in(data: dict[str, Any]) -> RunConfig:
@@ -98,7 +126,7 @@ class RunPlan:
         if config.dry_run:
             return []
         runnable_timeout = config.runnable_timeout_minutes * 60 if config.backend == "aws_batch" else None
-        return [ScanTask(scan.scan_id, spec_uri(config, scan), runnable_timeout) for scan in self.valid]
+        return [ScanTask(scan.scan_id, spec_uri(config, scan.scan_id), runnable_timeout) for scan in self.valid]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,9 +158,11 @@ class RunPlan:
     def write(self, s3_client: Any) -> PlanRef:
         """Write the plan to the run's job dir; return the XCom that points at it."""
         uri = run_file_uri(self.config, "plan", ".json")
-        put_json(s3_client, uri, self.to_dict())
+        put_json(s3_client, uri, seal(self.to_dict(), uri))
         return PlanRef(uri, self.config, len(self.scans), len(self.valid), len(self.done))
 
     @classmethod
     def read(cls, s3_client: Any, ref: PlanRef) -> RunPlan:
-        return cls.from_dict(read_json_at(s3_client, ref.uri))
+        """The plan ``ref`` points at (a verified ``PlanRef``), if its seal holds."""
+        uri = run_file_uri(ref.config, "plan", ".json")  # where this run's plan is, whatever ref.uri says
+        return cls.from_dict(unseal(read_json_at(s3_client, uri), uri, "the run plan"))

@@ -46,9 +46,10 @@ from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.layout import split_uri
 from ndmg_cloud.core.manifest import SUCCESS, MadeWith, OutputFile, ScanManifest
 from ndmg_cloud.core.pipelines import WORK_SESSION
-from ndmg_cloud.core.s3 import put_json
+from ndmg_cloud.core.s3 import put_json, read_at
 from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.scan import contract as image_contract
+from ndmg_cloud.scan.guard import SpecRefused, check_spec
 from ndmg_cloud.scan.scrub import pipeline_environment, redact
 from ndmg_cloud.scan.warm import WarmProcess, start_program
 
@@ -85,12 +86,21 @@ def now() -> str:
 
 
 def load_spec(location: str, client: Any | None) -> JobSpec:
+    """The job spec at ``location``, once ``guard.check_spec`` has passed it (exit 2 otherwise)."""
     try:
-        return JobSpec.read(client, location)
+        raw = read_at(client, location)
+        spec = JobSpec.from_dict(json.loads(raw))
     except Exception as err:
         if isinstance(err, ScanFailure):  # SIGTERM arrived meanwhile
             raise
         raise ScanFailure(f"cannot read job spec {location}: {err}", 2) from None
+    try:
+        warnings = check_spec(spec, hashlib.sha256(raw).hexdigest())
+    except SpecRefused as err:
+        raise ScanFailure(str(err), 2) from None
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return spec
 
 
 def work_name(name: str, subject: str, session: str | None) -> str:
@@ -158,6 +168,7 @@ class ScanRun:
             rel = inputs.get(role)
             if rel is None:
                 raise ScanFailure(f"job spec has no {role} input", 2)
+            target = self.inside(self.input_dir, target.relative_to(self.input_dir).as_posix())
             self.inputs[role] = self._download(rel, target, required=role != "dataset_description")
         for rel, uri in self.spec.extra_inputs.items():
             bucket, key = split_uri(uri)
