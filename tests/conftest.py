@@ -233,13 +233,15 @@ def wait_for(predicate, timeout=10.0):
 
 
 LIVE_PASSWORD = "ndmg-live-test"  # the admin's password on the live Airflow (a test-only file)
+# every role of the simple auth manager the authorization matrix tries (tests/test_authz.py)
+LIVE_USERS = {"admin": LIVE_PASSWORD, "user": "ndmg-live-user", "viewer": "ndmg-live-viewer"}
 
 
 def live_environment(home: Path, **extra: str) -> tuple[dict[str, str], str]:
     """The environment of a real Airflow in ``home`` on a free port (SQLite, LocalExecutor,
     user admin with LIVE_PASSWORD, DAGs unpaused), and its URL."""
     port = _free_port()
-    (home / "passwords.json").write_text(json.dumps({"admin": LIVE_PASSWORD}))
+    (home / "passwords.json").write_text(json.dumps(LIVE_USERS))
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -248,7 +250,7 @@ def live_environment(home: Path, **extra: str) -> tuple[dict[str, str], str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__BASE_URL": url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{name}" for name in LIVE_USERS),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",

@@ -320,3 +320,59 @@ def test_the_form_and_setup_deploy_the_same_stack():
     custom = InfraParams.from_params({**given, "job_queue": "lab-queue", "job_definition": "lab-ndmg"})
     argv += ["--job-queue", "lab-queue", "--job-definition", "lab-ndmg"]
     assert custom.cfn_parameters() == infra_params(parser().parse_args(argv)).cfn_parameters()
+
+
+FOREIGN_TEMPLATE = json.dumps(
+    {
+        "Resources": {
+            "Table": {
+                "Type": "AWS::DynamoDB::Table",
+                "Properties": {
+                    "TableName": "lab-subjects",
+                    "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                    "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                    "BillingMode": "PAY_PER_REQUEST",
+                },
+            },
+            "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "lab-events"}},
+        }
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "stack, refusal", [("lab-prod", "is not one of this project's"), ("ndmg-cloud-lab", "exists but is not ndmg-cloud's")]
+)
+def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(network, airflow_db, capfd, stack, refusal):
+    """Another team's stack (a DynamoDB table with data, an SQS queue), by a name outside this
+    project's pattern, or inside it without the project tag: every front door refuses it."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from ndmg_cloud.infra.params import INFRA_PARAM_SCHEMAS
+
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=ENDPOINT)
+    cfn.create_stack(StackName=stack, TemplateBody=FOREIGN_TEMPLATE)
+    dynamodb.put_item(TableName="lab-subjects", Item={"id": {"S": "sub-01"}})
+
+    with pytest.raises(InfraError, match=refusal):
+        deploy(cfn, parameters(network, stack=stack))
+    if stack.startswith("ndmg-cloud-"):  # a name the form accepts: the DAG runs, its task refuses; teardown too
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_infra"]
+        conf = {**{k: v for k, v in vars(parameters(network)).items() if v not in ([], "")}, "stack": stack, "image": "x:1"}
+        assert dag.test(run_conf=conf).state == "failed"
+        assert refusal in capfd.readouterr().out
+        with pytest.raises(InfraError, match=refusal):
+            teardown(cfn, stack)
+    else:  # a name the form refuses at trigger time, and setup too
+        with pytest.raises(ParamValidationError, match="does not match"):
+            Param(**INFRA_PARAM_SCHEMAS["stack"]).resolve(stack)
+        with pytest.raises(ValueError, match=refusal):
+            InfraParams.from_params({**vars(parameters(network)), "stack": stack})
+
+    body = cfn.get_template(StackName=stack)["TemplateBody"]
+    assert json.loads(json.dumps(body) if not isinstance(body, str) else body) == json.loads(FOREIGN_TEMPLATE)
+    assert dynamodb.get_item(TableName="lab-subjects", Key={"id": {"S": "sub-01"}})["Item"]
+    assert boto3.client("sqs", region_name=REGION, endpoint_url=ENDPOINT).get_queue_url(QueueName="lab-events")["QueueUrl"]

@@ -4,6 +4,7 @@ parameters (``cfn_parameters``), so the two front doors can never deploy differe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from ndmg_cloud.participant.params import DEFAULT_JOB_DEFINITION as JOB_DEFINITI
 from ndmg_cloud.participant.params import DEFAULT_JOB_QUEUE as JOB_QUEUE
 
 STACK_NAME = "ndmg-cloud-batch"
+STACK_PATTERN = "^ndmg-cloud-[A-Za-z0-9-]{1,100}$"  # this project's stacks only (a CloudFormation name is at most 128)
 MAX_VCPUS, ROOT_VOLUME_GB = 256, 100
 # A folder in a bucket: S3 key characters, ending in '/', no '.' or '..' segments (the
 # template's AllowedPattern says the same)
@@ -72,7 +74,13 @@ INFRA_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "The job definition to register (ndmg_participant's job_definition).",
         "pattern": BATCH_NAME,
     },
-    "stack": {"default": STACK_NAME, "type": "string", "title": "Stack name", "description": "CloudFormation stack."},
+    "stack": {
+        "default": STACK_NAME,
+        "type": "string",
+        "title": "Stack name",
+        "description": "CloudFormation stack: ndmg-cloud-<name>. Only this project's stacks (tag project=ndmg-cloud) are ever updated.",
+        "pattern": STACK_PATTERN,
+    },
 }
 
 
@@ -99,6 +107,9 @@ class InfraParams:
         """From the DAG's params (or a conf): the schema's names, its defaults for what is left out."""
         defaults = {name: schema["default"] for name, schema in INFRA_PARAM_SCHEMAS.items() if "default" in schema}
         given = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+        stack = str(given.get("stack"))
+        if not re.fullmatch(STACK_PATTERN, stack):
+            raise ValueError(f"stack {stack[:140]!r} is not one of this project's: give ndmg-cloud-<letters, digits, '-'>")
         try:
             return cls(
                 image=str(given["image"]),

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from ndmg_cloud.infra.params import STACK_NAME, InfraParams, StackOutputs
+from ndmg_cloud.infra.params import STACK_NAME, STACK_PATTERN, InfraParams, StackOutputs
+from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 
 # Managed compute environments and roles can take many minutes: wait up to an hour.
 WAIT = {"Delay": 15, "MaxAttempts": 240}
@@ -105,12 +107,14 @@ def deploy(cfn: Any, params: InfraParams) -> Deployment:
     """Create the stack, or update it; report which, and the queue and job definition."""
     check_locations(params)
     stack = params.stack
+    if not re.fullmatch(STACK_PATTERN, stack):
+        raise InfraError(f"stack {stack[:140]!r} is not one of this project's (ndmg-cloud-<name>): refusing to deploy it")
     args: dict[str, Any] = {
         "StackName": stack,
         "TemplateBody": template_body(),
         "Parameters": _parameters(params.cfn_parameters()),
         "Capabilities": ["CAPABILITY_IAM"],
-        "Tags": [{"Key": "project", "Value": "ndmg-cloud"}],
+        "Tags": [{"Key": PROJECT_TAG, "Value": PROJECT}],
     }
     try:
         status = _status(cfn, stack)
@@ -120,6 +124,8 @@ def deploy(cfn: Any, params: InfraParams) -> Deployment:
             raise InfraError(
                 f"stack {stack} is {status} (see its events in the CloudFormation console): run teardown, fix the cause, then setup again"
             )
+        if status is not None:
+            check_ours(cfn, stack)
         if status is None:
             cfn.create_stack(**args)
             cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
@@ -138,10 +144,22 @@ def deploy(cfn: Any, params: InfraParams) -> Deployment:
         raise InfraError(f"could not deploy stack {stack}: {err}") from None
 
 
+def check_ours(cfn: Any, stack: str) -> None:
+    """Refuse (``InfraError``) a stack that does not carry this project's tag: another
+    team's stack is never updated or deleted, whatever its name."""
+    tags = {t["Key"]: t["Value"] for t in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Tags") or []}
+    if tags.get(PROJECT_TAG) != PROJECT:
+        raise InfraError(
+            f"stack {stack} exists but is not ndmg-cloud's (it has no tag {PROJECT_TAG}={PROJECT}): refusing to change it; "
+            "give another stack name"
+        )
+
+
 def teardown(cfn: Any, stack: str = STACK_NAME) -> bool:
     """Delete the stack; False when there was none."""
     if not _exists(cfn, stack):
         return False
+    check_ours(cfn, stack)
     cfn.delete_stack(StackName=stack)
     cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig=WAIT)
     return True

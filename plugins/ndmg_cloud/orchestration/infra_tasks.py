@@ -12,14 +12,24 @@ from ndmg_cloud.orchestration.clients import AWS_CONN_ID
 log = logging.getLogger(__name__)
 
 
-def deploy_infra_step(params: dict[str, Any]) -> dict[str, Any]:
-    """Deploy the Batch stack the form describes; return what a run needs from it."""
+def deploy_infra_step(params: dict[str, Any], dag_run: Any = None) -> dict[str, Any]:
+    """Deploy the Batch stack the form describes; return what a run needs from it. A run
+    triggered by a user who is not a deployment admin deploys nothing (``infra_access``)."""
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     from ndmg_cloud.infra.stack import deploy
+    from ndmg_cloud.orchestration.infra_access import run_refusal
 
+    refusal = run_refusal(getattr(dag_run, "triggering_user_name", None))
+    if refusal:
+        raise AirflowFailException(refusal)
+    try:
+        infra = InfraParams.from_params(params)
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from None
     cfn = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="cloudformation").get_conn()
-    deployment = deploy(cfn, InfraParams.from_params(params))
+    deployment = deploy(cfn, infra)
     outputs = deployment.outputs
     log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action, outputs.job_queue, outputs.job_definition)
     return {"action": deployment.action, **asdict(outputs)}
