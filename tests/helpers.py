@@ -72,6 +72,6 @@ def setup_argv(subnets: list[str], groups: list[str], *extra: str, image: str = 
     ]
 
 
-def submit(batch, name: str = "ds-sub-01-abcdef12") -> str:
+def submit(batch, name: str = "ds-sub-01-abcdef12", tags: dict[str, str] | None = None) -> str:
     """A job on the local Batch's queue and definition (conftest.batch_env); its id."""
-    return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+    return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg", tags=tags or {})["jobId"]

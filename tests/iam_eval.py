@@ -7,7 +7,8 @@ documented evaluation logic (not moto's, which does not evaluate policies):
   ``*`` any run of characters (``/`` included), ``?`` any one character; actions ignore
   case, resources do not;
 - ``Condition`` operators used here: ``StringLike``/``StringEquals`` (any of the listed
-  values matches) and their ``Not`` forms, on the request's context keys (``s3:prefix``).
+  values matches) and their ``Not`` forms, on the request's context keys (``s3:prefix``);
+  ``Null`` (``"true"``: the key is absent from the request's context, ``"false"``: present).
 
 "Evaluating IAM policies" (IAM User Guide, policy evaluation logic) is the reference; only
 identity policies are evaluated (no bucket policy, SCP or boundary is deployed).
@@ -44,6 +45,11 @@ def _condition_holds(condition: dict, context: dict[str, str]) -> bool:
                 hit = value is not None and any(_pattern(w, False).match(value) for w in _listed(wanted))
             elif operator in ("StringEquals", "StringNotEquals"):
                 hit = value is not None and value in _listed(wanted)
+            elif operator == "Null":  # "true": the key is absent from the request; "false": present
+                hit = (value is None) == (_listed(wanted)[0] == "true")
+                if not hit:
+                    return False
+                continue
             else:
                 raise NotImplementedError(f"condition operator {operator}")
             if hit == operator.startswith("StringNot"):

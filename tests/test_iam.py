@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from parliament import analyze_policy_string
@@ -130,3 +131,117 @@ def test_command_prints_both_policies(capsys):
     assert set(printed) == {"job_role", "orchestrator_role"}
     assert main(["--bucket", "lab-data", "--modif", "sub-01", "--account", "1"]) == 2
     assert "modif 'sub-01' is refused: it must be a folder under derivatives/" in capsys.readouterr().err
+
+
+# -- every AWS call of whole runs, judged against the deployed orchestrator policy -----------
+
+# The IAM action and resource each API call the orchestrator makes is authorized as (AWS's
+# Service Authorization Reference: Amazon S3, AWS Batch, CloudWatch Logs).
+S3_ACTIONS = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "PutObject": "s3:PutObject", "DeleteObject": "s3:DeleteObject"}
+BATCH_READS = {"DescribeJobs", "ListJobs", "DescribeJobQueues", "DescribeJobDefinitions", "DescribeComputeEnvironments"}
+
+
+def iam_requests(call, region, account, tags_of):
+    """(action, resource, context) of each authorization one API call needs."""
+    service, operation, params = call
+    if service == "s3" and operation in S3_ACTIONS:
+        return [(S3_ACTIONS[operation], f"arn:aws:s3:::{params['Bucket']}/{params['Key']}", {})]
+    if service == "s3" and operation == "ListObjectsV2":
+        return [("s3:ListBucket", f"arn:aws:s3:::{params['Bucket']}", {"s3:prefix": params.get("Prefix", "")})]
+    batch = f"arn:aws:batch:{region}:{account}"
+    if service == "batch" and operation in BATCH_READS:
+        return [(f"batch:{operation}", "*", {})]
+    if service == "batch" and operation == "SubmitJob":
+        queue, definition = params["jobQueue"], params["jobDefinition"]
+        queue = queue if queue.startswith("arn:") else f"{batch}:job-queue/{queue}"
+        definition = definition if definition.startswith("arn:") else f"{batch}:job-definition/{definition}"
+        tags = {f"aws:RequestTag/{k}": v for k, v in (params.get("tags") or {}).items()}
+        return [("batch:SubmitJob", r, {}) for r in (queue, definition, f"{batch}:job/new")] + [
+            ("batch:TagResource", f"{batch}:job/new", tags)
+        ]
+    if service == "batch" and operation == "TerminateJob":
+        job = params["jobId"]
+        return [("batch:TerminateJob", f"{batch}:job/{job}", {f"aws:ResourceTag/{k}": v for k, v in tags_of(job).items()})]
+    if service == "logs" and operation == "GetLogEvents":
+        stream = params["logStreamName"]
+        return [("logs:GetLogEvents", f"arn:aws:logs:{region}:{account}:log-group:{params['logGroupName']}:log-stream:{stream}", {})]
+    raise AssertionError(f"no IAM mapping for {service}:{operation}: add it from AWS's Service Authorization Reference")
+
+
+@pytest.fixture
+def aws_calls(monkeypatch):
+    """Every AWS API call this process makes outside the local endpoint's own threads (the
+    stand-in containers' writes are the job role's, not the orchestrator's)."""
+    import threading
+
+    from botocore.client import BaseClient
+
+    calls = []
+    real = BaseClient._make_api_call
+
+    def recording(self, operation, params):
+        if "process_request_thread" not in threading.current_thread().name:
+            calls.append((self.meta.service_model.service_name, operation, dict(params)))
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording)
+    return calls
+
+
+def test_every_call_of_a_whole_run_and_its_group_level_is_allowed_by_the_orchestrator_policy(
+    s3, batch_env, batch_behaviour, airflow_db, aws_calls, monkeypatch
+):
+    """A participant run on the local Batch (canary, a pilot, scans, a duplicate job swept as
+    an orphan and terminated, the lease taken and released, the report) and the group level
+    on its report: each call, as IAM would authorize it, against the policy ``ndmg-policies``
+    prints for the run (evaluated as AWS documents, tests/iam_eval.py)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from ndmg_cloud.orchestration.operators import ScanBatchOperator
+
+    from conftest import ENDPOINT, ROOT
+    from datasets import put_phantoms
+    from iam_eval import ALLOWED, evaluate
+    from images import Containers
+
+    put_phantoms(s3, Path(__import__("tempfile").mkdtemp()), "lab-data", "phantoms")
+    batch_behaviour.on_submit = Containers(s3, None, ENDPOINT)
+    real, duplicates = ScanBatchOperator._submit, []
+
+    def submit_twice(self):  # one unrecorded duplicate: the orphan sweep terminates it
+        if not duplicates and "--self-check" not in (self.submission.command or []):
+            batch_behaviour.run_seconds = 600
+            duplicates.append(real(self)["jobId"])
+            batch_behaviour.run_seconds = 0
+        return real(self)
+
+    monkeypatch.setattr(ScanBatchOperator, "_submit", submit_twice)
+    dags = DagBag(dag_folder=str(ROOT / "dags")).dags
+    conf = {"bucket": "lab-data", "bidsdir": "phantoms", "pipeline": "lite", "pilot_scans": 1}
+    aws_calls.clear()  # the test's own setup is not the orchestrator's
+    run = dags["ndmg_participant"].test(run_conf=conf)
+    assert run.state == "success"
+    group = dags["ndmg_group"].test(run_conf={"report": f"s3://lab-data/phantoms/derivatives/ndmg/reports/{run.run_id}/report.json"})
+    assert group.state == "success"
+    calls = list(aws_calls)
+
+    config = resolve(conf, run.run_id)
+    policy = orchestrator_policy(config, "us-east-1", "123456789012")
+    tags_of = lambda job: batch_env.describe_jobs(jobs=[job])["jobs"][0].get("tags") or {}  # noqa: E731
+    operations = {(service, op) for service, op, _ in calls}
+    assert {("batch", "SubmitJob"), ("batch", "TerminateJob"), ("s3", "DeleteObject"), ("s3", "ListObjectsV2")} <= operations
+    denied = [
+        (service, operation, action, resource)
+        for call in calls
+        for action, resource, context in iam_requests(call, "us-east-1", "123456789012", tags_of)
+        if evaluate([policy], action, resource, context) != ALLOWED
+        for service, operation, _ in [call]
+    ]
+    assert denied == []
+    # and a job of another team, tagged project=other, can neither be re-tagged nor stopped
+    job = "arn:aws:batch:us-east-1:123456789012:job/theirs"
+    assert (
+        evaluate([policy], "batch:TagResource", job, {"aws:ResourceTag/project": "other", "aws:RequestTag/project": "ndmg-cloud"})
+        != ALLOWED
+    )
+    assert evaluate([policy], "batch:TerminateJob", job, {"aws:ResourceTag/project": "other"}) != ALLOWED

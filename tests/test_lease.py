@@ -91,3 +91,20 @@ def test_release_and_refresh_touch_only_the_holders_lease(bucket):
     assert holder(bucket)["heartbeat"] == 2000.0
     assert lease.release(bucket, BUCKET, KEY, "run-a") is True
     assert "Contents" not in bucket.list_objects_v2(Bucket=BUCKET, Prefix=KEY)
+
+
+def test_a_release_never_deletes_a_lease_taken_over_since_it_was_read(bucket, monkeypatch):
+    """run-a reads its own lease; before its delete lands, run-b takes the lease over (run-a
+    was marked failed): run-a's release must leave run-b's lease in place."""
+    lease.take(bucket, BUCKET, KEY, "run-a", unknown, clock(1000.0))
+    real_read = lease._read
+
+    def read_then_taken_over(client, bucket_name, key):
+        found = real_read(client, bucket_name, key)
+        assert lease._put(client, bucket_name, key, lease.Lease("run-b", 2000.0, 2000.0), IfMatch=found[1])  # take's takeover write
+        return found
+
+    monkeypatch.setattr(lease, "_read", read_then_taken_over)
+    assert lease.release(bucket, BUCKET, KEY, "run-a") is False
+    monkeypatch.setattr(lease, "_read", real_read)
+    assert holder(bucket)["run_id"] == "run-b"

@@ -434,7 +434,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     config = PlanRef.config_in(discovered) if discovered else None
     import boto3
 
-    from ndmg_cloud.participant.jobs import ACTIVE, describe_jobs, terminate_job
+    from ndmg_cloud.participant.jobs import ACTIVE, describe_jobs, terminate_run_job
     from ndmg_cloud.participant.reconcile import jobs_of_run
 
     with aws(f"the Batch jobs of run {args.run} could not be listed; the run was not marked failed"):
@@ -444,9 +444,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
             active |= {j["jobId"] for j in jobs_of_run(batch, config.job_queue, config.dataset, args.run) if j.get("status") in ACTIVE}
     airflow.fail_run(args.run)  # Airflow's api-server terminates the jobs the tasks recorded (cancel.py)
     with aws(f"run {args.run} is marked failed, but its Batch jobs could not be terminated"):
-        for job_id in sorted(active):  # and this every job of the run (again: TerminateJob is idempotent)
-            terminate_job(batch, job_id, "ndmg_cloud kill")
-    print(f"run {args.run} marked failed; {len(active)} Batch jobs terminated")
+        # and this every job of the run (again: TerminateJob is idempotent); a job id from an
+        # XCom that names another run's or team's job is left alone
+        terminated = [job_id for job_id in sorted(active) if terminate_run_job(batch, job_id, args.run, "ndmg_cloud kill")]
+    print(f"run {args.run} marked failed; {len(terminated)} Batch jobs terminated")
     return 0
 
 

@@ -6,7 +6,9 @@
 - orchestrator role (Airflow): submit, describe, list and terminate jobs on the named
   queue and job definition; list/read the dataset and the outputs; write and read back the
   run's files in its job dir (job specs, the run plan and its settlement, the released
-  scans); write reports and the derivatives description; read the jobs' log streams.
+  scans); write reports, the group level and the derivatives description; take and
+  release the run's lease; read the jobs' log streams. It never re-tags a job that already
+  carries a project tag (so another team's job can never be made stoppable by it).
 
 ``ndmg-policies --bucket B --bidsdir P ... --account 123456789012`` prints both.
 """
@@ -18,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from ndmg_cloud.core.layout import CANARY_JSON, DESCRIPTION, JOBS, REPORTS, S3Location
+from ndmg_cloud.core.layout import CANARY_JSON, DESCRIPTION, GROUP, JOBS, LEASE, REPORTS, S3Location
 from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 from ndmg_cloud.participant.params import RunConfig, resolve
@@ -101,6 +103,15 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
                 "Condition": {"StringEquals": {f"aws:RequestTag/{PROJECT_TAG}": PROJECT}},
             },
             {
+                # a job that already carries a project tag (another team's project=...) is never
+                # re-tagged as this project's, so it can never be made stoppable below
+                "Sid": "NeverRetagAJob",
+                "Effect": "Deny",
+                "Action": ["batch:TagResource", "batch:UntagResource"],
+                "Resource": f"{batch}:job/*",
+                "Condition": {"Null": {f"aws:ResourceTag/{PROJECT_TAG}": "false"}},
+            },
+            {
                 "Sid": "StopOnlyThisProjectsJobs",
                 "Effect": "Allow",
                 "Action": ["batch:TerminateJob", "batch:CancelJob"],
@@ -137,9 +148,18 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
                     {
                         _object_arn(jobdir.bucket, jobdir.prefix + "*"),
                         _object_arn(outputs.bucket, outputs.prefix + f"{REPORTS}/*"),
+                        _object_arn(outputs.bucket, outputs.prefix + f"{GROUP}/*"),
                         _object_arn(outputs.bucket, outputs.prefix + DESCRIPTION),
+                        _object_arn(outputs.bucket, outputs.prefix + LEASE),
                     }
                 ),
+            },
+            {
+                # the run's lease is released at its end (conditional on this run holding it)
+                "Sid": "ReleaseTheLease",
+                "Effect": "Allow",
+                "Action": "s3:DeleteObject",
+                "Resource": _object_arn(outputs.bucket, outputs.prefix + LEASE),
             },
             {
                 "Sid": "ReadJobLogs",

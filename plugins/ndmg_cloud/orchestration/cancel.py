@@ -38,17 +38,20 @@ def recorded_job_id(task_instance: Any) -> str | None:
 
 
 def terminate_recorded_job(task_instance: Any, what: str) -> str | None:
-    """TerminateJob for the job this task instance recorded; its id, or None if none."""
+    """TerminateJob for the job this task instance recorded, if it is a job of the task's
+    run; its id, or None if none was terminated."""
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
     from botocore.config import Config
 
     from ndmg_cloud.orchestration.clients import AWS_CONN_ID
-    from ndmg_cloud.participant.jobs import terminate_job
+    from ndmg_cloud.participant.jobs import terminate_run_job
 
     job_id = recorded_job_id(task_instance)
     if job_id:
         client = BatchClientHook(aws_conn_id=AWS_CONN_ID, config=Config(**TERMINATE_CONFIG)).client
-        terminate_job(client, job_id, f"the Airflow task was {what}")
+        # the id comes from an XCom (writable by USER-role accounts): only a job of this run is stopped
+        if not terminate_run_job(client, job_id, task_instance.run_id, f"the Airflow task was {what}"):
+            return None
         log.info("Terminated Batch job %s: %s was %s", job_id, task_instance, what)
     return job_id
 

@@ -431,10 +431,10 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
         job_ids = {job.scan_id: job.job_id for job in submitted}
         client = batch_client()
         jobs = batch_records(client, job_ids) if job_ids else {}
-        cancel_ended(client, jobs, _scan_task_states(ti, config))
+        cancel_ended(client, jobs, _scan_task_states(ti, config), config.run_id)
         fetch_log_tails(logs_client(), jobs)
         known = set(job_ids.values()) | {SubmittedJob.from_xcom(v).job_id for v in _pulled(ti, CANARY, JOB_XCOM_KEY)}
-        orphans = [] if config.dry_run else sweep_orphans(client, _jobs_of_run(client, config), known)
+        orphans = [] if config.dry_run else sweep_orphans(client, _jobs_of_run(client, config), known, config.run_id)
         for orphan in orphans:
             log.warning(
                 "orphan Batch job %s (%s, %s) of this run%s",

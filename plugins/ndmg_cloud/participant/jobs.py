@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.participant.cost import job_cost_usd
+from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG, run_tag, run_token
+
+log = logging.getLogger(__name__)
 
 DESCRIBE_BATCH = 100
 SUCCEEDED = "SUCCEEDED"
@@ -55,6 +59,32 @@ def terminate_job(client: Any, job_id: str, why: str) -> None:
     """TerminateJob with this project's reason (Batch cancels a job not yet STARTING, stops
     one STARTING or RUNNING, and leaves an ended one as it is)."""
     client.terminate_job(jobId=job_id, reason=f"{CANCEL_REASON} ({why})"[:250])
+
+
+def not_of_run(job: dict[str, Any], run_id: str) -> str | None:
+    """Why a described Batch job is not one run ``run_id`` submitted, or None if it is: it
+    carries the project tag, the run's ``run_id`` tag and the run's token in its name."""
+    tags = job.get("tags") or {}
+    if tags.get(PROJECT_TAG) != PROJECT:
+        return f"it has no {PROJECT_TAG}={PROJECT} tag"
+    if tags.get("run_id") != run_tag(run_id):
+        return f"its run_id tag is {tags.get('run_id')!r}"
+    if not str(job.get("jobName", "")).endswith(f"-{run_token(run_id)}"):
+        return f"its name {job.get('jobName')!r} does not end in this run's token"
+    return None
+
+
+def terminate_run_job(client: Any, job_id: str, run_id: str, why: str) -> bool:
+    """TerminateJob for a job of run ``run_id`` only: the job is described first, and one
+    that is not the run's (a job id taken from an XCom someone rewrote) is left alone, with
+    a warning. Whether it was terminated."""
+    described = client.describe_jobs(jobs=[job_id]).get("jobs") or []
+    problem = not_of_run(described[0], run_id) if described else "Batch does not know it"
+    if problem:
+        log.warning("not terminating Batch job %s: it is not a job of run %s (%s)", job_id, run_id, problem)
+        return False
+    terminate_job(client, job_id, why)
+    return True
 
 
 @dataclass

@@ -77,6 +77,11 @@ def _tag(value: str) -> str:
     return _NOT_IN_TAG.sub("-", value)[:256]
 
 
+def run_tag(run_id: str) -> str:
+    """The ``run_id`` tag every job of a run carries."""
+    return _tag(run_id)
+
+
 def dataset_tag(dataset: str) -> str:
     """The ``dataset`` tag every job of a dataset carries."""
     return _tag(dataset)
@@ -123,7 +128,7 @@ def submit_job(
 
 def scan_tags(config: RunConfig, scan_id: str) -> dict[str, str]:
     """The tags of a scan's job (the canary's too, plus ``canary=true``)."""
-    return {"dataset": dataset_tag(config.dataset), "scan": _tag(scan_id), "run_id": _tag(config.run_id), "pipeline": config.pipeline}
+    return {"dataset": dataset_tag(config.dataset), "scan": _tag(scan_id), "run_id": run_tag(config.run_id), "pipeline": config.pipeline}
 
 
 def scan_submission(config: RunConfig, scan_id: str, spec_sha256: str | None = None) -> SubmitJob:

@@ -112,11 +112,17 @@ def refresh(client: Any, bucket: str, key: str, run_id: str, now: Callable[[], f
 
 
 def release(client: Any, bucket: str, key: str, run_id: str) -> bool:
-    """Delete the lease if it is this run's (never another run's)."""
+    """Delete the lease if it is this run's (never another run's): the delete is conditional
+    on the ETag read (S3 ``If-Match``), so a lease taken over in between is left alone."""
     found = _read(client, bucket, key)
     if found is None or found[0].run_id != run_id:
         return False
-    client.delete_object(Bucket=bucket, Key=key)
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=found[1])
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            return False
+        raise
     return True
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ndmg_cloud.participant.jobs import ACTIVE, FAILED, JobRecord, jobs_named, terminate_job
+from ndmg_cloud.participant.jobs import ACTIVE, FAILED, JobRecord, jobs_named, terminate_run_job
 from ndmg_cloud.participant.jobspec import job_name_prefix, run_token
 
 ENDED_WITHOUT_SUCCESS = ("failed", "upstream_failed", "skipped", "removed")
@@ -58,28 +58,30 @@ def scan_task_states(states: dict[str, str], mapped_scans: dict[str, list[str]])
     return out
 
 
-def cancel_ended(client: Any, records: dict[str, JobRecord], task_states: dict[str, str]) -> list[str]:
-    """Terminate the active jobs of scans whose task ended without success; their records
-    become failed ``cancelled``. Returns the scan ids cancelled here."""
+def cancel_ended(client: Any, records: dict[str, JobRecord], task_states: dict[str, str], run_id: str) -> list[str]:
+    """Terminate the active jobs of run ``run_id`` whose scan's task ended without success;
+    their records become failed ``cancelled``. Returns the scan ids cancelled here."""
     cancelled = []
     for scan_id, record in records.items():
         state = task_states.get(scan_id)
         if state in ENDED_WITHOUT_SUCCESS and record.status in ACTIVE:
-            terminate_job(client, record.job_id, f"its Airflow task ended {state}")
+            if not terminate_run_job(client, record.job_id, run_id, f"its Airflow task ended {state}"):
+                continue
             record.reason = f"cancelled: its task ended {state} while the job was {record.status}; terminated"
             record.status, record.failure_class = FAILED, CANCELLED
             cancelled.append(scan_id)
     return cancelled
 
 
-def sweep_orphans(client: Any, run_jobs: list[dict[str, Any]], known_job_ids: set[str]) -> list[Orphan]:
-    """Jobs of the run that no row names: terminate the active ones, list them all."""
+def sweep_orphans(client: Any, run_jobs: list[dict[str, Any]], known_job_ids: set[str], run_id: str) -> list[Orphan]:
+    """Jobs of run ``run_id`` (by name) that no row names: terminate the active ones that are
+    the run's (tags and name checked on each), list them all."""
     orphans = []
     for job in run_jobs:
         if job["jobId"] in known_job_ids:
             continue
         active = job.get("status") in ACTIVE
         if active:
-            terminate_job(client, job["jobId"], "an orphan of its run: no scan of the run names it")
+            active = terminate_run_job(client, job["jobId"], run_id, "an orphan of its run: no scan of the run names it")
         orphans.append(Orphan(job["jobId"], job["jobName"], job.get("status", "UNKNOWN"), active))
     return orphans
