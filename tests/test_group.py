@@ -152,6 +152,8 @@ def put_run(s3, graphs: dict[str, bytes], rows: list[ScanResult], run_id: str = 
     )
     uri = f"{OUTPUT}reports/{run_id}/report.json"
     s3.put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(report.to_dict()).encode())
+    derivatives = {"Name": "lite connectomes of ds", "BIDSVersion": "1.9.0", "DatasetType": "derivative"}  # as every run writes it
+    s3.put_object(Bucket=BUCKET, Key=f"{OUTPUT}dataset_description.json".removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(derivatives))
     return uri
 
 
@@ -266,7 +268,7 @@ def test_one_listing_and_one_get_per_connectome_no_head(s3, phantom_graphs):
     calls: dict[str, int] = {}
     s3.meta.events.register("before-call.s3", lambda model, **_: calls.__setitem__(model.name, calls.get(model.name, 0) + 1))
     group.run_group(s3, uri, permutations=10, write=False)
-    assert calls == {"GetObject": 1 + len(phantom_graphs), "ListObjectsV2": 1}  # the report, each graph; one page
+    assert calls == {"GetObject": 2 + len(phantom_graphs), "ListObjectsV2": 1}  # the report, the derivatives mark, each graph; one page
 
 
 def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
@@ -302,3 +304,42 @@ def test_an_asset_triggered_run_compares_the_newest_report_of_each_dataset():
     ]
     with pytest.raises(Exception, match="no run report to compare: trigger with 'report'"):
         find_report_step({"report": "", "output": ""}, TriggeringAssetEventsAccessor.build([]))
+
+
+def test_a_report_that_points_elsewhere_writes_nothing_there(s3, phantom_graphs):
+    """A report.json whose content names another bucket's raw dataset as its output (copied
+    there by someone, or named by an asset event a USER created): the group level refuses
+    it, and writes nothing into that dataset; a parcellation named like a path is left out."""
+    from ndmg_cloud.group.compare import GroupError
+
+    uri = put_run(s3, phantom_graphs, [row(s) for s in phantom_graphs], run_id="manual__7")
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"))["Body"].read())
+    s3.create_bucket(Bucket="raw-lab")
+    s3.put_object(Bucket="raw-lab", Key="HNU1/dataset_description.json", Body=b'{"Name": "HNU1", "DatasetType": "raw"}')
+    s3.put_object(Bucket="raw-lab", Key="HNU1/sub-01/dwi/sub-01_dwi.nii.gz", Body=b"raw")
+    before = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="raw-lab")["Contents"]}
+
+    elsewhere = {**report, "output": "s3://raw-lab/HNU1/"}  # the report stays where it is, its content points away
+    s3.put_object(Bucket=BUCKET, Key="ds/derivatives/ndmg/reports/manual__8/report.json", Body=json.dumps(elsewhere))
+    with pytest.raises(GroupError, match="but that run's report lives at s3://raw-lab/HNU1/reports/manual__7/report.json"):
+        group.run_group(s3, f"{OUTPUT}reports/manual__8/report.json")
+    # the same report put inside the raw dataset (where it claims to be): not derivatives
+    s3.put_object(Bucket="raw-lab", Key="HNU1/reports/manual__7/report.json", Body=json.dumps(elsewhere))
+    with pytest.raises(GroupError, match="s3://raw-lab/HNU1/ is not marked as derivatives"):
+        group.run_group(s3, "s3://raw-lab/HNU1/reports/manual__7/report.json")
+    with pytest.raises(GroupError, match="not at the 'output' given"):
+        group.run_group(s3, uri, expected_output="s3://lab-group/other/")
+    for dots in ("..", "."):  # a run id of dots (Airflow's run-id pattern allows it) puts dot segments into keys
+        key = f"ds/derivatives/ndmg/reports/{dots}/report.json"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({**report, "run_id": dots}))
+        with pytest.raises(GroupError, match="refusing it"):
+            group.run_group(s3, f"s3://{BUCKET}/{key}", permutations=0)
+    after = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket="raw-lab")["Contents"]}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not [k for k in after if "group" in k]
+
+    hostile = {**report, "scans": [{**r, "outputs": [o.replace(PARC, "..") for o in r["outputs"]]} for r in report["scans"]]}
+    s3.put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"), Body=json.dumps(hostile))
+    with pytest.raises(GroupError, match="nothing to compare"):
+        group.run_group(s3, uri, permutations=0)
+    assert not [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="ds/derivatives/").get("Contents", []) if "/group/" in o["Key"]]

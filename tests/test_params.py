@@ -112,3 +112,10 @@ def test_empty_parcellation_means_the_pipeline_default():
 def test_a_label_given_as_one_string_is_one_label():
     config = resolve({"bucket": "lab-data", "participant_label": "01", "session_label": "sub-x"[4:]}, "r")
     assert (config.participants, config.sessions) == (["01"], ["x"])
+
+
+@pytest.mark.parametrize("run_id", ["..", ".", "a/../b"])
+def test_a_run_id_that_is_a_path_segment_is_refused(run_id):
+    """Airflow's run-id pattern allows '..': it would put dot segments back into the run's keys."""
+    with pytest.raises(ParamError, match=r"would put a path segment into the run's keys"):
+        resolve({"bucket": "lab-data"}, run_id)

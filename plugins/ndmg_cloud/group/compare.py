@@ -25,7 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from ndmg_cloud.core.layout import GROUP_CSV, GROUP_HTML, GROUP_JSON, MEAN_CONNECTOME, OutputLayout, S3Location, is_report
+from ndmg_cloud.core.layout import (
+    DESCRIPTION,
+    GROUP_CSV,
+    GROUP_HTML,
+    GROUP_JSON,
+    MEAN_CONNECTOME,
+    OutputLayout,
+    S3Location,
+    is_report,
+)
 from ndmg_cloud.core.s3 import S3AccessError, get_bytes, list_objects, put_json, read_json_at, write_at
 from ndmg_cloud.group.discrim import Discriminability, discriminability
 from ndmg_cloud.group.graphstats import adjacency, graph_stats
@@ -38,7 +47,11 @@ log = logging.getLogger(__name__)
 READERS = 16  # GETs at a time
 MAX_CONNECTOME_BYTES = 64 * 1024 * 1024
 MAX_GROUP_NODES = 1000  # regions: a scan's dense adjacency is held while it is compared
-USABLE = ("succeeded", "skipped_done")  # skipped_done: made by the same code in an earlier run, verified
+USABLE = ("succeeded", "skipped_done")
+RUN_ID = re.compile(r"[A-Za-z0-9_.:+~-]{1,250}")  # Airflow's run id characters; "." and ".." alone are no run
+PARCELLATION = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}"
+)  # a folder name under group/ (never "..")  # skipped_done: made by the same code in an earlier run, verified
 
 
 class GroupError(RuntimeError):
@@ -66,22 +79,56 @@ def newest_report(s3_client: Any, output: str) -> str:
     raise GroupError(f"{kind} under {OutputLayout(root).reports_uri}/: run ndmg_participant on this output first")
 
 
+def checked_output(s3_client: Any, report_uri: str, report: RunReport, expected_output: str = "") -> S3Location:
+    """The output location a report names, once it is shown to be that run's: the report
+    lives at ``<output>reports/<run id>/report.json``; ``<output>`` equals ``expected_output``
+    when given; and ``<output>`` is marked as BIDS derivatives (the ``dataset_description.json``
+    every run writes there), so no report, wherever it came from, sends group outputs into
+    a raw dataset. ``GroupError`` saying which does not hold."""
+    try:
+        root = S3Location.parse(report.output)
+    except ValueError as err:
+        raise GroupError(f"the run report {report_uri} names no usable output location: {err}") from None
+    layout = OutputLayout(root)
+    if not RUN_ID.fullmatch(report.run_id) or not report.run_id.strip(".") or report_uri != layout.report_uri(report.run_id):
+        raise GroupError(
+            f"the run report {report_uri} says it is run {report.run_id[:200]!r} with outputs at {root}, but that run's report "
+            f"lives at {layout.report_uri(report.run_id[:200])}: refusing it (give the report.json of the run itself)"
+        )
+    if expected_output and S3Location.parse(expected_output) != root:
+        raise GroupError(f"the run report {report_uri} is for outputs at {root}, not at the 'output' given ({expected_output})")
+    try:
+        description = read_json_at(s3_client, root.uri(DESCRIPTION))
+    except Exception:
+        description = None
+    if not isinstance(description, dict) or description.get("DatasetType") != "derivative":
+        raise GroupError(
+            f"{root} is not marked as derivatives ({root.uri(DESCRIPTION)} with DatasetType 'derivative', which every run "
+            "writes): refusing to write group outputs there"
+        )
+    return root
+
+
 def parcellation_size(pipeline: str, parcellation: str) -> int | None:
     """The node count a parcellation is known to have (lite's gridN: N**3), else None."""
     m = re.fullmatch(r"grid(\d+)", parcellation)
     return int(m.group(1)) ** 3 if pipeline == "lite" and m else None
 
 
-def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: bool = True) -> list[GroupResult]:
+def run_group(
+    s3_client: Any, report_uri: str, permutations: int = 1000, write: bool = True, expected_output: str = ""
+) -> list[GroupResult]:
     """The group level of the run whose report is at ``report_uri``; writes each
-    parcellation's outputs (unless ``write`` is False) and returns the results."""
+    parcellation's outputs (unless ``write`` is False) and returns the results. The report
+    must live where its run's reports live (``checked_output``), and under
+    ``expected_output`` when one is given."""
     try:
         report = RunReport.from_dict(read_json_at(s3_client, report_uri))
     except Exception as err:
         raise GroupError(f"cannot read the run report {report_uri}: {err.__class__.__name__}: {err}") from None
     if report.dry_run:
         raise DryRunReport(f"{report_uri} is the report of a dry run ({report.run_id}): no connectome was made")
-    root = S3Location.parse(report.output)
+    root = checked_output(s3_client, report_uri, report, expected_output)
     layout = OutputLayout(root)
     try:
         listing = Listing(list_objects(s3_client, root.bucket, root.prefix))
@@ -93,7 +140,10 @@ def run_group(s3_client: Any, report_uri: str, permutations: int = 1000, write: 
         for row in report.scans
         if row.status not in USABLE
     ]
-    parcellations = sorted({parcellation_of(path) for row in usable for path in row.outputs})
+    named = {parcellation_of(path) for row in usable for path in row.outputs}
+    for bad in sorted(p for p in named if not PARCELLATION.fullmatch(p)):
+        log.warning("the run report names parcellation %r, which is no folder name: it is left out", bad[:100])
+    parcellations = sorted(p for p in named if PARCELLATION.fullmatch(p))
     to_read: dict[str, list[tuple[Any, str]]] = {parc: [] for parc in parcellations}  # (row, key)
     left_out: dict[str, list[LeftOut]] = {parc: [] for parc in parcellations}
     for row in usable:

@@ -54,12 +54,13 @@ def compare_connectomes_step(reports: list[str], params: dict[str, Any]) -> dict
 
     from ndmg_cloud.group.compare import DryRunReport, GroupError, run_group
 
-    permutations = GroupParams.from_params(params).permutations
+    given = GroupParams.from_params(params)
+    permutations = given.permutations
     out: dict[str, dict[str, dict[str, Any]]] = {}
     dry = []
     for report in reports:
         try:
-            results = run_group(s3_client(), report, permutations)
+            results = run_group(s3_client(), report, permutations, expected_output=given.output)
         except DryRunReport as err:
             log.info("%s", err)
             dry.append(str(err))

@@ -334,6 +334,11 @@ def resolve(params: dict[str, Any], run_id: str) -> RunConfig:
     they set.
     """
     params = {**defaults(), **params}
+    if not run_id.strip(".") or "/" in run_id:
+        raise ParamError(
+            f"run id {run_id[:100]!r} would put a path segment into the run's keys (jobs/<run id>/, reports/<run id>/): "
+            "trigger with a run id that is not only dots and has no '/'"
+        )
     bucket = (params.get("bucket") or "").strip()
     if not bucket:
         raise ParamError("no bucket given: set 'bucket' to the S3 bucket that holds the BIDS dataset")
