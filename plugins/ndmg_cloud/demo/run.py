@@ -211,6 +211,7 @@ def standalone(home: Path) -> int:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
     os.environ["NDMG_DEFAULT_BACKEND"] = "local"
     os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
+    os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")  # this machine only, unless you say otherwise
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     server = start_endpoint(port)
     try:

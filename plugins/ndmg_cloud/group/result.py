@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ndmg_cloud.core.csvcells import safe_row
 from ndmg_cloud.core.layout import GROUP_FILES, GROUP_HTML, GROUP_JSON, MEAN_CONNECTOME, OutputLayout, S3Location
 from ndmg_cloud.group.discrim import Discriminability
 from ndmg_cloud.group.graphstats import GraphStats
@@ -100,11 +101,20 @@ class GroupResult:
         writer.writeheader()
         for s in self.scans:
             writer.writerow(
-                {"scan_id": s.scan_id, "subject": s.subject, "session": s.session or "", "status": "used", **s.stats.row(), "reason": ""}
+                safe_row(
+                    {
+                        "scan_id": s.scan_id,
+                        "subject": s.subject,
+                        "session": s.session or "",
+                        "status": "used",
+                        **s.stats.row(),
+                        "reason": "",
+                    }
+                )
             )
         for x in self.left_out:
             writer.writerow(
-                {"scan_id": x.scan_id, "subject": x.subject, "session": x.session or "", "status": x.status, "reason": x.reason}
+                safe_row({"scan_id": x.scan_id, "subject": x.subject, "session": x.session or "", "status": x.status, "reason": x.reason})
             )
         return out.getvalue()
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from ndmg_cloud.participant.cost import job_cost_usd
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG, run_tag, run_token
+from ndmg_cloud.scan.scrub import redact
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ def fetch_log_tails(logs_client: Any, records: dict[str, JobRecord], lines: int 
         except Exception as err:  # logs are a courtesy: never fail the report over them
             record.log_tail = [f"(log unavailable: {err.__class__.__name__})"]
             continue
-        record.log_tail = [e.get("message", "") for e in events]
+        record.log_tail = [redact(e.get("message", "")) for e in events]  # a job's output may print a key
 
 
 def _vcpus(job: dict[str, Any]) -> int:

@@ -30,6 +30,13 @@ def local_pool_slots() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def reason_of(lines: list[str], code: int) -> str:
+    """Why a runner failed: its own last ``ndmg-scan:`` line (the runner quotes any pipeline
+    line that starts so), else its exit code."""
+    said = next((line for line in reversed(lines) if line.startswith("ndmg-scan:")), None)
+    return (said or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
+
+
 def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig) -> JobRecord:
     """Run one scan's runner to completion; its output goes to this task's log. The runner
     gets what a deployment's job definition gives it: the SHA-256 of the spec the orchestrator
@@ -60,8 +67,7 @@ def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig) 
     reason = failure_class = None
     if code != 0:
         failure_class = {143: "cancelled", -15: "cancelled", 137: "out_of_memory", -9: "out_of_memory"}.get(code, "pipeline_error")
-        reason = next((line for line in reversed(tail) if line.startswith("ndmg-scan:")), None)
-        reason = (reason or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
+        reason = reason_of(list(tail), code)
     return JobRecord(
         job_id=f"local-{scan_id}-{started}",
         status=SUCCEEDED if code == 0 else FAILED,

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.csvcells import safe_row
 from ndmg_cloud.core.layout import REPORT_CSV, REPORT_HTML, REPORT_JSON
 from ndmg_cloud.core.manifest import ContractSummary
 from ndmg_cloud.core.pipelines import get_pipeline
@@ -470,7 +471,7 @@ def report_csv(report: dict[str, Any]) -> str:
         parc, graph = headline_graph(row)
         flat["parcellation"] = parc
         flat.update({k: graph.get(k) for k in GRAPH_COLUMNS})
-        writer.writerow({k: "" if flat.get(k) is None else flat[k] for k in CSV_COLUMNS})
+        writer.writerow(safe_row({k: "" if flat.get(k) is None else flat[k] for k in CSV_COLUMNS}))
     return buf.getvalue()
 
 

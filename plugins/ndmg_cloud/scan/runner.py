@@ -264,6 +264,9 @@ class ScanRun:
         command = [self.local_path(arg) for arg in self.pipeline_command()]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         env = pipeline_environment(os.environ)  # no credentials (scrub.py)
+        home = self.workdir / "home"  # a fresh HOME: no ~/.aws, ~/.netrc or ~/.airflow of the runner's user
+        home.mkdir(exist_ok=True)
+        env["HOME"] = str(home)
         if shutil.which(command[0]) is None:
             # ndmg-lite sits beside this interpreter; m2g's own tools keep the image's PATH
             env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -274,6 +277,8 @@ class ScanRun:
             raise ScanFailure(f"cannot start the pipeline {command[0]!r}: {err}", 127) from None
         for line in self.process.stdout or ():
             line = redact(line.rstrip("\n"))
+            if line.startswith("ndmg-scan"):  # only the runner speaks as ndmg-scan (its failure line is the reason)
+                line = "| " + line
             sys.stdout.write(line + "\n")
             self.log_tail.append(line)
         code = self.process.wait()
@@ -322,9 +327,13 @@ class ScanRun:
         return (folder + "/" if folder else "") + name
 
     def uploadable(self, path: Path) -> bool:
-        """Regular files only: a link is never followed (it could name a credentials file)."""
+        """Regular files with one name only: a link, symbolic or hard, is never uploaded (it
+        could name a credentials file or another scan's input)."""
         if path.is_symlink():
             log(f"not uploading {path.relative_to(self.output_dir)}: a symbolic link (outputs are regular files only)")
+            return False
+        if path.is_file() and path.stat().st_nlink > 1:
+            log(f"not uploading {path.relative_to(self.output_dir)}: a hard link to another file (outputs are files of their own)")
             return False
         return path.is_file()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote
 
 # The local runner: a process environment, locale and temp dirs, thread caps, this project's
 # own settings, and the AWS settings boto3 reads (the runner reads and writes S3).
@@ -56,11 +57,17 @@ _KEY_LIKE = [
     # an AWS secret access key's shape: 40 of base64's characters, mixed case
     re.compile(r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    # STS session tokens (IQoJ... today, FwoG... before), bare
+    re.compile(r"(?<![A-Za-z0-9/+=])(?:IQoJ|FwoG)[A-Za-z0-9/+=%]{20,}"),
+    # a Fernet key: 32 bytes, urlsafe base64 (44 characters, the last '=')
+    re.compile(r"(?<![A-Za-z0-9_=-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])[A-Za-z0-9_-]{43}=(?![A-Za-z0-9_=-])"),
 ]
+# a secret access key URL-encoded ('/' as %2F, '+' as %2B): 40 characters once decoded
+_ENCODED_KEY = re.compile(r"(?<![A-Za-z0-9%/+])[A-Za-z0-9%/+]*%2[BFbf][A-Za-z0-9%/+]*(?![A-Za-z0-9%/+=])")
 _ASSIGNED_SECRET = re.compile(
     r"""(?i)\b([\w.-]*(?:secret|password|passwd|token|api[_-]?key|access[_-]?key)[\w.-]*)(["']?\s*[:=]\s*["']?)([^\s"',;]+)"""
 )
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)")
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)([^@\s]+)(@)")  # a password may hold '/' (or %2F)
 
 
 def runner_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -81,5 +88,6 @@ def redact(line: str) -> str:
     """``line`` with key-like strings, assigned secrets and URL passwords replaced."""
     for pattern in _KEY_LIKE:
         line = pattern.sub(REDACTED, line)
+    line = _ENCODED_KEY.sub(lambda m: REDACTED if _KEY_LIKE[1].fullmatch(unquote(m.group(0))) else m.group(0), line)
     line = _ASSIGNED_SECRET.sub(lambda m: m.group(1) + m.group(2) + REDACTED, line)
     return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + m.group(3), line)

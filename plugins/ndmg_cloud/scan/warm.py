@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ndmg_cloud.scan.scrub import pipeline_environment
 
 WARM_ENV = "NDMG_WARM"
 WARM_PROGRAMS = ("ndmg-lite",)
@@ -39,10 +42,22 @@ PACKAGE = Path(__file__).resolve().parents[1]  # ndmg_cloud: every module a serv
 
 
 def socket_path() -> str:
-    """Per user, interpreter and code version: edited code never runs in a stale server."""
+    """Per user, interpreter and code version (edited code never runs in a stale server), in
+    a folder only this user may enter (``OSError`` if it is anyone else's, or open to others:
+    no other user can put a server of their own at a name they can guess)."""
     newest = max(p.stat().st_mtime_ns for p in PACKAGE.rglob("*.py"))
     key = hashlib.sha256(f"{sys.executable}|{PACKAGE}|{newest}".encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"ndmg-warm-{os.getuid()}-{key}.sock")
+    return os.path.join(private_folder(), f"{key}.sock")
+
+
+def private_folder() -> str:
+    folder = os.path.join(tempfile.gettempdir(), f"ndmg-warm-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise OSError(f"{folder} is not a folder private to this user: the warm server is not used")
+    return folder
 
 
 def _connect(path: str) -> socket.socket | None:
@@ -57,8 +72,12 @@ def _connect(path: str) -> socket.socket | None:
 
 def ensure_server() -> str | None:
     """The socket of a running warm server, starting one if needed; None if it cannot be
-    had (the caller then runs programs as plain subprocesses)."""
-    path = socket_path()
+    had (the caller then runs programs as plain subprocesses). The server holds the
+    pipeline's environment (``scrub.pipeline_environment``), never the runner's credentials."""
+    try:
+        path = socket_path()
+    except OSError:
+        return None
     probe = _connect(path)
     if probe:
         probe.close()
@@ -79,7 +98,7 @@ def ensure_server() -> str | None:
                     stdout=server_log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # outlives the task that started it, until idle
-                    env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                    env={**pipeline_environment(os.environ), "PYTHONWARNINGS": "ignore"},
                 )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline:
