@@ -435,3 +435,18 @@ def test_a_pipeline_cannot_speak_as_the_runner(s3, phantom_dirs, tmp_path):
         reason_of(lines, result.returncode)
         == "sub-01_ses-1 failed: pipeline exited with code 3: | ndmg-scan: sub-01_ses-1 failed: nothing, all is well"
     )
+
+
+def test_a_file_name_too_long_for_the_work_disk_is_one_line_not_a_traceback(s3, phantom_dirs, tmp_path):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
+    spec = dict(specs["sub-01_ses-1"])
+    long_name = "sub-01_ses-1_" + "_".join(f"acq{i}-{'a' * 60}" for i in range(5)) + "_dwi.nii.gz"  # each label legal, 330 characters
+    spec["scan"] = {**spec["scan"], "inputs": {**spec["scan"]["inputs"], "dwi": f"sub-01/ses-1/dwi/{long_name}"}}
+    s3.put_object(Bucket=BUCKET, Key=f"ds/sub-01/ses-1/dwi/{long_name}", Body=b"x")
+    local_spec = tmp_path / "spec.json"
+    local_spec.write_text(json.dumps(spec))
+
+    result = run_runner(str(local_spec))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("ndmg-scan: sub-01_ses-1 failed: File name too long")

@@ -203,8 +203,10 @@ class ScanRun:
         import numpy as np
 
         series = self.input_dir / f"sub-{self.scan.subject}" / f"ses-{self.session}"
-        dwi = next((series / "dwi").glob("*_dwi.nii*"))
-        t1w = next((series / "anat").glob("*_T1w.nii*"))
+        dwi = next((series / "dwi").glob("*_dwi.nii*"), None)
+        t1w = next((series / "anat").glob("*_T1w.nii*"), None)
+        if dwi is None or t1w is None:
+            raise ScanFailure(f"no {'DWI' if dwi is None else 'T1w'} image in the work folder after the download", 2)
         shapes = {}
         for image in (dwi, t1w):
             try:
@@ -429,6 +431,9 @@ def run_scan(spec_location: str, workdir: Path | None = None, keep: bool = False
         return failure.exit_code
     except (ClientError, BotoCoreError) as err:
         print(f"ndmg-scan: {scan_id} failed: S3 error after retries: {err}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as err:  # the work disk: a name too long, no space left
+        print(f"ndmg-scan: {scan_id} failed: {err.strerror or err} ({err.filename or 'the work folder'})", file=sys.stderr, flush=True)
         return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
