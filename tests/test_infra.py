@@ -194,9 +194,13 @@ JOB_ROLE_DECISIONS = [
     ("s3:GetObject", "lab-data", "ndmg/HNU1/jobs/run1/sub-01_ses-1.json", ALLOWED),
     ("s3:PutObject", "lab-data", "ndmg/HNU1/jobs/run1/sub-01_ses-1.json", EXPLICIT_DENY),
     ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/run1/canary.json", ALLOWED),
-    ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/run1/report.json", IMPLICIT_DENY),
-    ("s3:PutObject", "lab-data", "ndmg/HNU1/.ndmg-lease.json", IMPLICIT_DENY),
-    ("s3:DeleteObject", "lab-data", "ndmg/HNU1/dataset_description.json", IMPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/run1/report.json", EXPLICIT_DENY),
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/reports/manual__sub-1/report.json", EXPLICIT_DENY),  # a run id with "sub-" in it
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/group/sub-x/group.csv", EXPLICIT_DENY),  # a parcellation named like a subject
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/xsub-01/x.csv", IMPLICIT_DENY),  # "sub-" not at a folder boundary
+    ("s3:PutObject", "lab-data", "ndmg/sub-01/ses-1/x.csv", ALLOWED),  # outputs right under the output prefix
+    ("s3:PutObject", "lab-data", "ndmg/HNU1/.ndmg-lease.json", EXPLICIT_DENY),
+    ("s3:DeleteObject", "lab-data", "ndmg/HNU1/dataset_description.json", EXPLICIT_DENY),
     ("s3:PutObject", "other-lab", "ndmg/HNU1/sub-01/x.csv", IMPLICIT_DENY),
     ("s3:DeleteBucket", "lab-data", "", IMPLICIT_DENY),
 ]
