@@ -450,3 +450,35 @@ def test_a_file_name_too_long_for_the_work_disk_is_one_line_not_a_traceback(s3, 
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("ndmg-scan: sub-01_ses-1 failed: File name too long")
+
+
+def test_a_local_scan_runs_with_short_lived_scoped_credentials_never_the_workers(s3, phantom_dirs, tmp_path, monkeypatch):
+    """The local backend: the runner (whose environment a pipeline can read through
+    /proc/<its parent>/environ) holds STS credentials for this run's job-role policy, not the
+    worker's keys; the scan still succeeds with them."""
+    from ndmg_cloud.orchestration.scancreds import scan_credentials
+    from ndmg_cloud.participant.local import run_local
+
+    config, specs = write_specs(s3, phantom_dirs["plain"])
+    spec = specs["sub-01_ses-1"]
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / spec["pipeline"]["command"][0]
+    program.write_text(
+        f"#!{sys.executable}\nimport os\n"
+        "parent = open(f'/proc/{os.getppid()}/environ', 'rb').read()\n"
+        "print('worker key in parent', b'worker-secret-key' in parent, 'STS session in parent', b'AWS_SESSION_TOKEN=' in parent)\n"
+        "raise SystemExit(5)\n"
+    )
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret-key")
+    monkeypatch.delenv("NDMG_WARM", raising=False)
+
+    credentials = scan_credentials(config, "sub-01_ses-1")
+    assert credentials["AWS_SESSION_TOKEN"] and credentials["AWS_SECRET_ACCESS_KEY"] != "worker-secret-key"
+    raw = s3.get_object(Bucket=BUCKET, Key=key_of(spec["spec_uri"]))["Body"].read()
+    monkeypatch.setattr("ndmg_cloud.participant.local.WARM_ENV", "NDMG_NOT_WARM")  # a plain subprocess: its parent is the runner
+    record = run_local("sub-01_ses-1", spec["spec_uri"], __import__("hashlib").sha256(raw).hexdigest(), config, credentials)
+
+    assert "worker key in parent False STS session in parent True" in "\n".join(record.log_tail)

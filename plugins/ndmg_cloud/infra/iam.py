@@ -48,8 +48,11 @@ def _jobdir(config: RunConfig) -> S3Location:
 
 
 def job_role_policy(config: RunConfig) -> dict[str, Any]:
-    inputs, outputs, jobdir = config.input_root, config.output_root, _jobdir(config)
-    read = [_object_arn(inputs.bucket, inputs.prefix + "*"), _object_arn(jobdir.bucket, jobdir.prefix + "*")]
+    inputs, outputs = config.input_root, config.output_root
+    read = [_object_arn(inputs.bucket, inputs.prefix + "*")]
+    if config.jobdir.startswith("s3://"):  # the local backend's may be a folder on the worker
+        jobdir = _jobdir(config)
+        read.append(_object_arn(jobdir.bucket, jobdir.prefix + "*"))
     for uri in get_pipeline(config.pipeline).extra_inputs(config.options).values():
         location, _, key = uri[len("s3://") :].partition("/")
         read.append(_object_arn(location, key))

@@ -19,6 +19,7 @@ from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.layout import DESCRIPTION
 from ndmg_cloud.core.s3 import put_json
 from ndmg_cloud.orchestration.clients import batch_client, logs_client, s3_client
+from ndmg_cloud.orchestration.scancreds import scan_credentials
 from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.orchestration.taskids import (
     BACKEND_TASKS,
@@ -268,7 +269,7 @@ def run_scan_local_step(scan_task: dict[str, Any], ti: Any) -> str:
         scan_id = ScanTask.verified(scan_task, ti.run_id, RELEASED, ti.map_index).scan_id
         config = _config(ti.xcom_pull(task_ids=DISCOVER), ti.run_id)
         spec, sha256 = read_spec(s3_client(), config, scan_id)
-    record = run_local(scan_id, spec.spec_uri, sha256, config)
+    record = run_local(scan_id, spec.spec_uri, sha256, config, scan_credentials(config, scan_id))
     ti.xcom_push(key=LOCAL_JOB_XCOM_KEY, value=LocalJob(scan_id, record).to_xcom())
     if record.status != SUCCEEDED:
         raise AirflowException(f"scan {scan_id}: {record.reason}")

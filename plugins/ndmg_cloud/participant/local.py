@@ -18,7 +18,7 @@ from ndmg_cloud.core.spec import JOB_SPEC_SHA256_ENV
 from ndmg_cloud.participant.jobs import FAILED, SUCCEEDED, JobRecord
 from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.scan.guard import INPUT_ROOTS_ENV, OUTPUT_ROOTS_ENV
-from ndmg_cloud.scan.scrub import redact, runner_environment
+from ndmg_cloud.scan.scrub import CREDENTIAL_NAMES, redact, runner_environment
 from ndmg_cloud.scan.warm import WARM_ENV
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,19 @@ def reason_of(lines: list[str], code: int) -> str:
     return (said or f"runner exited with code {code}").removeprefix("ndmg-scan: ")
 
 
-def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig) -> JobRecord:
+def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig, credentials: dict[str, str]) -> JobRecord:
     """Run one scan's runner to completion; its output goes to this task's log. The runner
     gets what a deployment's job definition gives it: the SHA-256 of the spec the orchestrator
-    checked, and the only locations it may read and write (this run's input and output roots)."""
+    checked, the only locations it may read and write (this run's input and output roots), and
+    ``credentials``: short-lived ones scoped like a job role (``orchestration.scancreds``)."""
     command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--spec", spec_uri]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     started = int(time.time() * 1000)
     # not the worker's DB URL, JWT secret or Fernet key (scrub.py); ndmg-lite from the warm fork server (warm.py)
+    worker = {k: v for k, v in runner_environment(os.environ).items() if k not in CREDENTIAL_NAMES and k != "AWS_PROFILE"}
     env = {
-        **runner_environment(os.environ),
+        **worker,
+        **credentials,  # short-lived and scoped to the scan's run, never the worker's own keys
         WARM_ENV: "1",
         JOB_SPEC_SHA256_ENV: spec_sha256,
         INPUT_ROOTS_ENV: config.input_root.uri(),
