@@ -79,3 +79,50 @@ def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_repor
     rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
     assert (rows[scan]["status"], rows[scan]["failure_class"]) == ("failed", "cancelled")
     assert sorted(scans_submitted(batch_behaviour.submitted, run_id)) == ["sub-01_ses-retest", "sub-01_ses-test"]
+
+
+def test_xcoms_a_user_rewrites_through_the_rest_api_steer_nothing(live_airflow, s3, batch_env, batch_behaviour):
+    """A USER-role account, through the REST API, while the run's scans wait: rewrites
+    discover's XCom (another team's job definition), points a scan's batch_job XCom at
+    another team's running job and marks that scan failed, and clears another scan so that it
+    runs again. Nothing hostile is submitted or terminated, and the run says why it refused."""
+    from conftest import LIVE_USERS
+
+    put_dataset(s3, "lab-data", "hostile/")
+    batch_behaviour.hold = True
+    theirs = batch_env.submit_job(jobName="their-analysis", jobQueue="ndmg-queue", jobDefinition="ndmg")["jobId"]
+    api = airflow(live_airflow)
+    user = Airflow(live_airflow["url"], "user", LIVE_USERS["user"])
+    run_id = user.trigger({"bucket": "lab-data", "bidsdir": "hostile", "participant_label": ["01"], "canary": False})
+    path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
+
+    def waiting() -> list[dict]:
+        return [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan" and ti["state"] == "deferred"]
+
+    try:
+        assert wait_for(lambda: len(waiting()) == 2, timeout=180), api.task_instances(run_id)
+        discovered = api.xcom(run_id, "discover")
+        hostile = {**discovered, "config": {**discovered["config"], "job_definition": "other-team"}}
+        user._request("PATCH", f"{path}/taskInstances/discover/xcomEntries/return_value", {"value": hostile, "map_index": -1})
+        user._request(
+            "PATCH",
+            f"{path}/taskInstances/run_scan/xcomEntries/batch_job",
+            {"value": {"scan_id": "sub-01_ses-retest", "job_id": theirs}, "map_index": 0},
+        )
+        user._request("PATCH", f"{path}/taskInstances/run_scan/0", {"new_state": "failed"})
+        user._request(
+            "POST",
+            f"/api/v2/dags/{DAG}/clearTaskInstances",
+            {"dry_run": False, "dag_run_id": run_id, "task_ids": [["run_scan", 1]], "only_failed": False, "reset_dag_runs": True},
+        )
+        assert wait_for(lambda: {ti["state"] for ti in api.task_instances(run_id) if ti["map_index"] == 1} == {"failed"}, timeout=180)
+    finally:
+        batch_behaviour.release()
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
+
+    assert api.run(run_id)["state"] == "failed"
+    assert len(scans_submitted(batch_behaviour.submitted, run_id)) == 2  # the first two SubmitJobs only
+    assert "their-analysis" not in batch_behaviour.terminated
+    assert batch_env.describe_jobs(jobs=[theirs])["jobs"][0]["status"] == "SUCCEEDED"  # it ran to its end (released with the rest)
+    why = "\n".join(failures(api, run_id, api.task_instances(run_id)))
+    assert "discover's XCom (the run's configuration and plan)" in why and "has a seal that does not match" in why
