@@ -357,3 +357,31 @@ def test_a_rewritten_spec_on_the_local_backend_leaves_the_dataset_untouched(s3, 
     assert {k: v for k, v in after.items() if k in before} == before  # no input file rewritten or deleted
     assert all(k.startswith("phantoms/derivatives/") for k in set(after) - set(before))  # nothing written outside derivatives/
     assert f"the job spec (s3://{BUCKET}/phantoms/derivatives/ndmg/jobs/" in capfd.readouterr().out
+
+
+def test_a_bucket_of_junk_is_refused_by_the_key_budget_not_held(s3):
+    """Discovery holds at most 12 x max_scans + 1,000 candidate keys: past that the run is
+    refused, naming what to do; junk keys are counted, only the first few are kept."""
+    from ndmg_cloud.core.bids import JUNK_NAMED_IN_WARNING, discover_scans
+    from ndmg_cloud.participant.discover import TooManyScans, discover
+
+    keys = [f"sub-{i:05d}/dwi/sub-{i:05d}_dwi.{ext}" for i in range(400) for ext in ("nii.gz", "bval", "bvec")]
+    put_dataset(s3, BUCKET, "junk/", keys=keys)
+    with pytest.raises(TooManyScans, match="more than 1012 image and gradient files .* raise max_scans"):
+        discover(resolve({"bucket": BUCKET, "bidsdir": "junk", "max_scans": 1}, "run-1"), s3)
+    found = discover_scans((f"sub-01/dwi/x{i}/../sub-01_dwi.nii.gz" for i in range(5000)), "")
+    (warning,) = [w for w in found.warnings if "keys under sub-*" in w]
+    assert warning.startswith("5000 keys under sub-* are not BIDS paths") and len(warning) < 10000
+    assert JUNK_NAMED_IN_WARNING < 100
+
+
+def test_label_lists_and_the_cost_ceiling_have_bounds_at_trigger_time():
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from ndmg_cloud.participant.params import PARAM_SCHEMAS
+
+    with pytest.raises(ParamValidationError):
+        Param(**PARAM_SCHEMAS["participant_label"]).resolve(["01"] * 10001)
+    assert Param(**PARAM_SCHEMAS["max_cost_usd"]).resolve() == 1000.0
+    assert config_of().max_cost_usd == 1000.0 and config_of(max_cost_usd=None).max_cost_usd is None

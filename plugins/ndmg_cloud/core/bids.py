@@ -240,11 +240,18 @@ def _choose_t1w(dwi: _File, anat: dict[str, list[_File]]) -> tuple[str | None, s
     return None, f"no T1w image for sub-{subject}" + (f" ses-{session}" if session else "")
 
 
-def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
+class TooManyKeys(ValueError):
+    """More candidate files than the run's key budget: the message says what to do."""
+
+
+def discover_scans(keys: Iterable[str], prefix: str = "", max_candidates: int | None = None) -> Discovery:
     """Group the keys of one dataset into scans.
 
     ``prefix`` is the dataset root inside the bucket ("" or ending in "/"). Only ``sub-*``
-    trees and dataset-level bval/bvec are read; everything else is ignored.
+    trees and dataset-level bval/bvec are read; everything else is ignored. At most
+    ``max_candidates`` image and gradient files are held (``TooManyKeys`` beyond): a bucket
+    of junk costs a listing, never the worker's memory. Junk keys are counted; the first few
+    are named.
     """
     result = Discovery()
     dwis: list[_File] = []
@@ -252,7 +259,8 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
     anat: dict[str, list[_File]] = defaultdict(list)
     bad_labels: dict[str, str] = {}
     subjects: set[str] = set()
-    junk_keys: list[tuple[str, str]] = []
+    junk_keys: list[tuple[str, str]] = []  # the first few, named in the warning
+    junk_count = 0
 
     for key in keys:
         result.keys_listed += 1
@@ -267,11 +275,18 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
             continue
         junk = junk_problem(rel) if "/" in rel else None
         if junk:
-            junk_keys.append((rel, junk))
+            junk_count += 1
+            if len(junk_keys) < JUNK_NAMED_IN_WARNING:
+                junk_keys.append((rel[:300], junk))
             continue
         if top.startswith("sub-"):
             subjects.add(top[4:])
         result.keys_parsed += 1
+        if max_candidates is not None and result.keys_parsed > max_candidates:
+            raise TooManyKeys(
+                f"more than {max_candidates} image and gradient files under '{prefix or '/'}' (the budget of this run's "
+                "max_scans): check bidsdir, narrow the run with participant_label, or raise max_scans"
+            )
         f = _File(rel, parse_entities("/" + rel))
         problem = label_problem(rel) if "/" in rel else None
         if _is_image(f, "dwi", "dwi") or _looks_like_dwi(rel):
@@ -296,10 +311,10 @@ def discover_scans(keys: Iterable[str], prefix: str = "") -> Discovery:
         result.scans.append(scan)
     _refuse_case_collisions(result.scans)
     result.subjects = sorted(subjects)
-    if junk_keys:
-        named = "; ".join(f"'{rel}' ({why})" for rel, why in junk_keys[:JUNK_NAMED_IN_WARNING])
-        more = f" and {len(junk_keys) - JUNK_NAMED_IN_WARNING} more" if len(junk_keys) > JUNK_NAMED_IN_WARNING else ""
-        result.warnings.append(f"{len(junk_keys)} keys under sub-* are not BIDS paths and were ignored: {named}{more}")
+    if junk_count:
+        named = "; ".join(f"'{rel}' ({why})" for rel, why in junk_keys)
+        more = f" and {junk_count - len(junk_keys)} more" if junk_count > len(junk_keys) else ""
+        result.warnings.append(f"{junk_count} keys under sub-* are not BIDS paths and were ignored: {named}{more}")
     if not result.has_description:
         result.warnings.append(f"no {DESCRIPTION} under '{prefix or '/'}': this may not be a BIDS dataset root")
     return result

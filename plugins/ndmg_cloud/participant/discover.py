@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ndmg_cloud.core.bids import Discovery, discover_scans, select
+from ndmg_cloud.core.bids import Discovery, TooManyKeys, discover_scans, select
 from ndmg_cloud.core.s3 import list_objects
 from ndmg_cloud.participant.params import ParamError, RunConfig
 from ndmg_cloud.participant.verify import ScanResult, completed_scans
@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 
 class DatasetError(ValueError):
     """The dataset cannot be processed as asked; the message says why and what to do."""
+
+
+# image and gradient files a scan may bring (DWI, bval, bvec, T1w, a second T1w or run, and
+# their .nii/.nii.gz twins), beyond max_scans' worth of which discovery stops holding keys
+KEYS_PER_SCAN, KEY_SLACK = 12, 1000
 
 
 class TooManyScans(ValueError):
@@ -56,7 +61,10 @@ def discover(config: RunConfig, s3_client: Any) -> Discovery:
     # An output folder inside the dataset is never a sub-* folder (params refuse that), so
     # discovery, which reads only sub-* trees, never mistakes outputs for inputs.
     keys = (obj.key for obj in list_objects(s3_client, root.bucket, root.prefix))
-    found = discover_scans(keys, root.prefix)
+    try:
+        found = discover_scans(keys, root.prefix, max_candidates=KEYS_PER_SCAN * config.max_scans + KEY_SLACK)
+    except TooManyKeys as err:
+        raise TooManyScans(str(err)) from None
     for warning in found.warnings:
         log.warning(warning)
 

@@ -85,8 +85,12 @@ def _optional_choice(section: str, choices: list[str], title: str, description: 
     return _optional(section, "string", title, description, enum=[None, *choices], values_display=display)
 
 
+MAX_LABELS = 10000  # labels a run may name (a form or conf of a million is refused at trigger time)
+DEFAULT_MAX_COST_USD = 1000.0  # a run estimated above this is refused unless the param is raised
+
+
 def _labels(section: str, title: str, description: str, pattern: str) -> dict[str, Any]:
-    return _optional(section, "array", title, description, items={"type": "string", "pattern": pattern})
+    return _optional(section, "array", title, description, items={"type": "string", "pattern": pattern}, maxItems=MAX_LABELS)
 
 
 # name -> JSON schema; the DAG turns these into Airflow Params (and so the trigger form).
@@ -210,8 +214,13 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         "A job RUNNABLE this long is checked against its compute environments and cancelled, with the reason, if none can run it.",
         minimum=1,
     ),
-    "max_cost_usd": _optional(
-        AWS_BATCH, "number", "Cost ceiling (USD)", "Refuse the run if its on-demand estimate exceeds this; empty = no ceiling.", minimum=0
+    "max_cost_usd": _param(
+        AWS_BATCH,
+        DEFAULT_MAX_COST_USD,
+        ["null", "number"],
+        "Cost ceiling (USD)",
+        f"Refuse the run if its on-demand estimate exceeds this (default {DEFAULT_MAX_COST_USD:.0f}); empty = no ceiling.",
+        minimum=0,
     ),
     "canary": _param(
         AWS_BATCH,
