@@ -169,15 +169,22 @@ def test_kill_fails_the_run_and_terminates_its_jobs(cli, s3, batch_env, batch_be
     running = lambda: len(batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"]) == 2  # noqa: E731
     assert wait_for(running, timeout=120)
 
-    # and a job that carries the run's names but no task recorded (a duplicate)
-    from ndmg_cloud.participant.jobspec import job_name
+    # and a job that carries the run's name and tags but no task recorded (a duplicate)
+    from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG, job_name, run_tag
 
-    batch_env.submit_job(jobName=job_name("ds", "sub-01_ses-test", run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")
+    tags = {PROJECT_TAG: PROJECT, "run_id": run_tag(run_id)}
+    batch_env.submit_job(jobName=job_name("ds", "sub-01_ses-test", run_id), jobQueue="ndmg-queue", jobDefinition="ndmg", tags=tags)
+    # and one with the run's name but not its tags: not the run's, so kill leaves it alone
+    batch_env.submit_job(jobName=job_name("ds", "sub-02_ses-test", run_id), jobQueue="ndmg-queue", jobDefinition="ndmg")
 
     assert cli("kill", run_id) == 0
     assert "3 Batch jobs terminated" in capsys.readouterr().out
-    assert batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNING")["jobSummaryList"] == []
-    assert batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus="RUNNABLE")["jobSummaryList"] == []
+    left = [
+        job["jobName"]
+        for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+        for job in batch_env.list_jobs(jobQueue="ndmg-queue", jobStatus=status)["jobSummaryList"]
+    ]
+    assert left == [job_name("ds", "sub-02_ses-test", run_id)]
     assert wait_for(lambda: requests_state(cli, run_id) == "failed", timeout=60)
 
 

@@ -281,7 +281,8 @@ def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, par
 
 
 def test_instances_require_imdsv2_within_one_hop(network):
-    """A scan container (one hop further than the instance) cannot reach the instance role."""
+    """IMDSv2 only, one hop. (Not a wall for a Batch container in host network mode: the
+    instance role itself is kept small, test_the_instance_role_pulls_only_the_scan_image.)"""
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
@@ -380,3 +381,26 @@ def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(netw
     assert json.loads(json.dumps(body) if not isinstance(body, str) else body) == json.loads(FOREIGN_TEMPLATE)
     assert dynamodb.get_item(TableName="lab-subjects", Key={"id": {"S": "sub-01"}})["Item"]
     assert boto3.client("sqs", region_name=REGION, endpoint_url=ENDPOINT).get_queue_url(QueueName="lab-events")["QueueUrl"]
+
+
+def test_the_instance_role_pulls_only_the_scan_image(network):
+    """The instance role (reachable from a container in host network mode) may pull the scan
+    image's own ECR repository and nothing else: no other repository, no S3, no IAM."""
+    from ndmg_cloud.infra.params import ecr_repository_arn
+
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network))  # image 123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0
+    (role,) = [r["RoleName"] for r in iam.list_roles()["Roles"] if "InstanceRole" in r["RoleName"]]
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []  # no AWS-managed policy with ecr:* on *
+    policies = [
+        policy_document(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    ]
+    ours = "arn:aws:ecr:us-east-1:123456789012:repository/ndmg-cloud-m2g"
+    assert ecr_repository_arn("123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0") == ours
+    assert evaluate(policies, "ecr:BatchGetImage", ours) == ALLOWED
+    assert evaluate(policies, "ecr:BatchGetImage", "arn:aws:ecr:us-east-1:123456789012:repository/finance-app") == IMPLICIT_DENY
+    assert evaluate(policies, "s3:GetObject", object_arn("lab-data", "studies/sub-01/dwi/x.nii.gz")) == IMPLICIT_DENY
+    assert evaluate(policies, "iam:PassRole", "*") == IMPLICIT_DENY
+    assert ecr_repository_arn("ndmg-cloud-m2g:0.3.0") == ""  # an image from another registry: no ECR permission at all

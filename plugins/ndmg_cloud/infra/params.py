@@ -134,6 +134,7 @@ class InfraParams:
         JobTimeoutSeconds keeps the template's default."""
         return {
             "ImageUri": self.image,
+            "ImageRepositoryArn": ecr_repository_arn(self.image),
             "Subnets": self.subnets,
             "SecurityGroups": self.security_groups,
             "InputBucket": self.input_bucket,
@@ -146,6 +147,19 @@ class InfraParams:
             "QueueName": self.job_queue,
             "JobDefinitionName": self.job_definition,
         }
+
+
+ECR_IMAGE = re.compile(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([a-z0-9._/-]+?)(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?")
+
+
+def ecr_repository_arn(image: str) -> str:
+    """The ECR repository an image URI names (the only one the instance role may pull from);
+    "" for an image from elsewhere (no ECR permission is granted then)."""
+    found = ECR_IMAGE.fullmatch(image)
+    if not found:
+        return ""
+    account, region, china, repository = found.groups()
+    return f"arn:{'aws-cn' if china else 'aws'}:ecr:{region}:{account}:repository/{repository}"
 
 
 @dataclass(frozen=True)
