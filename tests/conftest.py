@@ -335,3 +335,14 @@ def image(tmp_path):
     from images import m2g_image
 
     return m2g_image(tmp_path / "image")
+
+
+@pytest.fixture
+def network(aws):
+    """Subnets and a security group of the local endpoint's default VPC, for the Batch stack."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][:1]
+    return subnets, groups

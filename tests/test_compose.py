@@ -252,3 +252,14 @@ def test_the_build_context_holds_what_the_dockerfiles_copy_and_no_venv():
             )
             assert any((ROOT).glob(source)), f"{dockerfile.name} copies {source}, which does not exist"
     assert not any(fnmatch.fnmatch(path, pattern) for path in (".venv", ".git", "tests") for pattern in kept)
+
+
+def test_no_scan_runs_in_airflows_containers_unless_turned_on(services, home):
+    """The scheduler's container holds the secrets volume and ~/.aws: backend=local (the
+    pipeline in a subprocess there) is off unless a local-aws machine turns it on."""
+    from ndmg_cloud.participant.local import LOCAL_BACKEND_ENV
+
+    for name in AIRFLOW:
+        assert services[name]["environment"][LOCAL_BACKEND_ENV] == "off"
+    turned_on = resolve(home, **{LOCAL_BACKEND_ENV: "on"})["services"]["airflow-scheduler"]["environment"]
+    assert turned_on[LOCAL_BACKEND_ENV] == "on"

@@ -30,11 +30,13 @@ def test_template_passes_cfn_lint():
 
 
 @pytest.fixture
-def network(aws):
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
-    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
-    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][:1]
-    return subnets, groups
+def service_role(aws, monkeypatch):
+    """The deployment's CloudFormation service role, as the ndmg_infra DAG needs it."""
+    from ndmg_cloud.infra.deployer import SERVICE_ROLE_ENV, ensure_service_role
+
+    arn = ensure_service_role(boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT), "aws", REGION, "123456789012")
+    monkeypatch.setenv(SERVICE_ROLE_ENV, arn)
+    return arn
 
 
 def parameters(network, **extra) -> InfraParams:
@@ -121,7 +123,7 @@ def test_on_demand_only(network):
     assert len(queue["computeEnvironmentOrder"]) == 1
 
 
-def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db):
+def test_ndmg_infra_dag_deploys_from_the_form(network, airflow_db, service_role):
     from airflow.dag_processing.dagbag import DagBag
 
     subnets, groups = network
@@ -348,7 +350,7 @@ FOREIGN_TEMPLATE = json.dumps(
 @pytest.mark.parametrize(
     "stack, refusal", [("lab-prod", "is not one of this project's"), ("ndmg-cloud-lab", "exists but is not ndmg-cloud's")]
 )
-def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(network, airflow_db, capfd, stack, refusal):
+def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(network, airflow_db, capfd, service_role, stack, refusal):
     """Another team's stack (a DynamoDB table with data, an SQS queue), by a name outside this
     project's pattern, or inside it without the project tag: every front door refuses it."""
     from airflow.dag_processing.dagbag import DagBag

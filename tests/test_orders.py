@@ -385,3 +385,24 @@ def test_label_lists_and_the_cost_ceiling_have_bounds_at_trigger_time():
         Param(**PARAM_SCHEMAS["participant_label"]).resolve(["01"] * 10001)
     assert Param(**PARAM_SCHEMAS["max_cost_usd"]).resolve() == 1000.0
     assert config_of().max_cost_usd == 1000.0 and config_of(max_cost_usd=None).max_cost_usd is None
+
+
+def test_a_deployment_that_turned_the_local_backend_off_runs_no_scan_on_its_worker(s3, airflow_db, monkeypatch, tmp_path, capfd):
+    """docker-compose.yaml sets NDMG_LOCAL_BACKEND=off: its scheduler container holds Airflow's
+    secrets, so backend=local is refused at discovery, before the lease and any spec."""
+    from ndmg_cloud.demo.synthetic import make_dataset
+    from ndmg_cloud.participant.local import LOCAL_BACKEND_ENV
+
+    monkeypatch.setenv(LOCAL_BACKEND_ENV, "off")
+    make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=0)
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted((tmp_path / "ds").rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    before = listing(s3, BUCKET, "")
+
+    run = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
+
+    assert run.state == "failed"
+    assert f"backend=local is turned off here ({LOCAL_BACKEND_ENV}=off)" in capfd.readouterr().out
+    assert listing(s3, BUCKET, "") == before  # no lease, no plan, no spec, no output

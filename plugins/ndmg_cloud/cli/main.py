@@ -11,6 +11,7 @@
     ndmg_cloud estimate --bucket B --bidsdir P ...   scans, vCPU-hours, dollars
     ndmg_cloud atlases                               the parcellations an image offers
     ndmg_cloud setup ... / teardown                  the Batch infrastructure
+    ndmg_cloud setup-deployer                        the service role CloudFormation deploys it with
 
 Airflow is reached through its REST API v2 with token auth: --airflow-url and --username
 (or NDMG_AIRFLOW_URL, NDMG_AIRFLOW_USER); the password from NDMG_AIRFLOW_PASSWORD, the one
@@ -503,16 +504,48 @@ def infra_params(args: argparse.Namespace) -> InfraParams:
     return InfraParams.from_params({**vars(args), "use_spot": not args.on_demand})
 
 
+def deployer_role() -> str:
+    """Create or update the CloudFormation service role (``infra.deployer``) with the
+    caller's credentials (an AWS administrator's); its ARN."""
+    import boto3
+
+    from ndmg_cloud.infra.deployer import SERVICE_ROLE_NAME, ensure_service_role
+
+    with aws(f"cannot create or update the CloudFormation service role {SERVICE_ROLE_NAME}"):
+        session = boto3.session.Session()
+        arn = str(session.client("sts").get_caller_identity()["Arn"])
+        partition, account = arn.split(":")[1], arn.split(":")[4]
+        try:
+            return ensure_service_role(session.client("iam"), partition, session.region_name or "us-east-1", account)
+        except ValueError as err:
+            raise CliError(str(err)) from None
+
+
+def cmd_setup_deployer(args: argparse.Namespace) -> int:
+    import boto3
+
+    from ndmg_cloud.infra.deployer import SERVICE_ROLE_ENV, caller_policy
+
+    arn = deployer_role()
+    session = boto3.session.Session()
+    partition, account = arn.split(":")[1], arn.split(":")[4]
+    print(f"CloudFormation service role: {arn}")
+    print(f"set {SERVICE_ROLE_ENV}={arn} where Airflow runs the ndmg_infra DAG; its AWS connection needs only:")
+    print(json.dumps(caller_policy(partition, session.region_name or "us-east-1", account), indent=2))
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     import boto3
 
     from ndmg_cloud.infra.stack import deploy
 
     params = infra_params(args)
+    role = deployer_role()
     with aws(f"cannot deploy stack {params.stack}"):
-        deployment = deploy(boto3.client("cloudformation"), params)
+        deployment = deploy(boto3.client("cloudformation"), params, service_role_arn=role)
     outputs = deployment.outputs
-    print(f"stack {deployment.stack}: {deployment.action}")
+    print(f"stack {deployment.stack}: {deployment.action} (by CloudFormation as {role})")
     print(f"job_queue:      {outputs.job_queue}")
     print(f"job_definition: {outputs.job_definition}")
     print(f"output_uri:     under {outputs.output_location} (e.g. {outputs.output_location}<dataset>/)")
@@ -748,6 +781,9 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "job_definition", f"name of the job definition to register (default {JOB_DEFINITION})", default=JOB_DEFINITION)
     _add(p, "stack", f"CloudFormation stack name (default {STACK_NAME})", default=STACK_NAME)
     p.set_defaults(func=cmd_setup)
+
+    p = _subcommand(sub, "setup-deployer", "create or update the CloudFormation service role the Batch stack is deployed with")
+    p.set_defaults(func=cmd_setup_deployer)
 
     p = _subcommand(sub, "teardown", "delete the Batch infrastructure")
     _add(p, "stack", f"CloudFormation stack name (default {STACK_NAME})", default=STACK_NAME)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -11,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
+from ndmg_cloud.infra.deployer import stack_policy
 from ndmg_cloud.infra.params import STACK_NAME, STACK_PATTERN, InfraParams, StackOutputs
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 
@@ -103,8 +105,10 @@ def check_locations(params: InfraParams) -> None:
         )
 
 
-def deploy(cfn: Any, params: InfraParams) -> Deployment:
-    """Create the stack, or update it; report which, and the queue and job definition."""
+def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None) -> Deployment:
+    """Create the stack, or update it; report which, and the queue and job definition.
+    With ``service_role_arn`` CloudFormation acts as that role (``deployer``) and the stack
+    gets the project's stack policy, before an update too."""
     check_locations(params)
     stack = params.stack
     if not re.fullmatch(STACK_PATTERN, stack):
@@ -116,6 +120,9 @@ def deploy(cfn: Any, params: InfraParams) -> Deployment:
         "Capabilities": ["CAPABILITY_IAM"],
         "Tags": [{"Key": PROJECT_TAG, "Value": PROJECT}],
     }
+    policy = json.dumps(stack_policy(args["TemplateBody"]))
+    if service_role_arn:
+        args["RoleARN"] = service_role_arn
     try:
         status = _status(cfn, stack)
         if status is not None and status.endswith("_IN_PROGRESS"):
@@ -127,11 +134,12 @@ def deploy(cfn: Any, params: InfraParams) -> Deployment:
         if status is not None:
             check_ours(cfn, stack)
         if status is None:
-            cfn.create_stack(**args)
+            cfn.create_stack(**args, StackPolicyBody=policy)
             cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
             return Deployment(stack, "created", _outputs(cfn, stack))
         if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
             return Deployment(stack, "unchanged", _outputs(cfn, stack))
+        cfn.set_stack_policy(StackName=stack, StackPolicyBody=policy)  # in force during this update
         try:
             cfn.update_stack(**args)
         except ClientError as err:

@@ -68,7 +68,7 @@ from ndmg_cloud.participant.jobs import (
 )
 from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, read_spec, run_file_uri, write_specs
 from ndmg_cloud.participant.lease import TakeOver
-from ndmg_cloud.participant.local import run_local
+from ndmg_cloud.participant.local import local_backend_refusal, run_local
 from ndmg_cloud.participant.pacing import paced, submit_rate
 from ndmg_cloud.participant.params import RunConfig, check_conf_keys, resolve
 from ndmg_cloud.participant.preflight import preflight
@@ -88,6 +88,8 @@ def discover_step(params: dict[str, Any], run_id: str, dag_run: Any = None, ti: 
     conf = getattr(dag_run, "conf", None) or {}
     check_conf_keys(conf)
     config = resolve(dict(params), run_id)
+    if config.backend == "local" and local_backend_refusal():
+        raise AirflowFailException(local_backend_refusal())
     with _refusing_broken_seals():
         check_key()  # before the lease: a run that cannot seal its plan takes nothing
     took_over = _take_lease(config, ti)

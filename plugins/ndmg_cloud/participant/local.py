@@ -24,6 +24,21 @@ from ndmg_cloud.scan.warm import WARM_ENV
 log = logging.getLogger(__name__)
 LOCAL_POOL = "ndmg_local"
 TAIL_LINES = 40
+# "off" where the Airflow worker holds secrets a pipeline must never see (docker-compose.yaml
+# sets it): the runner would run beside them, in the same container and as the same user
+LOCAL_BACKEND_ENV = "NDMG_LOCAL_BACKEND"
+
+
+def local_backend_refusal() -> str | None:
+    """Why this deployment runs no scan on its Airflow worker, or None when it may."""
+    setting = os.environ.get(LOCAL_BACKEND_ENV, "on").strip().lower()
+    if setting in ("on", ""):
+        return None
+    return (
+        f"backend=local is turned off here ({LOCAL_BACKEND_ENV}={setting}): it would run the pipeline on the Airflow "
+        "worker, beside Airflow's secrets. Use backend=aws_batch, or set "
+        f"{LOCAL_BACKEND_ENV}=on only where the worker holds no secret worth keeping (the embedded stack)"
+    )
 
 
 def local_pool_slots() -> int:
@@ -42,6 +57,9 @@ def run_local(scan_id: str, spec_uri: str, spec_sha256: str, config: RunConfig, 
     gets what a deployment's job definition gives it: the SHA-256 of the spec the orchestrator
     checked, the only locations it may read and write (this run's input and output roots), and
     ``credentials``: short-lived ones scoped like a job role (``orchestration.scancreds``)."""
+    refusal = local_backend_refusal()
+    if refusal:
+        raise RuntimeError(refusal)
     command = [sys.executable, "-m", "ndmg_cloud.scan.runner", "--spec", spec_uri]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     started = int(time.time() * 1000)
