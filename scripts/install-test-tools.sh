@@ -2,7 +2,8 @@
 # The programs some tests drive, from Debian's packages: Chromium (the trigger form in a real
 # browser, tests/test_ui.py), Docker Compose without the engine (docker-compose.yaml resolved
 # as Compose reads it, tests/test_compose.py) and the PostgreSQL server (the scale
-# benchmark's smoke test, make test-live). `make test` and `make test-live` run this first.
+# benchmark's smoke test, make test-live) and iptables (the scan instances' metadata wall, run
+# in a network namespace, tests/test_infra.py). `make test` and `make test-live` run this first.
 #
 # Installs what is missing when it can (root and apt-get); otherwise it says what is missing
 # and the tests that need it are skipped, each with one line naming the tool and this
@@ -13,6 +14,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

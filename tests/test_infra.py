@@ -298,6 +298,78 @@ def test_instances_require_imdsv2_within_one_hop(network):
         assert (options["HttpTokens"], int(options["HttpPutResponseHopLimit"])) == ("required", 1)
 
 
+PROBE = """
+import encodings.idna, os, socket, threading
+listener = socket.socket()
+listener.bind(("0.0.0.0", 8080))
+listener.listen(16)
+threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+
+def reaches(address, uid):
+    pid = os.fork()
+    if pid == 0:
+        if uid:
+            os.setgid(uid)
+            os.setuid(uid)
+        try:
+            socket.socket().connect((address, 8080))
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
+
+print({f"{address} uid {uid}": reaches(address, uid) for address in ("169.254.169.254", "169.254.170.2") for uid in (0, 65534)})
+"""
+
+
+def boot_script(user_data_b64: str) -> str:
+    """The shell part of the launch template's MIME user data, as cloud-init runs a boothook
+    (its ``#cloud-boothook`` line taken off)."""
+    import base64
+    import email
+
+    message = email.message_from_string(base64.b64decode(user_data_b64).decode())
+    (part,) = [p for p in message.walk() if p.get_content_type() == "text/cloud-boothook"]
+    return part.get_payload().removeprefix("#cloud-boothook").lstrip()
+
+
+def test_only_root_reaches_the_metadata_service_on_a_scan_instance(network, tmp_path):
+    """The deployed launch template's boot script, run by the kernel's own netfilter in a fresh
+    network namespace where the metadata (169.254.169.254) and ECS credentials (169.254.170.2)
+    addresses answer: root (the ECS agent) reaches both, a non-root scan only the second, and
+    running the script twice (a reboot) adds one rule."""
+    import os
+    import shutil
+
+    from helpers import require_tool
+
+    require_tool("iptables", shutil.which("iptables") is not None and os.geteuid() == 0, "iptables")
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
+    deploy(cfn, parameters(network))
+    (template,) = ec2.describe_launch_templates()["LaunchTemplates"]
+    (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])["LaunchTemplateVersions"]
+    script = tmp_path / "boothook"
+    script.write_text(boot_script(version["LaunchTemplateData"]["UserData"]))
+    script.chmod(0o700)
+    (tmp_path / "probe.py").write_text(PROBE)
+    inside = (
+        "set -e; ip link set lo up; ip addr add 169.254.169.254/32 dev lo; ip addr add 169.254.170.2/32 dev lo; "
+        f"{script}; {script}; iptables --list-rules OUTPUT; {sys.executable} -I {tmp_path / 'probe.py'}"
+    )
+    done = subprocess.run(["unshare", "--net", "bash", "-c", inside], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    rules, reached = done.stdout.strip().splitlines()[:-1], ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len([r for r in rules if "169.254.169.254" in r]) == 1, rules
+    assert reached == {
+        "169.254.169.254 uid 0": True,
+        "169.254.169.254 uid 65534": False,
+        "169.254.170.2 uid 0": True,
+        "169.254.170.2 uid 65534": True,
+    }
+
+
 def test_the_form_and_setup_deploy_the_same_stack():
     """ndmg_infra's form and ndmg_cloud setup name the same template parameters with the same
     values and defaults: a stack made by one and redeployed by the other is unchanged (before,
