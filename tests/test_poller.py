@@ -164,3 +164,51 @@ def test_a_batch_server_error_is_tried_again_not_handed_to_every_waiting_trigger
     events = run_all(triggers)
 
     assert [e.payload["status"] for e in events] == ["success"] * 3 and Hook.calls["n"] == 3
+
+
+@pytest.fixture
+def fresh_heartbeats(monkeypatch):
+    from ndmg_cloud.orchestration import heartbeat
+
+    monkeypatch.setattr(heartbeat, "_BEATEN", {})
+    return heartbeat
+
+
+def lease_of(s3, bucket: str, key: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_waiting_scans_keep_their_runs_lease_alive_once_per_interval(batch_env, batch_behaviour, s3, fresh_heartbeats, monkeypatch):
+    """No worker runs while the scans wait: their triggers move the lease's heartbeat on (a
+    long scan phase is never taken for a dead holder), one refresh per run per interval
+    however many scans wait, and never the heartbeat of a lease another run holds."""
+    from ndmg_cloud.participant import lease
+
+    s3.create_bucket(Bucket="out")
+    assert lease.take(s3, "out", "ndmg/.ndmg-lease.json", "run-a", lambda r: None, now=lambda: 1000.0) is None
+    assert lease.take(s3, "out", "other/.ndmg-lease.json", "run-b", lambda r: None, now=lambda: 1000.0) is None
+    refreshed: list[str] = []
+    real = lease.refresh
+    monkeypatch.setattr(lease, "refresh", lambda client, b, k, run_id, **kw: refreshed.append(run_id) or real(client, b, k, run_id, **kw))
+    batch_behaviour.run_seconds = 120
+    ours = {"bucket": "out", "key": "ndmg/.ndmg-lease.json", "run_id": "run-a"}
+    theirs = {"bucket": "out", "key": "other/.ndmg-lease.json", "run_id": "run-a"}  # run-b's lease
+    triggers = [
+        ScanJobTrigger(job_id=j, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1, max_polls=3, lease=ours)
+        for j in submit_many(batch_env, 50)
+    ]
+    triggers.append(
+        ScanJobTrigger(job_id=triggers[0].job_id, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1, max_polls=3, lease=theirs)
+    )
+
+    run_all(triggers)
+
+    assert refreshed == ["run-a", "run-a"]  # 51 triggers x 3 polls: one refresh per lease
+    assert lease_of(s3, "out", "ndmg/.ndmg-lease.json")["heartbeat"] > 1000.0
+    other = lease_of(s3, "out", "other/.ndmg-lease.json")
+    assert (other["run_id"], other["heartbeat"]) == ("run-b", 1000.0)
+    # after the interval, the next poll refreshes again
+    fresh_heartbeats._BEATEN.clear()
+    run_all(triggers[:1])
+    assert refreshed == ["run-a"] * 3
+    assert ScanJobTrigger(**triggers[0].serialize()[1]).lease == ours  # the triggerer rebuilds it from its kwargs

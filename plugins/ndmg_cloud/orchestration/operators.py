@@ -15,6 +15,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from botocore.config import Config
 
 from ndmg_cloud.core.spec import SubmitJob
+from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
 from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
 from ndmg_cloud.orchestration.triggers import ScanJobEvent, ScanJobTrigger, polls_for
@@ -159,8 +160,16 @@ class ScanBatchOperator(BatchOperator):
             region_name=self.region_name,
             scan_id=self.scan_id,
             end_on_success=self.ends_in_triggerer,
+            lease=self.lease_ref(),
         )
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def lease_ref(self) -> dict[str, str] | None:
+        """The run's output lease, which the trigger keeps alive while the job runs."""
+        if self.config is None or self.config.dry_run:
+            return None
+        outputs = self.config.outputs
+        return LeaseRef(self.config.output_root.bucket, outputs.lease_key, self.config.run_id).to_dict()
 
     def execute(self, context: Any) -> str | None:
         try:

@@ -30,6 +30,7 @@ from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from botocore.session import get_session
 
+from ndmg_cloud.orchestration.heartbeat import LeaseRef, beat
 from ndmg_cloud.orchestration.poller import THROTTLE_LOG_SECONDS, shared_poller
 from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
 from ndmg_cloud.participant.capacity import diagnose_stuck
@@ -107,6 +108,7 @@ class ScanJobTrigger(BaseTrigger):
         region_name: str | None = None,
         scan_id: str = "",
         end_on_success: bool = False,
+        lease: dict[str, str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Airflow's BaseTrigger.__init__ is unannotated
         self.job_id = job_id
@@ -118,6 +120,7 @@ class ScanJobTrigger(BaseTrigger):
         self.region_name = region_name
         self.scan_id = scan_id
         self.end_on_success = end_on_success
+        self.lease = lease  # the run's output lease, which the wait keeps alive (heartbeat.py)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -132,6 +135,7 @@ class ScanJobTrigger(BaseTrigger):
                 "region_name": self.region_name,
                 "scan_id": self.scan_id,
                 "end_on_success": self.end_on_success,
+                "lease": self.lease,
             },
         )
 
@@ -158,7 +162,9 @@ class ScanJobTrigger(BaseTrigger):
         status = "UNKNOWN"
         throttled, last_said, last_diagnosis = 0, -float(THROTTLE_LOG_SECONDS), 0.0
         connection = (self.aws_conn_id, self.region_name)
+        held = LeaseRef.from_dict(self.lease)
         for _ in range(self.max_polls):
+            await beat(held, self.aws_conn_id)
             # the poller of this triggerer: one DescribeJobs per 100 jobs waiting, per interval
             seen = await shared_poller(connection, self.poll_interval, self._open_client).status(self.job_id)
             if seen.throttled:

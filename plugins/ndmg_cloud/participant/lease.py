@@ -2,8 +2,9 @@
 
 ``discover`` takes it before anything else with a conditional write (S3 ``If-None-Match: *``:
 of two runs writing at once exactly one succeeds), holding the run id and a heartbeat time;
-the run's steps refresh the heartbeat; ``verify_and_report`` releases it whatever the
-outcome. A second run of the same output is refused at once, naming the holder.
+the run's steps refresh the heartbeat, and while the scans wait for Batch their triggers do
+(``orchestration/heartbeat.py``, once per run per 10 min); ``verify_and_report`` releases it
+(conditionally on its ETag) whatever the outcome. A second run of the same output is refused at once, naming the holder.
 
 A lease is taken over (conditionally on its ETag, so two takers cannot both win) when its
 holder run has ended in this Airflow (success or failed: it died without releasing, e.g. the
