@@ -478,3 +478,42 @@ def test_the_instance_role_pulls_only_the_scan_image(network):
     assert evaluate(policies, "s3:GetObject", object_arn("lab-data", "studies/sub-01/dwi/x.nii.gz")) == IMPLICIT_DENY
     assert evaluate(policies, "iam:PassRole", "*") == IMPLICIT_DENY
     assert ecr_repository_arn("ndmg-cloud-m2g:0.3.0") == ""  # an image from another registry: no ECR permission at all
+
+
+def test_one_stack_per_output_location_gives_each_its_own_job_role(network):
+    """A lab with two output locations deploys two stacks (their own queue and job
+    definition): each stack's job role writes its own location's subject folders only, and
+    preflight refuses a run that names the other location's job definition."""
+    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.participant.preflight import PreflightError, preflight
+
+    cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    for site in ("hnu1", "nki"):
+        deploy(
+            cfn,
+            parameters(
+                network,
+                input_prefix="studies/",
+                output_prefix=f"{site}/",
+                stack=f"ndmg-cloud-{site}",
+                job_queue=f"ndmg-{site}",
+                job_definition=f"ndmg-{site}",
+            ),
+        )
+    roles = {site: deployed_job_role_policies(cfn, f"ndmg-cloud-{site}") for site in ("hnu1", "nki")}
+    decided = {
+        (site, where): evaluate(roles[site], "s3:PutObject", object_arn("lab-results", f"{where}/sub-01/ses-1/connectomes/g.csv"))
+        for site in roles
+        for where in ("hnu1", "nki")
+    }
+    assert decided == {
+        ("hnu1", "hnu1"): ALLOWED,
+        ("hnu1", "nki"): IMPLICIT_DENY,
+        ("nki", "hnu1"): IMPLICIT_DENY,
+        ("nki", "nki"): ALLOWED,
+    }
+    conf = {"bucket": "lab-data", "bidsdir": "studies/NKI", "output_uri": "s3://lab-results/nki/NKI/", "job_queue": "ndmg-hnu1"}
+    with pytest.raises(PreflightError, match="lab-results/hnu1/"):
+        preflight(batch, resolve({**conf, "job_definition": "ndmg-hnu1"}, "run-1"))
+    assert preflight(batch, resolve({**conf, "job_queue": "ndmg-nki", "job_definition": "ndmg-nki"}, "run-1"))
