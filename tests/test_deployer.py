@@ -20,7 +20,7 @@ from ndmg_cloud.infra.deployer import (
     resource_types,
     stack_policy,
 )
-from ndmg_cloud.infra.stack import template_body
+from ndmg_cloud.infra.template import template_body
 
 from conftest import ENDPOINT, REGION, ROOT
 from helpers import setup_argv

@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from ndmg_cloud.infra.template import template_body
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 
 SERVICE_ROLE_NAME = "ndmg-cloud-deployer"
@@ -83,12 +84,6 @@ DESCRIBE = (
 PROTECTED = ("JobQueue",)
 
 
-def _template() -> str:
-    from ndmg_cloud.infra.stack import template_body
-
-    return template_body()
-
-
 def resource_types(template: str) -> set[str]:
     """The resource types a CloudFormation template (YAML) declares."""
     return set(re.findall(r"^\s+Type:\s*(AWS::\S+)\s*$", template, re.M))
@@ -105,7 +100,7 @@ def resources_of(resource_type: str, partition: str, region: str, account: str) 
     ``ndmg-cloud-*``: so only the template's own roles (not this service role, not any other
     role of the account named ndmg-cloud-...)."""
     iam, batch = f"arn:{partition}:iam::{account}", f"arn:{partition}:batch:{region}:{account}"
-    template = _template()
+    template = template_body()
     return {
         "AWS::IAM::Role": [f"{iam}:role/ndmg-cloud-*-{name}-*" for name in logical_ids(template, resource_type)],
         "AWS::IAM::InstanceProfile": [f"{iam}:instance-profile/ndmg-cloud-*-{name}-*" for name in logical_ids(template, resource_type)],

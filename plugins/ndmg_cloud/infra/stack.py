@@ -7,19 +7,18 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
 from ndmg_cloud.infra.deployer import stack_policy
 from ndmg_cloud.infra.params import STACK_NAME, STACK_PATTERN, InfraParams, StackOutputs
+from ndmg_cloud.infra.template import template_body
 from ndmg_cloud.participant.jobspec import PROJECT, PROJECT_TAG
 
 # Managed compute environments and roles can take many minutes: wait up to an hour.
 WAIT = {"Delay": 15, "MaxAttempts": 240}
 UNUSABLE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
-TEMPLATE_NAME = "ndmg-batch.yaml"  # package data beside this module: a wheel and a source tree alike
 
 
 class InfraError(RuntimeError):
@@ -31,12 +30,6 @@ class Deployment:
     stack: str
     action: str  # created, updated or unchanged
     outputs: StackOutputs
-
-
-def template_body() -> str:
-    """The CloudFormation template, read as package data: the same file from a source tree,
-    an editable install, a wheel or the Airflow image."""
-    return resources.files(__package__).joinpath(TEMPLATE_NAME).read_text()
 
 
 def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
