@@ -73,6 +73,14 @@ def test_setup_deploys_through_the_service_role_with_the_stack_policy(network, c
     assert evaluate(granted, "iam:AttachRolePolicy", batch_role, {"iam:PolicyARN": service_policy}) == ALLOWED
     for profile in iam.list_instance_profiles()["InstanceProfiles"]:
         assert evaluate(granted, "iam:AddRoleToInstanceProfile", profile["Arn"]) == ALLOWED
+        for role_in_it in profile["Roles"]:  # AddRoleToInstanceProfile's dependent PassRole, no service named
+            assert evaluate(granted, "iam:PassRole", role_in_it["Arn"]) == ALLOWED
+    # the queue is authorized on the environments it orders too, in any region of the account
+    for action, arn in (
+        ("batch:CreateJobQueue", "arn:aws:batch:eu-west-1:123456789012:job-queue/ndmg-queue"),
+        ("batch:CreateJobQueue", "arn:aws:batch:eu-west-1:123456789012:compute-environment/OnDemandEnvironment-x"),
+    ):
+        assert evaluate(granted, action, arn) == ALLOWED, (action, arn)
     second = main(setup_argv(subnets, groups))  # and again: the role is updated in place, the stack unchanged
     assert second == 0 and "stack ndmg-cloud-batch: unchanged" in capsys.readouterr().out
 

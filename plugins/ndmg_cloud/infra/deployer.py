@@ -99,14 +99,16 @@ def resources_of(resource_type: str, partition: str, region: str, account: str) 
     roles and instance profiles ``<stack>-<logical id>-<suffix>`` and every stack is
     ``ndmg-cloud-*``: so only the template's own roles (not this service role, not any other
     role of the account named ndmg-cloud-...)."""
-    iam, batch = f"arn:{partition}:iam::{account}", f"arn:{partition}:batch:{region}:{account}"
+    # any region: one service role serves the account's stacks wherever they are deployed
+    iam, batch = f"arn:{partition}:iam::{account}", f"arn:{partition}:batch:*:{account}"
     template = template_body()
     return {
         "AWS::IAM::Role": [f"{iam}:role/ndmg-cloud-*-{name}-*" for name in logical_ids(template, resource_type)],
         "AWS::IAM::InstanceProfile": [f"{iam}:instance-profile/ndmg-cloud-*-{name}-*" for name in logical_ids(template, resource_type)],
-        "AWS::EC2::LaunchTemplate": [f"arn:{partition}:ec2:{region}:{account}:launch-template/*"],
+        "AWS::EC2::LaunchTemplate": [f"arn:{partition}:ec2:*:{account}:launch-template/*"],
         "AWS::Batch::ComputeEnvironment": [f"{batch}:compute-environment/*"],
-        "AWS::Batch::JobQueue": [f"{batch}:job-queue/*"],
+        # CreateJobQueue and UpdateJobQueue are also authorized on the environments they order
+        "AWS::Batch::JobQueue": [f"{batch}:job-queue/*", f"{batch}:compute-environment/*"],
         "AWS::Batch::JobDefinition": [f"{batch}:job-definition/*"],
     }[resource_type]
 
@@ -139,6 +141,13 @@ def service_role_policy(partition: str, region: str, account: str) -> dict[str, 
             "Action": "iam:PassRole",
             "Resource": roles,
             "Condition": {"StringEquals": {"iam:PassedToService": ["batch.amazonaws.com", "ec2.amazonaws.com", "ecs-tasks.amazonaws.com"]}},
+        },
+        {
+            # AddRoleToInstanceProfile needs iam:PassRole of the role it adds, without a service
+            "Sid": "PutTheInstanceRoleInItsProfile",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": [r for r in roles if r.endswith("-InstanceRole-*")],
         },
         {"Sid": "Describe", "Effect": "Allow", "Action": list(DESCRIBE), "Resource": "*"},
     ]

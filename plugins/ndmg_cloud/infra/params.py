@@ -12,7 +12,10 @@ from ndmg_cloud.participant.params import DEFAULT_JOB_DEFINITION as JOB_DEFINITI
 from ndmg_cloud.participant.params import DEFAULT_JOB_QUEUE as JOB_QUEUE
 
 STACK_NAME = "ndmg-cloud-batch"
-STACK_PATTERN = "^ndmg-cloud-[A-Za-z0-9-]{1,100}$"  # this project's stacks only (a CloudFormation name is at most 128)
+# this project's stacks only, and short: CloudFormation names a stack's roles
+# <stack>-<logical id>-<suffix> in 64 characters, and the service role (deployer.py) may act
+# only on names it has not had to shorten
+STACK_PATTERN = "^ndmg-cloud-[A-Za-z0-9-]{1,19}$"
 MAX_VCPUS, ROOT_VOLUME_GB = 256, 100
 # A folder in a bucket: S3 key characters, ending in '/', no '.' or '..' segments (the
 # template's AllowedPattern says the same)
@@ -109,7 +112,7 @@ class InfraParams:
         given = {**defaults, **{k: v for k, v in params.items() if v is not None}}
         stack = str(given.get("stack"))
         if not re.fullmatch(STACK_PATTERN, stack):
-            raise ValueError(f"stack {stack[:140]!r} is not one of this project's: give ndmg-cloud-<letters, digits, '-'>")
+            raise ValueError(f"stack {stack[:140]!r} is not one of this project's: give ndmg-cloud-<at most 19 letters, digits or '-'>")
         try:
             return cls(
                 image=str(given["image"]),

@@ -105,7 +105,9 @@ def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None) -
     check_locations(params)
     stack = params.stack
     if not re.fullmatch(STACK_PATTERN, stack):
-        raise InfraError(f"stack {stack[:140]!r} is not one of this project's (ndmg-cloud-<name>): refusing to deploy it")
+        raise InfraError(
+            f"stack {stack[:140]!r} is not one of this project's (ndmg-cloud-<name of at most 19 letters, digits or '-'>): refusing to deploy it"
+        )
     args: dict[str, Any] = {
         "StackName": stack,
         "TemplateBody": template_body(),

@@ -9,11 +9,12 @@ only guards against another deployment taking the output over."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from asgiref.sync import sync_to_async
 
 from ndmg_cloud.participant import lease
 
@@ -48,7 +49,9 @@ async def beat(held: LeaseRef | None, aws_conn_id: str | None, now: float | None
         return
     _BEATEN[which] = moment  # before the await: the other triggers of this run skip this round
     try:
-        moved = await asyncio.to_thread(_refresh, held, aws_conn_id)
+        # sync_to_async, as Airflow asks of a sync hook in a trigger: the connection lookup
+        # goes through the triggerer's channel to its supervisor
+        moved = await sync_to_async(_refresh)(held, aws_conn_id)
     except Exception as err:  # S3 down, throttled, no permission: the next round tries again
         log.warning("could not refresh the lease of run %s at s3://%s/%s: %s", held.run_id, held.bucket, held.key, err)
         return
