@@ -17,7 +17,7 @@ import pytest
 
 from ndmg_cloud.participant.params import resolve
 
-from datasets import E2E_VALID, listing, put_dataset, sessionless_scan, write_specs
+from datasets import E2E_VALID, listing, put_dataset, sessionless_scan, upload_tree, write_specs
 from helpers import read_json
 
 BUCKET = "lab-data"
@@ -345,9 +345,7 @@ def test_a_rewritten_spec_on_the_local_backend_leaves_the_dataset_untouched(s3, 
 
     make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=1)
     s3.create_bucket(Bucket=BUCKET)
-    for path in sorted((tmp_path / "ds").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), BUCKET, "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    upload_tree(s3, BUCKET, tmp_path / "ds", "phantoms/")
     before = listing(s3, BUCKET, "phantoms/")
 
     run = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
@@ -396,9 +394,7 @@ def test_a_deployment_that_turned_the_local_backend_off_runs_no_scan_on_its_work
     monkeypatch.setenv(LOCAL_BACKEND_ENV, "off")
     make_dataset(tmp_path / "ds", subjects=1, sessions=1, sessionless=0)
     s3.create_bucket(Bucket=BUCKET)
-    for path in sorted((tmp_path / "ds").rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), BUCKET, "phantoms/" + path.relative_to(tmp_path / "ds").as_posix())
+    upload_tree(s3, BUCKET, tmp_path / "ds", "phantoms/")
     before = listing(s3, BUCKET, "")
 
     run = run_dag(bucket=BUCKET, bidsdir="phantoms", backend="local", pipeline="lite")
