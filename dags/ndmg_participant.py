@@ -20,6 +20,7 @@ from airflow.sdk import AssetAlias, Param, dag, task
 from ndmg_cloud.orchestration import participant_tasks
 from ndmg_cloud.orchestration.clients import AWS_CONN_ID
 from ndmg_cloud.orchestration.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
+from ndmg_cloud.orchestration.route import own_params_only
 from ndmg_cloud.orchestration.taskids import (
     CANARY,
     CHOOSE_BACKEND,
@@ -97,4 +98,4 @@ def ndmg_participant():
     [canary, pilot_kwargs, pilots, rest, batch_jobs, local_jobs] >> report
 
 
-ndmg_participant()
+own_params_only(ndmg_participant())  # the form's schemas once, not once per task (route.py)

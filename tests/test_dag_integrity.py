@@ -123,6 +123,20 @@ def test_params_carry_the_design_contract(dag):
     assert params["canary"] is True and params["pilot_scans"] == 0
 
 
+def test_the_form_is_stored_once_in_the_serialized_dag_not_once_per_task(dag):
+    """The triggerer reads the serialized DAG once per scan it starts: the form's 23 schemas
+    are the DAG's, not copied into each of its 10 tasks (route.own_params_only)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.to_dict(dag)
+    tasks_with_form_params = [
+        task["__var"]["task_id"] for task in serialized["dag"]["tasks"] if "bucket" in json.dumps(task["__var"].get("params", {}))
+    ]
+    assert tasks_with_form_params == []
+    assert "bucket" in json.dumps(serialized["dag"]["params"])
+    assert len(json.dumps(serialized)) < 40_000  # 149 KB with a copy of the form in each task
+
+
 def test_the_group_level_runs_on_every_dataset_s_reports(dagbag, dag):
     from airflow.sdk.definitions.param import ParamsDict
 
