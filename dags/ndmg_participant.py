@@ -20,7 +20,8 @@ from airflow.sdk import AssetAlias, Param, dag, task
 from ndmg_cloud.orchestration import participant_tasks
 from ndmg_cloud.orchestration.clients import AWS_CONN_ID
 from ndmg_cloud.orchestration.operators import CanaryOperator, RunReportOperator, ScanBatchOperator
-from ndmg_cloud.orchestration.route import own_params_only
+from ndmg_cloud.orchestration.route import TRIGGERER, own_params_only, submit_route
+from ndmg_cloud.orchestration.submit_trigger import submit_trigger_args
 from ndmg_cloud.orchestration.taskids import (
     CANARY,
     CHOOSE_BACKEND,
@@ -35,6 +36,7 @@ from ndmg_cloud.orchestration.taskids import (
     VERIFY_AND_REPORT,
     WRITE_JOB_SPECS,
 )
+from ndmg_cloud.orchestration.triggers import polls_for
 from ndmg_cloud.participant.local import LOCAL_POOL
 from ndmg_cloud.participant.params import PARAM_SCHEMAS
 
@@ -52,7 +54,13 @@ BATCH = {
 
 
 def scan_jobs(task_id: str, **kwargs):
-    """One deferrable Batch job per mapped item, labelled by scan id."""
+    """One deferrable Batch job per mapped item, labelled by scan id; on the triggerer route
+    (route.py) each starts in the triggerer, which submits its job: no worker launch."""
+    if submit_route() == TRIGGERER:
+        kwargs["start_from_trigger"] = True
+        kwargs["start_trigger_args"] = submit_trigger_args(
+            task_id, poll_interval=BATCH["poll_interval"], max_polls=polls_for(BATCH["poll_interval"]), aws_conn_id=AWS_CONN_ID
+        )
     return ScanBatchOperator.partial(task_id=task_id, map_index_template="{{ task.scan_id }}", **BATCH, **kwargs)
 
 

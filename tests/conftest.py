@@ -47,6 +47,9 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "NDMG_BATCH_POLL_SECONDS": "1",
         "NDMG_RETRY_DELAY_SECONDS": "0",
+        # the worker route (route.py): dag.test() in this process has no triggerer to start
+        # tasks in; live tests of the triggerer route ask for it (test_crash.triggerer_parts)
+        "NDMG_SUBMIT_ROUTE": "worker",
     }
 )
 

@@ -75,3 +75,18 @@ def setup_argv(subnets: list[str], groups: list[str], *extra: str, image: str = 
 def submit(batch, name: str = "ds-sub-01-abcdef12", tags: dict[str, str] | None = None) -> str:
     """A job on the local Batch's queue and definition (conftest.batch_env); its id."""
     return batch.submit_job(jobName=name, jobQueue="ndmg-queue", jobDefinition="ndmg", tags=tags or {})["jobId"]
+
+
+def scan_of(api, run_id: str, ti: dict) -> str:
+    """The scan of a mapped scan task: its label (map_index_template, rendered by a worker),
+    or on the triggerer route, where a task its trigger ends never runs on a worker, the scan
+    its ``batch_job`` XCom names (pushed right after SubmitJob)."""
+    label = ti.get("rendered_map_index")
+    if label and not str(label).isdigit():
+        return str(label)
+    return str(api.xcom(run_id, ti["task_id"], "batch_job", ti["map_index"])["scan_id"])
+
+
+def scan_states(api, run_id: str, task_id: str = "run_scan") -> dict[str, str]:
+    """Each scan task's state, by scan id."""
+    return {scan_of(api, run_id, ti): ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == task_id}

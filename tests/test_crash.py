@@ -29,7 +29,7 @@ from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
-from helpers import read_json
+from helpers import read_json, scan_of, scan_states
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -70,9 +70,9 @@ class Parts:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def started_parts(tmp_path_factory):
+def started_parts(tmp_path_factory, route: str = "worker"):
     home = tmp_path_factory.mktemp("crash")
-    env, url = live_environment(home, **TIMERS)
+    env, url = live_environment(home, **TIMERS, NDMG_SUBMIT_ROUTE=route)
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     airflow_parts = Parts(home, env, url)
@@ -96,6 +96,24 @@ def own_parts(moto_server, tmp_path_factory):
     """A fresh Airflow for a scenario that kills a component (a killed and restarted
     scheduler was seen to leave the next scenario's run unscheduled for minutes)."""
     yield from started_parts(tmp_path_factory)
+
+
+@pytest.fixture
+def triggerer_parts(moto_server, tmp_path_factory):
+    """A fresh Airflow on the triggerer route (route.py): each scan task starts in the triggerer."""
+    yield from started_parts(tmp_path_factory, "triggerer")
+
+
+@pytest.fixture
+def worker_parts(moto_server, tmp_path_factory):
+    """A fresh Airflow on the worker route, for a scenario only that route has (a worker's
+    SubmitJob cut off by its scheduler's death)."""
+    yield from started_parts(tmp_path_factory, "worker")
+
+
+def submitted(batch_behaviour, run_id: str) -> int:
+    """Scans of the run whose job Batch has accepted."""
+    return sum(submissions(batch_behaviour.submitted, run_id).values())
 
 
 TWELVE = [f"sub-{sub:02d}_ses-{ses}" for sub in range(1, 7) for ses in (1, 2)]  # the issue's 12 scans
@@ -123,9 +141,10 @@ def submissions(names: list[str], run_id: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("job_created", [True, False], ids=["after-batch-created-the-job", "before-batch-created-it"])
 def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
-    own_parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
+    worker_parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
 ):
-    parts = own_parts
+    """The worker route: a worker's SubmitJob in flight when its scheduler dies."""
+    parts = worker_parts
     from moto.batch_simple.models import BatchSimpleBackend
 
     conf = put_twelve_scans(s3)
@@ -168,8 +187,58 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
     assert report["orphans"] == []
 
 
-def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(own_parts, s3, batch_env, batch_behaviour):
-    parts = own_parts
+@pytest.mark.parametrize("job_created", [True, False], ids=["after-batch-created-the-job", "before-batch-created-it"])
+def test_a_triggerer_killed_inside_the_submit_window_submits_each_scan_once(
+    triggerer_parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
+):
+    """The triggerer route: the triggerer (and its trigger runner) SIGKILLed while a SubmitJob
+    is on the wire. The next triggerer runs the triggers again: a scan whose job Batch created
+    reattaches to it by name; one whose call never created a job waits out that call's window,
+    finds no job and submits. Each scan is submitted once, and all succeed."""
+    parts = triggerer_parts
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    conf = put_twelve_scans(s3)
+    batch_behaviour.run_seconds = 3
+    real = BatchSimpleBackend.submit_job
+    in_window = threading.Event()
+    slow = {"on": True}
+
+    def slow_submit(self, *args, **kwargs):
+        if not slow["on"]:
+            return real(self, *args, **kwargs)
+        if job_created:
+            answer = real(self, *args, **kwargs)  # Batch has the job; its answer is slow to leave
+            in_window.set()
+            time.sleep(15)
+            return answer
+        in_window.set()
+        time.sleep(15)
+        raise RuntimeError("never answered")
+
+    monkeypatch.setattr(BatchSimpleBackend, "submit_job", slow_submit)
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger(conf)
+
+    assert in_window.wait(180), (parts.home / "triggerer.log").read_text()[-3000:]
+    parts.kill("triggerer")
+    slow["on"] = False
+    parts.start("triggerer")
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=500), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
+    assert counts == dict.fromkeys(TWELVE, 1)
+    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
+    report = report_of(api, s3, run_id)
+    assert len({row["job_id"] for row in report["scans"]}) == 12
+    assert report["orphans"] == []
+
+
+@pytest.mark.parametrize("route", ["worker", "triggerer"])
+def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(route, request, s3, batch_env, batch_behaviour):
+    """On both routes (route.py); on the triggerer route no scan task ever starts on a worker."""
+    parts = request.getfixturevalue("triggerer_parts" if route == "triggerer" else "own_parts")
     conf = put_twelve_scans(s3)
     batch_behaviour.run_seconds = 40  # RUNNING: every scan task waits in the triggerer
     api = Airflow(parts.url, "admin", "ndmg-live-test")
@@ -178,7 +247,7 @@ def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(own_parts, s3, 
     def deferred() -> int:
         return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
 
-    assert wait_for(lambda: deferred() == 12, timeout=240), api.task_instances(run_id)
+    assert wait_for(lambda: deferred() == 12 and submitted(batch_behaviour, run_id) == 12, timeout=240), api.task_instances(run_id)
     parts.kill("triggerer")
     time.sleep(3)
     parts.start("triggerer")  # takes the twelve triggers up again
@@ -187,8 +256,15 @@ def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(own_parts, s3, 
     counts = submissions(batch_behaviour.submitted, run_id)
     print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
     assert counts == dict.fromkeys(TWELVE, 1)
-    states = {ti["rendered_map_index"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"}
-    assert states == dict.fromkeys(TWELVE, "success")
+    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
+    scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
+    launches = [sum("Worker startup parse complete" in str(entry) for entry in api.task_log(run_id, ti)) for ti in scans]
+    print(f"{route} route: worker launches per scan task {sum(launches) / len(launches):.2f}")
+    assert launches == [0 if route == "triggerer" else 1] * 12
+    report = report_of(api, s3, run_id)  # the report reads what the triggers pushed
+    assert {row["scan_id"]: row["job_id"] for row in report["scans"]} == {
+        scan_of(api, run_id, ti): api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])["job_id"] for ti in scans
+    }
     assert batch_behaviour.terminated == []
 
 

@@ -202,3 +202,53 @@ def test_parsing_creates_no_aws_client_and_opens_no_connection(dag_file):
     )
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe == {"clients": [], "connections": []}
+
+
+ROUTE_PROBE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+bag = DagBag(dag_folder=__import__("sys").argv[1])
+out = {"errors": {k: str(v)[-300:] for k, v in bag.import_errors.items()}, "tasks": {}}
+if "ndmg_participant" in bag.dags:
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(bag.dags["ndmg_participant"]))  # as the scheduler reads it
+    for task in dag.tasks:
+        args = task.start_trigger_args
+        kwargs = args.trigger_kwargs if args else None
+        if isinstance(kwargs, dict) and "__var" in kwargs:
+            kwargs = kwargs["__var"]
+        out["tasks"][task.task_id] = [bool(task.start_from_trigger), args.trigger_cls if args else None, (kwargs or {}).get("role")]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("route", ["triggerer", "worker"])
+def test_the_scan_tasks_start_in_the_triggerer_on_the_triggerer_route_only(route):
+    """Parsed as a dag-processor parses it (a process of its own, the route from its
+    environment): on the triggerer route pilot_scan and run_scan start in the triggerer with
+    ScanSubmitTrigger; nothing else does, and on the worker route nothing does."""
+    out = subprocess.run(
+        [sys.executable, "-c", ROUTE_PROBE, str(ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NDMG_SUBMIT_ROUTE": route},
+        check=True,
+    )
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["errors"] == {}
+    started = {task_id: spec for task_id, spec in probe["tasks"].items() if spec[0]}
+    trigger = "ndmg_cloud.orchestration.submit_trigger.ScanSubmitTrigger"
+    expected = {"pilot_scan": [True, trigger, "pilot"], "run_scan": [True, trigger, "released"]}
+    assert started == (expected if route == "triggerer" else {})
+
+
+def test_an_unknown_route_is_refused_naming_the_setting_and_the_choices():
+    out = subprocess.run(
+        [sys.executable, "-c", ROUTE_PROBE, str(ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NDMG_SUBMIT_ROUTE": "lambda"},
+        check=True,
+    )
+    errors = json.loads(out.stdout.strip().splitlines()[-1])["errors"]
+    assert any("NDMG_SUBMIT_ROUTE='lambda' is not a submit route" in e and "'triggerer'" in e and "'worker'" in e for e in errors.values())

@@ -108,3 +108,50 @@ def test_a_job_spec_another_run_wrote_is_refused_naming_both_runs(s3):
     put_json(s3, "s3://lab/jobs/sub-01.json", {"run_id": "run-A", "scan": {"scan_id": "sub-01"}})  # not a spec this code wrote
     with pytest.raises(BrokenSeal, match=r"the job spec \(s3://lab/jobs/sub-01.json\) has no seal"):
         read_spec(s3, run_a, "sub-01")
+
+
+def test_the_triggerer_route_s_budget_gives_each_batch_call_a_turn_one_over_the_rate_apart(monkeypatch):
+    """The triggerer route (budget.py): every Batch call of a triggerer's triggers takes the
+    next turn; 120 calls made at once at 50 per second wait 0, 0.02, ... 2.38 s (a clock of
+    our own: the turns, not the machine's speed)."""
+    import asyncio
+
+    from ndmg_cloud.orchestration import budget
+
+    now = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds):
+        waits.append(round(seconds, 6))
+
+    monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(budget.asyncio, "sleep", sleep)
+    monkeypatch.delenv("NDMG_BATCH_API_BUDGET", raising=False)
+    monkeypatch.delenv("NDMG_TRIGGERERS", raising=False)
+
+    async def calls():
+        shared = budget.api_budget()
+        assert shared is budget.api_budget()  # one per event loop
+        await asyncio.gather(*(shared.turn() for _ in range(120)))
+        return shared
+
+    shared = asyncio.run(calls())
+    assert shared.rate == 50 and shared.calls == 120
+    assert waits == [round(i / 50, 6) for i in range(1, 120)]  # the first call goes at once
+
+
+def test_the_budget_is_split_across_the_deployment_s_triggerers(monkeypatch):
+    from ndmg_cloud.orchestration.budget import calls_per_second
+
+    monkeypatch.setenv("NDMG_BATCH_API_BUDGET", "40")
+    monkeypatch.setenv("NDMG_TRIGGERERS", "2")
+    assert calls_per_second() == 20
+
+
+@pytest.mark.parametrize(("env", "raw"), [("NDMG_BATCH_API_BUDGET", "0"), ("NDMG_BATCH_API_BUDGET", "fifty"), ("NDMG_TRIGGERERS", "-1")])
+def test_a_budget_or_triggerer_count_that_is_no_number_is_refused_naming_it(monkeypatch, env, raw):
+    from ndmg_cloud.orchestration.budget import calls_per_second
+
+    monkeypatch.setenv(env, raw)
+    with pytest.raises(ValueError, match=f"{env}='{raw}' is not"):
+        calls_per_second()

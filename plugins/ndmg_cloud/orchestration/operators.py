@@ -12,40 +12,21 @@ from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.providers.standard.operators.python import PythonOperator
-from botocore.config import Config
 
 from ndmg_cloud.core.spec import SubmitJob
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.links import RunReportLink, airflow_report_url, deployment_base_url
+from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, job_named_since, prepare_scan
 from ndmg_cloud.orchestration.taskids import CANARY_JOB_XCOM_KEY, DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, THROTTLED_XCOM_KEY, WRITE_JOB_SPECS
-from ndmg_cloud.orchestration.triggers import ScanJobEvent, ScanJobTrigger, polls_for
+from ndmg_cloud.orchestration.triggers import REFUSED, ScanJobEvent, ScanJobTrigger, polls_for
 from ndmg_cloud.participant.canary import CanaryJob, canary_job
-from ndmg_cloud.participant.jobs import SubmittedJob, ThrottledPolls, jobs_named, terminate_job
-from ndmg_cloud.participant.jobspec import RefusedSubmission, check_submission, read_spec, scan_submission
+from ndmg_cloud.participant.jobs import SubmittedJob, ThrottledPolls, terminate_job
+from ndmg_cloud.participant.jobspec import RefusedSubmission, check_submission, read_spec
 from ndmg_cloud.participant.params import RunConfig
 from ndmg_cloud.participant.runplan import PILOT, RELEASED, PlanRef, ScanTask
 from ndmg_cloud.participant.seal import NoSealKey
 
 STATE_KEY = "ndmg_batch_job"  # in task_state_store; renaming it breaks reattaching in-flight jobs
-CLOCK_SKEW_SECONDS = 300  # between this worker's clock and Batch's createdAt
-
-# SubmitJob's own client, bounded so that a call, retries included, is over within
-# SUBMIT_WINDOW_SECONDS of its start: after that, a try that died during its call (whose task
-# runner may live on, as Airflow 3.3's do in their own process group when their supervisor
-# is killed) can no longer create a job, and its retry may look for the job by name.
-SUBMIT_ATTEMPTS, SUBMIT_CONNECT_TIMEOUT, SUBMIT_READ_TIMEOUT = 3, 5, 20
-STANDARD_MODE_MAX_BACKOFF = 20  # botocore's "standard" retry mode waits at most 20 s between attempts
-WORKER_CLOCK_MARGIN = 10  # between the clocks of the worker that died and the one retrying
-SUBMIT_CONFIG = Config(
-    connect_timeout=SUBMIT_CONNECT_TIMEOUT,
-    read_timeout=SUBMIT_READ_TIMEOUT,
-    retries={"mode": "standard", "total_max_attempts": SUBMIT_ATTEMPTS},
-)
-SUBMIT_WINDOW_SECONDS = (
-    SUBMIT_ATTEMPTS * (SUBMIT_CONNECT_TIMEOUT + SUBMIT_READ_TIMEOUT)
-    + (SUBMIT_ATTEMPTS - 1) * STANDARD_MODE_MAX_BACKOFF
-    + WORKER_CLOCK_MARGIN
-)
 
 
 def submitting_since(saved: Any, max_tries: int) -> float | None:
@@ -87,6 +68,9 @@ class ScanBatchOperator(BatchOperator):
     :param runnable_timeout: seconds a job may stay RUNNABLE before its compute
         environments are checked and, if none can run it, the job is cancelled with the
         reason (the run's ``runnable_timeout_minutes`` when it runs).
+    :param start_from_trigger: the triggerer route (``route.py``): the task starts in the
+        triggerer with ``start_trigger_args`` (``submit_trigger.submit_trigger_args``), which
+        does what ``execute`` does here; a failure resumes in ``execute_complete``.
 
     The SubmitJob request is built when the task runs, from the run's configuration (the
     sealed XCom of ``discover``) and the scan id: ``ndmg-scan --spec <this scan's spec>`` on
@@ -112,7 +96,15 @@ class ScanBatchOperator(BatchOperator):
     # would push: a scan costs one task launch; only failures resume on a worker
     ends_in_triggerer = True
 
-    def __init__(self, *, scan_task: dict[str, Any] | None = None, runnable_timeout: int = 30 * 60, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        scan_task: dict[str, Any] | None = None,
+        runnable_timeout: int = 30 * 60,
+        start_from_trigger: bool = False,
+        start_trigger_args: Any = None,
+        **kwargs: Any,
+    ) -> None:
         named = ScanTask.from_kwargs(scan_task) if isinstance(scan_task, dict) and "scan_id" in scan_task else None
         scan_id = str(named.scan_id) if named else "unknown"  # unchecked: a label until execute checks the seal
         placeholder = SubmitJob(scan_id, "unknown-until-run-time", "unknown-until-run-time")
@@ -120,6 +112,8 @@ class ScanBatchOperator(BatchOperator):
             job_name=placeholder.job_name, job_queue=placeholder.job_queue, job_definition=placeholder.job_definition, **kwargs
         )
         self.scan_task = scan_task
+        # the triggerer route (route.py): the scheduler defers the task to ScanSubmitTrigger
+        self.start_from_trigger, self.start_trigger_args = start_from_trigger, start_trigger_args
         self.config: RunConfig | None = None  # the run's, once execute has checked it
         self.spec_sha256: str | None = None
         self.submit_not_before: float | None = None
@@ -187,16 +181,27 @@ class ScanBatchOperator(BatchOperator):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         role = PILOT if self.task_id == PILOT_SCAN else RELEASED
-        task = ScanTask.verified(self.scan_task, context["run_id"], role, context["ti"].map_index)
-        config = self.run_config(context)
-        spec, sha256 = read_spec(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), config, task.scan_id)
-        submission = scan_submission(config, task.scan_id, sha256)
-        self.take_job(task.scan_id, spec.spec_uri, submission, config.runnable_timeout_minutes * 60, config, sha256)
-        self.submit_not_before = task.submit_not_before
+        ti = context["ti"]
+        scan = prepare_scan(
+            S3Hook(aws_conn_id=self.aws_conn_id).get_conn(),
+            self.scan_task,
+            ti.xcom_pull(task_ids=DISCOVER),
+            context["run_id"],
+            role,
+            ti.map_index,
+        )
+        self.take_job(
+            scan.task.scan_id, scan.job_spec_uri, scan.submission, scan.config.runnable_timeout_minutes * 60, scan.config, scan.spec_sha256
+        )
+        self.submit_not_before = scan.task.submit_not_before
 
     def execute_complete(self, context: Any, event: dict[str, Any] | str | None = None) -> str | None:  # type: ignore[override]  # None: the trigger ended the task
         if isinstance(event, str):  # dag.test() resumes a task its trigger ended (TaskSuccessEvent)
             return None
+        if event and event.get("status") == REFUSED:  # the triggerer route's checks refused the scan
+            raise AirflowFailException(str(event.get("message")))
+        if event and event.get("job_id"):  # the triggerer route: the trigger knew the scan
+            self.job_id = str(event["job_id"])
         throttled = ScanJobEvent.from_payload(event).throttled if event else 0
         if throttled:  # the report counts them
             context["ti"].xcom_push(key=THROTTLED_XCOM_KEY, value=ThrottledPolls(self.scan_id, throttled).to_xcom())
@@ -319,11 +324,7 @@ class ScanBatchOperator(BatchOperator):
         return job_id
 
     def _job_named_since(self, since: float) -> str | None:
-        """The first job of the queue carrying this task's job name created since ``since``
-        (less a clock-skew margin); ListJobs with a JOB_NAME filter lists every status."""
-        earliest_ms = (since - CLOCK_SKEW_SECONDS) * 1000
-        found = [job for job in jobs_named(self.hook.client, self.job_queue, self.job_name) if job.get("createdAt", 0) >= earliest_ms]
-        return min(found, key=lambda job: job.get("createdAt", 0))["jobId"] if found else None
+        return job_named_since(self.hook.client, self.job_queue, self.job_name, since)
 
     def _still_known(self, job_id: str) -> bool:
         try:

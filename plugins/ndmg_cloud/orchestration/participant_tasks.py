@@ -19,6 +19,7 @@ from ndmg_cloud.core.bids import Scan
 from ndmg_cloud.core.layout import DESCRIPTION
 from ndmg_cloud.core.s3 import put_json
 from ndmg_cloud.orchestration.clients import batch_client, logs_client, s3_client
+from ndmg_cloud.orchestration.route import TRIGGERER, submit_route
 from ndmg_cloud.orchestration.scancreds import scan_credentials
 from ndmg_cloud.orchestration.scanitems import ScanItems, write_scan_items
 from ndmg_cloud.orchestration.taskids import (
@@ -231,6 +232,8 @@ def release_scans_step(discovery: dict[str, Any], ti: Any) -> ScanItems:
 def _with_turns(config: RunConfig, tasks: list[ScanTask]) -> list[ScanTask]:
     """Batch scans' tasks, each with its turn to submit (ndmg_cloud.participant.pacing)."""
     if config.backend != "aws_batch" or not tasks:
+        return tasks
+    if submit_route() == TRIGGERER:  # the triggerer's Batch API budget paces them (budget.py)
         return tasks
     rate = submit_rate()
     log.info("%d scans submitted at most %g per second (NDMG_SUBMIT_RATE): over about %.0f s", len(tasks), rate, len(tasks) / rate)

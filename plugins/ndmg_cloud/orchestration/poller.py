@@ -24,6 +24,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ndmg_cloud.orchestration.budget import api_budget
+
 DESCRIBE_JOBS_MAX = 100  # ids per DescribeJobs call (Batch's limit)
 FIRST_ROUND_DELAY = 0.2  # a new poller waits this long for sibling triggers before its first call
 THROTTLED = ("TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded")
@@ -109,6 +111,7 @@ class JobPoller:
             unreachable = 0
             while chunk:
                 try:
+                    await api_budget().turn()  # the triggerer's Batch API budget (budget.py)
                     self.calls += 1
                     jobs = (await client.describe_jobs(jobs=chunk)).get("jobs", [])
                 except ClientError as err:

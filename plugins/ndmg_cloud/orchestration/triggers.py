@@ -39,6 +39,7 @@ from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, Throttl
 # the message Airflow's triggerer cancels a trigger with when a user acted on its task
 # (airflow.jobs.triggerer_job_runner._USER_ACTION_CANCEL_MSG)
 USER_ACTION_CANCEL = "__airflow_user_action__"
+REFUSED = "refused"  # a ScanJobEvent status (triggerer route): nothing submitted, and a retry would not change that
 WAIT_BUDGET_SECONDS = 14 * 24 * 3600  # how long one try may wait for its job (RUNNABLE queues included)
 
 
@@ -77,7 +78,7 @@ class ScanJobEvent:
     trigger event (``BatchOperator.execute_complete`` reads status, job_id and message), plus
     the polls Batch throttled (the report counts them)."""
 
-    status: str  # success, failure or error
+    status: str  # success, failure, error or refused
     job_id: str
     message: str | None = None
     throttled: int = 0

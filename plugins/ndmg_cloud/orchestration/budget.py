@@ -1,0 +1,74 @@
+"""The Batch API budget of a triggerer: every Batch call its triggers make takes a turn.
+
+AWS Batch throttles an account's API calls (SubmitJob about 50 per second, and every other
+call from the same account counts against its own rates). On the triggerer route each
+scan's SubmitJob, the job-name lookups before it (ListJobs), the shared poller's
+DescribeJobs and the TerminateJob of a cancelled scan are made by the triggers of a
+triggerer, on one asyncio event loop. They share one budget per loop: at most
+``NDMG_BATCH_API_BUDGET`` calls per second (default 50, the account's SubmitJob quota) for the
+whole deployment, split evenly across its ``NDMG_TRIGGERERS`` triggerers (default 1). A call
+takes the next free turn (turns are 1 / rate apart, first come first served) and waits for
+it; nothing is dropped, and a deployment never asks Batch for more than its budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+BUDGET_ENV, TRIGGERERS_ENV = "NDMG_BATCH_API_BUDGET", "NDMG_TRIGGERERS"
+DEFAULT_BUDGET = 50.0  # Batch calls per second for the whole deployment
+MAX_BUDGET = 1000.0  # a budget above this is a typo, not a quota
+
+
+def _number(env: str, default: float, what: str, limit: float) -> float:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= limit:
+        raise ValueError(f"{env}={raw!r} is not {what}: give a number above 0 and at most {limit:g}")
+    return value
+
+
+def calls_per_second() -> float:
+    """This triggerer's share of the deployment's Batch API budget."""
+    budget = _number(BUDGET_ENV, DEFAULT_BUDGET, "a number of Batch API calls per second", MAX_BUDGET)
+    triggerers = int(_number(TRIGGERERS_ENV, 1, "a count of triggerers", 1000))
+    return budget / max(1, triggerers)
+
+
+class ApiBudget:
+    """Turns for Batch calls, ``rate`` per second, on one event loop (see the module docstring)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.next_turn = 0.0  # time.monotonic() of the next free turn
+        self.calls = 0
+
+    async def turn(self) -> None:
+        """Wait for this call's turn."""
+        now = time.monotonic()
+        mine = max(now, self.next_turn)
+        self.next_turn = mine + 1.0 / self.rate
+        self.calls += 1
+        if mine > now:
+            await asyncio.sleep(mine - now)
+
+
+_BUDGETS: dict[asyncio.AbstractEventLoop, ApiBudget] = {}
+
+
+def api_budget() -> ApiBudget:
+    """The budget of the running event loop (this triggerer's), made on first use."""
+    loop = asyncio.get_running_loop()
+    budget = _BUDGETS.get(loop)
+    if budget is None:
+        for stale in [other for other in _BUDGETS if other.is_closed()]:
+            del _BUDGETS[stale]
+        budget = _BUDGETS[loop] = ApiBudget(calls_per_second())
+    return budget

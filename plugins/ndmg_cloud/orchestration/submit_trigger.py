@@ -1,0 +1,332 @@
+"""``ScanSubmitTrigger``: a scan's whole task in the triggerer (the triggerer route, ``route.py``).
+
+The scheduler defers each scan task straight to the triggerer (``start_from_trigger``); no
+worker starts. The trigger:
+
+1. reads and checks what a worker would: its sealed item (``release_scans``' items file or
+   ``plan_scans``' list, at its map index) and the run's configuration (``discover``'s sealed
+   XCom), then the scan's sealed job spec, and builds the SubmitJob request from the run's
+   configuration and the scan id alone (``scanjob.prepare_scan``); a refusal fails the task
+   for good, with the reason;
+2. submits the job exactly once per try, whatever the crash point: its record (XCom
+   ``ndmg_submit``, sealed for this task instance) says before the call that a call began and
+   after it which job it made. A trigger that runs again in the same try (its triggerer
+   died; another took over) reattaches to the recorded job; if only the intent is recorded,
+   it looks for the job by its name (unique to scan and run), waiting out the earlier call's
+   window (``scanjob.SUBMIT_WINDOW_SECONDS``) before it concludes there is none. A later
+   try (an Airflow retry or a Clear) reattaches to the earlier try's job while that job is
+   still live, and submits afresh once it has ended. Every Batch call waits for its turn in
+   the triggerer's API budget (``budget.py``);
+3. pushes XCom ``batch_job`` and the job's Batch link, then waits as ``ScanJobTrigger`` does
+   (shared poller, stuck-job watchdog, the run's lease kept alive). A SUCCEEDED job ends the
+   task here; anything else resumes it on a worker, where retries and the reason apply.
+
+A user who marks the task failed (or clears it) while its SubmitJob is unanswered still gets
+the job that call makes terminated, as soon as the answer comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
+from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
+from airflow.triggers.base import TriggerEvent
+
+from ndmg_cloud.orchestration import scanitems as _scanitems  # noqa: F401  # ScanItems on serde's allow-list here too
+from ndmg_cloud.orchestration.budget import api_budget
+from ndmg_cloud.orchestration.heartbeat import LeaseRef
+from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
+from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS, SUBMIT_XCOM_KEY
+from ndmg_cloud.orchestration.triggers import REFUSED, USER_ACTION_CANCEL, ScanJobEvent, ScanJobTrigger, _partition
+from ndmg_cloud.participant.jobs import SubmittedJob, terminate_job
+from ndmg_cloud.participant.jobspec import check_submission
+from ndmg_cloud.participant.runplan import PILOT, RELEASED
+from ndmg_cloud.participant.seal import BrokenSeal, NoSealKey, seal, unseal
+
+LIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class SubmitRecord:
+    """XCom ``ndmg_submit``: what a try of a scan task has done about its SubmitJob."""
+
+    try_number: int
+    call_started: float  # epoch seconds the (last) call began
+    job_id: str = ""  # the job the call made, once its answer came
+    call_ended: bool = False  # the call ended without a job (an error): nothing is in flight
+
+    def sealed(self, where: str) -> dict[str, Any]:
+        return seal(asdict(self), where)
+
+    @classmethod
+    def read(cls, value: Any, where: str) -> SubmitRecord | None:
+        """The record, if there is one and its seal holds (a rewritten one is ignored, said)."""
+        if value is None:
+            return None
+        body = unseal(value, where, "the SubmitJob record")
+        return cls(int(body["try_number"]), float(body["call_started"]), str(body.get("job_id") or ""), bool(body.get("call_ended")))
+
+    def in_flight(self, now: float) -> float:
+        """Seconds for which this record's call may still create a job."""
+        return 0.0 if self.call_ended or self.job_id else max(0.0, self.call_started + SUBMIT_WINDOW_SECONDS - now)
+
+
+@dataclass(frozen=True)
+class _Clients:
+    s3: Any
+    batch: Any  # lookups, DescribeJobs, TerminateJob (adaptive retries)
+    submit: Any  # SubmitJob only: bounded (scanjob.SUBMIT_CONFIG)
+    region: str | None
+
+
+_CLIENTS: dict[tuple[str | None, str | None], _Clients] = {}
+
+
+def _push(ti: Any, *, key: str, value: Any) -> None:
+    """XCom ``key`` of the task instance (``ti.xcom_push`` reads the operator, which the
+    triggerer holds only in its serialized form: Airflow 3.3.2)."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    XCom.set(key=key, value=value, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index)
+
+
+def _make_clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
+    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    from ndmg_cloud.orchestration.clients import RETRIES
+
+    batch = BatchClientHook(aws_conn_id=aws_conn_id, region_name=region_name, config=Config(retries=RETRIES))
+    submit = BatchClientHook(aws_conn_id=aws_conn_id, region_name=region_name, config=SUBMIT_CONFIG)
+    return _Clients(S3Hook(aws_conn_id=aws_conn_id).get_conn(), batch.client, submit.client, batch.conn_region_name)
+
+
+async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
+    """This triggerer's clients (boto3 clients are thread-safe: one set per connection)."""
+    key = (aws_conn_id, region_name)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = await asyncio.to_thread(_make_clients, aws_conn_id, region_name)
+    return _CLIENTS[key]
+
+
+class ScanSubmitTrigger(ScanJobTrigger):
+    """See the module docstring. Its kwargs are the task's static settings; the scan comes
+    from the task instance it runs for."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        poll_interval: int = 30,
+        max_polls: int = 4200,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+    ) -> None:
+        super().__init__(
+            job_id="",
+            job_queue="",
+            runnable_timeout=30 * 60,
+            poll_interval=poll_interval,
+            max_polls=max_polls,
+            aws_conn_id=aws_conn_id,
+            region_name=region_name,
+            end_on_success=True,
+        )
+        self.role = role
+        # a cancel during SubmitJob: whichever of the call's thread and the cancel comes second
+        # terminates the job the call made (the lock orders them)
+        self._call_lock = threading.Lock()
+        self._cancelled = False
+        self._made = ""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{self.__class__.__module__}.{self.__class__.__qualname__}",
+            {
+                "role": self.role,
+                "poll_interval": self.poll_interval,
+                "max_polls": self.max_polls,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._submit_then_wait():
+                yield event
+        except asyncio.CancelledError as cancel:
+            if cancel.args and cancel.args[0] == USER_ACTION_CANCEL:
+                self._stop("the Airflow task was stopped")
+            raise
+
+    def _stop(self, why: str) -> None:
+        """Terminate this scan's job, or have a SubmitJob still unanswered terminate the job it makes."""
+        with self._call_lock:
+            self._cancelled = True
+            job_id = self.job_id or self._made
+        if job_id:
+            terminate_job(self._hook().client, job_id, why)
+            self.log.info("Terminated Batch job %s", job_id)
+
+    async def on_kill(self) -> None:
+        self._stop("the Airflow task was stopped")
+
+    async def _submit_then_wait(self) -> AsyncIterator[TriggerEvent]:
+        ti: Any = self.task_instance  # the triggerer's RuntimeTaskInstance (start_from_trigger)
+        if ti is None:
+            raise RuntimeError("ScanSubmitTrigger runs only for a task started from the triggerer (start_from_trigger)")
+        clients = await _clients(self.aws_conn_id, self.region_name)
+        try:
+            scan = await self._prepare(ti, clients)
+        except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
+            yield TriggerEvent(ScanJobEvent(REFUSED, "", f"scan task {ti.map_index}: nothing submitted: {err}").payload())
+            return
+        self.scan_id, self.job_queue = scan.task.scan_id, scan.submission.job_queue
+        self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
+        if not scan.config.dry_run:
+            self.lease = LeaseRef(scan.config.output_root.bucket, scan.config.outputs.lease_key, scan.config.run_id).to_dict()
+        self.job_id = await self._submit_once(ti, clients, scan)
+        _push(ti, key=JOB_XCOM_KEY, value=SubmittedJob(self.scan_id, self.job_id).to_xcom())
+        if clients.region:
+            _push(
+                ti,
+                key=BatchJobDetailsLink.key,
+                value={
+                    "region_name": clients.region,
+                    "aws_domain": BaseAwsLink.get_aws_domain(_partition(clients.region)),
+                    "job_id": self.job_id,
+                },
+            )
+        async for event in self._wait():
+            yield event
+
+    async def _prepare(self, ti: Any, clients: _Clients) -> PreparedScan:
+        items_task = PLAN_SCANS if self.role == PILOT else RELEASE_SCANS
+        # map_indexes=-1: both are unmapped; without it the SDK asks for a sequence slice,
+        # a request the triggerer's supervisor cannot answer (Airflow 3.3.2)
+        items = ti.xcom_pull(task_ids=items_task, map_indexes=-1)
+        discovery = ti.xcom_pull(task_ids=DISCOVER, map_indexes=-1)
+
+        def checked() -> PreparedScan:
+            item = items[ti.map_index] if items is not None and 0 <= ti.map_index < len(items) else None
+            return prepare_scan(clients.s3, item, discovery, ti.run_id, self.role, ti.map_index)
+
+        return await asyncio.to_thread(checked)
+
+    def _where(self, ti: Any) -> str:
+        return f"{ti.run_id}:{SUBMIT_XCOM_KEY}:{ti.task_id}:{ti.map_index}"
+
+    def _record(self, ti: Any) -> SubmitRecord | None:
+        value = ti.xcom_pull(task_ids=ti.task_id, key=SUBMIT_XCOM_KEY, map_indexes=ti.map_index)
+        try:
+            return SubmitRecord.read(value, self._where(ti))
+        except BrokenSeal as err:
+            self.log.warning("%s: ignoring it", err)
+            return None
+
+    async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan) -> str:
+        """The job of this try: the one its record names, one an earlier call of this try
+        made, a still-live one of an earlier try, or a new one (see the module docstring)."""
+        name = scan.submission.job_name
+        record = self._record(ti)
+        since: float | None = None
+        if record is not None and record.job_id:
+            if record.try_number == ti.try_number:
+                self.log.info(
+                    "Reattaching scan %s to Batch job %s, submitted by this try: not submitting again", self.scan_id, record.job_id
+                )
+                return record.job_id
+            status = await self._status(clients, record.job_id)
+            if status in LIVE:
+                self.log.info(
+                    "Batch job %s of try %d is still %s: this try waits for it, not submitting again",
+                    record.job_id,
+                    record.try_number,
+                    status,
+                )
+                _push(
+                    ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, record.call_started, record.job_id).sealed(self._where(ti))
+                )
+                return record.job_id
+        elif record is not None and record.try_number == ti.try_number:
+            since = record.call_started
+            found = await self._job_named_since(clients, scan, since)
+            wait = record.in_flight(time.time())
+            if found is None and wait > 0:
+                self.log.info(
+                    "An earlier run of this trigger began submitting scan %s and died during the call, which may still create "
+                    "the job for %.0f s; waiting for that before looking for job %s again",
+                    self.scan_id,
+                    wait,
+                    name,
+                )
+                await asyncio.sleep(wait)
+                found = await self._job_named_since(clients, scan, since)
+            if found:
+                self.log.info(
+                    "Batch job %s carries this scan's job name %s: an earlier run of this trigger submitted it; reattaching", found, name
+                )
+                _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since, found).sealed(self._where(ti)))
+                return found
+        return await self._submit(ti, clients, scan, since)
+
+    async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> str:
+        check_submission(scan.config, scan.submission, scan.task.scan_id, scan.spec_sha256)
+        await api_budget().turn()
+        now = time.time()
+        where = self._where(ti)
+        _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now).sealed(where))
+
+        def call() -> str:
+            job_id = str(clients.submit.submit_job(**scan.submission.payload())["jobId"])
+            with self._call_lock:
+                self._made, stopped = job_id, self._cancelled
+            if stopped:  # the user stopped the task during the call: stop what it made
+                terminate_job(clients.batch, job_id, "the Airflow task was stopped while its SubmitJob was unanswered")
+            return job_id
+
+        try:
+            job_id = await asyncio.shield(asyncio.to_thread(call))
+        except Exception as err:
+            _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, call_ended=True).sealed(where))
+            raise RuntimeError(f"could not submit scan {scan.task.scan_id} to job queue {scan.submission.job_queue!r}: {err}") from err
+        _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, job_id).sealed(where))
+        self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
+        return job_id
+
+    async def _job_named_since(self, clients: _Clients, scan: PreparedScan, since: float) -> str | None:
+        await api_budget().turn()
+        find = functools.partial(job_named_since, clients.batch, scan.submission.job_queue, scan.submission.job_name, since)
+        return await asyncio.to_thread(find)
+
+    async def _status(self, clients: _Clients, job_id: str) -> str | None:
+        await api_budget().turn()
+        jobs = (await asyncio.to_thread(clients.batch.describe_jobs, jobs=[job_id])).get("jobs", [])
+        return str(jobs[0].get("status")) if jobs else None
+
+
+def submit_trigger_args(task_id: str, *, poll_interval: int, max_polls: int, aws_conn_id: str | None) -> Any:
+    """The ``start_trigger_args`` of a scan task on the triggerer route."""
+    from airflow.triggers.base import StartTriggerArgs
+
+    return StartTriggerArgs(
+        trigger_cls=f"{ScanSubmitTrigger.__module__}.{ScanSubmitTrigger.__qualname__}",
+        trigger_kwargs={
+            "role": PILOT if task_id == PILOT_SCAN else RELEASED,
+            "poll_interval": poll_interval,
+            "max_polls": max_polls,
+            "aws_conn_id": aws_conn_id,
+        },
+        next_method="execute_complete",
+        next_kwargs=None,
+        timeout=None,
+    )

@@ -1,0 +1,102 @@
+"""The triggerer route's trigger (``ndmg_cloud.orchestration.submit_trigger``) on its own:
+its SubmitJob record, and a user's cancel that lands while SubmitJob is unanswered. The
+whole route under a real triggerer is in tests/test_crash.py (``triggerer_parts``)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from ndmg_cloud.orchestration import submit_trigger
+from ndmg_cloud.orchestration.scanjob import SUBMIT_WINDOW_SECONDS
+from ndmg_cloud.orchestration.submit_trigger import ScanSubmitTrigger, SubmitRecord
+from ndmg_cloud.participant.seal import BrokenSeal
+
+
+class FakeBatch:
+    """SubmitJob that answers when told to; TerminateJob recorded."""
+
+    def __init__(self):
+        self.called, self.answer = threading.Event(), threading.Event()
+        self.terminated: list[str] = []
+
+    def submit_job(self, **payload):
+        self.called.set()
+        assert self.answer.wait(10)
+        return {"jobId": "job-made-during-the-cancel"}
+
+    def terminate_job(self, jobId, reason):  # boto3's argument name
+        self.terminated.append(jobId)
+
+
+@pytest.fixture
+def unanswered(monkeypatch):
+    """A trigger whose SubmitJob call is on the wire, and the fake Batch that holds it."""
+    pushed = []
+    monkeypatch.setattr(submit_trigger, "_push", lambda ti, *, key, value: pushed.append(key))
+    monkeypatch.setattr(submit_trigger, "check_submission", lambda *args: None)
+    batch = FakeBatch()
+    clients = SimpleNamespace(s3=None, batch=batch, submit=batch, region=None)
+    scan = SimpleNamespace(
+        task=SimpleNamespace(scan_id="sub-01"),
+        submission=SimpleNamespace(payload=lambda: {"jobName": "ds-sub-01-abc"}, job_queue="q", job_name="ds-sub-01-abc"),
+        job_spec_uri="s3://lab/jobs/sub-01.json",
+        config=None,
+        spec_sha256="",
+    )
+    ti = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
+    trigger = ScanSubmitTrigger(role="released", aws_conn_id=None)
+    monkeypatch.setattr(trigger, "_hook", lambda: SimpleNamespace(client=batch))
+    return trigger, batch, clients, scan, ti
+
+
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-before-the-answer", "answer-before-the-cancel"])
+def test_a_scan_cancelled_while_its_submit_job_is_unanswered_has_its_new_job_terminated(unanswered, cancel_first):
+    trigger, batch, clients, scan, ti = unanswered
+
+    async def scenario():
+        submitting = asyncio.ensure_future(trigger._submit(ti, clients, scan, None))
+        called = await asyncio.to_thread(batch.called.wait, 10)
+        assert called, submitting.exception() if submitting.done() else "still running"
+        if cancel_first:
+            submitting.cancel(submit_trigger.USER_ACTION_CANCEL)
+            trigger._stop("the Airflow task was stopped")  # what run() does on the user's cancel
+            assert batch.terminated == []  # no job yet: nothing to terminate
+            batch.answer.set()
+            for _ in range(100):  # the call's thread terminates what the call made
+                if batch.terminated:
+                    break
+                await asyncio.sleep(0.05)
+        else:
+            batch.answer.set()
+            for _ in range(100):  # the answer is in, not yet read by the trigger
+                if trigger._made:
+                    break
+                await asyncio.sleep(0.01)
+            submitting.cancel(submit_trigger.USER_ACTION_CANCEL)
+            trigger._stop("the Airflow task was stopped")
+        if cancel_first:
+            with pytest.raises(asyncio.CancelledError):
+                await submitting
+        else:
+            await asyncio.gather(submitting, return_exceptions=True)  # it may have returned before the cancel
+
+    asyncio.run(scenario())
+    assert batch.terminated == ["job-made-during-the-cancel"]  # once, by whichever came second
+
+
+def test_a_submit_record_holds_only_where_it_was_sealed(monkeypatch):
+    monkeypatch.setenv("NDMG_SEAL_KEY", "k" * 40)
+    record = SubmitRecord(try_number=2, call_started=1000.0)
+    sealed = record.sealed("run-1:ndmg_submit:run_scan:3")
+    assert SubmitRecord.read(sealed, "run-1:ndmg_submit:run_scan:3") == record
+    with pytest.raises(BrokenSeal):
+        SubmitRecord.read(sealed, "run-1:ndmg_submit:run_scan:4")  # another scan's task
+    with pytest.raises(BrokenSeal):
+        SubmitRecord.read({**sealed, "job_id": "someone-elses-job"}, "run-1:ndmg_submit:run_scan:3")
+    assert record.in_flight(1010.0) == SUBMIT_WINDOW_SECONDS - 10  # the call may still make a job
+    assert SubmitRecord(2, 1000.0, call_ended=True).in_flight(1010.0) == 0
+    assert SubmitRecord(2, 1000.0, job_id="j").in_flight(1010.0) == 0
