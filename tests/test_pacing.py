@@ -124,7 +124,7 @@ def test_the_triggerer_route_s_budget_gives_each_batch_call_a_turn_one_over_the_
     async def sleep(seconds):
         waits.append(round(seconds, 6))
 
-    monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(budget.time, "monotonic", lambda: now[0])  # (budget.time is the time module: restored after)
     monkeypatch.setattr(budget.asyncio, "sleep", sleep)
     monkeypatch.delenv("NDMG_BATCH_API_BUDGET", raising=False)
     monkeypatch.delenv("NDMG_TRIGGERERS", raising=False)

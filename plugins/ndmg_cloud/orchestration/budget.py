@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 BUDGET_ENV, TRIGGERERS_ENV = "NDMG_BATCH_API_BUDGET", "NDMG_TRIGGERERS"
@@ -43,21 +44,38 @@ def calls_per_second() -> float:
 
 
 class ApiBudget:
-    """Turns for Batch calls, ``rate`` per second, on one event loop (see the module docstring)."""
+    """Turns for Batch calls, ``rate`` per second, for one triggerer (see the module docstring).
+
+    A call reserves the next free turn and waits for it right before it is made: an async
+    call on the event loop (``turn``), a blocking one in its own thread (``wait``, so a queue
+    of threads, or a loop that stalled, cannot release a burst of calls whose turns passed)."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.next_turn = 0.0  # time.monotonic() of the next free turn
         self.calls = 0
+        self._lock = threading.Lock()
+
+    def _reserve(self) -> float:
+        """Seconds until this call's turn."""
+        with self._lock:
+            now = time.monotonic()
+            mine = max(now, self.next_turn)
+            self.next_turn = mine + 1.0 / self.rate
+            self.calls += 1
+            return mine - now
 
     async def turn(self) -> None:
-        """Wait for this call's turn."""
-        now = time.monotonic()
-        mine = max(now, self.next_turn)
-        self.next_turn = mine + 1.0 / self.rate
-        self.calls += 1
-        if mine > now:
-            await asyncio.sleep(mine - now)
+        """Wait for this call's turn (on the event loop)."""
+        wait = self._reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def wait(self) -> None:
+        """Wait for this call's turn (in the thread that makes the call)."""
+        wait = self._reserve()
+        if wait > 0:
+            time.sleep(wait)
 
 
 _BUDGETS: dict[asyncio.AbstractEventLoop, ApiBudget] = {}

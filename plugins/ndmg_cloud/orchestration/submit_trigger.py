@@ -109,12 +109,26 @@ def _make_clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
     return _Clients(S3Hook(aws_conn_id=aws_conn_id).get_conn(), batch.client, submit.client, batch.conn_region_name)
 
 
+_MAKING: dict[tuple[str | None, str | None], asyncio.Future[_Clients]] = {}
+
+
 async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
-    """This triggerer's clients (boto3 clients are thread-safe: one set per connection)."""
+    """This triggerer's clients (boto3 clients are thread-safe: one set per connection),
+    made once: the triggers started together wait for the first one's (1,000 triggers each
+    making their own kept the triggerer busy for minutes)."""
     key = (aws_conn_id, region_name)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = await asyncio.to_thread(_make_clients, aws_conn_id, region_name)
-    return _CLIENTS[key]
+    if key in _CLIENTS:
+        return _CLIENTS[key]
+    making = _MAKING.get(key)
+    if making is None or making.get_loop() is not asyncio.get_running_loop():
+        making = _MAKING[key] = asyncio.ensure_future(asyncio.to_thread(_make_clients, aws_conn_id, region_name))
+    try:
+        clients = await asyncio.shield(making)
+    except Exception:
+        _MAKING.pop(key, None)  # the next trigger tries again
+        raise
+    _CLIENTS[key] = clients
+    return clients
 
 
 class ScanSubmitTrigger(ScanJobTrigger):
@@ -281,12 +295,13 @@ class ScanSubmitTrigger(ScanJobTrigger):
 
     async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> str:
         check_submission(scan.config, scan.submission, scan.task.scan_id, scan.spec_sha256)
-        await api_budget().turn()
+        budget = api_budget()
         now = time.time()
         where = self._where(ti)
         _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now).sealed(where))
 
         def call() -> str:
+            budget.wait()  # its turn, in this thread: right before the call goes out
             job_id = str(clients.submit.submit_job(**scan.submission.payload())["jobId"])
             with self._call_lock:
                 self._made, stopped = job_id, self._cancelled
