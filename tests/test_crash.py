@@ -139,16 +139,12 @@ def submissions(names: list[str], run_id: str) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("job_created", [True, False], ids=["after-batch-created-the-job", "before-batch-created-it"])
-def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
-    worker_parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
-):
-    """The worker route: a worker's SubmitJob in flight when its scheduler dies."""
-    parts = worker_parts
+def slow_submissions(monkeypatch, job_created: bool) -> tuple[threading.Event, dict]:
+    """SubmitJob slow to answer at the endpoint (15 s): with the job created first, or never
+    created (the call then fails: a caller still alive retries it). Returns the event set once
+    a call is in that window, and the switch (``slow["on"] = False``) that ends the slowness."""
     from moto.batch_simple.models import BatchSimpleBackend
 
-    conf = put_twelve_scans(s3)
-    batch_behaviour.run_seconds = 3
     real = BatchSimpleBackend.submit_job
     in_window = threading.Event()
     slow = {"on": True}
@@ -162,10 +158,22 @@ def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
             time.sleep(15)
             return answer
         in_window.set()
-        time.sleep(15)  # the request is on the wire when the scheduler dies; Batch then fails it
-        raise RuntimeError("never answered")  # (500: the task runner, still alive, retries it)
+        time.sleep(15)  # the request is on the wire when its caller dies; Batch then fails it
+        raise RuntimeError("never answered")
 
     monkeypatch.setattr(BatchSimpleBackend, "submit_job", slow_submit)
+    return in_window, slow
+
+
+@pytest.mark.parametrize("job_created", [True, False], ids=["after-batch-created-the-job", "before-batch-created-it"])
+def test_a_scheduler_killed_inside_the_submit_window_submits_each_scan_once(
+    worker_parts, s3, batch_env, batch_behaviour, monkeypatch, job_created
+):
+    """The worker route: a worker's SubmitJob in flight when its scheduler dies."""
+    parts = worker_parts
+    conf = put_twelve_scans(s3)
+    batch_behaviour.run_seconds = 3
+    in_window, slow = slow_submissions(monkeypatch, job_created)
     api = Airflow(parts.url, "admin", "ndmg-live-test")
     run_id = api.trigger(conf)
 
@@ -196,27 +204,9 @@ def test_a_triggerer_killed_inside_the_submit_window_submits_each_scan_once(
     reattaches to it by name; one whose call never created a job waits out that call's window,
     finds no job and submits. Each scan is submitted once, and all succeed."""
     parts = triggerer_parts
-    from moto.batch_simple.models import BatchSimpleBackend
-
     conf = put_twelve_scans(s3)
     batch_behaviour.run_seconds = 3
-    real = BatchSimpleBackend.submit_job
-    in_window = threading.Event()
-    slow = {"on": True}
-
-    def slow_submit(self, *args, **kwargs):
-        if not slow["on"]:
-            return real(self, *args, **kwargs)
-        if job_created:
-            answer = real(self, *args, **kwargs)  # Batch has the job; its answer is slow to leave
-            in_window.set()
-            time.sleep(15)
-            return answer
-        in_window.set()
-        time.sleep(15)
-        raise RuntimeError("never answered")
-
-    monkeypatch.setattr(BatchSimpleBackend, "submit_job", slow_submit)
+    in_window, slow = slow_submissions(monkeypatch, job_created)
     api = Airflow(parts.url, "admin", "ndmg-live-test")
     run_id = api.trigger(conf)
 

@@ -13,6 +13,7 @@ import pytest
 from ndmg_cloud.orchestration import submit_trigger
 from ndmg_cloud.orchestration.scanjob import SUBMIT_WINDOW_SECONDS
 from ndmg_cloud.orchestration.submit_trigger import ScanSubmitTrigger, SubmitRecord
+from ndmg_cloud.orchestration.triggers import USER_ACTION_CANCEL
 from ndmg_cloud.participant.seal import BrokenSeal
 
 
@@ -62,8 +63,8 @@ def test_a_scan_cancelled_while_its_submit_job_is_unanswered_has_its_new_job_ter
         called = await asyncio.to_thread(batch.called.wait, 10)
         assert called, submitting.exception() if submitting.done() else "still running"
         if cancel_first:
-            submitting.cancel(submit_trigger.USER_ACTION_CANCEL)
-            trigger._stop("the Airflow task was stopped")  # what run() does on the user's cancel
+            submitting.cancel(USER_ACTION_CANCEL)
+            trigger._stop()  # what run() does on the user's cancel
             assert batch.terminated == []  # no job yet: nothing to terminate
             batch.answer.set()
             for _ in range(100):  # the call's thread terminates what the call made
@@ -76,8 +77,8 @@ def test_a_scan_cancelled_while_its_submit_job_is_unanswered_has_its_new_job_ter
                 if trigger._made:
                     break
                 await asyncio.sleep(0.01)
-            submitting.cancel(submit_trigger.USER_ACTION_CANCEL)
-            trigger._stop("the Airflow task was stopped")
+            submitting.cancel(USER_ACTION_CANCEL)
+            trigger._stop()
         if cancel_first:
             with pytest.raises(asyncio.CancelledError):
                 await submitting

@@ -38,6 +38,12 @@ class LeaseRef:
     def from_dict(cls, data: dict[str, Any] | None) -> LeaseRef | None:
         return cls(str(data["bucket"]), str(data["key"]), str(data["run_id"])) if data else None
 
+    @classmethod
+    def of_run(cls, config: Any) -> dict[str, str] | None:
+        """The lease a run's scan triggers keep alive (its ``RunConfig``), as trigger kwargs;
+        None for a dry run, which takes none."""
+        return None if config.dry_run else cls(config.output_root.bucket, config.outputs.lease_key, config.run_id).to_dict()
+
 
 async def beat(held: LeaseRef | None, aws_conn_id: str | None, now: float | None = None) -> None:
     """Refresh the run's lease if this process has not for ``BEAT_SECONDS``."""

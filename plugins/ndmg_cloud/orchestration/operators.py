@@ -160,10 +160,7 @@ class ScanBatchOperator(BatchOperator):
 
     def lease_ref(self) -> dict[str, str] | None:
         """The run's output lease, which the trigger keeps alive while the job runs."""
-        if self.config is None or self.config.dry_run:
-            return None
-        outputs = self.config.outputs
-        return LeaseRef(self.config.output_root.bucket, outputs.lease_key, self.config.run_id).to_dict()
+        return LeaseRef.of_run(self.config) if self.config is not None else None
 
     def execute(self, context: Any) -> str | None:
         try:

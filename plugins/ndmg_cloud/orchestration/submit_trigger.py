@@ -44,7 +44,7 @@ from ndmg_cloud.orchestration.budget import api_budget
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
 from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS, SUBMIT_XCOM_KEY
-from ndmg_cloud.orchestration.triggers import REFUSED, USER_ACTION_CANCEL, ScanJobEvent, ScanJobTrigger, _partition
+from ndmg_cloud.orchestration.triggers import REFUSED, ScanJobEvent, ScanJobTrigger, _partition
 from ndmg_cloud.participant.jobs import SubmittedJob, terminate_job
 from ndmg_cloud.participant.jobspec import check_submission
 from ndmg_cloud.participant.runplan import PILOT, RELEASED
@@ -173,28 +173,15 @@ class ScanSubmitTrigger(ScanJobTrigger):
             },
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        try:
-            async for event in self._submit_then_wait():
-                yield event
-        except asyncio.CancelledError as cancel:
-            if cancel.args and cancel.args[0] == USER_ACTION_CANCEL:
-                self._stop("the Airflow task was stopped")
-            raise
-
-    def _stop(self, why: str) -> None:
+    def _stop(self) -> None:
         """Terminate this scan's job, or have a SubmitJob still unanswered terminate the job it makes."""
         with self._call_lock:
             self._cancelled = True
-            job_id = self.job_id or self._made
-        if job_id:
-            terminate_job(self._hook().client, job_id, why)
-            self.log.info("Terminated Batch job %s", job_id)
+            self.job_id = self.job_id or self._made
+        if self.job_id:
+            super()._stop()
 
-    async def on_kill(self) -> None:
-        self._stop("the Airflow task was stopped")
-
-    async def _submit_then_wait(self) -> AsyncIterator[TriggerEvent]:
+    async def _events(self) -> AsyncIterator[TriggerEvent]:  # check, submit once, then wait
         ti: Any = self.task_instance  # the triggerer's RuntimeTaskInstance (start_from_trigger)
         if ti is None:
             raise RuntimeError("ScanSubmitTrigger runs only for a task started from the triggerer (start_from_trigger)")
@@ -206,8 +193,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
             return
         self.scan_id, self.job_queue = scan.task.scan_id, scan.submission.job_queue
         self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
-        if not scan.config.dry_run:
-            self.lease = LeaseRef(scan.config.output_root.bucket, scan.config.outputs.lease_key, scan.config.run_id).to_dict()
+        self.lease = LeaseRef.of_run(scan.config)
         self.job_id = await self._submit_once(ti, clients, scan)
         _push(ti, key=JOB_XCOM_KEY, value=SubmittedJob(self.scan_id, self.job_id).to_xcom())
         if clients.region:

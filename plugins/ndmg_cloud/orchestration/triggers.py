@@ -145,16 +145,25 @@ class ScanJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            async for event in self._wait():
+            async for event in self._events():
                 yield event
         except asyncio.CancelledError as cancel:
             # The user marked the task failed or cleared it. Terminate now, synchronously:
             # Airflow's on_kill comes after an await where a repeated cancel can drop it.
             # (A triggerer shutting down cancels without this message: the job goes on.)
             if cancel.args and cancel.args[0] == USER_ACTION_CANCEL:
-                terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
-                self.log.info("Terminated Batch job %s", self.job_id)
+                self._stop()
             raise
+
+    def _events(self) -> AsyncIterator[TriggerEvent]:
+        """What the trigger does: here, wait for its job."""
+        return self._wait()
+
+    def _stop(self) -> None:
+        """TerminateJob for this trigger's job, synchronously (no await: a repeated cancel
+        cannot cut it short; Batch ignores it for a job that has already ended)."""
+        terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
+        self.log.info("Terminated Batch job %s", self.job_id)
 
     def _open_client(self) -> Any:
         return self._hook().get_async_conn()
@@ -243,5 +252,4 @@ class ScanJobTrigger(BaseTrigger):
         TerminateJob first and synchronously: there is no await before or inside it, so the
         triggerer's repeated cancels cannot cut it short (Batch ignores it for a job that has
         already ended). ``verify_and_report`` reconciles if even this is lost."""
-        terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
-        self.log.info("Terminated Batch job %s", self.job_id)
+        self._stop()
