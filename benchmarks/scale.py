@@ -550,6 +550,10 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["NDMG_SUBMIT_ROUTE"] = args.route  # the Airflow's components and --one's process inherit it
     if args.one:
+        if keep := os.environ.get("NDMG_SCALE_KEEP"):  # profiling: keep the logs and the cluster's files
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tempfile.mkdtemp(prefix="ndmg-scale-", dir=keep)))))
+            return 0
         with tempfile.TemporaryDirectory(prefix="ndmg-scale-") as tmp:
             print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tmp))))
         return 0

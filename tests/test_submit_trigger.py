@@ -101,3 +101,75 @@ def test_a_submit_record_holds_only_where_it_was_sealed(monkeypatch):
     assert record.in_flight(1010.0) == SUBMIT_WINDOW_SECONDS - 10  # the call may still make a job
     assert SubmitRecord(2, 1000.0, call_ended=True).in_flight(1010.0) == 0
     assert SubmitRecord(2, 1000.0, job_id="j").in_flight(1010.0) == 0
+
+
+def test_each_scan_reads_its_item_with_the_triggerers_own_s3_client(monkeypatch):
+    """A triggerer starts 1,000 scans at once: making an S3 client per scan (about 0.2 s of
+    CPU each) held the first SubmitJob back by five minutes (bench-scale, N = 1,000)."""
+    from io import BytesIO
+
+    from ndmg_cloud.orchestration import clients as clients_module
+    from ndmg_cloud.orchestration.scanitems import ScanItems
+
+    records = [b'{"scan":"sub-00"}'.ljust(64), b'{"scan":"sub-01"}'.ljust(64)]
+
+    class KeptS3:
+        def __init__(self):
+            self.ranges = []
+
+        def get_object(self, Bucket, Key, Range):  # boto3's argument names
+            self.ranges.append(Range)
+            start, end = map(int, Range.removeprefix("bytes=").split("-"))
+            return {"Body": BytesIO(b"".join(records)[start : end + 1])}
+
+    def new_client():
+        raise AssertionError("a new S3 client was made for one scan")
+
+    monkeypatch.setattr(clients_module, "s3_client", new_client)
+    prepared = []
+    monkeypatch.setattr(submit_trigger, "prepare_scan", lambda s3, item, *rest: prepared.append((s3, item)))
+    kept = KeptS3()
+    items = ScanItems("s3://lab/runs/r1/items", 2, 64)
+    ti = SimpleNamespace(
+        dag_id="ndmg_participant",
+        run_id="run-1",
+        map_index=1,
+        xcom_pull=lambda task_ids, map_indexes: items if task_ids != "discover" else {},
+    )
+    asyncio.run(ScanSubmitTrigger(role="released")._prepare(ti, SimpleNamespace(s3=kept)))
+    assert prepared == [(kept, {"scan": "sub-01"})]
+    assert kept.ranges == ["bytes=64-127"]  # its own record, one ranged GET
+
+
+def test_the_triggers_of_a_run_starting_together_share_one_request_for_its_items():
+    """1,000 scans starting in one triggerer ask its supervisor once for release_scans'
+    XCom, not 1,000 times one after the other; a trigger asking after the answer came asks
+    again (a cleared run may have new items); a failed request fails every trigger waiting."""
+    import greenback
+
+    asked = []
+
+    def xcom_pull(task_ids, map_indexes):  # as the triggerer's SDK does: the loop runs meanwhile
+        asked.append(task_ids)
+        greenback.await_(asyncio.sleep(0.05))
+        if task_ids == "broken":
+            raise RuntimeError("the supervisor said no")
+        return f"{task_ids} of run-1"
+
+    ti = SimpleNamespace(dag_id="ndmg_participant", run_id="run-1", xcom_pull=xcom_pull)
+
+    async def trigger(task_id):
+        await greenback.ensure_portal()  # what the triggerer gives each trigger
+        return await submit_trigger._run_xcom(ti, task_id)
+
+    async def scenario():
+        together = await asyncio.gather(*(trigger("release_scans") for _ in range(50)))
+        later = await trigger("release_scans")
+        failed = await asyncio.gather(*(trigger("broken") for _ in range(3)), return_exceptions=True)
+        return together, later, failed
+
+    together, later, failed = asyncio.run(scenario())
+    assert together == ["release_scans of run-1"] * 50 and later == "release_scans of run-1"
+    assert [str(err) for err in failed] == ["the supervisor said no"] * 3
+    assert asked == ["release_scans", "release_scans", "broken"]
+    assert submit_trigger._PULLING == {}

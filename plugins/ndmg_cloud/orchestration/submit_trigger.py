@@ -39,9 +39,9 @@ from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.triggers.base import TriggerEvent
 
-from ndmg_cloud.orchestration import scanitems as _scanitems  # noqa: F401  # ScanItems on serde's allow-list here too
 from ndmg_cloud.orchestration.budget import api_budget
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
+from ndmg_cloud.orchestration.scanitems import ScanItems  # and so on serde's allow-list here too
 from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
 from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS, SUBMIT_XCOM_KEY
 from ndmg_cloud.orchestration.triggers import REFUSED, ScanJobEvent, ScanJobTrigger, _partition
@@ -110,6 +110,40 @@ def _make_clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
 
 
 _MAKING: dict[tuple[str | None, str | None], asyncio.Future[_Clients]] = {}
+_PULLING: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
+
+
+async def _run_xcom(ti: Any, task_id: str) -> Any:
+    """The XCom of a run's unmapped task ``task_id`` (``release_scans``' items, ``discover``'s
+    configuration), one request for all the triggers of that run that ask at the same time:
+    a triggerer starting 1,000 scans otherwise sends its supervisor 2,000 identical requests,
+    one at a time, before the first SubmitJob. Nothing is kept once the answer is in: a
+    trigger that asks later asks again (a cleared run may have new items)."""
+    key = (ti.dag_id, ti.run_id, task_id)
+    while (pending := _PULLING.get(key)) is not None:
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this trigger was cancelled
+            # the trigger that asked was cancelled: ask again
+    future = _PULLING[key] = asyncio.get_running_loop().create_future()
+    try:
+        # map_indexes=-1: the task is unmapped; without it the SDK asks for a sequence slice,
+        # a request the triggerer's supervisor cannot answer (Airflow 3.3.2)
+        value = ti.xcom_pull(task_ids=task_id, map_indexes=-1)
+    except Exception as err:
+        future.set_exception(err)
+        future.exception()  # retrieved: no "never retrieved" warning when no trigger waited
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    else:
+        future.set_result(value)
+        return value
+    finally:
+        del _PULLING[key]
 
 
 async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
@@ -210,14 +244,16 @@ class ScanSubmitTrigger(ScanJobTrigger):
             yield event
 
     async def _prepare(self, ti: Any, clients: _Clients) -> PreparedScan:
-        items_task = PLAN_SCANS if self.role == PILOT else RELEASE_SCANS
-        # map_indexes=-1: both are unmapped; without it the SDK asks for a sequence slice,
-        # a request the triggerer's supervisor cannot answer (Airflow 3.3.2)
-        items = ti.xcom_pull(task_ids=items_task, map_indexes=-1)
-        discovery = ti.xcom_pull(task_ids=DISCOVER, map_indexes=-1)
+        items = await _run_xcom(ti, PLAN_SCANS if self.role == PILOT else RELEASE_SCANS)
+        discovery = await _run_xcom(ti, DISCOVER)
 
         def checked() -> PreparedScan:
-            item = items[ti.map_index] if items is not None and 0 <= ti.map_index < len(items) else None
+            if items is None or not 0 <= ti.map_index < len(items):
+                item = None
+            elif isinstance(items, ScanItems):
+                item = items.item(ti.map_index, clients.s3)  # this triggerer's client, not a new one per scan
+            else:
+                item = items[ti.map_index]
             return prepare_scan(clients.s3, item, discovery, ti.run_id, self.role, ti.map_index)
 
         return await asyncio.to_thread(checked)
