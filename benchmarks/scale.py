@@ -412,6 +412,8 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
             second = per_second.setdefault(int(t - started), {})
             second[operation] = second.get(operation, 0) + 1
         busiest = max(per_second.values(), key=lambda ops: sum(ops.values()), default={})
+        if os.environ.get("NDMG_SCALE_KEEP"):  # profiling: every Batch call's arrival, from the trigger
+            (home / "batch-calls.json").write_text(json.dumps([(round(t - started, 4), operation) for t, operation in batch.calls]))
         return {
             "scans": scans,
             "state": state,

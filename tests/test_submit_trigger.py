@@ -20,6 +20,8 @@ from ndmg_cloud.participant.seal import BrokenSeal
 class FakeBatch:
     """SubmitJob that answers when told to; TerminateJob recorded."""
 
+    meta = SimpleNamespace(events=SimpleNamespace(register=lambda *args, **kwargs: None))  # budget.pace: no turns here
+
     def __init__(self):
         self.called, self.answer = threading.Event(), threading.Event()
         self.terminated: list[str] = []

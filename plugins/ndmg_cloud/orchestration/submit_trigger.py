@@ -39,7 +39,7 @@ from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.triggers.base import TriggerEvent
 
-from ndmg_cloud.orchestration.budget import api_budget
+from ndmg_cloud.orchestration.budget import ApiBudget, api_budget, pace
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.scanitems import ScanItems  # and so on serde's allow-list here too
 from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
@@ -86,7 +86,7 @@ class _Clients:
     region: str | None
 
 
-_CLIENTS: dict[tuple[str | None, str | None], _Clients] = {}
+_CLIENTS: dict[tuple[asyncio.AbstractEventLoop, str | None, str | None], _Clients] = {}
 
 
 def _push(ti: Any, *, key: str, value: Any) -> None:
@@ -97,7 +97,7 @@ def _push(ti: Any, *, key: str, value: Any) -> None:
     XCom.set(key=key, value=value, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index)
 
 
-def _make_clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
+def _make_clients(aws_conn_id: str | None, region_name: str | None, budget: ApiBudget) -> _Clients:
     from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from botocore.config import Config
@@ -106,10 +106,13 @@ def _make_clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
 
     batch = BatchClientHook(aws_conn_id=aws_conn_id, region_name=region_name, config=Config(retries=RETRIES))
     submit = BatchClientHook(aws_conn_id=aws_conn_id, region_name=region_name, config=SUBMIT_CONFIG)
-    return _Clients(S3Hook(aws_conn_id=aws_conn_id).get_conn(), batch.client, submit.client, batch.conn_region_name)
+    # every Batch request of both, the SDK's retries included, waits for its turn (budget.py)
+    return _Clients(
+        S3Hook(aws_conn_id=aws_conn_id).get_conn(), pace(batch.client, budget), pace(submit.client, budget), batch.conn_region_name
+    )
 
 
-_MAKING: dict[tuple[str | None, str | None], asyncio.Future[_Clients]] = {}
+_MAKING: dict[tuple[asyncio.AbstractEventLoop, str | None, str | None], asyncio.Future[_Clients]] = {}
 _PULLING: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
 
 
@@ -148,14 +151,14 @@ async def _run_xcom(ti: Any, task_id: str) -> Any:
 
 async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients:
     """This triggerer's clients (boto3 clients are thread-safe: one set per connection),
-    made once: the triggers started together wait for the first one's (1,000 triggers each
+    paced by its Batch API budget, made once: the triggers started together wait for the first one's (1,000 triggers each
     making their own kept the triggerer busy for minutes)."""
-    key = (aws_conn_id, region_name)
+    key = (asyncio.get_running_loop(), aws_conn_id, region_name)  # the loop: its budget paces them
     if key in _CLIENTS:
         return _CLIENTS[key]
     making = _MAKING.get(key)
-    if making is None or making.get_loop() is not asyncio.get_running_loop():
-        making = _MAKING[key] = asyncio.ensure_future(asyncio.to_thread(_make_clients, aws_conn_id, region_name))
+    if making is None:
+        making = _MAKING[key] = asyncio.ensure_future(asyncio.to_thread(_make_clients, aws_conn_id, region_name, api_budget()))
     try:
         clients = await asyncio.shield(making)
     except Exception:
@@ -317,13 +320,11 @@ class ScanSubmitTrigger(ScanJobTrigger):
 
     async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> str:
         check_submission(scan.config, scan.submission, scan.task.scan_id, scan.spec_sha256)
-        budget = api_budget()
         now = time.time()
         where = self._where(ti)
         _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now).sealed(where))
 
-        def call() -> str:
-            budget.wait()  # its turn, in this thread: right before the call goes out
+        def call() -> str:  # the paced client waits for its turn in this thread, right before sending
             job_id = str(clients.submit.submit_job(**scan.submission.payload())["jobId"])
             with self._call_lock:
                 self._made, stopped = job_id, self._cancelled
@@ -341,12 +342,10 @@ class ScanSubmitTrigger(ScanJobTrigger):
         return job_id
 
     async def _job_named_since(self, clients: _Clients, scan: PreparedScan, since: float) -> str | None:
-        await api_budget().turn()
         find = functools.partial(job_named_since, clients.batch, scan.submission.job_queue, scan.submission.job_name, since)
         return await asyncio.to_thread(find)
 
     async def _status(self, clients: _Clients, job_id: str) -> str | None:
-        await api_budget().turn()
         jobs = (await asyncio.to_thread(clients.batch.describe_jobs, jobs=[job_id])).get("jobs", [])
         return str(jobs[0].get("status")) if jobs else None
 

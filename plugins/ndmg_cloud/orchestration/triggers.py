@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from botocore.session import get_session
 
+from ndmg_cloud.orchestration.budget import pace
 from ndmg_cloud.orchestration.heartbeat import LeaseRef, beat
 from ndmg_cloud.orchestration.poller import THROTTLE_LOG_SECONDS, shared_poller
 from ndmg_cloud.orchestration.taskids import THROTTLED_XCOM_KEY
@@ -162,11 +164,13 @@ class ScanJobTrigger(BaseTrigger):
     def _stop(self) -> None:
         """TerminateJob for this trigger's job, synchronously (no await: a repeated cancel
         cannot cut it short; Batch ignores it for a job that has already ended)."""
-        terminate_job(self._hook().client, self.job_id, "the Airflow task was stopped")
+        terminate_job(pace(self._hook().client), self.job_id, "the Airflow task was stopped")
         self.log.info("Terminated Batch job %s", self.job_id)
 
-    def _open_client(self) -> Any:
-        return self._hook().get_async_conn()
+    async def _open_client(self) -> Any:
+        """An aiobotocore Batch client (an async context manager) paced by the triggerer's
+        Batch API budget: every request, the SDK's retries included, waits for its turn."""
+        return _paced(await self._hook().get_async_conn())
 
     async def _wait(self) -> AsyncIterator[TriggerEvent]:
         status = "UNKNOWN"
@@ -253,3 +257,9 @@ class ScanJobTrigger(BaseTrigger):
         triggerer's repeated cancels cannot cut it short (Batch ignores it for a job that has
         already ended). ``verify_and_report`` reconciles if even this is lost."""
         self._stop()
+
+
+@contextlib.asynccontextmanager
+async def _paced(opening: Any) -> AsyncIterator[Any]:
+    async with opening as client:
+        yield pace(client)
