@@ -175,3 +175,34 @@ def test_the_triggers_of_a_run_starting_together_share_one_request_for_its_items
     assert [str(err) for err in failed] == ["the supervisor said no"] * 3
     assert asked == ["release_scans", "release_scans", "broken"]
     assert submit_trigger._PULLING == {}
+
+
+def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(monkeypatch):
+    """The supervisor answers a trigger's requests one at a time: the XComs that only name a
+    scan's job (record, batch_job, link) go out after the triggerer's burst of submissions,
+    whose SubmitJob calls each wait on two answers instead of five."""
+    monkeypatch.setattr(submit_trigger, "PUBLISH_QUIET_SECONDS", 0.05)
+
+    async def scenario():
+        burst = submit_trigger._burst()
+        assert burst is submit_trigger._burst()  # one per triggerer (event loop)
+        published = []
+
+        async def publish(name):
+            await burst.settled()
+            published.append(name)
+
+        with burst.submitting():
+            first = asyncio.ensure_future(publish("sub-01"))  # submitted: its XComs wait
+            with burst.submitting():
+                await asyncio.sleep(0.2)
+                assert published == []  # two scans still about to submit
+            await asyncio.sleep(0.2)
+            assert published == []
+        await asyncio.wait_for(first, 5)
+        assert published == ["sub-01"]
+
+        with burst.submitting():  # a burst that never ends: the XComs go out after at_most
+            await asyncio.wait_for(burst.settled(at_most=0.1), 5)
+
+    asyncio.run(scenario())

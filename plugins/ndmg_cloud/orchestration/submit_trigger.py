@@ -9,16 +9,17 @@ worker starts. The trigger:
    configuration and the scan id alone (``scanjob.prepare_scan``); a refusal fails the task
    for good, with the reason;
 2. submits the job exactly once per try, whatever the crash point: its record (XCom
-   ``ndmg_submit``, sealed for this task instance) says before the call that a call began and
-   after it which job it made. A trigger that runs again in the same try (its triggerer
+   ``ndmg_submit``, sealed for this task instance) says before the call that a call began and,
+   soon after it, which job it made. A trigger that runs again in the same try (its triggerer
    died; another took over) reattaches to the recorded job; if only the intent is recorded,
    it looks for the job by its name (unique to scan and run), waiting out the earlier call's
    window (``scanjob.SUBMIT_WINDOW_SECONDS``) before it concludes there is none. A later
    try (an Airflow retry or a Clear) reattaches to the earlier try's job while that job is
    still live, and submits afresh once it has ended. Every Batch call waits for its turn in
    the triggerer's API budget (``budget.py``);
-3. pushes XCom ``batch_job`` and the job's Batch link, then waits as ``ScanJobTrigger`` does
-   (shared poller, stuck-job watchdog, the run's lease kept alive). A SUCCEEDED job ends the
+3. waits as ``ScanJobTrigger`` does (shared poller, stuck-job watchdog, the run's lease kept
+   alive), and meanwhile, once the triggerer's burst of submissions is over (``_Burst``),
+   writes the record naming the job, XCom ``batch_job`` and the job's Batch link. A SUCCEEDED job ends the
    task here; anything else resumes it on a worker, where retries and the reason apply.
 
 A user who marks the task failed (or clears it) while its SubmitJob is unanswered still gets
@@ -28,10 +29,12 @@ the job that call makes terminated, as soon as the answer comes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -168,6 +171,73 @@ async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients
     return clients
 
 
+PUBLISH_QUIET_SECONDS = 1.0  # no submission pending for this long: the burst is over
+PUBLISH_DELAY_MAX_SECONDS = 120.0  # a scan's XComs wait at most this long for the burst to end
+SUBMIT_THREADS = 8  # SubmitJob calls in flight at once, per triggerer (the budget paces them)
+
+
+class _Burst:
+    """The triggers of this triggerer that have not yet submitted their job.
+
+    A trigger talks to the triggerer's supervisor one request at a time, and the supervisor
+    answers about one request per turn of its loop (measured here: about 65 a second, with
+    1,000 triggers). A new scan needs two answers before its SubmitJob (its record, then the
+    intent) and three after it (the record naming the job, ``batch_job``, the Batch link).
+    The three wait until no trigger of this triggerer is about to submit, so that a burst of
+    1,000 scans waits on 2,000 answers, not 5,000, before its last SubmitJob."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[None]:
+        self.pending += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.pending -= 1
+            if not self.pending:
+                self.idle.set()
+
+    async def settled(self, at_most: float = PUBLISH_DELAY_MAX_SECONDS) -> None:
+        """Return once no submission has been pending for ``PUBLISH_QUIET_SECONDS`` (the next
+        triggers of a burst start a moment apart), or after ``at_most`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + at_most
+        while (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self.idle.wait(), left)
+            except TimeoutError:
+                return
+            await asyncio.sleep(min(PUBLISH_QUIET_SECONDS, max(0.0, deadline - loop.time())))
+            if self.idle.is_set():
+                return
+
+
+_BURSTS: dict[asyncio.AbstractEventLoop, _Burst] = {}
+_SUBMITTER: list[concurrent.futures.ThreadPoolExecutor] = []
+
+
+def _burst() -> _Burst:
+    loop = asyncio.get_running_loop()
+    if loop not in _BURSTS:
+        for stale in [other for other in _BURSTS if other.is_closed()]:
+            del _BURSTS[stale]
+        _BURSTS[loop] = _Burst()
+    return _BURSTS[loop]
+
+
+def _submitter() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads SubmitJob calls are made in (not asyncio's default ones, which the scans
+    still preparing keep busy with their S3 reads)."""
+    if not _SUBMITTER:
+        _SUBMITTER.append(concurrent.futures.ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="ndmg-submit"))
+    return _SUBMITTER[0]
+
+
 class ScanSubmitTrigger(ScanJobTrigger):
     """See the module docstring. Its kwargs are the task's static settings; the scan comes
     from the task instance it runs for."""
@@ -223,15 +293,36 @@ class ScanSubmitTrigger(ScanJobTrigger):
         if ti is None:
             raise RuntimeError("ScanSubmitTrigger runs only for a task started from the triggerer (start_from_trigger)")
         clients = await _clients(self.aws_conn_id, self.region_name)
+        burst = _burst()
+        with burst.submitting():
+            try:
+                scan = await self._prepare(ti, clients)
+            except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
+                yield TriggerEvent(ScanJobEvent(REFUSED, "", f"scan task {ti.map_index}: nothing submitted: {err}").payload())
+                return
+            self.scan_id, self.job_queue = scan.task.scan_id, scan.submission.job_queue
+            self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
+            self.lease = LeaseRef.of_run(scan.config)
+            self.job_id, submitted = await self._submit_once(ti, clients, scan)
+        # the XComs that say which job the scan has go out once the triggerer's burst of
+        # submissions is over (see _Burst); the job is polled meanwhile
+        publishing = asyncio.ensure_future(self._publish(ti, clients, burst, submitted))
         try:
-            scan = await self._prepare(ti, clients)
-        except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
-            yield TriggerEvent(ScanJobEvent(REFUSED, "", f"scan task {ti.map_index}: nothing submitted: {err}").payload())
-            return
-        self.scan_id, self.job_queue = scan.task.scan_id, scan.submission.job_queue
-        self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
-        self.lease = LeaseRef.of_run(scan.config)
-        self.job_id = await self._submit_once(ti, clients, scan)
+            async for event in self._wait():
+                await publishing  # the task ends with its XComs written
+                yield event
+        finally:
+            publishing.cancel()
+
+    async def _publish(self, ti: Any, clients: _Clients, burst: _Burst, submitted: SubmitRecord | None) -> None:
+        """XCom ``ndmg_submit`` (the job a new SubmitJob made: a trigger that runs again in
+        this try reattaches to it without a lookup), ``batch_job`` and the job's Batch link."""
+        import greenback  # the triggerer's way for sync SDK calls (XCom.set) in a task of their own
+
+        await greenback.ensure_portal()
+        await burst.settled()
+        if submitted is not None:
+            _push(ti, key=SUBMIT_XCOM_KEY, value=submitted.sealed(self._where(ti)))
         _push(ti, key=JOB_XCOM_KEY, value=SubmittedJob(self.scan_id, self.job_id).to_xcom())
         if clients.region:
             _push(
@@ -243,8 +334,6 @@ class ScanSubmitTrigger(ScanJobTrigger):
                     "job_id": self.job_id,
                 },
             )
-        async for event in self._wait():
-            yield event
 
     async def _prepare(self, ti: Any, clients: _Clients) -> PreparedScan:
         items = await _run_xcom(ti, PLAN_SCANS if self.role == PILOT else RELEASE_SCANS)
@@ -272,9 +361,10 @@ class ScanSubmitTrigger(ScanJobTrigger):
             self.log.warning("%s: ignoring it", err)
             return None
 
-    async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan) -> str:
+    async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan) -> tuple[str, SubmitRecord | None]:
         """The job of this try: the one its record names, one an earlier call of this try
-        made, a still-live one of an earlier try, or a new one (see the module docstring)."""
+        made, a still-live one of an earlier try, or a new one (see the module docstring);
+        and, for a new one, the record that names it, for ``_publish`` to write."""
         name = scan.submission.job_name
         record = self._record(ti)
         since: float | None = None
@@ -283,7 +373,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
                 self.log.info(
                     "Reattaching scan %s to Batch job %s, submitted by this try: not submitting again", self.scan_id, record.job_id
                 )
-                return record.job_id
+                return record.job_id, None
             status = await self._status(clients, record.job_id)
             if status in LIVE:
                 self.log.info(
@@ -295,7 +385,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
                 _push(
                     ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, record.call_started, record.job_id).sealed(self._where(ti))
                 )
-                return record.job_id
+                return record.job_id, None
         elif record is not None and record.try_number == ti.try_number:
             since = record.call_started
             found = await self._job_named_since(clients, scan, since)
@@ -315,10 +405,10 @@ class ScanSubmitTrigger(ScanJobTrigger):
                     "Batch job %s carries this scan's job name %s: an earlier run of this trigger submitted it; reattaching", found, name
                 )
                 _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since, found).sealed(self._where(ti)))
-                return found
+                return found, None
         return await self._submit(ti, clients, scan, since)
 
-    async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> str:
+    async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> tuple[str, SubmitRecord]:
         check_submission(scan.config, scan.submission, scan.task.scan_id, scan.spec_sha256)
         now = time.time()
         where = self._where(ti)
@@ -333,13 +423,15 @@ class ScanSubmitTrigger(ScanJobTrigger):
             return job_id
 
         try:
-            job_id = await asyncio.shield(asyncio.to_thread(call))
+            # its own threads: a SubmitJob does not queue behind the S3 reads of scans still preparing
+            job_id = await asyncio.shield(asyncio.get_running_loop().run_in_executor(_submitter(), call))
         except Exception as err:
             _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, call_ended=True).sealed(where))
             raise RuntimeError(f"could not submit scan {scan.task.scan_id} to job queue {scan.submission.job_queue!r}: {err}") from err
-        _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, job_id).sealed(where))
         self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
-        return job_id
+        # its record is written by _publish, after the burst: a trigger that dies before finds
+        # the job by its name (the intent above says a call began)
+        return job_id, SubmitRecord(ti.try_number, since or now, job_id)
 
     async def _job_named_since(self, clients: _Clients, scan: PreparedScan, since: float) -> str | None:
         find = functools.partial(job_named_since, clients.batch, scan.submission.job_queue, scan.submission.job_name, since)
