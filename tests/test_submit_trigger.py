@@ -206,3 +206,29 @@ def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(mo
             await asyncio.wait_for(burst.settled(at_most=0.1), 5)
 
     asyncio.run(scenario())
+
+
+def test_a_scans_xcoms_are_written_from_a_task_of_their_own_through_the_triggerers_portal(monkeypatch):
+    """The triggerer's sync SDK calls (XCom.set) need a greenback portal in the task that makes
+    them; the XComs written after the burst are written from a task of their own."""
+    import greenback
+
+    written = []
+
+    def push(ti, *, key, value):
+        greenback.await_(asyncio.sleep(0))  # raises without a portal in this task, as the SDK does
+        written.append(key)
+
+    monkeypatch.setattr(submit_trigger, "_push", push)
+    monkeypatch.setattr(submit_trigger, "PUBLISH_QUIET_SECONDS", 0.01)
+    trigger = ScanSubmitTrigger(role="released", aws_conn_id=None)
+    trigger.scan_id, trigger.job_id = "sub-01", "job-1"
+    ti = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
+    clients = SimpleNamespace(s3=None, batch=None, submit=None, region=None)
+
+    async def scenario():
+        burst = submit_trigger._burst()
+        await asyncio.wait_for(asyncio.ensure_future(trigger._publish(ti, clients, burst, SubmitRecord(1, 1000.0, "job-1"))), 10)
+
+    asyncio.run(scenario())
+    assert written == ["ndmg_submit", "batch_job"]
