@@ -218,7 +218,6 @@ class _Burst:
 
 
 _BURSTS: dict[asyncio.AbstractEventLoop, _Burst] = {}
-_SUBMITTER: list[concurrent.futures.ThreadPoolExecutor] = []
 
 
 def _burst() -> _Burst:
@@ -230,12 +229,11 @@ def _burst() -> _Burst:
     return _BURSTS[loop]
 
 
+@functools.cache
 def _submitter() -> concurrent.futures.ThreadPoolExecutor:
     """The threads SubmitJob calls are made in (not asyncio's default ones, which the scans
     still preparing keep busy with their S3 reads)."""
-    if not _SUBMITTER:
-        _SUBMITTER.append(concurrent.futures.ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="ndmg-submit"))
-    return _SUBMITTER[0]
+    return concurrent.futures.ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="ndmg-submit")
 
 
 class ScanSubmitTrigger(ScanJobTrigger):
