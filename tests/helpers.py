@@ -10,6 +10,8 @@ from typing import NoReturn
 
 import pytest
 
+from ndmg_cloud.participant.jobs import SubmittedJob
+
 INSTALL_TOOLS = "scripts/install-test-tools.sh (make test runs it; as root on Debian it installs them)"
 
 
@@ -84,7 +86,7 @@ def scan_of(api, run_id: str, ti: dict) -> str:
     label = ti.get("rendered_map_index")
     if label and not str(label).isdigit():
         return str(label)
-    return str(api.xcom(run_id, ti["task_id"], "batch_job", ti["map_index"])["scan_id"])
+    return SubmittedJob.from_xcom(api.xcom(run_id, ti["task_id"], "batch_job", ti["map_index"])).scan_id
 
 
 def scan_states(api, run_id: str, task_id: str = "run_scan") -> dict[str, str]:

@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import pytest
 
-from ndmg_cloud.cli.airflowapi import Airflow
+from ndmg_cloud.cli.airflowapi import Airflow, NotFound
+from ndmg_cloud.participant.jobs import SubmittedJob
 from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import dag_ready, live_environment, wait_for
@@ -238,6 +239,21 @@ def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(route, request,
         return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
 
     assert wait_for(lambda: deferred() == 12 and submitted(batch_behaviour, run_id) == 12, timeout=240), api.task_instances(run_id)
+
+    def batch_link() -> str:  # what the UI shows on a scan task while its job runs
+        links = api._request(
+            "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index=0"
+        )["extra_links"]
+        return links.get("Batch Job Details") or ""
+
+    def published() -> bool:  # every scan's batch_job written while the jobs still run
+        try:
+            return scan_states(api, run_id) == dict.fromkeys(TWELVE, "deferred")
+        except NotFound:
+            return False
+
+    assert wait_for(lambda: batch_link().startswith("https://console.aws.amazon.com/batch/home?region="), timeout=30), batch_link()
+    assert wait_for(published, timeout=30), api.task_instances(run_id)
     parts.kill("triggerer")
     time.sleep(3)
     parts.start("triggerer")  # takes the twelve triggers up again
@@ -253,7 +269,7 @@ def test_a_triggerer_killed_while_every_scan_waits_loses_nothing(route, request,
     assert launches == [0 if route == "triggerer" else 1] * 12
     report = report_of(api, s3, run_id)  # the report reads what the triggers pushed
     assert {row["scan_id"]: row["job_id"] for row in report["scans"]} == {
-        scan_of(api, run_id, ti): api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])["job_id"] for ti in scans
+        scan_of(api, run_id, ti): SubmittedJob.from_xcom(api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])).job_id for ti in scans
     }
     assert batch_behaviour.terminated == []
 
@@ -388,7 +404,7 @@ def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch
     assert (links.get("CloudWatch Events") or "").startswith("https://console.aws.amazon.com/cloudwatch/"), links  # the UI's log link
     report = report_of(api, s3, run_id)  # the report reads what the triggerer pushed
     assert {row["job_id"] for row in report["scans"]} == {
-        api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])["job_id"] for ti in scans
+        SubmittedJob.from_xcom(api.xcom(run_id, "run_scan", "batch_job", ti["map_index"])).job_id for ti in scans
     }
 
 

@@ -69,3 +69,18 @@ def test_log_tails_are_fetched_for_failed_jobs_only():
     assert logs.calls == ["s1"]
     assert records["a"].log_tail == ["line 1", "Killed"]
     assert records["b"].log_tail == []
+
+
+def test_the_xcoms_a_trigger_ends_its_task_with_read_back_as_a_workers_do():
+    """A TaskSuccessEvent's XComs are stored by the supervisor with ``XComModel.set``, which
+    serializes them to JSON text that the Execution and REST APIs hand back as is; a worker's
+    push comes back as the dict. Both read the same (the report, ``ndmg_cloud kill``)."""
+    from airflow.models.xcom import XComModel
+
+    from ndmg_cloud.participant.jobs import SubmittedJob, ThrottledPolls
+
+    job, throttled = SubmittedJob("sub-01_ses-1", "job-1"), ThrottledPolls("sub-01_ses-1", 3)
+    stored = XComModel.serialize_value(job.to_xcom())
+    assert isinstance(stored, str)  # what a reader pulls
+    assert SubmittedJob.from_xcom(stored) == SubmittedJob.from_xcom(job.to_xcom()) == job
+    assert ThrottledPolls.from_xcom(XComModel.serialize_value(throttled.to_xcom())) == throttled

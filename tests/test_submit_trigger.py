@@ -8,8 +8,10 @@ import asyncio
 import threading
 from types import SimpleNamespace
 
+import greenback
 import pytest
 
+from ndmg_cloud.orchestration import publisher as publisher_module
 from ndmg_cloud.orchestration import submit_trigger
 from ndmg_cloud.orchestration.scanjob import SUBMIT_WINDOW_SECONDS
 from ndmg_cloud.orchestration.submit_trigger import ScanSubmitTrigger, SubmitRecord
@@ -179,56 +181,117 @@ def test_the_triggers_of_a_run_starting_together_share_one_request_for_its_items
 
 def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(monkeypatch):
     """The supervisor answers a trigger's requests one at a time: the XComs that only name a
-    scan's job (record, batch_job, link) go out after the triggerer's burst of submissions,
-    whose SubmitJob calls each wait on two answers instead of five."""
-    monkeypatch.setattr(submit_trigger, "PUBLISH_QUIET_SECONDS", 0.05)
-
-    async def scenario():
-        burst = submit_trigger._burst()
-        assert burst is submit_trigger._burst()  # one per triggerer (event loop)
-        published = []
-
-        async def publish(name):
-            await burst.settled()
-            published.append(name)
-
-        with burst.submitting():
-            first = asyncio.ensure_future(publish("sub-01"))  # submitted: its XComs wait
-            with burst.submitting():
-                await asyncio.sleep(0.2)
-                assert published == []  # two scans still about to submit
-            await asyncio.sleep(0.2)
-            assert published == []
-        await asyncio.wait_for(first, 5)
-        assert published == ["sub-01"]
-
-        with burst.submitting():  # a burst that never ends: the XComs go out after at_most
-            await asyncio.wait_for(burst.settled(at_most=0.1), 5)
-
-    asyncio.run(scenario())
-
-
-def test_a_scans_xcoms_are_written_from_a_task_of_their_own_through_the_triggerers_portal(monkeypatch):
-    """The triggerer's sync SDK calls (XCom.set) need a greenback portal in the task that makes
-    them; the XComs written after the burst are written from a task of their own."""
-    import greenback
-
+    scan's job (record, batch_job, link) are written after the triggerer's burst of
+    submissions, one at a time, and a scan that starts submitting meanwhile stops the writes
+    after the one under way, so its two requests wait behind one write, not thousands."""
+    monkeypatch.setattr(publisher_module, "QUIET_SECONDS", 0.05)
     written = []
 
     def push(ti, *, key, value):
-        greenback.await_(asyncio.sleep(0))  # raises without a portal in this task, as the SDK does
+        greenback.await_(asyncio.sleep(0.02))  # raises without a portal in the writing task, as the SDK does
+        written.append(f"{ti}:{key}")
+
+    async def scenario():
+        writer = publisher_module.publisher(push)
+        assert writer is publisher_module.publisher(push)  # one per triggerer (event loop)
+        with writer.submitting():
+            writer.publish("sub-01", {"ndmg_submit": 1, "batch_job": 2})  # submitted: its XComs wait
+            with writer.submitting():
+                await asyncio.sleep(0.2)
+                assert written == []  # two scans still about to submit
+            await asyncio.sleep(0.2)
+            assert written == []
+        second = writer.publish("sub-02", {"ndmg_submit": 1, "batch_job": 2})
+        for _ in range(100):
+            if written:
+                break
+            await asyncio.sleep(0.01)
+        with writer.submitting():  # a new scan starts: the writes stop after the one under way
+            before = len(written)
+            await asyncio.sleep(0.3)
+            assert len(written) <= before + 1 < 4
+        await asyncio.wait_for(second.written.wait(), 5)
+        assert written == ["sub-01:ndmg_submit", "sub-01:batch_job", "sub-02:ndmg_submit", "sub-02:batch_job"]
+
+        with writer.submitting():  # a burst that never ends: the XComs go out after at_most
+            await asyncio.wait_for(writer.settled(at_most=0.1), 5)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("ends", ["during-the-burst", "after-the-burst"])
+def test_a_job_that_succeeds_before_its_xcoms_are_written_ends_its_task_with_them(monkeypatch, ends):
+    """A scan's job that SUCCEEDED while the triggerer's burst was still on ends its task with
+    a TaskSuccessEvent carrying batch_job and the Batch link (the supervisor writes them as it
+    ends the task): none is written through the supervisor's queue, where 1,000 scans' three
+    writes each took 46 s at the end of a run. A job that ends after the burst has them
+    written already, each once."""
+    from airflow.triggers.base import TaskSuccessEvent
+
+    monkeypatch.setattr(publisher_module, "QUIET_SECONDS", 0.01)
+    written = []
+
+    def push(ti, *, key, value):
+        greenback.await_(asyncio.sleep(0))  # raises without a portal in the writing task, as the SDK does
         written.append(key)
 
     monkeypatch.setattr(submit_trigger, "_push", push)
-    monkeypatch.setattr(submit_trigger, "PUBLISH_QUIET_SECONDS", 0.01)
+    clients = SimpleNamespace(s3=None, batch=None, submit=None, region="us-east-1")
+    scan = SimpleNamespace(
+        task=SimpleNamespace(scan_id="sub-01"),
+        submission=SimpleNamespace(job_queue="q"),
+        config=SimpleNamespace(runnable_timeout_minutes=30, lease=None),
+    )
     trigger = ScanSubmitTrigger(role="released", aws_conn_id=None)
-    trigger.scan_id, trigger.job_id = "sub-01", "job-1"
-    ti = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
-    clients = SimpleNamespace(s3=None, batch=None, submit=None, region=None)
+    trigger.task_instance = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
+    job_over = None
+
+    async def clients_of(*args):
+        return clients
+
+    async def prepare(ti, clients):
+        return scan
+
+    async def submit_once(ti, clients, scan):
+        return "job-1", SubmitRecord(1, 1000.0, "job-1")
+
+    async def wait():
+        await job_over.wait()
+        yield TaskSuccessEvent(xcoms={"return_value": "job-1"})
+
+    monkeypatch.setattr(submit_trigger, "_clients", clients_of)
+    monkeypatch.setattr(submit_trigger.LeaseRef, "of_run", staticmethod(lambda config: None))
+    monkeypatch.setattr(trigger, "_prepare", prepare)
+    monkeypatch.setattr(trigger, "_submit_once", submit_once)
+    monkeypatch.setattr(trigger, "_wait", wait)
 
     async def scenario():
-        burst = submit_trigger._burst()
-        await asyncio.wait_for(asyncio.ensure_future(trigger._publish(ti, clients, burst, SubmitRecord(1, 1000.0, "job-1"))), 10)
+        nonlocal job_over
+        job_over = asyncio.Event()
+        writer = publisher_module.publisher(push)
+        with writer.submitting():  # another scan of this triggerer is still about to submit
+            events = asyncio.ensure_future(_all(trigger._events()))
+            await asyncio.sleep(0.1)
+            if ends == "during-the-burst":
+                job_over.set()
+                return await asyncio.wait_for(events, 5)
+        await asyncio.sleep(0.2)  # the burst is over: the XComs are written
+        job_over.set()
+        return await asyncio.wait_for(events, 5)
 
-    asyncio.run(scenario())
-    assert written == ["ndmg_submit", "batch_job"]
+    (event,) = asyncio.run(scenario())
+    assert isinstance(event, TaskSuccessEvent)
+    links = ["batch_job_details", "_link_BatchJobDetailsLink"]  # the provider's parts, and the URL the UI shows
+    if ends == "during-the-burst":  # nothing written by the trigger: all on the event (the record serves only a rerun of this try)
+        assert written == []
+        assert set(event.xcoms) == {"return_value", "batch_job", *links}
+        assert event.xcoms["batch_job"]["job_id"] == "job-1"
+        assert event.xcoms["batch_job_details"]["job_id"] == "job-1"
+        assert event.xcoms["_link_BatchJobDetailsLink"] == "https://console.aws.amazon.com/batch/home?region=us-east-1#jobs/detail/job-1"
+    else:  # written while the job ran: each once
+        assert written == ["ndmg_submit", "batch_job", *links]
+        assert set(event.xcoms) == {"return_value"}
+
+
+async def _all(events):
+    return [event async for event in events]

@@ -5,7 +5,6 @@ verify) and ``ndmg_cloud.report``. The DAG file only wires these together.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +65,7 @@ from ndmg_cloud.participant.jobs import (
     batch_records,
     fetch_log_tails,
     local_records,
+    xcom_json,
 )
 from ndmg_cloud.participant.jobspec import build_spec, check_no_shared_outputs, read_spec, run_file_uri, write_specs
 from ndmg_cloud.participant.lease import TakeOver
@@ -297,14 +297,11 @@ def _mark_derivatives(client: Any, config: RunConfig) -> None:
 
 
 def _pulled(ti: Any, task_id: str, key: str) -> list[dict[str, Any]]:
-    """XComs of every map index of a mapped task (a single one comes back bare).
-
-    A value the triggerer pushed (a scan ended by its trigger, ``TaskSuccessEvent``) was
-    stored as JSON text by Airflow 3.3 (``XComModel.set`` serializes it, the Execution API
-    hands the stored value back as is), so a task pulls a string: decoded here."""
+    """XComs of every map index of a mapped task (a single one comes back bare), each as
+    pushed (``xcom_json``: a scan ended by its trigger's event comes back as JSON text)."""
     values = ti.xcom_pull(task_ids=task_id, key=key) or []
     values = [values] if isinstance(values, (dict, str)) else values
-    return [json.loads(v) if isinstance(v, str) else v for v in values if v]
+    return [xcom_json(v) for v in values if v]
 
 
 def report_asset(config: RunConfig) -> Any:

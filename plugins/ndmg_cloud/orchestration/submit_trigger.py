@@ -18,8 +18,9 @@ worker starts. The trigger:
    still live, and submits afresh once it has ended. Every Batch call waits for its turn in
    the triggerer's API budget (``budget.py``);
 3. waits as ``ScanJobTrigger`` does (shared poller, stuck-job watchdog, the run's lease kept
-   alive), and meanwhile, once the triggerer's burst of submissions is over (``_Burst``),
-   writes the record naming the job, XCom ``batch_job`` and the job's Batch link. A SUCCEEDED job ends the
+   alive), and meanwhile, once the triggerer's burst of submissions is over
+   (``publisher.py``), has the record naming the job, XCom ``batch_job`` and the job's Batch
+   link written; a job that ends first ends the task with them. A SUCCEEDED job ends the
    task here; anything else resumes it on a worker, where retries and the reason apply.
 
 A user who marks the task failed (or clears it) while its SubmitJob is unanswered still gets
@@ -30,20 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
-from airflow.triggers.base import TriggerEvent
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
 from ndmg_cloud.orchestration.budget import ApiBudget, api_budget, pace
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
+from ndmg_cloud.orchestration.publisher import publisher
 from ndmg_cloud.orchestration.scanitems import ScanItems  # and so on serde's allow-list here too
 from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
 from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS, SUBMIT_XCOM_KEY
@@ -171,62 +172,7 @@ async def _clients(aws_conn_id: str | None, region_name: str | None) -> _Clients
     return clients
 
 
-PUBLISH_QUIET_SECONDS = 1.0  # no submission pending for this long: the burst is over
-PUBLISH_DELAY_MAX_SECONDS = 120.0  # a scan's XComs wait at most this long for the burst to end
 SUBMIT_THREADS = 8  # SubmitJob calls in flight at once, per triggerer (the budget paces them)
-
-
-class _Burst:
-    """The triggers of this triggerer that have not yet submitted their job.
-
-    A trigger talks to the triggerer's supervisor one request at a time, and the supervisor
-    answers about one request per turn of its loop (measured here: about 65 a second, with
-    1,000 triggers). A new scan needs two answers before its SubmitJob (its record, then the
-    intent) and three after it (the record naming the job, ``batch_job``, the Batch link).
-    The three wait until no trigger of this triggerer is about to submit, so that a burst of
-    1,000 scans waits on 2,000 answers, not 5,000, before its last SubmitJob."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    @contextlib.contextmanager
-    def submitting(self) -> Iterator[None]:
-        self.pending += 1
-        self.idle.clear()
-        try:
-            yield
-        finally:
-            self.pending -= 1
-            if not self.pending:
-                self.idle.set()
-
-    async def settled(self, at_most: float = PUBLISH_DELAY_MAX_SECONDS) -> None:
-        """Return once no submission has been pending for ``PUBLISH_QUIET_SECONDS`` (the next
-        triggers of a burst start a moment apart), or after ``at_most`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + at_most
-        while (left := deadline - loop.time()) > 0:
-            try:
-                await asyncio.wait_for(self.idle.wait(), left)
-            except TimeoutError:
-                return
-            await asyncio.sleep(min(PUBLISH_QUIET_SECONDS, max(0.0, deadline - loop.time())))
-            if self.idle.is_set():
-                return
-
-
-_BURSTS: dict[asyncio.AbstractEventLoop, _Burst] = {}
-
-
-def _burst() -> _Burst:
-    loop = asyncio.get_running_loop()
-    if loop not in _BURSTS:
-        for stale in [other for other in _BURSTS if other.is_closed()]:
-            del _BURSTS[stale]
-        _BURSTS[loop] = _Burst()
-    return _BURSTS[loop]
 
 
 @functools.cache
@@ -291,8 +237,8 @@ class ScanSubmitTrigger(ScanJobTrigger):
         if ti is None:
             raise RuntimeError("ScanSubmitTrigger runs only for a task started from the triggerer (start_from_trigger)")
         clients = await _clients(self.aws_conn_id, self.region_name)
-        burst = _burst()
-        with burst.submitting():
+        writer = publisher(_push)
+        with writer.submitting():
             try:
                 scan = await self._prepare(ti, clients)
             except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
@@ -302,36 +248,41 @@ class ScanSubmitTrigger(ScanJobTrigger):
             self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
             self.lease = LeaseRef.of_run(scan.config)
             self.job_id, submitted = await self._submit_once(ti, clients, scan)
-        # the XComs that say which job the scan has go out once the triggerer's burst of
-        # submissions is over (see _Burst); the job is polled meanwhile
-        publishing = asyncio.ensure_future(self._publish(ti, clients, burst, submitted))
-        try:
-            async for event in self._wait():
-                await publishing  # the task ends with its XComs written
-                yield event
-        finally:
-            publishing.cancel()
+        # the XComs that say which job the scan has are written once the triggerer's burst of
+        # submissions is over (publisher.py); the job is polled meanwhile
+        writes = writer.publish(ti, self._job_xcoms(ti, clients, submitted))
+        async for event in self._wait():
+            left = await writes.take_back()
+            if isinstance(event, TaskSuccessEvent):  # the supervisor writes them as it ends the task
+                # (as JSON text: readers decode it, jobs.xcom_json); the record only serves a
+                # rerun of this try, which a task that ended cannot have
+                left.pop(SUBMIT_XCOM_KEY, None)
+                event.xcoms = {**left, **(event.xcoms or {})}
+            else:  # the task resumes on a worker
+                for key, value in left.items():
+                    _push(ti, key=key, value=value)
+            yield event
 
-    async def _publish(self, ti: Any, clients: _Clients, burst: _Burst, submitted: SubmitRecord | None) -> None:
+    def _job_xcoms(self, ti: Any, clients: _Clients, submitted: SubmitRecord | None) -> dict[str, Any]:
         """XCom ``ndmg_submit`` (the job a new SubmitJob made: a trigger that runs again in
-        this try reattaches to it without a lookup), ``batch_job`` and the job's Batch link."""
-        import greenback  # the triggerer's way for sync SDK calls (XCom.set) in a task of their own
-
-        await greenback.ensure_portal()
-        await burst.settled()
+        this try reattaches to it without a lookup), ``batch_job`` and the job's Batch link
+        (the link the Airflow UI shows on the task, while the job runs)."""
+        xcoms: dict[str, Any] = {}
         if submitted is not None:
-            _push(ti, key=SUBMIT_XCOM_KEY, value=submitted.sealed(self._where(ti)))
-        _push(ti, key=JOB_XCOM_KEY, value=SubmittedJob(self.scan_id, self.job_id).to_xcom())
+            xcoms[SUBMIT_XCOM_KEY] = submitted.sealed(self._where(ti))
+        xcoms[JOB_XCOM_KEY] = SubmittedJob(self.scan_id, self.job_id).to_xcom()
         if clients.region:
-            _push(
-                ti,
-                key=BatchJobDetailsLink.key,
-                value={
-                    "region_name": clients.region,
-                    "aws_domain": BaseAwsLink.get_aws_domain(_partition(clients.region)),
-                    "job_id": self.job_id,
-                },
-            )
+            # what the provider's link reads, and the URL the api-server shows (it reads
+            # _link_<class>, which a worker's finalize() writes: no worker runs this task)
+            link = BatchJobDetailsLink()
+            parts = {
+                "region_name": clients.region,
+                "aws_domain": BaseAwsLink.get_aws_domain(_partition(clients.region)),
+                "job_id": self.job_id,
+            }
+            xcoms[link.key] = parts
+            xcoms[link.xcom_key] = link.format_link(**parts)
+        return xcoms
 
     async def _prepare(self, ti: Any, clients: _Clients) -> PreparedScan:
         items = await _run_xcom(ti, PLAN_SCANS if self.role == PILOT else RELEASE_SCANS)
@@ -362,7 +313,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
     async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan) -> tuple[str, SubmitRecord | None]:
         """The job of this try: the one its record names, one an earlier call of this try
         made, a still-live one of an earlier try, or a new one (see the module docstring);
-        and, for a new one, the record that names it, for ``_publish`` to write."""
+        and, for a new one, the record that names it, for the publisher to write."""
         name = scan.submission.job_name
         record = self._record(ti)
         since: float | None = None
@@ -427,7 +378,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
             _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, call_ended=True).sealed(where))
             raise RuntimeError(f"could not submit scan {scan.task.scan_id} to job queue {scan.submission.job_queue!r}: {err}") from err
         self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
-        # its record is written by _publish, after the burst: a trigger that dies before finds
+        # its record is written by the publisher, after the burst: a trigger that dies before finds
         # the job by its name (the intent above says a call began)
         return job_id, SubmitRecord(ti.try_number, since or now, job_id)
 

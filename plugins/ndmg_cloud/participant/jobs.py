@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -172,6 +173,14 @@ def batch_record(job: dict[str, Any], region: str) -> JobRecord:
 
 
 # What the scan tasks push for the report (XCom values: plain JSON, read back with from_xcom).
+def xcom_json(value: Any) -> Any:
+    """An XCom value as pushed: one a trigger's ``TaskSuccessEvent`` carried is stored as JSON
+    text by Airflow 3.3 (``XComModel.set`` serializes it; the Execution API and the REST API
+    hand the stored value back as is), so a reader gets a string where a worker's push gives
+    the dict."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 @dataclass(frozen=True)
 class SubmittedJob:
     """XCom ``batch_job``: the Batch job of a scan (or the canary), pushed right after SubmitJob."""
@@ -183,8 +192,9 @@ class SubmittedJob:
         return asdict(self)
 
     @classmethod
-    def from_xcom(cls, value: dict[str, Any]) -> SubmittedJob:
-        return cls(str(value["scan_id"]), str(value["job_id"]))
+    def from_xcom(cls, value: dict[str, Any] | str) -> SubmittedJob:
+        body = xcom_json(value)
+        return cls(str(body["scan_id"]), str(body["job_id"]))
 
 
 @dataclass(frozen=True)
@@ -198,8 +208,9 @@ class ThrottledPolls:
         return asdict(self)
 
     @classmethod
-    def from_xcom(cls, value: dict[str, Any]) -> ThrottledPolls:
-        return cls(str(value["scan_id"]), int(value["polls"]))
+    def from_xcom(cls, value: dict[str, Any] | str) -> ThrottledPolls:
+        body = xcom_json(value)
+        return cls(str(body["scan_id"]), int(body["polls"]))
 
 
 @dataclass(frozen=True)
