@@ -250,6 +250,32 @@ class Memory:
                 self.peak[name] = max(self.peak[name], rss / 2**20)
 
 
+DEFERRED_SCANS = "select count(*) from task_instance where task_id = 'run_scan' and state = 'deferred'"
+
+
+class Heartbeats:
+    """The longest time each kind of Airflow job (scheduler, triggerer, ...) went without a
+    heartbeat in the database, sampled every second while the run goes on."""
+
+    def __init__(self, postgres: Postgres):
+        self.postgres = postgres
+        self.worst: dict[str, float] = defaultdict(float)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        sql = "select job_type, extract(epoch from now() - latest_heartbeat) from job where state = 'running'"
+        while not self.stopped.wait(1.0):
+            try:
+                rows = self.postgres.query(sql).splitlines()
+            except subprocess.CalledProcessError:
+                continue
+            for row in rows:
+                kind, _, lag = row.partition("|")
+                if lag:
+                    self.worst[kind] = max(self.worst[kind], float(lag))
+
+
 # ---------------------------------------------------------------- plain-script baselines
 def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
     """What a lab's hand-written script does against the same endpoint, with boto3 only:
@@ -312,7 +338,7 @@ def plain_script(batch_stub: Batch, poll: int, tag: str, wait: bool) -> dict:
 
 
 # ---------------------------------------------------------------- one N
-def run_one(scans: int, poll: int, workdir: Path) -> dict:
+def run_one(scans: int, poll: int, workdir: Path, triggerers: int = 1) -> dict:
     from ndmg_cloud.cli.airflowapi import Airflow
 
     endpoint_port = demo.free_port()
@@ -354,7 +380,10 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "30",
-            "AIRFLOW__TRIGGERER__CAPACITY": "1000",
+            # each triggerer takes about its share of the scans (above it, a triggerer at capacity
+            # logs so on every turn of its loop); the Batch API budget is split as evenly (budget.py)
+            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, math.ceil(scans / triggerers * 1.1))),
+            "NDMG_TRIGGERERS": str(triggerers),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "NDMG_BATCH_POLL_SECONDS": str(poll),
             "NDMG_SUBMIT_RATE": "50",
@@ -364,10 +393,12 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
         migrated = subprocess.run([binary, "db", "migrate"], env=env, capture_output=True, text=True)
         if migrated.returncode:
             raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}\n{migrated.stderr[-3000:]}")
-        for name in PARTS:
+        commands = {name: name for name in PARTS} | {f"triggerer-{i}": "triggerer" for i in range(2, triggerers + 1)}
+        for name, command in commands.items():
             log = open(home / f"{name}.log", "ab")
-            processes[name] = subprocess.Popen([binary, name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            processes[name] = subprocess.Popen([binary, command], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         memory = Memory(processes)
+        heartbeats = Heartbeats(postgres)
         api = Airflow(url, "admin", PASSWORD)
         deadline = time.monotonic() + 300
         while not _dag_ready(api):
@@ -377,10 +408,9 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
 
         started = time.monotonic()
         run_id = api.trigger({"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False})
-        # deferred is not submitted on the triggerer route: wait for both
-        while len(batch.submit_times()) < scans or (
-            sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id)) < scans
-        ):
+        # deferred is not submitted on the triggerer route: wait for both (counted in the
+        # database: listing 10,000 task instances through the REST API would load the api-server)
+        while len(batch.submit_times()) < scans or int(postgres.query(DEFERRED_SCANS) or 0) < scans:
             if api.run(run_id)["state"] == "failed":
                 failed = [f"{ti['task_id']}[{ti['map_index']}]" for ti in api.task_instances(run_id) if ti["state"] == "failed"]
                 raise RuntimeError(
@@ -402,6 +432,7 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
         wall = time.monotonic() - started
         state = api.run(run_id)["state"]
         memory.stopped.set()
+        heartbeats.stopped.set()
 
         scan_tis = postgres.query("select id from task_instance where task_id = 'run_scan'").split()
         pulled = [proxy.xcom_bytes.get(ti, 0) for ti in scan_tis]
@@ -428,6 +459,8 @@ def run_one(scans: int, poll: int, workdir: Path) -> dict:
             "trigger_to_all_submitted": submits[scans - 1] - started if len(submits) >= scans else float("nan"),
             "busiest_second": busiest,
             "peak_mb": dict(memory.peak),
+            "triggerers": triggerers,
+            "heartbeat_lag": dict(heartbeats.worst),
             "db_mb": int(postgres.query("select pg_database_size('airflow')")) / 2**20,
             "submitted": batch.submitted,
             "baselines": baselines,
@@ -478,14 +511,27 @@ def _launches(logs: Path, scans: int) -> float:
     return total / scans
 
 
+# issue 22's bars, by N: first-to-last SubmitJob, trigger to all submitted, orchestration per scan (s)
+BARS: dict[int, tuple[float | None, float | None, float | None]] = {1000: (60, 120, 0.15), 10000: (600, None, None)}
+
+
+def _bar(value: float, bar: float | None, unit: str) -> str:
+    return "" if bar is None else f"  -> bar {'met' if value <= bar else 'NOT met'}: <= {bar:g} {unit}"
+
+
 def report(result: dict) -> None:
     n = result["scans"]
     bar_describe = math.ceil(n / 100) + 1
     low, median, high = result["xcom_bytes"]
     print(f"\n== N = {n:,} scans: run {result['state']}, {result['submitted']:,} jobs submitted ==")
     print(f"LocalExecutor parallelism:          {PARALLELISM} (4 per core); submit route: {result['route']}")
-    print(f"first-to-last SubmitJob:            {result['first_to_last_submit']:.1f} s")
-    print(f"trigger to all submitted:           {result['trigger_to_all_submitted']:.1f} s")
+    first_to_last, to_all = BARS.get(n, (None, None, None))[:2]
+    print(
+        f"first-to-last SubmitJob:            {result['first_to_last_submit']:.1f} s{_bar(result['first_to_last_submit'], first_to_last, 's')}"
+    )
+    print(
+        f"trigger to all submitted:           {result['trigger_to_all_submitted']:.1f} s{_bar(result['trigger_to_all_submitted'], to_all, 's')}"
+    )
     busiest = result["busiest_second"]
     ops = ", ".join(f"{op} {count}" for op, count in sorted(busiest.items()))
     budget = float(os.environ.get("NDMG_BATCH_API_BUDGET") or 50)
@@ -494,7 +540,11 @@ def report(result: dict) -> None:
         f"{'within' if sum(busiest.values()) <= budget else 'ABOVE'} the budget of {budget:g}/s"
     )
     print(f"wall time:                          {result['wall']:.0f} s")
-    print(f"orchestration per scan:             {result['orchestration_per_scan']:.2f} s (wall time less the jobs' RUNNING hold, over N)")
+    per_scan = BARS.get(n, (None, None, None))[2]
+    print(
+        f"orchestration per scan:             {result['orchestration_per_scan']:.3f} s (wall time less the jobs' RUNNING hold, over N)"
+        + _bar(result["orchestration_per_scan"], per_scan, "s")
+    )
     print(
         f"DescribeJobs per poll interval:     {result['describe_per_interval']:.2f} while all {n:,} RUNNING "
         f"({result['ids_per_call']:.0f} ids per call)  -> bar {'met' if result['describe_per_interval'] <= bar_describe else 'NOT met'}: <= {bar_describe}"
@@ -505,6 +555,14 @@ def report(result: dict) -> None:
         f"task launches per scan:             {result['launches_per_scan']:.2f}  -> bar {'met' if result['launches_per_scan'] <= bar else 'NOT met'}: <= {bar:g}"
     )
     print("peak memory (PSS, with children):   " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(result["peak_mb"].items())))
+    lags = result.get("heartbeat_lag", {})
+    worst = lags.get("SchedulerJob", float("nan"))
+    print(
+        "longest heartbeat lag:              "
+        + ", ".join(f"{kind.removesuffix('Job').lower()} {lag:.1f} s" for kind, lag in sorted(lags.items()))
+        + f"  -> scheduler bar {'met' if worst <= 10 else 'NOT met'}: <= 10 s"
+    )
+    print(f"triggerers:                         {result.get('triggerers', 1)} (the Batch API budget split evenly)")
     print(f"Postgres database size:             {result['db_mb']:.1f} MB")
     seed, plain = result["baselines"]["seed"], result["baselines"]["plain"]
     print(
@@ -514,9 +572,15 @@ def report(result: dict) -> None:
     )
 
 
-def _measure(n: int, poll: int) -> dict | None:
+def triggerers_for(n: int) -> int:
+    """Triggerers for N scans: one per 5,000 (docs/performance.md, sizing)."""
+    return max(1, math.ceil(n / 5000))
+
+
+def _measure(n: int, poll: int, triggerers: int | None = None) -> dict | None:
     """One N in a process of its own (a fresh Postgres, Airflow and endpoint); prints its figures."""
-    done = subprocess.run([sys.executable, __file__, "--one", str(n), "--poll", str(poll)], capture_output=True, text=True)
+    command = [sys.executable, __file__, "--one", str(n), "--poll", str(poll), "--triggerers", str(triggerers or triggerers_for(n))]
+    done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     if done.returncode or not lines:
         print(f"N = {n}: the benchmark failed (exit {done.returncode})\n{done.stdout[-2000:]}\n{done.stderr[-12000:]}")
@@ -548,20 +612,22 @@ def main() -> int:
     parser.add_argument(
         "--route", choices=["triggerer", "worker"], default="triggerer", help="NDMG_SUBMIT_ROUTE of the Airflow measured (route.py)"
     )
+    parser.add_argument("--triggerers", type=int, help="triggerers of the Airflow measured (default: one per 5,000 scans)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one N, in a process of its own
     args = parser.parse_args()
     os.environ["NDMG_SUBMIT_ROUTE"] = args.route  # the Airflow's components and --one's process inherit it
     if args.one:
         if keep := os.environ.get("NDMG_SCALE_KEEP"):  # profiling: keep the logs and the cluster's files
             Path(keep).mkdir(parents=True, exist_ok=True)
-            print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tempfile.mkdtemp(prefix="ndmg-scale-", dir=keep)))))
+            workdir = Path(tempfile.mkdtemp(prefix="ndmg-scale-", dir=keep))
+            print(RESULT + json.dumps(run_one(args.one, args.poll, workdir, args.triggerers or triggerers_for(args.one))))
             return 0
         with tempfile.TemporaryDirectory(prefix="ndmg-scale-") as tmp:
-            print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tmp))))
+            print(RESULT + json.dumps(run_one(args.one, args.poll, Path(tmp), args.triggerers or triggerers_for(args.one))))
         return 0
     results = []
     for n in [6] if args.smoke else args.scans:
-        results.append(_measure(n, args.poll))
+        results.append(_measure(n, args.poll, args.triggerers))
         if results[-1] is None:
             return 1
     if args.largest_within and len(results) >= 2:

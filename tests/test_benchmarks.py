@@ -51,9 +51,10 @@ def test_the_load_benchmark_prints_its_figures():
 
 @pytest.mark.slow
 def test_the_scale_benchmark_prints_its_figures():
-    """A real Airflow on Postgres, six scans: every figure of make bench-scale is printed."""
+    """A real Airflow on Postgres, six scans on two triggerers (as N = 10,000 runs): every
+    figure of make bench-scale is printed."""
     require_tool("the PostgreSQL server", postgres_bin() is not None, "postgresql")
-    out = bench("scale.py", "--smoke", timeout=900)
+    out = bench("scale.py", "--smoke", "--triggerers", "2", timeout=900)
     assert "== N = 6 scans: run success, 6 jobs submitted ==" in out
     assert re.search(r"DescribeJobs per poll interval:\s+\d+\.\d+ while all 6 RUNNING", out)
     assert re.search(r"XCom bytes pulled per run_scan TI:\s+min [\d,]+ / median [\d,]+ / max [\d,]+", out)
@@ -64,6 +65,9 @@ def test_the_scale_benchmark_prints_its_figures():
     assert re.search(r"Batch API calls, busiest second:\s+\d+ \(.*submitjob \d+.*\)  -> within the budget of 50/s", out)
     assert re.search(r"peak memory \(PSS, with children\):\s+api-server \d+ MB.*scheduler \d+ MB.*triggerer \d+ MB", out)
     assert re.search(r"Postgres database size:\s+\d+\.\d+ MB", out)
+    assert re.search(r"peak memory .*triggerer \d+ MB, triggerer-2 \d+ MB", out)
+    assert re.search(r"longest heartbeat lag:\s+.*scheduler \d+\.\d s.*triggerer \d+\.\d s.*-> scheduler bar (met|NOT met): <= 10 s", out)
+    assert "triggerers:                         2 (the Batch API budget split evenly)" in out
     assert re.search(
         r"plain-script baselines, same endpoint and process: the seed's list \+ spec \+ SubmitJob \(no wait\) "
         r"\d+\.\d+ s/scan; and waiting .* \d+\.\d+ s/scan; this DAG \d+x the waiting script",

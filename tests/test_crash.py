@@ -51,9 +51,13 @@ class Parts:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
+        """Start component ``name`` (``triggerer-2``: a second triggerer)."""
         log = open(self.home / f"{name}.log", "ab")
         binary = str(Path(sys.executable).parent / "airflow")
-        self.processes[name] = subprocess.Popen([binary, name], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = name.split("-")[0] if name.startswith("triggerer") else name
+        self.processes[name] = subprocess.Popen(
+            [binary, command], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL the component and everything it started (LocalExecutor's task processes)."""
@@ -71,13 +75,14 @@ class Parts:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def started_parts(tmp_path_factory, route: str = "worker"):
+def started_parts(tmp_path_factory, route: str = "worker", **settings: str):
     home = tmp_path_factory.mktemp("crash")
-    env, url = live_environment(home, **TIMERS, NDMG_SUBMIT_ROUTE=route)
+    env, url = live_environment(home, **TIMERS, NDMG_SUBMIT_ROUTE=route, **settings)
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     airflow_parts = Parts(home, env, url)
-    for name in PARTS:
+    triggerers = int(settings.get("NDMG_TRIGGERERS", "1"))
+    for name in [*PARTS, *(f"triggerer-{i}" for i in range(2, triggerers + 1))]:
         airflow_parts.start(name)
     try:
         assert wait_for(lambda: dag_ready(url), timeout=180), (home / "api-server.log").read_text()[-3000:]
@@ -103,6 +108,19 @@ def own_parts(moto_server, tmp_path_factory):
 def triggerer_parts(moto_server, tmp_path_factory):
     """A fresh Airflow on the triggerer route (route.py): each scan task starts in the triggerer."""
     yield from started_parts(tmp_path_factory, "triggerer")
+
+
+@pytest.fixture
+def two_triggerers(moto_server, tmp_path_factory):
+    """The triggerer route on two triggerers sharing a Batch API budget of 2 calls a second
+    (1 each); a dead triggerer's triggers go to the other after 10 s without its heartbeat."""
+    yield from started_parts(
+        tmp_path_factory,
+        "triggerer",
+        NDMG_TRIGGERERS="2",
+        NDMG_BATCH_API_BUDGET="2",
+        AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD="10",
+    )
 
 
 @pytest.fixture
@@ -224,6 +242,57 @@ def test_a_triggerer_killed_inside_the_submit_window_submits_each_scan_once(
     report = report_of(api, s3, run_id)
     assert len({row["job_id"] for row in report["scans"]}) == 12
     assert report["orphans"] == []
+
+
+def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerers, s3, batch_env, batch_behaviour, monkeypatch):
+    """Issue 22, more than one machine: two triggerers take the scans up, paced at a shared
+    budget of 2 Batch calls a second. The one holding scans is SIGKILLed while they are being
+    submitted; the other takes its triggers over. Each scan is submitted once, all succeed,
+    and the Batch calls of both never went above the budget."""
+    from moto.batch.responses import BatchResponse
+
+    parts = two_triggerers
+    arrivals: list[float] = []  # every Batch call, as it arrives at the endpoint
+
+    def counting(real):
+        def counted(self):
+            arrivals.append(time.monotonic())
+            return real(self)
+
+        return counted
+
+    for operation in ("submitjob", "describejobs", "listjobs", "terminatejob"):
+        monkeypatch.setattr(BatchResponse, operation, counting(getattr(BatchResponse, operation)))
+    conf = put_twelve_scans(s3)
+    batch_behaviour.run_seconds = 40
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    run_id = api.trigger(conf)
+
+    def started(name: str) -> int:  # scan tasks this triggerer took up
+        return (parts.home / f"{name}.log").read_text(errors="replace").count("Start from trigger enabled for task run_scan")
+
+    assert wait_for(lambda: submitted(batch_behaviour, run_id) >= 3, timeout=240), api.task_instances(run_id)
+    victim = max(("triggerer", "triggerer-2"), key=started)
+    survivor = "triggerer-2" if victim == "triggerer" else "triggerer"
+    held, left, survivor_had = started(victim), submitted(batch_behaviour, run_id), started(survivor)
+    parts.kill(victim)
+    print(f"killed {victim} ({held} 'Start from trigger' log lines), with {left} of 12 scans submitted")
+    assert left < 12  # mid-submission
+
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=600), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}")
+    assert counts == dict.fromkeys(TWELVE, 1)
+    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
+    report = report_of(api, s3, run_id)
+    assert len({row["job_id"] for row in report["scans"]}) == 12 and report["orphans"] == []
+    assert started(survivor) > survivor_had  # it took the dead one's scans up
+    # at most 1 call a second each, turns at 90 % of it: over any 20 s, at most 40 calls
+    # (18 turns, one at the window's edge and one that left late, per triggerer)
+    arrivals.sort()
+    busiest = max(sum(1 for t in arrivals[i:] if t < start + 20) for i, start in enumerate(arrivals))
+    print(f"Batch calls: {len(arrivals)}; busiest 20 s: {busiest} (budget 2/s: 40)")
+    assert busiest <= 40
 
 
 @pytest.mark.parametrize("route", ["worker", "triggerer"])

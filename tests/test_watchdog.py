@@ -4,6 +4,7 @@ terminates its Batch job (deferred: the trigger's on_kill; sync: the operator's 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,15 +137,32 @@ def test_the_cancel_message_is_airflows():
     assert USER_ACTION_CANCEL == _USER_ACTION_CANCEL_MSG
 
 
-@pytest.mark.parametrize("by_user", [True, False])
-def test_a_user_cancel_terminates_the_job_the_moment_it_reaches_the_trigger(batch_env, batch_behaviour, by_user):
-    """As the triggerer does it: the waiting task is cancelled (with Airflow's message when a
-    user acted); no on_kill is called here, so only the trigger itself can have terminated."""
+@pytest.mark.parametrize("cancel", ["user-marked-failed", "moved-to-another-triggerer", "triggerer-shutting-down"])
+def test_a_user_cancel_terminates_the_job_and_a_moved_trigger_leaves_it(batch_env, batch_behaviour, monkeypatch, cancel):
+    """As the triggerer does it: the waiting task is cancelled, with Airflow's user-action
+    message both when a user acted on the task and (Airflow 3.3.2) when the trigger went to
+    another triggerer; the trigger asks the supervisor for its task's state (here a stand-in
+    for SUPERVISOR_COMMS, answering what Airflow's would) and terminates only for the user.
+    No on_kill is called here, so only the trigger itself can have terminated."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
     from ndmg_cloud.orchestration.triggers import USER_ACTION_CANCEL
 
+    asked = []
+
+    class Supervisor:
+        async def asend(self, msg):
+            asked.append(msg)
+            assert isinstance(msg, GetTaskStates)
+            state = "deferred" if cancel == "moved-to-another-triggerer" else "failed"
+            return TaskStatesResult(task_states={"run-1": {f"run_scan_{msg.map_index}": state}})
+
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", Supervisor(), raising=False)
     batch_behaviour.run_seconds = 60
     job_id = submit(batch_env)
     trigger = ScanJobTrigger(job_id=job_id, job_queue="ndmg-queue", runnable_timeout=1800, poll_interval=1)
+    trigger.task_instance = SimpleNamespace(dag_id="ndmg_participant", run_id="run-1", task_id="run_scan", map_index=3)
 
     async def wait_then_cancel():
         async def consume():
@@ -153,16 +171,20 @@ def test_a_user_cancel_terminates_the_job_the_moment_it_reaches_the_trigger(batc
 
         task = asyncio.ensure_future(consume())
         await asyncio.sleep(1.5)  # polling
-        task.cancel(USER_ACTION_CANCEL if by_user else None)
+        task.cancel(None if cancel == "triggerer-shutting-down" else USER_ACTION_CANCEL)
         with pytest.raises(asyncio.CancelledError):
             await task
+        if trigger._stopping is not None:
+            await asyncio.wait_for(trigger._stopping, 30)
 
     asyncio.run(wait_then_cancel())
     job = batch_env.describe_jobs(jobs=[job_id])["jobs"][0]
-    if by_user:
+    if cancel == "user-marked-failed":
         assert job["status"] == "FAILED" and classify_failure(job) == "cancelled"
-    else:  # a triggerer shutting down: another triggerer takes the job over
+        assert [(m.task_ids, m.map_index, m.run_ids) for m in asked] == [(["run_scan"], 3, ["run-1"])]
+    else:  # another triggerer waits on the job, or takes it over
         assert job["status"] in ("RUNNABLE", "STARTING", "RUNNING")
+        assert len(asked) == (1 if cancel == "moved-to-another-triggerer" else 0)
 
 
 def test_throttled_polls_are_said_and_counted(batch_env, batch_behaviour, monkeypatch, capfd):

@@ -255,8 +255,11 @@ class ScanSubmitTrigger(ScanJobTrigger):
             left = await writes.take_back()
             if isinstance(event, TaskSuccessEvent):  # the supervisor writes them as it ends the task
                 # (as JSON text: readers decode it, jobs.xcom_json); the record only serves a
-                # rerun of this try, which a task that ended cannot have
+                # rerun of this try, which a task that ended cannot have, and the link's parts
+                # a worker's finalize(), which no worker runs (the UI reads _link_<class>):
+                # each XCom costs the supervisor's loop a write as it ends the task
                 left.pop(SUBMIT_XCOM_KEY, None)
+                left.pop(BatchJobDetailsLink.key, None)
                 event.xcoms = {**left, **(event.xcoms or {})}
             else:  # the task resumes on a worker
                 for key, value in left.items():

@@ -41,6 +41,8 @@ from ndmg_cloud.participant.jobs import FAILED, STUCK_REASON, SUCCEEDED, Throttl
 # the message Airflow's triggerer cancels a trigger with when a user acted on its task
 # (airflow.jobs.triggerer_job_runner._USER_ACTION_CANCEL_MSG)
 USER_ACTION_CANCEL = "__airflow_user_action__"
+STATE_CHECK_SECONDS = 20  # how long a cancelled trigger waits to learn whether its task was acted on
+_STOPPING: set[asyncio.Future[None]] = set()
 REFUSED = "refused"  # a ScanJobEvent status (triggerer route): nothing submitted, and a retry would not change that
 WAIT_BUDGET_SECONDS = 14 * 24 * 3600  # how long one try may wait for its job (RUNNABLE queues included)
 
@@ -124,6 +126,7 @@ class ScanJobTrigger(BaseTrigger):
         self.scan_id = scan_id
         self.end_on_success = end_on_success
         self.lease = lease  # the run's output lease, which the wait keeps alive (heartbeat.py)
+        self._stopping: asyncio.Future[None] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -150,12 +153,57 @@ class ScanJobTrigger(BaseTrigger):
             async for event in self._events():
                 yield event
         except asyncio.CancelledError as cancel:
-            # The user marked the task failed or cleared it. Terminate now, synchronously:
-            # Airflow's on_kill comes after an await where a repeated cancel can drop it.
-            # (A triggerer shutting down cancels without this message: the job goes on.)
+            # The user marked the task failed or cleared it, or (Airflow 3.3.2 sends the same
+            # message) Airflow gave the trigger to another triggerer. The stop goes on in a
+            # task of its own: Airflow's on_kill comes after an await where a repeated cancel
+            # can drop it. (A triggerer shutting down cancels without this message: the job
+            # goes on, and another triggerer takes the trigger over.)
             if cancel.args and cancel.args[0] == USER_ACTION_CANCEL:
-                self._stop()
+                self._stop_unless_moved()
             raise
+
+    def _stop_unless_moved(self) -> asyncio.Future[None]:
+        """Terminate the job unless the task is still deferred, in a task of its own (once)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop_if_acted_on())
+            _STOPPING.add(self._stopping)  # a reference until it is done: the loop keeps only weak ones
+            self._stopping.add_done_callback(_STOPPING.discard)
+        return self._stopping
+
+    async def _stop_if_acted_on(self) -> None:
+        """A cancelled trigger whose task is still deferred was moved, not stopped: Airflow
+        3.3.2's triggerer cancels every trigger no longer assigned to it with the user-action
+        message (``TriggerRunnerSupervisor.update_triggers``), so a trigger handed to another
+        triggerer (its triggerer missed heartbeats, or a second one took its share) would
+        otherwise terminate the job the other goes on waiting for. Anything else (failed,
+        cleared, the run failed, or a state that cannot be read) terminates the job."""
+        state = await self._task_state()
+        if state == "deferred":
+            self.log.info(
+                "Trigger cancelled while its task is still deferred: Airflow gave it to another triggerer; Batch job %s goes on",
+                self.job_id,
+            )
+            return
+        self._stop()
+
+    async def _task_state(self) -> str | None:
+        """The state of this trigger's task instance, from the triggerer's supervisor."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return None
+        try:
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
+            asked = GetTaskStates(dag_id=ti.dag_id, map_index=ti.map_index, task_ids=[ti.task_id], run_ids=[ti.run_id])
+            result = await asyncio.wait_for(task_runner.SUPERVISOR_COMMS.asend(asked), STATE_CHECK_SECONDS)
+            if not isinstance(result, TaskStatesResult):
+                raise TypeError(f"the supervisor answered {type(result).__name__}")
+            key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"  # Airflow's keys for mapped tasks
+            return str(result.task_states.get(ti.run_id, {}).get(key))
+        except Exception as err:  # no answer: act on the cancel
+            self.log.warning("Could not read the state of task %s (%s): taking the cancel as the user's", ti.task_id, err)
+            return None
 
     def _events(self) -> AsyncIterator[TriggerEvent]:
         """What the trigger does: here, wait for its job."""
@@ -251,12 +299,13 @@ class ScanJobTrigger(BaseTrigger):
         return TriggerEvent(ScanJobEvent(status, self.job_id, message, throttled).payload())
 
     async def on_kill(self) -> None:
-        """The user marked the task failed or cleared it: stop paying for the job.
+        """The user marked the task failed or cleared it: stop paying for the job, unless the
+        trigger was only moved to another triggerer (``_stop_if_acted_on``).
 
-        TerminateJob first and synchronously: there is no await before or inside it, so the
-        triggerer's repeated cancels cannot cut it short (Batch ignores it for a job that has
-        already ended). ``verify_and_report`` reconciles if even this is lost."""
-        self._stop()
+        The stop runs in a task of its own, begun when the cancel reached the trigger, so the
+        triggerer's repeated cancels cannot cut it short (Batch ignores TerminateJob for a job
+        that has already ended). ``verify_and_report`` reconciles if even this is lost."""
+        await asyncio.shield(self._stop_unless_moved())
 
 
 @contextlib.asynccontextmanager
