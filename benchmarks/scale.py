@@ -407,7 +407,10 @@ def run_one(scans: int, poll: int, workdir: Path, triggerers: int = 1) -> dict:
             time.sleep(2)
 
         started = time.monotonic()
-        run_id = api.trigger({"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False})
+        # the run refuses a dataset of more scans than max_scans (default 5,000), or whose
+        # estimate is above max_cost_usd, before anything is spent: a lab running 10,000 raises both
+        conf = {"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False}
+        run_id = api.trigger(conf | {"max_scans": max(scans, 5000), "max_cost_usd": None})
         # deferred is not submitted on the triggerer route: wait for both (counted in the
         # database: listing 10,000 task instances through the REST API would load the api-server)
         while len(batch.submit_times()) < scans or int(postgres.query(DEFERRED_SCANS) or 0) < scans:
