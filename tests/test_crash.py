@@ -273,8 +273,7 @@ def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerer
 
     assert wait_for(lambda: submitted(batch_behaviour, run_id) >= 3, timeout=240), api.task_instances(run_id)
     victim = max(("triggerer", "triggerer-2"), key=started)
-    survivor = "triggerer-2" if victim == "triggerer" else "triggerer"
-    held, left, survivor_had = started(victim), submitted(batch_behaviour, run_id), started(survivor)
+    held, left = started(victim), submitted(batch_behaviour, run_id)
     parts.kill(victim)
     print(f"killed {victim} ({held} 'Start from trigger' log lines), with {left} of 12 scans submitted")
     assert left < 12  # mid-submission
@@ -286,7 +285,9 @@ def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerer
     assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
     report = report_of(api, s3, run_id)
     assert len({row["job_id"] for row in report["scans"]}) == 12 and report["orphans"] == []
-    assert started(survivor) > survivor_had  # it took the dead one's scans up
+    # (which triggerer runs which trigger is not asserted: the "Start from trigger" lines
+    # count both triggerers starting all 12 before the kill in one CI run, so the log says
+    # nothing about a takeover; the victim held scans, and every scan still succeeded once)
     # at most 1 call a second each, turns at 90 % of it: over any 20 s, at most 40 calls
     # (18 turns, one at the window's edge and one that left late, per triggerer)
     arrivals.sort()
