@@ -148,6 +148,19 @@ def report_of(api: Airflow, s3, run_id: str) -> dict:
     return read_json(s3, api.xcom(run_id, "verify_and_report"))
 
 
+def assert_twelve_submitted_once_and_succeeded(api: Airflow, s3, batch_behaviour, run_id: str, timeout: int) -> None:
+    """Once the run has ended: each of the twelve scans submitted once and succeeded, and
+    the report names twelve jobs and no orphan."""
+    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=timeout), api.task_instances(run_id)
+    counts = submissions(batch_behaviour.submitted, run_id)
+    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
+    assert counts == dict.fromkeys(TWELVE, 1)
+    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
+    report = report_of(api, s3, run_id)
+    assert len({row["job_id"] for row in report["scans"]}) == 12
+    assert report["orphans"] == []
+
+
 def submissions(names: list[str], run_id: str) -> dict[str, int]:
     """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
     token, counts = run_token(run_id), {}
@@ -234,14 +247,7 @@ def test_a_triggerer_killed_inside_the_submit_window_submits_each_scan_once(
     slow["on"] = False
     parts.start("triggerer")
 
-    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=500), api.task_instances(run_id)
-    counts = submissions(batch_behaviour.submitted, run_id)
-    print(f"SubmitJob per scan: {counts}; TerminateJob: {len(batch_behaviour.terminated)}")
-    assert counts == dict.fromkeys(TWELVE, 1)
-    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
-    report = report_of(api, s3, run_id)
-    assert len({row["job_id"] for row in report["scans"]}) == 12
-    assert report["orphans"] == []
+    assert_twelve_submitted_once_and_succeeded(api, s3, batch_behaviour, run_id, timeout=500)
 
 
 def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerers, s3, batch_env, batch_behaviour, monkeypatch):
@@ -278,13 +284,7 @@ def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerer
     print(f"killed {victim} ({held} 'Start from trigger' log lines), with {left} of 12 scans submitted")
     assert left < 12  # mid-submission
 
-    assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=600), api.task_instances(run_id)
-    counts = submissions(batch_behaviour.submitted, run_id)
-    print(f"SubmitJob per scan: {counts}")
-    assert counts == dict.fromkeys(TWELVE, 1)
-    assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success")
-    report = report_of(api, s3, run_id)
-    assert len({row["job_id"] for row in report["scans"]}) == 12 and report["orphans"] == []
+    assert_twelve_submitted_once_and_succeeded(api, s3, batch_behaviour, run_id, timeout=600)
     # (which triggerer runs which trigger is not asserted: the "Start from trigger" lines
     # count both triggerers starting all 12 before the kill in one CI run, so the log says
     # nothing about a takeover; the victim held scans, and every scan still succeeded once)
