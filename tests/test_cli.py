@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from urllib.parse import quote
 
 import pytest
@@ -502,3 +503,48 @@ def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, b
     assert "2 scans: 2 succeeded, 0 failed" in out
     names = batch_behaviour.submitted
     assert "-canary-" in names[0] and "sub-01_ses-retest" in names[1] and "sub-01_ses-test" in names[2]
+
+
+def test_a_read_airflow_is_too_busy_to_answer_in_time_is_asked_again_and_a_trigger_is_not(monkeypatch):
+    """An api-server swamped by task processes (seen in CI: 40 scans' workers on SQLite) can
+    leave a GET unanswered past the timeout: the read is asked again. A POST that timed out
+    is not repeated blindly: the message says what was not answered."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ndmg_cloud.cli.airflowapi import Airflow, CliError
+
+    seen: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            seen.append(self.command)
+            if self.command == "POST" or seen.count("GET") == 1:
+                time.sleep(1.0)  # longer than the client waits
+            body = json.dumps({"state": "running"}).encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the client gave up on this one
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(Airflow, "TIMEOUT_SECONDS", 0.3)
+    try:
+        airflow = Airflow(f"http://127.0.0.1:{server.server_address[1]}", "admin", "x")
+        airflow._token = "t"
+        assert airflow.run("run-1")["state"] == "running"  # no answer in time, then one
+        assert seen.count("GET") == 2
+        with pytest.raises(CliError, match=r"did not answer POST /api/v2/dags/ndmg_participant/dagRuns within 0.3 s \(1 time"):
+            airflow.trigger({"bucket": "b"})
+        assert seen.count("POST") == 1
+    finally:
+        server.shutdown()

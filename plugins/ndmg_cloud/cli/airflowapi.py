@@ -40,7 +40,8 @@ class Airflow:
 
     # A busy metadata DB (SQLite under `airflow standalone`: "database is locked") answers
     # 500 "Database error"; every call is asked again (a trigger names its run id, so a
-    # repeat can never start a second run: Airflow answers 409 for a run id it has).
+    # repeat can never start a second run: Airflow answers 409 for a run id it has). A read
+    # (GET) that gets no answer in time is asked again too: it changes nothing.
     BUSY_RETRIES, BUSY_WAIT_SECONDS = 3, 2.0
     TIMEOUT_SECONDS = 30
 
@@ -68,8 +69,11 @@ class Airflow:
                     f"cannot reach Airflow at {self.url}: is it running? (make airflow starts one; set --airflow-url or NDMG_AIRFLOW_URL)"
                 ) from None
             except requests.Timeout:
+                if method == "GET" and attempt < self.BUSY_RETRIES:
+                    continue
                 raise CliError(
-                    f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s: it may be busy; try again"
+                    f"Airflow at {self.url} did not answer {method} {path} within {self.TIMEOUT_SECONDS} s "
+                    f"({attempt + 1} time(s) asked): it may be busy; try again"
                 ) from None
             if response.status_code != 500 or "Database error" not in response.text:
                 break
