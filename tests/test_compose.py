@@ -214,6 +214,12 @@ def test_init_generates_the_secrets_once_and_says_where_the_password_is(services
     assert users == ["admin"] and set(passwords) == set(users)
     assert len(passwords["admin"]) >= 12 and passwords["admin"] != "admin"
 
+    # The celery profile's Redis asks for the generated password; the broker URL carries it.
+    password = made["redis_password"]
+    assert len(password) >= 32 and f"requirepass {password}\n" in made["redis.conf"]
+    monkeypatch.setenv("AIRFLOW__CELERY__BROKER_URL_CMD", env["AIRFLOW__CELERY__BROKER_URL_CMD"].replace(SECRETS_DIR, str(secrets)))
+    assert conf.get("celery", "broker_url") == f"redis://:{password}@redis:6379/0"
+
     # A restart keeps them (tokens, encrypted connections and the password stay valid).
     run_init(services, secrets, stubs)
     assert {path.name: path.read_text() for path in secrets.iterdir()} == made
@@ -263,3 +269,38 @@ def test_no_scan_runs_in_airflows_containers_unless_turned_on(services, home):
         assert services[name]["environment"][LOCAL_BACKEND_ENV] == "off"
     turned_on = resolve(home, **{LOCAL_BACKEND_ENV: "on"})["services"]["airflow-scheduler"]["environment"]
     assert turned_on[LOCAL_BACKEND_ENV] == "on"
+
+
+def test_the_celery_profile_adds_redis_and_workers_like_airflows_own_compose(home):
+    """--profile celery with NDMG_EXECUTOR=CeleryExecutor: Redis (unpublished, password from
+    the secrets volume) and Celery workers that scale; every Airflow part on CeleryExecutor.
+    Without the profile neither starts. (tests/test_crash.py runs such a setup live.)"""
+    default = resolve(home)["services"]  # Compose 1.x lists profiled services too: `up` skips them
+    assert all(default[name].get("profiles") == ["celery"] for name in ("redis", "airflow-worker") if name in default)
+    assert default["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    services = resolve(home, "--profile", "celery", NDMG_EXECUTOR="CeleryExecutor")["services"]
+    redis, worker = services["redis"], services["airflow-worker"]
+    assert redis["profiles"] == worker["profiles"] == ["celery"]
+    for name in (*AIRFLOW, "airflow-worker"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL_CMD"] == f"cat {SECRETS_DIR}/celery_broker_url"
+    assert "airflow celery worker" in " ".join(worker["command"])
+    # the executor loads with the celery pinned in constraints.txt (celery 5.7 broke provider 3.26)
+    from airflow.providers.celery.executors.celery_executor import CeleryExecutor  # noqa: F401
+
+    assert "inspect ping -d" in " ".join(worker["healthcheck"]["test"])  # this worker answers its broker
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "container_name" not in worker  # --scale airflow-worker=N
+    assert redis["command"] == ["redis-server", f"{SECRETS_DIR}/redis.conf"]
+    assert mounts(redis)[SECRETS_DIR] == ("airflow-secrets", True)
+    assert not redis.get("ports") and not worker.get("ports")
+    # the worker refuses to start on the default executor, saying what to set
+    script = worker["command"][-1]
+    done = subprocess.run(
+        ["bash", "-c", script.replace("$$", "$")],
+        env={"PATH": os.environ["PATH"], "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "NDMG_EXECUTOR=CeleryExecutor" in done.stderr

@@ -14,23 +14,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from ndmg_cloud.cli.airflowapi import Airflow, NotFound
+from ndmg_cloud.demo.stack import free_port
 from ndmg_cloud.participant.jobs import SubmittedJob
 from ndmg_cloud.participant.jobspec import run_token
 
-from conftest import dag_ready, live_environment, wait_for
+from conftest import ROOT, dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
-from helpers import read_json, scan_of, scan_states
+from helpers import postgres_bin, read_json, require_tool, scan_of, scan_states
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -55,15 +60,18 @@ class Parts:
     def __init__(self, home: Path, env: dict[str, str], url: str):
         self.home, self.env, self.url = home, env, url
         self.processes: dict[str, subprocess.Popen] = {}
+        self.postgres: Any = None  # the metadata database, where it is PostgreSQL
 
     def start(self, name: str) -> None:
-        """Start component ``name`` (``triggerer-2``: a second triggerer)."""
+        """Start component ``name`` (``triggerer-2``: a second triggerer; ``worker-1``: a
+        Celery worker of that name, serving its task logs on a port of its own)."""
         log = open(self.home / f"{name}.log", "ab")
         binary = str(Path(sys.executable).parent / "airflow")
-        command = name.split("-")[0] if name.startswith("triggerer") else name
-        self.processes[name] = subprocess.Popen(
-            [binary, command], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        command, env = [name.split("-")[0] if name.startswith("triggerer") else name], self.env
+        if name.startswith("worker"):
+            command = ["celery", "worker", "--celery-hostname", f"{name}@%h", "--concurrency", "2"]
+            env = {**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+        self.processes[name] = subprocess.Popen([binary, *command], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str) -> None:
         """SIGKILL the component and everything it started (LocalExecutor's task processes)."""
@@ -81,14 +89,16 @@ class Parts:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def started_parts(tmp_path_factory, route: str = "worker", **settings: str):
-    home = tmp_path_factory.mktemp("crash")
+def started_parts(tmp_path_factory, route: str = "worker", workers: int = 0, home: Path | None = None, **settings: str):
+    """Airflow's parts as processes in ``home``: NDMG_TRIGGERERS triggerers, and ``workers``
+    Celery workers (the settings then name CeleryExecutor, its database and its broker)."""
+    home = home or tmp_path_factory.mktemp("crash")
     env, url = live_environment(home, **{**TIMERS, "NDMG_SUBMIT_ROUTE": route, **settings})
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     airflow_parts = Parts(home, env, url)
     triggerers = int(settings.get("NDMG_TRIGGERERS", "1"))
-    for name in [*PARTS, *(f"triggerer-{i}" for i in range(2, triggerers + 1))]:
+    for name in [*PARTS, *(f"triggerer-{i}" for i in range(2, triggerers + 1)), *(f"worker-{i}" for i in range(1, workers + 1))]:
         airflow_parts.start(name)
     try:
         assert wait_for(lambda: dag_ready(url), timeout=180), (home / "api-server.log").read_text()[-3000:]
@@ -141,6 +151,48 @@ def two_triggerers(moto_server, tmp_path_factory):
         NDMG_BATCH_API_BUDGET="2",
         AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD="10",
     )
+
+
+@pytest.fixture
+def celery_parts(moto_server, tmp_path_factory):
+    """The compose celery profile (docker-compose.yaml) as processes on this machine:
+    CeleryExecutor with Debian's Redis (a password of its own) as the broker and Debian's
+    PostgreSQL (CeleryExecutor refuses SQLite), two Celery workers and two triggerers."""
+    import secrets
+
+    require_tool("the Redis server", shutil.which("redis-server") is not None, "redis-server")
+    require_tool("the PostgreSQL server", postgres_bin() is not None, "postgresql")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scale import Postgres  # the scale benchmark's throwaway cluster
+
+    home = tmp_path_factory.mktemp("celery")
+    # the cluster belongs to 'postgres' when this runs as root: outside pytest's 0700 folder
+    postgres = Postgres(Path(tempfile.mkdtemp(prefix="ndmg-celery-")))
+    database = postgres.start()
+    port, password = free_port(), secrets.token_urlsafe(24)
+    (home / "redis.conf").write_text(f'bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave ""\nappendonly no\ndir {home}\n')
+    redis = subprocess.Popen(["redis-server", str(home / "redis.conf")], stdout=open(home / "redis.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        for parts in started_parts(
+            tmp_path_factory,
+            "triggerer",
+            workers=2,
+            home=home,
+            AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database,
+            AIRFLOW__CELERY__BROKER_URL=f"redis://:{password}@127.0.0.1:{port}/0",
+            AIRFLOW__CELERY__RESULT_BACKEND="db+" + database,
+            NDMG_TRIGGERERS="2",
+            # two runs' 24 scans need both triggerers
+            AIRFLOW__TRIGGERER__CAPACITY="15",
+        ):
+            parts.postgres = postgres
+            yield parts
+    finally:
+        redis.terminate()
+        redis.wait(30)
+        postgres.stop()
+        shutil.rmtree(postgres.dir.parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -556,3 +608,40 @@ def test_marking_the_whole_run_failed_terminates_every_scan_job(parts, s3, batch
     assert wait_for(lambda: len(set(batch_behaviour.terminated)) == 12, timeout=60), batch_behaviour.terminated
     print(f"12 TerminateJob within {time.monotonic() - marked:.1f} s of marking the run failed")
     assert sorted(set(batch_behaviour.terminated)) == sorted(name for name in batch_behaviour.submitted if run_token(run_id) in name)
+
+
+def test_two_runs_on_two_celery_workers_and_two_triggerers_succeed(celery_parts, s3, batch_env, batch_behaviour):
+    """Issue 22, more than one machine: the compose celery profile's setup (CeleryExecutor,
+    Redis, two workers, two triggerers) runs two datasets' runs at once to success. The
+    scans wait in both triggerers (15 triggers each at most); the other tasks run on both
+    Celery workers, none on the scheduler; each scan is submitted once."""
+    parts = celery_parts
+    put_dataset(s3, "lab-data", "ds12/", keys=scans_keys(6, 2))
+    put_dataset(s3, "lab-data", "ds12b/", keys=scans_keys(6, 2))
+    batch_behaviour.run_seconds = 40
+    api = Airflow(parts.url, "admin", "ndmg-live-test")
+    runs = [api.trigger({"bucket": "lab-data", "bidsdir": bidsdir, "canary": False}) for bidsdir in ("ds12", "ds12b")]
+
+    def triggerers_holding_scans() -> int:
+        return int(parts.postgres.query("SELECT count(DISTINCT triggerer_id) FROM trigger WHERE triggerer_id IS NOT NULL"))
+
+    assert wait_for(lambda: triggerers_holding_scans() == 2, timeout=300), parts.postgres.query("SELECT id, triggerer_id FROM trigger")
+    for run_id in runs:
+        assert wait_for(lambda run_id=run_id: api.run(run_id)["state"] in ("success", "failed"), timeout=400), api.task_instances(run_id)
+        counts = submissions(batch_behaviour.submitted, run_id)
+        assert counts == dict.fromkeys(TWELVE, 1)
+        states = {ti["task_id"]: ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] != "run_scan"}
+        assert scan_states(api, run_id) == dict.fromkeys(TWELVE, "success"), states
+    ran = {  # the tasks each Celery worker executed, as its log names them
+        name: re.findall(r"Executing workload in Celery.*?task_id='(\w+)'", (parts.home / f"{name}.log").read_text(errors="replace"))
+        for name in ("worker-1", "worker-2")
+    }
+    print(f"tasks per Celery worker: { {name: len(tasks) for name, tasks in ran.items()} }")
+    assert all(ran.values()), ran  # both workers ran the runs' tasks
+    every = ran["worker-1"] + ran["worker-2"]
+    assert sorted(every) == sorted(
+        ["discover", "write_job_specs", "canary", "plan_scans", "release_scans", "choose_backend", "verify_and_report"] * 2
+    )
+    assert "run_scan" not in every  # the scans start in the triggerers: no worker launch
+    scheduler = (parts.home / "scheduler.log").read_text(errors="replace")
+    assert "CeleryExecutor" in scheduler and "LocalExecutor" not in scheduler
