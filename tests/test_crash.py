@@ -61,6 +61,7 @@ class Parts:
         self.home, self.env, self.url = home, env, url
         self.processes: dict[str, subprocess.Popen] = {}
         self.postgres: Any = None  # the metadata database, where it is PostgreSQL
+        self.route = env.get("NDMG_SUBMIT_ROUTE", "triggerer")  # where scan tasks start (route.py)
 
     def start(self, name: str) -> None:
         """Start component ``name`` (``triggerer-2``: a second triggerer; ``worker-1``: a
@@ -107,12 +108,12 @@ def started_parts(tmp_path_factory, route: str = "worker", workers: int = 0, hom
         airflow_parts.stop_all()
 
 
-@pytest.fixture(scope="module")
-def shared_parts(moto_server, tmp_path_factory):
-    """One Airflow for the scenarios that kill nothing: no recovery to hurry, so Airflow's
-    own scheduler health threshold (30 s), which a loop slowed by a busy machine (the CPU-load
-    scenario) does not cross."""
-    yield from started_parts(tmp_path_factory, AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="30")
+@pytest.fixture(scope="module", params=["worker", "triggerer"])
+def shared_parts(request, moto_server, tmp_path_factory):
+    """One Airflow per submit route for the scenarios that kill nothing: no recovery to
+    hurry, so Airflow's own scheduler health threshold (30 s), which a loop slowed by a busy
+    machine (the CPU-load scenario) does not cross."""
+    yield from started_parts(tmp_path_factory, request.param, AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="30")
 
 
 @pytest.fixture
@@ -432,7 +433,15 @@ def test_a_scan_marked_failed_before_any_triggerer_took_it_up_has_its_job_termin
 
     assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
     target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
-    scan = target["rendered_map_index"]
+
+    def scan_named() -> str | None:  # its label, or on the triggerer route its batch_job XCom
+        try:
+            return scan_of(api, run_id, target)
+        except NotFound:
+            return None
+
+    assert wait_for(lambda: scan_named() is not None and submitted(batch_behaviour, run_id) == 2, timeout=60)
+    scan = str(scan_named())
     assert not (target.get("trigger") or {}).get("triggerer_id")  # no triggerer has it
     api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
     # terminated by the time the request was answered
@@ -537,8 +546,10 @@ def test_forty_waiting_scans_cost_one_describe_jobs_per_poll_and_one_task_launch
     scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
     assert {ti["state"] for ti in scans} == {"success"} and len(scans) == 40
     launches = [sum("Worker startup parse complete" in str(entry) for entry in api.task_log(run_id, ti)) for ti in scans]
-    print(f"task launches per scan: {sum(launches) / len(launches):.2f}")
-    assert launches == [1] * 40  # submitted, deferred, ended by its trigger: never resumed
+    print(f"{parts.route} route: task launches per scan: {sum(launches) / len(launches):.2f}")
+    # worker route: submitted on a worker, deferred, ended by its trigger, never resumed;
+    # triggerer route: started, submitted and ended in the triggerer
+    assert launches == [1 if parts.route == "worker" else 0] * 40
     first = min(scans, key=lambda ti: ti["map_index"])
     links = api._request(
         "GET", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/links?map_index={first['map_index']}"
@@ -572,7 +583,15 @@ def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, 
     assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
     time.sleep(2)  # the triggerer starts what it took up on its next loop
     target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
-    scan = target["rendered_map_index"]
+
+    def scan_named() -> str | None:  # its label, or on the triggerer route its batch_job XCom
+        try:
+            return scan_of(api, run_id, target)
+        except NotFound:
+            return None
+
+    assert wait_for(lambda: scan_named() is not None and submitted(batch_behaviour, run_id) == 2, timeout=60)
+    scan = str(scan_named())
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores
     try:
         api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
@@ -602,7 +621,8 @@ def test_marking_the_whole_run_failed_terminates_every_scan_job(parts, s3, batch
     def deferred() -> int:
         return sum(ti["task_id"] == "run_scan" and ti["state"] == "deferred" for ti in api.task_instances(run_id))
 
-    assert wait_for(lambda: deferred() == 12, timeout=240), api.task_instances(run_id)
+    # (on the triggerer route a scan task is deferred before its trigger submits)
+    assert wait_for(lambda: deferred() == 12 and submitted(batch_behaviour, run_id) == 12, timeout=240), api.task_instances(run_id)
     marked = time.monotonic()
     api._request("PATCH", f"/api/v2/dags/ndmg_participant/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
     assert wait_for(lambda: len(set(batch_behaviour.terminated)) == 12, timeout=60), batch_behaviour.terminated

@@ -2,18 +2,18 @@
 
 Two routes, one setting (``NDMG_SUBMIT_ROUTE``, read when the DAG file is parsed):
 
-- ``triggerer``: the scheduler defers every scan task straight to the
+- ``triggerer`` (the default): the scheduler defers every scan task straight to the
   triggerer (Airflow's ``start_from_trigger``); the scan's trigger
   (``ndmg_cloud.orchestration.submit_trigger``) checks its sealed item, submits the job under
   the triggerer's Batch API budget and waits for it. A scan costs no worker launch unless it
   fails (a failure resumes on a worker, where retries and the reason apply).
-- ``worker`` (the default, for now): each scan task starts on a worker, which submits the
-  job and defers the wait (``dag.test()`` runs only this one, having no triggerer).
+- ``worker``: each scan task starts on a worker, which submits the job and defers the wait
+  (``dag.test()`` runs only this one, having no triggerer: ``dagtest.run_dag`` sets it).
 
-The triggerer route becomes the default once the whole live crash tier passes on it (its own
-live tests pass: tests/test_crash.py, ``triggerer_parts``). Known difference: a scan task its
-trigger ends never runs on a worker, so Airflow does not render its label (the scan id): the
-Grid shows its map index; its ``batch_job`` XCom and the report name the scan.
+The live crash tier (tests/test_crash.py) runs its scenarios on both routes. Known
+difference: a scan task its trigger ends never runs on a worker, so Airflow does not render
+its label (the scan id): the Grid shows its map index; its ``batch_job`` XCom and the report
+name the scan.
 
 ``own_params_only``: Airflow copies the DAG's params into every task, and the serialized DAG
 holds every copy; the triggerer reads the serialized DAG once per scan it starts. This DAG's
@@ -34,7 +34,7 @@ ROUTES = (TRIGGERER, WORKER)
 
 def submit_route() -> str:
     """The route of this deployment's scan tasks (``NDMG_SUBMIT_ROUTE``)."""
-    route = os.environ.get(ROUTE_ENV, WORKER).strip().lower() or WORKER
+    route = os.environ.get(ROUTE_ENV, TRIGGERER).strip().lower() or TRIGGERER
     if route not in ROUTES:
         raise ValueError(
             f"{ROUTE_ENV}={os.environ[ROUTE_ENV]!r} is not a submit route: set it to {TRIGGERER!r} (SubmitJob in the "
