@@ -278,13 +278,15 @@ def test_the_celery_profile_adds_redis_and_workers_like_airflows_own_compose(hom
     default = resolve(home)["services"]  # Compose 1.x lists profiled services too: `up` skips them
     assert all(default[name].get("profiles") == ["celery"] for name in ("redis", "airflow-worker") if name in default)
     assert default["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    services = resolve(home, "--profile", "celery", NDMG_EXECUTOR="CeleryExecutor")["services"]
+    assert default["airflow-triggerer"]["environment"]["NDMG_TRIGGERERS"] == "1"
+    services = resolve(home, "--profile", "celery", NDMG_EXECUTOR="CeleryExecutor", NDMG_TRIGGERERS="2")["services"]
     redis, worker = services["redis"], services["airflow-worker"]
     assert redis["profiles"] == worker["profiles"] == ["celery"]
     for name in (*AIRFLOW, "airflow-worker"):
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL_CMD"] == f"cat {SECRETS_DIR}/celery_broker_url"
+        assert env["NDMG_TRIGGERERS"] == "2", name  # each triggerer takes half the Batch API budget
     assert "airflow celery worker" in " ".join(worker["command"])
     # the executor loads with the celery pinned in constraints.txt (celery 5.7 broke provider 3.26)
     from airflow.providers.celery.executors.celery_executor import CeleryExecutor  # noqa: F401
