@@ -61,7 +61,7 @@ class Parts:
         self.home, self.env, self.url = home, env, url
         self.processes: dict[str, subprocess.Popen] = {}
         self.postgres: Any = None  # the metadata database, where it is PostgreSQL
-        self.route = env.get("NDMG_SUBMIT_ROUTE", "triggerer")  # where scan tasks start (route.py)
+        self.route = env.get("NDMG_SUBMIT_ROUTE", "worker")  # where scan tasks start (route.py)
 
     def start(self, name: str) -> None:
         """Start component ``name`` (``triggerer-2``: a second triggerer; ``worker-1``: a
