@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -397,12 +398,29 @@ def test_setup_prints_the_queue_and_definition_and_is_idempotent(aws, capsys):
     assert "stack ndmg-cloud-batch: deleted" in capsys.readouterr().out
 
 
+@contextlib.contextmanager
+def airflow_answered_by(handler):
+    """The CLI's Airflow client (logged in) facing an HTTP server on loopback run by ``handler``."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from ndmg_cloud.cli.airflowapi import Airflow
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        airflow = Airflow(f"http://127.0.0.1:{server.server_address[1]}", "admin", "x")
+        airflow._token = "t"
+        yield airflow
+    finally:
+        server.shutdown()
+
+
 def test_a_busy_airflow_database_is_asked_again_and_a_repeated_trigger_starts_one_run(monkeypatch):
     """SQLite under `airflow standalone` answers 500 "Database error" while it is locked:
     every call is asked again, a trigger too: it names its run id, so its repeat starts one
     run (Airflow answers 409 for a run id it has), whether the busy answer hid a run made or not."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from ndmg_cloud.cli.airflowapi import Airflow
 
@@ -442,12 +460,8 @@ def test_a_busy_airflow_database_is_asked_again_and_a_repeated_trigger_starts_on
 
         do_GET = do_POST = do_PATCH = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(Airflow, "BUSY_WAIT_SECONDS", 0.01)
-    try:
-        airflow = Airflow(f"http://127.0.0.1:{server.server_address[1]}", "admin", "x")
-        airflow._token = "t"
+    with airflow_answered_by(Busy) as airflow:
         airflow.fail_run("run-1")  # PATCH: two busy answers, then done
         assert seen.count(("PATCH", "/api/v2/dags/ndmg_participant/dagRuns/run-1")) == 3
         first = airflow.trigger({"bucket": "b"})  # two busy answers, then the run
@@ -455,8 +469,6 @@ def test_a_busy_airflow_database_is_asked_again_and_a_repeated_trigger_starts_on
         made_but_unsaid["on"] = True
         second = airflow.trigger({"bucket": "c"})  # made, answered 500; the repeat hears 409
         assert list(runs) == [first, second] and runs[second]["conf"] == {"bucket": "c"}  # one run each
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.slow  # 50 s: with the live tier (make test-live), to keep make test under 15 minutes
@@ -509,8 +521,7 @@ def test_a_read_airflow_is_too_busy_to_answer_in_time_is_asked_again_and_a_trigg
     """An api-server swamped by task processes (seen in CI: 40 scans' workers on SQLite) can
     leave a GET unanswered past the timeout: the read is asked again. A POST that timed out
     is not repeated blindly: the message says what was not answered."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from ndmg_cloud.cli.airflowapi import Airflow, CliError
 
@@ -535,16 +546,10 @@ def test_a_read_airflow_is_too_busy_to_answer_in_time_is_asked_again_and_a_trigg
 
         do_GET = do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(Airflow, "TIMEOUT_SECONDS", 0.3)
-    try:
-        airflow = Airflow(f"http://127.0.0.1:{server.server_address[1]}", "admin", "x")
-        airflow._token = "t"
+    with airflow_answered_by(Slow) as airflow:
         assert airflow.run("run-1")["state"] == "running"  # no answer in time, then one
         assert seen.count("GET") == 2
         with pytest.raises(CliError, match=r"did not answer POST /api/v2/dags/ndmg_participant/dagRuns within 0.3 s \(1 time"):
             airflow.trigger({"bucket": "b"})
         assert seen.count("POST") == 1
-    finally:
-        server.shutdown()

@@ -234,6 +234,21 @@ def assert_twelve_submitted_once_and_succeeded(api: Airflow, s3, batch_behaviour
     assert report["orphans"] == []
 
 
+def scan_once_submitted(api: Airflow, batch_behaviour, run_id: str, ti: dict, scans: int) -> str:
+    """The scan of task ``ti`` once Batch has all ``scans`` jobs of the run: its label, or on
+    the triggerer route, where a scan task is deferred before its trigger submits, the scan
+    its ``batch_job`` XCom names."""
+
+    def named() -> str | None:
+        try:
+            return scan_of(api, run_id, ti)
+        except NotFound:
+            return None
+
+    assert wait_for(lambda: named() is not None and submitted(batch_behaviour, run_id) == scans, timeout=60)
+    return str(named())
+
+
 def submissions(names: list[str], run_id: str) -> dict[str, int]:
     """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
     token, counts = run_token(run_id), {}
@@ -434,14 +449,7 @@ def test_a_scan_marked_failed_before_any_triggerer_took_it_up_has_its_job_termin
     assert wait_for(lambda: len(deferred()) == 2, timeout=180), api.task_instances(run_id)
     target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
 
-    def scan_named() -> str | None:  # its label, or on the triggerer route its batch_job XCom
-        try:
-            return scan_of(api, run_id, target)
-        except NotFound:
-            return None
-
-    assert wait_for(lambda: scan_named() is not None and submitted(batch_behaviour, run_id) == 2, timeout=60)
-    scan = str(scan_named())
+    scan = scan_once_submitted(api, batch_behaviour, run_id, target, scans=2)
     assert not (target.get("trigger") or {}).get("triggerer_id")  # no triggerer has it
     api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
     # terminated by the time the request was answered
@@ -584,14 +592,7 @@ def test_marking_a_waiting_scan_failed_under_cpu_load_terminates_its_job(parts, 
     time.sleep(2)  # the triggerer starts what it took up on its next loop
     target = sorted(deferred(), key=lambda ti: ti["map_index"])[0]
 
-    def scan_named() -> str | None:  # its label, or on the triggerer route its batch_job XCom
-        try:
-            return scan_of(api, run_id, target)
-        except NotFound:
-            return None
-
-    assert wait_for(lambda: scan_named() is not None and submitted(batch_behaviour, run_id) == 2, timeout=60)
-    scan = str(scan_named())
+    scan = scan_once_submitted(api, batch_behaviour, run_id, target, scans=2)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores
     try:
         api._request("PATCH", f"{run_path}/taskInstances/run_scan/{target['map_index']}", {"new_state": "failed"})
