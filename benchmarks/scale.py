@@ -457,7 +457,7 @@ def run_one(scans: int, poll: int, workdir: Path, triggerers: int = 1) -> dict:
             "ids_per_call": sum(window) / max(1, len(window)),
             "xcom_bytes": (min(pulled, default=0), statistics.median(pulled) if pulled else 0, max(pulled, default=0)),
             "launches_per_scan": launches,
-            "route": os.environ.get("NDMG_SUBMIT_ROUTE", "worker"),
+            "route": os.environ.get("NDMG_SUBMIT_ROUTE", "triggerer"),
             "first_to_last_submit": submits[-1] - submits[0] if submits else 0.0,
             "trigger_to_all_submitted": submits[scans - 1] - started if len(submits) >= scans else float("nan"),
             "busiest_second": busiest,

@@ -47,8 +47,8 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "NDMG_BATCH_POLL_SECONDS": "1",
         "NDMG_RETRY_DELAY_SECONDS": "0",
-        # the worker route (route.py): dag.test() in this process has no triggerer to start
-        # tasks in; live tests of the triggerer route ask for it (test_crash.py)
+        # the worker route (route.py) in this process: dag.test() has no triggerer to start
+        # tasks in. A live Airflow (live_environment) takes the default unless asked.
         "NDMG_SUBMIT_ROUTE": "worker",
     }
 )
@@ -261,6 +261,8 @@ def live_environment(home: Path, **extra: str) -> tuple[dict[str, str], str]:
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **extra,
     }
+    if "NDMG_SUBMIT_ROUTE" not in extra:
+        del env["NDMG_SUBMIT_ROUTE"]  # the default route, as a deployment has it
     return env, url
 
 

@@ -10,7 +10,11 @@ from typing import NoReturn
 
 import pytest
 
+from ndmg_cloud.cli.airflowapi import Airflow, NotFound
 from ndmg_cloud.participant.jobs import SubmittedJob
+from ndmg_cloud.participant.jobspec import run_token
+
+from conftest import wait_for
 
 INSTALL_TOOLS = "scripts/install-test-tools.sh (make test runs it; as root on Debian it installs them)"
 
@@ -92,3 +96,33 @@ def scan_of(api, run_id: str, ti: dict) -> str:
 def scan_states(api, run_id: str, task_id: str = "run_scan") -> dict[str, str]:
     """Each scan task's state, by scan id."""
     return {scan_of(api, run_id, ti): ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == task_id}
+
+
+def submissions(names: list[str], run_id: str) -> dict[str, int]:
+    """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
+    token, counts = run_token(run_id), {}
+    for name in names:
+        if name.endswith(f"-{token}") and "-canary-" not in name:
+            scan = name.split("-", 1)[1].removesuffix(f"-{token}")  # after the dataset's name
+            counts[scan] = counts.get(scan, 0) + 1
+    return counts
+
+
+def submitted(batch_behaviour, run_id: str) -> int:
+    """Scans of the run whose job Batch has accepted."""
+    return sum(submissions(batch_behaviour.submitted, run_id).values())
+
+
+def scan_once_submitted(api: Airflow, batch_behaviour, run_id: str, ti: dict, scans: int) -> str:
+    """The scan of task ``ti`` once Batch has all ``scans`` jobs of the run: its label, or on
+    the triggerer route, where a scan task is deferred before its trigger submits, the scan
+    its ``batch_job`` XCom names."""
+
+    def named() -> str | None:
+        try:
+            return scan_of(api, run_id, ti)
+        except NotFound:
+            return None
+
+    assert wait_for(lambda: named() is not None and submitted(batch_behaviour, run_id) == scans, timeout=60)
+    return str(named())

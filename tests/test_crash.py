@@ -35,7 +35,7 @@ from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import ROOT, dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
-from helpers import postgres_bin, read_json, require_tool, scan_of, scan_states
+from helpers import postgres_bin, read_json, require_tool, scan_of, scan_once_submitted, scan_states, submissions, submitted
 
 pytestmark = pytest.mark.crash
 PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -61,7 +61,7 @@ class Parts:
         self.home, self.env, self.url = home, env, url
         self.processes: dict[str, subprocess.Popen] = {}
         self.postgres: Any = None  # the metadata database, where it is PostgreSQL
-        self.route = env.get("NDMG_SUBMIT_ROUTE", "worker")  # where scan tasks start (route.py)
+        self.route = env.get("NDMG_SUBMIT_ROUTE", "triggerer")  # where scan tasks start (route.py)
 
     def start(self, name: str) -> None:
         """Start component ``name`` (``triggerer-2``: a second triggerer; ``worker-1``: a
@@ -203,11 +203,6 @@ def worker_parts(moto_server, tmp_path_factory):
     yield from started_parts(tmp_path_factory, "worker")
 
 
-def submitted(batch_behaviour, run_id: str) -> int:
-    """Scans of the run whose job Batch has accepted."""
-    return sum(submissions(batch_behaviour.submitted, run_id).values())
-
-
 TWELVE = [f"sub-{sub:02d}_ses-{ses}" for sub in range(1, 7) for ses in (1, 2)]  # the issue's 12 scans
 
 
@@ -232,31 +227,6 @@ def assert_twelve_submitted_once_and_succeeded(api: Airflow, s3, batch_behaviour
     report = report_of(api, s3, run_id)
     assert len({row["job_id"] for row in report["scans"]}) == 12
     assert report["orphans"] == []
-
-
-def scan_once_submitted(api: Airflow, batch_behaviour, run_id: str, ti: dict, scans: int) -> str:
-    """The scan of task ``ti`` once Batch has all ``scans`` jobs of the run: its label, or on
-    the triggerer route, where a scan task is deferred before its trigger submits, the scan
-    its ``batch_job`` XCom names."""
-
-    def named() -> str | None:
-        try:
-            return scan_of(api, run_id, ti)
-        except NotFound:
-            return None
-
-    assert wait_for(lambda: named() is not None and submitted(batch_behaviour, run_id) == scans, timeout=60)
-    return str(named())
-
-
-def submissions(names: list[str], run_id: str) -> dict[str, int]:
-    """SubmitJob calls per scan of the run (job names ``ds-<scan>-<run token>``)."""
-    token, counts = run_token(run_id), {}
-    for name in names:
-        if name.endswith(f"-{token}") and "-canary-" not in name:
-            scan = name.split("-", 1)[1].removesuffix(f"-{token}")  # after the dataset's name
-            counts[scan] = counts.get(scan, 0) + 1
-    return counts
 
 
 def slow_submissions(monkeypatch, job_created: bool) -> tuple[threading.Event, dict]:

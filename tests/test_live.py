@@ -15,6 +15,7 @@ from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import wait_for
 from datasets import put_dataset
+from helpers import scan_once_submitted
 
 DAG = "ndmg_participant"
 # 25 s and 42 s on the live Airflow: with make test-live, to keep make test under 15 minutes
@@ -69,7 +70,7 @@ def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_repor
 
     assert wait_for(lambda: len(waiting()) == 2, timeout=180), api.task_instances(run_id)
     target = min(waiting(), key=lambda ti: ti["map_index"])
-    scan = target["rendered_map_index"]
+    scan = scan_once_submitted(api, batch_behaviour, run_id, target, scans=2)  # its job is running
     path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/{target['map_index']}"
     api._request("PATCH", path, {"new_state": "failed"})
     assert scans_submitted(batch_behaviour.terminated, run_id) == [scan]  # already, when PATCH returned
@@ -101,6 +102,8 @@ def test_xcoms_a_user_rewrites_through_the_rest_api_steer_nothing(live_airflow, 
 
     try:
         assert wait_for(lambda: len(waiting()) == 2, timeout=180), api.task_instances(run_id)
+        for ti in waiting():  # both jobs submitted, and named in their batch_job XComs
+            scan_once_submitted(api, batch_behaviour, run_id, ti, scans=2)
         discovered = api.xcom(run_id, "discover")
         hostile = {**discovered, "config": {**discovered["config"], "job_definition": "other-team"}}
         user._request("PATCH", f"{path}/taskInstances/discover/xcomEntries/return_value", {"value": hostile, "map_index": -1})

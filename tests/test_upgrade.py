@@ -23,13 +23,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_crash import TIMERS, Parts, submissions
+from test_crash import TIMERS, Parts
 
 from ndmg_cloud.cli.airflowapi import Airflow
 
 from conftest import ENDPOINT, LIVE_PASSWORD, ROOT, dag_ready, live_environment, wait_for
 from datasets import put_dataset, scans_keys
-from helpers import read_json
+from helpers import read_json, submissions
 from images import Containers
 
 pytestmark = pytest.mark.crash
@@ -108,7 +108,8 @@ def test_a_run_started_before_the_split_ends_after_the_upgrade_and_the_next_run_
         tis = {ti["task_id"]: ti for ti in api.task_instances(run_id)}
         # its scans ended in the new triggerer (the old class paths resolve); its plan was
         # written before seals, so the new code uses nothing of it and says why
-        assert {ti["state"] for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"} == {"success"}
+        scans = [ti for ti in api.task_instances(run_id) if ti["task_id"] == "run_scan"]
+        assert {ti["state"] for ti in scans} == {"success"}, [(ti, api.task_log(run_id, ti)) for ti in scans if ti["state"] != "success"]
         assert api.run(run_id)["state"] == "failed" and tis["verify_and_report"]["state"] == "failed"
         log = json.dumps(api.task_log(run_id, tis["verify_and_report"]))
         assert "discover's XCom (the run's configuration and plan)" in log and "has no seal" in log

@@ -2,21 +2,17 @@
 
 Two routes, one setting (``NDMG_SUBMIT_ROUTE``, read when the DAG file is parsed):
 
-- ``triggerer``: the scheduler defers every scan task straight to the
+- ``triggerer`` (the default): the scheduler defers every scan task straight to the
   triggerer (Airflow's ``start_from_trigger``); the scan's trigger
   (``ndmg_cloud.orchestration.submit_trigger``) checks its sealed item, submits the job under
   the triggerer's Batch API budget and waits for it. A scan costs no worker launch unless it
   fails (a failure resumes on a worker, where retries and the reason apply).
-- ``worker`` (the default, for now): each scan task starts on a worker, which submits the
-  job and defers the wait (``dag.test()`` runs only this one, having no triggerer:
-  ``dagtest.run_dag`` sets it).
+- ``worker``: each scan task starts on a worker, which submits the job and defers the wait
+  (``dag.test()`` runs only this one, having no triggerer: ``dagtest.run_dag`` sets it).
 
-The live crash tier (tests/test_crash.py) runs its scenarios on both routes. The triggerer
-route becomes the default once tests/test_live.py and tests/test_upgrade.py pass on it too
-(three of them failed on it in a fresh-clone CI run: a scan marked failed, XComs a user
-rewrites, a run started before the upgrade). Known
-difference: a scan task its trigger ends never runs on a worker, so Airflow does not render
-its label (the scan id): the Grid shows its map index; its ``batch_job`` XCom and the report
+Every live Airflow of the tests takes the default; the live crash tier (tests/test_crash.py)
+runs its scenarios on both routes. Known difference: a scan task its trigger ends never runs
+on a worker, so Airflow does not render its label (the scan id): the Grid shows its map index; its ``batch_job`` XCom and the report
 name the scan.
 
 ``own_params_only``: Airflow copies the DAG's params into every task, and the serialized DAG
@@ -38,7 +34,7 @@ ROUTES = (TRIGGERER, WORKER)
 
 def submit_route() -> str:
     """The route of this deployment's scan tasks (``NDMG_SUBMIT_ROUTE``)."""
-    route = os.environ.get(ROUTE_ENV, WORKER).strip().lower() or WORKER
+    route = os.environ.get(ROUTE_ENV, TRIGGERER).strip().lower() or TRIGGERER
     if route not in ROUTES:
         raise ValueError(
             f"{ROUTE_ENV}={os.environ[ROUTE_ENV]!r} is not a submit route: set it to {TRIGGERER!r} (SubmitJob in the "
