@@ -31,6 +31,7 @@ import pytest
 
 from ndmg_cloud.cli.airflowapi import Airflow, NotFound
 from ndmg_cloud.demo.stack import free_port
+from ndmg_cloud.orchestration.route import DEFAULT_ROUTE, ROUTE_ENV
 from ndmg_cloud.participant.jobs import SubmittedJob
 from ndmg_cloud.participant.jobspec import run_token
 
@@ -62,7 +63,7 @@ class Parts:
         self.home, self.env, self.url = home, env, url
         self.processes: dict[str, subprocess.Popen] = {}
         self.postgres: Any = None  # the metadata database, where it is PostgreSQL
-        self.route = env.get("NDMG_SUBMIT_ROUTE", "triggerer")  # where scan tasks start (route.py)
+        self.route = env.get(ROUTE_ENV) or DEFAULT_ROUTE  # where scan tasks start
 
     def start(self, name: str) -> None:
         """Start component ``name`` (``triggerer-2``: a second triggerer; ``worker-1``: a
@@ -357,11 +358,15 @@ def test_a_triggerer_killed_among_two_hands_its_scans_to_the_other(two_triggerer
     parts.kill("triggerer")
     left = submitted(batch_behaviour, run_id)
     # the killed one is the triggerer whose heartbeat stops
-    beats = dict(query("SELECT id, latest_heartbeat FROM job WHERE job_type = 'TriggererJob'"))
+
+    def heartbeats() -> dict[int, str]:
+        return dict(query("SELECT id, latest_heartbeat FROM job WHERE job_type = 'TriggererJob'"))
+
+    beats = heartbeats()
     assert set(before.values()) <= set(beats)
 
     def beating() -> set[int]:
-        return {job for job, beat in query("SELECT id, latest_heartbeat FROM job WHERE job_type = 'TriggererJob'") if beat != beats[job]}
+        return {job for job, beat in heartbeats().items() if beat != beats[job]}
 
     assert wait_for(lambda: len(beating() & set(before.values())) == 1, timeout=60), beats
     (survivor,) = beating() & set(before.values())

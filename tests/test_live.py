@@ -11,11 +11,10 @@ import pytest
 import requests
 
 from ndmg_cloud.cli.airflowapi import Airflow, failures
-from ndmg_cloud.participant.jobspec import run_token
 
 from conftest import wait_for
 from datasets import put_dataset
-from helpers import scan_once_submitted
+from helpers import scan_once_submitted, submissions
 
 DAG = "ndmg_participant"
 # 25 s and 42 s on the live Airflow: with make test-live, to keep make test under 15 minutes
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.slow
 
 def airflow(live_airflow) -> Airflow:
     return Airflow(live_airflow["url"], "admin", live_airflow["password"])
-
-
-def scans_submitted(names: list[str], run_id: str) -> list[str]:
-    """The scan part of this run's job names (``<dataset>-<scan>-<run token>``)."""
-    token = run_token(run_id)
-    return [name.removeprefix("ds-").removesuffix(f"-{token}") for name in names if name.endswith(f"-{token}")]
 
 
 def test_two_runs_of_one_dataset_triggered_at_once_one_is_refused(live_airflow, s3, batch_env, batch_behaviour):
@@ -52,8 +45,8 @@ def test_two_runs_of_one_dataset_triggered_at_once_one_is_refused(live_airflow, 
     assert any(f"run {winner[0]} holds the lease on s3://lab-data/ds/derivatives/ndmg/" in line for line in why), why
 
     # SubmitJob per scan <= 1 across both runs: the winner's two scans, the loser's none
-    assert sorted(scans_submitted(batch_behaviour.submitted, winner[0])) == ["sub-01_ses-retest", "sub-01_ses-test"]
-    assert scans_submitted(batch_behaviour.submitted, loser[0]) == []
+    assert submissions(batch_behaviour.submitted, winner[0]) == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
+    assert submissions(batch_behaviour.submitted, loser[0]) == {}
     # and the winner released the lease at its end
     assert "Contents" not in s3.list_objects_v2(Bucket="lab-data", Prefix="ds/derivatives/ndmg/.ndmg-lease.json")
 
@@ -73,13 +66,13 @@ def test_a_scan_marked_failed_is_terminated_before_the_request_returns_and_repor
     scan = scan_once_submitted(api, batch_behaviour, run_id, target, scans=2)  # its job is running
     path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_scan/{target['map_index']}"
     api._request("PATCH", path, {"new_state": "failed"})
-    assert scans_submitted(batch_behaviour.terminated, run_id) == [scan]  # already, when PATCH returned
+    assert submissions(batch_behaviour.terminated, run_id) == {scan: 1}  # already, when PATCH returned
 
     assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
     bucket, key = api.xcom(run_id, "verify_and_report").removeprefix("s3://").split("/", 1)
     rows = {row["scan_id"]: row for row in json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["scans"]}
     assert (rows[scan]["status"], rows[scan]["failure_class"]) == ("failed", "cancelled")
-    assert sorted(scans_submitted(batch_behaviour.submitted, run_id)) == ["sub-01_ses-retest", "sub-01_ses-test"]
+    assert submissions(batch_behaviour.submitted, run_id) == {"sub-01_ses-retest": 1, "sub-01_ses-test": 1}
 
 
 def test_xcoms_a_user_rewrites_through_the_rest_api_steer_nothing(live_airflow, s3, batch_env, batch_behaviour):
@@ -124,7 +117,7 @@ def test_xcoms_a_user_rewrites_through_the_rest_api_steer_nothing(live_airflow, 
     assert wait_for(lambda: api.run(run_id)["state"] in ("success", "failed"), timeout=180)
 
     assert api.run(run_id)["state"] == "failed"
-    assert len(scans_submitted(batch_behaviour.submitted, run_id)) == 2  # the first two SubmitJobs only
+    assert sum(submissions(batch_behaviour.submitted, run_id).values()) == 2  # the first two SubmitJobs only
     assert "their-analysis" not in batch_behaviour.terminated
     assert batch_env.describe_jobs(jobs=[theirs])["jobs"][0]["status"] == "SUCCEEDED"  # it ran to its end (released with the rest)
     why = "\n".join(failures(api, run_id, api.task_instances(run_id)))

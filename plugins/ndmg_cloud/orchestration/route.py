@@ -30,11 +30,12 @@ from typing import Any
 ROUTE_ENV = "NDMG_SUBMIT_ROUTE"
 TRIGGERER, WORKER = "triggerer", "worker"
 ROUTES = (TRIGGERER, WORKER)
+DEFAULT_ROUTE = TRIGGERER
 
 
 def submit_route() -> str:
     """The route of this deployment's scan tasks (``NDMG_SUBMIT_ROUTE``)."""
-    route = os.environ.get(ROUTE_ENV, TRIGGERER).strip().lower() or TRIGGERER
+    route = os.environ.get(ROUTE_ENV, DEFAULT_ROUTE).strip().lower() or DEFAULT_ROUTE
     if route not in ROUTES:
         raise ValueError(
             f"{ROUTE_ENV}={os.environ[ROUTE_ENV]!r} is not a submit route: set it to {TRIGGERER!r} (SubmitJob in the "
