@@ -107,17 +107,18 @@ def test_every_job_the_orchestrator_submits_may_be_tagged_at_submit_and_stopped_
 
 
 def test_the_orchestrator_reads_back_the_run_files_it_writes_to_any_job_dir():
-    from ndmg_cloud.participant.jobspec import run_file_uri
+    from ndmg_cloud.participant.jobspec import run_file_uri, submission_uri
 
     from iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
 
     for params in CONFIGS[:2]:  # the default job dir (under the output) and one in another bucket
         config = resolve(params, "run1")
         policy = orchestrator_policy(config, "us-east-1", "123456789012")
-        for kind, suffix in (("plan", ".json"), ("settled", ".json"), ("released", ".items")):
-            arn = "arn:aws:s3:::" + run_file_uri(config, kind, suffix).removeprefix("s3://")
+        uris = [run_file_uri(config, kind, suffix) for kind, suffix in (("plan", ".json"), ("settled", ".json"), ("released", ".items"))]
+        for uri in [*uris, submission_uri(config, "sub-01")]:  # and a scan's SubmitJob record (the triggerer's)
+            arn = "arn:aws:s3:::" + uri.removeprefix("s3://")
             assert evaluate([policy], "s3:PutObject", arn, {}) == ALLOWED
-            assert evaluate([policy], "s3:GetObject", arn, {}) == ALLOWED, (params, kind)
+            assert evaluate([policy], "s3:GetObject", arn, {}) == ALLOWED, (params, uri)
     other = "arn:aws:s3:::my-lab-jobs-other/run/plan-1.json"
     assert (
         evaluate([orchestrator_policy(resolve(CONFIGS[1], "run1"), "us-east-1", "123456789012")], "s3:GetObject", other, {})

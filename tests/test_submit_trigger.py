@@ -16,6 +16,7 @@ from ndmg_cloud.orchestration import submit_trigger
 from ndmg_cloud.orchestration.scanjob import SUBMIT_WINDOW_SECONDS
 from ndmg_cloud.orchestration.submit_trigger import ScanSubmitTrigger, SubmitRecord
 from ndmg_cloud.orchestration.triggers import USER_ACTION_CANCEL
+from ndmg_cloud.participant.jobspec import run_token
 from ndmg_cloud.participant.seal import BrokenSeal
 
 
@@ -40,8 +41,6 @@ class FakeBatch:
 @pytest.fixture
 def unanswered(monkeypatch):
     """A trigger whose SubmitJob call is on the wire, and the fake Batch that holds it."""
-    pushed = []
-    monkeypatch.setattr(submit_trigger, "_push", lambda ti, *, key, value: pushed.append(key))
     monkeypatch.setattr(submit_trigger, "check_submission", lambda *args: None)
     batch = FakeBatch()
     clients = SimpleNamespace(s3=None, batch=batch, submit=batch, region=None)
@@ -55,6 +54,9 @@ def unanswered(monkeypatch):
     ti = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
     trigger = ScanSubmitTrigger(role="released", aws_conn_id=None)
     monkeypatch.setattr(trigger, "_hook", lambda: SimpleNamespace(client=batch))
+
+    trigger.records = []  # the records the trigger wrote (on S3 in a run)
+    monkeypatch.setattr(trigger, "_store_record", lambda ti, clients, scan, record: trigger.records.append(record))
     return trigger, batch, clients, scan, ti
 
 
@@ -91,20 +93,61 @@ def test_a_scan_cancelled_while_its_submit_job_is_unanswered_has_its_new_job_ter
 
     asyncio.run(scenario())
     assert batch.terminated == ["job-made-during-the-cancel"]  # once, by whichever came second
+    assert trigger.records[0].job_id == "" and not trigger.records[0].call_ended  # the intent, before the call
 
 
 def test_a_submit_record_holds_only_where_it_was_sealed(monkeypatch):
     monkeypatch.setenv("NDMG_SEAL_KEY", "k" * 40)
     record = SubmitRecord(try_number=2, call_started=1000.0)
-    sealed = record.sealed("run-1:ndmg_submit:run_scan:3")
-    assert SubmitRecord.read(sealed, "run-1:ndmg_submit:run_scan:3") == record
+    sealed = record.sealed("run-1:submission:run_scan:3")
+    assert SubmitRecord.read(sealed, "run-1:submission:run_scan:3") == record
     with pytest.raises(BrokenSeal):
-        SubmitRecord.read(sealed, "run-1:ndmg_submit:run_scan:4")  # another scan's task
+        SubmitRecord.read(sealed, "run-1:submission:run_scan:4")  # another scan's task
     with pytest.raises(BrokenSeal):
-        SubmitRecord.read({**sealed, "job_id": "someone-elses-job"}, "run-1:ndmg_submit:run_scan:3")
+        SubmitRecord.read({**sealed, "job_id": "someone-elses-job"}, "run-1:submission:run_scan:3")
     assert record.in_flight(1010.0) == SUBMIT_WINDOW_SECONDS - 10  # the call may still make a job
     assert SubmitRecord(2, 1000.0, call_ended=True).in_flight(1010.0) == 0
     assert SubmitRecord(2, 1000.0, job_id="j").in_flight(1010.0) == 0
+
+
+def test_a_scans_submit_record_lives_in_its_runs_job_dir_and_only_its_own_task_reads_it(monkeypatch, s3):
+    """The record goes to S3 from the trigger's own threads (no request through the
+    triggerer's supervisor before SubmitJob); a record sealed for another scan task, or one
+    that does not read, is ignored, said, as if there were none."""
+    monkeypatch.setenv("NDMG_SEAL_KEY", "k" * 40)
+    s3.create_bucket(Bucket="lab")
+    config = SimpleNamespace(jobdir="s3://lab/out/jobs/run-1/", run_id="run-1")
+    scan = SimpleNamespace(task=SimpleNamespace(scan_id="sub-01"), config=config)
+    other = SimpleNamespace(task=SimpleNamespace(scan_id="sub-02"), config=config)
+    clients = SimpleNamespace(s3=s3)
+    trigger = ScanSubmitTrigger(role="released", aws_conn_id=None)
+    ti = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=0, try_number=1)
+    ti_other = SimpleNamespace(run_id="run-1", task_id="run_scan", map_index=1, try_number=1)
+    said = []
+    trigger._log = SimpleNamespace(warning=lambda message, *args: said.append(message % args))
+
+    async def scenario():
+        assert trigger._read_record(ti, clients, scan) is None  # nothing yet: a first call
+        await trigger._write_record(ti, clients, scan, SubmitRecord(1, 1000.0))
+        intent = trigger._read_record(ti, clients, scan)
+        await trigger._write_record(ti_other, clients, other, SubmitRecord(1, 1000.0, "job-of-sub-02"))
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="lab")["Contents"])
+        # sub-02's record copied over sub-01's: sealed for another task instance
+        s3.copy_object(Bucket="lab", Key=keys[0], CopySource={"Bucket": "lab", "Key": keys[1]})
+        swapped = trigger._read_record(ti, clients, scan)
+        s3.put_object(Bucket="lab", Key=keys[0], Body=b"not json")
+        unreadable = trigger._read_record(ti, clients, scan)
+        return intent, keys, swapped, unreadable
+
+    intent, keys, swapped, unreadable = asyncio.run(scenario())
+    assert intent == SubmitRecord(1, 1000.0)
+    assert keys == [
+        f"out/jobs/run-1/submission-{run_token('run-1')}-sub-01.json",
+        f"out/jobs/run-1/submission-{run_token('run-1')}-sub-02.json",
+    ]
+    assert swapped is None and unreadable is None
+    assert len(said) == 2 and all(f"SubmitJob record s3://lab/{keys[0]}" in line and line.endswith("ignoring it") for line in said)
+    assert "run-1:submission:run_scan:0" in said[0]  # the swapped one: sealed elsewhere
 
 
 def test_each_scan_reads_its_item_with_the_triggerers_own_s3_client(monkeypatch):
@@ -140,9 +183,11 @@ def test_each_scan_reads_its_item_with_the_triggerers_own_s3_client(monkeypatch)
         map_index=1,
         xcom_pull=lambda task_ids, map_indexes: items if task_ids != "discover" else {},
     )
-    asyncio.run(ScanSubmitTrigger(role="released")._prepare(ti, SimpleNamespace(s3=kept)))
+    trigger = ScanSubmitTrigger(role="released")
+    monkeypatch.setattr(trigger, "_read_record", lambda ti, clients, scan: clients.s3.ranges.append("its SubmitJob record"))
+    asyncio.run(trigger._prepare(ti, SimpleNamespace(s3=kept)))
     assert prepared == [(kept, {"scan": "sub-01"})]
-    assert kept.ranges == ["bytes=64-127"]  # its own record, one ranged GET
+    assert kept.ranges == ["bytes=64-127", "its SubmitJob record"]  # its own item, one ranged GET; then, in the same thread, its record
 
 
 def test_the_triggers_of_a_run_starting_together_share_one_request_for_its_items():
@@ -181,7 +226,7 @@ def test_the_triggers_of_a_run_starting_together_share_one_request_for_its_items
 
 def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(monkeypatch):
     """The supervisor answers a trigger's requests one at a time: the XComs that only name a
-    scan's job (record, batch_job, link) are written after the triggerer's burst of
+    scan's job (batch_job, link) are written after the triggerer's burst of
     submissions, one at a time, and a scan that starts submitting meanwhile stops the writes
     after the one under way, so its two requests wait behind one write, not thousands."""
     monkeypatch.setattr(publisher_module, "QUIET_SECONDS", 0.05)
@@ -195,13 +240,13 @@ def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(mo
         writer = publisher_module.publisher(push)
         assert writer is publisher_module.publisher(push)  # one per triggerer (event loop)
         with writer.submitting():
-            writer.publish("sub-01", {"ndmg_submit": 1, "batch_job": 2})  # submitted: its XComs wait
+            writer.publish("sub-01", {"batch_job": 1, "_link_BatchJobDetailsLink": 2})  # submitted: its XComs wait
             with writer.submitting():
                 await asyncio.sleep(0.2)
                 assert written == []  # two scans still about to submit
             await asyncio.sleep(0.2)
             assert written == []
-        second = writer.publish("sub-02", {"ndmg_submit": 1, "batch_job": 2})
+        second = writer.publish("sub-02", {"batch_job": 1, "_link_BatchJobDetailsLink": 2})
         for _ in range(100):
             if written:
                 break
@@ -211,7 +256,7 @@ def test_a_scans_xcoms_wait_until_no_scan_of_the_triggerer_is_about_to_submit(mo
             await asyncio.sleep(0.3)
             assert len(written) <= before + 1 < 4
         await asyncio.wait_for(second.written.wait(), 5)
-        assert written == ["sub-01:ndmg_submit", "sub-01:batch_job", "sub-02:ndmg_submit", "sub-02:batch_job"]
+        assert written == ["sub-01:batch_job", "sub-01:_link_BatchJobDetailsLink", "sub-02:batch_job", "sub-02:_link_BatchJobDetailsLink"]
 
         with writer.submitting():  # a burst that never ends: the XComs go out after at_most
             await asyncio.wait_for(writer.settled(at_most=0.1), 5)
@@ -250,10 +295,10 @@ def test_a_job_that_succeeds_before_its_xcoms_are_written_ends_its_task_with_the
         return clients
 
     async def prepare(ti, clients):
-        return scan
+        return scan, None
 
-    async def submit_once(ti, clients, scan):
-        return "job-1", SubmitRecord(1, 1000.0, "job-1")
+    async def submit_once(ti, clients, scan, record):
+        return "job-1"
 
     async def wait():
         await job_over.wait()
@@ -282,13 +327,13 @@ def test_a_job_that_succeeds_before_its_xcoms_are_written_ends_its_task_with_the
     (event,) = asyncio.run(scenario())
     assert isinstance(event, TaskSuccessEvent)
     links = ["batch_job_details", "_link_BatchJobDetailsLink"]  # the provider's parts, and the URL the UI shows
-    if ends == "during-the-burst":  # nothing written by the trigger: on the event (not the record: it serves only a rerun of this try)
+    if ends == "during-the-burst":  # nothing written by the trigger: on the event
         assert written == []
         assert set(event.xcoms) == {"return_value", "batch_job", "_link_BatchJobDetailsLink"}  # the UI's link, not its parts
         assert event.xcoms["batch_job"]["job_id"] == "job-1"
         assert event.xcoms["_link_BatchJobDetailsLink"] == "https://console.aws.amazon.com/batch/home?region=us-east-1#jobs/detail/job-1"
     else:  # written while the job ran: each once
-        assert written == ["ndmg_submit", "batch_job", *links]
+        assert written == ["batch_job", *links]
         assert set(event.xcoms) == {"return_value"}
 
 

@@ -86,6 +86,19 @@ def read_json_at(client: Any, uri: str) -> Any:
     return json.loads(read_at(client, uri))
 
 
+def read_if_present(client: Any, uri: str) -> bytes | None:
+    """What ``write_at`` wrote at ``uri``, or None if nothing is there (S3's NoSuchKey, which
+    a role that may list the prefix gets; any other refusal raises)."""
+    try:
+        return read_at(client, uri)
+    except FileNotFoundError:
+        return None
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
 def read_at(client: Any, uri: str, start: int | None = None, length: int | None = None) -> bytes:
     """Read what ``write_at`` wrote (``length`` bytes from ``start``: one ranged GET)."""
     if not uri.startswith("s3://"):

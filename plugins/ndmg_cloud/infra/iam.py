@@ -137,7 +137,8 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
             *listings,
             {
                 # manifests and reports; and the run's own files in its job dir (the run plan,
-                # its settlement, the released scans, the job specs), read back by later tasks
+                # its settlement, the released scans, the job specs, the scans' SubmitJob
+                # records), read back by later tasks and the triggerer
                 "Sid": "ReadManifestsReportsAndRunFiles",
                 "Effect": "Allow",
                 "Action": "s3:GetObject",

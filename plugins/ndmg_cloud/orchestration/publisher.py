@@ -2,18 +2,19 @@
 
 A trigger talks to the triggerer's supervisor one request at a time, and the supervisor
 answers about one request per turn of its loop (measured: about 65 a second with 1,000
-triggers). A new scan needs two answers before its SubmitJob (its record, then the intent)
-and five after it: the record naming the job, ``batch_job`` and the Batch link (the
-provider's parts and the URL the UI shows), for ``verify_and_report``, a rerun of the trigger
-and the user, while the job runs. Written at once, the five of every scan would queue in
-front of the next scans' two.
+triggers). A new scan needs none before its SubmitJob but its run's items and configuration,
+read once for the triggers starting together (its SubmitJob record is on S3:
+``submit_trigger``), and three after it: ``batch_job`` and the Batch link (the provider's
+parts and the URL the UI shows), for ``verify_and_report`` and the user, while the job runs.
+Written at once, the three of every scan would queue in front of the next scans' requests
+(a record's two did, before it moved to S3).
 
 So each triggerer (event loop) has one ``Publisher``:
 
 - a trigger holds ``submitting()`` from its start to its SubmitJob's answer; the publisher
   writes only while no trigger has for ``QUIET_SECONDS`` (the next triggers of a burst start a
   moment apart), one write at a time, checking again before every write, so a new scan's
-  two requests wait behind at most one write, not thousands. A write waits at most
+  requests wait behind at most one write, not thousands. A write waits at most
   ``DELAY_MAX_SECONDS`` for a burst that does not end;
 - a trigger hands its XComs over (``publish``) and keeps polling its job;
 - a job that ends first takes its XComs back (``Writes.take_back``): what is not yet written

@@ -8,9 +8,12 @@ worker starts. The trigger:
    XCom), then the scan's sealed job spec, and builds the SubmitJob request from the run's
    configuration and the scan id alone (``scanjob.prepare_scan``); a refusal fails the task
    for good, with the reason;
-2. submits the job exactly once per try, whatever the crash point: its record (XCom
-   ``ndmg_submit``, sealed for this task instance) says before the call that a call began and,
-   soon after it, which job it made. A trigger that runs again in the same try (its triggerer
+2. submits the job exactly once per try, whatever the crash point: its record (an object in
+   the run's job dir, ``jobspec.submission_uri``, sealed for this task instance) says before
+   the call that a call began and, right after it, which job it made. It is read and written
+   on S3 by the trigger itself, not as an XCom: every XCom request of a triggerer's triggers
+   goes through its supervisor one at a time, and two per scan before its SubmitJob held
+   1,000 scans to about 15 a second. A trigger that runs again in the same try (its triggerer
    died; another took over) reattaches to the recorded job; if only the intent is recorded,
    it looks for the job by its name (unique to scan and run), waiting out the earlier call's
    window (``scanjob.SUBMIT_WINDOW_SECONDS``) before it concludes there is none. A later
@@ -19,9 +22,9 @@ worker starts. The trigger:
    the triggerer's API budget (``budget.py``);
 3. waits as ``ScanJobTrigger`` does (shared poller, stuck-job watchdog, the run's lease kept
    alive), and meanwhile, once the triggerer's burst of submissions is over
-   (``publisher.py``), has the record naming the job, XCom ``batch_job`` and the job's Batch
-   link written; a job that ends first ends the task with them. A SUCCEEDED job ends the
-   task here; anything else resumes it on a worker, where retries and the reason apply.
+   (``publisher.py``), has XCom ``batch_job`` and the job's Batch link written; a job that
+   ends first ends the task with them. A SUCCEEDED job ends the task here; anything else
+   resumes it on a worker, where retries and the reason apply.
 
 A user who marks the task failed (or clears it) while its SubmitJob is unanswered still gets
 the job that call makes terminated, as soon as the answer comes.
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -42,15 +47,16 @@ from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
+from ndmg_cloud.core.s3 import read_if_present, write_at
 from ndmg_cloud.orchestration.budget import ApiBudget, api_budget, pace
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.publisher import publisher
 from ndmg_cloud.orchestration.scanitems import ScanItems  # and so on serde's allow-list here too
 from ndmg_cloud.orchestration.scanjob import SUBMIT_CONFIG, SUBMIT_WINDOW_SECONDS, PreparedScan, job_named_since, prepare_scan
-from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS, SUBMIT_XCOM_KEY
+from ndmg_cloud.orchestration.taskids import DISCOVER, JOB_XCOM_KEY, PILOT_SCAN, PLAN_SCANS, RELEASE_SCANS
 from ndmg_cloud.orchestration.triggers import REFUSED, ScanJobEvent, ScanJobTrigger, _partition
 from ndmg_cloud.participant.jobs import SubmittedJob, terminate_job
-from ndmg_cloud.participant.jobspec import check_submission
+from ndmg_cloud.participant.jobspec import check_submission, submission_uri
 from ndmg_cloud.participant.runplan import PILOT, RELEASED
 from ndmg_cloud.participant.seal import BrokenSeal, NoSealKey, seal, unseal
 
@@ -59,7 +65,7 @@ LIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 
 @dataclass(frozen=True)
 class SubmitRecord:
-    """XCom ``ndmg_submit``: what a try of a scan task has done about its SubmitJob."""
+    """What a try of a scan task has done about its SubmitJob (``jobspec.submission_uri``)."""
 
     try_number: int
     call_started: float  # epoch seconds the (last) call began
@@ -240,25 +246,23 @@ class ScanSubmitTrigger(ScanJobTrigger):
         writer = publisher(_push)
         with writer.submitting():
             try:
-                scan = await self._prepare(ti, clients)
+                scan, record = await self._prepare(ti, clients)
             except (ValueError, NoSealKey) as err:  # BrokenSeal, a spec that does not read, no seal key
                 yield TriggerEvent(ScanJobEvent(REFUSED, "", f"scan task {ti.map_index}: nothing submitted: {err}").payload())
                 return
             self.scan_id, self.job_queue = scan.task.scan_id, scan.submission.job_queue
             self.runnable_timeout = scan.config.runnable_timeout_minutes * 60
             self.lease = LeaseRef.of_run(scan.config)
-            self.job_id, submitted = await self._submit_once(ti, clients, scan)
+            self.job_id = await self._submit_once(ti, clients, scan, record)
         # the XComs that say which job the scan has are written once the triggerer's burst of
         # submissions is over (publisher.py); the job is polled meanwhile
-        writes = writer.publish(ti, self._job_xcoms(ti, clients, submitted))
+        writes = writer.publish(ti, self._job_xcoms(clients))
         async for event in self._wait():
             left = await writes.take_back()
             if isinstance(event, TaskSuccessEvent):  # the supervisor writes them as it ends the task
-                # (as JSON text: readers decode it, jobs.xcom_json); the record only serves a
-                # rerun of this try, which a task that ended cannot have, and the link's parts
-                # a worker's finalize(), which no worker runs (the UI reads _link_<class>):
+                # (as JSON text: readers decode it, jobs.xcom_json); the link's parts serve a
+                # worker's finalize(), which no worker runs (the UI reads _link_<class>):
                 # each XCom costs the supervisor's loop a write as it ends the task
-                left.pop(SUBMIT_XCOM_KEY, None)
                 left.pop(BatchJobDetailsLink.key, None)
                 event.xcoms = {**left, **(event.xcoms or {})}
             else:  # the task resumes on a worker
@@ -266,13 +270,10 @@ class ScanSubmitTrigger(ScanJobTrigger):
                     _push(ti, key=key, value=value)
             yield event
 
-    def _job_xcoms(self, ti: Any, clients: _Clients, submitted: SubmitRecord | None) -> dict[str, Any]:
-        """XCom ``ndmg_submit`` (the job a new SubmitJob made: a trigger that runs again in
-        this try reattaches to it without a lookup), ``batch_job`` and the job's Batch link
-        (the link the Airflow UI shows on the task, while the job runs)."""
+    def _job_xcoms(self, clients: _Clients) -> dict[str, Any]:
+        """XCom ``batch_job`` and the job's Batch link (the link the Airflow UI shows on the
+        task, while the job runs)."""
         xcoms: dict[str, Any] = {}
-        if submitted is not None:
-            xcoms[SUBMIT_XCOM_KEY] = submitted.sealed(self._where(ti))
         xcoms[JOB_XCOM_KEY] = SubmittedJob(self.scan_id, self.job_id).to_xcom()
         if clients.region:
             # what the provider's link reads, and the URL the api-server shows (it reads
@@ -287,45 +288,56 @@ class ScanSubmitTrigger(ScanJobTrigger):
             xcoms[link.xcom_key] = link.format_link(**parts)
         return xcoms
 
-    async def _prepare(self, ti: Any, clients: _Clients) -> PreparedScan:
+    async def _prepare(self, ti: Any, clients: _Clients) -> tuple[PreparedScan, SubmitRecord | None]:
+        """The checked scan and its SubmitJob record, read in one thread: 1,000 triggers that
+        each queued their reads one by one in asyncio's few threads would all wait for every
+        scan's first read before any could submit."""
         items = await _run_xcom(ti, PLAN_SCANS if self.role == PILOT else RELEASE_SCANS)
         discovery = await _run_xcom(ti, DISCOVER)
 
-        def checked() -> PreparedScan:
+        def checked() -> tuple[PreparedScan, SubmitRecord | None]:
             if items is None or not 0 <= ti.map_index < len(items):
                 item = None
             elif isinstance(items, ScanItems):
                 item = items.item(ti.map_index, clients.s3)  # this triggerer's client, not a new one per scan
             else:
                 item = items[ti.map_index]
-            return prepare_scan(clients.s3, item, discovery, ti.run_id, self.role, ti.map_index)
+            scan = prepare_scan(clients.s3, item, discovery, ti.run_id, self.role, ti.map_index)
+            return scan, self._read_record(ti, clients, scan)
 
         return await asyncio.to_thread(checked)
 
     def _where(self, ti: Any) -> str:
-        return f"{ti.run_id}:{SUBMIT_XCOM_KEY}:{ti.task_id}:{ti.map_index}"
+        return f"{ti.run_id}:submission:{ti.task_id}:{ti.map_index}"
 
-    def _record(self, ti: Any) -> SubmitRecord | None:
-        value = ti.xcom_pull(task_ids=ti.task_id, key=SUBMIT_XCOM_KEY, map_indexes=ti.map_index)
+    def _read_record(self, ti: Any, clients: _Clients, scan: PreparedScan) -> SubmitRecord | None:
+        """The scan task's record, if there is one and its seal holds (else ignored, said)."""
+        uri = submission_uri(scan.config, scan.task.scan_id)
+        raw = read_if_present(clients.s3, uri)
         try:
-            return SubmitRecord.read(value, self._where(ti))
-        except BrokenSeal as err:
-            self.log.warning("%s: ignoring it", err)
+            return None if raw is None else SubmitRecord.read(json.loads(raw), self._where(ti))
+        except (BrokenSeal, ValueError) as err:
+            self.log.warning("SubmitJob record %s: %s: ignoring it", uri, err)
             return None
 
-    async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan) -> tuple[str, SubmitRecord | None]:
+    def _store_record(self, ti: Any, clients: _Clients, scan: PreparedScan, record: SubmitRecord) -> None:
+        body = json.dumps(record.sealed(self._where(ti)), sort_keys=True).encode()
+        write_at(clients.s3, submission_uri(scan.config, scan.task.scan_id), body)
+
+    async def _write_record(self, ti: Any, clients: _Clients, scan: PreparedScan, record: SubmitRecord) -> None:
+        await asyncio.to_thread(self._store_record, ti, clients, scan, record)
+
+    async def _submit_once(self, ti: Any, clients: _Clients, scan: PreparedScan, record: SubmitRecord | None) -> str:
         """The job of this try: the one its record names, one an earlier call of this try
-        made, a still-live one of an earlier try, or a new one (see the module docstring);
-        and, for a new one, the record that names it, for the publisher to write."""
+        made, a still-live one of an earlier try, or a new one (see the module docstring)."""
         name = scan.submission.job_name
-        record = self._record(ti)
         since: float | None = None
         if record is not None and record.job_id:
             if record.try_number == ti.try_number:
                 self.log.info(
                     "Reattaching scan %s to Batch job %s, submitted by this try: not submitting again", self.scan_id, record.job_id
                 )
-                return record.job_id, None
+                return record.job_id
             status = await self._status(clients, record.job_id)
             if status in LIVE:
                 self.log.info(
@@ -334,10 +346,8 @@ class ScanSubmitTrigger(ScanJobTrigger):
                     record.try_number,
                     status,
                 )
-                _push(
-                    ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, record.call_started, record.job_id).sealed(self._where(ti))
-                )
-                return record.job_id, None
+                await self._write_record(ti, clients, scan, SubmitRecord(ti.try_number, record.call_started, record.job_id))
+                return record.job_id
         elif record is not None and record.try_number == ti.try_number:
             since = record.call_started
             found = await self._job_named_since(clients, scan, since)
@@ -356,17 +366,16 @@ class ScanSubmitTrigger(ScanJobTrigger):
                 self.log.info(
                     "Batch job %s carries this scan's job name %s: an earlier run of this trigger submitted it; reattaching", found, name
                 )
-                _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since, found).sealed(self._where(ti)))
-                return found, None
+                await self._write_record(ti, clients, scan, SubmitRecord(ti.try_number, since, found))
+                return found
         return await self._submit(ti, clients, scan, since)
 
-    async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> tuple[str, SubmitRecord]:
+    async def _submit(self, ti: Any, clients: _Clients, scan: PreparedScan, since: float | None) -> str:
         check_submission(scan.config, scan.submission, scan.task.scan_id, scan.spec_sha256)
         now = time.time()
-        where = self._where(ti)
-        _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now).sealed(where))
 
         def call() -> str:  # the paced client waits for its turn in this thread, right before sending
+            self._store_record(ti, clients, scan, SubmitRecord(ti.try_number, since or now))  # the intent
             job_id = str(clients.submit.submit_job(**scan.submission.payload())["jobId"])
             with self._call_lock:
                 self._made, stopped = job_id, self._cancelled
@@ -378,12 +387,23 @@ class ScanSubmitTrigger(ScanJobTrigger):
             # its own threads: a SubmitJob does not queue behind the S3 reads of scans still preparing
             job_id = await asyncio.shield(asyncio.get_running_loop().run_in_executor(_submitter(), call))
         except Exception as err:
-            _push(ti, key=SUBMIT_XCOM_KEY, value=SubmitRecord(ti.try_number, since or now, call_ended=True).sealed(where))
+            with contextlib.suppress(Exception):  # unrecorded, a rerun only waits out the call's window
+                await self._write_record(ti, clients, scan, SubmitRecord(ti.try_number, since or now, call_ended=True))
             raise RuntimeError(f"could not submit scan {scan.task.scan_id} to job queue {scan.submission.job_queue!r}: {err}") from err
         self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
-        # its record is written by the publisher, after the burst: a trigger that dies before finds
-        # the job by its name (the intent above says a call began)
-        return job_id, SubmitRecord(ti.try_number, since or now, job_id)
+        # in the submitting threads, not behind the S3 reads of the scans still preparing; a
+        # trigger that dies before this write finds the job by its name (the intent says a call began)
+        made = SubmitRecord(ti.try_number, since or now, job_id)
+        try:
+            await asyncio.get_running_loop().run_in_executor(_submitter(), self._store_record, ti, clients, scan, made)
+        except Exception as err:
+            self.log.warning(
+                "Could not record Batch job %s of scan %s (%s): a rerun of this trigger finds it by its name",
+                job_id,
+                scan.task.scan_id,
+                err,
+            )
+        return job_id
 
     async def _job_named_since(self, clients: _Clients, scan: PreparedScan, since: float) -> str | None:
         find = functools.partial(job_named_since, clients.batch, scan.submission.job_queue, scan.submission.job_name, since)

@@ -46,7 +46,6 @@ BATCH_SCAN_TASKS = (PILOT_SCAN, RUN_SCAN)  # the scans' Batch jobs
 JOB_TASKS = (CANARY, PILOT_SCAN, RUN_SCAN)  # every task that owns a Batch job
 
 JOB_XCOM_KEY = "batch_job"  # a jobs.SubmittedJob, pushed after SubmitJob (triggerer route: after the burst)
-SUBMIT_XCOM_KEY = "ndmg_submit"  # triggerer route: a submit_trigger.SubmitRecord, sealed (what a try did about SubmitJob)
 THROTTLED_XCOM_KEY = "throttled"  # a jobs.ThrottledPolls: DescribeJobs polls Batch throttled, if any
 LOCAL_JOB_XCOM_KEY = "local_job"  # a jobs.LocalJob, pushed by run_scan_local
 CANARY_JOB_XCOM_KEY = "canary_job"  # the canary.CanaryJob of write_job_specs, or None

@@ -91,6 +91,12 @@ def spec_uri(config: RunConfig, scan_id: str) -> str:
     return f"{config.jobdir}{scan_id}.json"  # jobdir ends in "/"
 
 
+def submission_uri(config: RunConfig, scan_id: str) -> str:
+    """Where the triggerer route records what a scan task did about its SubmitJob (the intent
+    before the call, the job after it): ``<jobdir>submission-<run token>-<scan id>.json``."""
+    return run_file_uri(config, "submission", f"-{scan_id}.json")
+
+
 def run_file_uri(config: RunConfig, kind: str, suffix: str) -> str:
     """A file of the run itself in its job dir, ``<jobdir><kind>-<run token><suffix>`` (the
     plan, the settlement, the released scans): named by run, as a job dir may be shared,
