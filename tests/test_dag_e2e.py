@@ -286,6 +286,7 @@ def assert_report_html_shows_the_connectomes(s3, run, rows):
     print(f"report.html of the lite run: {len(html.encode()):,} bytes")
 
 
+@pytest.mark.slow  # 48 s, two dag.test() runs: with make test-live, to keep make test under 15 minutes (15:02 in CI)
 def test_a_rerun_submits_only_what_is_not_done(s3, batch, dataset, containers):
     containers.broken.add("sub-05_ses-1")  # the first time round this scan fails
     first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test")
