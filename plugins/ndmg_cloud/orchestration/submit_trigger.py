@@ -47,7 +47,7 @@ from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
-from ndmg_cloud.core.s3 import read_if_present, write_at
+from ndmg_cloud.core.s3 import put_json, read_if_present
 from ndmg_cloud.orchestration.budget import ApiBudget, api_budget, pace
 from ndmg_cloud.orchestration.heartbeat import LeaseRef
 from ndmg_cloud.orchestration.publisher import publisher
@@ -321,8 +321,7 @@ class ScanSubmitTrigger(ScanJobTrigger):
             return None
 
     def _store_record(self, ti: Any, clients: _Clients, scan: PreparedScan, record: SubmitRecord) -> None:
-        body = json.dumps(record.sealed(self._where(ti)), sort_keys=True).encode()
-        write_at(clients.s3, submission_uri(scan.config, scan.task.scan_id), body)
+        put_json(clients.s3, submission_uri(scan.config, scan.task.scan_id), record.sealed(self._where(ti)))
 
     async def _write_record(self, ti: Any, clients: _Clients, scan: PreparedScan, record: SubmitRecord) -> None:
         await asyncio.to_thread(self._store_record, ti, clients, scan, record)

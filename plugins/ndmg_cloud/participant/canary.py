@@ -15,12 +15,13 @@ rest are released only when every pilot succeeded.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ndmg_cloud.core.layout import split_uri
 from ndmg_cloud.core.manifest import ContractSummary
-from ndmg_cloud.core.s3 import get_json, put_json, read_json_at
+from ndmg_cloud.core.s3 import get_json, put_json, read_if_present
 from ndmg_cloud.core.spec import RUNNER_COMMAND, SubmitJob
 from ndmg_cloud.participant.jobs import SUCCEEDED, JobRecord
 from ndmg_cloud.participant.jobspec import job_name_prefix, run_file_uri, run_token, scan_tags, spec_uri, submit_job
@@ -137,15 +138,10 @@ class Settlement:
         """The run's settlement (where this run writes it; no XCom says where), if its seal
         holds; None if the run stopped before writing it."""
         uri = run_file_uri(config, "settled", ".json")
-        try:
-            document = read_json_at(s3_client, uri)
-        except FileNotFoundError:
+        raw = read_if_present(s3_client, uri)
+        if raw is None:
             return None
-        except Exception as err:
-            if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        return cls.from_dict(unseal(document, uri, "the run's settlement"))
+        return cls.from_dict(unseal(json.loads(raw), uri, "the run's settlement"))
 
 
 def skipped(config: RunConfig) -> CanaryOutcome:
