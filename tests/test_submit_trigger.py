@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import greenback
 import pytest
+import structlog
 
 from ndmg_cloud.orchestration import publisher as publisher_module
 from ndmg_cloud.orchestration import submit_trigger
@@ -339,3 +340,39 @@ def test_a_job_that_succeeds_before_its_xcoms_are_written_ends_its_task_with_the
 
 async def _all(events):
     return [event async for event in events]
+
+
+class LineCatcher:
+    """The trigger's log: each line, with the thread that wrote it and the trigger id the
+    triggerer routes it by (a structlog context variable, as Airflow's trigger runner binds it)."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str, object]] = []
+
+    def info(self, message, *args):
+        trigger_id = structlog.contextvars.get_contextvars().get("trigger_id")
+        self.lines.append((message % args, threading.current_thread().name, trigger_id))
+
+    warning = info
+
+
+def test_a_scans_submission_line_is_written_off_the_event_loop_into_its_own_trigger_log(unanswered, monkeypatch):
+    """Airflow 3.3.2's trigger runner reads its supervisor's answers on the event loop and
+    writes log lines to it with a blocking write: a line written on the loop while the
+    supervisor was sending it new triggers stopped both for good (a 10,000-scan run). The
+    line every scan writes goes from another thread, still routed to its own trigger's log."""
+    trigger, batch, clients, scan, ti = unanswered
+    catcher = LineCatcher()
+    monkeypatch.setattr(trigger, "_log", catcher)  # what its log property returns
+    batch.answer.set()
+
+    async def scenario():
+        structlog.contextvars.bind_contextvars(trigger_id=7)  # what the runner binds for each trigger
+        return threading.current_thread().name, await trigger._submit(ti, clients, scan, None)
+
+    loop_thread, job_id = asyncio.run(scenario())
+    (line,) = [line for line in catcher.lines if "submitted for scan" in line[0]]
+    message, thread, trigger_id = line
+    assert message == f"Batch job {job_id} submitted for scan sub-01 (job spec s3://lab/jobs/sub-01.json)"
+    assert thread != loop_thread and thread.startswith("ndmg-submit")
+    assert trigger_id == 7

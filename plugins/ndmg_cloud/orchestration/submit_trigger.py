@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import threading
@@ -380,16 +381,19 @@ class ScanSubmitTrigger(ScanJobTrigger):
                 self._made, stopped = job_id, self._cancelled
             if stopped:  # the user stopped the task during the call: stop what it made
                 terminate_job(clients.batch, job_id, "the Airflow task was stopped while its SubmitJob was unanswered")
+            # written here, not on the event loop: see ScanJobTrigger._say
+            self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
             return job_id
 
         try:
-            # its own threads: a SubmitJob does not queue behind the S3 reads of scans still preparing
-            job_id = await asyncio.shield(asyncio.get_running_loop().run_in_executor(_submitter(), call))
+            # its own threads: a SubmitJob does not queue behind the S3 reads of scans still preparing;
+            # in this trigger's context, so that its log line goes to this scan's trigger log
+            in_context = functools.partial(contextvars.copy_context().run, call)
+            job_id = await asyncio.shield(asyncio.get_running_loop().run_in_executor(_submitter(), in_context))
         except Exception as err:
             with contextlib.suppress(Exception):  # unrecorded, a rerun only waits out the call's window
                 await self._write_record(ti, clients, scan, SubmitRecord(ti.try_number, since or now, call_ended=True))
             raise RuntimeError(f"could not submit scan {scan.task.scan_id} to job queue {scan.submission.job_queue!r}: {err}") from err
-        self.log.info("Batch job %s submitted for scan %s (job spec %s)", job_id, scan.task.scan_id, scan.job_spec_uri)
         # in the submitting threads, not behind the S3 reads of the scans still preparing; a
         # trigger that dies before this write finds the job by its name (the intent says a call began)
         made = SubmitRecord(ti.try_number, since or now, job_id)

@@ -245,7 +245,7 @@ class ScanJobTrigger(BaseTrigger):
             job = seen.job
             status = str(job.get("status"))
             if status == SUCCEEDED:
-                yield self._succeeded(job, seen.region, throttled)
+                yield await self._succeeded(job, seen.region, throttled)
                 return
             if status == FAILED:
                 yield self._event("failure", job.get("statusReason") or "job failed", throttled)
@@ -262,7 +262,7 @@ class ScanJobTrigger(BaseTrigger):
                         return
         yield self._event("error", f"Batch job {self.job_id} still {status} after {self.max_polls} polls", throttled)
 
-    def _succeeded(self, job: dict[str, Any], region: str | None, throttled: int) -> TriggerEvent:
+    async def _succeeded(self, job: dict[str, Any], region: str | None, throttled: int) -> TriggerEvent:
         """The job SUCCEEDED. A scan's task ends here, from the triggerer, with what its worker
         would have pushed (no second task launch, no DescribeJobs to resume); the canary's
         resumes on a worker, which copies its self-check lines from CloudWatch."""
@@ -278,8 +278,20 @@ class ScanJobTrigger(BaseTrigger):
             logs = CloudWatchEventsLink()
             xcoms[logs.key] = link
             xcoms[logs.xcom_key] = logs.format_link(**link)
-        self.log.info("Batch job %s SUCCEEDED: the task ends here, in the triggerer", self.job_id)
+        await self._say("Batch job %s SUCCEEDED: the task ends here, in the triggerer", self.job_id)
         return TaskSuccessEvent(xcoms=xcoms)
+
+    async def _say(self, message: str, *args: Any) -> None:
+        """An info line of this trigger's log, written off the event loop, for the lines every
+        scan writes. Airflow 3.3.2's trigger runner writes its triggers' lines to the
+        triggerer's supervisor with a blocking write, and reads the supervisor's answers on this
+        event loop. The supervisor reads no line while it sends an answer, and the answer that
+        starts new triggers carries the DAG (25 KB) for each. A line written on the loop while
+        the socket was full blocked the loop, the answer could not be read, and the two waited
+        on each other for good: both triggerers of a 10,000-scan run stopped after 2,497
+        submissions (docs/reliability.md). In a thread, a full socket stops only that thread;
+        asyncio.to_thread keeps this trigger's context, which routes the line to its log."""
+        await asyncio.to_thread(self.log.info, message, *args)
 
     def _runnable_too_long(self, job: dict[str, Any]) -> bool:
         created = (job.get("createdAt") or 0) / 1000
