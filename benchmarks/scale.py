@@ -411,15 +411,16 @@ def run_one(scans: int, poll: int, workdir: Path, triggerers: int = 1) -> dict:
         # estimate is above max_cost_usd, before anything is spent: a lab running 10,000 raises both
         conf = {"bucket": load.BUCKET, "bidsdir": load.PREFIX, "dataset": "scale", "canary": False}
         run_id = api.trigger(conf | {"max_scans": max(scans, 5000), "max_cost_usd": None})
+        quoted_run_id = run_id.replace("'", "''")  # a SQL string literal
+
+        def run_state() -> str:
+            """The run's state from the database: the REST API's dag run loads every task
+            instance of the run (DagRun.dag_versions), 2.5 s of the api-server's CPU at 10,000,
+            and asked every 2 s it starved the triggerers' Execution API calls."""
+            return postgres.query(f"select state from dag_run where run_id = '{quoted_run_id}'")
 
         # deferred is not submitted on the triggerer route: wait for both (counted in the
         # database: listing 10,000 task instances through the REST API would load the api-server)
-        # the run's state from the database too: the REST API's dag run loads every task
-        # instance of the run (DagRun.dag_versions), 2.5 s of the api-server's CPU at 10,000,
-        # and asked every 2 s it starved the triggerers' Execution API calls
-        def run_state() -> str:
-            return postgres.query(f"select state from dag_run where run_id = '{run_id}'")
-
         while len(batch.submit_times()) < scans or int(postgres.query(DEFERRED_SCANS) or 0) < scans:
             if run_state() == "failed":
                 failed = [f"{ti['task_id']}[{ti['map_index']}]" for ti in api.task_instances(run_id) if ti["state"] == "failed"]
