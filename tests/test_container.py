@@ -22,7 +22,7 @@ from ndmg_cloud.core.pipelines import get_pipeline
 import pipeline_facts
 from conftest import ROOT
 
-DOCKERFILES = sorted((ROOT / "container").glob("*Dockerfile*"))
+DOCKERFILES = sorted((ROOT / "container").rglob("*Dockerfile*"))
 BIN = Path(sys.executable).parent
 M2G = (ROOT / "container" / "Dockerfile.m2g").read_text()
 BASE_FACTS = json.loads((pipeline_facts.FACTS / "m2g-image.json").read_text())
@@ -43,8 +43,9 @@ def test_hadolint_finds_nothing(dockerfile):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_shellcheck_finds_nothing_in_the_build_script():
-    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "container" / "build-m2g.sh")], capture_output=True, text=True)
+@pytest.mark.parametrize("script", ["build-m2g.sh", "local/make-images.sh"])
+def test_shellcheck_finds_nothing_in_the_build_scripts(script):
+    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "container" / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
