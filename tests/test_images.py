@@ -95,3 +95,99 @@ def test_without_its_role_the_image_says_it_has_no_credentials(s3, phantom_dirs,
     assert done.returncode != 0
     assert "credentials" in (done.stdout + done.stderr).lower()
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=spec["manifest"].split("/", 3)[3])
+
+
+@pytest.fixture
+def batch_runs_containers(aws, monkeypatch):
+    """The local endpoint's Batch runs each job as a container on the Docker daemon, with
+    host networking (so the job reaches the endpoint on 127.0.0.1), as moto does when told."""
+    import urllib.request
+
+    monkeypatch.setenv("MOTO_DOCKER_NETWORK_MODE", "host")
+    config = json.dumps({"batch": {"use_docker": True}}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{ENDPOINT}/moto-api/config", data=config, method="POST")).read()
+
+
+def lite_job_queue(role: RoleCredentials, image: str) -> tuple[str, str]:
+    """A Batch queue and a job definition of ``image`` as the CloudFormation template makes
+    them (the roots where its scans may read and write), on the local endpoint: (queue, definition)."""
+    import boto3
+
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
+    service = iam.create_role(RoleName="ndmg-batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    compute = batch.create_compute_environment(
+        computeEnvironmentName="ndmg-compute", type="UNMANAGED", state="ENABLED", serviceRole=service
+    )
+    batch.create_job_queue(
+        jobQueueName="ndmg-lite-queue",
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": compute["computeEnvironmentArn"]}],
+    )
+    environment = job_environment(role)
+    batch.register_job_definition(
+        jobDefinitionName="ndmg-lite",
+        type="container",
+        containerProperties={
+            "image": image,
+            "environment": [{"name": name, "value": value} for name, value in environment.items()],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
+        },
+    )
+    return "ndmg-lite-queue", "ndmg-lite"
+
+
+def test_a_run_through_batch_runs_the_canary_and_every_scan_as_containers_of_the_lite_image(
+    s3, airflow_db, phantom_dirs, lite_image, role, batch_runs_containers
+):
+    """The closest this machine gets to production: ndmg_participant with backend=aws_batch,
+    each Batch job (the canary's self-check, then one per scan) a container of the image."""
+    import boto3
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conftest import ROOT
+    from datasets import upload_tree
+
+    s3.create_bucket(Bucket=BUCKET)
+    upload_tree(s3, BUCKET, phantom_dirs["plain"], "ds/")
+    before = listing(s3, BUCKET, "ds/sub-")
+    queue, definition = lite_job_queue(role, lite_image)
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_participant"]
+    run = dag.test(
+        run_conf={
+            "bucket": BUCKET,
+            "bidsdir": "ds",
+            "backend": "aws_batch",
+            "pipeline": "lite",
+            "job_queue": queue,
+            "job_definition": definition,
+        }
+    )
+
+    report = read_json(s3, bucket=BUCKET, where=f"ds/derivatives/ndmg/reports/{run.run_id}/report.json")
+    rows = {row["scan_id"]: row for row in report["scans"]}
+    assert run.state == "success", report
+    assert {scan: row["status"] for scan, row in rows.items()} == {"sub-01_ses-1": "succeeded", "sub-02": "succeeded"}
+    assert report["canary"]["status"] == "passed"
+    assert report["contract"]["label"].startswith("ndmg-lite ")
+    assert {row["made_by"] for row in rows.values()} == {report["contract"]["label"]}
+    # each job ran in a container of the image: its output is in the job's CloudWatch stream
+    batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
+    logs = boto3.client("logs", region_name=REGION, endpoint_url=ENDPOINT)
+    jobs = [job for status in ("SUCCEEDED", "FAILED") for job in batch.list_jobs(jobQueue=queue, jobStatus=status)["jobSummaryList"]]
+    described = batch.describe_jobs(jobs=[job["jobId"] for job in jobs])["jobs"]
+    assert sorted(job["status"] for job in described) == ["SUCCEEDED"] * 3  # the canary and two scans
+    said = {}
+    for job in described:
+        stream = job["container"]["logStreamName"]
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream)["events"]
+        said[job["jobName"]] = "\n".join(event["message"] for event in events)
+    canary = next(text for name, text in said.items() if "-canary-" in name)
+    assert "self-check passed" in canary
+    for name, text in said.items():
+        for secret in (FAKE_KEY_ID, FAKE_SECRET):
+            assert secret not in text, name
+    assert role.requests >= 3
+    assert listing(s3, BUCKET, "ds/sub-") == before
