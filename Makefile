@@ -55,7 +55,7 @@ format: $(STAMP)
 test-live: $(STAMP) test-tools
 	$(PY) -m pytest -q tests -m "crash or slow"
 
-# Docker (Debian's docker.io, started on the vfs storage driver), a Debian base made with
+# Docker (Debian's docker.io, a daemon started on overlay2, else vfs), a Debian base made with
 # debootstrap, the local stand-ins for the official bases, then the project's images on them;
 # reuses what it built before (first time about 4 minutes)
 images:

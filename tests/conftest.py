@@ -351,3 +351,19 @@ def network(aws):
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
     groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][:1]
     return subnets, groups
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright), for the tests that click the UI."""
+    from helpers import chromium, require_tool
+
+    executable = chromium()
+    require_tool("Chromium", executable is not None, "chromium")
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=args)
+        yield browser
+        browser.close()

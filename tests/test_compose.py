@@ -130,8 +130,11 @@ def test_local_executor_mounts_and_read_only_credentials(services, home):
 
 def test_versions_match_the_lock(home):
     dockerfile = (ROOT / "container" / "airflow.Dockerfile").read_text()
-    (airflow_tag,) = re.findall(r"^FROM apache/airflow:([\d.]+)", dockerfile, re.M)
+    (airflow_tag,) = re.findall(r"^ARG AIRFLOW_BASE=apache/airflow:([\d.]+)-python3\.11$", dockerfile, re.M)
     assert airflow_tag == LOCK["apache-airflow"] == "3.3.2"
+    # the local stand-in make images builds installs the same Airflow
+    standin = (ROOT / "container" / "local" / "airflow.Dockerfile").read_text()
+    assert f"apache-airflow=={LOCK['apache-airflow']} " in standin
     moto = resolve(home, "--profile", "local-aws")["services"]["moto"]
     assert moto["image"] == f"motoserver/moto:{LOCK['moto']}"
     assert moto["profiles"] == ["local-aws"]
@@ -236,7 +239,7 @@ def copy_sources(dockerfile: Path) -> list[str]:
 def test_the_airflow_image_installs_the_project_and_its_scripts():
     dockerfile = (ROOT / "container" / "airflow.Dockerfile").read_text()
     name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
-    wheel_stage, airflow_stage = dockerfile.split("\nFROM apache/airflow:")
+    wheel_stage, airflow_stage = dockerfile.split("\nFROM ${AIRFLOW_BASE}\n")
     assert "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in wheel_stage
     requirements = airflow_stage.index("-r /opt/ndmg-cloud/requirements.txt")
     project = airflow_stage.index(f"--no-deps /opt/ndmg-cloud/wheels/{name.replace('-', '_')}-*.whl")

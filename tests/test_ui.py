@@ -13,22 +13,8 @@ from ndmg_cloud.orchestration.links import airflow_report_url
 
 from conftest import wait_for
 from datasets import put_phantoms
-from helpers import chromium, require_tool
 
-CHROMIUM = chromium()
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 DAG = "ndmg_participant"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_tool("Chromium", CHROMIUM is not None, "chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -70,22 +56,40 @@ def runs(api, live_airflow) -> list[dict]:
     return api.get(f"{live_airflow['url']}/api/v2/dags/{DAG}/dagRuns", timeout=10).json()["dag_runs"]
 
 
-def test_a_person_fills_three_fields_clicks_trigger_and_the_run_succeeds(browser, live_airflow, api, phantom_bucket):
-    page, dialog = signed_in_form(browser, live_airflow)
+def trigger_a_lite_run_from_the_form(page, dialog, bucket: str, bidsdir: str) -> str:
+    """Fill the three fields a person fills for a lite run on this machine, click Trigger:
+    the new run's id, from the run page the UI opens."""
     # the optional fields are optional: nothing in the form demands bidsdir, jobdir, dataset...
     dialog.get_by_role("button", name="Pipeline").click()
     assert page.locator("#element_space").inner_text() == "pipeline default"  # not the word "null"
     dialog.get_by_role("button", name="Dataset").click()
-    page.locator("#element_bucket").fill(phantom_bucket)
-    page.locator("#element_bidsdir").fill("study")
+    page.locator("#element_bucket").fill(bucket)
+    page.locator("#element_bidsdir").fill(bidsdir)
     choose(page, dialog, "Pipeline", "pipeline", "lite (small demo pipeline)")
     choose(page, dialog, "Run control", "backend", "local (on the Airflow worker)")
     trigger = dialog.get_by_role("button", name="Trigger")
     assert trigger.is_enabled()
     trigger.click()
-
     page.wait_for_url(f"**/dags/{DAG}/runs/**", timeout=30_000)  # the UI opens the new run
-    run_id = unquote(page.url.rsplit("/runs/", 1)[1].split("/")[0])
+    return unquote(page.url.rsplit("/runs/", 1)[1].split("/")[0])
+
+
+def open_the_report_from_the_ui(page, url: str, run_id: str) -> str:
+    """The report as a person reaches it: the last log line of verify_and_report is a link to
+    it, served by Airflow. The text of the page it opens."""
+    page.goto(f"{url}/dags/{DAG}/runs/{quote(run_id, safe='')}/tasks/verify_and_report", wait_until="networkidle")
+    link = page.get_by_role("link", name=airflow_report_url(url, run_id))
+    with page.context.expect_page() as opened:
+        link.click()
+    report = opened.value
+    report.wait_for_load_state()
+    return report.inner_text("body")
+
+
+def test_a_person_fills_three_fields_clicks_trigger_and_the_run_succeeds(browser, live_airflow, api, phantom_bucket):
+    page, dialog = signed_in_form(browser, live_airflow)
+    run_id = trigger_a_lite_run_from_the_form(page, dialog, phantom_bucket, "study")
+
     run_url = f"{live_airflow['url']}/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
     assert wait_for(lambda: api.get(run_url, timeout=10).json()["state"] in ("success", "failed"), timeout=300)
     run = api.get(run_url, timeout=10).json()
@@ -93,14 +97,7 @@ def test_a_person_fills_three_fields_clicks_trigger_and_the_run_succeeds(browser
     assert run["conf"]["bucket"] == phantom_bucket and run["conf"]["backend"] == "local"
     assert run["conf"]["bidsdir"] == "study" and run["conf"]["jobdir"] is None
 
-    # the report: the last log line of verify_and_report is a link to it, served by Airflow
-    page.goto(f"{live_airflow['url']}/dags/{DAG}/runs/{quote(run_id, safe='')}/tasks/verify_and_report", wait_until="networkidle")
-    link = page.get_by_role("link", name=airflow_report_url(live_airflow["url"], run_id))
-    with page.context.expect_page() as opened:
-        link.click()
-    report = opened.value
-    report.wait_for_load_state()
-    text = report.inner_text("body")
+    text = open_the_report_from_the_ui(page, live_airflow["url"], run_id)
     assert "sub-01_ses-1" in text and "sub-02" in text and "succeeded" in text
     page.close()
 

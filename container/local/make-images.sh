@@ -17,11 +17,15 @@ log=/tmp/ndmg-images.log
 # The images and their tags: the tests (tests/docker_images.py) use the same names.
 DEBIAN=ndmg-local/debian:bookworm
 PYTHON=ndmg-local/python:3.11-slim-bookworm
+AIRFLOW_BASE=ndmg-local/airflow:3.3.2-python3.11
+POSTGRES=ndmg-local/postgres:16
+MOTO=ndmg-local/moto:5.2.5
 LITE=ndmg-cloud-lite:local
+AIRFLOW=ndmg-cloud-airflow:3.3.2 # the name docker-compose.yaml gives it
 
 say() { echo "make images: $*"; }
 
-# --- Docker: Debian's docker.io (and debootstrap), a daemon on the vfs storage driver ---
+# --- Docker: Debian's docker.io (and debootstrap), a daemon (overlay2, else vfs) ---
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     say "needs Docker and debootstrap: sudo apt-get install docker.io debootstrap" >&2
@@ -36,18 +40,24 @@ if ! docker info >/dev/null 2>&1; then
     say "no Docker daemon answers, and only root can start one here" >&2
     exit 1
   fi
-  say "starting dockerd (storage driver vfs; its log: /tmp/ndmg-dockerd.log)"
-  (setsid dockerd --storage-driver vfs >/tmp/ndmg-dockerd.log 2>&1 &)
+  # overlay2 where the kernel has overlayfs (a layer costs its changes); vfs copies the whole
+  # file system for every layer: several times slower, and gigabytes more disk
+  driver=vfs
+  grep -qw overlay /proc/filesystems && driver=overlay2
+  say "starting dockerd (storage driver $driver; its log: /tmp/ndmg-dockerd.log)"
+  (setsid dockerd --storage-driver "$driver" >/tmp/ndmg-dockerd.log 2>&1 &)
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { say "dockerd did not start: see /tmp/ndmg-dockerd.log" >&2; exit 1; }
 fi
 
-# --- the Debian base: debootstrap's minimal bookworm with Debian's Python, imported once ---
-if ! docker image inspect "$DEBIAN" >/dev/null 2>&1; then
+# --- the Debian base: debootstrap's minimal bookworm with the libraries CPython loads ---
+# (a change to this list makes the base again: the image carries it as a label)
+packages=ca-certificates,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,libreadline8,libuuid1,libncursesw6,libgdbm6,zlib1g
+if [ "$(docker image inspect --format '{{index .Config.Labels "ndmg.packages"}}' "$DEBIAN" 2>/dev/null)" != "$packages" ]; then
   root=$(mktemp -d /tmp/ndmg-debian.XXXXXX)
   started=$SECONDS
   say "making $DEBIAN with debootstrap from $mirror (about a minute)"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" >>"$log" 2>&1 \
+  debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >>"$log" 2>&1 \
     || { say "debootstrap failed: see $log" >&2; exit 1; }
   # CAs this machine added itself (a TLS-inspecting proxy's, say) are trusted inside too, so
   # pip in a build reaches PyPI the way the host does; on most machines there are none.
@@ -59,10 +69,29 @@ if ! docker image inspect "$DEBIAN" >/dev/null 2>&1; then
   chmod 755 "$root" # mktemp's 700 would become the image's /, closed to every other user
   # an imported image has no environment: give it the PATH Debian's official image has
   tar -C "$root" -c . | docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'CMD ["/bin/bash"]' - "$DEBIAN" >/dev/null
+    --change "LABEL ndmg.packages=$packages" --change 'CMD ["/bin/bash"]' - "$DEBIAN" >/dev/null
   rm -rf "$root"
   say "$DEBIAN made in $((SECONDS - started)) s"
 fi
+
+# --- CPython 3.11 for the Python base: this machine's pyenv build (see python.Dockerfile) ---
+python_prefix=${NDMG_LOCAL_PYTHON:-}
+if [ -z "$python_prefix" ]; then
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11.*; do
+    patch=${candidate##*/3.11.}
+    [ -x "$candidate/bin/python3.11" ] && [[ $patch =~ ^[0-9]+$ ]] && [ "$patch" -ge 5 ] && python_prefix=$candidate
+  done
+fi
+if [ -z "$python_prefix" ]; then
+  say "needs a CPython 3.11.5 or newer built on Debian bookworm: pyenv install 3.11, or NDMG_LOCAL_PYTHON=<its prefix>" >&2
+  exit 1
+fi
+python_context=$(mktemp -d /tmp/ndmg-python.XXXXXX)
+trap 'rm -rf "$python_context"' EXIT
+mkdir "$python_context/python"
+cp container/local/python.Dockerfile "$python_context/"
+tar -C "$python_prefix" -c --exclude='./lib/python3.11/site-packages/*' --exclude=./lib/python3.11/test \
+  --exclude='__pycache__' --exclude='./bin/pip*' --exclude='./bin/2to3*' --exclude='./bin/idle*' . | tar -C "$python_context/python" -x
 
 # build TAG DOCKERFILE CONTEXT [docker build arguments...]
 build() {
@@ -79,6 +108,10 @@ build() {
   say "$tag built in $((SECONDS - started)) s, $((size / 1000000)) MB"
 }
 
-build "$PYTHON" container/local/python.Dockerfile container/local --build-arg "DEBIAN_BASE=$DEBIAN"
+build "$PYTHON" "$python_context/python.Dockerfile" "$python_context" --build-arg "DEBIAN_BASE=$DEBIAN"
 build "$LITE" container/Dockerfile.lite . --build-arg "PYTHON_BASE=$PYTHON"
+build "$AIRFLOW_BASE" container/local/airflow.Dockerfile . --build-arg "PYTHON_BASE=$PYTHON"
+build "$AIRFLOW" container/airflow.Dockerfile . --build-arg "PYTHON_BASE=$PYTHON" --build-arg "AIRFLOW_BASE=$AIRFLOW_BASE"
+build "$POSTGRES" container/local/postgres.Dockerfile container/local --build-arg "DEBIAN_BASE=$DEBIAN"
+build "$MOTO" container/local/moto.Dockerfile . --build-arg "PYTHON_BASE=$PYTHON"
 say "done; the build log: $log"

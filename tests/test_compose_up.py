@@ -1,0 +1,181 @@
+"""``docker compose up`` for real (``make test-images``): the deployment of docker-compose.yaml
+with its local-aws profile, on the images ``make images`` built (tests/compose/local.yaml puts
+the local bases in and every service on loopback). Wait for every healthcheck, sign in with
+the generated password from where the docs say it is, trigger a lite run by clicking the form
+in headless Chromium, see it succeed, open its report from the UI; then ``down`` and ``up``
+again: the run history and the secrets survive, nothing is regenerated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+import yaml
+from docker_images import require_images
+from test_compose import DOCKER_CONFIG, SECRETS_DIR, compose_command
+from test_ui import DAG, open_the_report_from_the_ui, signed_in_form, trigger_a_lite_run_from_the_form
+
+from conftest import ROOT, wait_for
+from datasets import put_phantoms
+
+pytestmark = pytest.mark.images
+PROJECT = "ndmg-compose-test"
+URL = "http://127.0.0.1:8080"
+ENDPOINT = "http://127.0.0.1:5000"
+IMAGES = ("ndmg-cloud-airflow:3.3.2", "ndmg-local/postgres:16", "ndmg-local/moto:5.2.5")
+PORTS = {5432: "Postgres", 8080: "the API server", 8974: "the scheduler's health check", 5000: "the local AWS endpoint"}
+HEALTHY = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "moto")
+
+
+def resolved_on_loopback(env: dict[str, str], out: Path) -> Path:
+    """docker-compose.yaml with its local-aws profile and tests/compose/local.yaml, as Compose
+    resolves them, less the ports of the services on the host's network: host networking
+    publishes nothing (and Compose 1.29 refuses the two together). The result, written to ``out``."""
+    files = ["-f", str(ROOT / "docker-compose.yaml"), "-f", str(ROOT / "tests/compose/local.yaml")]
+    done = subprocess.run(
+        [*compose_command(), *files, "--profile", "local-aws", "config"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    for name, service in config["services"].items():
+        if set(service.get("profiles", ["local-aws"])) & {"local-aws"}:  # the services that start
+            assert service.get("network_mode") == "host", name  # every one on loopback
+            service.pop("ports", None)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+@dataclass
+class Deployment:
+    env: dict[str, str]
+    file: Path
+    log: Path
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [*compose_command(), "-p", PROJECT, "-f", str(self.file), "--profile", "local-aws", *args]
+        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        with self.log.open("a") as log:
+            log.write(f"$ compose {' '.join(args)} -> {done.returncode}\n{done.stdout}{done.stderr}\n")
+        return done
+
+    def up(self) -> None:
+        """``up -d`` (no build: make images built the images) and wait for every healthcheck."""
+        done = self.compose("up", "-d", "--no-build")
+        assert done.returncode == 0, done.stderr[-2000:] + self.compose("logs", "--tail", "40").stdout[-6000:]
+        assert wait_for(self.healthy, timeout=420), self.status() + self.compose("logs", "--tail", "40").stdout[-6000:]
+
+    def containers(self) -> dict[str, dict]:
+        ids = self.compose("ps", "-q").stdout.split()
+        inspected = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout or "[]")
+        return {c["Config"]["Labels"]["com.docker.compose.service"]: c["State"] for c in inspected}
+
+    def healthy(self) -> bool:
+        states = self.containers()
+        init = states.get("airflow-init", {})
+        if init.get("Status") == "exited" and init.get("ExitCode") != 0:
+            pytest.fail("airflow-init failed: " + self.compose("logs", "airflow-init").stdout[-3000:], pytrace=False)
+        return all(states.get(service, {}).get("Health", {}).get("Status") == "healthy" for service in HEALTHY)
+
+    def status(self) -> str:
+        return json.dumps(
+            {name: {"status": s.get("Status"), "health": s.get("Health", {}).get("Status")} for name, s in self.containers().items()}
+        )
+
+    def read(self, path: str) -> str:
+        """A file in the API server's container, as the docs say to read it (compose exec)."""
+        done = self.compose("exec", "-T", "airflow-apiserver", "cat", path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    require_images(*IMAGES)
+    home = tmp_path_factory.mktemp("compose-home")
+    (home / ".aws").mkdir()  # mounted read-only: the test's own, empty
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "DOCKER_CONFIG": DOCKER_CONFIG,
+        # the local-aws profile as docker-compose.yaml's header runs it: fake keys, the
+        # endpoint on loopback, the local backend on
+        "NDMG_AWS_ENDPOINT_URL": ENDPOINT,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "NDMG_LOCAL_BACKEND": "on",
+    }
+    deployment = Deployment(env, resolved_on_loopback(env, home / "docker-compose.resolved.yaml"), home / "compose.log")
+    deployment.compose("down", "-v")  # whatever an earlier, killed run left
+    busy = [f"{port} ({what})" for port, what in PORTS.items() if port_in_use(port)]
+    if busy:
+        pytest.fail(f"ports on 127.0.0.1 the deployment listens on are taken: {', '.join(busy)}; stop what holds them", pytrace=False)
+    try:
+        yield deployment
+    finally:
+        deployment.compose("down", "-v")
+        print(f"compose log: {deployment.log}")
+
+
+def token(password: str) -> requests.Session:
+    session = requests.Session()
+    answer = session.post(f"{URL}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+    assert answer.status_code in (200, 201), answer.text
+    session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return session
+
+
+def secrets_digest(deployment: Deployment) -> str:
+    done = deployment.compose("exec", "-T", "airflow-apiserver", "sh", "-c", f"cd {SECRETS_DIR} && sha256sum *")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_compose_up_sign_in_trigger_from_the_form_see_the_report_then_down_and_up_keeps_runs_and_secrets(deployment, browser):
+    import boto3
+
+    started = time.monotonic()
+    deployment.up()
+    print(f"compose up to every service healthy: {time.monotonic() - started:.0f} s")
+    password = json.loads(deployment.read(f"{SECRETS_DIR}/passwords.json"))["admin"]
+    secrets = secrets_digest(deployment)
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=ENDPOINT, aws_access_key_id="local", aws_secret_access_key="local")
+    put_phantoms(s3, Path(deployment.log.parent), "compose-data", "study")
+
+    page, dialog = signed_in_form(browser, {"url": URL, "password": password})
+    run_id = trigger_a_lite_run_from_the_form(page, dialog, "compose-data", "study")
+    api = token(password)
+    run_url = f"{URL}/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
+    assert wait_for(lambda: api.get(run_url, timeout=10).json()["state"] in ("success", "failed"), timeout=600)
+    run = api.get(run_url, timeout=10).json()
+    assert run["state"] == "success", run
+    text = open_the_report_from_the_ui(page, URL, run_id)
+    assert "sub-01_ses-1" in text and "sub-02" in text and "succeeded" in text
+    page.close()
+
+    # down (the volumes stay) and up again: the same secrets, the same password, the run kept
+    assert deployment.compose("down").returncode == 0
+    assert not port_in_use(8080)
+    deployment.up()
+    assert secrets_digest(deployment) == secrets
+    assert json.loads(deployment.read(f"{SECRETS_DIR}/passwords.json"))["admin"] == password
+    again = token(password)
+    kept = again.get(f"{URL}/api/v2/dags/{DAG}/dagRuns", timeout=10).json()["dag_runs"]
+    assert [(r["dag_run_id"], r["state"]) for r in kept] == [(run_id, "success")]
+    # the report's route is still there, signed in; the report itself is gone with the local
+    # endpoint, which keeps its buckets in memory (docs/pipelines.md says so), and it says so
+    page, _ = signed_in_form(browser, {"url": URL, "password": password})
+    assert f"run '{run_id}' has no report yet" in open_the_report_from_the_ui(page, URL, run_id)
