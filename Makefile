@@ -57,13 +57,13 @@ test-live: $(STAMP) test-tools
 
 # Docker (Debian's docker.io, a daemon started on overlay2, else vfs), a Debian base made with
 # debootstrap, the local stand-ins for the official bases, then the project's images on them;
-# reuses what it built before (first time about 4 minutes)
+# reuses what it built before (first time about 5 minutes)
 images:
 	container/local/make-images.sh
 
 # the images as containers: the lite scan image against the local AWS endpoint, and a run
 # whose Batch jobs are containers of it (tests/test_images.py)
-test-images: $(STAMP) images
+test-images: $(STAMP) test-tools images
 	$(PY) -m pytest -q tests -m images
 
 bench: $(STAMP)

@@ -33,6 +33,7 @@ URL = "http://127.0.0.1:8080"
 ENDPOINT = "http://127.0.0.1:5000"
 IMAGES = ("ndmg-cloud-airflow:3.3.2", "ndmg-local/postgres:16", "ndmg-local/moto:5.2.5")
 PORTS = {5432: "Postgres", 8080: "the API server", 8974: "the scheduler's health check", 5000: "the local AWS endpoint"}
+LOG_SERVERS = {8793: "the scheduler's log server", 8794: "the triggerer's log server"}  # off in local.yaml
 HEALTHY = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "moto")
 
 
@@ -42,7 +43,7 @@ def resolved_on_loopback(env: dict[str, str], out: Path) -> Path:
     publishes nothing (and Compose 1.29 refuses the two together). The result, written to ``out``."""
     files = ["-f", str(ROOT / "docker-compose.yaml"), "-f", str(ROOT / "tests/compose/local.yaml")]
     done = subprocess.run(
-        [*compose_command(), *files, "--profile", "local-aws", "config"], cwd=ROOT, env=env, capture_output=True, text=True
+        [*compose_command(), "-p", PROJECT, *files, "--profile", "local-aws", "config"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
@@ -97,6 +98,26 @@ class Deployment:
         return done.stdout
 
 
+def listeners() -> set[tuple[str, int]]:
+    """Every listening TCP socket of this machine's network namespace (which the deployment's
+    host-networked containers share): (address, port), from /proc/net/tcp and tcp6."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # LISTEN
+                continue
+            address, port = local.split(":")
+            raw = bytes.fromhex(address)
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # host-order words
+            found.add((socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, raw), int(port, 16)))
+    return found
+
+
+def on_loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -120,7 +141,7 @@ def deployment(tmp_path_factory):
     }
     deployment = Deployment(env, resolved_on_loopback(env, home / "docker-compose.resolved.yaml"), home / "compose.log")
     deployment.compose("down", "-v")  # whatever an earlier, killed run left
-    busy = [f"{port} ({what})" for port, what in PORTS.items() if port_in_use(port)]
+    busy = [f"{port} ({what})" for port, what in {**PORTS, **LOG_SERVERS}.items() if port_in_use(port)]
     if busy:
         pytest.fail(f"ports on 127.0.0.1 the deployment listens on are taken: {', '.join(busy)}; stop what holds them", pytrace=False)
     try:
@@ -147,9 +168,13 @@ def secrets_digest(deployment: Deployment) -> str:
 def test_compose_up_sign_in_trigger_from_the_form_see_the_report_then_down_and_up_keeps_runs_and_secrets(deployment, browser):
     import boto3
 
+    before = listeners()
     started = time.monotonic()
     deployment.up()
     print(f"compose up to every service healthy: {time.monotonic() - started:.0f} s")
+    opened = listeners() - before
+    assert {port for _, port in opened} >= set(PORTS), opened
+    assert all(on_loopback(address) for address, _ in opened), f"the deployment listens beyond loopback: {sorted(opened)}"
     password = json.loads(deployment.read(f"{SECRETS_DIR}/passwords.json"))["admin"]
     secrets = secrets_digest(deployment)
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=ENDPOINT, aws_access_key_id="local", aws_secret_access_key="local")

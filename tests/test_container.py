@@ -37,13 +37,13 @@ def test_there_are_the_images_we_document():
     assert {"Dockerfile.m2g", "Dockerfile.lite", "airflow.Dockerfile"} <= names
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.relative_to(ROOT / "container").as_posix())
 def test_hadolint_finds_nothing(dockerfile):
     done = subprocess.run([str(BIN / "hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("script", ["build-m2g.sh", "local/make-images.sh"])
+@pytest.mark.parametrize("script", ["build-m2g.sh", "local/make-images.sh", "local/postgres-entrypoint.sh"])
 def test_shellcheck_finds_nothing_in_the_build_scripts(script):
     done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "container" / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -38,6 +38,8 @@ def job_environment(role: RoleCredentials) -> dict[str, str]:
         "AWS_ENDPOINT_URL": ENDPOINT,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": role.uri,
+        # on a machine that has an instance role, never let the chain reach it
+        "AWS_EC2_METADATA_DISABLED": "true",
         "NDMG_INPUT_ROOTS": f"s3://{BUCKET}/",
         "NDMG_OUTPUT_ROOTS": f"s3://{BUCKET}/",
     }
@@ -67,8 +69,9 @@ def test_the_lite_image_runs_a_scan_that_the_verifier_counts_done(s3, phantom_di
     assert built.base_image == PYTHON_BASE
     assert read_json(s3, spec["manifest"])["pipeline"]["contract"] == built.summary().to_dict()
     assert listing(s3, BUCKET, "ds/sub-") == before  # the input dataset is untouched
-    for secret in (FAKE_KEY_ID, FAKE_SECRET):  # this process's keys never reached the container
-        assert secret not in done.stdout + done.stderr
+    # the key the container's default chain finds is the role's, not this process's
+    found = run(lite_image, "python", "-c", "import boto3; print(boto3.Session().get_credentials().access_key)", env=job_environment(role))
+    assert found.stdout.strip() == RoleCredentials.ACCESS_KEY_ID, found.stderr
 
 
 def test_the_lite_image_passes_its_own_self_check(s3, phantom_dirs, lite_image, role):
@@ -187,7 +190,8 @@ def test_a_run_through_batch_runs_the_canary_and_every_scan_as_containers_of_the
     canary = next(text for name, text in said.items() if "-canary-" in name)
     assert "self-check passed" in canary
     for name, text in said.items():
-        for secret in (FAKE_KEY_ID, FAKE_SECRET):
+        assert "ndmg-scan" in text or "self-check" in text, (name, text)  # every job's container spoke
+        for secret in (FAKE_KEY_ID, FAKE_SECRET):  # this process's keys are in no job's output
             assert secret not in text, name
     assert role.requests >= 3
     assert listing(s3, BUCKET, "ds/sub-") == before
