@@ -33,7 +33,7 @@ airflow: $(STAMP)
 	$(VENV)/bin/ndmg-demo --standalone
 
 test: $(STAMP) test-tools
-	$(PY) -m pytest -q tests -m "not crash and not slow and not images"
+	$(PY) -m pytest -q --durations=20 tests -m "not crash and not slow and not images"
 
 # Chromium, Docker Compose (no engine) and the PostgreSQL server from Debian's packages, when
 # missing and installable (root, apt-get); otherwise the tests that drive them are skipped
