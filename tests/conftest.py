@@ -98,9 +98,9 @@ def batch(aws):
     return boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
 
 
-@pytest.fixture
-def batch_env(aws, batch):
-    """The seed's Batch setup on the local endpoint: compute environment, queue, definition."""
+def make_job_queue(batch, queue: str, definition: str, image: str, environment: dict[str, str], vcpus: str, memory: str) -> None:
+    """The seed's Batch setup on the local endpoint: a compute environment, ``queue`` on it and
+    the job definition ``definition`` of ``image`` with ``environment``."""
     import boto3
 
     iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
@@ -109,27 +109,25 @@ def batch_env(aws, batch):
         "computeEnvironmentArn"
     ]
     batch.create_job_queue(
-        jobQueueName="ndmg-queue",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
+        jobQueueName=queue, state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}]
     )
     batch.register_job_definition(
-        jobDefinitionName="ndmg",
+        jobDefinitionName=definition,
         type="container",
         containerProperties={
-            "image": "ndmg-cloud-m2g:latest",
-            # where its scans may read and write, as the CloudFormation template sets it (scan/guard.py)
-            "environment": [
-                {"name": "NDMG_INPUT_ROOTS", "value": "s3://lab-data/"},
-                {"name": "NDMG_OUTPUT_ROOTS", "value": "s3://lab-data/"},
-            ],
-            "resourceRequirements": [
-                {"type": "VCPU", "value": "2"},
-                {"type": "MEMORY", "value": "15200"},
-            ],
+            "image": image,
+            "environment": [{"name": name, "value": value} for name, value in environment.items()],
+            "resourceRequirements": [{"type": "VCPU", "value": vcpus}, {"type": "MEMORY", "value": memory}],
         },
     )
+
+
+@pytest.fixture
+def batch_env(aws, batch):
+    """The seed's Batch setup: queue ndmg-queue, definition ndmg (m2g's sizes)."""
+    # where its scans may read and write, as the CloudFormation template sets it (scan/guard.py)
+    roots = {"NDMG_INPUT_ROOTS": "s3://lab-data/", "NDMG_OUTPUT_ROOTS": "s3://lab-data/"}
+    make_job_queue(batch, "ndmg-queue", "ndmg", "ndmg-cloud-m2g:latest", roots, vcpus="2", memory="15200")
     return batch
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from docker_images import LITE, PYTHON_BASE, RoleCredentials, image_file, require_images, run
 
-from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET, REGION
+from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET, REGION, make_job_queue
 from datasets import listing, write_specs
 from helpers import read_json
 
@@ -117,27 +117,7 @@ def lite_job_queue(role: RoleCredentials, image: str) -> tuple[str, str]:
     import boto3
 
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
-    service = iam.create_role(RoleName="ndmg-batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    compute = batch.create_compute_environment(
-        computeEnvironmentName="ndmg-compute", type="UNMANAGED", state="ENABLED", serviceRole=service
-    )
-    batch.create_job_queue(
-        jobQueueName="ndmg-lite-queue",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": compute["computeEnvironmentArn"]}],
-    )
-    environment = job_environment(role)
-    batch.register_job_definition(
-        jobDefinitionName="ndmg-lite",
-        type="container",
-        containerProperties={
-            "image": image,
-            "environment": [{"name": name, "value": value} for name, value in environment.items()],
-            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
-        },
-    )
+    make_job_queue(batch, "ndmg-lite-queue", "ndmg-lite", image, job_environment(role), vcpus="1", memory="2048")
     return "ndmg-lite-queue", "ndmg-lite"
 
 
