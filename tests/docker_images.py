@@ -19,6 +19,7 @@ import pytest
 
 # the tags make-images.sh gives them
 LITE = "ndmg-cloud-lite:local"
+M2G = "ndmg-cloud-m2g:local"  # on a stand-in of neurodata/m2g without FSL and AFNI
 PYTHON_BASE = "ndmg-local/python:3.11-slim-bookworm"
 MAKE_IMAGES = "make images (container/local/make-images.sh)"
 

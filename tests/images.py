@@ -51,16 +51,38 @@ class Image:
     bin_dir: Path
     atlas_dir: Path
     contract: Path
+    toolchain_root: Path | None = None  # where the pipeline's toolchain is laid out (install_toolchain)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a scan container of this image runs in."""
+        toolchain = {}
+        if self.toolchain_root:
+            toolchain = {"NDMG_TOOLCHAIN_ROOT": str(self.toolchain_root), "FSLDIR": str(self.toolchain_root / "fsl")}
         return {
             **os.environ,
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}",
             "NDMG_IMAGE_CONTRACT": str(self.contract),
             "NDMG_ATLAS_DIR": str(self.atlas_dir),
+            **toolchain,
             **extra,
         }
+
+
+def install_toolchain(image: Image, root: Path, pipeline: str = "m2g") -> None:
+    """The programs, variables and files the pipeline needs from its image (FSL and AFNI for
+    m2g), as stand-ins that fail when run: the self-check only looks for them."""
+    from ndmg_cloud.core.pipelines import get_pipeline
+
+    toolchain = get_pipeline(pipeline).toolchain
+    for program in toolchain.programs:
+        stand_in = image.bin_dir / program
+        stand_in.write_text(f"#!/bin/sh\necho 'stand-in {program}: not run by these tests' >&2\nexit 1\n")
+        stand_in.chmod(0o755)
+    for file in toolchain.files:
+        (root / file.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / file.lstrip("/")).write_text("")
+    (root / "fsl").mkdir(parents=True, exist_ok=True)
+    image.toolchain_root = root
 
 
 def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.CompletedProcess:
@@ -88,10 +110,13 @@ def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.Compl
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 
-def m2g_image(root: Path, code: str = pipeline_facts.M2G_DEPLOY) -> Image:
-    """A built m2g image: stand-in m2g of ``code``, atlases, and its contract (must build)."""
+def m2g_image(root: Path, code: str = pipeline_facts.M2G_DEPLOY, toolchain: bool = True) -> Image:
+    """A built m2g image: stand-in m2g of ``code``, atlases, FSL and AFNI (unless not
+    ``toolchain``), and its contract (must build)."""
     image = Image(root / "bin", make_atlas_dir(root / "m2g_atlases"), root / "image-contract.json")
     pipeline_facts.install_stand_in(code, image.bin_dir)
+    if toolchain:
+        install_toolchain(image, root / "toolchain")
     built = build_contract(image)
     assert built.returncode == 0, built.stderr
     return image

@@ -3,7 +3,8 @@ with its local-aws profile, on the images ``make images`` built (tests/compose/l
 the local bases in and every service on loopback). Wait for every healthcheck, sign in with
 the generated password from where the docs say it is, trigger a lite run by clicking the form
 in headless Chromium, see it succeed, open its report from the UI; then ``down`` and ``up``
-again: the run history and the secrets survive, nothing is regenerated.
+again: the run history and the secrets survive, nothing is regenerated. With the celery profile
+too (Redis and a Celery worker): a run whose tasks the worker runs.
 """
 
 from __future__ import annotations
@@ -33,22 +34,22 @@ URL = "http://127.0.0.1:8080"
 ENDPOINT = "http://127.0.0.1:5000"
 IMAGES = ("ndmg-cloud-airflow:3.3.2", "ndmg-local/postgres:16", "ndmg-local/moto:5.2.5")
 PORTS = {5432: "Postgres", 8080: "the API server", 8974: "the scheduler's health check", 5000: "the local AWS endpoint"}
-LOG_SERVERS = {8793: "the scheduler's log server", 8794: "the triggerer's log server"}  # off in local.yaml
+LOG_SERVERS = {8793: "the scheduler's or a worker's log server", 8794: "the triggerer's log server"}  # off in local.yaml
 HEALTHY = ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "moto")
+CELERY = {"images": ("ndmg-local/redis:7.2-bookworm",), "ports": {6379: "Redis"}, "healthy": ("redis", "airflow-worker")}
 
 
-def resolved_on_loopback(env: dict[str, str], out: Path) -> Path:
-    """docker-compose.yaml with its local-aws profile and tests/compose/local.yaml, as Compose
-    resolves them, less the ports of the services on the host's network: host networking
-    publishes nothing (and Compose 1.29 refuses the two together). The result, written to ``out``."""
+def resolved_on_loopback(env: dict[str, str], out: Path, profiles: tuple[str, ...]) -> Path:
+    """docker-compose.yaml with ``profiles`` and tests/compose/local.yaml, as Compose resolves
+    them, less the ports of the services on the host's network: host networking publishes
+    nothing (and Compose 1.29 refuses the two together). The result, written to ``out``."""
     files = ["-f", str(ROOT / "docker-compose.yaml"), "-f", str(ROOT / "tests/compose/local.yaml")]
-    done = subprocess.run(
-        [*compose_command(), "-p", PROJECT, *files, "--profile", "local-aws", "config"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    flags = [item for profile in profiles for item in ("--profile", profile)]
+    done = subprocess.run([*compose_command(), "-p", PROJECT, *files, *flags, "config"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     for name, service in config["services"].items():
-        if set(service.get("profiles", ["local-aws"])) & {"local-aws"}:  # the services that start
+        if set(service.get("profiles", profiles)) & set(profiles):  # the services that start
             assert service.get("network_mode") == "host", name  # every one on loopback
             service.pop("ports", None)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -60,9 +61,12 @@ class Deployment:
     env: dict[str, str]
     file: Path
     log: Path
+    profiles: tuple[str, ...] = ("local-aws",)
+    healthy_services: tuple[str, ...] = HEALTHY
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        command = [*compose_command(), "-p", PROJECT, "-f", str(self.file), "--profile", "local-aws", *args]
+        flags = [item for profile in self.profiles for item in ("--profile", profile)]
+        command = [*compose_command(), "-p", PROJECT, "-f", str(self.file), *flags, *args]
         done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
         with self.log.open("a") as log:
             log.write(f"$ compose {' '.join(args)} -> {done.returncode}\n{done.stdout}{done.stderr}\n")
@@ -84,7 +88,7 @@ class Deployment:
         init = states.get("airflow-init", {})
         if init.get("Status") == "exited" and init.get("ExitCode") != 0:
             pytest.fail("airflow-init failed: " + self.compose("logs", "airflow-init").stdout[-3000:], pytrace=False)
-        return all(states.get(service, {}).get("Health", {}).get("Status") == "healthy" for service in HEALTHY)
+        return all(states.get(service, {}).get("Health", {}).get("Status") == "healthy" for service in self.healthy_services)
 
     def status(self) -> str:
         return json.dumps(
@@ -123,9 +127,9 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    require_images(*IMAGES)
+def start(tmp_path_factory, celery: bool = False):
+    """A deployment, ready to ``up``; ``down -v`` after (a generator, for the fixtures)."""
+    require_images(*IMAGES, *(CELERY["images"] if celery else ()))
     home = tmp_path_factory.mktemp("compose-home")
     (home / ".aws").mkdir()  # mounted read-only: the test's own, empty
     env = {
@@ -139,9 +143,14 @@ def deployment(tmp_path_factory):
         "AWS_SECRET_ACCESS_KEY": "local",
         "NDMG_LOCAL_BACKEND": "on",
     }
-    deployment = Deployment(env, resolved_on_loopback(env, home / "docker-compose.resolved.yaml"), home / "compose.log")
+    profiles, healthy, ports = ("local-aws",), HEALTHY, {**PORTS, **LOG_SERVERS}
+    if celery:  # as the compose file's header starts it, with one worker
+        env["NDMG_EXECUTOR"] = "CeleryExecutor"
+        profiles, healthy, ports = ("local-aws", "celery"), (*HEALTHY, *CELERY["healthy"]), {**ports, **CELERY["ports"]}
+    resolved = resolved_on_loopback(env, home / "docker-compose.resolved.yaml", profiles)
+    deployment = Deployment(env, resolved, home / "compose.log", profiles, healthy)
     deployment.compose("down", "-v")  # whatever an earlier, killed run left
-    busy = [f"{port} ({what})" for port, what in {**PORTS, **LOG_SERVERS}.items() if port_in_use(port)]
+    busy = [f"{port} ({what})" for port, what in ports.items() if port_in_use(port)]
     if busy:
         pytest.fail(f"ports on 127.0.0.1 the deployment listens on are taken: {', '.join(busy)}; stop what holds them", pytrace=False)
     try:
@@ -149,6 +158,16 @@ def deployment(tmp_path_factory):
     finally:
         deployment.compose("down", "-v")
         print(f"compose log: {deployment.log}")
+
+
+@pytest.fixture
+def deployment(tmp_path_factory):
+    yield from start(tmp_path_factory)
+
+
+@pytest.fixture
+def celery_deployment(tmp_path_factory):
+    yield from start(tmp_path_factory, celery=True)
 
 
 def token(password: str) -> requests.Session:
@@ -204,3 +223,41 @@ def test_compose_up_sign_in_trigger_from_the_form_see_the_report_then_down_and_u
     # endpoint, which keeps its buckets in memory (docs/pipelines.md says so), and it says so
     page, _ = signed_in_form(browser, {"url": URL, "password": password})
     assert f"run '{run_id}' has no report yet" in open_the_report_from_the_ui(page, URL, run_id)
+
+
+def test_the_celery_profile_runs_a_triggered_run_on_its_worker(celery_deployment):
+    """--profile celery with NDMG_EXECUTOR=CeleryExecutor, as the compose file's header starts
+    it: Redis with the generated password and one Celery worker, healthy and on loopback; a run
+    triggered through the API succeeds, and the worker is what ran its tasks."""
+    import boto3
+
+    deployment = celery_deployment
+    before = listeners()
+    deployment.up()
+    opened = listeners() - before
+    assert {port for _, port in opened} >= {*PORTS, *CELERY["ports"]}, opened
+    assert all(on_loopback(address) for address, _ in opened), f"the deployment listens beyond loopback: {sorted(opened)}"
+    # Redis refuses a client without the password airflow-init generated
+    anonymous = deployment.compose("exec", "-T", "redis", "redis-cli", "ping")
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+    password = json.loads(deployment.read(f"{SECRETS_DIR}/passwords.json"))["admin"]
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=ENDPOINT, aws_access_key_id="local", aws_secret_access_key="local")
+    put_phantoms(s3, Path(deployment.log.parent), "celery-data", "study")
+
+    api = token(password)
+    # what the form's trigger does for a paused DAG (the UI test clicks it): unpause it
+    assert api.patch(f"{URL}/api/v2/dags/{DAG}", json={"is_paused": False}, timeout=10).status_code == 200
+    conf = {"bucket": "celery-data", "bidsdir": "study", "backend": "local", "pipeline": "lite"}
+    answer = api.post(f"{URL}/api/v2/dags/{DAG}/dagRuns", json={"logical_date": None, "conf": conf}, timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+    run_id = answer.json()["dag_run_id"]
+    run_url = f"{URL}/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
+    ended = wait_for(lambda: api.get(run_url, timeout=10).json()["state"] in ("success", "failed"), timeout=600)
+    state = api.get(run_url, timeout=10).json()["state"]
+    assert ended and state == "success", f"run {state}: " + deployment.compose("logs", "--tail", "60").stdout[-8000:]
+    # every task of the run went through the broker to the worker
+    instances = api.get(f"{run_url}/taskInstances", params={"limit": 100}, timeout=10).json()["task_instances"]
+    ran = {ti["task_id"] for ti in instances if ti["state"] == "success"}
+    worker_log = deployment.compose("logs", "--no-color", "airflow-worker").stdout
+    received = [line for line in worker_log.splitlines() if "received" in line and "execute_workload" in line]
+    assert len(received) >= len(ran) > 0, worker_log[-4000:]

@@ -73,7 +73,11 @@ def test_the_m2g_image_pins_the_code_the_tests_check_our_command_against():
     assert arg_default(M2G, "NEUROPARC_COMMIT") == catalogue("m2g").commit
     # git verifies the commit it checked out, for the code and for the atlases
     assert M2G.count('test "$(git -C') == 2
-    assert '--revision "${M2G_COMMIT}"' in M2G and "neurodata/neuroparc@${NEUROPARC_COMMIT}" in M2G
+    assert '--revision "${M2G_COMMIT}"' in M2G and '--atlas-source "${atlas_repo#https://github.com/}@${NEUROPARC_COMMIT}"' in M2G
+    # from GitHub unless told otherwise; the contract names a GitHub repository as owner/name
+    assert arg_default(M2G, "M2G_REPO") == "https://github.com/neurodata/m2g.git"
+    assert arg_default(M2G, "NEUROPARC_REPO") == "https://github.com/neurodata/neuroparc.git"
+    assert "atlas_repo=${NEUROPARC_REPO%.git}" in M2G
 
 
 def test_the_m2g_image_uses_what_the_base_image_has():

@@ -1,6 +1,8 @@
 """The images, built for real by ``make images`` and run as containers on this machine's
 Docker daemon (``make test-images``): the lite scan image runs a scan against the local AWS
-endpoint with nothing but its job role's credentials, and passes its own self-check.
+endpoint with nothing but its job role's credentials, and passes its own self-check; the m2g
+image, built on a base without FSL and AFNI, holds the real m2g and says, in its canary, that
+it cannot run a scan for want of them.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from docker_images import LITE, PYTHON_BASE, RoleCredentials, image_file, require_images, run
+from docker_images import LITE, M2G, PYTHON_BASE, RoleCredentials, image_file, require_images, run
 
 from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET, REGION, make_job_queue
 from datasets import listing, write_specs
@@ -175,3 +177,39 @@ def test_a_run_through_batch_runs_the_canary_and_every_scan_as_containers_of_the
             assert secret not in text, name
     assert role.requests >= 3
     assert listing(s3, BUCKET, "ds/sub-") == before
+
+
+def test_the_m2g_image_has_the_real_m2g_and_its_canary_names_the_missing_fsl_and_afni(s3, phantom_dirs, role):
+    """Dockerfile.m2g, built by build-m2g.sh on a stand-in of its base that lacks FSL and AFNI:
+    the contract step ran the real m2g (the pinned source) and read the real atlases; the
+    canary's self-check then fails on the toolchain alone, naming what is missing."""
+    from ndmg_cloud.core.pipelines import get_pipeline
+    from ndmg_cloud.scan.contract import ImageContract
+
+    require_images(M2G)
+    contract = ImageContract.from_dict(json.loads(image_file(M2G, "/opt/ndmg-cloud/image-contract.json")))
+    assert contract.pipeline == "m2g" and contract.code["version"] == "0.3.0"
+    assert contract.base_image.startswith("127.0.0.1:5055/ndmg-local/m2g@sha256:")  # pinned by digest, from the registry
+    assert contract.code["source"] == "http://127.0.0.1:5056/m2g"  # the local copy of the pinned source, recorded as such
+    assert {"AAL", "Desikan"} <= set(contract.atlases["2mm"]) and {"AAL", "Desikan"} <= set(contract.atlases["4mm"])
+    # the m2g inside is the pinned source's: its own parser takes the options our form offers
+    version = run(M2G, "python3.7", "-c", "import m2g, dipy; print(m2g.__file__, dipy.__version__)")
+    assert version.returncode == 0 and "python3.7/site-packages/m2g/" in version.stdout and "1.1.1" in version.stdout, version.stderr
+
+    _, specs = write_specs(s3, phantom_dirs["plain"], bucket=BUCKET, pipeline="m2g")
+    spec = specs["sub-01_ses-1"]
+    result_uri = f"s3://{BUCKET}/ds/derivatives/self-check/m2g.json"
+    done = run(M2G, "ndmg-scan", "--self-check", "--spec", spec["spec_uri"], "--result", result_uri, env=job_environment(role))
+
+    assert done.returncode != 0, done.stdout[-3000:]
+    result = read_json(s3, result_uri)
+    checks = {c["name"]: c for c in result["checks"]}
+    assert [name for name, c in checks.items() if not c["ok"]] == ["tools"], done.stdout
+    assert "m2g accepts the scan's command" in checks["command"]["detail"]
+    assert "AAL, Desikan at 2mm: real NIfTI files" in checks["atlases"]["detail"]
+    missing = checks["tools"]["detail"]
+    toolchain = get_pipeline("m2g").toolchain
+    assert f"{len(toolchain.programs)} of its {len(toolchain.programs)} programs are not on PATH" in missing
+    assert all(program in missing for program in ("eddy_correct", "flirt", "fnirt", "bet", "3dSkullStrip", "afni"))
+    assert "$FSLDIR unset" in missing and "no /venv/bin/activate" in missing
+    assert "FAIL tools" in done.stdout

@@ -52,11 +52,12 @@ def test_a_good_image_passes_every_check_and_writes_its_findings(s3, m2g_spec, i
     done = self_check(m2g_spec, image, "--result", result_uri)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [line.split()[1] for line in lines(done)] == ["contract", "command", "atlases", "disk", "s3", "s3"]
+    assert [line.split()[1] for line in lines(done)] == ["contract", "command", "atlases", "tools", "disk", "s3", "s3"]
     assert all(line.startswith("ok") for line in lines(done))
     assert "m2g 95d271f7" in done.stdout
     assert "m2g accepts the scan's command" in done.stdout and "the program's own parser" in done.stdout
     assert "Desikan, Yeo-7 at 2mm: real NIfTI files, each selected alone" in done.stdout
+    assert "15 programs on PATH, $FSLDIR set, /venv/bin/activate there" in done.stdout
     found = json.loads(s3.get_object(Bucket=BUCKET, Key=result_uri.split("/", 3)[3])["Body"].read())
     assert found["ok"] is True and found["scan_id"] == "sub-01_ses-retest"
     assert found["contract"]["code"]["revision"] == "95d271f748e7d35b8d7feaa1b0112f471be8e514"
@@ -72,6 +73,28 @@ def test_m2g_code_without_track_type_fails_the_command_check(s3, m2g_spec, image
     assert len(failed) == 1 and failed[0].split()[1] == "command"
     assert "m2g: error: unrecognized arguments: --track_type" in failed[0]
     assert done.stderr.strip().splitlines()[-1].startswith("ndmg-scan: sub-01_ses-retest self-check failed: command: m2g refused")
+
+
+def test_an_image_without_fsl_and_afni_fails_naming_the_missing_programs(s3, m2g_spec, tmp_path):
+    from images import m2g_image
+
+    image = m2g_image(tmp_path / "image", toolchain=False)  # m2g's code and atlases, no FSL or AFNI
+    env = {k: v for k, v in image.env().items() if k != "FSLDIR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", m2g_spec["spec_uri"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "AWS_ENDPOINT_URL": ENDPOINT, "NDMG_TOOLCHAIN_ROOT": str(tmp_path / "empty")},
+    )
+
+    assert done.returncode != 0
+    tools = next(line for line in lines(done) if line.split()[1] == "tools")
+    assert tools.startswith("FAIL")
+    assert "15 of its 15 programs are not on PATH: eddy_correct, fslmaths," in tools and "3dSkullStrip, 3dUnifize" in tools
+    assert "$FSLDIR unset" in tools and "no /venv/bin/activate" in tools
+    # the other checks still report: the image is otherwise right
+    assert [line.split()[0] for line in lines(done) if line.split()[1] != "tools"] == ["ok"] * 6
 
 
 def test_an_lfs_pointer_atlas_fails_the_atlas_check(s3, m2g_spec, image):

@@ -3,7 +3,8 @@
 # Docker daemon, on local bases made from Debian's packages where the official base cannot be
 # pulled (no image registry answers here). Reuses what it built before: the Debian base is
 # made once, Docker's build cache does the rest. Prints each build's time and the image's size.
-# (Not the m2g image: its base cannot be pulled, and FSL and AFNI are not packaged here.)
+# The m2g image is built too, on a stand-in of its base without FSL and AFNI (not packaged
+# here), from the m2g and neuroparc sources in ../shared/third_party (see the m2g section).
 #
 #   container/local/make-images.sh     # installs Debian's docker.io and debootstrap if missing (root)
 #
@@ -23,8 +24,12 @@ PYTHON=ndmg-local/python:3.11-slim-bookworm
 AIRFLOW_BASE=ndmg-local/airflow:3.3.2-python3.11
 POSTGRES=ndmg-local/postgres:16
 MOTO=ndmg-local/moto:5.2.5
+REDIS=ndmg-local/redis:7.2-bookworm
 LITE=ndmg-cloud-lite:local
 AIRFLOW=ndmg-cloud-airflow:3.3.2 # the name docker-compose.yaml gives it
+UV=ndmg-local/uv:0.9.5
+M2G_BASE=ndmg-local/m2g:95d271f7-bookworm
+M2G=ndmg-cloud-m2g:local
 
 say() { echo "make images: $*"; }
 fail() {
@@ -156,4 +161,115 @@ build "$AIRFLOW_BASE" container/local/airflow.Dockerfile . --build-arg "PYTHON_B
 build "$AIRFLOW" container/airflow.Dockerfile . --build-arg "PYTHON_BASE=$PYTHON" --build-arg "AIRFLOW_BASE=$AIRFLOW_BASE"
 build "$POSTGRES" container/local/postgres.Dockerfile container/local --build-arg "DEBIAN_BASE=$DEBIAN"
 build "$MOTO" container/local/moto.Dockerfile . --build-arg "PYTHON_BASE=$PYTHON"
+build "$REDIS" container/local/redis.Dockerfile container/local --build-arg "DEBIAN_BASE=$DEBIAN"
+
+# --- the m2g image (container/Dockerfile.m2g, built by container/build-m2g.sh as for ECR) on a
+# stand-in of neurodata/m2g without FSL and AFNI (container/local/m2g-base.Dockerfile): CPython
+# 3.7 (pyenv's, or NDMG_LOCAL_PYTHON37) with m2g's requirements from wheels built here once
+# (cached in ~/.cache/ndmg-cloud), and m2g and neuroparc cloned from local git copies of the
+# pinned sources (NDMG_THIRD_PARTY, default ../shared/third_party) served on 127.0.0.1 ---
+third_party=${NDMG_THIRD_PARTY:-}
+for candidate in ../shared/third_party /work/shared/third_party; do
+  [ -z "$third_party" ] && [ -f "$candidate/m2g-95d271f7.tar.gz" ] && third_party=$(cd "$candidate" && pwd)
+done
+python37=${NDMG_LOCAL_PYTHON37:-}
+if [ -z "$python37" ]; then
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7.*; do # the last is the newest (by glob order, 3.7.9 < 3.7.16 aside)
+    [ -x "$candidate/bin/python3.7" ] && python37=$candidate
+  done
+fi
+if [ -z "$third_party" ] || [ ! -f "$third_party/neuroparc-5a5e7469-atlases.tar.gz" ]; then
+  say "the m2g image is not built: no m2g and neuroparc sources (set NDMG_THIRD_PARTY to the folder with m2g-95d271f7.tar.gz)"
+elif [ -z "$python37" ] || [ ! -x "$python37/bin/python3.7" ]; then
+  say "the m2g image is not built: no CPython 3.7 (pyenv install 3.7, or NDMG_LOCAL_PYTHON37=<its prefix>)"
+else
+  build "$UV" container/local/uv.Dockerfile container/local --build-arg "PYTHON_BASE=$PYTHON"
+
+  # m2g's requirements as wheels, built once for this requirements.txt
+  src=$(mktemp -d /tmp/ndmg-m2g.XXXXXX)
+  scratch+=("$src")
+  tar -xzf "$third_party/m2g-95d271f7.tar.gz" -C "$src"
+  requirements=$src/m2g-95d271f7/requirements.txt
+  constraints=container/local/m2g-constraints.txt
+  wheels=$HOME/.cache/ndmg-cloud/m2g-wheels-$(cat "$requirements" "$constraints" | sha256sum | cut -c1-12)
+  if [ ! -f "$wheels/.complete" ]; then
+    started=$SECONDS
+    say "building m2g's requirements as CPython 3.7 wheels into $wheels (a few minutes, once)"
+    rm -rf "$wheels" && mkdir -p "$wheels"
+    if ! { "$python37/bin/python3.7" -m venv "$src/venv" && "$src/venv/bin/pip" install --quiet wheel; } >>"$log" 2>&1; then
+      fail "no virtual environment with wheel for CPython 3.7: see $log"
+    fi
+    # PyYAML 3.12 (a requirement of a requirement) builds only without libyaml on its own:
+    # its option alone, since a build option on a pip command turns off every binary wheel
+    "$src/venv/bin/pip" wheel --no-deps -w "$wheels" PyYAML==3.12 --global-option=--without-libyaml >>"$log" 2>&1 \
+      || fail "PyYAML 3.12 did not build: see $log"
+    "$src/venv/bin/pip" wheel -w "$wheels" --find-links "$wheels" -r "$requirements" -c "$constraints" >>"$log" 2>&1 \
+      || fail "m2g's requirements did not build as wheels: see $log"
+    touch "$wheels/.complete"
+    say "m2g's requirements: $(find "$wheels" -name '*.whl' | wc -l) wheels in $((SECONDS - started)) s"
+  fi
+
+  # the stand-in base: CPython 3.7 (as python.Dockerfile copies 3.11), the wheels, requirements.txt
+  context=$src/base
+  mkdir -p "$context/python3.7"
+  cp container/local/m2g-base.Dockerfile "$requirements" "$constraints" "$context/"
+  cp -r "$wheels" "$context/wheels"
+  tar -C "$python37" -c --exclude='./lib/python3.7/site-packages/*' --exclude=./lib/python3.7/test --exclude='__pycache__' \
+    ./bin/python3.7 ./lib/python3.7 ./lib/libpython3.7m.so.1.0 | tar -C "$context/python3.7" -x
+  build "$M2G_BASE" "$context/m2g-base.Dockerfile" "$context" --build-arg "PYTHON_BASE=$PYTHON"
+
+  # Dockerfile.m2g takes its base only by digest, as from a registry: push the stand-in to
+  # Debian's docker-registry on 127.0.0.1, which gives it one
+  if ! command -v docker-registry >/dev/null 2>&1; then
+    say "installing docker-registry from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >>"$log" 2>&1 \
+      || fail "apt-get could not install docker-registry: see $log"
+  fi
+  registry=127.0.0.1:${NDMG_REGISTRY_PORT:-5055}
+  mkdir -p /var/lib/ndmg-registry
+  printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/ndmg-registry\nhttp:\n  addr: %s\n' "$registry" >"$src/registry.yml"
+  (setsid docker-registry serve "$src/registry.yml" >/tmp/ndmg-registry.log 2>&1 & echo $! >"$src/registry.pid")
+  for _ in $(seq 30); do curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && break; sleep 1; done
+  curl -fsS "http://$registry/v2/" >/dev/null 2>&1 || fail "docker-registry did not answer on $registry: see /tmp/ndmg-registry.log"
+  pids=("$(cat "$src/registry.pid")")
+  trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "${scratch[@]}"' EXIT
+  docker tag "$M2G_BASE" "$registry/$M2G_BASE"
+  docker push --quiet "$registry/$M2G_BASE" >>"$log" 2>&1 || fail "could not push $M2G_BASE to $registry: see $log"
+
+  # m2g and neuroparc as git repositories, served read-only (git's dumb HTTP) on 127.0.0.1;
+  # the same sources always make the same commit, so the build cache holds between runs
+  served=$src/git
+  mkdir -p "$served"
+  repository() { # NAME TARBALL: the commit of a git repository made from the tarball
+    local work=$src/$1
+    mkdir -p "$work" && tar -xzf "$2" -C "$work" --strip-components=1
+    (
+      cd "$work"
+      export GIT_AUTHOR_NAME=ndmg-cloud GIT_AUTHOR_EMAIL=make-images@localhost GIT_AUTHOR_DATE=2023-04-15T00:00:00Z
+      export GIT_COMMITTER_NAME=ndmg-cloud GIT_COMMITTER_EMAIL=make-images@localhost GIT_COMMITTER_DATE=2023-04-15T00:00:00Z
+      git init -q && git add -A && git commit -q -m "$1 from $(basename "$2")" && git rev-parse HEAD
+    )
+    git clone -q --bare "$work" "$served/$1.git" && git -C "$served/$1.git" update-server-info
+  }
+  m2g_commit=$(repository m2g "$third_party/m2g-95d271f7.tar.gz")
+  neuroparc_commit=$(repository neuroparc "$third_party/neuroparc-5a5e7469-atlases.tar.gz")
+  port=${NDMG_GIT_PORT:-5056} # fixed, so that the build arguments, and the build cache, hold between runs
+  (setsid python3 -m http.server --bind 127.0.0.1 --directory "$served" "$port" >>"$log" 2>&1 & echo $! >"$src/git.pid")
+  pids+=("$(cat "$src/git.pid")")
+  for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$port/m2g.git/HEAD" >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -fsS "http://127.0.0.1:$port/m2g.git/HEAD" >/dev/null 2>&1 || fail "the git copies are not served on 127.0.0.1:$port (taken? NDMG_GIT_PORT picks another): see $log"
+
+  started=$SECONDS
+  if ! M2G_BASE_TAG="$registry/$M2G_BASE" container/build-m2g.sh "$M2G" --network host \
+    --build-arg "UV_IMAGE=$UV" \
+    --build-arg "M2G_REPO=http://127.0.0.1:$port/m2g.git" --build-arg "M2G_COMMIT=$m2g_commit" \
+    --build-arg "NEUROPARC_REPO=http://127.0.0.1:$port/neuroparc.git" --build-arg "NEUROPARC_COMMIT=$neuroparc_commit" \
+    >>"$log" 2>&1; then
+    say "building $M2G failed; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  size=$(docker image inspect --format '{{.Size}}' "$M2G")
+  say "$M2G built in $((SECONDS - started)) s, $((size / 1000000)) MB (m2g from the sources in $third_party, commit $m2g_commit; no FSL or AFNI)"
+fi
 say "done; the build log: $log"

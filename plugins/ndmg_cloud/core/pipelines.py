@@ -95,6 +95,20 @@ def grid_names(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Toolchain:
+    """What a pipeline runs besides its own Python code: the programs it calls through a
+    shell, the environment variables it insists on and the files it sources. Facts from the
+    pipeline's source (each entry says where), checked by the canary (``ndmg-scan
+    --self-check``) in the image, so that an image without them fails one short job, not N
+    scans an hour in."""
+
+    programs: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    why: str = ""  # where in the pipeline's source these come from
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """One pipeline: its options, its command line and the outputs it must make.
 
@@ -113,6 +127,7 @@ class Pipeline:
     options: dict[str, Option] = field(default_factory=dict)
     catalogue: str | None = None  # which atlas catalogue names its parcellations
     atlas_dir: str | None = None  # where its image keeps the atlases
+    toolchain: Toolchain = Toolchain()  # the programs, variables and files it needs in its image
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in; an option this pipeline does not take is an error."""
@@ -256,6 +271,34 @@ class Lite(Pipeline):
         return {f"atlas/{atlas_name(options['atlas'])}.nii.gz": options["atlas"]}
 
 
+# What m2g 95d271f7's diffusion pipeline runs through gen_utils.run (a shell): FSL's
+# fslmaths, flirt, ... and AFNI's 3d* programs (m2g/register.py, preproc.py,
+# utils/gen_utils.py, utils/reg_utils.py); eddy_correct after sourcing /venv/bin/activate
+# (preproc.eddy_correct); and its check_dependencies (m2g_bids) wants $FSLDIR set and `afni`
+# on PATH before anything runs.
+M2G_TOOLCHAIN = Toolchain(
+    programs=(
+        "eddy_correct",
+        "fslmaths",
+        "fslroi",
+        "bet",
+        "fast",
+        "flirt",
+        "fnirt",
+        "applywarp",
+        "invwarp",
+        "convert_xfm",
+        "epi_reg",
+        "afni",
+        "3dcalc",
+        "3dSkullStrip",
+        "3dUnifize",
+    ),
+    env=("FSLDIR",),
+    files=("/venv/bin/activate",),
+    why="m2g runs them from its shell commands (FSL and AFNI; check_dependencies, preproc.eddy_correct)",
+)
+
 PIPELINES: dict[str, Pipeline] = {
     "m2g": M2G(
         name="m2g",
@@ -280,6 +323,7 @@ PIPELINES: dict[str, Pipeline] = {
         work_disk_gb=20,  # eddy-corrected data, registrations, streamlines: several GB a scan
         catalogue="m2g",
         atlas_dir="/m2g_atlases",
+        toolchain=M2G_TOOLCHAIN,
         options={
             "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g")),
             "space": Option("native", one_of("native", "native_dsn")),

@@ -9,6 +9,8 @@ Checks, one line each:
   never run);
 - atlases: each requested atlas is in the contract and a real NIfTI file in the image,
   and the pipeline's name matching selects exactly that file;
+- tools: the programs the pipeline runs (FSL and AFNI for m2g) are on PATH, and the variables
+  and files it insists on are there (``Pipeline.toolchain``);
 - disk: the work folder has the room the pipeline needs;
 - s3 read: the job's role can read the job spec and the scan's inputs;
 - s3 write: it can write and delete a probe key under the scan's output prefix.
@@ -29,13 +31,14 @@ from typing import Any
 
 from ndmg_cloud.core.atlases import LABEL_DIR, selected_by
 from ndmg_cloud.core.layout import PROBE_NAME, split_uri
-from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
+from ndmg_cloud.core.pipelines import OptionError, Pipeline, Toolchain, get_pipeline
 from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
 ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
 WORK_DISK_ENV = "NDMG_WORK_DISK_GB"  # free GB a scan needs, when not the pipeline's figure
+TOOLCHAIN_ROOT_ENV = "NDMG_TOOLCHAIN_ROOT"  # where the toolchain's files are, when not under / (tests)
 
 
 @dataclass
@@ -108,6 +111,8 @@ def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
     _check_command(result, spec.pipeline.command or pipeline.command(spec.scan, options, WORK_INPUT, WORK_OUTPUT))
     if pipeline.catalogue:
         _check_atlases(result, pipeline, options)
+    if pipeline.toolchain != Toolchain():
+        _check_tools(result, pipeline.toolchain)
     _check_disk(result, pipeline, workdir)
     _check_s3(result, spec, client)
     return result
@@ -181,6 +186,31 @@ def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any
     else:
         names = ", ".join(a.name for a in atlases)
         result.add("atlases", True, f"{names} at {size}: real NIfTI files, each selected alone")
+
+
+def _check_tools(result: SelfCheck, toolchain: Toolchain) -> None:
+    programs = [p for p in toolchain.programs if shutil.which(p) is None]
+    env = [name for name in toolchain.env if not os.environ.get(name)]
+    root = Path(os.environ.get(TOOLCHAIN_ROOT_ENV) or "/")
+    files = [f for f in toolchain.files if not (root / f.lstrip("/")).is_file()]
+    missing = []
+    if programs:
+        missing.append(f"{len(programs)} of its {len(toolchain.programs)} programs are not on PATH: {', '.join(programs)}")
+    if env:
+        missing.append(f"{', '.join('$' + name for name in env)} unset")
+    if files:
+        missing.append(f"no {', '.join(files)}")
+    if missing:
+        detail = "; ".join(missing)
+        result.add(
+            "tools", False, f"{result.pipeline} cannot run here: {detail} ({toolchain.why}); build the image on a base that has them"
+        )
+    else:
+        result.add(
+            "tools",
+            True,
+            f"{len(toolchain.programs)} programs on PATH, {', '.join('$' + n for n in toolchain.env)} set, {', '.join(toolchain.files)} there",
+        )
 
 
 def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
