@@ -57,7 +57,11 @@ class Image:
         """The environment a scan container of this image runs in."""
         toolchain = {}
         if self.toolchain_root:
-            toolchain = {"NDMG_TOOLCHAIN_ROOT": str(self.toolchain_root), "FSLDIR": str(self.toolchain_root / "fsl")}
+            toolchain = {
+                "NDMG_TOOLCHAIN_ROOT": str(self.toolchain_root),
+                "FSLDIR": str(self.toolchain_root / "fsl"),
+                "FSLOUTPUTTYPE": "NIFTI_GZ",
+            }
         return {
             **os.environ,
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -68,20 +72,23 @@ class Image:
         }
 
 
-def install_toolchain(image: Image, root: Path, pipeline: str = "m2g") -> None:
+def install_toolchain(image: Image, root: Path, pipeline: str = "m2g", voxelsizes=("2mm", "4mm")) -> None:
     """The programs, variables and files the pipeline needs from its image (FSL and AFNI for
-    m2g), as stand-ins that fail when run: the self-check only looks for them."""
+    m2g), as stand-ins that fail when run: the self-check only looks for them. ``$FSLDIR`` is
+    ``root/fsl``; the absolute files go under ``root`` (``NDMG_TOOLCHAIN_ROOT``)."""
     from ndmg_cloud.core.pipelines import get_pipeline
 
     toolchain = get_pipeline(pipeline).toolchain
+    image.bin_dir.mkdir(parents=True, exist_ok=True)
     for program in toolchain.programs:
         stand_in = image.bin_dir / program
         stand_in.write_text(f"#!/bin/sh\necho 'stand-in {program}: not run by these tests' >&2\nexit 1\n")
         stand_in.chmod(0o755)
-    for file in toolchain.files:
-        (root / file.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-        (root / file.lstrip("/")).write_text("")
-    (root / "fsl").mkdir(parents=True, exist_ok=True)
+    for template in toolchain.files:
+        for size in voxelsizes:
+            path = root / template.format(voxelsize=size).replace("$FSLDIR", "fsl").lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
     image.toolchain_root = root
 
 

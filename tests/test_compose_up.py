@@ -225,6 +225,16 @@ def test_compose_up_sign_in_trigger_from_the_form_see_the_report_then_down_and_u
     assert f"run '{run_id}' has no report yet" in open_the_report_from_the_ui(page, URL, run_id)
 
 
+def test_the_worker_override_is_the_compose_files_command_with_its_log_server_off():
+    """local.yaml changes the worker's command only by --skip-serve-logs: the executor guard
+    and the rest are the compose file's own."""
+    base = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["airflow-worker"]["command"]
+    override = yaml.safe_load((ROOT / "tests/compose/local.yaml").read_text())["services"]["airflow-worker"]["command"]
+    assert override[:2] == base[:2]
+    assert override[2] == base[2].replace("exec airflow celery worker", "exec airflow celery worker --skip-serve-logs")
+    assert override[2] != base[2]
+
+
 def test_the_celery_profile_runs_a_triggered_run_on_its_worker(celery_deployment):
     """--profile celery with NDMG_EXECUTOR=CeleryExecutor, as the compose file's header starts
     it: Redis with the generated password and one Celery worker, healthy and on loopback; a run

@@ -57,7 +57,7 @@ def test_a_good_image_passes_every_check_and_writes_its_findings(s3, m2g_spec, i
     assert "m2g 95d271f7" in done.stdout
     assert "m2g accepts the scan's command" in done.stdout and "the program's own parser" in done.stdout
     assert "Desikan, Yeo-7 at 2mm: real NIfTI files, each selected alone" in done.stdout
-    assert "15 programs on PATH, $FSLDIR set, /venv/bin/activate there" in done.stdout
+    assert "13 programs on PATH; $FSLDIR, $FSLOUTPUTTYPE=NIFTI_GZ; its 5 files there" in done.stdout
     found = json.loads(s3.get_object(Bucket=BUCKET, Key=result_uri.split("/", 3)[3])["Body"].read())
     assert found["ok"] is True and found["scan_id"] == "sub-01_ses-retest"
     assert found["contract"]["code"]["revision"] == "95d271f748e7d35b8d7feaa1b0112f471be8e514"
@@ -79,22 +79,36 @@ def test_an_image_without_fsl_and_afni_fails_naming_the_missing_programs(s3, m2g
     from images import m2g_image
 
     image = m2g_image(tmp_path / "image", toolchain=False)  # m2g's code and atlases, no FSL or AFNI
-    env = {k: v for k, v in image.env().items() if k != "FSLDIR"}
+    env = {k: v for k, v in image.env().items() if not k.startswith("FSL")}
     done = subprocess.run(
         [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", m2g_spec["spec_uri"]],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**env, "AWS_ENDPOINT_URL": ENDPOINT, "NDMG_TOOLCHAIN_ROOT": str(tmp_path / "empty")},
+        # the image's programs and the system's basics only (this machine may have FSL itself)
+        env={**env, "PATH": f"{image.bin_dir}:/usr/bin:/bin", "AWS_ENDPOINT_URL": ENDPOINT, "NDMG_TOOLCHAIN_ROOT": str(tmp_path / "empty")},
     )
 
     assert done.returncode != 0
     tools = next(line for line in lines(done) if line.split()[1] == "tools")
     assert tools.startswith("FAIL")
-    assert "15 of its 15 programs are not on PATH: eddy_correct, fslmaths," in tools and "3dSkullStrip, 3dUnifize" in tools
-    assert "$FSLDIR unset" in tools and "no /venv/bin/activate" in tools
+    assert "12 of its 13 programs are not on PATH: eddy_correct, fslmaths," in tools and "3dSkullStrip, afni" in tools
+    assert "$FSLDIR unset; $FSLOUTPUTTYPE unset" in tools and "no /venv/bin/activate" in tools
     # the other checks still report: the image is otherwise right
     assert [line.split()[0] for line in lines(done) if line.split()[1] != "tools"] == ["ok"] * 6
+
+
+def test_fsl_files_are_looked_for_where_fsldir_says_at_the_scans_voxel_size(s3, m2g_spec, image):
+    """$FSLDIR set but its MNI152 brain at 2 mm missing, FSL writing NIfTI without gzip: m2g
+    would load names that are not there."""
+    (image.toolchain_root / "fsl/data/standard/MNI152_T1_2mm_brain.nii.gz").unlink()
+    done = self_check(m2g_spec, image, FSLOUTPUTTYPE="NIFTI")
+
+    tools = next(line for line in lines(done) if line.split()[1] == "tools")
+    assert done.returncode != 0 and tools.startswith("FAIL")
+    assert "$FSLOUTPUTTYPE is 'NIFTI', not 'NIFTI_GZ'" in tools
+    assert f"no {image.toolchain_root}/fsl/data/standard/MNI152_T1_2mm_brain.nii.gz" in tools
+    assert "programs are not on PATH" not in tools  # FSL's and AFNI's programs are all there
 
 
 def test_an_lfs_pointer_atlas_fails_the_atlas_check(s3, m2g_spec, image):

@@ -37,7 +37,8 @@ fail() {
   exit 1
 }
 scratch=()
-trap 'rm -rf "${scratch[@]}"' EXIT
+pids=() # background servers of this run (the m2g section's registry and git copies)
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "${scratch[@]}"' EXIT
 
 # --- Docker: Debian's docker.io (and debootstrap), a daemon (overlay2, else vfs) ---
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
@@ -173,15 +174,20 @@ for candidate in ../shared/third_party /work/shared/third_party; do
   [ -z "$third_party" ] && [ -f "$candidate/m2g-95d271f7.tar.gz" ] && third_party=$(cd "$candidate" && pwd)
 done
 python37=${NDMG_LOCAL_PYTHON37:-}
-if [ -z "$python37" ]; then
-  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7.*; do # the last is the newest (by glob order, 3.7.9 < 3.7.16 aside)
+if [ -z "$python37" ]; then # pyenv's newest 3.7 (3.7.16 after 3.7.9)
+  for candidate in $(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7.* | sort -V); do
     [ -x "$candidate/bin/python3.7" ] && python37=$candidate
   done
 fi
+m2g_sha256=59527d00d146d109a9f7352e70b0d96aa1471ee13c7389e6300183011440d4cc # third_party/README.md
 if [ -z "$third_party" ] || [ ! -f "$third_party/neuroparc-5a5e7469-atlases.tar.gz" ]; then
   say "the m2g image is not built: no m2g and neuroparc sources (set NDMG_THIRD_PARTY to the folder with m2g-95d271f7.tar.gz)"
 elif [ -z "$python37" ] || [ ! -x "$python37/bin/python3.7" ]; then
   say "the m2g image is not built: no CPython 3.7 (pyenv install 3.7, or NDMG_LOCAL_PYTHON37=<its prefix>)"
+elif [ ! -f "$python37/lib/libpython3.7m.so.1.0" ]; then
+  fail "the CPython 3.7 in $python37 has no shared library (libpython3.7m.so.1.0): build it with --enable-shared (PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install 3.7)"
+elif [ "$(sha256sum "$third_party/m2g-95d271f7.tar.gz" | cut -d' ' -f1)" != "$m2g_sha256" ]; then
+  fail "$third_party/m2g-95d271f7.tar.gz is not the pinned m2g source (its sha256 differs from $m2g_sha256)"
 else
   build "$UV" container/local/uv.Dockerfile container/local --build-arg "PYTHON_BASE=$PYTHON"
 
@@ -191,7 +197,10 @@ else
   tar -xzf "$third_party/m2g-95d271f7.tar.gz" -C "$src"
   requirements=$src/m2g-95d271f7/requirements.txt
   constraints=container/local/m2g-constraints.txt
-  wheels=$HOME/.cache/ndmg-cloud/m2g-wheels-$(cat "$requirements" "$constraints" | sha256sum | cut -c1-12)
+  # the cache's key: what decides the wheels (the requirements, the constraints, this script's
+  # PyYAML line, the interpreter)
+  key=$({ cat "$requirements" "$constraints"; grep -F 'PyYAML==' "$0"; "$python37/bin/python3.7" -VV; } | sha256sum | cut -c1-12)
+  wheels=$HOME/.cache/ndmg-cloud/m2g-wheels-$key
   if [ ! -f "$wheels/.complete" ]; then
     started=$SECONDS
     say "building m2g's requirements as CPython 3.7 wheels into $wheels (a few minutes, once)"
@@ -221,18 +230,37 @@ else
   # Dockerfile.m2g takes its base only by digest, as from a registry: push the stand-in to
   # Debian's docker-registry on 127.0.0.1, which gives it one
   if ! command -v docker-registry >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+      fail "the m2g image needs Debian's docker-registry (its base is taken by digest): sudo apt-get install docker-registry"
+    fi
     say "installing docker-registry from Debian's packages"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >>"$log" 2>&1 \
-      || fail "apt-get could not install docker-registry: see $log"
+    # not as the package's service (it would listen on every interface, port 5000): a
+    # policy-rc.d that forbids starting services while it installs
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    fi
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry; } >>"$log" 2>&1 \
+      || { [ -z "$policy" ] || rm -f "$policy"; fail "apt-get could not install docker-registry: see $log"; }
+    [ -z "$policy" ] || rm -f "$policy"
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+      systemctl disable --now docker-registry >>"$log" 2>&1 || true
+    fi
   fi
+  # started for this run only, on 127.0.0.1, storing under ~/.cache/ndmg-cloud
   registry=127.0.0.1:${NDMG_REGISTRY_PORT:-5055}
-  mkdir -p /var/lib/ndmg-registry
-  printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/ndmg-registry\nhttp:\n  addr: %s\n' "$registry" >"$src/registry.yml"
+  if curl -s -o /dev/null "http://$registry/"; then
+    fail "$registry is taken (an earlier run's registry? pkill -f 'docker-registry serve'); NDMG_REGISTRY_PORT picks another port"
+  fi
+  mkdir -p "$HOME/.cache/ndmg-cloud/registry"
+  printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' "$HOME/.cache/ndmg-cloud/registry" "$registry" >"$src/registry.yml"
   (setsid docker-registry serve "$src/registry.yml" >/tmp/ndmg-registry.log 2>&1 & echo $! >"$src/registry.pid")
+  pids+=("$(cat "$src/registry.pid")")
   for _ in $(seq 30); do curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && break; sleep 1; done
-  curl -fsS "http://$registry/v2/" >/dev/null 2>&1 || fail "docker-registry did not answer on $registry: see /tmp/ndmg-registry.log"
-  pids=("$(cat "$src/registry.pid")")
-  trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "${scratch[@]}"' EXIT
+  if ! kill -0 "${pids[-1]}" 2>/dev/null || ! curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then
+    fail "docker-registry did not start on $registry: see /tmp/ndmg-registry.log"
+  fi
   docker tag "$M2G_BASE" "$registry/$M2G_BASE"
   docker push --quiet "$registry/$M2G_BASE" >>"$log" 2>&1 || fail "could not push $M2G_BASE to $registry: see $log"
 
@@ -247,6 +275,7 @@ else
       cd "$work"
       export GIT_AUTHOR_NAME=ndmg-cloud GIT_AUTHOR_EMAIL=make-images@localhost GIT_AUTHOR_DATE=2023-04-15T00:00:00Z
       export GIT_COMMITTER_NAME=ndmg-cloud GIT_COMMITTER_EMAIL=make-images@localhost GIT_COMMITTER_DATE=2023-04-15T00:00:00Z
+      export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 # no hooks, signing or excludes of this machine's
       git init -q && git add -A && git commit -q -m "$1 from $(basename "$2")" && git rev-parse HEAD
     )
     git clone -q --bare "$work" "$served/$1.git" && git -C "$served/$1.git" update-server-info
@@ -254,6 +283,9 @@ else
   m2g_commit=$(repository m2g "$third_party/m2g-95d271f7.tar.gz")
   neuroparc_commit=$(repository neuroparc "$third_party/neuroparc-5a5e7469-atlases.tar.gz")
   port=${NDMG_GIT_PORT:-5056} # fixed, so that the build arguments, and the build cache, hold between runs
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    fail "127.0.0.1:$port is taken; NDMG_GIT_PORT picks another port"
+  fi
   (setsid python3 -m http.server --bind 127.0.0.1 --directory "$served" "$port" >>"$log" 2>&1 & echo $! >"$src/git.pid")
   pids+=("$(cat "$src/git.pid")")
   for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$port/m2g.git/HEAD" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -97,15 +97,21 @@ def grid_names(value: Any) -> str | None:
 @dataclass(frozen=True)
 class Toolchain:
     """What a pipeline runs besides its own Python code: the programs it calls through a
-    shell, the environment variables it insists on and the files it sources. Facts from the
-    pipeline's source (each entry says where), checked by the canary (``ndmg-scan
-    --self-check``) in the image, so that an image without them fails one short job, not N
-    scans an hour in."""
+    shell, the environment it insists on and the files it reads or sources. Facts from the
+    pipeline's source, checked by the canary (``ndmg-scan --self-check``) in the image, so
+    that an image without them fails one short job, not N scans an hour in.
+
+    ``env`` pairs a variable with the value it must have (None: any, but set). A file may
+    start with ``$VAR/`` (one of ``env``) and hold ``{voxelsize}`` (the scan's option).
+    """
 
     programs: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
+    env: tuple[tuple[str, str | None], ...] = ()
     files: tuple[str, ...] = ()
     why: str = ""  # where in the pipeline's source these come from
+
+    def __bool__(self) -> bool:
+        return bool(self.programs or self.env or self.files)
 
 
 @dataclass(frozen=True)
@@ -271,11 +277,16 @@ class Lite(Pipeline):
         return {f"atlas/{atlas_name(options['atlas'])}.nii.gz": options["atlas"]}
 
 
-# What m2g 95d271f7's diffusion pipeline runs through gen_utils.run (a shell): FSL's
-# fslmaths, flirt, ... and AFNI's 3d* programs (m2g/register.py, preproc.py,
-# utils/gen_utils.py, utils/reg_utils.py); eddy_correct after sourcing /venv/bin/activate
-# (preproc.eddy_correct); and its check_dependencies (m2g_bids) wants $FSLDIR set and `afni`
-# on PATH before anything runs.
+# What m2g 95d271f7's diffusion pipeline (m2g_bids -> m2g_dwi_pipeline) needs besides Python:
+# - the programs its gen_utils.run (a shell) starts: FSL's (gen_utils.py, register.py,
+#   reg_utils.py, preproc.py) and AFNI's 3dSkullStrip (reg_utils.t1w_skullstrip);
+#   check_dependencies shells out to `which afni` before anything runs. Not listed: epi_reg,
+#   3dUnifize, 3dcalc, whose functions (align_epi, normalize_t1w, extract_t1w_brain) nothing
+#   calls (tests/test_m2g_toolchain.py checks both ways against the source);
+# - $FSLDIR (check_dependencies, register.py), and FSLOUTPUTTYPE=NIFTI_GZ as m2g's Dockerfile
+#   sets it: m2g loads the *.nii.gz names it gives FSL's outputs;
+# - the FSL files register.py reads: the MNI152 brain and mask at the scan's voxel size, and
+#   flirt's schedules; and /venv/bin/activate, which preproc.eddy_correct sources first.
 M2G_TOOLCHAIN = Toolchain(
     programs=(
         "eddy_correct",
@@ -288,15 +299,19 @@ M2G_TOOLCHAIN = Toolchain(
         "applywarp",
         "invwarp",
         "convert_xfm",
-        "epi_reg",
-        "afni",
-        "3dcalc",
         "3dSkullStrip",
-        "3dUnifize",
+        "afni",
+        "which",
     ),
-    env=("FSLDIR",),
-    files=("/venv/bin/activate",),
-    why="m2g runs them from its shell commands (FSL and AFNI; check_dependencies, preproc.eddy_correct)",
+    env=(("FSLDIR", None), ("FSLOUTPUTTYPE", "NIFTI_GZ")),
+    files=(
+        "$FSLDIR/data/standard/MNI152_T1_{voxelsize}_brain.nii.gz",
+        "$FSLDIR/data/standard/MNI152_T1_{voxelsize}_brain_mask.nii.gz",
+        "$FSLDIR/etc/flirtsch/T1_2_MNI152_2mm.cnf",
+        "$FSLDIR/etc/flirtsch/bbr.sch",
+        "/venv/bin/activate",
+    ),
+    why="m2g's diffusion pipeline needs FSL and AFNI: check_dependencies, register.py, preproc.eddy_correct",
 )
 
 PIPELINES: dict[str, Pipeline] = {

@@ -111,8 +111,8 @@ def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
     _check_command(result, spec.pipeline.command or pipeline.command(spec.scan, options, WORK_INPUT, WORK_OUTPUT))
     if pipeline.catalogue:
         _check_atlases(result, pipeline, options)
-    if pipeline.toolchain != Toolchain():
-        _check_tools(result, pipeline.toolchain)
+    if pipeline.toolchain:
+        _check_tools(result, pipeline.toolchain, options)
     _check_disk(result, pipeline, workdir)
     _check_s3(result, spec, client)
     return result
@@ -188,16 +188,29 @@ def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any
         result.add("atlases", True, f"{names} at {size}: real NIfTI files, each selected alone")
 
 
-def _check_tools(result: SelfCheck, toolchain: Toolchain) -> None:
+def _check_tools(result: SelfCheck, toolchain: Toolchain, options: dict[str, Any]) -> None:
     programs = [p for p in toolchain.programs if shutil.which(p) is None]
-    env = [name for name in toolchain.env if not os.environ.get(name)]
+    env = []
+    for name, wanted in toolchain.env:
+        value = os.environ.get(name)
+        if not value:
+            env.append(f"${name} unset")
+        elif wanted is not None and value != wanted:
+            env.append(f"${name} is {value!r}, not {wanted!r}")
     root = Path(os.environ.get(TOOLCHAIN_ROOT_ENV) or "/")
-    files = [f for f in toolchain.files if not (root / f.lstrip("/")).is_file()]
+    files = []
+    for template in toolchain.files:
+        path = template.format(**options)
+        if path.startswith("$"):  # where the variable says (its own check says if it is unset)
+            name, _, rest = path[1:].partition("/")
+            if os.environ.get(name) and not Path(os.environ[name], rest).is_file():
+                files.append(f"{os.environ[name]}/{rest}")
+        elif not (root / path.lstrip("/")).is_file():
+            files.append(path)
     missing = []
     if programs:
         missing.append(f"{len(programs)} of its {len(toolchain.programs)} programs are not on PATH: {', '.join(programs)}")
-    if env:
-        missing.append(f"{', '.join('$' + name for name in env)} unset")
+    missing += env
     if files:
         missing.append(f"no {', '.join(files)}")
     if missing:
@@ -205,12 +218,13 @@ def _check_tools(result: SelfCheck, toolchain: Toolchain) -> None:
         result.add(
             "tools", False, f"{result.pipeline} cannot run here: {detail} ({toolchain.why}); build the image on a base that has them"
         )
-    else:
-        result.add(
-            "tools",
-            True,
-            f"{len(toolchain.programs)} programs on PATH, {', '.join('$' + n for n in toolchain.env)} set, {', '.join(toolchain.files)} there",
-        )
+        return
+    found = [f"{len(toolchain.programs)} programs on PATH"]
+    if toolchain.env:
+        found.append(", ".join(f"${name}" + (f"={wanted}" if wanted else "") for name, wanted in toolchain.env))
+    if toolchain.files:
+        found.append(f"its {len(toolchain.files)} files there")
+    result.add("tools", True, "; ".join(found))
 
 
 def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
