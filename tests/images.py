@@ -16,6 +16,7 @@ import numpy as np
 
 from ndmg_cloud.core.atlases import catalogue
 from ndmg_cloud.scan.contract import reference_files
+from ndmg_cloud.scan.selfcheck import TOOLCHAIN_ROOT_ENV
 
 import pipeline_facts
 
@@ -57,11 +58,7 @@ class Image:
         """The environment a scan container of this image runs in."""
         toolchain = {}
         if self.toolchain_root:
-            toolchain = {
-                "NDMG_TOOLCHAIN_ROOT": str(self.toolchain_root),
-                "FSLDIR": str(self.toolchain_root / "fsl"),
-                "FSLOUTPUTTYPE": "NIFTI_GZ",
-            }
+            toolchain = {TOOLCHAIN_ROOT_ENV: str(self.toolchain_root), **toolchain_env(self.toolchain_root)}
         return {
             **os.environ,
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -84,12 +81,16 @@ def install_toolchain(image: Image, root: Path, pipeline: str = "m2g", voxelsize
         stand_in = image.bin_dir / program
         stand_in.write_text(f"#!/bin/sh\necho 'stand-in {program}: not run by these tests' >&2\nexit 1\n")
         stand_in.chmod(0o755)
-    for template in toolchain.files:
-        for size in voxelsizes:
-            path = root / template.format(voxelsize=size).replace("$FSLDIR", "fsl").lstrip("/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+    for size in voxelsizes:
+        for _, where in toolchain.file_paths({"voxelsize": size}, toolchain_env(root), root):
+            where.parent.mkdir(parents=True, exist_ok=True)
+            where.write_text("")
     image.toolchain_root = root
+
+
+def toolchain_env(root: Path) -> dict[str, str]:
+    """The m2g toolchain's variables in an image laid out by install_toolchain under ``root``."""
+    return {"FSLDIR": str(root / "fsl"), "FSLOUTPUTTYPE": "NIFTI_GZ"}
 
 
 def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ finds them: the pinned m2g and neuroparc sources (``NDMG_THIRD_PARTY``, else
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def third_party() -> Path | None:
         if (folder / M2G_TARBALL).is_file() and (folder / NEUROPARC_TARBALL).is_file():
             return folder.resolve()
     return None
+
+
+def m2g_python_files() -> dict[str, bytes]:
+    """The pinned m2g package's Python files, by path from the package's parent (``m2g/...``)."""
+    with tarfile.open(third_party() / M2G_TARBALL) as archive:
+        return {
+            member.name.split("/", 1)[1]: archive.extractfile(member).read()
+            for member in archive.getmembers()
+            if member.isfile() and member.name.endswith(".py") and "/m2g/" in member.name
+        }
 
 
 def python37() -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 
 import pytest
 from docker_images import LITE, M2G, PYTHON_BASE, RoleCredentials, image_file, require_images, run
@@ -17,7 +16,7 @@ from docker_images import LITE, M2G, PYTHON_BASE, RoleCredentials, image_file, r
 from conftest import ENDPOINT, FAKE_KEY_ID, FAKE_SECRET, REGION, make_job_queue
 from datasets import listing, write_specs
 from helpers import read_json
-from m2g_sources import M2G_TARBALL, require_m2g_sources, third_party
+from m2g_sources import m2g_python_files, require_m2g_sources
 
 pytestmark = pytest.mark.images
 BUCKET = "lab-data"
@@ -203,12 +202,7 @@ def test_the_m2g_image_has_the_real_m2g_and_its_canary_names_the_missing_fsl_and
     assert contract.code["source"] == "http://127.0.0.1:5056/m2g"  # the local copy of the pinned source, recorded as such
     assert {"AAL", "Desikan"} <= set(contract.atlases["2mm"]) and {"AAL", "Desikan"} <= set(contract.atlases["4mm"])
     # the m2g installed in the image is the pinned source, file for file
-    with tarfile.open(third_party() / M2G_TARBALL) as archive:
-        pinned = {
-            m.name.split("/", 1)[1]: hashlib.sha256(archive.extractfile(m).read()).hexdigest()
-            for m in archive.getmembers()
-            if m.isfile() and m.name.endswith(".py") and "/m2g/" in m.name
-        }
+    pinned = {name: hashlib.sha256(text).hexdigest() for name, text in m2g_python_files().items()}
     digests = run(M2G, "python3.7", "-c", INSTALLED_DIGESTS)
     assert digests.returncode == 0, digests.stderr
     assert json.loads(digests.stdout) == pinned

@@ -11,7 +11,7 @@ import pytest
 
 from ndmg_cloud.core.pipelines import get_pipeline
 
-from m2g_sources import M2G_TARBALL, require_m2g_sources, third_party
+from m2g_sources import M2G_TARBALL, m2g_python_files, require_m2g_sources, third_party
 
 # what m2g's source starts through a shell but the diffusion run never reaches, and why
 NOT_REACHED = {
@@ -30,13 +30,11 @@ COMMAND = re.compile(r'(?:cmd\s*=\s*\(?\s*|run\()f?["\'](?:\. /venv/bin/activate
 def m2g_source() -> dict[str, str]:
     """m2g's Python files (the diffusion pipeline: not functional/, not the cloud launcher)."""
     require_m2g_sources(python=False)
-    with tarfile.open(third_party() / M2G_TARBALL) as archive:
-        return {
-            member.name.split("/", 1)[1]: archive.extractfile(member).read().decode()
-            for member in archive.getmembers()
-            if member.isfile() and member.name.endswith(".py") and "/m2g/" in member.name
-            if "/functional/" not in member.name and not member.name.endswith("m2g_cloud.py")
-        }
+    return {
+        name: text.decode()
+        for name, text in m2g_python_files().items()
+        if not name.startswith("m2g/functional/") and not name.endswith("m2g_cloud.py")
+    }
 
 
 def started(source: dict[str, str]) -> set[str]:

@@ -141,19 +141,26 @@ tar -C "$python_prefix" -c --exclude='./lib/python3.11/site-packages/*' --exclud
   --exclude='__pycache__' ./bin/python3.11 ./bin/python3 ./lib/python3.11 ./lib/libpython3.11.so.1.0 ./lib/libpython3.so \
   | tar -C "$python_context/python" -x
 
-# build TAG DOCKERFILE CONTEXT [docker build arguments...]
-build() {
-  local tag=$1 dockerfile=$2 context=$3
-  shift 3
+# built TAG NOTE COMMAND...: run the command that builds TAG, logged; say its time and size
+built() {
+  local tag=$1 note=$2
+  shift 2
   local started=$SECONDS
-  if ! docker build --network host -f "$dockerfile" -t "$tag" "$@" "$context" >>"$log" 2>&1; then
+  if ! "$@" >>"$log" 2>&1; then
     say "building $tag failed; the end of $log:" >&2
     tail -n 30 "$log" >&2
     exit 1
   fi
   local size
   size=$(docker image inspect --format '{{.Size}}' "$tag")
-  say "$tag built in $((SECONDS - started)) s, $((size / 1000000)) MB"
+  say "$tag built in $((SECONDS - started)) s, $((size / 1000000)) MB$note"
+}
+
+# build TAG DOCKERFILE CONTEXT [docker build arguments...]
+build() {
+  local tag=$1 dockerfile=$2 context=$3
+  shift 3
+  built "$tag" "" docker build --network host -f "$dockerfile" -t "$tag" "$@" "$context"
 }
 
 build "$PYTHON" "$python_context/python.Dockerfile" "$python_context" --build-arg "DEBIAN_BASE=$DEBIAN"
@@ -291,17 +298,9 @@ else
   for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$port/m2g.git/HEAD" >/dev/null 2>&1 && break; sleep 0.2; done
   curl -fsS "http://127.0.0.1:$port/m2g.git/HEAD" >/dev/null 2>&1 || fail "the git copies are not served on 127.0.0.1:$port (taken? NDMG_GIT_PORT picks another): see $log"
 
-  started=$SECONDS
-  if ! M2G_BASE_TAG="$registry/$M2G_BASE" container/build-m2g.sh "$M2G" --network host \
-    --build-arg "UV_IMAGE=$UV" \
+  built "$M2G" " (m2g from the sources in $third_party, commit $m2g_commit; no FSL or AFNI)" \
+    env M2G_BASE_TAG="$registry/$M2G_BASE" container/build-m2g.sh "$M2G" --network host --build-arg "UV_IMAGE=$UV" \
     --build-arg "M2G_REPO=http://127.0.0.1:$port/m2g.git" --build-arg "M2G_COMMIT=$m2g_commit" \
-    --build-arg "NEUROPARC_REPO=http://127.0.0.1:$port/neuroparc.git" --build-arg "NEUROPARC_COMMIT=$neuroparc_commit" \
-    >>"$log" 2>&1; then
-    say "building $M2G failed; the end of $log:" >&2
-    tail -n 30 "$log" >&2
-    exit 1
-  fi
-  size=$(docker image inspect --format '{{.Size}}' "$M2G")
-  say "$M2G built in $((SECONDS - started)) s, $((size / 1000000)) MB (m2g from the sources in $third_party, commit $m2g_commit; no FSL or AFNI)"
+    --build-arg "NEUROPARC_REPO=http://127.0.0.1:$port/neuroparc.git" --build-arg "NEUROPARC_COMMIT=$neuroparc_commit"
 fi
 say "done; the build log: $log"

@@ -7,8 +7,9 @@ its graphs is never counted as done.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ndmg_cloud.core.atlases import Atlas, catalogue
@@ -112,6 +113,20 @@ class Toolchain:
 
     def __bool__(self) -> bool:
         return bool(self.programs or self.env or self.files)
+
+    def file_paths(self, options: dict[str, Any], environ: Mapping[str, str], root: Path = Path("/")) -> list[tuple[str, Path]]:
+        """``files`` for a scan's ``options``: (the path, where to look for it). A leading
+        ``$VAR`` is taken from ``environ`` (left out when unset: the variable's own check names
+        it); any other path is looked for under ``root``."""
+        paths = []
+        for template in self.files:
+            path = template.format(**options)
+            if not path.startswith("$"):
+                paths.append((path, root / path.lstrip("/")))
+            elif environ.get(name := path[1:].partition("/")[0]):
+                path = environ[name] + path[1 + len(name) :]
+                paths.append((path, Path(path)))
+        return paths
 
 
 @dataclass(frozen=True)

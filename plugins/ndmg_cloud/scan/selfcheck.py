@@ -198,15 +198,7 @@ def _check_tools(result: SelfCheck, toolchain: Toolchain, options: dict[str, Any
         elif wanted is not None and value != wanted:
             env.append(f"${name} is {value!r}, not {wanted!r}")
     root = Path(os.environ.get(TOOLCHAIN_ROOT_ENV) or "/")
-    files = []
-    for template in toolchain.files:
-        path = template.format(**options)
-        if path.startswith("$"):  # where the variable says (its own check says if it is unset)
-            name, _, rest = path[1:].partition("/")
-            if os.environ.get(name) and not Path(os.environ[name], rest).is_file():
-                files.append(f"{os.environ[name]}/{rest}")
-        elif not (root / path.lstrip("/")).is_file():
-            files.append(path)
+    files = [path for path, where in toolchain.file_paths(options, os.environ, root) if not where.is_file()]
     missing = []
     if programs:
         missing.append(f"{len(programs)} of its {len(toolchain.programs)} programs are not on PATH: {', '.join(programs)}")
