@@ -2,6 +2,7 @@
 # make test    - create .venv (first time), install the test tools (scripts/install-test-tools.sh)
 #                and run the test suite
 # make test-live - the slow live tier: Airflow components killed mid-run
+# make test-m2g - the real m2g (pinned source, CPython 3.7): its parser, discovery, tracking, graphs
 # make images  - build every image on this machine's Docker (local Debian bases: no registry)
 # make test-images - the images run as containers: a scan, a run through Batch
 # make lint    - ruff (lint and format check) and mypy, as configured in pyproject.toml
@@ -13,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-live test-images images test-tools lint format airflow bench bench-load bench-scale screenshots lock clean
+.PHONY: demo test test-m2g test-live test-images images test-tools lint format airflow bench bench-load bench-scale screenshots lock clean
 
 # uv (pinned in constraints.txt, installed by pip) installs the locked versions in seconds
 # where pip takes minutes; it resolves against the same constraints.txt.
@@ -33,7 +34,13 @@ airflow: $(STAMP)
 	$(VENV)/bin/ndmg-demo --standalone
 
 test: $(STAMP) test-tools
-	$(PY) -m pytest -q --durations=20 tests -m "not crash and not slow and not images"
+	$(PY) -m pytest -q --durations=20 tests -m "not crash and not slow and not images and not m2g"
+
+# the real m2g's code on what this project gives it (tests/test_m2g_real.py): m2g 95d271f7 from
+# ../shared/third_party with its own requirements in a CPython 3.7 virtualenv, made by
+# scripts/m2g-env.sh and cached in ~/.cache/ndmg-cloud (first time about 2.5 minutes)
+test-m2g: $(STAMP)
+	$(PY) -m pytest -q --durations=10 tests -m m2g
 
 # Chromium, Docker Compose (no engine) and the PostgreSQL server from Debian's packages, when
 # missing and installable (root, apt-get); otherwise the tests that drive them are skipped

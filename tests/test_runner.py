@@ -437,19 +437,37 @@ def test_a_pipeline_cannot_speak_as_the_runner(s3, phantom_dirs, tmp_path):
     )
 
 
-def test_a_file_name_too_long_for_the_work_disk_is_one_line_not_a_traceback(s3, phantom_dirs, tmp_path):
+def test_a_dwi_name_too_long_for_the_work_disk_is_laid_out_under_its_work_name(s3, phantom_dirs, tmp_path):
+    """A name of 330 characters (each label legal) is a valid S3 key but no file name: the
+    work tree names the scan's files plainly (work_stems), so it never reaches the disk."""
     _, specs = write_specs(s3, phantom_dirs["plain"])
     spec = dict(specs["sub-01_ses-1"])
-    long_name = "sub-01_ses-1_" + "_".join(f"acq{i}-{'a' * 60}" for i in range(5)) + "_dwi.nii.gz"  # each label legal, 330 characters
+    long_name = "sub-01_ses-1_" + "_".join(f"acq{i}-{'a' * 60}" for i in range(5)) + "_dwi.nii.gz"
     spec["scan"] = {**spec["scan"], "inputs": {**spec["scan"]["inputs"], "dwi": f"sub-01/ses-1/dwi/{long_name}"}}
     s3.put_object(Bucket=BUCKET, Key=f"ds/sub-01/ses-1/dwi/{long_name}", Body=b"x")
     local_spec = tmp_path / "spec.json"
     local_spec.write_text(json.dumps(spec))
 
-    result = run_runner(str(local_spec))
+    result = run_runner(str(local_spec), "--workdir", str(tmp_path / "work"), "--keep-workdir")
+
+    assert (tmp_path / "work/input/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz").read_bytes() == b"x"
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("ndmg-scan: sub-01_ses-1 failed: sub-01_ses-1_dwi.nii.gz is not a readable NIfTI image (")
+    )
+
+
+def test_a_work_folder_that_cannot_be_written_is_one_line_not_a_traceback(s3, phantom_dirs):
+    _, specs = write_specs(s3, phantom_dirs["plain"])
+
+    result = run_runner(specs["sub-01_ses-1"]["spec_uri"], "--workdir", "/dev/null/work")
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("ndmg-scan: sub-01_ses-1 failed: File name too long")
+    assert (
+        result.stderr.strip().splitlines()[-1] == "ndmg-scan: sub-01_ses-1 failed: Not a directory (/dev/null/work/input/sub-01/ses-1/dwi)"
+    )
 
 
 def test_a_local_scan_runs_with_short_lived_scoped_credentials_never_the_workers(s3, phantom_dirs, tmp_path, monkeypatch):

@@ -198,32 +198,15 @@ elif [ "$(sha256sum "$third_party/m2g-95d271f7.tar.gz" | cut -d' ' -f1)" != "$m2
 else
   build "$UV" container/local/uv.Dockerfile container/local --build-arg "PYTHON_BASE=$PYTHON"
 
-  # m2g's requirements as wheels, built once for this requirements.txt
+  # m2g's requirements as CPython 3.7 wheels, built once (scripts/m2g-env.sh, shared with the
+  # tests that run m2g's code)
+  wheels=$(NDMG_THIRD_PARTY=$third_party NDMG_LOCAL_PYTHON37=$python37 scripts/m2g-env.sh wheels) \
+    || fail "m2g's requirements are not built as wheels (see above)"
   src=$(mktemp -d /tmp/ndmg-m2g.XXXXXX)
   scratch+=("$src")
   tar -xzf "$third_party/m2g-95d271f7.tar.gz" -C "$src"
   requirements=$src/m2g-95d271f7/requirements.txt
   constraints=container/local/m2g-constraints.txt
-  # the cache's key: what decides the wheels (the requirements, the constraints, this script's
-  # PyYAML line, the interpreter)
-  key=$({ cat "$requirements" "$constraints"; grep -F 'PyYAML==' "$0"; "$python37/bin/python3.7" -VV; } | sha256sum | cut -c1-12)
-  wheels=$HOME/.cache/ndmg-cloud/m2g-wheels-$key
-  if [ ! -f "$wheels/.complete" ]; then
-    started=$SECONDS
-    say "building m2g's requirements as CPython 3.7 wheels into $wheels (a few minutes, once)"
-    rm -rf "$wheels" && mkdir -p "$wheels"
-    if ! { "$python37/bin/python3.7" -m venv "$src/venv" && "$src/venv/bin/pip" install --quiet wheel; } >>"$log" 2>&1; then
-      fail "no virtual environment with wheel for CPython 3.7: see $log"
-    fi
-    # PyYAML 3.12 (a requirement of a requirement) builds only without libyaml on its own:
-    # its option alone, since a build option on a pip command turns off every binary wheel
-    "$src/venv/bin/pip" wheel --no-deps -w "$wheels" PyYAML==3.12 --global-option=--without-libyaml >>"$log" 2>&1 \
-      || fail "PyYAML 3.12 did not build: see $log"
-    "$src/venv/bin/pip" wheel -w "$wheels" --find-links "$wheels" -r "$requirements" -c "$constraints" >>"$log" 2>&1 \
-      || fail "m2g's requirements did not build as wheels: see $log"
-    touch "$wheels/.complete"
-    say "m2g's requirements: $(find "$wheels" -name '*.whl' | wc -l) wheels in $((SECONDS - started)) s"
-  fi
 
   # the stand-in base: CPython 3.7 (as python.Dockerfile copies 3.11), the wheels, requirements.txt
   context=$src/base

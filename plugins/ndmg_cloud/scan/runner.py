@@ -5,14 +5,16 @@ backend runs the same code in a subprocess).
 
 1. read the job spec; remove the scan's old manifest (a rerun that fails half-way must
    never look done);
-2. download only this scan's files into a fresh BIDS work tree: the DWI image, its
-   bval/bvec placed beside it (also when inherited from a higher level), the T1w and
-   dataset_description.json; a session-less scan gets the session ``ses-1`` here;
+2. download only this scan's files into a fresh BIDS work tree, under the names m2g's input
+   discovery accepts whatever the dataset calls them (``work_files``): the DWI image as
+   ``sub-S_ses-T_dwi.nii[.gz]``, its bval/bvec beside it (also when inherited from a higher
+   level), the T1w as ``sub-S_ses-T_T1w.nii[.gz]``, and dataset_description.json; a
+   session-less scan gets the session ``ses-1`` here;
 3. check the inputs (readable NIfTI, as many b-values and b-vectors as volumes);
 4. run the pipeline on local folders; SIGTERM stops it and ends the runner, no manifest;
 5. upload the outputs under the scan's output prefix (never ``tmp_d/`` or ``tmp/``, never
    an ACL, multipart for large files, retried with backoff by botocore), mapping the work
-   session back and prefixing files that do not name the scan with its id;
+   names back to the scan's own and prefixing files that do not name the scan with its id;
 6. write the scan manifest LAST.
 
 Exit 0 on success; otherwise non-zero and one line ``ndmg-scan: <scan id> failed: <why>``
@@ -42,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ndmg_cloud.core.bids import Scan
+from ndmg_cloud.core.bids import Scan, file_stem
 from ndmg_cloud.core.layout import split_uri
 from ndmg_cloud.core.manifest import SUCCESS, MadeWith, OutputFile, ScanManifest
 from ndmg_cloud.core.pipelines import WORK_SESSION
@@ -103,14 +105,19 @@ def load_spec(location: str, client: Any | None) -> JobSpec:
     return spec
 
 
-def work_name(name: str, subject: str, session: str | None) -> str:
-    """File name inside the work tree, which always has a session level: a name without
-    ``ses-`` (a session-less scan, or subject-level anatomy) gets the scan's session, or
-    the work session ``ses-1`` for a session-less scan."""
-    marker = f"sub-{subject}_"
-    if name.startswith(marker) and not name.startswith(f"{marker}ses-"):
-        return f"{marker}ses-{session or WORK_SESSION}_{name[len(marker) :]}"
-    return name
+def image_extension(name: str) -> str:
+    """``.nii.gz`` or ``.nii``: how a NIfTI file name ends."""
+    return ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+
+
+def work_stems(subject: str, session: str | None) -> dict[str, str]:
+    """The names (without extension) the DWI and the T1w get in the work tree. m2g finds its
+    inputs with pybids 0.12, which drops any file whose name its BIDS validator refuses (a
+    DWI with ``task-``, ``desc-``, ``space-`` or ``chunk-``; a T1w with ``echo-``, ``desc-``
+    or ``space-``; entities out of order; a non-numeric run) and then unpacks exactly one
+    DWI and one T1w: each scan's work tree holds only its own, named plainly."""
+    series = f"sub-{subject}_ses-{session or WORK_SESSION}"
+    return {"dwi": f"{series}_dwi", "t1w": f"{series}_T1w"}
 
 
 @dataclass
@@ -148,24 +155,26 @@ class ScanRun:
         self.client.delete_object(Bucket=bucket, Key=key)
 
     # 2 ---------------------------------------------------------------------------------
-    def download_inputs(self) -> None:
-        scan, inputs, subject = self.scan, self.spec.inputs, self.scan.subject
-        series = self.input_dir / f"sub-{subject}" / f"ses-{self.session}"
+    def work_files(self) -> dict[str, Path]:
+        """Where each of the spec's inputs goes in the work tree (see ``work_stems``)."""
+        inputs = self.spec.inputs
         dwi, t1w = inputs.get("dwi"), inputs.get("t1w")
         if not dwi or not t1w:
             raise ScanFailure(f"job spec has no {'dwi' if not dwi else 't1w'} input", 2)
-        dwi_name = work_name(dwi.rsplit("/", 1)[-1], subject, scan.session)
-        dwi_stem = dwi_name.removesuffix(".gz").removesuffix(".nii")
-        t1w_name = work_name(t1w.rsplit("/", 1)[-1], subject, scan.session)
-        places = {
-            "dwi": series / "dwi" / dwi_name,
-            "bval": series / "dwi" / f"{dwi_stem}.bval",  # beside the image, even if inherited
-            "bvec": series / "dwi" / f"{dwi_stem}.bvec",
-            "t1w": series / "anat" / t1w_name,
+        series = self.input_dir / f"sub-{self.scan.subject}" / f"ses-{self.session}"
+        stems = work_stems(self.scan.subject, self.scan.session)
+        return {
+            "dwi": series / "dwi" / (stems["dwi"] + image_extension(dwi)),
+            "bval": series / "dwi" / f"{stems['dwi']}.bval",  # beside the image, even if inherited
+            "bvec": series / "dwi" / f"{stems['dwi']}.bvec",
+            "t1w": series / "anat" / (stems["t1w"] + image_extension(t1w)),
             "dataset_description": self.input_dir / "dataset_description.json",
         }
+
+    def download_inputs(self) -> None:
+        places = self.work_files()
         for role, target in places.items():
-            rel = inputs.get(role)
+            rel = self.spec.inputs.get(role)
             if rel is None:
                 raise ScanFailure(f"job spec has no {role} input", 2)
             target = self.inside(self.input_dir, target.relative_to(self.input_dir).as_posix())
@@ -202,11 +211,10 @@ class ScanRun:
         import nibabel as nib
         import numpy as np
 
-        series = self.input_dir / f"sub-{self.scan.subject}" / f"ses-{self.session}"
-        dwi = next((series / "dwi").glob("*_dwi.nii*"), None)
-        t1w = next((series / "anat").glob("*_T1w.nii*"), None)
-        if dwi is None or t1w is None:
-            raise ScanFailure(f"no {'DWI' if dwi is None else 'T1w'} image in the work folder after the download", 2)
+        places = self.work_files()
+        dwi, t1w = places["dwi"], places["t1w"]
+        if not dwi.is_file() or not t1w.is_file():
+            raise ScanFailure(f"no {'DWI' if not dwi.is_file() else 'T1w'} image in the work folder after the download", 2)
         shapes = {}
         for image in (dwi, t1w):
             try:
@@ -217,10 +225,9 @@ class ScanRun:
                 raise ScanFailure(f"{image.name} is not a readable NIfTI image ({err})", 2) from None
         shape = shapes[dwi]
         volumes = shape[3] if len(shape) == 4 else 1
-        stem = dwi.name.removesuffix(".gz").removesuffix(".nii")
         try:
-            bvals = np.loadtxt(dwi.with_name(stem + ".bval"), ndmin=1)
-            bvecs = np.loadtxt(dwi.with_name(stem + ".bvec"), ndmin=2)
+            bvals = np.loadtxt(places["bval"], ndmin=1)
+            bvecs = np.loadtxt(places["bvec"], ndmin=2)
         except ValueError as err:
             raise ScanFailure(f"cannot read the bval/bvec of {dwi.name}: {err}", 2) from None
         if bvecs.shape[0] != 3 and bvecs.shape[1] == 3:
@@ -313,18 +320,24 @@ class ScanRun:
 
     # 5 ---------------------------------------------------------------------------------
     def output_key(self, path: Path) -> str:
-        """Where a work-tree output goes: the scan's output prefix, the work session mapped
-        back, and files that do not name the scan prefixed with its id (two series of one
-        session never write the same key)."""
+        """Where a work-tree output goes: the scan's output prefix, the work names mapped
+        back to the scan's own (``work_stems``; the work session of a session-less scan
+        dropped), and files that do not name the scan prefixed with its id (two series of
+        one session never write the same key)."""
         scan, subject = self.scan, self.scan.subject
         rel = path.relative_to(self.output_dir).as_posix()
         series = f"sub-{subject}/ses-{self.session}/"
         rel = rel[len(series) :] if rel.startswith(series) else rel
         folder, _, name = rel.rpartition("/")
+        stems = work_stems(subject, scan.session)
+        own = {"dwi": scan.dwi_stem, "t1w": file_stem(scan.t1w.rsplit("/", 1)[-1]) if scan.t1w else stems["t1w"]}
+        for role in ("dwi", "t1w"):
+            if stems[role] in name:
+                name = name.replace(stems[role], own[role], 1)
+                break
         if not scan.session:
             name = name.replace(f"sub-{subject}_ses-{WORK_SESSION}_", f"sub-{subject}_", 1)
-        stem = scan.dwi.rsplit("/", 1)[-1].removesuffix(".gz").removesuffix(".nii")
-        if stem not in name:
+        if scan.dwi_stem not in name:
             name = f"{scan.scan_id}_{name}"
         return (folder + "/" if folder else "") + name
 

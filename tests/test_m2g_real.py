@@ -1,0 +1,270 @@
+"""The real m2g (the pinned 95d271f7, in a CPython 3.7 virtualenv with its own requirements:
+scripts/m2g-env.sh) takes what this project gives it: every command line the project can
+write goes through m2g's own parser, and every naming case the project's discovery accepts,
+laid out by the scan runner as ``ndmg-scan`` lays it out, goes through m2g's main up to its
+diffusion worker (its BIDS check, its atlases, its pybids 0.12 input discovery), which must
+receive exactly the scan's DWI, bval, bvec and T1w.
+
+Marked ``m2g`` (make test-m2g; CI runs it). Without CPython 3.7 or the pinned sources the
+module is skipped with one line naming what is missing (CI fails instead).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+from m2g_sources import NEUROPARC_TARBALL, require_m2g_sources, third_party
+
+pytestmark = pytest.mark.m2g
+
+DRIVER = Path(__file__).with_name("m2g_driver.py")
+BUCKET = "lab-data"
+
+
+@pytest.fixture(scope="module")
+def m2g_python() -> Path:
+    """The interpreter of a virtualenv holding m2g 95d271f7 and its requirements."""
+    require_m2g_sources(python=True)
+    built = subprocess.run([str(ROOT / "scripts/m2g-env.sh"), "venv"], capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stderr
+    return Path(built.stdout.strip()) / "bin/python"
+
+
+@pytest.fixture(scope="module")
+def atlas_home(tmp_path_factory) -> Path:
+    """A HOME whose ~/.m2g/m2g_atlases is neuroparc at the pinned commit: where m2g looks for
+    its atlases outside its image (m2g_bids.get_atlas_dir)."""
+    home = tmp_path_factory.mktemp("m2g-home")
+    with tarfile.open(third_party() / NEUROPARC_TARBALL) as archive:
+        archive.extractall(home / ".m2g", filter="data")
+    (home / ".m2g" / NEUROPARC_TARBALL.split("-atlases")[0]).rename(home / ".m2g/m2g_atlases")
+    return home
+
+
+def run_m2g(python: Path, mode: str, cases: list[dict[str, Any]], tmp_path: Path) -> list[dict[str, Any]]:
+    """Each case through the real m2g (tests/m2g_driver.py): one process for all of them,
+    since importing m2g takes seconds."""
+    cases_file, out_file = tmp_path / f"{mode}-cases.json", tmp_path / f"{mode}-results.json"
+    cases_file.write_text(json.dumps(cases))
+    done = subprocess.run([str(python), str(DRIVER), mode, str(cases_file), str(out_file)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out_file.read_text())
+
+
+# -------------------------------------------------------------------------------- the parser
+def m2g_commands() -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Every command line the m2g adapter can write: the defaults, then each value of each
+    option the form offers (every atlas at every voxel size), for a scan with a session and
+    one without: (what it is, the argv after ``m2g``, the options it was made from)."""
+    from ndmg_cloud.core.atlases import catalogue
+    from ndmg_cloud.core.bids import Scan
+    from ndmg_cloud.core.pipelines import M2G_SKULL, PIPELINES
+
+    from datasets import sessionless_scan
+
+    m2g = PIPELINES["m2g"]
+    dwi = "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi"
+    with_session = Scan(
+        "sub-01_ses-retest", "01", "retest", {}, f"{dwi}.nii.gz", f"{dwi}.bval", f"{dwi}.bvec", "sub-01/anat/sub-01_T1w.nii.gz"
+    )
+    variants: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
+    for voxelsize in ("1mm", "2mm", "4mm"):
+        for name in catalogue("m2g").names(voxelsize):
+            variants.append((f"parcellation {name} at {voxelsize}", {"voxelsize": voxelsize, "parcellation": [name]}))
+    variants.append(("every 2mm atlas at once", {"parcellation": catalogue("m2g").names("2mm")}))
+    for option, values in {
+        "space": ("native", "native_dsn"),
+        "mod": ("det", "prob"),
+        "track_type": ("local", "particle"),
+        "diffusion_model": ("csa", "csd"),
+        "skull": M2G_SKULL,
+        "seeds": (1, 20, 1000),
+        "n_cpus": (1, 2, 96),
+        "mem_gb": (1, 16, 768),
+    }.items():
+        variants += [(f"{option} {value}", {option: value}) for value in values]
+    commands = []
+    for scan in (with_session, sessionless_scan()):
+        for what, given in variants:
+            options = m2g.resolve_options(given)
+            argv = m2g.command(scan, options, "/work/input", "/work/output")
+            assert argv[0] == "m2g"
+            commands.append((f"{what}, {scan.scan_id}", argv[1:], options))
+    return commands
+
+
+def test_m2g_parses_every_command_the_project_can_write(m2g_python, tmp_path):
+    from ndmg_cloud.core.pipelines import PIPELINES
+
+    commands = m2g_commands()
+    results = run_m2g(m2g_python, "parse", [{"argv": argv, "home": None} for _, argv, _ in commands], tmp_path)
+
+    refused = [
+        f"{what}: m2g exited {r['code']}: {r['stderr'].strip()[-300:]}"
+        for (what, _, _), r in zip(commands, results, strict=True)
+        if r["outcome"] != "stopped"
+    ]
+    assert not refused, "m2g's parser refused commands the project writes:\n" + "\n".join(refused)
+    m2g = PIPELINES["m2g"]
+    for (what, argv, options), result in zip(commands, results, strict=True):
+        got = result["parsed"]
+        # what m2g's main reads from its parser is what the options meant
+        assert got["pipeline"] == "dwi", what
+        assert got["participant_label"] == [argv[argv.index("--participant_label") + 1]], what
+        assert got["parcellation"] == [atlas.file for atlas in m2g.atlases(options)], what
+        for key in ("voxelsize", "mod", "track_type", "diffusion_model", "space"):
+            assert got[key] == options[key], (what, key)
+        assert int(got["seeds"]) == options["seeds"], what
+        for key in ("skull", "n_cpus", "mem_gb"):
+            assert got[key] == (str(options[key]) if key in options else {"skull": None, "n_cpus": 1, "mem_gb": 20}[key]), (what, key)
+        assert (got["input_dir"], got["output_dir"]) == ("/work/input", "/work/output"), what
+    assert len(commands) > 300
+
+
+def test_a_flag_m2g_does_not_know_is_refused_by_its_parser(m2g_python, tmp_path):
+    """The driver tells a refused command from an accepted one (else the test above proves
+    nothing): the older m2g's --filtering_type is refused, with argparse's exit 2."""
+    [result] = run_m2g(m2g_python, "parse", [{"argv": ["--filtering_type", "x", "/in", "/out"], "home": None}], tmp_path)
+    assert result["outcome"] == "exit" and result["code"] == 2
+    assert "unrecognized arguments: --filtering_type" in result["stderr"]
+
+
+# ----------------------------------------------------------------------------- discovery
+T1W = "anat/{subject}_T1w"
+# (what, the scan's DWI without extension, its T1w, its bval/bvec stem if inherited)
+NAMING_CASES: list[tuple[str, str, str, str | None]] = [
+    ("plain", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_T1w", None),
+    ("sessionless", "sub-01/dwi/sub-01_dwi", "sub-01/anat/sub-01_T1w", None),
+    ("session label not a number", "sub-01/ses-retest/dwi/sub-01_ses-retest_dwi", "sub-01/ses-retest/anat/sub-01_ses-retest_T1w", None),
+    ("acq-", "sub-01/ses-1/dwi/sub-01_ses-1_acq-b1000_dwi", "sub-01/ses-1/anat/sub-01_ses-1_acq-mprage_T1w", None),
+    ("dir-", "sub-01/ses-1/dwi/sub-01_ses-1_dir-AP_dwi", "sub-01/ses-1/anat/sub-01_ses-1_T1w", None),
+    ("run-", "sub-01/ses-1/dwi/sub-01_ses-1_run-02_dwi", "sub-01/ses-1/anat/sub-01_ses-1_run-1_T1w", None),
+    ("run- not a number", "sub-01/ses-1/dwi/sub-01_ses-1_run-a_dwi", "sub-01/ses-1/anat/sub-01_ses-1_run-b_T1w", None),
+    ("part-", "sub-01/ses-1/dwi/sub-01_ses-1_part-mag_dwi", "sub-01/ses-1/anat/sub-01_ses-1_part-mag_T1w", None),
+    ("rec-", "sub-01/ses-1/dwi/sub-01_ses-1_rec-norm_dwi", "sub-01/ses-1/anat/sub-01_ses-1_rec-norm_T1w", None),
+    ("ce-", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_ce-gad_T1w", None),
+    ("chunk-", "sub-01/ses-1/dwi/sub-01_ses-1_chunk-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_chunk-1_T1w", None),
+    ("task-", "sub-01/ses-1/dwi/sub-01_ses-1_task-rest_dwi", "sub-01/ses-1/anat/sub-01_ses-1_task-rest_T1w", None),
+    ("desc-", "sub-01/ses-1/dwi/sub-01_ses-1_desc-raw_dwi", "sub-01/ses-1/anat/sub-01_ses-1_desc-raw_T1w", None),
+    ("space-", "sub-01/ses-1/dwi/sub-01_ses-1_space-orig_dwi", "sub-01/ses-1/anat/sub-01_ses-1_space-orig_T1w", None),
+    ("echo-", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_echo-1_T1w", None),
+    (
+        "entities out of BIDS order",
+        "sub-01/ses-1/dwi/sub-01_ses-1_run-1_acq-b1000_dwi",
+        "sub-01/ses-1/anat/sub-01_ses-1_rec-x_acq-y_T1w",
+        None,
+    ),
+    ("inherited bval/bvec", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_T1w", "dwi"),
+    ("inherited from the subject", "sub-01/ses-1/dwi/sub-01_ses-1_acq-x_dwi", "sub-01/anat/sub-01_T1w", "sub-01/sub-01_acq-x_dwi"),
+    ("subject-level T1w", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/anat/sub-01_T1w", None),
+    ("uncompressed NIfTI", "sub-01/ses-1/dwi/sub-01_ses-1_dwi", "sub-01/ses-1/anat/sub-01_ses-1_T1w", None),
+]
+
+
+def naming_case_keys(dwi: str, t1w: str, inherited: str | None, extension: str) -> list[str]:
+    gradients = inherited or dwi
+    keys = [f"{dwi}{extension}", f"{gradients}.bval", f"{gradients}.bvec", f"{t1w}{extension}", "dataset_description.json"]
+    keys.append(f"{dwi}.json")  # a sidecar: never part of m2g's input
+    return keys
+
+
+def test_m2g_discovers_exactly_the_scans_files_in_every_naming_case_the_project_accepts(m2g_python, atlas_home, s3, tmp_path):
+    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.jobspec import build_spec
+    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.scan.runner import ScanRun
+
+    s3.create_bucket(Bucket=BUCKET)
+    cases, expected = [], []
+    for n, (what, dwi, t1w, inherited) in enumerate(NAMING_CASES):
+        extension = ".nii" if what == "uncompressed NIfTI" else ".nii.gz"
+        prefix = f"case{n}/"
+        for key in naming_case_keys(dwi, t1w, inherited, extension):
+            body = b'{"Name": "case", "BIDSVersion": "1.9.0"}' if key.endswith(".json") else b"x" * 16
+            s3.put_object(Bucket=BUCKET, Key=prefix + key, Body=body)
+        config = resolve(
+            {"bucket": BUCKET, "bidsdir": prefix, "pipeline": "m2g", "backend": "local", "jobdir": str(tmp_path / "jobs")}, "r"
+        )
+        found = discover(config, s3)
+        assert [scan.reason for scan in found.scans] == [None], f"{what}: the project's discovery refused it"
+        [scan] = found.valid
+        assert scan.dwi == dwi + extension and scan.t1w == t1w + extension, what
+        run = ScanRun(build_spec(config, scan), s3, tmp_path / f"work{n}")
+        run.download_inputs()  # the work folder, as ndmg-scan lays it out
+        argv = [run.local_path(arg) for arg in run.pipeline_command()]
+        cases.append({"argv": argv[1:], "home": str(atlas_home)})
+        places = run.work_files()
+        expected.append(
+            (
+                what,
+                {
+                    "dwi": str(places["dwi"]),
+                    "bvals": str(places["bval"]),
+                    "bvecs": str(places["bvec"]),
+                    "t1w": str(places["t1w"]),
+                    "outdir": f"{run.output_dir}/sub-{scan.subject}/ses-{scan.session or '1'}",
+                },
+            )
+        )
+
+    results = run_m2g(m2g_python, "discover", cases, tmp_path)
+
+    problems = []
+    for (what, files), result in zip(expected, results, strict=True):
+        if result["outcome"] != "returned":
+            problems.append(f"{what}: m2g failed: {result.get('error') or result.get('code')}")
+        elif [{k: call[k] for k in files} for call in result["worker_calls"]] != [files]:
+            problems.append(f"{what}: m2g's worker got {result['worker_calls']}, not {files}")
+    assert not problems, "\n".join(problems)
+    # and with the atlases the command named, at the command's voxel size
+    atlases = atlas_home / ".m2g/m2g_atlases/atlases"
+    for result in results:
+        [call] = result["worker_calls"]
+        assert sorted(Path(p).name for p in call["parcellations"]) == [
+            "AAL_space-MNI152NLin6_res-2x2x2.nii.gz",
+            "Desikan_space-MNI152NLin6_res-2x2x2.nii.gz",
+        ]
+        assert call["atlas"] == str(atlases / "reference_brains/MNI152NLin6_res-2x2x2_T1w.nii.gz")
+
+
+def test_m2g_finds_no_scan_under_the_datasets_own_names_that_it_refuses(m2g_python, atlas_home, tmp_path):
+    """Why the work folder renames: m2g's pybids drops a DWI named with task- (the measured
+    'No pairs found') and cannot unpack a T1w named with echo-. If m2g ever took these names,
+    the renaming could go (this test would say so)."""
+    cases = []
+    for n, (dwi, t1w) in enumerate(
+        (
+            ("sub-01_ses-1_task-rest_dwi", "sub-01_ses-1_T1w"),
+            ("sub-01_ses-1_dwi", "sub-01_ses-1_echo-1_T1w"),
+        )
+    ):
+        root = tmp_path / f"raw{n}"
+        for rel in (f"dwi/{dwi}.nii.gz", f"dwi/{dwi}.bval", f"dwi/{dwi}.bvec", f"anat/{t1w}.nii.gz"):
+            (root / "sub-01/ses-1" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "sub-01/ses-1" / rel).write_bytes(b"x" * 16)
+        (root / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}')
+        argv = [
+            "--pipeline",
+            "dwi",
+            "--participant_label",
+            "01",
+            "--session_label",
+            "1",
+            "--parcellation",
+            "AAL_space-MNI152NLin6_res-2x2x2.nii.gz",
+            "--voxelsize",
+            "2mm",
+        ]
+        cases.append({"argv": [*argv, str(root), str(tmp_path / f"out{n}")], "home": str(atlas_home)})
+
+    task, echo = run_m2g(m2g_python, "discover", cases, tmp_path)
+
+    assert task["outcome"] == "error" and task["error"].startswith("ValueError: No pairs found")
+    assert echo["outcome"] == "error" and "not enough values to unpack" in echo["error"]
