@@ -24,7 +24,7 @@ ACQ_SCAN = Scan(
     {"subject": "32", "session": "1", "acquisition": "NODDI10DIR"},
     "sub-32/ses-1/dwi/sub-32_ses-1_acq-NODDI10DIR_dwi.nii.gz",
 )
-M2G_PARCELLATIONS = [None, ["Yeo-7", "Yeo-7-liberal", "HarvardOxfordsub-maxprob-thr25", "Schaefer1000"], ["DS72784"]]
+M2G_PARCELLATIONS = [None, ["Yeo-7", "Yeo-7-liberal", "HarvardOxfordsub-maxprob-thr25", "Schaefer1000"], ["DS16784"]]
 
 
 def m2g_option_sets():
@@ -147,6 +147,21 @@ def test_unknown_atlas_names_are_refused_with_the_closest_real_ones(asked, close
     assert f"{asked!r} is not an atlas of m2g's image" in message
     assert closest in message.split("closest:")[1]
     assert "ndmg_cloud atlases" in message
+
+
+@pytest.mark.parametrize("voxelsize", list(RESOLUTIONS))
+def test_an_atlas_whose_labels_m2g_cannot_keep_is_refused_with_the_reason(voxelsize):
+    """m2g's graph.py keeps labels as 16-bit integers: DS72784's labels (up to 72,778) would
+    wrap around and its connectome would silently lose regions."""
+    with pytest.raises(OptionError) as refused:
+        get_pipeline("m2g").resolve_options({"parcellation": ["AAL", "DS72784"], "voxelsize": voxelsize})
+    message = str(refused.value)
+    assert "'DS72784' has labels up to 72,778" in message
+    assert "m2g keeps labels only up to 32,767 (its graph.py stores labels as 16-bit integers)" in message
+    assert "ndmg_cloud atlases --pipeline m2g" in message
+    # the largest atlas m2g can keep, and an atlas without that limit in another pipeline
+    assert get_pipeline("m2g").resolve_options({"parcellation": ["DS16784"], "voxelsize": voxelsize})["parcellation"] == ["DS16784"]
+    assert catalogue("m2g").unusable("DS16784", 32767, "") is None
 
 
 def test_legacy_ndmg_command_is_the_released_ndmg_bids():

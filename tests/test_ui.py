@@ -116,6 +116,20 @@ def test_a_bad_label_in_the_form_is_refused_with_the_param_named(browser, live_a
     page.close()
 
 
+def test_an_atlas_m2g_cannot_use_is_refused_in_the_form_with_the_reason(browser, live_airflow, api, phantom_bucket):
+    before = len(runs(api, live_airflow))
+    page, dialog = signed_in_form(browser, live_airflow)
+    dialog.get_by_role("button", name="Dataset").click()
+    page.locator("#element_bucket").fill(phantom_bucket)
+    dialog.get_by_role("button", name="Pipeline").click()
+    page.locator("#element_parcellation").fill("DS72784")
+    dialog.get_by_role("button", name="Trigger").click()
+    dialog.get_by_text("has labels up to 72,778").wait_for(timeout=15_000)
+    assert "its graph.py stores labels as 16-bit integers" in dialog.inner_text()
+    assert len(runs(api, live_airflow)) == before  # no run was created
+    page.close()
+
+
 @pytest.mark.parametrize(
     "conf, named",
     [
@@ -129,6 +143,12 @@ def test_a_bad_label_in_the_form_is_refused_with_the_param_named(browser, live_a
         ({"bucket": "lab-data", "jobdir": "s3://lab-data/{{ conn.aws_default.password }}/"}, "param jobdir"),
         ({"bucket": "lab-data", "dataset": "{% raw %}"}, "param dataset"),
         ({"bucket": "lab-data", "parcelation": ["AAL"]}, "unknown parameter 'parcelation'; did you mean 'parcellation'"),
+        ({"bucket": "lab-data", "parcellation": ["AAL", "Nope"]}, "'Nope' is not an atlas of m2g's image"),
+        ({"bucket": "lab-data", "parcellation": ["DS72784"]}, "'DS72784' has labels up to 72,778, and m2g keeps labels only up to 32,767"),
+        (
+            {"bucket": "lab-data", "parcellation": ["AAL"], "voxelsize": "3mm"},
+            "option voxelsize='3mm' for pipeline 'm2g' must be one of 1mm, 2mm, 4mm",
+        ),
     ],
 )
 def test_bad_params_are_refused_at_trigger_time(live_airflow, api, conf, named):

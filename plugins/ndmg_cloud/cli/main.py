@@ -567,13 +567,20 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 def cmd_atlases(args: argparse.Namespace) -> int:
     from ndmg_cloud.core.atlases import catalogue
 
-    names = catalogue(args.pipeline)
+    names, pipeline = catalogue(args.pipeline), get_pipeline(args.pipeline)
     sizes = [args.voxelsize] if args.voxelsize else names.voxelsizes()
     print(f"{args.pipeline}: atlases of neuroparc {names.commit[:8]} (the image's /{args.pipeline}_atlases)")
+    refused = []
     for name in names.names(args.voxelsize):
-        have = [size for size in sizes if (name, size) in names.atlases]
-        print(f"  {name:<44} {' '.join(have)}")
-    default = get_pipeline(args.pipeline).options["parcellation"].default
+        have = " ".join(size for size in sizes if (name, size) in names.atlases)
+        largest, limit = names.largest_label(name), pipeline.labels
+        if limit and largest is not None and largest > limit.largest:
+            refused.append(name)
+            have += f"   not for {args.pipeline}: labels up to {largest:,}; {limit.why} (up to {limit.largest:,})"
+        print(f"  {name:<44} {have}")
+    default = pipeline.options["parcellation"].default
+    usable = len(names.names(args.voxelsize)) - len(refused)
+    print(f"{usable} usable with {args.pipeline}" + (f", {len(refused)} not: {', '.join(refused)}" if refused else ""))
     print(f"default: {' '.join(default)}; pass names with --parcellation (param parcellation)")
     return 0
 
@@ -830,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # the reader went away (ndmg_cloud atlases | head): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:  # the last net: never a traceback for a user
         if os.environ.get("NDMG_CLI_DEBUG"):
             raise

@@ -68,6 +68,25 @@ class Catalogue:
     repository: str
     commit: str
     files: tuple[str, ...]
+    largest: tuple[tuple[str, int], ...] = ()  # (label file, its largest label), where read
+
+    def largest_label(self, name: str) -> int | None:
+        """The largest label value of atlas ``name`` in any of its files that were read."""
+        files = {atlas.file for atlas in self.atlases.values() if atlas.name == name}
+        values = [value for file, value in self.largest if file in files]
+        return max(values) if values else None
+
+    def unusable(self, name: str, label_limit: int | None, why: str = "") -> str | None:
+        """Why atlas ``name`` cannot be used by a pipeline that keeps labels up to
+        ``label_limit`` (``why``: where that limit comes from), or None."""
+        largest = self.largest_label(name)
+        if label_limit is None or largest is None or largest <= label_limit:
+            return None
+        return (
+            f"atlas {name!r} has labels up to {largest:,}, and {self.pipeline} keeps labels only up to {label_limit:,} "
+            f"({why}): its connectome would silently merge and drop regions. Choose an atlas with fewer labels; "
+            f"which {self.pipeline} can use: ndmg_cloud atlases --pipeline {self.pipeline}"
+        )
 
     @property
     def atlases(self) -> dict[tuple[str, str], Atlas]:
@@ -126,4 +145,5 @@ def catalogue(pipeline: str) -> Catalogue:
     """The catalogue of ``m2g`` or ``ndmg`` (the neuroparc commit its image holds)."""
     data = json.loads(resources.files("ndmg_cloud.core").joinpath("data/neuroparc-labels.json").read_text())
     entry = data[pipeline]
-    return Catalogue(pipeline, entry["repository"], entry["commit"], tuple(entry["files"]))
+    largest = tuple(sorted(entry.get("largest_label", {}).items()))
+    return Catalogue(pipeline, entry["repository"], entry["commit"], tuple(entry["files"]), largest)

@@ -65,9 +65,9 @@ def positive_int(value: Any) -> str | None:
     return None if ok else "must be a whole number above 0"
 
 
-def atlas_names(pipeline: str, at_most: int | None = None) -> Callable[[Any], str | None]:
+def atlas_names(pipeline: str, at_most: int | None = None, labels: LabelLimit | None = None) -> Callable[[Any], str | None]:
     """A list of atlas names of the pipeline's catalogue (at any resolution; the adapter
-    checks the resolution once the voxel size is known)."""
+    checks the resolution once the voxel size is known) whose labels the pipeline can keep."""
 
     def check(value: Any) -> str | None:
         if not isinstance(value, list) or not value:
@@ -80,6 +80,9 @@ def atlas_names(pipeline: str, at_most: int | None = None) -> Callable[[Any], st
                 return f"name {name!r} may only use letters, digits, '_' and '-'"
             if name not in offered:
                 return "names an unknown atlas: " + catalogue(pipeline).complaint(name, "any")
+            refusal = labels and catalogue(pipeline).unusable(name, labels.largest, labels.why)
+            if refusal:
+                return "names an atlas it cannot use: " + refusal
         return None
 
     return check
@@ -93,6 +96,20 @@ def grid_names(value: Any) -> str | None:
         if not m or not 2 <= int(m.group(1)) <= 12:
             return f"{name!r} is not a grid parcellation; use grid2 ... grid12 (cubes per axis)"
     return None
+
+
+@dataclass(frozen=True)
+class LabelLimit:
+    """The largest atlas label a pipeline keeps intact, and where in its code that comes from."""
+
+    largest: int
+    why: str
+
+
+# m2g's graph.py maps labels to nodes through np.unique(atlas).astype("int16") and reads each
+# streamline's labels the same way: a label above 32,767 wraps around (negative, or onto
+# another label), so DS72784 (labels up to 72,778) loses half its regions without an error.
+M2G_LABELS = LabelLimit(32767, "its graph.py stores labels as 16-bit integers")
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,7 @@ class Pipeline:
     catalogue: str | None = None  # which atlas catalogue names its parcellations
     atlas_dir: str | None = None  # where its image keeps the atlases
     toolchain: Toolchain = Toolchain()  # the programs, variables and files it needs in its image
+    labels: LabelLimit | None = None  # the largest atlas label it keeps intact, if it has a limit
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in; an option this pipeline does not take is an error."""
@@ -354,8 +372,9 @@ PIPELINES: dict[str, Pipeline] = {
         catalogue="m2g",
         atlas_dir="/m2g_atlases",
         toolchain=M2G_TOOLCHAIN,
+        labels=M2G_LABELS,
         options={
-            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g")),
+            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g", labels=M2G_LABELS)),
             "space": Option("native", one_of("native", "native_dsn")),
             "voxelsize": Option("2mm", one_of("1mm", "2mm", "4mm")),
             "mod": Option("det", one_of("det", "prob")),

@@ -5,7 +5,8 @@
   what the "Run report" extra link and ``ndmg_cloud participant --follow`` point at, so the
   report opens the same way on the embedded stack and on AWS.
 - A middleware that refuses, at trigger time, conf keys that are not params of an ndmg DAG
-  (Airflow itself would accept a typo such as ``parcelation`` and ignore it).
+  (Airflow itself would accept a typo such as ``parcelation`` and ignore it), and pipeline
+  options the run would refuse once started (an atlas the pipeline cannot use, say).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ndmg_cloud.core.layout import REPORT_HTML
 from ndmg_cloud.orchestration.infra_access import deploy_refusal
 from ndmg_cloud.orchestration.links import REPORT_ROUTE_PREFIX
 from ndmg_cloud.orchestration.taskids import DAG_ID, INFRA_DAG_ID
-from ndmg_cloud.participant.params import ParamError, check_conf_keys, resolve
+from ndmg_cloud.participant.params import ParamError, check_conf_keys, check_options, resolve
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class RefuseUnknownParams:
                 return
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
-        problem = unknown_params_problem(b"".join(chunks))
+        problem = trigger_conf_problem(b"".join(chunks))
         if problem:
             await JSONResponse({"detail": problem}, status_code=400)(scope, receive, send)
             return
@@ -208,7 +209,7 @@ class AdminOnlyTriggers:
         await self.app(scope, receive, send)
 
 
-def unknown_params_problem(body: bytes) -> str | None:
+def trigger_conf_problem(body: bytes) -> str | None:
     try:
         conf = json.loads(body or b"{}").get("conf") or {}
     except (ValueError, AttributeError):
@@ -217,6 +218,7 @@ def unknown_params_problem(body: bytes) -> str | None:
         return None
     try:
         check_conf_keys(conf)
+        check_options(conf)
     except ParamError as err:
         return str(err)
     return None

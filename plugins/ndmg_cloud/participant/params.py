@@ -12,7 +12,7 @@ from typing import Any
 
 from ndmg_cloud.core.bids import normalise_labels
 from ndmg_cloud.core.layout import OutputLayout, S3Location, as_prefix
-from ndmg_cloud.core.pipelines import M2G_SKULL, OPTION_NAMES, PIPELINES, get_pipeline
+from ndmg_cloud.core.pipelines import M2G_SKULL, OPTION_NAMES, PIPELINES, OptionError, get_pipeline
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 BACKENDS = ("aws_batch", "local")
@@ -160,7 +160,8 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         PIPELINE,
         "array",
         "Parcellations",
-        "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them: ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).",
+        "m2g: neuroparc atlas names such as AAL, Desikan, Schaefer400 (all of them, and the few m2g cannot use: "
+        "ndmg_cloud atlases); ndmg: one atlas; lite: gridN. Empty = the pipeline's default (m2g: AAL and Desikan).",
         items={"type": "string", "pattern": PATTERNS["parcellation"]},
     ),
     "space": _optional_choice(PIPELINE, ["native", "native_dsn"], "Registration space", "m2g/ndmg: native or native_dsn."),
@@ -272,6 +273,19 @@ def check_conf_keys(conf: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, PARAM_SCHEMAS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ParamError(f"unknown parameter '{key}'{hint} Known: {', '.join(PARAM_SCHEMAS)}")
+
+
+def check_options(conf: dict[str, Any]) -> None:
+    """Refuse, at trigger time, pipeline options the run would refuse once it starts: an
+    atlas the pipeline's image does not have, one it cannot use, one without the chosen voxel
+    size, a value the pipeline does not take (missing params take the schema's defaults)."""
+    params = {**defaults(), **conf}
+    if isinstance(params.get("parcellation"), str):  # one name typed as a string
+        params["parcellation"] = [params["parcellation"]] if params["parcellation"].strip() else []
+    try:
+        get_pipeline(params.get("pipeline") or "m2g").resolve_options({k: params.get(k) for k in OPTION_NAMES})
+    except OptionError as err:
+        raise ParamError(str(err)) from None
 
 
 @dataclass
