@@ -7,6 +7,7 @@ made by running that command as the Dockerfile does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,11 +40,47 @@ def write_lfs_pointer(path: Path) -> None:
 
 
 def make_atlas_dir(root: Path, names=ATLASES, sizes=("2mm",), pipeline: str = "m2g") -> Path:
+    from ndmg_cloud.core.pipelines import get_pipeline
+
     for size in sizes:
         for name in names:
             write_nifti(root / "atlases/label/Human" / catalogue(pipeline).get(name, size).file)
-        for rel in reference_files(size):
+        for rel in reference_files(size) + get_pipeline(pipeline).toolchain.atlas_paths(size):
             write_nifti(root / rel, labels=1)
+    return root
+
+
+# m2g 95d271f7's check_dependencies (m2g/utils/gen_utils.py), as it behaves: the stand-in m2g
+# package of these images holds it, since the real m2g needs CPython 3.7 and its requirements.
+# tests/test_m2g_real.py runs the real one and checks that it says the same.
+M2G_DEPENDENCY_CHECK = """import os, subprocess
+
+
+def check_dependencies():
+    try:
+        print(f"Your fsl directory is located here: {os.environ['FSLDIR']}")
+    except KeyError:
+        raise AssertionError(
+            "You do not have FSL installed! See installation instructions here: https://fsl.fmrib.ox.ac.uk/fsl/fslwiki/FslInstallation"
+        )
+    try:
+        print(f"Your AFNI directory is located here: {subprocess.check_output('which afni', shell=True, universal_newlines=True)}")
+    except subprocess.CalledProcessError:
+        raise AssertionError(
+            "You do not have AFNI installed! See installation instructions here: "
+            "https://afni.nimh.nih.gov/pub/dist/doc/htmldoc/background_install/main_toc.html"
+        )
+"""
+
+
+def install_m2g_package(root: Path) -> Path:
+    """A stand-in ``m2g`` package with m2g's own dependency check, under ``root``: the folder
+    to put on PYTHONPATH."""
+    package = root / "m2g/utils"
+    package.mkdir(parents=True, exist_ok=True)
+    (root / "m2g/__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "gen_utils.py").write_text(M2G_DEPENDENCY_CHECK)
     return root
 
 
@@ -53,12 +90,15 @@ class Image:
     atlas_dir: Path
     contract: Path
     toolchain_root: Path | None = None  # where the pipeline's toolchain is laid out (install_toolchain)
+    python_path: Path | None = None  # the pipeline's own Python package, when a stand-in
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a scan container of this image runs in."""
         toolchain = {}
         if self.toolchain_root:
             toolchain = {TOOLCHAIN_ROOT_ENV: str(self.toolchain_root), **toolchain_env(self.toolchain_root)}
+        if self.python_path:
+            toolchain["PYTHONPATH"] = str(self.python_path)
         return {
             **os.environ,
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -77,8 +117,12 @@ def install_toolchain(image: Image, root: Path, pipeline: str = "m2g", voxelsize
 
     toolchain = get_pipeline(pipeline).toolchain
     image.bin_dir.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)  # also the image's `/`, which m2g writes into
     for program in toolchain.programs:
         stand_in = image.bin_dir / program
+        if program == "which":  # every Linux has it, and m2g's own check runs it
+            stand_in.symlink_to(shutil.which("which") or "/usr/bin/which")
+            continue
         stand_in.write_text(f"#!/bin/sh\necho 'stand-in {program}: not run by these tests' >&2\nexit 1\n")
         stand_in.chmod(0o755)
     for size in voxelsizes:
@@ -123,6 +167,7 @@ def m2g_image(root: Path, code: str = pipeline_facts.M2G_DEPLOY, toolchain: bool
     ``toolchain``), and its contract (must build)."""
     image = Image(root / "bin", make_atlas_dir(root / "m2g_atlases"), root / "image-contract.json")
     pipeline_facts.install_stand_in(code, image.bin_dir)
+    image.python_path = install_m2g_package(root / "python")
     if toolchain:
         install_toolchain(image, root / "toolchain")
     built = build_contract(image)

@@ -12,14 +12,17 @@ module is skipped with one line naming what is missing (CI fails instead).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ENDPOINT, ROOT
 from m2g_sources import NEUROPARC_TARBALL, require_m2g_sources, third_party
 
 pytestmark = pytest.mark.m2g
@@ -65,7 +68,7 @@ def m2g_commands() -> list[tuple[str, list[str], dict[str, Any]]]:
     one without: (what it is, the argv after ``m2g``, the options it was made from)."""
     from ndmg_cloud.core.atlases import catalogue
     from ndmg_cloud.core.bids import Scan
-    from ndmg_cloud.core.pipelines import M2G_SKULL, PIPELINES
+    from ndmg_cloud.core.pipelines import M2G_LABELS, M2G_SKULL, PIPELINES
 
     from datasets import sessionless_scan
 
@@ -74,11 +77,16 @@ def m2g_commands() -> list[tuple[str, list[str], dict[str, Any]]]:
     with_session = Scan(
         "sub-01_ses-retest", "01", "retest", {}, f"{dwi}.nii.gz", f"{dwi}.bval", f"{dwi}.bvec", "sub-01/anat/sub-01_T1w.nii.gz"
     )
+    names = catalogue("m2g")
+
+    def usable(voxelsize: str) -> list[str]:  # the atlases the options check lets through
+        return [name for name in names.names(voxelsize) if names.unusable(name, M2G_LABELS.largest) is None]
+
     variants: list[tuple[str, dict[str, Any]]] = [("defaults", {})]
     for voxelsize in ("1mm", "2mm", "4mm"):
-        for name in catalogue("m2g").names(voxelsize):
+        for name in usable(voxelsize):
             variants.append((f"parcellation {name} at {voxelsize}", {"voxelsize": voxelsize, "parcellation": [name]}))
-    variants.append(("every 2mm atlas at once", {"parcellation": catalogue("m2g").names("2mm")}))
+    variants.append(("every 2mm atlas at once", {"parcellation": usable("2mm")}))
     for option, values in {
         "space": ("native", "native_dsn"),
         "mod": ("det", "prob"),
@@ -268,3 +276,185 @@ def test_m2g_finds_no_scan_under_the_datasets_own_names_that_it_refuses(m2g_pyth
 
     assert task["outcome"] == "error" and task["error"].startswith("ValueError: No pairs found")
     assert echo["outcome"] == "error" and "not enough values to unpack" in echo["error"]
+
+
+# ---------------------------------------------------------------------- tracking and graphs
+PHANTOM_EDGES = {(1, 2), (3, 4), (5, 6), (1, 7), (2, 7), (5, 7), (6, 7)}  # tests/m2g_phantom.py's design
+
+
+@pytest.fixture(scope="module")
+def phantom(m2g_python, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("m2g-phantom")
+    made = subprocess.run([str(m2g_python), str(DRIVER.with_name("m2g_phantom.py")), str(folder)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    return folder
+
+
+def test_m2gs_own_tracking_and_graph_make_connectomes_the_runner_verifier_and_group_level_take(m2g_python, phantom, s3, tmp_path):
+    """Two scans (one session-less) of a phantom through what ndmg-scan does around m2g: the
+    work folder, m2g's own tracking (m2g.track) and graph (m2g.graph.GraphTools) code as its
+    diffusion worker calls it (tests/m2g_tracking.py: the FSL steps stood in for), then the
+    upload under the spec's expected outputs, the verifier and the group level."""
+    from ndmg_cloud.core.atlases import catalogue
+    from ndmg_cloud.group.compare import run_group
+    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.jobspec import build_spec
+    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.participant.verify import completed_scans
+    from ndmg_cloud.report.runreport import RunReport
+    from ndmg_cloud.scan.runner import ScanRun
+
+    s3.create_bucket(Bucket=BUCKET)
+    for folder, stem in (("sub-01/ses-1", "sub-01_ses-1"), ("sub-02", "sub-02")):
+        for ext in ("dwi.nii.gz", "dwi.bval", "dwi.bvec"):
+            s3.upload_file(str(phantom / f"phantom_{ext}"), BUCKET, f"ds/{folder}/dwi/{stem}_{ext}")
+        s3.upload_file(str(phantom / "phantom_T1w.nii.gz"), BUCKET, f"ds/{folder}/anat/{stem}_T1w.nii.gz")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "m2g", "parcellation": ["AAL"]}, "manual__m2g")
+    # the phantom's labels under the file name of the atlas the command asks for, as the
+    # image's /m2g_atlases holds it: the names flow through m2g as in a real run
+    atlas = tmp_path / "m2g_atlases" / catalogue("m2g").get("AAL", "2mm").file
+    atlas.parent.mkdir()
+    atlas.write_bytes((phantom / "phantom_labels.nii.gz").read_bytes())
+    scans = discover(config, s3).valid
+    assert [scan.scan_id for scan in scans] == ["sub-01_ses-1", "sub-02"]
+    for n, scan in enumerate(scans):
+        run = ScanRun(build_spec(config, scan), s3, tmp_path / scan.scan_id)
+        run.download_inputs()
+        places = run.work_files()
+        outdir = run.output_dir / f"sub-{scan.subject}" / f"ses-{scan.session or '1'}"
+        tracked = subprocess.run(
+            [str(m2g_python), str(DRIVER.with_name("m2g_tracking.py")), "--dwi", str(places["dwi"]), "--bval", str(places["bval"])]
+            + ["--bvec", str(places["bvec"]), "--t1w", str(places["t1w"]), "--parcellation", str(atlas)]
+            + ["--wm", str(phantom / "phantom_wm.nii.gz"), "--gm", str(phantom / "phantom_gm.nii.gz")]
+            + ["--brain-mask", str(phantom / "phantom_brainmask.nii.gz"), "--outdir", str(outdir)]
+            + ["--scratch", str(tmp_path / f"scratch{n}"), "--random-seed", "1"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert tracked.returncode == 0, tracked.stdout[-2000:] + tracked.stderr[-3000:]
+        summary = json.loads((tmp_path / f"scratch{n}/m2gtrack_summary.json").read_text())
+        assert summary["streamlines_kept_gt60pts"] > 1000, summary
+        run.upload_outputs()  # fails if an expected output is missing
+        run.write_manifest(0)
+        assert run.spec.expected_outputs == [
+            f"connectomes_d/AAL_space-MNI152NLin6_res-2x2x2/{scan.dwi_stem}_AAL_space-MNI152NLin6_res-2x2x2_connectome.csv"
+        ]
+        assert not any("ses-1" in output.path for output in run.outputs if scan.session is None)
+
+    done, _ = completed_scans(config, scans, s3)
+    assert sorted(done) == ["sub-01_ses-1", "sub-02"]
+    report = RunReport.from_dict(
+        {  # the rows the verifier gives, in the report the participant run writes
+            "dataset": "ds",
+            "run_id": config.run_id,
+            "pipeline": "m2g",
+            "options": config.options,
+            "input": config.input_root.uri(),
+            "output": config.output_root.uri(),
+            "started_at": "",
+            "scans": [done[scan_id].to_dict() for scan_id in sorted(done)],
+        }
+    )
+    uri = f"{config.output_root.uri()}reports/{config.run_id}/report.json"
+    s3.put_object(Bucket=BUCKET, Key=uri.split("/", 3)[3], Body=json.dumps(report.to_dict()).encode())
+    s3.put_object(Bucket=BUCKET, Key="ds/derivatives/ndmg/dataset_description.json", Body=b'{"Name": "m2g", "DatasetType": "derivative"}')
+
+    [group] = run_group(s3, uri, permutations=10, write=False)
+
+    assert group.parcellation == "AAL_space-MNI152NLin6_res-2x2x2"
+    assert sorted(graph.scan_id for graph in group.scans) == ["sub-01_ses-1", "sub-02"] and not group.left_out
+    # node = the label's rank among the atlas's values (background 0 is node 0), so labels 1-7
+    # are nodes 1-7; the mean connectome holds node k at index k - 1
+    edges = {(int(i) + 1, int(j) + 1) for i, j in zip(*np.nonzero(np.triu(group.mean)), strict=True)}
+    assert edges == PHANTOM_EDGES
+    assert all(graph.stats.row()["edges"] == len(PHANTOM_EDGES) for graph in group.scans)
+
+
+# ------------------------------------------------------ the console script and the canary
+@pytest.fixture
+def m2g_scan(m2g_python, atlas_home, phantom, s3, tmp_path):
+    """A phantom scan's spec written where a run writes it, its work folder laid out by the
+    runner, and an "image" of this machine: the real m2g console script on PATH, neuroparc as
+    its atlases, the contract ndmg-image-contract builds from them (as the Dockerfile's last
+    step), and no FSL or AFNI."""
+    from ndmg_cloud.participant.discover import discover
+    from ndmg_cloud.participant.jobspec import build_spec
+    from ndmg_cloud.participant.params import resolve
+    from ndmg_cloud.scan.runner import ScanRun
+
+    from images import Image, build_contract
+
+    s3.create_bucket(Bucket=BUCKET)
+    for ext in ("dwi.nii.gz", "dwi.bval", "dwi.bvec"):
+        s3.upload_file(str(phantom / f"phantom_{ext}"), BUCKET, f"ds/sub-01/ses-1/dwi/sub-01_ses-1_task-x_{ext}")
+    s3.upload_file(str(phantom / "phantom_T1w.nii.gz"), BUCKET, "ds/sub-01/ses-1/anat/sub-01_ses-1_echo-1_T1w.nii.gz")
+    config = resolve({"bucket": BUCKET, "bidsdir": "ds", "pipeline": "m2g", "parcellation": ["AAL"]}, "manual__canary")
+    [scan] = discover(config, s3).valid
+    spec = build_spec(config, scan)
+    spec.write(s3)
+    run = ScanRun(spec, s3, tmp_path / "work")
+    run.download_inputs()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "m2g").symlink_to(m2g_python.parent / "m2g")
+    image = Image(bin_dir, atlas_home / ".m2g/m2g_atlases", tmp_path / "image-contract.json", toolchain_root=tmp_path / "root")
+    image.toolchain_root.mkdir()
+    built = build_contract(image)
+    assert built.returncode == 0, built.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSL", "AFNI"))}
+    env.update(PATH=f"{bin_dir}:/usr/bin:/bin", HOME=str(atlas_home), NDMG_IMAGE_CONTRACT=str(image.contract))
+    env.update(NDMG_ATLAS_DIR=str(image.atlas_dir), NDMG_TOOLCHAIN_ROOT=str(image.toolchain_root), AWS_ENDPOINT_URL=ENDPOINT)
+    return {"run": run, "spec": spec, "image": image, "env": env}
+
+
+def m2g_and_canary(m2g_scan, **env_extra):
+    """The real m2g on the runner's work folder, with the scan's command; then the canary
+    (``ndmg-scan --self-check``) for the same scan in the same environment."""
+    run, env = m2g_scan["run"], {**m2g_scan["env"], **env_extra}
+    command = [run.local_path(arg) for arg in run.pipeline_command()]
+    m2g = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**env, "MPLCONFIGDIR": str(run.workdir / "mpl")})
+    canary = subprocess.run(
+        [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", m2g_scan["spec"].spec_uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    checks = {line.split()[1]: line for line in canary.stdout.splitlines() if line.startswith(("ok  ", "FAIL"))}
+    return m2g, canary, checks
+
+
+def test_without_fsl_m2g_stops_at_its_dependency_check_and_the_canary_says_the_same(m2g_scan):
+    m2g, canary, checks = m2g_and_canary(m2g_scan)
+
+    assert m2g.returncode == 1
+    said = "AssertionError: You do not have FSL installed!"
+    assert said in m2g.stderr.strip().splitlines()[-1]
+    assert canary.returncode == 1 and checks["tools"].startswith("FAIL")
+    assert f"its own dependency check failed: {said}" in checks["tools"]
+    # the rest of the image is right: the real m2g's parser took the command, the atlases are there
+    assert [name for name, line in checks.items() if line.startswith("FAIL")] == ["tools"]
+    assert "checked by the program's own parser" in checks["command"]
+
+
+def test_past_its_dependency_check_the_real_m2g_fails_at_its_first_fsl_step_which_the_canary_names(m2g_scan, tmp_path):
+    """$FSLDIR set and an `afni` on PATH (m2g only asks `which afni`): the real m2g parses the
+    command, checks the BIDS folder, finds the atlases and the scan's files (named plainly by
+    the runner: this scan's own names have task- and echo-), starts its diffusion worker and
+    fails at eddy_correct, its first FSL step; the canary names what that step lacks."""
+    fsl = tmp_path / "fsl"
+    fsl.mkdir()
+    afni = m2g_scan["image"].bin_dir / "afni"
+    afni.write_text("#!/bin/sh\nexit 0\n")
+    afni.chmod(0o755)
+
+    m2g, canary, checks = m2g_and_canary(m2g_scan, FSLDIR=str(fsl), FSLOUTPUTTYPE="NIFTI_GZ")
+
+    work_dwi = m2g_scan["run"].work_files()["dwi"]
+    assert m2g.returncode == 1
+    assert f"Running shell command: . /venv/bin/activate && eddy_correct {work_dwi}" in m2g.stdout
+    assert "subprocess.CalledProcessError" in m2g.stderr and "eddy_correct" in m2g.stderr.strip().splitlines()[-1]
+    assert canary.returncode == 1 and checks["tools"].startswith("FAIL")
+    assert "eddy_correct" in checks["tools"] and ", /venv/bin/activate" in checks["tools"]
+    assert "own dependency check" not in checks["tools"]  # m2g's own check passes here, as it did for m2g

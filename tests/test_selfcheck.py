@@ -52,12 +52,13 @@ def test_a_good_image_passes_every_check_and_writes_its_findings(s3, m2g_spec, i
     done = self_check(m2g_spec, image, "--result", result_uri)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [line.split()[1] for line in lines(done)] == ["contract", "command", "atlases", "tools", "disk", "s3", "s3"]
+    assert [line.split()[1] for line in lines(done)] == ["contract", "command", "atlases", "tools", "writable", "disk", "s3", "s3"]
     assert all(line.startswith("ok") for line in lines(done))
     assert "m2g 95d271f7" in done.stdout
     assert "m2g accepts the scan's command" in done.stdout and "the program's own parser" in done.stdout
     assert "Desikan, Yeo-7 at 2mm: real NIfTI files, each selected alone" in done.stdout
-    assert "13 programs on PATH; $FSLDIR, $FSLOUTPUTTYPE=NIFTI_GZ; its 5 files there" in done.stdout
+    assert "13 programs on PATH; $FSLDIR, $FSLOUTPUTTYPE=NIFTI_GZ; its 5 files there; m2g's own dependency check passed" in done.stdout
+    assert f"{image.toolchain_root}, {image.atlas_dir}/atlases/mask take new files" in done.stdout
     found = json.loads(s3.get_object(Bucket=BUCKET, Key=result_uri.split("/", 3)[3])["Body"].read())
     assert found["ok"] is True and found["scan_id"] == "sub-01_ses-retest"
     assert found["contract"]["code"]["revision"] == "95d271f748e7d35b8d7feaa1b0112f471be8e514"
@@ -79,6 +80,7 @@ def test_an_image_without_fsl_and_afni_fails_naming_the_missing_programs(s3, m2g
     from images import m2g_image
 
     image = m2g_image(tmp_path / "image", toolchain=False)  # m2g's code and atlases, no FSL or AFNI
+    (tmp_path / "empty").mkdir()  # the image's `/`
     env = {k: v for k, v in image.env().items() if not k.startswith("FSL")}
     done = subprocess.run(
         [sys.executable, "-m", "ndmg_cloud.scan.runner", "--self-check", "--spec", m2g_spec["spec_uri"]],
@@ -94,8 +96,9 @@ def test_an_image_without_fsl_and_afni_fails_naming_the_missing_programs(s3, m2g
     assert tools.startswith("FAIL")
     assert "12 of its 13 programs are not on PATH: eddy_correct, fslmaths," in tools and "3dSkullStrip, afni" in tools
     assert "$FSLDIR unset; $FSLOUTPUTTYPE unset" in tools and "no /venv/bin/activate" in tools
+    assert "its own dependency check failed: AssertionError: You do not have FSL installed!" in tools
     # the other checks still report: the image is otherwise right
-    assert [line.split()[0] for line in lines(done) if line.split()[1] != "tools"] == ["ok"] * 6
+    assert [line.split()[0] for line in lines(done) if line.split()[1] != "tools"] == ["ok"] * 7
 
 
 def test_fsl_files_are_looked_for_where_fsldir_says_at_the_scans_voxel_size(s3, m2g_spec, image):
@@ -109,6 +112,38 @@ def test_fsl_files_are_looked_for_where_fsldir_says_at_the_scans_voxel_size(s3, 
     assert "$FSLOUTPUTTYPE is 'NIFTI', not 'NIFTI_GZ'" in tools
     assert f"no {image.toolchain_root}/fsl/data/standard/MNI152_T1_2mm_brain.nii.gz" in tools
     assert "programs are not on PATH" not in tools  # FSL's and AFNI's programs are all there
+
+
+def test_afni_missing_fails_m2gs_own_dependency_check_too(s3, m2g_spec, image):
+    (image.bin_dir / "afni").unlink()
+    done = self_check(m2g_spec, image)
+
+    tools = next(line for line in lines(done) if line.split()[1] == "tools")
+    assert done.returncode == 1 and tools.startswith("FAIL")
+    assert "1 of its 13 programs are not on PATH: afni" in tools
+    assert "its own dependency check failed: AssertionError: You do not have AFNI installed!" in tools
+
+
+def test_neuroparcs_masks_at_the_scans_voxel_size_are_checked(s3, m2g_spec, image):
+    """register.py reads the corpus callosum and lateral-ventricles masks besides the labels."""
+    (image.atlas_dir / "atlases/mask/CorpusCallosum_res_2mm.nii.gz").unlink()
+    done = self_check(m2g_spec, image)
+
+    atlases = next(line for line in lines(done) if line.split()[1] == "atlases")
+    assert done.returncode == 1 and atlases.startswith("FAIL")
+    assert f"{image.atlas_dir}/atlases/mask/CorpusCallosum_res_2mm.nii.gz: missing" in atlases
+
+
+def test_a_root_or_atlas_folder_m2g_cannot_write_into_fails_the_writable_check(s3, m2g_spec, image, tmp_path):
+    """m2g saves a QA image at `/` and fslmaths overwrites neuroparc's masks in place."""
+    not_a_folder = tmp_path / "root-file"
+    not_a_folder.write_text("")
+    done = self_check(m2g_spec, image, NDMG_TOOLCHAIN_ROOT=str(not_a_folder))
+
+    writable = next(line for line in lines(done) if line.split()[1] == "writable")
+    assert done.returncode == 1 and writable.startswith("FAIL")
+    assert f"m2g writes into folders this image does not let it write: {not_a_folder}: Not a directory" in writable
+    assert "atlases/mask" not in writable  # the atlas folder takes files
 
 
 def test_an_lfs_pointer_atlas_fails_the_atlas_check(s3, m2g_spec, image):
@@ -126,7 +161,7 @@ def test_an_atlas_the_image_does_not_have_fails_the_atlas_check(s3, image):
     spec = spec.to_dict()  # as written
     done = self_check(spec, image)
     assert done.returncode == 1
-    assert "Glasser is not among the image's 6 atlases at 2mm" in done.stdout
+    assert "Glasser is not among the image's 7 atlases at 2mm" in done.stdout
 
 
 def test_a_full_work_disk_fails_the_disk_check(s3, m2g_spec, image):

@@ -76,7 +76,7 @@ class Catalogue:
         values = [value for file, value in self.largest if file in files]
         return max(values) if values else None
 
-    def unusable(self, name: str, label_limit: int | None, why: str = "") -> str | None:
+    def unusable(self, name: str, label_limit: int | None, why: str = "a limit of its code") -> str | None:
         """Why atlas ``name`` cannot be used by a pipeline that keeps labels up to
         ``label_limit`` (``why``: where that limit comes from), or None."""
         largest = self.largest_label(name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ndmg_cloud.core.atlases import Atlas, catalogue
+from ndmg_cloud.core.atlases import RESOLUTIONS, Atlas, catalogue
 from ndmg_cloud.core.bids import Scan
 
 # The option names shared by the DAG params and the adapters.
@@ -121,15 +121,26 @@ class Toolchain:
 
     ``env`` pairs a variable with the value it must have (None: any, but set). A file may
     start with ``$VAR/`` (one of ``env``) and hold ``{voxelsize}`` (the scan's option).
+    ``atlas_files`` are read from the pipeline's atlas folder besides its label files (they
+    may hold ``{voxelsize}`` and ``{dims}``, 2mm -> 2x2x2); ``writable`` are folders it writes
+    into outside its work folder (``{atlas_dir}``: its atlas folder); ``own_check`` is Python
+    run by the interpreter of the pipeline's program: the pipeline's own dependency check.
     """
 
     programs: tuple[str, ...] = ()
     env: tuple[tuple[str, str | None], ...] = ()
     files: tuple[str, ...] = ()
+    atlas_files: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+    own_check: str | None = None
     why: str = ""  # where in the pipeline's source these come from
 
     def __bool__(self) -> bool:
-        return bool(self.programs or self.env or self.files)
+        return bool(self.programs or self.env or self.files or self.atlas_files or self.writable or self.own_check)
+
+    def atlas_paths(self, voxelsize: str) -> list[str]:
+        """``atlas_files`` at a voxel size, relative to the atlas folder."""
+        return [rel.format(voxelsize=voxelsize, dims=RESOLUTIONS[voxelsize]) for rel in self.atlas_files]
 
     def file_paths(self, options: dict[str, Any], environ: Mapping[str, str], root: Path = Path("/")) -> list[tuple[str, Path]]:
         """``files`` for a scan's ``options``: (the path, where to look for it). A leading
@@ -319,7 +330,14 @@ class Lite(Pipeline):
 # - $FSLDIR (check_dependencies, register.py), and FSLOUTPUTTYPE=NIFTI_GZ as m2g's Dockerfile
 #   sets it: m2g loads the *.nii.gz names it gives FSL's outputs;
 # - the FSL files register.py reads: the MNI152 brain and mask at the scan's voxel size, and
-#   flirt's schedules; and /venv/bin/activate, which preproc.eddy_correct sources first.
+#   flirt's schedules; and /venv/bin/activate, which preproc.eddy_correct sources first;
+# - neuroparc's files register.py reads from the atlas folder besides the label files: the
+#   HarvardOxford subcortical labels, the lateral-ventricles and corpus callosum masks (which
+#   fslmaths then overwrites in place: the mask folder must be writable), and the FA template
+#   of direct_streamline_norm (space native_dsn);
+# - `/` writable: m2g_dwi_pipeline saves Tractography_Model_Peak_Directions.png at `/`
+#   (qa_dirs[6] / "/Tractography...", an absolute path);
+# - m2g's own check_dependencies (gen_utils.py): $FSLDIR set and `which afni` found.
 M2G_TOOLCHAIN = Toolchain(
     programs=(
         "eddy_correct",
@@ -344,6 +362,14 @@ M2G_TOOLCHAIN = Toolchain(
         "$FSLDIR/etc/flirtsch/bbr.sch",
         "/venv/bin/activate",
     ),
+    atlas_files=(
+        "atlases/label/Human/HarvardOxfordsub-maxprob-thr25_space-MNI152NLin6_label_all_res-{dims}.nii.gz",
+        "atlases/mask/HarvardOxford-thr25_space-MNI152NLin6_variant-lateral-ventricles_res-{dims}_descr-brainmask.nii.gz",
+        "atlases/mask/CorpusCallosum_res_{voxelsize}.nii.gz",
+        "atlases/reference_brains/FSL_HCP1065_FA_2mm.nii.gz",
+    ),
+    writable=("/", "{atlas_dir}/atlases/mask"),
+    own_check="from m2g.utils.gen_utils import check_dependencies; check_dependencies()",
     why="m2g's diffusion pipeline needs FSL and AFNI: check_dependencies, register.py, preproc.eddy_correct",
 )
 

@@ -203,7 +203,7 @@ def parse_only(argv: list[str], contract: ImageContract | None = None) -> Parsed
     path = find_program(argv[0])
     if path is None:
         return Parsed(False, error=f"{argv[0]} is not on PATH")
-    interpreter = _python_of(Path(path))
+    interpreter = python_of(Path(path))
     if interpreter is None:
         if contract is None:
             return Parsed(False, error=f"{path} is not a Python program and no contract records its flags")
@@ -242,7 +242,7 @@ def _judge_parse(argv: list[str], found: dict[str, Any]) -> Parsed:
     return Parsed(True, values)
 
 
-def _python_of(path: Path) -> list[str] | None:
+def python_of(path: Path) -> list[str] | None:
     """The interpreter of a Python script, from its #! line."""
     try:
         with open(path, "rb") as f:

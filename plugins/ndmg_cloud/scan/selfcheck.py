@@ -9,8 +9,10 @@ Checks, one line each:
   never run);
 - atlases: each requested atlas is in the contract and a real NIfTI file in the image,
   and the pipeline's name matching selects exactly that file;
-- tools: the programs the pipeline runs (FSL and AFNI for m2g) are on PATH, and the variables
-  and files it insists on are there (``Pipeline.toolchain``);
+- tools: the programs the pipeline runs (FSL and AFNI for m2g) are on PATH, the variables
+  and files it insists on are there, and its own dependency check passes (``Pipeline.toolchain``);
+- writable: the folders it writes into outside its work folder take a new file (m2g: ``/``
+  and its atlas mask folder);
 - disk: the work folder has the room the pipeline needs;
 - s3 read: the job's role can read the job spec and the scan's inputs;
 - s3 write: it can write and delete a probe key under the scan's output prefix.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -31,14 +34,24 @@ from typing import Any
 
 from ndmg_cloud.core.atlases import LABEL_DIR, selected_by
 from ndmg_cloud.core.layout import PROBE_NAME, split_uri
-from ndmg_cloud.core.pipelines import OptionError, Pipeline, Toolchain, get_pipeline
+from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
 from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
-from ndmg_cloud.scan.contract import ContractError, ImageContract, current, nifti_problem, parse_only, reference_files
+from ndmg_cloud.scan.contract import (
+    ContractError,
+    ImageContract,
+    current,
+    find_program,
+    nifti_problem,
+    parse_only,
+    python_of,
+    reference_files,
+)
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
 ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
 WORK_DISK_ENV = "NDMG_WORK_DISK_GB"  # free GB a scan needs, when not the pipeline's figure
 TOOLCHAIN_ROOT_ENV = "NDMG_TOOLCHAIN_ROOT"  # where the toolchain's files are, when not under / (tests)
+OWN_CHECK_TIMEOUT_SECONDS = 120  # importing m2g takes seconds
 
 
 @dataclass
@@ -112,7 +125,9 @@ def self_check(spec: JobSpec, client: Any, workdir: Path) -> SelfCheck:
     if pipeline.catalogue:
         _check_atlases(result, pipeline, options)
     if pipeline.toolchain:
-        _check_tools(result, pipeline.toolchain, options)
+        _check_tools(result, pipeline, options)
+    if pipeline.toolchain.writable:
+        _check_writable(result, pipeline)
     _check_disk(result, pipeline, workdir)
     _check_s3(result, spec, client)
     return result
@@ -162,7 +177,7 @@ def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any
         return
     size = options["voxelsize"]
     offered = set((result.contract.atlases if result.contract else {}).get(size, []))
-    root = Path(os.environ.get(ATLAS_DIR_ENV) or pipeline.atlas_dir or ".")
+    root = atlas_root(pipeline)
     label_dir = root / LABEL_DIR
     present = [str(p) for p in sorted(label_dir.glob("*.nii.gz"))]
     problems = []
@@ -177,7 +192,7 @@ def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any
         chosen = selected_by([atlas.argument], present, size)
         if [Path(p).name for p in chosen] != [atlas.file]:
             problems.append(f"{atlas.argument!r} selects {len(chosen)} files, not exactly {atlas.file}")
-    for rel in reference_files(size):
+    for rel in reference_files(size) + pipeline.toolchain.atlas_paths(size):
         problem = nifti_problem(root / rel) if (root / rel).exists() else "missing"
         if problem:
             problems.append(f"{root / rel}: {problem}")
@@ -188,7 +203,35 @@ def _check_atlases(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any
         result.add("atlases", True, f"{names} at {size}: real NIfTI files, each selected alone")
 
 
-def _check_tools(result: SelfCheck, toolchain: Toolchain, options: dict[str, Any]) -> None:
+def atlas_root(pipeline: Pipeline) -> Path:
+    return Path(os.environ.get(ATLAS_DIR_ENV) or pipeline.atlas_dir or ".")
+
+
+def _own_check(pipeline: Pipeline) -> str | None:
+    """What the pipeline's own dependency check says is wrong (run by its program's
+    interpreter), or None when it passes."""
+    path = find_program(pipeline.program)
+    interpreter = python_of(Path(path)) if path else None
+    if not path or not interpreter or not pipeline.toolchain.own_check:
+        return f"its own dependency check cannot run: {pipeline.program} is not a Python program on PATH"
+    try:
+        done = subprocess.run(
+            [*interpreter, "-c", pipeline.toolchain.own_check],
+            capture_output=True,
+            text=True,
+            timeout=OWN_CHECK_TIMEOUT_SECONDS,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"its own dependency check did not finish: {err}"
+    if done.returncode == 0:
+        return None
+    said = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    return f"its own dependency check failed: {said[-1] if said else f'exit {done.returncode}'}"
+
+
+def _check_tools(result: SelfCheck, pipeline: Pipeline, options: dict[str, Any]) -> None:
+    toolchain = pipeline.toolchain
     programs = [p for p in toolchain.programs if shutil.which(p) is None]
     env = []
     for name, wanted in toolchain.env:
@@ -205,6 +248,9 @@ def _check_tools(result: SelfCheck, toolchain: Toolchain, options: dict[str, Any
     missing += env
     if files:
         missing.append(f"no {', '.join(files)}")
+    own = _own_check(pipeline) if toolchain.own_check else None
+    if own:
+        missing.append(own)
     if missing:
         detail = "; ".join(missing)
         result.add(
@@ -216,7 +262,35 @@ def _check_tools(result: SelfCheck, toolchain: Toolchain, options: dict[str, Any
         found.append(", ".join(f"${name}" + (f"={wanted}" if wanted else "") for name, wanted in toolchain.env))
     if toolchain.files:
         found.append(f"its {len(toolchain.files)} files there")
+    if toolchain.own_check:
+        found.append(f"{pipeline.name}'s own dependency check passed")
     result.add("tools", True, "; ".join(found))
+
+
+def _check_writable(result: SelfCheck, pipeline: Pipeline) -> None:
+    """Each folder the pipeline writes into outside its work folder takes a new file (an
+    absolute folder is looked for under NDMG_TOOLCHAIN_ROOT when set, as the tools' files)."""
+    root = Path(os.environ.get(TOOLCHAIN_ROOT_ENV) or "/")
+    problems = []
+    folders = []
+    for folder in pipeline.toolchain.writable:
+        where = Path(folder.format(atlas_dir=atlas_root(pipeline))) if "{atlas_dir}" in folder else root / folder.lstrip("/")
+        folders.append(str(where))
+        probe = where / f".ndmg-write-probe-{uuid.uuid4().hex[:12]}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            problems.append(f"{where}: {err.strerror or err}")
+    if problems:
+        result.add(
+            "writable",
+            False,
+            f"{pipeline.name} writes into folders this image does not let it write: {'; '.join(problems)} "
+            f"({pipeline.toolchain.why}); run the job with a writable root file system and atlas folder",
+        )
+    else:
+        result.add("writable", True, f"{', '.join(folders)} take new files")
 
 
 def _check_disk(result: SelfCheck, pipeline: Pipeline, workdir: Path) -> None:
