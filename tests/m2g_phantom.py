@@ -22,6 +22,7 @@ Outputs (prefix OUT/phantom_):
 Expected connectome: 1-2, 3-4, 5-6 (one per bundle), plus 1-7, 2-7, 5-7, 6-7 because m2g
 counts every label a streamline passes through, not just its endpoints.
 """
+
 import argparse
 import os
 
@@ -97,14 +98,12 @@ def main():
 
     # signal
     clean = np.zeros(SHAPE + (len(bvals),))
-    iso, _ = multi_tensor(gtab, np.array([ISO_EVALS, ISO_EVALS]), S0=S0,
-                          angles=[(0, 0), (0, 0)], fractions=[50, 50], snr=None)
+    iso, _ = multi_tensor(gtab, np.array([ISO_EVALS, ISO_EVALS]), S0=S0, angles=[(0, 0), (0, 0)], fractions=[50, 50], snr=None)
     clean[brain] = iso
     for bits in np.unique(members[members > 0]):
         sticks = [dirs[i] for i in range(len(dirs)) if bits >> i & 1]
         evals = np.array([WM_EVALS] * len(sticks))
-        sig, _ = multi_tensor(gtab, evals, S0=S0, angles=np.array(sticks),
-                              fractions=[100.0 / len(sticks)] * len(sticks), snr=None)
+        sig, _ = multi_tensor(gtab, evals, S0=S0, angles=np.array(sticks), fractions=[100.0 / len(sticks)] * len(sticks), snr=None)
         clean[members == bits] = sig
     sigma = S0 / SNR
     noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2 + rng.normal(0, sigma, clean.shape) ** 2)
@@ -124,7 +123,7 @@ def main():
             labels[m] = lab
             gm |= m
             lab += 1
-    labels[cube(SHAPE, (24, 12, 8), (2, 2, 2))] = 7            # deep nucleus on the A x C crossing
+    labels[cube(SHAPE, (24, 12, 8), (2, 2, 2))] = 7  # deep nucleus on the A x C crossing
     labels[cube(SHAPE, (40, 20, 3), (2, 2, 1)) & brain & ~wm] = 12  # isolated region
 
     t1 = np.where(brain, 600.0, 0.0)
@@ -142,9 +141,21 @@ def main():
     save(labels, "labels.nii.gz", np.int16)
     np.savetxt(os.path.join(a.out, "phantom_dwi.bval"), bvals[None], fmt="%d")
     np.savetxt(os.path.join(a.out, "phantom_dwi.bvec"), bvecs.T, fmt="%.6f")
-    print("wrote phantom to", a.out, "shape", SHAPE, "voxel", VOX, "mm;",
-          "WM voxels", int(wm.sum()), "seed-interface voxels", int((wm & gm).sum()),
-          "labels", sorted(int(x) for x in np.unique(labels) if x))
+    print(
+        "wrote phantom to",
+        a.out,
+        "shape",
+        SHAPE,
+        "voxel",
+        VOX,
+        "mm;",
+        "WM voxels",
+        int(wm.sum()),
+        "seed-interface voxels",
+        int((wm & gm).sum()),
+        "labels",
+        sorted(int(x) for x in np.unique(labels) if x),
+    )
 
 
 if __name__ == "__main__":

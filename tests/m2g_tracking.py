@@ -31,6 +31,7 @@ tests/test_m2g_real.py:
 The FSL stand-ins and the run's summary (m2gtrack_summary.json) go to --scratch, never into
 the output folder, which holds only what m2g writes.
 """
+
 import argparse
 import functools
 import json
@@ -52,7 +53,7 @@ from scipy import ndimage  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-FSLROI = '''#!{py}
+FSLROI = """#!{py}
 # stand-in for FSL's `fslroi in out tmin tsize` (only the 4D time-range form m2g uses)
 import sys, nibabel as nib, numpy as np
 src, dst, t0, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -61,9 +62,9 @@ data = np.asarray(img.dataobj)[..., t0:t0 + n]
 if n == 1:
     data = data[..., 0]
 nib.save(nib.Nifti1Image(data, img.affine, img.header), dst)
-'''
+"""
 
-BET = '''#!{py}
+BET = """#!{py}
 # stand-in for FSL's `bet in out [-m] [-f f]`: the brain mask is $M2GTRACK_BRAINMASK if set,
 # else (b0 > 10% of its 99th percentile) with holes filled
 import os, sys, nibabel as nib, numpy as np
@@ -80,7 +81,7 @@ base = dst[:-7] if dst.endswith(".nii.gz") else dst
 nib.save(nib.Nifti1Image((data * mask).astype(np.float32), img.affine), base + ".nii.gz")
 if "-m" in sys.argv:
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), img.affine), base + "_mask.nii.gz")
-'''
+"""
 
 
 def make_shims(folder):
@@ -101,8 +102,9 @@ def resample_to(src_img, ref_img, order=0, offset_mm=(0.0, 0.0, 0.0)):
     data = np.asarray(src_img.dataobj)
     if data.shape == ref_img.shape[:3] and np.allclose(m, np.eye(4)):
         return data.copy()
-    return ndimage.affine_transform(data.astype(np.float64), m[:3, :3], m[:3, 3],
-                                    output_shape=ref_img.shape[:3], order=order, mode="constant", cval=0)
+    return ndimage.affine_transform(
+        data.astype(np.float64), m[:3, :3], m[:3, 3], output_shape=ref_img.shape[:3], order=order, mode="constant", cval=0
+    )
 
 
 def auto_offset(label_img, wm, ref_img, step_mm=6.0):
@@ -139,9 +141,12 @@ def main():
     ap.add_argument("--csf", help="CSF map -> csf_mask_dwi (default: zeros)")
     ap.add_argument("--brain-mask", help="used by the `bet` stand-in as nodif_B0_mask")
     ap.add_argument("--parcellation", action="append", required=True, help="label image(s); repeatable")
-    ap.add_argument("--atlas-offset", action="append",
-                    help="per parcellation: 'x,y,z' world shift in mm (stands in for atlas->dwi registration), "
-                         "'auto' (most labels under the WM) or 'none' (default)")
+    ap.add_argument(
+        "--atlas-offset",
+        action="append",
+        help="per parcellation: 'x,y,z' world shift in mm (stands in for atlas->dwi registration), "
+        "'auto' (most labels under the WM) or 'none' (default)",
+    )
     ap.add_argument("--outdir", required=True)
     ap.add_argument("--scratch", required=True, help="the FSL stand-ins and the summary (not m2g's outputs)")
     ap.add_argument("--vox-size", default="2mm")
@@ -150,34 +155,37 @@ def main():
     ap.add_argument("--diffusion-model", default="csa")
     ap.add_argument("--seeds", default=20)
     ap.add_argument("--n-cpus", default=1)
-    ap.add_argument("--random-seed", type=int,
-                    help="make seeding reproducible (m2g itself seeds from OS entropy: dipy's "
-                         "random_seeds_from_mask is called with random_seed=None)")
-    ap.add_argument("--keep-all-labels", action="store_true",
-                    help="skip m2g's 'aligned label > number of labels -> 0' step")
+    ap.add_argument(
+        "--random-seed",
+        type=int,
+        help="make seeding reproducible (m2g itself seeds from OS entropy: dipy's random_seeds_from_mask is called with random_seed=None)",
+    )
+    ap.add_argument("--keep-all-labels", action="store_true", help="skip m2g's 'aligned label > number of labels -> 0' step")
     a = ap.parse_args()
 
     t_import = time.time()
     from m2g import graph, preproc, register, track
     from m2g.utils import gen_utils
+
     print(f"[m2gtrack] m2g imported in {time.time() - t_import:.1f} s")
 
     if a.random_seed is not None:
         import dipy.tracking.utils as dtu
+
         orig = dtu.random_seeds_from_mask
 
         @functools.wraps(orig)
         def seeded(*args, **kw):
             kw["random_seed"] = a.random_seed
             return orig(*args, **kw)
+
         dtu.random_seeds_from_mask = seeded  # m2g.track calls utils.random_seeds_from_mask
 
     dwi, bvals, bvecs, t1w = a.dwi, a.bval, a.bvec, a.t1w
     parcellations = [str(Path(p).resolve()) for p in a.parcellation]
     offsets = (a.atlas_offset or []) + ["none"] * (len(parcellations) - len(a.atlas_offset or []))
-    vox_size, mod_type, track_type, mod_func, seeds, n_cpus = (
-        a.vox_size, a.mod, a.track_type, a.diffusion_model, a.seeds, a.n_cpus)
-    reg_style, skull = "native", None
+    vox_size, mod_type, track_type, mod_func, seeds, n_cpus = (a.vox_size, a.mod, a.track_type, a.diffusion_model, a.seeds, a.n_cpus)
+    skull = None  # m2g's defaults (space native: the tracks are the native streamlines)
     times = {}
     startTime = datetime.now()
 
@@ -191,14 +199,14 @@ def main():
         os.environ["M2GTRACK_BRAINMASK"] = str(Path(a.brain_mask).resolve())
 
     # -------- Preprocessing -------- #
-    eddy_corrected_data = init_dirs['dwi_dirs'][1] / "eddy_corrected_data.nii.gz"
-    init_dirs['dwi_dirs'][1] = gen_utils.as_directory(init_dirs['dwi_dirs'][1], remove=True, return_as_path=True)
+    eddy_corrected_data = init_dirs["dwi_dirs"][1] / "eddy_corrected_data.nii.gz"
+    init_dirs["dwi_dirs"][1] = gen_utils.as_directory(init_dirs["dwi_dirs"][1], remove=True, return_as_path=True)
     # REPLACED: preproc.eddy_correct(dwi, str(eddy_corrected_data), 0)  (FSL eddy_correct)
     shutil.copyfile(dwi, eddy_corrected_data)
 
-    bvec_scaled = str(init_dirs['dwi_dirs'][1] / 'bvec_scaled.bvec')
-    fbval = str(init_dirs['dwi_dirs'][1] / 'bval.bval')
-    fbvec = str(init_dirs['dwi_dirs'][1] / 'bvec.bvec')
+    bvec_scaled = str(init_dirs["dwi_dirs"][1] / "bvec_scaled.bvec")
+    fbval = str(init_dirs["dwi_dirs"][1] / "bval.bval")
+    fbvec = str(init_dirs["dwi_dirs"][1] / "bvec.bvec")
     shutil.copyfile(bvecs, fbvec)
     shutil.copyfile(bvals, fbval)
     bvals, bvecs = read_bvals_bvecs(fbval, fbvec)
@@ -210,23 +218,25 @@ def main():
     np.savetxt(fbval, bvals)
     np.savetxt(fbvec, bvecs)
     preproc.rescale_bvec(fbvec, bvec_scaled)
-    eddy_corrected_data, bvecs = gen_utils.reorient_dwi(eddy_corrected_data, bvec_scaled, init_dirs['dwi_dirs'][1])
+    eddy_corrected_data, bvecs = gen_utils.reorient_dwi(eddy_corrected_data, bvec_scaled, init_dirs["dwi_dirs"][1])
     eddy_corrected_data = gen_utils.match_target_vox_res(eddy_corrected_data, vox_size, outdir, sens="dwi")
     # real m2g function; its `fslroi`/`bet` shell calls hit the stand-ins in fsl_shims/
-    gtab, nodif_B0, nodif_B0_mask = gen_utils.make_gtab_and_bmask(fbval, fbvec, eddy_corrected_data, init_dirs['dwi_dirs'][1])
+    gtab, nodif_B0, nodif_B0_mask = gen_utils.make_gtab_and_bmask(fbval, fbvec, eddy_corrected_data, init_dirs["dwi_dirs"][1])
     eddy_corrected_data_img = nib.load(str(eddy_corrected_data))
     hdr = eddy_corrected_data_img.header
 
     # -------- Registration (REPLACED except for file naming) -------- #
-    prep_anat = init_dirs['anat_dirs'][0]
+    prep_anat = init_dirs["anat_dirs"][0]
     t1w = gen_utils.reorient_t1w(t1w or nodif_B0, prep_anat)
     t1w = gen_utils.match_target_vox_res(t1w, vox_size, outdir, sens="anat_d")
     os.environ.setdefault("FSLDIR", "/nonexistent-fsl")  # DmriReg.__init__ only builds paths from it
     reg = register.DmriReg(outdir, nodif_B0, nodif_B0_mask, t1w, vox_size, skull, simple=False)
 
     ref = eddy_corrected_data_img
+
     def grid(path, order=0):
         return resample_to(nib.load(str(path)), ref, order=order).astype(np.float32)
+
     def save(arr, path, dtype=np.float32):
         nib.save(nib.Nifti1Image(np.asarray(arr).astype(dtype), ref.affine), str(path))
 
@@ -237,9 +247,9 @@ def main():
         gm = (grid(parcellations[0]) > 0).astype(np.float32)
     csf = grid(a.csf) if a.csf else np.zeros_like(wm)
     b0mask = np.asarray(nib.load(nodif_B0_mask).dataobj) > 0
-    save(wm, reg.wm_in_dwi)          # tissue2dwi_align: flirt -applyxfm of FAST pve_2
-    save(gm, reg.gm_in_dwi)          # ... pve_1
-    vent_csf = csf >= 0.99           # csf thresholded at 0.99 (+ eroded MNI ventricles: none here)
+    save(wm, reg.wm_in_dwi)  # tissue2dwi_align: flirt -applyxfm of FAST pve_2
+    save(gm, reg.gm_in_dwi)  # ... pve_1
+    vent_csf = csf >= 0.99  # csf thresholded at 0.99 (+ eroded MNI ventricles: none here)
     save(np.where(vent_csf, csf, 0), reg.csf_mask_dwi)
     save(vent_csf, reg.vent_csf_in_dwi)
     # fslmaths gm_bin -mul wm_bin -add corpuscallosum_dwi -sub vent_csf -mas nodif_B0_mask -bin
@@ -248,7 +258,7 @@ def main():
 
     # reg_utils.skullstrip_check(reg, parcellations, outdir, prep_anat, vox_size, reg_style)
     labels_im_file_list, label_info = [], []
-    for idx, label in enumerate(parcellations):
+    for idx in range(len(parcellations)):
         labels_im_file = gen_utils.reorient_t1w(parcellations[idx], prep_anat)
         labels_im_file = gen_utils.match_target_vox_res(labels_im_file, vox_size, outdir, sens="anat_d")
         orig_lab = nib.load(labels_im_file).get_data().astype("int")
@@ -276,12 +286,19 @@ def main():
         if num != num2:
             print("WARNING: The atlas has lost an roi due to alignment! (m2g skullstrip_check message)")
         labels_im_file_list.append(dwi_aligned_atlas)
-        label_info.append(dict(parcellation=parcellations[idx], offset_mm=list(off), labels_in_atlas=num,
-                               labels_in_dwi_space=num2, zeroed_by_node_num_rule=zeroed))
+        label_info.append(
+            dict(
+                parcellation=parcellations[idx],
+                offset_mm=list(off),
+                labels_in_atlas=num,
+                labels_in_dwi_space=num2,
+                zeroed_by_node_num_rule=zeroed,
+            )
+        )
     times["preprocessing+replaced_registration_s"] = round(time.time() - T0, 1)
 
     # -------- Tensor Fitting and Fiber Tractography (m2g code, pipeline arguments) -------- #
-    prep_track = init_dirs['dwi_dirs'][0]
+    prep_track = init_dirs["dwi_dirs"][0]
     start_time = time.time()
     # m2g: str(init_dirs["qa_dirs"][6] / "/Tractography_Model_Peak_Directions.png") == "/Tractography_..."
     # (leading "/" makes pathlib drop the folder: the QA png lands in the filesystem root). Fixed here:
@@ -289,8 +306,19 @@ def main():
     seeds = track.build_seed_list(reg.wm_gm_int_in_dwi, np.eye(4), dens=int(seeds))
     print("Using " + str(len(seeds)) + " seeds...")
     trct = track.RunTrack(
-        eddy_corrected_data, nodif_B0_mask, reg.gm_in_dwi, reg.vent_csf_in_dwi, reg.csf_mask_dwi,
-        reg.wm_in_dwi, gtab, mod_type, track_type, mod_func, qa_tensor, seeds, np.eye(4),
+        eddy_corrected_data,
+        nodif_B0_mask,
+        reg.gm_in_dwi,
+        reg.vent_csf_in_dwi,
+        reg.csf_mask_dwi,
+        reg.wm_in_dwi,
+        gtab,
+        mod_type,
+        track_type,
+        mod_func,
+        qa_tensor,
+        seeds,
+        np.eye(4),
     )
     streamlines = trct.run()
     n_before = len(trct.streamlines)
@@ -305,7 +333,7 @@ def main():
     # -------- Connectome Estimation (m2g code, pipeline arguments) -------- #
     start_time = time.time()
     results = []
-    for idx, parc in enumerate(parcellations):
+    for idx in range(len(parcellations)):
         tracks = streamlines
         g1 = graph.GraphTools(
             attr=parcellations[idx],
@@ -321,17 +349,29 @@ def main():
         g1.save_graph_png(init_dirs["qa_dirs"][3], init_dirs["connectomes"][idx])
         g1.save_graph(init_dirs["connectomes"][idx])
         lost = Path(init_dirs["connectomes"][idx]).parent / "lost_roi.csv"
-        results.append(dict(label_info[idx], connectome=init_dirs["connectomes"][idx],
-                            nodes=g1.g.number_of_nodes(), edges=g1.g.number_of_edges(),
-                            total_weight=float(sum(w for _, _, w in g1.g.edges(data="weight"))),
-                            lost_roi_csv=str(lost) if lost.exists() else None))
+        results.append(
+            dict(
+                label_info[idx],
+                connectome=init_dirs["connectomes"][idx],
+                nodes=g1.g.number_of_nodes(),
+                edges=g1.g.number_of_edges(),
+                total_weight=float(sum(w for _, _, w in g1.g.edges(data="weight"))),
+                lost_roi_csv=str(lost) if lost.exists() else None,
+            )
+        )
     times["graphs_s"] = round(time.time() - start_time, 1)
     times["total_s"] = round(time.time() - T0, 1)
     # REPLACED/skipped: qa_tractography(streams, ...) (fury rendering)
 
-    summary = dict(m2g_exe_time=str(datetime.now() - startTime), seeds=int(len(seeds)),
-                   streamlines_tracked=int(n_before), streamlines_kept_gt60pts=int(len(streamlines)),
-                   trk=streams, times=times, graphs=results)
+    summary = dict(
+        m2g_exe_time=str(datetime.now() - startTime),
+        seeds=int(len(seeds)),
+        streamlines_tracked=int(n_before),
+        streamlines_kept_gt60pts=int(len(streamlines)),
+        trk=streams,
+        times=times,
+        graphs=results,
+    )
     (scratch / "m2gtrack_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("[m2gtrack] " + json.dumps(summary, indent=2))
 

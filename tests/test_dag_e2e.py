@@ -517,7 +517,16 @@ def test_a_passing_canary_lets_the_run_proceed_and_is_in_the_report(s3, batch, d
     assert sorted(scan_jobs(names)) == sorted(E2E_VALID)
     report = report_of(s3, run)
     assert report["canary"]["status"] == "passed"
-    assert [c["name"] for c in report["canary"]["checks"]] == ["contract", "command", "atlases", "tools", "writable", "disk", "s3 read", "s3 write"]
+    assert [c["name"] for c in report["canary"]["checks"]] == [
+        "contract",
+        "command",
+        "atlases",
+        "tools",
+        "writable",
+        "disk",
+        "s3 read",
+        "s3 write",
+    ]
     assert report["contract"]["label"] == "m2g 95d271f7"
     canary_done = containers.self_checks[0]
     assert canary_done.returncode == 0 and "self-check passed" in canary_done.stdout

@@ -285,7 +285,9 @@ PHANTOM_EDGES = {(1, 2), (3, 4), (5, 6), (1, 7), (2, 7), (5, 7), (6, 7)}  # test
 @pytest.fixture(scope="module")
 def phantom(m2g_python, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("m2g-phantom")
-    made = subprocess.run([str(m2g_python), str(DRIVER.with_name("m2g_phantom.py")), str(folder)], capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [str(m2g_python), str(DRIVER.with_name("m2g_phantom.py")), str(folder)], capture_output=True, text=True, timeout=300
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     return folder
 
