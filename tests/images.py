@@ -125,11 +125,19 @@ def install_toolchain(image: Image, root: Path, pipeline: str = "m2g", voxelsize
             continue
         stand_in.write_text(f"#!/bin/sh\necho 'stand-in {program}: not run by these tests' >&2\nexit 1\n")
         stand_in.chmod(0o755)
+    # the versions the image contract records, as FSL and AFNI give them
+    (image.bin_dir / "afni").write_text(f'#!/bin/sh\n[ "$1" = -ver ] && echo {AFNI_VERSION!r} && exit 0\nexit 1\n')
+    (root / "fsl/etc").mkdir(parents=True, exist_ok=True)
+    (root / "fsl/etc/fslversion").write_text(FSL_VERSION + "\n")
     for size in voxelsizes:
         for _, where in toolchain.file_paths({"voxelsize": size}, toolchain_env(root), root):
             where.parent.mkdir(parents=True, exist_ok=True)
             where.write_text("")
     image.toolchain_root = root
+
+
+FSL_VERSION = "6.0.5.1:57b01774"  # what $FSLDIR/etc/fslversion holds
+AFNI_VERSION = "Precompiled binary linux_ubuntu_16_64: Jan 22 2021 (Version AFNI_21.0.06 'Titus')"  # afni -ver
 
 
 def toolchain_env(root: Path) -> dict[str, str]:
@@ -159,6 +167,9 @@ def build_contract(image: Image, revision: str = M2G_COMMIT) -> subprocess.Compl
         str(image.contract),
     ]
     env = {**os.environ, "PATH": f"{image.bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in env.items() if not k.startswith("FSL")}  # the image's, not this machine's
+    if image.toolchain_root:  # the base image's ENV (FSLDIR ...), which the build step sees
+        env.update(toolchain_env(image.toolchain_root))
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from ndmg_cloud.core.pipelines import get_pipeline
 from ndmg_cloud.scan.contract import ImageContract, flag_problems, local_contract, parse_help
 
 import pipeline_facts as facts
-from images import Image, build_contract, m2g_image, make_atlas_dir, write_lfs_pointer
+from images import AFNI_VERSION, FSL_VERSION, Image, build_contract, m2g_image, make_atlas_dir, write_lfs_pointer
 
 
 @pytest.mark.parametrize("code", [facts.M2G_DEPLOY, facts.M2G_TAG, facts.M2G_PYPI, facts.NDMG_PYPI])
@@ -58,10 +60,27 @@ def test_the_build_writes_the_contract_of_the_pinned_m2g(tmp_path):
         "source": "https://github.com/neurodata/m2g",
     }
     assert contract["flags"]["--track_type"] == 1 and contract["flags"]["--parcellation"] == "+"
-    assert contract["atlases"] == {"2mm": ["AAL", "Desikan", "DesikanKlein", "Schaefer400", "Yeo-7", "Yeo-7-liberal"]}
+    assert contract["atlases"] == {
+        "2mm": ["AAL", "Desikan", "DesikanKlein", "HarvardOxfordsub-maxprob-thr25_label_all", "Schaefer400", "Yeo-7", "Yeo-7-liberal"]
+    }
     assert contract["atlas_source"].startswith("neurodata/neuroparc@5a5e7469")
     assert contract["base_image"].startswith("neurodata/m2g@sha256:")
     assert len(contract["fingerprint"]) == 12 and contract["runner"]
+    # what the code runs with: the program's Python and its packages, FSL's and AFNI's versions
+    assert contract["python"]["version"] == platform.python_version()  # the stand-in m2g's interpreter
+    assert contract["python"]["packages"]["nibabel"] == version("nibabel")
+    assert contract["toolchain"] == {"FSL": FSL_VERSION, "AFNI": AFNI_VERSION}
+    environment = ImageContract.from_dict(contract).summary().environment
+    assert environment == (
+        f"Python {platform.python_version()} (dipy {version('dipy')}, nibabel {version('nibabel')}, numpy {version('numpy')}, "
+        f"pybids {version('pybids')}, networkx {version('networkx')}); AFNI {AFNI_VERSION}; FSL {FSL_VERSION}"
+    )
+
+
+def test_a_contract_without_fsl_and_afni_says_they_were_not_found(tmp_path):
+    image = m2g_image(tmp_path, toolchain=False)
+    contract = json.loads(image.contract.read_text())
+    assert contract["toolchain"] == {"FSL": "not found ($FSLDIR unset)", "AFNI": "not found (afni is not on PATH)"}
 
 
 @pytest.mark.parametrize("code", [facts.M2G_TAG, facts.M2G_PYPI])
@@ -128,7 +147,9 @@ def test_the_fingerprint_follows_what_results_depend_on_and_is_read_back_as_writ
     written = {**contract.to_dict(), "fingerprint": "0123456789ab", "a_field_of_a_newer_version": 1}
     assert ImageContract.from_dict(written).fingerprint == "0123456789ab"
     assert contract.summary().label.startswith("ndmg-lite ")
-    assert set(contract.summary().to_dict()) == {"fingerprint", "label", "pipeline", "code", "base_image", "atlas_source"}
+    assert set(contract.summary().to_dict()) == {"fingerprint", "label", "pipeline", "code", "base_image", "atlas_source", "environment"}
+    # what the code runs with is shown, not fingerprinted: the base image's digest pins it
+    assert dataclasses.replace(contract, python={"version": "3.7.16"}, toolchain={"FSL": "6.0.7"}).fingerprint == contract.fingerprint
 
 
 def test_the_parse_only_probe_never_runs_the_program(tmp_path):

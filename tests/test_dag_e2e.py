@@ -9,7 +9,7 @@ import pytest
 from conftest import ENDPOINT, ROOT
 from datasets import E2E_INVALID, E2E_VALID, listing, put_dataset
 from helpers import read_json
-from images import Containers, build_contract, m2g_image
+from images import AFNI_VERSION, FSL_VERSION, Containers, build_contract, m2g_image
 
 BUCKET = "lab-data"
 BIDSDIR = "studies/ds-test/"
@@ -528,10 +528,15 @@ def test_a_passing_canary_lets_the_run_proceed_and_is_in_the_report(s3, batch, d
         "s3 write",
     ]
     assert report["contract"]["label"] == "m2g 95d271f7"
+    # what the code ran with, from the image contract: the report's Code line shows it
+    environment = report["contract"]["environment"]
+    assert environment.startswith("Python 3.") and environment.endswith(f"AFNI {AFNI_VERSION}; FSL {FSL_VERSION}")
     canary_done = containers.self_checks[0]
     assert canary_done.returncode == 0 and "self-check passed" in canary_done.stdout
     html = s3.get_object(Bucket=BUCKET, Key=f"{OUT}reports/{run.run_id}/report.html")["Body"].read().decode()
     assert "Canary" in html and "passed" in html and "m2g 95d271f7" in html
+    code_line = next(line for line in html.splitlines() if line.startswith("<p><b>Code:</b>"))
+    assert environment.split("; AFNI")[0] in code_line and f"FSL {FSL_VERSION}" in code_line and "AFNI_21.0.06" in code_line
 
 
 def test_pilot_scans_run_to_success_before_the_rest(s3, batch, dataset, containers):

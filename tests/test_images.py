@@ -223,4 +223,10 @@ def test_the_m2g_image_has_the_real_m2g_and_its_canary_names_the_missing_fsl_and
     named = missing.split("programs are not on PATH: ")[1].split(";")[0].split(", ")
     assert set(named) == set(toolchain.programs) - {"which"}  # every FSL and AFNI program; Debian has which
     assert "$FSLDIR unset; $FSLOUTPUTTYPE unset" in missing and "no /venv/bin/activate" in missing
+    assert "its own dependency check failed: AssertionError: You do not have FSL installed!" in missing  # m2g's, run by its Python
+    assert checks["writable"]["ok"] and "/m2g_atlases/atlases/mask" in checks["writable"]["detail"]
+    # the contract records what the image holds: its base, m2g's Python and packages, FSL and AFNI (absent here)
+    assert contract.python["version"] == "3.7.16" and contract.python["packages"]["dipy"] == "1.1.1"
+    assert contract.toolchain == {"AFNI": "not found (afni is not on PATH)", "FSL": "not found ($FSLDIR unset)"}
+    assert f"on {contract.base_image}; Python 3.7.16 (dipy 1.1.1, nibabel 3.2.2" in checks["contract"]["detail"]
     assert "FAIL tools" in done.stdout

@@ -400,13 +400,14 @@ def m2g_scan(m2g_python, atlas_home, phantom, s3, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "m2g").symlink_to(m2g_python.parent / "m2g")
-    image = Image(bin_dir, atlas_home / ".m2g/m2g_atlases", tmp_path / "image-contract.json", toolchain_root=tmp_path / "root")
-    image.toolchain_root.mkdir()
+    image = Image(bin_dir, atlas_home / ".m2g/m2g_atlases", tmp_path / "image-contract.json")
     built = build_contract(image)
     assert built.returncode == 0, built.stderr
+    root = tmp_path / "root"  # the image's `/`
+    root.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FSL", "AFNI"))}
     env.update(PATH=f"{bin_dir}:/usr/bin:/bin", HOME=str(atlas_home), NDMG_IMAGE_CONTRACT=str(image.contract))
-    env.update(NDMG_ATLAS_DIR=str(image.atlas_dir), NDMG_TOOLCHAIN_ROOT=str(image.toolchain_root), AWS_ENDPOINT_URL=ENDPOINT)
+    env.update(NDMG_ATLAS_DIR=str(image.atlas_dir), NDMG_TOOLCHAIN_ROOT=str(root), AWS_ENDPOINT_URL=ENDPOINT)
     return {"run": run, "spec": spec, "image": image, "env": env}
 
 
@@ -438,6 +439,14 @@ def test_without_fsl_m2g_stops_at_its_dependency_check_and_the_canary_says_the_s
     # the rest of the image is right: the real m2g's parser took the command, the atlases are there
     assert [name for name, line in checks.items() if line.startswith("FAIL")] == ["tools"]
     assert "checked by the program's own parser" in checks["command"]
+    # the contract the build step wrote from the real m2g: its Python, packages and toolchain
+    contract = json.loads(m2g_scan["image"].contract.read_text())
+    assert contract["python"]["version"] == "3.7.16"
+    packages = contract["python"]["packages"]
+    assert (packages["dipy"], packages["pybids"], packages["nibabel"], packages["m2g"]) == ("1.1.1", "0.12.0", "3.2.2", "0.3.0")
+    assert contract["toolchain"] == {"AFNI": "not found (afni is not on PATH)", "FSL": "not found ($FSLDIR unset)"}
+    shown = "Python 3.7.16 (dipy 1.1.1, nibabel 3.2.2, numpy 1.20.1, pybids 0.12.0, networkx 2.4, vtk 9.1.0)"
+    assert f"{shown}; AFNI not found (afni is not on PATH); FSL not found ($FSLDIR unset))" in checks["contract"]
 
 
 def test_past_its_dependency_check_the_real_m2g_fails_at_its_first_fsl_step_which_the_canary_names(m2g_scan, tmp_path):
@@ -460,3 +469,35 @@ def test_past_its_dependency_check_the_real_m2g_fails_at_its_first_fsl_step_whic
     assert canary.returncode == 1 and checks["tools"].startswith("FAIL")
     assert "eddy_correct" in checks["tools"] and ", /venv/bin/activate" in checks["tools"]
     assert "own dependency check" not in checks["tools"]  # m2g's own check passes here, as it did for m2g
+
+
+# ------------------------------------------------------------------- the base's packages
+def test_a_base_with_packages_older_than_m2g_needs_is_refused_by_name(m2g_python, tmp_path):
+    """container/check-m2g-requirements.py, which Dockerfile.m2g runs on the base's Python
+    before installing m2g: m2g's own requirements.txt against what is installed. Here the
+    environment of this tier passes; with an older pybids in front of the real one (as a base
+    from before 2022-03-22 would have) and a required package it lacks, the check names both."""
+    check = ROOT / "container/check-m2g-requirements.py"
+    with tarfile.open(third_party() / "m2g-95d271f7.tar.gz") as archive:
+        requirements = archive.extractfile("m2g-95d271f7/requirements.txt").read()  # type: ignore[union-attr]
+    (tmp_path / "requirements.txt").write_bytes(requirements)
+    ok = subprocess.run([str(m2g_python), str(check), str(tmp_path / "requirements.txt")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    # an older pybids ahead of the real one on the path (its metadata is what pip would see)
+    older = tmp_path / "older"
+    (older / "pybids-0.9.1.dist-info").mkdir(parents=True)
+    (older / "pybids-0.9.1.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: pybids\nVersion: 0.9.1\n")
+    hidden = tmp_path / "requirements-with-a-missing-one.txt"
+    hidden.write_bytes(requirements + b"\nnot-a-package-of-this-base==1.0\n")
+    refused = subprocess.run(
+        [str(m2g_python), str(check), str(hidden)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(older)},
+    )
+    assert refused.returncode == 1
+    message = refused.stderr.strip()
+    assert message.startswith("check-m2g-requirements: this base's Python 3.7.16 packages are older than the pinned m2g needs")
+    assert "pybids 0.9.1 (needs 0.12.0); not-a-package-of-this-base is not installed (needs 1.0)" in message
+    assert "Build on a neurodata/m2g image from 2022-03-22 or later" in message

@@ -30,6 +30,7 @@ class ContractSummary:
     code: dict[str, str] = field(default_factory=dict)  # name, version, revision, source
     base_image: str | None = None
     atlas_source: str | None = None
+    environment: str | None = None  # ``Python 3.7.16 (dipy 1.1.1, ...); FSL 6.0.4; AFNI ...``
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +48,7 @@ class ContractSummary:
             code=code if isinstance(code, dict) else {},
             base_image=data.get("base_image"),
             atlas_source=data.get("atlas_source"),
+            environment=data.get("environment") if isinstance(data.get("environment"), str) else None,
         )
 
 

@@ -134,6 +134,10 @@ class Toolchain:
     writable: tuple[str, ...] = ()
     own_check: str | None = None
     why: str = ""  # where in the pipeline's source these come from
+    # what the image contract records of the toolchain: (name, a file to read or a command to
+    # run for its version), and the Python packages a person names the code's environment by
+    versions: tuple[tuple[str, str], ...] = ()
+    key_packages: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.programs or self.env or self.files or self.atlas_files or self.writable or self.own_check)
@@ -370,6 +374,8 @@ M2G_TOOLCHAIN = Toolchain(
     ),
     writable=("/", "{atlas_dir}/atlases/mask"),
     own_check="from m2g.utils.gen_utils import check_dependencies; check_dependencies()",
+    versions=(("FSL", "$FSLDIR/etc/fslversion"), ("AFNI", "afni -ver")),
+    key_packages=("dipy", "nibabel", "numpy", "pybids", "networkx", "vtk"),
     why="m2g's diffusion pipeline needs FSL and AFNI: check_dependencies, register.py, preproc.eddy_correct",
 )
 

@@ -60,6 +60,10 @@ class ImageContract:
     atlas_source: str | None = None  # e.g. neurodata/neuroparc@<commit>
     base_image: str | None = None  # the image it was built on, by digest
     runner: str = ""  # ndmg-cloud version of the runner inside
+    # the Python that runs the program: {"version": "3.7.16", "packages": {name: version}}
+    python: dict[str, Any] = field(default_factory=dict)
+    toolchain: dict[str, str] = field(default_factory=dict)  # FSL, AFNI -> version, or "not found: ..."
+    key_packages: tuple[str, ...] = ()  # the packages ``environment`` names
     # Twelve hex digits over RESULT_FIELDS, computed when the contract is made; one read
     # back keeps the fingerprint written at build time (whatever version reads it).
     fingerprint: str = field(init=False, default="")
@@ -74,16 +78,34 @@ class ImageContract:
         revision = self.code.get("revision") or "?"
         return f"{self.code.get('name', self.pipeline)} {revision.split(':')[-1][:8]}"
 
+    @property
+    def environment(self) -> str | None:
+        """``Python 3.7.16 (dipy 1.1.1, nibabel 3.2.2, ...); FSL 6.0.4; AFNI not found``:
+        what the code ran with, as the report's Code line and the canary show it."""
+        parts = []
+        if self.python.get("version"):
+            packages = {name.lower(): version for name, version in (self.python.get("packages") or {}).items()}
+            named = [f"{name} {packages[name.lower()]}" for name in self.key_packages if name.lower() in packages]
+            parts.append(f"Python {self.python['version']}" + (f" ({', '.join(named)})" if named else ""))
+        parts += [f"{name} {version}" for name, version in self.toolchain.items()]
+        return "; ".join(parts) or None
+
     def summary(self) -> ContractSummary:
         """What each scan manifest records (the full contract stays in the image)."""
-        return ContractSummary(self.fingerprint, self.label, self.pipeline, dict(self.code), self.base_image, self.atlas_source)
+        return ContractSummary(
+            self.fingerprint, self.label, self.pipeline, dict(self.code), self.base_image, self.atlas_source, self.environment
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["key_packages"] = list(self.key_packages)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageContract:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "fingerprint"}
+        if "key_packages" in known:
+            known["key_packages"] = tuple(known["key_packages"] or ())
         contract = cls(**known)
         if data.get("fingerprint"):
             object.__setattr__(contract, "fingerprint", data["fingerprint"])
@@ -374,6 +396,64 @@ def current(pipeline_name: str) -> ImageContract | None:
     return local_contract(pipeline_name)
 
 
+# Run by the program's own interpreter (m2g's CPython 3.7 has no importlib.metadata).
+_PYTHON_PACKAGES = """import json, platform
+try:
+    from importlib.metadata import distributions
+    packages = {d.metadata["Name"]: d.version for d in distributions()}
+except ImportError:
+    import pkg_resources
+    packages = {d.project_name: d.version for d in pkg_resources.working_set}
+print(json.dumps({"version": platform.python_version(), "packages": packages}, sort_keys=True))
+"""
+VERSION_TIMEOUT_SECONDS = 60
+
+
+def program_python(program: str) -> dict[str, Any]:
+    """The Python that runs ``program`` (from its #! line): its version and its packages."""
+    path = find_program(program)
+    interpreter = python_of(Path(path)) if path else None
+    if not interpreter:
+        return {}
+    try:
+        done = subprocess.run([*interpreter, "-c", _PYTHON_PACKAGES], capture_output=True, text=True, timeout=VERSION_TIMEOUT_SECONDS)
+        found: dict[str, Any] = json.loads(done.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    return found
+
+
+def toolchain_versions(pipeline: Pipeline, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Each tool's version as the image has it (``Toolchain.versions``): the first line of a
+    file (``$FSLDIR/etc/fslversion``) or of a command's output (``afni -ver``), else why not."""
+    environ = dict(os.environ if environ is None else environ)
+    found = {}
+    for name, source in pipeline.toolchain.versions:
+        if source.startswith("$"):
+            variable, _, rest = source[1:].partition("/")
+            if not environ.get(variable):
+                found[name] = f"not found (${variable} unset)"
+                continue
+            path = Path(environ[variable]) / rest
+            try:
+                found[name] = path.read_text().strip().splitlines()[0].strip() or f"not found ({path} is empty)"
+            except (OSError, IndexError):
+                found[name] = f"not found (no {path})"
+            continue
+        command = source.split()
+        if shutil.which(command[0], path=environ.get("PATH")) is None:
+            found[name] = f"not found ({command[0]} is not on PATH)"
+            continue
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=VERSION_TIMEOUT_SECONDS, env=environ)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            found[name] = f"not found ({source}: {err})"
+            continue
+        lines = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+        found[name] = lines[0][:200] if done.returncode == 0 and lines else f"not found ({source} exited {done.returncode})"
+    return found
+
+
 def sample_command(pipeline: Pipeline) -> list[str]:
     """The adapter's command with every optional flag it may emit set (for the build check)."""
     from ndmg_cloud.core.bids import Scan
@@ -418,6 +498,9 @@ def build_contract(
         atlas_source=atlas_source,
         base_image=base_image,
         runner=runner_version(),
+        python=program_python(pipeline.program),
+        toolchain=toolchain_versions(pipeline),
+        key_packages=pipeline.toolchain.key_packages,
     )
 
 
@@ -455,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(contract.to_dict(), indent=2, sort_keys=True) + "\n")
     sizes = ", ".join(f"{len(names)} at {size}" for size, names in contract.atlases.items()) or "none"
     print(f"ndmg-image-contract: {contract.label} ({contract.fingerprint}); {len(contract.flags)} flags; atlases: {sizes} -> {args.out}")
+    if contract.environment:
+        print(f"ndmg-image-contract: {contract.environment}")
     return 0
 
 

@@ -158,7 +158,9 @@ def _check_contract(result: SelfCheck, pipeline: str) -> None:
             f"{pipeline}: point job_definition at a {pipeline} image",
         )
         return
-    result.add("contract", True, f"{contract.label} (contract {contract.fingerprint}, runner {contract.runner})")
+    on = f"; on {contract.base_image}" if contract.base_image else ""
+    environment = f"; {contract.environment}" if contract.environment else ""
+    result.add("contract", True, f"{contract.label} (contract {contract.fingerprint}, runner {contract.runner}{on}{environment})")
 
 
 def _check_command(result: SelfCheck, command: list[str]) -> None:
