@@ -230,3 +230,30 @@ def test_the_m2g_image_has_the_real_m2g_and_its_canary_names_the_missing_fsl_and
     assert contract.toolchain == {"AFNI": "not found (afni is not on PATH)", "FSL": "not found ($FSLDIR unset)"}
     assert f"on {contract.base_image}; Python 3.7.16 (dipy 1.1.1, nibabel 3.2.2" in checks["contract"]["detail"]
     assert "FAIL tools" in done.stdout
+
+
+def test_the_m2g_bases_python_is_checked_against_m2gs_requirements_and_an_older_package_is_refused():
+    """container/check-m2g-requirements.py (Dockerfile.m2g runs it on the base before m2g's
+    setup.py) on the image's own Python 3.7 and packages: they pass; an older pybids in front
+    of them (what a base from before 2022-03-22 holds) is refused by name."""
+    import tarfile
+
+    from m2g_sources import M2G_TARBALL, third_party
+
+    require_m2g_sources()
+    require_images(M2G)
+    with tarfile.open(third_party() / M2G_TARBALL) as archive:
+        requirements = archive.extractfile("m2g-95d271f7/requirements.txt").read().decode()  # type: ignore[union-attr]
+    script = (
+        "printf '%s' \"$REQUIREMENTS\" > /tmp/requirements.txt"
+        " && python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/requirements.txt"
+        " && mkdir -p /tmp/older/pybids-0.9.1.dist-info"
+        " && printf 'Metadata-Version: 2.1\\nName: pybids\\nVersion: 0.9.1\\n' > /tmp/older/pybids-0.9.1.dist-info/METADATA"
+        " && PYTHONPATH=/tmp/older python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/requirements.txt"
+    )
+    done = run(M2G, "bash", "-c", script, env={"REQUIREMENTS": requirements})
+
+    assert done.stdout.startswith("check-m2g-requirements: the base has every package /tmp/requirements.txt asks for"), done.stderr
+    assert done.returncode == 1
+    assert "this base's Python 3.7.16 packages are older than the pinned m2g needs" in done.stderr
+    assert "pybids 0.9.1 (needs 0.12.0)" in done.stderr and "Build on a neurodata/m2g image from 2022-03-22 or later" in done.stderr

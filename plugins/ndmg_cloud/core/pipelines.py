@@ -461,6 +461,7 @@ PIPELINES: dict[str, Pipeline] = {
             "--seeds": 1,
         },
         work_disk_gb=0.5,
+        toolchain=Toolchain(key_packages=("dipy", "nibabel", "numpy")),  # what its contract names
         options={
             "parcellation": Option(["grid3"], grid_names),
             "diffusion_model": Option("csa", one_of("csa", "tensor")),
