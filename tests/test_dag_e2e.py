@@ -580,6 +580,7 @@ def test_canary_false_submits_at_once_and_says_the_image_was_not_checked(s3, bat
     assert row["reason"].endswith("its image was not compared (canary=false)")
 
 
+@pytest.mark.slow  # 32 s, two dag.test() runs: with make test-live, to keep make test under 15 minutes (14:09 with it)
 def test_scans_made_by_other_code_run_again_and_say_why(s3, batch, dataset, containers, tmp_path):
     first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR, dataset="ds-test", participant_label=["01"])
     assert first.state == "success"
@@ -665,6 +666,7 @@ def test_a_second_run_of_one_output_is_refused_at_once_naming_the_holder(s3, bat
         assert discover.state == "failed" and discover.try_number == 1  # refused, not retried
 
 
+@pytest.mark.slow  # 25 s, two dag.test() runs: with make test-live, to keep make test under 15 minutes
 def test_a_run_releases_its_lease_and_the_next_takes_over_one_left_by_an_ended_run(s3, batch, dataset, containers):
     first = run_dag(bucket=BUCKET, bidsdir=BIDSDIR)
     assert first.state == "success"
