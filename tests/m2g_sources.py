@@ -54,7 +54,7 @@ def require_m2g_sources(python: bool = True) -> None:
     if third_party() is None:
         missing.append(f"the pinned m2g and neuroparc sources ({M2G_TARBALL}, {NEUROPARC_TARBALL}: set NDMG_THIRD_PARTY to their folder)")
     if python and python37() is None:
-        missing.append("a CPython 3.7 (pyenv install 3.7, or NDMG_LOCAL_PYTHON37=<its prefix>)")
+        missing.append("CPython 3.7 (pyenv install 3.7, or NDMG_LOCAL_PYTHON37=<its prefix>)")
     if missing:
         message = "the real m2g cannot run on this machine: no " + " and no ".join(missing)
         if os.environ.get("NDMG_REQUIRE_TEST_TOOLS") == "1":
