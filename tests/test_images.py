@@ -232,10 +232,11 @@ def test_the_m2g_image_has_the_real_m2g_and_its_canary_names_the_missing_fsl_and
     assert "FAIL tools" in done.stdout
 
 
-def test_the_m2g_bases_python_is_checked_against_m2gs_requirements_and_an_older_package_is_refused():
+def test_the_m2g_bases_python_is_checked_by_importing_m2g_and_an_older_dipy_is_refused():
     """container/check-m2g-requirements.py (Dockerfile.m2g runs it on the base before m2g's
-    setup.py) on the image's own Python 3.7 and packages: they pass; an older pybids in front
-    of them (what a base from before 2022-03-22 holds) is refused by name."""
+    setup.py) on the image's own Python 3.7 and packages: m2g imports; with a dipy too old for
+    m2g's import in front of them (what a base from before 2022-03-22 holds), it is refused by
+    name."""
     import tarfile
 
     from m2g_sources import M2G_TARBALL, third_party
@@ -244,16 +245,19 @@ def test_the_m2g_bases_python_is_checked_against_m2gs_requirements_and_an_older_
     require_images(M2G)
     with tarfile.open(third_party() / M2G_TARBALL) as archive:
         requirements = archive.extractfile("m2g-95d271f7/requirements.txt").read().decode()  # type: ignore[union-attr]
+    # the image keeps m2g installed, not its source: a folder with its requirements.txt
+    # only imports the installed m2g (the pinned source, file for file: the test above)
     script = (
-        "printf '%s' \"$REQUIREMENTS\" > /tmp/requirements.txt"
-        " && python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/requirements.txt"
-        " && mkdir -p /tmp/older/pybids-0.9.1.dist-info"
-        " && printf 'Metadata-Version: 2.1\\nName: pybids\\nVersion: 0.9.1\\n' > /tmp/older/pybids-0.9.1.dist-info/METADATA"
-        " && PYTHONPATH=/tmp/older python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/requirements.txt"
+        "mkdir -p /tmp/src && printf '%s' \"$REQUIREMENTS\" > /tmp/src/requirements.txt"
+        " && python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/src"
+        " && mkdir -p /tmp/older/dipy-0.16.0.dist-info /tmp/older/dipy"
+        " && printf 'Metadata-Version: 2.1\\nName: dipy\\nVersion: 0.16.0\\n' > /tmp/older/dipy-0.16.0.dist-info/METADATA"
+        " && touch /tmp/older/dipy/__init__.py"
+        " && PYTHONPATH=/tmp/older python3.7 /opt/ndmg-cloud/check-m2g-requirements.py /tmp/src"
     )
-    done = run(M2G, "bash", "-c", script, env={"REQUIREMENTS": requirements})
+    done = run(M2G, "bash", "-c", script, env={"REQUIREMENTS": requirements, "MPLCONFIGDIR": "/tmp/mpl"})
 
-    assert done.stdout.startswith("check-m2g-requirements: the base has every package /tmp/requirements.txt asks for"), done.stderr
+    assert "check-m2g-requirements: the pinned m2g imports with this base's Python 3.7.16 packages" in done.stdout, done.stderr
     assert done.returncode == 1
-    assert "this base's Python 3.7.16 packages are older than the pinned m2g needs" in done.stderr
-    assert "pybids 0.9.1 (needs 0.12.0)" in done.stderr and "Build on a neurodata/m2g image from 2022-03-22 or later" in done.stderr
+    assert "the pinned m2g cannot be imported with this base's Python 3.7.16 packages" in done.stderr
+    assert "No module named 'dipy." in done.stderr and "dipy 0.16.0 (needs 1.1.1)" in done.stderr

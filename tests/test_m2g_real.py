@@ -472,32 +472,47 @@ def test_past_its_dependency_check_the_real_m2g_fails_at_its_first_fsl_step_whic
 
 
 # ------------------------------------------------------------------- the base's packages
-def test_a_base_with_packages_older_than_m2g_needs_is_refused_by_name(m2g_python, tmp_path):
+def old_package(folder: Path, name: str, version: str, module: str | None = None) -> None:
+    """Metadata of ``name`` at ``version`` in ``folder`` (put ahead of the real one on the
+    path: what pip sees), and, when ``module`` is given, that module as an older release
+    would lack what m2g imports from it."""
+    dist = folder / f"{name}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    if module:
+        (folder / module).mkdir()
+        (folder / module / "__init__.py").write_text(f"__version__ = {version!r}\n")
+
+
+def test_a_base_m2g_cannot_import_on_is_refused_naming_its_older_packages(m2g_python, tmp_path):
     """container/check-m2g-requirements.py, which Dockerfile.m2g runs on the base's Python
-    before installing m2g: m2g's own requirements.txt against what is installed. Here the
-    environment of this tier passes; with an older pybids in front of the real one (as a base
-    from before 2022-03-22 would have) and a required package it lacks, the check names both."""
+    before m2g's setup.py (which imports m2g): the real m2g source imported with this tier's
+    packages passes; with a nibabel older than requirements.txt that still imports (as in m2g's
+    own image, whose Dockerfile installs nibabel 3.0.0 last) it passes and says so; with a dipy
+    so old that m2g's import fails (a base from before 2022-03-22) it refuses, naming it."""
     check = ROOT / "container/check-m2g-requirements.py"
     with tarfile.open(third_party() / "m2g-95d271f7.tar.gz") as archive:
-        requirements = archive.extractfile("m2g-95d271f7/requirements.txt").read()  # type: ignore[union-attr]
-    (tmp_path / "requirements.txt").write_bytes(requirements)
-    ok = subprocess.run([str(m2g_python), str(check), str(tmp_path / "requirements.txt")], capture_output=True, text=True, timeout=120)
+        archive.extractall(tmp_path, filter="data")
+    source = tmp_path / "m2g-95d271f7"
+
+    def checked(older: Path | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl"), **({"PYTHONPATH": str(older)} if older else {})}
+        return subprocess.run([str(m2g_python), str(check), str(source)], capture_output=True, text=True, timeout=300, env=env)
+
+    ok = checked()
     assert ok.returncode == 0, ok.stderr
-    # an older pybids ahead of the real one on the path (its metadata is what pip would see)
-    older = tmp_path / "older"
-    (older / "pybids-0.9.1.dist-info").mkdir(parents=True)
-    (older / "pybids-0.9.1.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: pybids\nVersion: 0.9.1\n")
-    hidden = tmp_path / "requirements-with-a-missing-one.txt"
-    hidden.write_bytes(requirements + b"\nnot-a-package-of-this-base==1.0\n")
-    refused = subprocess.run(
-        [str(m2g_python), str(check), str(hidden)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(older)},
-    )
+    assert ok.stdout.strip() == "check-m2g-requirements: the pinned m2g imports with this base's Python 3.7.16 packages"
+
+    old_package(tmp_path / "like-m2gs-image", "nibabel", "3.0.0")
+    differs = checked(tmp_path / "like-m2gs-image")
+    assert differs.returncode == 0, differs.stderr
+    assert "these differ from its requirements.txt (as in m2g's own image): nibabel 3.0.0 (needs 3.2.2)" in differs.stdout
+
+    old_package(tmp_path / "before-2022", "dipy", "0.16.0", module="dipy")
+    refused = checked(tmp_path / "before-2022")
     assert refused.returncode == 1
     message = refused.stderr.strip()
-    assert message.startswith("check-m2g-requirements: this base's Python 3.7.16 packages are older than the pinned m2g needs")
-    assert "pybids 0.9.1 (needs 0.12.0); not-a-package-of-this-base is not installed (needs 1.0)" in message
+    assert message.startswith("check-m2g-requirements: the pinned m2g cannot be imported with this base's Python 3.7.16 packages")
+    assert "ModuleNotFoundError: No module named 'dipy." in message
+    assert "Missing or older than its requirements.txt: dipy 0.16.0 (needs 1.1.1)." in message
     assert "Build on a neurodata/m2g image from 2022-03-22 or later" in message

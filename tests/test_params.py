@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ndmg_cloud.participant.params import PARAM_SCHEMAS, ParamError, check_conf_keys, resolve
@@ -119,3 +121,15 @@ def test_a_run_id_that_is_a_path_segment_is_refused(run_id):
     """Airflow's run-id pattern allows '..': it would put dot segments back into the run's keys."""
     with pytest.raises(ParamError, match=r"would put a path segment into the run's keys"):
         resolve({"bucket": "lab-data"}, run_id)
+
+
+def test_the_trigger_middleware_leaves_a_pipeline_that_is_no_name_to_airflows_schema():
+    """A list or an object as ``pipeline`` is not for the options check to judge (it would
+    otherwise crash the api-server's middleware): Airflow's enum refuses it, naming the param."""
+    from ndmg_cloud.orchestration.webapp import trigger_conf_problem
+    from ndmg_cloud.participant.params import check_options
+
+    for pipeline in (["m2g"], {"name": "m2g"}, 3):
+        assert check_options({"bucket": "lab-data", "pipeline": pipeline}) is None
+        assert trigger_conf_problem(json.dumps({"conf": {"bucket": "lab-data", "pipeline": pipeline}}).encode()) is None
+    assert "'DS72784' has labels up to 72,778" in (trigger_conf_problem(b'{"conf": {"parcellation": ["DS72784"]}}') or "")

@@ -124,6 +124,23 @@ def test_afni_missing_fails_m2gs_own_dependency_check_too(s3, m2g_spec, image):
     assert "its own dependency check failed: AssertionError: You do not have AFNI installed!" in tools
 
 
+def test_m2gs_own_check_runs_without_the_runners_credentials(s3, m2g_spec, image):
+    """m2g's code gets the pipeline's environment there too: no AWS keys, its own HOME."""
+    gen_utils = image.python_path / "m2g/utils/gen_utils.py"
+    gen_utils.write_text(
+        gen_utils.read_text()
+        + "\n_checked = check_dependencies\n\ndef check_dependencies():\n"
+        + "    seen = sorted(k for k in os.environ if k.startswith('AWS_') and 'KEY' in k)\n"
+        + "    assert not seen, f'saw {seen}'\n"
+        + "    assert os.environ['HOME'] != os.path.expanduser('~root'), 'the runner HOME'\n"
+        + "    _checked()\n"
+    )
+    done = self_check(m2g_spec, image)  # the runner has AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "m2g's own dependency check passed" in done.stdout
+
+
 def test_neuroparcs_masks_at_the_scans_voxel_size_are_checked(s3, m2g_spec, image):
     """register.py reads the corpus callosum and lateral-ventricles masks besides the labels."""
     (image.atlas_dir / "atlases/mask/CorpusCallosum_res_2mm.nii.gz").unlink()

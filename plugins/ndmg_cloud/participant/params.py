@@ -280,6 +280,8 @@ def check_options(conf: dict[str, Any]) -> None:
     atlas the pipeline's image does not have, one it cannot use, one without the chosen voxel
     size, a value the pipeline does not take (missing params take the schema's defaults)."""
     params = {**defaults(), **conf}
+    if params.get("pipeline") is not None and not isinstance(params["pipeline"], str):
+        return  # not a pipeline name: the schema's enum refuses it, naming the param
     if isinstance(params.get("parcellation"), str):  # one name typed as a string
         params["parcellation"] = [params["parcellation"]] if params["parcellation"].strip() else []
     try:

@@ -87,7 +87,7 @@ class ImageContract:
             packages = {name.lower(): version for name, version in (self.python.get("packages") or {}).items()}
             named = [f"{name} {packages[name.lower()]}" for name in self.key_packages if name.lower() in packages]
             parts.append(f"Python {self.python['version']}" + (f" ({', '.join(named)})" if named else ""))
-        parts += [f"{name} {version}" for name, version in self.toolchain.items()]
+        parts += [f"{name} {version}" for name, version in sorted(self.toolchain.items())]  # as read back from the file
         return "; ".join(parts) or None
 
     def summary(self) -> ContractSummary:
@@ -400,7 +400,7 @@ def current(pipeline_name: str) -> ImageContract | None:
 _PYTHON_PACKAGES = """import json, platform
 try:
     from importlib.metadata import distributions
-    packages = {d.metadata["Name"]: d.version for d in distributions()}
+    packages = {d.metadata["Name"]: d.version for d in distributions() if d.metadata["Name"]}
 except ImportError:
     import pkg_resources
     packages = {d.project_name: d.version for d in pkg_resources.working_set}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from ndmg_cloud.core.layout import PROBE_NAME, split_uri
 from ndmg_cloud.core.pipelines import OptionError, Pipeline, get_pipeline
 from ndmg_cloud.core.spec import WORK_INPUT, WORK_OUTPUT, JobSpec
 from ndmg_cloud.scan.contract import (
+    PARSE_TIMEOUT_SECONDS,
     ContractError,
     ImageContract,
     current,
@@ -46,12 +48,12 @@ from ndmg_cloud.scan.contract import (
     python_of,
     reference_files,
 )
+from ndmg_cloud.scan.scrub import pipeline_environment
 
 RECIPES = {"m2g": "container/Dockerfile.m2g", "lite": "container/Dockerfile.lite"}  # our scan images
 ATLAS_DIR_ENV = "NDMG_ATLAS_DIR"  # where the atlases are, when not where the pipeline keeps them
 WORK_DISK_ENV = "NDMG_WORK_DISK_GB"  # free GB a scan needs, when not the pipeline's figure
 TOOLCHAIN_ROOT_ENV = "NDMG_TOOLCHAIN_ROOT"  # where the toolchain's files are, when not under / (tests)
-OWN_CHECK_TIMEOUT_SECONDS = 120  # importing m2g takes seconds
 
 
 @dataclass
@@ -216,16 +218,21 @@ def _own_check(pipeline: Pipeline) -> str | None:
     interpreter = python_of(Path(path)) if path else None
     if not path or not interpreter or not pipeline.toolchain.own_check:
         return f"its own dependency check cannot run: {pipeline.program} is not a Python program on PATH"
+    # the pipeline's own code, so the pipeline's environment: no credentials, its own HOME
+    env = {**pipeline_environment(os.environ), "PYTHONWARNINGS": "ignore", "HOME": tempfile.mkdtemp(prefix="ndmg-own-check-")}
     try:
         done = subprocess.run(
             [*interpreter, "-c", pipeline.toolchain.own_check],
             capture_output=True,
+            stdin=subprocess.DEVNULL,
             text=True,
-            timeout=OWN_CHECK_TIMEOUT_SECONDS,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            timeout=PARSE_TIMEOUT_SECONDS,  # importing m2g imports its CPAC wrappers, as parsing does
+            env=env,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"its own dependency check did not finish: {err}"
+    finally:
+        shutil.rmtree(env["HOME"], ignore_errors=True)
     if done.returncode == 0:
         return None
     said = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
