@@ -3,6 +3,7 @@
 # requirements on CPython 3.7, for the tests that run m2g's code (make test-m2g) and for the
 # m2g image's stand-in base (make images). Both are cached in ~/.cache/ndmg-cloud:
 #
+#   scripts/m2g-env.sh paths    # prints the sources' folder and the CPython 3.7 prefix it found
 #   scripts/m2g-env.sh wheels   # m2g's requirements as CPython 3.7 wheels; prints their folder
 #   scripts/m2g-env.sh venv     # a CPython 3.7 virtualenv with those wheels and m2g; prints it
 #
@@ -22,12 +23,12 @@ CACHE=${NDMG_CACHE:-$HOME/.cache/ndmg-cloud}
 log=/tmp/ndmg-m2g-env.log
 
 say() { echo "m2g-env: $*" >&2; }
-fail() {
-  say "$*"
+fail() { # MESSAGE [EXIT CODE]
+  say "$1"
   exit "${2:-1}"
 }
 what=${1:-}
-[ "$what" = wheels ] || [ "$what" = venv ] || fail "usage: scripts/m2g-env.sh wheels|venv" 2
+[ "$what" = paths ] || [ "$what" = wheels ] || [ "$what" = venv ] || fail "usage: scripts/m2g-env.sh paths|wheels|venv" 2
 
 third_party=${NDMG_THIRD_PARTY:-}
 if [ -z "$third_party" ]; then
@@ -49,6 +50,11 @@ if [ -z "$python37" ] || [ ! -x "$python37/bin/python3.7" ]; then
 fi
 if [ "$(sha256sum "$third_party/$M2G_TARBALL" | cut -d' ' -f1)" != "$M2G_SHA256" ]; then
   fail "$third_party/$M2G_TARBALL is not the pinned m2g source (its sha256 differs from $M2G_SHA256)"
+fi
+
+if [ "$what" = paths ]; then
+  echo "$third_party $python37"
+  exit 0
 fi
 
 src=$(mktemp -d /tmp/ndmg-m2g-env.XXXXXX)

@@ -1,5 +1,5 @@
-"""Where this machine keeps what the real m2g needs, found the way container/local/make-images.sh
-finds them: the pinned m2g and neuroparc sources (``NDMG_THIRD_PARTY``, else
+"""Where this machine keeps what the real m2g needs, found as scripts/m2g-env.sh (which make images
+uses) finds them: the pinned m2g and neuroparc sources (``NDMG_THIRD_PARTY``, else
 ``../shared/third_party`` beside the checkout or ``/work/shared/third_party``) and a CPython 3.7
 (``NDMG_LOCAL_PYTHON37``, else pyenv's newest 3.7).
 """

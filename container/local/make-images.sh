@@ -176,25 +176,19 @@ build "$REDIS" container/local/redis.Dockerfile container/local --build-arg "DEB
 # 3.7 (pyenv's, or NDMG_LOCAL_PYTHON37) with m2g's requirements from wheels built here once
 # (cached in ~/.cache/ndmg-cloud), and m2g and neuroparc cloned from local git copies of the
 # pinned sources (NDMG_THIRD_PARTY, default ../shared/third_party) served on 127.0.0.1 ---
-third_party=${NDMG_THIRD_PARTY:-}
-for candidate in ../shared/third_party /work/shared/third_party; do
-  [ -z "$third_party" ] && [ -f "$candidate/m2g-95d271f7.tar.gz" ] && third_party=$(cd "$candidate" && pwd)
-done
-python37=${NDMG_LOCAL_PYTHON37:-}
-if [ -z "$python37" ]; then # pyenv's newest 3.7 (3.7.16 after 3.7.9)
-  for candidate in $(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7.* | sort -V); do
-    [ -x "$candidate/bin/python3.7" ] && python37=$candidate
-  done
-fi
-m2g_sha256=59527d00d146d109a9f7352e70b0d96aa1471ee13c7389e6300183011440d4cc # third_party/README.md
-if [ -z "$third_party" ] || [ ! -f "$third_party/neuroparc-5a5e7469-atlases.tar.gz" ]; then
-  say "the m2g image is not built: no m2g and neuroparc sources (set NDMG_THIRD_PARTY to the folder with m2g-95d271f7.tar.gz)"
-elif [ -z "$python37" ] || [ ! -x "$python37/bin/python3.7" ]; then
-  say "the m2g image is not built: no CPython 3.7 (pyenv install 3.7, or NDMG_LOCAL_PYTHON37=<its prefix>)"
+# the sources and the CPython 3.7, found (and the m2g tarball's sha256 checked) by the script
+# that also makes m2g's wheels: exit 3 when one is missing, 1 when the tarball is not the pinned one
+set +e
+found=$(scripts/m2g-env.sh paths 2>/tmp/ndmg-m2g-paths.err)
+status=$?
+set -e
+read -r third_party python37 <<<"$found"
+if [ "$status" = 3 ]; then
+  say "the m2g image is not built: $(sed 's/^m2g-env: //' /tmp/ndmg-m2g-paths.err)"
+elif [ "$status" != 0 ]; then
+  fail "$(sed 's/^m2g-env: //' /tmp/ndmg-m2g-paths.err)"
 elif [ ! -f "$python37/lib/libpython3.7m.so.1.0" ]; then
   fail "the CPython 3.7 in $python37 has no shared library (libpython3.7m.so.1.0): build it with --enable-shared (PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install 3.7)"
-elif [ "$(sha256sum "$third_party/m2g-95d271f7.tar.gz" | cut -d' ' -f1)" != "$m2g_sha256" ]; then
-  fail "$third_party/m2g-95d271f7.tar.gz is not the pinned m2g source (its sha256 differs from $m2g_sha256)"
 else
   build "$UV" container/local/uv.Dockerfile container/local --build-arg "PYTHON_BASE=$PYTHON"
 

@@ -65,9 +65,9 @@ def positive_int(value: Any) -> str | None:
     return None if ok else "must be a whole number above 0"
 
 
-def atlas_names(pipeline: str, at_most: int | None = None, labels: LabelLimit | None = None) -> Callable[[Any], str | None]:
+def atlas_names(pipeline: str, at_most: int | None = None) -> Callable[[Any], str | None]:
     """A list of atlas names of the pipeline's catalogue (at any resolution; the adapter
-    checks the resolution once the voxel size is known) whose labels the pipeline can keep."""
+    checks the resolution once the voxel size is known, and its label limit)."""
 
     def check(value: Any) -> str | None:
         if not isinstance(value, list) or not value:
@@ -80,9 +80,6 @@ def atlas_names(pipeline: str, at_most: int | None = None, labels: LabelLimit | 
                 return f"name {name!r} may only use letters, digits, '_' and '-'"
             if name not in offered:
                 return "names an unknown atlas: " + catalogue(pipeline).complaint(name, "any")
-            refusal = labels and catalogue(pipeline).unusable(name, labels.largest, labels.why)
-            if refusal:
-                return "names an atlas it cannot use: " + refusal
         return None
 
     return check
@@ -205,6 +202,13 @@ class Pipeline:
                 resolved[key] = list(option.default) if isinstance(option.default, list) else option.default
         if self.catalogue:
             self.atlases(resolved)  # every name exists at the chosen voxel size
+        if self.catalogue and self.labels:
+            for name in resolved.get("parcellation", []):
+                refusal = catalogue(self.catalogue).unusable(name, self.labels.largest, self.labels.why)
+                if refusal:
+                    raise OptionError(
+                        f"option parcellation={resolved['parcellation']!r} for pipeline '{self.name}' names an atlas it cannot use: {refusal}"
+                    )
         return resolved
 
     def atlases(self, options: dict[str, Any]) -> list[Atlas]:
@@ -406,7 +410,7 @@ PIPELINES: dict[str, Pipeline] = {
         toolchain=M2G_TOOLCHAIN,
         labels=M2G_LABELS,
         options={
-            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g", labels=M2G_LABELS)),
+            "parcellation": Option(list(M2G_DEFAULT_PARCELLATIONS), atlas_names("m2g")),
             "space": Option("native", one_of("native", "native_dsn")),
             "voxelsize": Option("2mm", one_of("1mm", "2mm", "4mm")),
             "mod": Option("det", one_of("det", "prob")),
