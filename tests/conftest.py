@@ -256,6 +256,11 @@ def live_environment(home: Path, **extra: str) -> tuple[dict[str, str], str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        # schedules (tests/test_schedules.py): look at a held lease every 5 s, give up after
+        # 36 s, and look at the participant run a schedule's run waits for every 5 s
+        "NDMG_SCHEDULE_LEASE_POLL_SECONDS": "5",
+        "NDMG_SCHEDULE_WAIT_HOURS": "0.01",
+        "NDMG_SCHEDULE_POLL_SECONDS": "5",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         **extra,
     }

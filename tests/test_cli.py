@@ -54,7 +54,7 @@ def test_participant_follows_the_run_and_prints_the_report(cli, airflow_server, 
     assert code == 0, out
     assert "triggered ndmg_participant run manual__" in out
     assert "2/2 done, 0 failed  (success)" in out
-    assert "2 scans: 2 succeeded, 0 failed, 0 missing outputs, 0 invalid" in out
+    assert "2 scans (2 new): 2 succeeded, 0 failed, 0 missing outputs, 0 invalid" in out
     run_id = out.split("triggered ndmg_participant run ")[1].split()[0]
     url = airflow_report_url(airflow_server["url"], run_id)
     assert out.rstrip().endswith(f"open the report: {url}")
@@ -490,7 +490,7 @@ def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, b
     out = capsys.readouterr().out
     assert code == 1, out
     assert "the canary failed, so no scan was submitted: command: m2g refused the command (exit 2)" in out
-    assert "2 scans: 0 succeeded, 2 failed" in out
+    assert "2 scans (2 new): 0 succeeded, 2 failed" in out
     assert len(batch_behaviour.submitted) == 1 and "-canary-" in batch_behaviour.submitted[0]  # only the canary
 
     (image.bin_dir / "m2g").write_text(good_m2g)  # the image rebuilt with the pinned m2g
@@ -512,7 +512,7 @@ def test_the_canary_under_the_live_scheduler_and_triggerer(cli, s3, batch_env, b
     out = capsys.readouterr().out
     assert code == 0, out
     assert "canary passed: the image can run this run's scans: m2g 95d271f7" in out
-    assert "2 scans: 2 succeeded, 0 failed" in out
+    assert "2 scans (2 new): 2 succeeded, 0 failed" in out
     names = batch_behaviour.submitted
     assert "-canary-" in names[0] and "sub-01_ses-retest" in names[1] and "sub-01_ses-test" in names[2]
 

@@ -65,6 +65,7 @@ def test_report_json_shape():
         "invalid": 1,
         "skipped_done": 0,
         "submitted": 3,
+        "new_scans": 0,
         "succeeded": 1,
         "failed": 1,
         "missing_outputs": 1,
@@ -90,10 +91,13 @@ def test_the_report_reads_back_by_field_and_an_older_report_still_reads():
     assert back == sample_run_report() and back.to_dict() == written
     assert back.summary.succeeded == 1 and back.scans[1].reason.startswith("Essential container")
     older = {k: v for k, v in written.items() if k not in ("lease", "pilots", "connectomes", "contract", "backend", "cost_basis")}
-    older["summary"] = {k: v for k, v in written["summary"].items() if k not in ("throttled_polls", "invalid_not_listed")}
-    older["scans"] = [{k: v for k, v in row.items() if k not in ("graphs", "pilot")} | {"retired_field": 1} for row in written["scans"]]
+    older["summary"] = {k: v for k, v in written["summary"].items() if k not in ("throttled_polls", "invalid_not_listed", "new_scans")}
+    older["scans"] = [
+        {k: v for k, v in row.items() if k not in ("graphs", "pilot", "new")} | {"retired_field": 1} for row in written["scans"]
+    ]
     read = RunReport.from_dict(older)
-    assert read.summary.throttled_polls == 0 and read.contract is None and [r.status for r in read.failing] == ["failed", "missing_outputs"]
+    assert read.summary.throttled_polls == 0 and read.summary.new_scans == 0 and not read.scans[0].new
+    assert read.contract is None and [r.status for r in read.failing] == ["failed", "missing_outputs"]
 
 
 def test_csv_has_one_row_per_scan():

@@ -159,6 +159,38 @@ class Airflow:
         content: list[Any] = self._request("GET", f"{path}?full_content=true&map_index={ti['map_index']}")["content"]
         return content
 
+    def variable(self, key: str) -> str | None:
+        """A Variable's value (None when there is none)."""
+        try:
+            return str(self._request("GET", f"/api/v2/variables/{quote(key, safe='')}")["value"])
+        except NotFound:
+            return None
+
+    def set_variable(self, key: str, value: str, description: str, exists: bool) -> None:
+        body = {"key": key, "value": value, "description": description}
+        if exists:
+            self._request("PATCH", f"/api/v2/variables/{quote(key, safe='')}", body)
+        else:
+            self._request("POST", "/api/v2/variables", body)
+
+    def dag(self, dag_id: str) -> dict[str, Any] | None:
+        """What Airflow knows of a DAG (None: it has not parsed one of that id)."""
+        try:
+            found: dict[str, Any] = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
+            return found
+        except NotFound:
+            return None
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self._request("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", {"is_paused": paused})
+
+    def runs(self, dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The latest runs of a DAG, newest first."""
+        found: list[dict[str, Any]] = self._request(
+            "GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns?order_by=-run_after&limit={limit}"
+        )["dag_runs"]
+        return found
+
     def fail_run(self, run_id: str) -> None:
         self._request("PATCH", _run_path(run_id), {"state": "failed"})
 

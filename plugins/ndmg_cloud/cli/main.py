@@ -3,6 +3,8 @@
     ndmg_cloud participant --bucket B --bidsdir P [--jobdir J] [--modif M] [--space native]
                            [--dataset D] [--participant-label L ...] [--pipeline m2g] ...
                            [--follow] [--local]
+    ndmg_cloud schedule add NAME --bucket B --bidsdir P --when @daily | 'new scans' --queue URL
+    ndmg_cloud schedule list | pause NAME | resume NAME | remove NAME   keep datasets processed
     ndmg_cloud status [RUN]      per-scan table of a run (the latest by default), or why it failed
     ndmg_cloud kill RUN          fail the run and terminate every Batch job of it
     ndmg_cloud report RUN        download report.html and print its path
@@ -241,7 +243,7 @@ def print_summary(uri: str, report: RunReport, out: Any = None) -> None:
     elif canary.status == "passed":
         out.write(f"canary passed: {canary.reason}\n")
     out.write(
-        f"{s.discovered} scans: {s.succeeded} succeeded, {s.failed} failed, "
+        f"{s.discovered} scans ({s.new_scans} new): {s.succeeded} succeeded, {s.failed} failed, "
         f"{s.missing_outputs} missing outputs, {s.invalid} invalid, {s.skipped_done} already done; "
         f"cost ${s.cost_usd:.2f}\nreport: {uri}\n"
     )
@@ -318,6 +320,25 @@ def trigger_locally(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
         if line.startswith("[{"):
             return str(json.loads(line)[0]["dag_run_id"])
     raise CliError(f"the local Airflow did not say which run it created: {done.stdout[-300:]}")
+
+
+# ------------------------------------------------------------------------------- schedule
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from ndmg_cloud.cli import schedules
+
+    if args.action == "add":
+        record = schedules.record_from(args, conf_from(args))
+        schedules.check(args.name, record)  # refused before asking for a password
+    airflow = airflow_from(args)
+    if args.action == "add":
+        schedules.add(airflow, args.name, record, args.replace)
+    elif args.action == "list":
+        return 1 if schedules.show(airflow, lambda run_id: report_of(airflow, run_id)) else 0
+    elif args.action in ("pause", "resume"):
+        schedules.set_paused(airflow, args.name, args.action == "pause")
+    else:
+        schedules.remove(airflow, args.name)
+    return 0
 
 
 # ---------------------------------------------------------------------------------- group
@@ -718,6 +739,30 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "local", "trigger through the `airflow` command on the Airflow of AIRFLOW_HOME", action="store_true")
     _add(p, "poll_seconds", "seconds between two progress checks of --follow (default 10)", type=float, default=10)
     p.set_defaults(func=cmd_participant)
+
+    p = _subcommand(sub, "schedule", "keep a dataset processed: runs on a cron schedule or when new scans land")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="add a schedule (its params are the participant flags)", formatter_class=_Help)
+    a.add_argument("name", help="the schedule's name (its DAG is ndmg_schedule_<name>)")
+    _add(
+        a,
+        "when",
+        "when to run: a cron expression ('0 3 * * *', UTC), a preset (@hourly @daily @weekly @monthly @quarterly @yearly) "
+        "or 'new scans' (with --queue)",
+        required=True,
+    )
+    _add(a, "queue", "with --when 'new scans': the SQS queue S3 notifies of the dataset's uploads")
+    _add(a, "quiet_minutes", "with --when 'new scans': minutes without uploads before a run starts (default 5)", type=float)
+    _add(a, "replace", "replace the schedule of that name", action="store_true")
+    _dataset_flags(a)
+    _airflow_flags(a)
+    a = actions.add_parser("list", help="each schedule: next run, last run, its last report", formatter_class=_Help)
+    _airflow_flags(a)
+    for action, help in (("pause", "no run starts until resumed"), ("resume", "runs start again"), ("remove", "delete the schedule")):
+        a = actions.add_parser(action, help=help, formatter_class=_Help)
+        a.add_argument("name", help="the schedule's name")
+        _airflow_flags(a)
+    p.set_defaults(func=cmd_schedule)
 
     p = _subcommand(sub, "status", "per-scan state of a run, or why it failed")
     p.add_argument("run", nargs="?", help="run id (default: the latest run)")

@@ -6,7 +6,7 @@ verify) and ``ndmg_cloud.report``. The DAG file only wires these together.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -311,8 +311,9 @@ def report_asset(config: RunConfig) -> Any:
     return Asset(name=f"{REPORTS_ALIAS}/{config.dataset}", uri=config.outputs.reports_uri)
 
 
-def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
-    """One run per output location: refuse this run at once if another holds it."""
+def run_states(ti: Any) -> Callable[[str], str | None]:
+    """What this Airflow knows of an ndmg_participant run, asked through a running task
+    instance: its state, or None when it does not know the run (a lease holder's fate)."""
 
     def holder_state(run_id: str) -> str | None:
         try:
@@ -321,8 +322,13 @@ def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
         except Exception:
             return None
 
+    return holder_state
+
+
+def _take_lease(config: RunConfig, ti: Any) -> TakeOver | None:
+    """One run per output location: refuse this run at once if another holds it."""
     try:
-        took_over = lease.take(s3_client(), config.output_root.bucket, config.outputs.lease_key, config.run_id, holder_state)
+        took_over = lease.take(s3_client(), config.output_root.bucket, config.outputs.lease_key, config.run_id, run_states(ti))
     except lease.LeaseHeld as err:
         raise AirflowFailException(str(err)) from None
     if took_over:
@@ -458,6 +464,7 @@ def _verify_and_report(ti: Any, dag_run: Any, outlet_events: Any, discovery: dic
     reruns = settled.reruns if settled else plan.reruns
     for row in rows:
         row.pilot = settled is not None and row.scan_id in settled.pilots
+        row.new = row.status not in ("skipped_done", "invalid") and row.scan_id not in reruns
         if row.scan_id in reruns and row.status == "succeeded":
             row.reason = f"ran again: {reruns[row.scan_id]}"
     connectomes = read_connectomes(config, scans, rows, listing, s3)

@@ -89,11 +89,8 @@ def take(
         return None
     state = holder_state(current.run_id)
     age = stamp - current.heartbeat
-    if state in ENDED:
-        why = f"its run ended ({state}) without releasing it"
-    elif state is None and age > STALE_AFTER_SECONDS:
-        why = f"its heartbeat is {age / 3600:.1f} h old (limit {STALE_AFTER_SECONDS // 3600} h) and this Airflow does not know the run"
-    else:
+    why = _takeable(state, age)
+    if why is None:
         raise LeaseHeld(_held_message(bucket, key, current, state, age))
     if not _put(client, bucket, key, Lease(run_id, stamp, stamp), IfMatch=etag):
         found = _read(client, bucket, key)  # another run took it over first
@@ -101,6 +98,29 @@ def take(
             raise LeaseHeld(_changing_hands(bucket, key, run_id))
         raise LeaseHeld(_held_message(bucket, key, found[0], holder_state(found[0].run_id), 0.0))
     return TakeOver(current.run_id, _utc(current.heartbeat), why)
+
+
+def held_by_other(
+    client: Any, bucket: str, key: str, holder_state: Callable[[str], str | None], now: Callable[[], float] = time.time
+) -> str | None:
+    """Why a run of this output location would be refused now (the message ``take`` would
+    raise), or None when the lease is free or could be taken over. Reads; takes nothing."""
+    found = _read(client, bucket, key)
+    if found is None:
+        return None
+    current = found[0]
+    state, age = holder_state(current.run_id), now() - current.heartbeat
+    return None if _takeable(state, age) else _held_message(bucket, key, current, state, age)
+
+
+def _takeable(state: str | None, age: float) -> str | None:
+    """Why a lease whose holder is in ``state`` (None: unknown here), heartbeat ``age``
+    seconds ago, may be taken over; None if it may not."""
+    if state in ENDED:
+        return f"its run ended ({state}) without releasing it"
+    if state is None and age > STALE_AFTER_SECONDS:
+        return f"its heartbeat is {age / 3600:.1f} h old (limit {STALE_AFTER_SECONDS // 3600} h) and this Airflow does not know the run"
+    return None
 
 
 def refresh(client: Any, bucket: str, key: str, run_id: str, now: Callable[[], float] = time.time) -> bool:

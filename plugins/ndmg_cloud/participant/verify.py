@@ -51,6 +51,7 @@ class ScanResult:
     made_by: str | None = None  # the code that made the outputs: "m2g 95d271f7"
     contract: str | None = None  # the fingerprint of that code's image contract
     pilot: bool = False  # run before the others, to success, as a pilot scan
+    new: bool = False  # no earlier run had made it: no manifest of it in the output location
     streamlines: int | None = None  # tracked by the pipeline, when it reports the number
     # per parcellation: the connectome's graph figures (nodes, edges, density, ...), its
     # path and its QA image; or why it could not be read (see ndmg_cloud.report.runreport)

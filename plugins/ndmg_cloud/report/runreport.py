@@ -53,6 +53,7 @@ CSV_COLUMNS = (
     "log_url",
     "made_by",
     "pilot",
+    "new",
     # the graph figures of the scan's first parcellation (the others are in report.json)
     "parcellation",
     "nodes",
@@ -301,6 +302,7 @@ class Summary:
     invalid_not_listed: int  # counted here, no row (the first INVALID_ROWS_KEPT have one)
     skipped_done: int
     submitted: int
+    new_scans: int  # scans no earlier run had made (each row says: new)
     succeeded: int
     failed: int
     missing_outputs: int
@@ -418,6 +420,7 @@ def build_report(
         invalid_not_listed=invalid_omitted,
         skipped_done=counts["skipped_done"],
         submitted=submitted,
+        new_scans=sum(r.new for r in rows),
         succeeded=counts["succeeded"],
         failed=counts["failed"],
         missing_outputs=counts["missing_outputs"],

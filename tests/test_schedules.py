@@ -1,0 +1,276 @@
+"""Schedules as data (participant/schedules.py, orchestration/schedule_dags.py,
+cli/schedules.py): records checked as a trigger is, one DAG per good record, bad records
+as one import error that stops no other schedule; then the CLI against a real Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ndmg_cloud.participant.params import PARAM_SCHEMAS
+from ndmg_cloud.participant.schedules import VARIABLE, ScheduleError, parse, read
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"params": {"bucket": "lab-data", "bidsdir": "studies/HNU1"}, "when": "@daily"}
+
+
+def test_a_record_becomes_a_schedule():
+    schedule = parse("hnu1", GOOD)
+    assert schedule.dag_id == "ndmg_schedule_hnu1"
+    assert schedule.cron == "@daily" and schedule.new_scans is None
+    assert schedule.params == {"bucket": "lab-data", "bidsdir": "studies/HNU1"}
+    assert parse("hnu1", {**GOOD, "when": " 0  3 * * 1-5 "}).cron == "0 3 * * 1-5"
+    watch = parse("hnu1", {**GOOD, "when": "new scans", "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/ndmg-new-scans"})
+    assert watch.new_scans and watch.new_scans.quiet_minutes == 5 and watch.cron is None
+    assert parse("hnu1", watch.to_record()) == watch  # what is stored reads back the same
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "says"),
+    [
+        ({**GOOD, "params": {"bidsdir": "HNU1"}}, "params.bucket", "No value passed and Param has no default value"),
+        ({**GOOD, "params": {"bucket": "Lab_Data"}}, "params.bucket", "does not match"),
+        ({**GOOD, "params": {"bucket": "lab-data", "pipeline": "fmri"}}, "params.pipeline", "'fmri' is not one of ['m2g', 'ndmg', 'lite']"),
+        ({**GOOD, "params": {"bucket": "lab-data", "buckt": "x"}}, "params.buckt", "did you mean 'bucket'?"),
+        (
+            {**GOOD, "params": {"bucket": "lab-data", "parcellation": ["Nope"]}},
+            "params.parcellation",
+            "'Nope' is not an atlas of m2g's image",
+        ),
+        ({**GOOD, "params": {"bucket": "lab-data", "force": True}}, "params.force", "would run every scan again"),
+        ({**GOOD, "params": "lab-data"}, "params", "as the trigger form takes them"),
+        ({**GOOD, "when": "daily"}, "when", "'daily' is not a cron expression"),
+        ({**GOOD, "when": "@once"}, "when", "not a preset of a repeating schedule"),
+        ({**GOOD, "when": "61 * * * *"}, "when", "not a cron expression"),
+        ({"params": GOOD["params"]}, "when", "say when to run"),
+        ({**GOOD, "wehn": "@daily"}, "wehn", "did you mean 'when'?"),
+        ({**GOOD, "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}, "queue", "only a 'new scans' schedule has a queue"),
+        ({**GOOD, "when": "new scans"}, "queue", "is not an SQS queue URL"),
+        ({**GOOD, "when": "new scans", "queue": "http://127.0.0.1:1/1/q", "quiet_minutes": 0}, "quiet_minutes", "more than 0"),
+    ],
+)
+def test_a_bad_record_is_refused_naming_it_and_the_field(record, field, says):
+    with pytest.raises(ScheduleError) as refused:
+        parse("hnu1", record)
+    assert refused.value.field == field
+    assert str(refused.value).startswith(f"schedule 'hnu1', field {field!r}: ")
+    assert says in str(refused.value)
+
+
+def test_a_bad_name_is_refused():
+    with pytest.raises(ScheduleError, match="'HNU 1' is not a schedule name: use 1-50 lowercase"):
+        parse("HNU 1", GOOD)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"bidsdir": "HNU1"},
+        {"bucket": "Lab_Data"},
+        {"bucket": "lab-data", "pipeline": "fmri"},
+        {"bucket": "lab-data", "voxelsize": "3mm"},
+        {"bucket": "lab-data", "seeds": -1},
+        {"bucket": "lab-data", "participant_label": "01"},
+        {"bucket": "lab-data", "max_scans": 0},
+    ],
+)
+def test_params_are_refused_as_airflow_refuses_the_trigger(params):
+    """The same schema, the same validator: Airflow's own ParamsDict says the same first line."""
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamsDict
+
+    airflow_params = ParamsDict({name: Param(**schema) for name, schema in PARAM_SCHEMAS.items()})
+    with pytest.raises(Exception) as airflow_says:
+        for name, value in params.items():
+            airflow_params[name] = value  # Airflow validates a value as it is set
+        airflow_params.validate()  # and the missing ones here
+    with pytest.raises(ScheduleError) as we_say:
+        parse("s", {"params": params, "when": "@daily"})
+    ours = str(we_say.value).split(": ", 1)[1]
+    assert ours.split(" (")[0] == str(airflow_says.value).splitlines()[0].split(" (")[0]
+
+
+def test_one_bad_record_leaves_the_others():
+    text = json.dumps({"good": GOOD, "bad": {**GOOD, "when": "daily"}, "worse": []})
+    found = read(text)
+    assert [s.name for s in found.schedules] == ["good"]
+    assert [p.name for p in found.problems] == ["bad", "worse"]
+    assert read("{not json").unreadable.startswith(f"the Variable {VARIABLE} is not JSON")
+    assert read(None).schedules == [] and read(None).messages() == []
+
+
+def _dagbag(records: object) -> tuple[dict, dict]:
+    """The DAG folder parsed by Airflow's DagBag in a fresh interpreter, the Variable given
+    as Airflow reads it from the environment: (dag id -> facts, import errors)."""
+    code = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+dags = {i: {"timetable": type(d.timetable).__name__, "cron": d.timetable.expression,
+            "max_active_runs": d.max_active_runs, "tasks": [t.task_id for t in d.tasks],
+            "paused": d.is_paused_upon_creation, "conf": getattr(d.get_task("run_participant"), "conf", None)}
+        for i, d in bag.dags.items() if i.startswith("ndmg_schedule_")}
+print(json.dumps([dags, bag.import_errors]))
+"""
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    if records is not None:
+        env["AIRFLOW_VAR_NDMG_SCHEDULES"] = records if isinstance(records, str) else json.dumps(records)
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags")], env=env, capture_output=True, text=True, check=True)
+    dags, errors = json.loads(done.stdout.strip().splitlines()[-1])
+    return dags, errors
+
+
+def test_each_good_record_is_a_dag_and_the_bad_ones_one_import_error():
+    dags, errors = _dagbag(
+        {
+            "hnu1": GOOD,
+            "nightly": {"params": {"bucket": "lab-data", "bidsdir": "HBN", "pipeline": "lite"}, "when": "0 3 * * *"},
+            "typo": {**GOOD, "params": {"bucket": "lab-data", "pipeline": "fmri"}},
+            "late": {**GOOD, "when": "25 * * * * *"},
+        }
+    )
+    assert set(dags) == {"ndmg_schedule_hnu1", "ndmg_schedule_nightly"}
+    nightly = dags["ndmg_schedule_nightly"]
+    assert nightly["timetable"] == "CronTriggerTimetable" and nightly["cron"] == "0 3 * * *"
+    assert nightly["max_active_runs"] == 1 and nightly["paused"] is False
+    assert nightly["tasks"] == ["wait_for_output", "run_participant"]
+    assert nightly["conf"] == {"bucket": "lab-data", "bidsdir": "HBN", "pipeline": "lite"}
+    assert list(errors) == ["ndmg_schedule_errors.py"] or [Path(k).name for k in errors] == ["ndmg_schedule_errors.py"]
+    error = next(iter(errors.values()))
+    assert "2 schedule record(s) make no DAG" in error
+    assert "schedule 'typo', field 'params.pipeline': Invalid input for param pipeline: 'fmri' is not one of" in error
+    assert "schedule 'late', field 'when': '25 * * * * *' is not a cron expression" in error
+
+
+@pytest.mark.parametrize("records", [None, "", "{not json", "[1, 2]"])
+def test_no_or_an_unreadable_variable_breaks_no_other_dag(records):
+    dags, errors = _dagbag(records)
+    assert dags == {}
+    if records in (None, ""):
+        assert errors == {}
+    else:
+        assert [Path(k).name for k in errors] == ["ndmg_schedule_errors.py"]
+        assert f"the Variable {VARIABLE} is" in next(iter(errors.values()))
+
+
+def test_the_cli_refuses_a_bad_schedule_before_asking_airflow(monkeypatch, capsys):
+    from ndmg_cloud.cli.main import main
+
+    monkeypatch.setenv("NDMG_AIRFLOW_URL", "http://127.0.0.1:9")  # nothing answers: it is never asked
+    code = main(["schedule", "add", "hnu1", "--bucket", "lab-data", "--parcellation", "Nope", "--when", "@daily"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ndmg_cloud: schedule 'hnu1', field 'params.parcellation': option parcellation=['Nope']")
+
+
+# ------------------------------------------------------------------ against a real Airflow
+SCHEDULE = "ndmg_schedule_nightly"
+
+
+def _api(live_airflow):
+    from ndmg_cloud.cli.airflowapi import Airflow
+
+    return Airflow(live_airflow["url"], "admin", live_airflow["password"])
+
+
+def _finished(api, dag_id: str, run_id: str) -> str | None:
+    state = api.run(run_id, dag_id)["state"]
+    return state if state in ("success", "failed") else None
+
+
+def _report(s3, run_id: str) -> dict:
+    body = s3.get_object(Bucket="sched-data", Key=f"phantoms/derivatives/ndmg/reports/{run_id}/report.json")["Body"].read()
+    return json.loads(body)
+
+
+@pytest.mark.slow
+def test_a_schedule_added_from_the_cli_runs_under_airflow_and_then_finds_nothing_new(cli, live_airflow, s3, tmp_path, capsys):
+    """ndmg_cloud schedule add/list/pause/resume/remove against the live api-server,
+    dag-processor, scheduler and triggerer: the record becomes a DAG with its next run; a
+    run of it starts ndmg_participant and waits for it; a second run finds 0 new scans and
+    runs no scan and no canary; a bad record shows as an import error and stops no other."""
+    from datetime import UTC, datetime, timedelta
+
+    from conftest import wait_for
+    from datasets import put_phantoms
+
+    put_phantoms(s3, tmp_path, "sched-data", "phantoms")
+    api = _api(live_airflow)
+    flags = ["--bucket", "sched-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local"]
+    soon = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=2)  # one run in this test, at that time
+    cron = f"{soon.minute} {soon.hour} * * *"
+    assert cli("schedule", "add", "nightly", *flags, "--when", cron) == 0
+    out = capsys.readouterr().out
+    assert f"schedule nightly: lite on s3://sched-data/phantoms/ {cron}" in out
+    assert cli("schedule", "add", "nightly", *flags, "--when", "@daily") == 2  # exists: --replace says so
+    assert "schedule 'nightly' exists: `ndmg_cloud schedule add nightly --replace ...` replaces it" in capsys.readouterr().err
+
+    assert wait_for(lambda: api.dag(SCHEDULE) is not None, timeout=120)
+    dag = api.dag(SCHEDULE)
+    assert dag["is_paused"] is False and dag["max_active_runs"] == 1
+    assert dag["next_dagrun_run_after"].startswith(soon.isoformat()[:16])  # its next time, not one just missed
+    assert cli("schedule", "list") == 0
+    listed = capsys.readouterr().out
+    assert f"nightly: lite on s3://sched-data/phantoms/ {cron} ({SCHEDULE}, active)" in listed
+    assert f"  next run:    {soon.isoformat()[:16].replace('T', ' ')} UTC" in listed
+    assert "  last run:    none yet" in listed
+
+    assert cli("schedule", "pause", "nightly") == 0
+    assert api.dag(SCHEDULE)["is_paused"] is True
+    assert cli("schedule", "list") == 0
+    assert f"({SCHEDULE}, paused)" in capsys.readouterr().out
+    assert cli("schedule", "resume", "nightly") == 0
+    assert api.dag(SCHEDULE)["is_paused"] is False
+    capsys.readouterr()
+
+    # the scheduler starts it at its time: the whole dataset is new
+    assert wait_for(lambda: api.runs(SCHEDULE), timeout=240)
+    first = api.runs(SCHEDULE)[0]
+    assert first["run_type"] == "scheduled" and first["run_after"].startswith(soon.isoformat()[:16])
+    assert wait_for(lambda: _finished(api, SCHEDULE, first["dag_run_id"]), timeout=300)
+    assert api.run(first["dag_run_id"], SCHEDULE)["state"] == "success"
+    report = _report(s3, f"nightly__{first['dag_run_id']}")
+    assert report["summary"]["new_scans"] == 2 and report["summary"]["succeeded"] == 2, json.dumps(report["scans"])[:3000]
+    assert all(row["new"] for row in report["scans"])
+
+    # another run (triggered from the UI, say): nothing new, so no scan task and no canary
+    second = api.trigger({}, dag_id=SCHEDULE)
+    assert wait_for(lambda: _finished(api, SCHEDULE, second), timeout=300)
+    assert api.run(second, SCHEDULE)["state"] == "success"
+    participant = f"nightly__{second}"
+    report = _report(s3, participant)
+    assert report["summary"]["new_scans"] == 0 and report["summary"]["skipped_done"] == 2 and report["summary"]["submitted"] == 0
+    states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in api.task_instances(participant)}
+    assert states[("canary", -1)] == "skipped"
+    assert not [key for key in states if key[0] in ("run_scan", "run_scan_local", "pilot_scan") and key[1] >= 0]
+    assert cli("schedule", "list") == 0
+    listed = capsys.readouterr().out
+    assert "  last run:    success, " in listed and f"({second})" in listed
+    assert "  last report: 2 scans (0 new): 0 succeeded, 0 failed, 0 missing outputs, 0 invalid, 2 already done" in listed
+
+    # a bad record beside it (written in Admin > Variables, say): an import error naming it
+    records = json.loads(api.variable(VARIABLE))
+    records["broken"] = {"params": {"bucket": "sched-data", "voxelsize": "3mm"}, "when": "@daily"}
+    api.set_variable(VARIABLE, json.dumps(records), "edited by hand", exists=True)
+
+    def import_error() -> str | None:
+        errors = api._request("GET", "/api/v2/importErrors")["import_errors"]
+        found = [e["stack_trace"] for e in errors if e["filename"].endswith("ndmg_schedule_errors.py")]
+        return found[0] if found else None
+
+    assert wait_for(import_error, timeout=120)
+    assert "schedule 'broken', field 'params.voxelsize': Invalid input for param voxelsize: '3mm' is not one of" in import_error()
+    dag = api.dag(SCHEDULE)
+    assert dag["has_import_errors"] is False and dag["is_stale"] is False  # the good one stands
+    assert cli("schedule", "list") == 1  # a bad record: exit code 1
+    assert "broken: NOT A SCHEDULE: schedule 'broken', field 'params.voxelsize'" in capsys.readouterr().out
+
+    assert cli("schedule", "remove", "broken") == 0
+    assert cli("schedule", "remove", "nightly") == 0
+    assert api.dag(SCHEDULE)["is_paused"] is True  # at once; Airflow drops the DAG at its next parse
+    assert wait_for(lambda: api.dag(SCHEDULE)["is_stale"] and import_error() is None, timeout=120)
