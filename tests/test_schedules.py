@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,8 +184,8 @@ def _finished(api, dag_id: str, run_id: str) -> str | None:
     return state if state in ("success", "failed") else None
 
 
-def _report(s3, run_id: str) -> dict:
-    body = s3.get_object(Bucket="sched-data", Key=f"phantoms/derivatives/ndmg/reports/{run_id}/report.json")["Body"].read()
+def _report(s3, run_id: str, bucket: str = "sched-data") -> dict:
+    body = s3.get_object(Bucket=bucket, Key=f"phantoms/derivatives/ndmg/reports/{run_id}/report.json")["Body"].read()
     return json.loads(body)
 
 
@@ -274,3 +275,49 @@ def test_a_schedule_added_from_the_cli_runs_under_airflow_and_then_finds_nothing
     assert cli("schedule", "remove", "nightly") == 0
     assert api.dag(SCHEDULE)["is_paused"] is True  # at once; Airflow drops the DAG at its next parse
     assert wait_for(lambda: api.dag(SCHEDULE)["is_stale"] and import_error() is None, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_waits_while_another_run_holds_the_output_then_goes_or_is_skipped(cli, live_airflow, s3, tmp_path, capsys):
+    """The lease: a schedule's run never fails because another run writes the same output
+    location: it waits (and starts once the lease is free), or is skipped saying why."""
+    from ndmg_cloud.participant.lease import Lease
+
+    from conftest import wait_for
+    from datasets import put_phantoms
+
+    put_phantoms(s3, tmp_path, "busy-data", "phantoms")
+    api = _api(live_airflow)
+    lease_key = "phantoms/derivatives/ndmg/.ndmg-lease.json"
+    flags = ["--bucket", "busy-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local"]
+    assert cli("schedule", "add", "busy", *flags, "--when", "@yearly") == 0
+    assert wait_for(lambda: api.dag("ndmg_schedule_busy") is not None, timeout=120)
+
+    def hold() -> None:  # a run of another deployment, alive (fresh heartbeat)
+        now = time.time()
+        s3.put_object(Bucket="busy-data", Key=lease_key, Body=Lease("elsewhere__run", now, now).body())
+
+    def states(run_id: str) -> dict[str, str]:
+        return {ti["task_id"]: ti["state"] for ti in api.task_instances(run_id, "ndmg_schedule_busy")}
+
+    # held for longer than the run may wait (36 s here): skipped, with the reason, not failed
+    hold()
+    skipped = api.trigger({}, dag_id="ndmg_schedule_busy")
+    assert wait_for(lambda: _finished(api, "ndmg_schedule_busy", skipped), timeout=240)
+    assert api.run(skipped, "ndmg_schedule_busy")["state"] == "success"
+    assert states(skipped) == {"wait_for_output": "skipped", "run_participant": "skipped"}
+    log = json.dumps(api.task_log(skipped, {"task_id": "wait_for_output", "map_index": -1, "try_number": 1}, "ndmg_schedule_busy"))
+    assert "run elsewhere__run holds the lease on s3://busy-data/phantoms/derivatives/ndmg/" in log
+    with pytest.raises(Exception, match="has no run"):
+        api.run(f"busy__{skipped}")  # no participant run was started
+
+    # held, then released while it waits: it goes, and its participant run holds the lease
+    hold()
+    waited = api.trigger({}, dag_id="ndmg_schedule_busy")
+    assert wait_for(lambda: states(waited).get("wait_for_output") == "up_for_reschedule", timeout=120)
+    s3.delete_object(Bucket="busy-data", Key=lease_key)
+    assert wait_for(lambda: _finished(api, "ndmg_schedule_busy", waited), timeout=300)
+    assert api.run(waited, "ndmg_schedule_busy")["state"] == "success"
+    assert api.run(f"busy__{waited}")["state"] == "success"
+    assert _report(s3, f"busy__{waited}", "busy-data")["lease"]["took_over"] is None  # its own lease, not one taken over
+    assert cli("schedule", "remove", "busy") == 0
