@@ -321,3 +321,75 @@ def test_a_scheduled_run_waits_while_another_run_holds_the_output_then_goes_or_i
     assert api.run(f"busy__{waited}")["state"] == "success"
     assert _report(s3, f"busy__{waited}", "busy-data")["lease"]["took_over"] is None  # its own lease, not one taken over
     assert cli("schedule", "remove", "busy") == 0
+
+
+@pytest.mark.slow
+def test_a_new_subject_uploaded_to_a_processed_dataset_starts_one_run_of_only_its_scans(cli, live_airflow, s3, aws, tmp_path, capsys):
+    """S3 notifies an SQS queue (the local endpoint delivers them, as AWS does); the
+    schedule's AssetWatcher, in the live triggerer, waits for the uploads to be quiet, then
+    starts exactly one run, which runs only the new subject's scan and says it was new."""
+    import boto3
+
+    from ndmg_cloud.demo.synthetic import make_dataset
+
+    from conftest import wait_for
+    from datasets import put_phantoms
+
+    put_phantoms(s3, tmp_path, "watch-data", "phantoms")  # sub-01/ses-1 and sub-02
+    api = _api(live_airflow)
+    params = {"bucket": "watch-data", "bidsdir": "phantoms", "pipeline": "lite", "backend": "local"}
+    first = api.trigger(params)  # processed already
+    assert wait_for(lambda: _finished(api, "ndmg_participant", first), timeout=300)
+    assert api.run(first)["state"] == "success"
+
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="watch-data-new-scans")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket="watch-data",
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "phantoms/"}]}},
+                }
+            ]
+        },
+    )
+    flags = ["--bucket", "watch-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local"]
+    assert cli("schedule", "add", "watch", *flags, "--when", "new scans", "--queue", queue, "--quiet-minutes", "0.25") == 0
+    assert "schedule watch: lite on s3://watch-data/phantoms/ when new scans land (after 0.25 quiet minutes)" in capsys.readouterr().out
+    assert wait_for(lambda: api.dag("ndmg_schedule_watch") is not None, timeout=120)
+
+    # a new subject arrives as several objects over seconds
+    make_dataset(tmp_path / "more", subjects=3, sessions=1, sessionless=0)
+    files = sorted(p for p in (tmp_path / "more" / "sub-03").rglob("*") if p.is_file())
+    for path in files:
+        s3.upload_file(str(path), "watch-data", "phantoms/" + path.relative_to(tmp_path / "more").as_posix())
+        time.sleep(2)
+    last_upload = time.time()
+    s3.put_object(Bucket="watch-data", Key="elsewhere/sub-09/dwi/x.nii.gz", Body=b"x")  # not the dataset's prefix
+
+    assert wait_for(lambda: api.runs("ndmg_schedule_watch"), timeout=180)
+    run = api.runs("ndmg_schedule_watch")[0]
+    assert run["run_type"] == "asset_triggered"
+    assert wait_for(lambda: _finished(api, "ndmg_schedule_watch", run["dag_run_id"]), timeout=300)
+    assert api.run(run["dag_run_id"], "ndmg_schedule_watch")["state"] == "success"
+    report = _report(s3, f"watch__{run['dag_run_id']}", "watch-data")
+    rows = {row["scan_id"]: row for row in report["scans"]}
+    assert {scan: (row["status"], row["new"]) for scan, row in rows.items()} == {
+        "sub-01_ses-1": ("skipped_done", False),
+        "sub-02": ("skipped_done", False),
+        "sub-03_ses-1": ("succeeded", True),
+    }
+    assert report["summary"]["new_scans"] == 1 and report["summary"]["submitted"] == 1
+    started = api.run(run["dag_run_id"], "ndmg_schedule_watch")["start_date"]
+    from datetime import datetime
+
+    assert datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() >= last_upload + 15 - 2  # after the quiet time
+
+    time.sleep(25)  # longer than the quiet time: the burst made one run, not one per object
+    assert len(api.runs("ndmg_schedule_watch")) == 1
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)  # all taken
+    assert cli("schedule", "remove", "watch") == 0

@@ -28,6 +28,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, BaseSensorOperator
 
 from ndmg_cloud.orchestration.clients import s3_client
+from ndmg_cloud.orchestration.new_scans import NewScansTrigger
 from ndmg_cloud.orchestration.participant_tasks import run_states
 from ndmg_cloud.orchestration.taskids import DAG_ID, RUN_PARTICIPANT, WAIT_FOR_OUTPUT
 from ndmg_cloud.participant import lease
@@ -37,6 +38,7 @@ from ndmg_cloud.participant.schedules import VARIABLE, Records, Schedule, partic
 log = logging.getLogger(__name__)
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
+NEW_SCANS_ASSET = "ndmg-new-scans"  # a "new scans" schedule's Asset: ndmg-new-scans/<name>
 
 
 def lease_wait() -> tuple[float, float]:
@@ -142,11 +144,17 @@ def schedule_dag(schedule: Schedule) -> DAG:
 
 
 def _when(schedule: Schedule) -> Any:
+    """A cron timetable; or the schedule's Asset, watched in the triggerer by a
+    NewScansTrigger on the queue S3 notifies of the dataset's uploads."""
+    from airflow.sdk import Asset, AssetWatcher
     from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
     if schedule.cron:
         return CronTriggerTimetable(schedule.cron, timezone="UTC")
-    raise NotImplementedError("new-scans schedules come with the SQS watcher")  # pragma: no cover
+    assert schedule.new_scans is not None
+    dataset = resolve(schedule.params, "parse").input_root
+    watcher = NewScansTrigger(schedule.new_scans.queue, dataset.bucket, dataset.prefix, schedule.new_scans.quiet_minutes * 60)
+    return [Asset(name=f"{NEW_SCANS_ASSET}/{schedule.name}", watchers=[AssetWatcher(name=f"new-scans-{schedule.name}", trigger=watcher)])]
 
 
 def _dataset(schedule: Schedule) -> str:
