@@ -91,7 +91,7 @@ class NewScansTrigger(BaseEventTrigger):
     """Fires once uploads under ``s3://bucket/prefix`` have been quiet for ``quiet_seconds``."""
 
     def __init__(self, queue_url: str, bucket: str, prefix: str, quiet_seconds: float, aws_conn_id: str | None = AWS_CONN_ID):
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.queue_url, self.bucket, self.prefix = queue_url, bucket, prefix
         self.quiet_seconds = float(quiet_seconds)
         self.aws_conn_id = aws_conn_id
