@@ -238,6 +238,8 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     for row in rows.values():
         assert row["status"] == "succeeded", row
         assert row["duration_s"] > 0 and row["attempts"] == 1
+        assert row["new"]
+    assert report["summary"]["new_scans"] == len(scans)
     assert rows["sub-02"]["outputs"] == ["connectomes_d/grid3/sub-02_dwi_grid3_connectome.csv"]
     edges = s3.get_object(
         Bucket=BUCKET, Key="phantoms/derivatives/ndmg/sub-01/ses-2/connectomes_d/grid3/sub-01_ses-2_dwi_grid3_connectome.csv"
@@ -260,6 +262,7 @@ def test_local_backend_runs_the_lite_pipeline_end_to_end(s3, airflow_db, tmp_pat
     assert {scan: row["status"] for scan, row in rows.items() if scan != "sub-02"} == {s: "skipped_done" for s in scans if s != "sub-02"}
     assert rows["sub-02"]["status"] == "succeeded"
     assert rows["sub-02"]["reason"] == f"ran again: done with ndmg-lite 00000000, this run uses {report['contract']['label']}"
+    assert not rows["sub-02"]["new"]  # made before, by other code: run again, not new
 
 
 def assert_report_html_shows_the_connectomes(s3, run, rows):
@@ -717,3 +720,33 @@ def test_a_retry_waits_out_the_window_of_a_call_that_died_in_flight_but_not_of_o
     assert in_flight_for({**died, "call_ended": True}, 1010.0) == 0  # the try saw its call fail
     again = {"submitting_since": 1000.0, "call_started": 5000.0, "max_tries": 2}  # a later try's own call
     assert in_flight_for(again, 5010.0) == SUBMIT_WINDOW_SECONDS - 10
+
+
+@pytest.mark.slow  # 40 s, two dag.test() runs
+def test_a_scan_whose_files_are_still_uploading_waits_and_the_next_run_takes_it(s3, airflow_db, tmp_path):
+    """A DWI without its gradients yet is not an error: the run goes on (even with nothing
+    else to run), says the scan is waiting for files, and the next run takes it, as new."""
+    from ndmg_cloud.demo.synthetic import make_dataset
+
+    make_dataset(tmp_path / "ds", subjects=0, sessions=1, sessionless=1)  # sub-01, session-less
+    s3.create_bucket(Bucket=BUCKET)
+    files = sorted(p for p in (tmp_path / "ds").rglob("*") if p.is_file())
+    gradients = [p for p in files if p.suffix in (".bval", ".bvec")]
+    for path in files:
+        if path not in gradients:
+            s3.upload_file(str(path), BUCKET, "up/" + path.relative_to(tmp_path / "ds").as_posix())
+
+    run = run_dag(bucket=BUCKET, bidsdir="up", backend="local", pipeline="lite")
+    assert run.state == "success"
+    report = read_json(s3, bucket=BUCKET, where=f"up/derivatives/ndmg/reports/{run.run_id}/report.json")
+    [row] = report["scans"]
+    assert row["status"] == "invalid" and row["waiting_for_files"] and not row["new"]
+    assert row["reason"].endswith("(waiting for files: a later run takes this scan once they are uploaded)")
+    assert report["summary"]["waiting_for_files"] == 1 and report["summary"]["submitted"] == 0
+
+    for path in gradients:
+        s3.upload_file(str(path), BUCKET, "up/" + path.relative_to(tmp_path / "ds").as_posix())
+    again = run_dag(bucket=BUCKET, bidsdir="up", backend="local", pipeline="lite")
+    report = read_json(s3, bucket=BUCKET, where=f"up/derivatives/ndmg/reports/{again.run_id}/report.json")
+    [row] = report["scans"]
+    assert (row["scan_id"], row["status"], row["new"], row["waiting_for_files"]) == ("sub-01", "succeeded", True, False)

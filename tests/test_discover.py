@@ -57,9 +57,22 @@ def test_no_description_is_only_a_warning(s3, caplog):
 
 
 def test_every_scan_invalid(s3):
-    put_dataset(s3, BUCKET, "ds/", ["dataset_description.json", "sub-01/dwi/sub-01_dwi.nii.gz"])
-    with pytest.raises(DatasetError, match="all 1 scans are invalid, nothing to run. sub-01: no .bval"):
+    keys = ["dataset_description.json", "sub-01/dwi/sub-01_dwi.nii", "sub-01/dwi/sub-01_dwi.nii.gz"]
+    keys += ["sub-01/dwi/sub-01_dwi.bval", "sub-01/dwi/sub-01_dwi.bvec", "sub-01/anat/sub-01_T1w.nii.gz"]
+    put_dataset(s3, BUCKET, "ds/", keys)  # two DWI images of one scan: a mistake, not an upload under way
+    with pytest.raises(DatasetError, match="all 1 scans are invalid, nothing to run. sub-01: two DWI images"):
         discover(config(), s3)
+
+
+def test_a_scan_missing_files_is_waiting_for_them_not_an_error(s3):
+    """A DWI whose gradients or T1w are not there (yet: an upload under way) is invalid and
+    waiting: the run goes on, a later run takes it once they are uploaded."""
+    put_dataset(s3, BUCKET, "ds/", ["dataset_description.json", "sub-01/dwi/sub-01_dwi.nii.gz"])
+    found = discover(config(), s3)
+    [scan] = found.scans
+    assert scan.waiting and not scan.valid
+    assert scan.reason.startswith("no .bval file for 'sub-01/dwi/sub-01_dwi.nii.gz'")
+    assert scan.reason.endswith("(waiting for files: a later run takes this scan once they are uploaded)")
 
 
 def test_filter_naming_an_absent_subject(s3):

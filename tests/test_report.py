@@ -74,6 +74,7 @@ def test_report_json_shape():
         "failure_classes": {},
         "throttled_polls": 0,
         "invalid_not_listed": 0,
+        "waiting_for_files": 0,
     }
     for row in report["scans"]:
         assert CONTRACT_ROW <= set(row)
@@ -91,9 +92,12 @@ def test_the_report_reads_back_by_field_and_an_older_report_still_reads():
     assert back == sample_run_report() and back.to_dict() == written
     assert back.summary.succeeded == 1 and back.scans[1].reason.startswith("Essential container")
     older = {k: v for k, v in written.items() if k not in ("lease", "pilots", "connectomes", "contract", "backend", "cost_basis")}
-    older["summary"] = {k: v for k, v in written["summary"].items() if k not in ("throttled_polls", "invalid_not_listed", "new_scans")}
+    older["summary"] = {
+        k: v for k, v in written["summary"].items() if k not in ("throttled_polls", "invalid_not_listed", "new_scans", "waiting_for_files")
+    }
     older["scans"] = [
-        {k: v for k, v in row.items() if k not in ("graphs", "pilot", "new")} | {"retired_field": 1} for row in written["scans"]
+        {k: v for k, v in row.items() if k not in ("graphs", "pilot", "new", "waiting_for_files")} | {"retired_field": 1}
+        for row in written["scans"]
     ]
     read = RunReport.from_dict(older)
     assert read.summary.throttled_polls == 0 and read.summary.new_scans == 0 and not read.scans[0].new

@@ -242,11 +242,7 @@ def print_summary(uri: str, report: RunReport, out: Any = None) -> None:
             out.write(f"canary log: {canary.log_url}\n")
     elif canary.status == "passed":
         out.write(f"canary passed: {canary.reason}\n")
-    out.write(
-        f"{s.discovered} scans ({s.new_scans} new): {s.succeeded} succeeded, {s.failed} failed, "
-        f"{s.missing_outputs} missing outputs, {s.invalid} invalid, {s.skipped_done} already done; "
-        f"cost ${s.cost_usd:.2f}\nreport: {uri}\n"
-    )
+    out.write(f"{s.line()}; cost ${s.cost_usd:.2f}\nreport: {uri}\n")
 
 
 def finish(airflow: Airflow, run_id: str, state: str) -> int:

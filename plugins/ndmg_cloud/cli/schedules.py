@@ -147,11 +147,7 @@ def _last_report(schedule: Schedule, runs: list[dict[str, Any]], report_reader: 
             uri, report = report_reader(run_id)
         except CliError:
             continue
-        s = report.summary
-        return (
-            f"{s.discovered} scans ({s.new_scans} new): {s.succeeded} succeeded, {s.failed} failed, "
-            f"{s.missing_outputs} missing outputs, {s.invalid} invalid, {s.skipped_done} already done ({uri})"
-        )
+        return f"{report.summary.line()} ({uri})"
     return "none yet among its latest runs"
 
 

@@ -25,6 +25,7 @@ IGNORED_TOP_LEVEL = ("derivatives", "sourcedata", "code", "stimuli", "phenotype"
 FILE_KIND_ENTITIES = ("suffix", "extension", "datatype")
 DESCRIPTION = "dataset_description.json"
 
+WAITING_FOR_FILES = "waiting for files"
 T1W_RULE = "the T1w with the fewest entities besides sub/ses, then the lowest run, then the first path in sort order"
 
 
@@ -42,6 +43,9 @@ class Scan:
     t1w: str | None = None
     t1w_choice: str | None = None
     reason: str | None = None
+    # invalid only because files it needs are not there (yet): an upload still under way,
+    # not a mistake; a later run takes the scan once they are
+    waiting: bool = False
 
     @property
     def valid(self) -> bool:
@@ -355,7 +359,10 @@ def _scan_for(dwi: _File, gradients: dict[str, list[_File]], anat: dict[str, lis
     if not scan.t1w:
         problems.append(t1w_note)
     if problems:
-        scan.reason = "; ".join(problems)
+        scan.waiting = all(p.startswith("no ") for p in problems)  # absent, not ambiguous
+        scan.reason = "; ".join(problems) + (
+            f" ({WAITING_FOR_FILES}: a later run takes this scan once they are uploaded)" if scan.waiting else ""
+        )
     return scan
 
 

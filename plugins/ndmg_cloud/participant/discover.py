@@ -83,9 +83,12 @@ def discover(config: RunConfig, s3_client: Any) -> Discovery:
         raise DatasetError(
             f"participant_label {config.participants} and session_label {config.sessions} together match no scan; loosen one of them"
         )
-    if not found.valid:
+    if not found.valid and not any(s.waiting for s in found.scans):
         reasons = "; ".join(f"{s.scan_id}: {s.reason}" for s in found.scans[:5])
         raise DatasetError(f"all {len(found.scans)} scans are invalid, nothing to run. {reasons}")
+    for scan in found.scans:
+        if scan.waiting:
+            log.info("%s is waiting for files: %s", scan.scan_id, scan.reason)
     log.info(
         "%d keys listed, %d parsed, %d scans (%d valid, %d invalid)",
         found.keys_listed,

@@ -52,6 +52,7 @@ class ScanResult:
     contract: str | None = None  # the fingerprint of that code's image contract
     pilot: bool = False  # run before the others, to success, as a pilot scan
     new: bool = False  # no earlier run had made it: no manifest of it in the output location
+    waiting_for_files: bool = False  # invalid only because files it needs are not uploaded (yet)
     streamlines: int | None = None  # tracked by the pipeline, when it reports the number
     # per parcellation: the connectome's graph figures (nodes, edges, density, ...), its
     # path and its QA image; or why it could not be read (see ndmg_cloud.report.runreport)
@@ -95,7 +96,7 @@ def verify_scans(
         row = ScanResult(scan.scan_id, scan.subject, scan.session, status="invalid")
         results.append(row)
         if not scan.valid:
-            row.reason = scan.reason
+            row.reason, row.waiting_for_files = scan.reason, scan.waiting
             continue
         if config.dry_run:
             row.status, row.reason = "dry_run", "dry run: job spec written, nothing submitted"

@@ -54,6 +54,7 @@ CSV_COLUMNS = (
     "made_by",
     "pilot",
     "new",
+    "waiting_for_files",
     # the graph figures of the scan's first parcellation (the others are in report.json)
     "parcellation",
     "nodes",
@@ -300,6 +301,7 @@ class Summary:
     discovered: int
     invalid: int
     invalid_not_listed: int  # counted here, no row (the first INVALID_ROWS_KEPT have one)
+    waiting_for_files: int  # of the invalid: only missing files a later run may find (an upload under way)
     skipped_done: int
     submitted: int
     new_scans: int  # scans no earlier run had made (each row says: new)
@@ -310,6 +312,14 @@ class Summary:
     failure_classes: dict[str, int]
     cost_usd: float
     throttled_polls: int  # DescribeJobs polls Batch answered with a throttling error
+
+    def line(self) -> str:
+        """The counts in one line, as the CLI prints them."""
+        waiting = f" ({self.waiting_for_files} waiting for files)" if self.waiting_for_files else ""
+        return (
+            f"{self.discovered} scans ({self.new_scans} new): {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.missing_outputs} missing outputs, {self.invalid} invalid{waiting}, {self.skipped_done} already done"
+        )
 
 
 @dataclass
@@ -418,6 +428,7 @@ def build_report(
         discovered=len(rows) + invalid_omitted,
         invalid=counts["invalid"] + invalid_omitted,
         invalid_not_listed=invalid_omitted,
+        waiting_for_files=sum(r.waiting_for_files for r in rows),
         skipped_done=counts["skipped_done"],
         submitted=submitted,
         new_scans=sum(r.new for r in rows),
