@@ -737,7 +737,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_participant)
 
     p = _subcommand(sub, "schedule", "keep a dataset processed: runs on a cron schedule or when new scans land")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="add, list, pause, resume or remove")
     a = actions.add_parser("add", help="add a schedule (its params are the participant flags)", formatter_class=_Help)
     a.add_argument("name", help="the schedule's name (its DAG is ndmg_schedule_<name>)")
     _add(
