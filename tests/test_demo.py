@@ -69,3 +69,32 @@ def test_demo_runs_every_scan_prints_only_its_lines_and_serves_the_report(tmp_pa
     assert "<html" in (tmp_path / "out" / "report.html").read_text()
     assert f"report: {(tmp_path / 'out' / 'report.html').as_uri()}" in lines
     assert (tmp_path / "out" / "airflow.log").stat().st_size > 0  # the chatter went here
+
+
+def test_the_standalone_demo_notifies_a_queue_and_new_subject_uploads_the_next_subject(s3, tmp_path, monkeypatch, capsys):
+    """What `make airflow` sets up for a "new scans" schedule, and `ndmg-demo --new-subject`."""
+    import boto3
+
+    from ndmg_cloud.demo import run, stack
+    from ndmg_cloud.orchestration.new_scans import created_keys
+
+    s3.create_bucket(Bucket=stack.BUCKET)
+    for n in range(1, 7):
+        s3.put_object(Bucket=stack.BUCKET, Key=f"{stack.BIDSDIR}/sub-{n:02d}/anat/sub-{n:02d}_T1w.nii.gz", Body=b"x")
+    queue = stack.watch_dataset()
+
+    assert run.new_subject(pause_seconds=0) == 0
+    out = capsys.readouterr().out
+    assert f"uploaded sub-07 to s3://{stack.BUCKET}/{stack.BIDSDIR}/ as 5 objects, 0 s apart:" in out  # T1w, DWI, bval, bvec, JSON sidecar
+    sqs = boto3.client("sqs")
+    heard = []
+    while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        for message in messages:
+            heard += [key for _, key in created_keys(message["Body"])]
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    assert sorted(heard) == sorted(line.strip() for line in out.splitlines() if line.startswith(f"  {stack.BIDSDIR}/"))
+    assert all(key.startswith(f"{stack.BIDSDIR}/sub-07/") for key in heard)
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert run.main(["--new-subject"]) == 2
+    assert "export what it printed" in capsys.readouterr().err

@@ -9,6 +9,9 @@ copy report.html/json and group.html/json to ``demo-output/`` and stop the endpo
 
 ``ndmg-demo --standalone`` (``make airflow``): the same endpoint and dataset, then
 ``airflow standalone`` so the DAG can be triggered from the UI form; Ctrl-C stops both.
+S3 there notifies an SQS queue of the dataset's uploads, for a "new scans" schedule;
+``ndmg-demo --new-subject`` (in another shell, with the exports it prints) uploads the
+dataset's next subject, as a lab's upload would arrive, for that schedule to pick up.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from ndmg_cloud.demo.stack import (
     start_standalone,
     stop_process_group,
     upload_dataset,
+    upload_new_subject,
+    watch_dataset,
 )
 from ndmg_cloud.orchestration.dagtest import run_dag
 from ndmg_cloud.orchestration.taskids import GROUP_DAG_ID
@@ -218,6 +223,7 @@ def standalone(home: Path) -> int:
         airflow("db", "migrate")
         airflow("pools", "set", LOCAL_POOL, str(local_pool_slots()), "ndmg-cloud local backend: one scan per core")
         scans = upload_dataset(Path(tempfile.mkdtemp(prefix="ndmg-demo-")))
+        queue = watch_dataset()
         print(f"local AWS endpoint (moto) on {endpoint}; {len(scans)} synthetic scans in s3://{BUCKET}/{BIDSDIR}/")
         print("Starting airflow standalone: open http://localhost:8080 (the admin password is printed below),")
         print("trigger ndmg_participant and fill the form with:")
@@ -225,6 +231,11 @@ def standalone(home: Path) -> int:
         print("For ndmg_cloud and aws in another shell:")
         print(f"  export {' '.join(f'{name}={os.environ[name]}' for name in EMBEDDED_EXPORTS)}")
         print(f"  export AIRFLOW_HOME={home}")
+        print("To see new scans processed when they land: process the dataset once (the form, or")
+        print("ndmg_cloud participant with the conf above), then keep it processed and upload a subject:")
+        print(f"  ndmg_cloud schedule add demo --bucket {BUCKET} --bidsdir {BIDSDIR} --pipeline lite --backend local \\")
+        print(f"      --when 'new scans' --queue {queue} --quiet-minutes 0.5")
+        print("  ndmg-demo --new-subject      # then: ndmg_cloud schedule list")
         print("Ctrl-C stops Airflow and the endpoint.\n", flush=True)
         process = start_standalone()
         try:
@@ -236,11 +247,33 @@ def standalone(home: Path) -> int:
         server.stop()
 
 
+def new_subject(pause_seconds: float = 1.0) -> int:
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        print(
+            "ndmg-demo: --new-subject uploads to the embedded stack of `make airflow`: export what it printed "
+            "(AWS_ENDPOINT_URL=http://127.0.0.1:PORT ...) first",
+            file=sys.stderr,
+        )
+        return 2
+    keys = upload_new_subject(Path(tempfile.mkdtemp(prefix="ndmg-demo-")), pause_seconds)
+    subject = keys[0].split("/")[1]
+    print(f"uploaded {subject} to s3://{BUCKET}/{BIDSDIR}/ as {len(keys)} objects, {pause_seconds:g} s apart:")
+    for key in keys:
+        print(f"  {key}")
+    print("a 'new scans' schedule of the dataset starts one run once the uploads have been quiet: ndmg_cloud schedule list")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ndmg-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where report.html/json and group.html/json go")
     parser.add_argument("--standalone", action="store_true", help="start airflow standalone on the embedded stack")
     parser.add_argument("--home", type=Path, default=Path(".airflow-demo"), help="AIRFLOW_HOME for --standalone")
+    parser.add_argument(
+        "--new-subject",
+        action="store_true",
+        help="upload the next subject to the dataset of a running --standalone (its exports set), object by object",
+    )
     parser.add_argument(
         "--serve",
         action=argparse.BooleanOptionalAction,
@@ -248,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         help="after the run, serve the report from Airflow's api-server until Enter (default: in a terminal)",
     )
     args = parser.parse_args(argv)
+    if args.new_subject:
+        return new_subject()
     if args.standalone:
         return standalone(args.home.resolve())
     return demo(args.out, args.serve)

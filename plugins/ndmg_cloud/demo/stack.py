@@ -100,3 +100,48 @@ def upload_dataset(workdir: Path) -> list[str]:
         if path.is_file():
             s3.upload_file(str(path), BUCKET, f"{BIDSDIR}/{path.relative_to(dataset).as_posix()}")
     return scans
+
+
+NEW_SCANS_QUEUE = "ndmg-demo-new-scans"
+
+
+def watch_dataset() -> str:
+    """An SQS queue that S3 notifies of every object created under the demo dataset (as
+    ``ndmg_cloud setup`` leaves it on AWS); its URL, for ``schedule add --when 'new scans'``."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    url = str(sqs.create_queue(QueueName=NEW_SCANS_QUEUE)["QueueUrl"])
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": f"{BIDSDIR}/"}]}}
+    boto3.client("s3").put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"Id": NEW_SCANS_QUEUE, "QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]
+        },
+    )
+    return url
+
+
+def upload_new_subject(workdir: Path, pause_seconds: float = 1.0) -> list[str]:
+    """The next subject of the demo dataset (sub-NN, one session), uploaded object by object
+    as an upload would arrive; the keys it put."""
+    import time
+
+    import boto3
+
+    from ndmg_cloud.demo.synthetic import make_dataset
+
+    s3 = boto3.client("s3")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{BIDSDIR}/sub-", Delimiter="/").get("CommonPrefixes", [])
+    taken = {p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in listed}
+    number = next(n for n in range(1, 100) if f"sub-{n:02d}" not in taken)
+    make_dataset(workdir, subjects=number, sessions=1, sessionless=0)
+    keys = []
+    for path in sorted((workdir / f"sub-{number:02d}").rglob("*")):
+        if path.is_file():
+            key = f"{BIDSDIR}/{path.relative_to(workdir).as_posix()}"
+            s3.upload_file(str(path), BUCKET, key)
+            keys.append(key)
+            time.sleep(pause_seconds)
+    return keys
