@@ -10,7 +10,12 @@ ndmg_cloud.orchestration.schedule_dags.
 
 from __future__ import annotations
 
+import logging
+
 from ndmg_cloud.orchestration.schedule_dags import read_records, schedule_dag
 
 for _schedule in read_records().schedules:
-    globals()[_schedule.dag_id] = schedule_dag(_schedule)
+    try:
+        globals()[_schedule.dag_id] = schedule_dag(_schedule)
+    except Exception:  # a bug in making one schedule's DAG must not take the others down
+        logging.getLogger(__name__).exception("schedule %r made no DAG", _schedule.name)

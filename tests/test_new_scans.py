@@ -126,6 +126,38 @@ def test_a_trigger_that_dies_while_uploads_settle_leaves_them_for_the_next(s3, q
     assert [payload["objects"] for _, payload in events] == [1]
 
 
+def test_a_queue_that_cannot_be_read_is_said_and_tried_again_not_the_end_of_the_watch(aws, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(new_scans, "RETRY_SECONDS", (0.5,))
+    caplog.set_level(logging.ERROR, logger="ndmg_cloud.orchestration.new_scans")
+    missing = "http://127.0.0.1:1/123456789012/no-such-queue"
+    assert (
+        collect(
+            NewScansTrigger(missing.replace("127.0.0.1:1", "sqs.us-east-1.amazonaws.com"), "lab-data", "ds/", quiet_seconds=1), seconds=3
+        )
+        == []
+    )
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) >= 2  # tried again, and said again
+    assert "cannot read the new-scans queue https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue" not in said[0]  # http URL given
+    assert said[0].startswith("cannot read the new-scans queue http://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue")
+    assert "may sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on it; trying again in" in said[0]
+
+
+def test_a_message_seen_again_is_no_new_upload():
+    from ndmg_cloud.orchestration.new_scans import Burst, burst_limit
+
+    burst = Burst()
+    burst.add(["ds/sub-01/a"], "m1", "h1", now=100.0)
+    burst.add(["ds/sub-01/a"], "m1", "h2", now=200.0)  # its hold ran out and it came back
+    assert (burst.last_at, burst.receipts["m1"]) == (100.0, ("h2", 200.0))
+    assert burst.settled(now=160.0, quiet_seconds=60)
+    assert not burst.settled(now=150.0, quiet_seconds=60)
+    burst.add(["ds/sub-02/b"], "m2", "h3", now=100.0 + burst_limit(60) - 1)  # uploads without a pause ...
+    assert burst.settled(now=100.0 + burst_limit(60), quiet_seconds=60)  # ... start a run after the burst limit
+
+
 def test_notification_bodies():
     record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "ds/sub-01/a+b%2Bc.nii.gz"}}}
     assert created_keys(json.dumps({"Records": [record]})) == [("b", "ds/sub-01/a b+c.nii.gz")]
@@ -135,3 +167,5 @@ def test_notification_bodies():
         ("b", "ds/sub-01/a b+c.nii.gz")
     ]
     assert created_keys("not json") == [] and created_keys("[]") == []
+    hostile = [{"eventName": "ObjectCreated:Put", "s3": {"bucket": "x"}}, {"eventName": "ObjectCreated:Put", "s3": {"object": ["k"]}}, "x"]
+    assert created_keys(json.dumps({"Records": hostile})) == []  # anyone who may send to the queue wrote it

@@ -53,6 +53,14 @@ def test_a_record_becomes_a_schedule():
         ({**GOOD, "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}, "queue", "only a 'new scans' schedule has a queue"),
         ({**GOOD, "when": "new scans"}, "queue", "is not an SQS queue URL"),
         ({**GOOD, "when": "new scans", "queue": "http://127.0.0.1:1/1/q", "quiet_minutes": 0}, "quiet_minutes", "more than 0"),
+        ({**GOOD, "when": "new scans", "queue": "http://127.0.0.1:1/1/q", "quiet_minutes": 12 * 60}, "quiet_minutes", "at most 660"),
+        (
+            {**GOOD, "params": {"bucket": "lab-data", "backend": "local", "pilot_scans": 1}},
+            "params",
+            "pilot_scans=1 applies to backend=aws_batch",
+        ),
+        ({**GOOD, "params": {"bucket": "lab-data", "jobdir": "jobs/here"}}, "params", "is a local path, which Batch jobs cannot read"),
+        ({**GOOD, "colour": "red"}, "colour", "unknown field. A record has params, when"),
     ],
 )
 def test_a_bad_record_is_refused_naming_it_and_the_field(record, field, says):
@@ -94,6 +102,24 @@ def test_params_are_refused_as_airflow_refuses_the_trigger(params):
         parse("s", {"params": params, "when": "@daily"})
     ours = str(we_say.value).split(": ", 1)[1]
     assert ours.split(" (")[0] == str(airflow_says.value).splitlines()[0].split(" (")[0]
+
+
+def test_a_queue_is_watched_by_one_schedule():
+    """Each reader of a queue takes every message it reads: two would lose each other's."""
+    watch = {**GOOD, "when": "new scans", "queue": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}
+    found = read(json.dumps({"a": watch, "b": {**watch, "params": {"bucket": "lab-data", "bidsdir": "other"}}}))
+    assert [s.name for s in found.schedules] == ["a"]
+    [problem] = found.problems
+    assert str(problem) == (
+        "schedule 'b', field 'queue': https://sqs.us-east-1.amazonaws.com/123456789012/q is watched by schedule 'a' already: "
+        "give each 'new scans' schedule a queue of its own (S3 can notify one queue per dataset prefix)"
+    )
+
+
+def test_the_record_s_params_are_never_a_template():
+    from ndmg_cloud.orchestration.schedule_dags import ScheduledRunOperator
+
+    assert "conf" not in ScheduledRunOperator.template_fields and "trigger_run_id" in ScheduledRunOperator.template_fields
 
 
 def test_one_bad_record_leaves_the_others():

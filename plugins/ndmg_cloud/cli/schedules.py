@@ -55,16 +55,20 @@ def add(airflow: Airflow, name: str, record: dict[str, Any], replace: bool, out:
     out = out or sys.stdout
     schedule = check(name, record)
     records, exists = _stored(airflow)
-    if name in records and not replace:
+    replacing = name in records
+    if replacing and not replace:
         raise CliError(
             f"schedule {name!r} exists: `ndmg_cloud schedule add {name} --replace ...` replaces it, `ndmg_cloud schedule remove {name}` removes it"
         )
     records[name] = schedule.to_record()
+    clash = [p for p in read(json.dumps(records)).problems if p.name == name and p.field == "queue"]
+    if clash:
+        raise clash[0]
     _store(airflow, records, exists)
     dag = airflow.dag(schedule.dag_id)
-    if dag and dag.get("is_paused"):  # a schedule removed and added again: on again
+    if not replacing and dag and dag.get("is_paused"):  # removed, then added again: on again (a replaced one keeps its switch)
         airflow.set_paused(schedule.dag_id, False)
-    out.write(f"schedule {name}: {schedule.params.get('pipeline') or 'm2g'} on {dataset_of(schedule)} {schedule.describe()}\n")
+    out.write(f"schedule {name}: {schedule.params.get('pipeline') or 'm2g'} on {schedule.dataset} {schedule.describe()}\n")
     out.write(f"its DAG is {schedule.dag_id}: {PARSE_NOTE}; `ndmg_cloud schedule list` shows its next run\n")
     return schedule
 
@@ -96,11 +100,6 @@ def set_paused(airflow: Airflow, name: str, paused: bool, out: Any = None) -> No
     out.write(f"schedule {name} {'paused: no run starts until `ndmg_cloud schedule resume ' + name + '`' if paused else 'resumed'}\n")
 
 
-def dataset_of(schedule: Schedule) -> str:
-    params = schedule.params
-    return f"s3://{params.get('bucket')}/{params.get('bidsdir') or ''}".rstrip("/") + "/"
-
-
 def _time(value: str | None) -> str:
     return value[:16].replace("T", " ") + " UTC" if value else "none"
 
@@ -118,7 +117,7 @@ def show(airflow: Airflow, report_reader: Any, out: Any = None) -> int:
         dag = airflow.dag(schedule.dag_id)
         state = "not yet in Airflow" if dag is None else ("paused" if dag.get("is_paused") else "active")
         out.write(
-            f"{schedule.name}: {schedule.params.get('pipeline') or 'm2g'} on {dataset_of(schedule)} {schedule.describe()} ({schedule.dag_id}, {state})\n"
+            f"{schedule.name}: {schedule.params.get('pipeline') or 'm2g'} on {schedule.dataset} {schedule.describe()} ({schedule.dag_id}, {state})\n"
         )
         if dag is None:
             out.write(f"  {PARSE_NOTE}\n")

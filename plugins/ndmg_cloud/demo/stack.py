@@ -106,8 +106,9 @@ NEW_SCANS_QUEUE = "ndmg-demo-new-scans"
 
 
 def watch_dataset() -> str:
-    """An SQS queue that S3 notifies of every object created under the demo dataset (as
-    ``ndmg_cloud setup`` leaves it on AWS); its URL, for ``schedule add --when 'new scans'``."""
+    """An SQS queue that S3 notifies of every object created under the demo dataset (as the
+    README's "New scans processed when they land" sets it up on AWS); its URL, for
+    ``schedule add --when 'new scans'``."""
     import boto3
 
     sqs = boto3.client("sqs")

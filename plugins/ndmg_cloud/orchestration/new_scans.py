@@ -1,7 +1,7 @@
 """``NewScansTrigger``: starts a "new scans" schedule once a dataset's uploads have settled.
 
-S3 notifies an SQS queue of every object created under the dataset (``ndmg_cloud setup
---new-scans-queue``, or the bucket's own notification configuration). This trigger runs in
+S3 notifies an SQS queue of every object created under the dataset (the bucket's event
+notification configuration: README, "New scans processed when they land"). This trigger runs in
 Airflow's triggerer as the ``AssetWatcher`` of the schedule's Asset: it reads the queue
 (long polls, no worker held), keeps the notifications of the dataset's subject folders
 (never of the runs' own outputs: a report written must not start the next run), and fires one
@@ -12,7 +12,9 @@ the dataset and runs what is not done (a scan still missing files is left for th
 Messages are deleted only after the event is fired (and a grace period for the triggerer to
 store it): a triggerer that dies while the uploads settle leaves them on the queue, where
 they become visible again and fire the event of the next triggerer. Notifications of other
-prefixes and S3's test event are deleted at once, and said.
+prefixes and S3's test event are deleted at once, and logged. An SQS call that fails is
+logged with what to do and tried again: the watch never ends on its own. Uploads that never
+pause start a run after ``burst_limit`` (an hour, or four quiet times) all the same.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ log = logging.getLogger(__name__)
 LONG_POLL_SECONDS = 20  # SQS's longest receive wait
 HOLD_MARGIN_SECONDS = 120  # messages stay invisible this long past the quiet time
 STORE_GRACE_SECONDS = 5.0  # after firing, before deleting: the triggerer stores the event
+RETRY_SECONDS = (5, 15, 60, 300)  # an SQS call that failed is tried again after these waits (then every 300 s)
+
+
+def burst_limit(quiet_seconds: float) -> float:
+    """The longest a run waits for uploads that never pause."""
+    return max(3600.0, 4 * quiet_seconds)
 
 
 def created_keys(body: str) -> list[tuple[str, str]]:
@@ -48,13 +56,15 @@ def created_keys(body: str) -> list[tuple[str, str]]:
         return created_keys(str(message["Message"]))
     records = message.get("Records") if isinstance(message, dict) else None
     found = []
-    for record in records if isinstance(records, list) else []:
+    for record in records if isinstance(records, list) else []:  # anyone who may send to the queue wrote this
         s3 = record.get("s3") if isinstance(record, dict) else None
         if not isinstance(s3, dict) or not str(record.get("eventName", "")).startswith("ObjectCreated"):
             continue
-        bucket, key = (s3.get("bucket") or {}).get("name"), (s3.get("object") or {}).get("key")
-        if isinstance(bucket, str) and isinstance(key, str):
-            found.append((bucket, unquote_plus(key)))  # S3 URL-encodes keys in notifications
+        bucket, item = s3.get("bucket"), s3.get("object")
+        name = bucket.get("name") if isinstance(bucket, dict) else None
+        key = item.get("key") if isinstance(item, dict) else None
+        if isinstance(name, str) and isinstance(key, str):
+            found.append((name, unquote_plus(key)))  # S3 URL-encodes keys in notifications
     return found
 
 
@@ -69,13 +79,19 @@ class Burst:
     receipts: dict[str, tuple[str, float]] = field(default_factory=dict)  # message id -> (handle, received at)
 
     def add(self, keys: list[str], message_id: str, handle: str, now: float) -> None:
-        self.first_at = self.first_at or now
-        self.last_at = now
-        self.keys.update(keys)
+        if message_id not in self.receipts:  # a message seen again (its hold ran out) is no new upload
+            self.first_at = self.first_at or now
+            self.last_at = now
+            self.keys.update(keys)
         self.receipts[message_id] = (handle, now)
 
+    def clear(self) -> None:
+        self.keys, self.first_at, self.last_at, self.receipts = set(), 0.0, 0.0, {}
+
     def settled(self, now: float, quiet_seconds: float) -> bool:
-        return bool(self.keys) and now - self.last_at >= quiet_seconds
+        """Quiet long enough; or uploading without a pause for longer than a run should
+        wait (``burst_limit``): the run takes what is complete, the next the rest."""
+        return bool(self.keys) and (now - self.last_at >= quiet_seconds or now - self.first_at >= burst_limit(quiet_seconds))
 
     def event(self, prefix: str) -> dict[str, Any]:
         return {
@@ -120,10 +136,35 @@ class NewScansTrigger(BaseEventTrigger):
         return bucket == self.bucket and key.startswith(self.prefix) and key[len(self.prefix) :].startswith("sub-")
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Read the queue for ever; an SQS call that fails (a wrong queue URL, no permission,
+        throttling) is logged with what to do and tried again, never ending the watch."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        failures = 0
+        burst = Burst()
+        while True:
+            try:
+                async for event in self._watch(burst):
+                    failures = 0
+                    yield event
+            except (BotoCoreError, ClientError) as err:
+                wait = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                log.error(
+                    "cannot read the new-scans queue %s (%s): check the queue URL of the schedule, and that the Airflow "
+                    "connection %r may sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on it; "
+                    "trying again in %d s",
+                    self.queue_url,
+                    err,
+                    self.aws_conn_id,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+
+    async def _watch(self, burst: Burst) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
         async with await SqsHook(aws_conn_id=self.aws_conn_id).get_async_conn() as sqs:
-            burst = Burst()
             while True:
                 now = time.time()
                 if burst.settled(now, self.quiet_seconds):
@@ -137,7 +178,7 @@ class NewScansTrigger(BaseEventTrigger):
                     yield TriggerEvent(burst.event(f"s3://{self.bucket}/{self.prefix}"))
                     await asyncio.sleep(STORE_GRACE_SECONDS)
                     await self._delete(sqs, [handle for handle, _ in burst.receipts.values()])
-                    burst = Burst()
+                    burst.clear()  # the same object: run() keeps it across a failed SQS call
                     continue
                 wait = LONG_POLL_SECONDS if not burst.keys else max(0, min(LONG_POLL_SECONDS, burst.last_at + self.quiet_seconds - now))
                 answer = await sqs.receive_message(

@@ -17,6 +17,7 @@ A schedule's run has two tasks:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from datetime import timedelta
@@ -72,15 +73,21 @@ class OutputLeaseSensor(BaseSensorOperator):
         try:
             return super().execute(context)
         except AirflowSkipException:
+            config = resolve(self.params_of_run, participant_run_id(self.schedule_name, context["run_id"]))
+            held = lease.held_by_other(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_states(context["ti"]))
             raise AirflowSkipException(
                 f"skipped: another run held the output location for the {self.timeout / 3600:g} h this run may wait "
-                f"(NDMG_SCHEDULE_WAIT_HOURS); the next run of schedule {self.schedule_name!r} picks up what this one would have run"
+                f"(NDMG_SCHEDULE_WAIT_HOURS): {held or 'it was released just now'}. The next run of schedule "
+                f"{self.schedule_name!r} picks up what this one would have run"
             ) from None
 
 
 class ScheduledRunOperator(TriggerDagRunOperator):
     """Triggers the schedule's ndmg_participant run and waits for it; a retry after a crash
-    waits for the run it started instead of starting a second one."""
+    waits for the run it started instead of starting a second one. The conf is the record's
+    params as checked, never a template."""
+
+    template_fields = tuple(f for f in TriggerDagRunOperator.template_fields if f != "conf")
 
     def execute(self, context: Any) -> Any:
         run_id = str(self.trigger_run_id)
@@ -103,6 +110,21 @@ class ScheduledRunOperator(TriggerDagRunOperator):
         return super().execute(context)
 
 
+def release_unstarted(schedule: Schedule, context: Any) -> None:
+    """``run_participant`` failed: if its participant run was never created (ndmg_participant
+    paused or broken), give back the lease ``wait_for_output`` took for it, or every run of
+    that output would be refused for a day. A run that exists releases it at its end."""
+    run_id = participant_run_id(schedule.name, context["run_id"])
+    try:
+        if context["ti"].get_dr_count(dag_id=DAG_ID, run_ids=[run_id]):
+            return
+        config = resolve(schedule.params, run_id)
+        if lease.release(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id):
+            log.info("released the lease on %s: run %s was never started", config.output_root, run_id)
+    except Exception:  # a callback must not hide the task's own failure
+        log.exception("could not release the lease taken for run %s", run_id)
+
+
 def schedule_dag(schedule: Schedule) -> DAG:
     """The DAG of one schedule: its own history in the UI, its own pause switch, one run at
     a time."""
@@ -115,7 +137,7 @@ def schedule_dag(schedule: Schedule) -> DAG:
         max_active_runs=1,
         is_paused_upon_creation=False,  # `ndmg_cloud schedule add` means "start now"
         tags=["ndmg", "schedule"],
-        description=f"{DAG_ID} on {_dataset(schedule)}, {schedule.describe()}",
+        description=f"{DAG_ID} on {schedule.dataset}, {schedule.describe()}",
         doc_md=_doc(schedule),
     ) as dag:
         wait = OutputLeaseSensor(
@@ -137,6 +159,8 @@ def schedule_dag(schedule: Schedule) -> DAG:
             poke_interval=int(os.environ.get("NDMG_SCHEDULE_POLL_SECONDS", "60")),
             retries=2,
             retry_delay=timedelta(seconds=30),
+            fail_when_dag_is_paused=True,  # a run that could never start must not hold the lease, nor wait for ever
+            on_failure_callback=functools.partial(release_unstarted, schedule),
             openlineage_inject_parent_info=False,  # the conf is the record's params, nothing else
         )
         wait >> run
@@ -157,16 +181,11 @@ def _when(schedule: Schedule) -> Any:
     return [Asset(name=f"{NEW_SCANS_ASSET}/{schedule.name}", watchers=[AssetWatcher(name=f"new-scans-{schedule.name}", trigger=watcher)])]
 
 
-def _dataset(schedule: Schedule) -> str:
-    params = schedule.params
-    return f"s3://{params['bucket']}/{params.get('bidsdir') or ''}".rstrip("/") + "/"
-
-
 def _doc(schedule: Schedule) -> str:
     import json
 
     return (
-        f"Schedule **{schedule.name}**: runs `{DAG_ID}` on {_dataset(schedule)} {schedule.describe()}.\n\n"
+        f"Schedule **{schedule.name}**: runs `{DAG_ID}` on {schedule.dataset} {schedule.describe()}.\n\n"
         f"Edit it with `ndmg_cloud schedule`; its record (the Variable `{VARIABLE}`):\n\n"
         f"```json\n{json.dumps(schedule.to_record(), indent=2, sort_keys=True)}\n```"
     )

@@ -26,7 +26,6 @@ GROUP_TASK_ORDER = (FIND_REPORT, COMPARE_CONNECTOMES)
 
 WAIT_FOR_OUTPUT = "wait_for_output"  # a schedule's run (ndmg_schedule_<name>): take the output's lease
 RUN_PARTICIPANT = "run_participant"  # then start its ndmg_participant run and wait for it
-SCHEDULE_TASK_ORDER = (WAIT_FOR_OUTPUT, RUN_PARTICIPANT)
 
 INFRA_DAG_ID = "ndmg_infra"  # the Batch stack from the UI
 DEPLOY_BATCH_STACK = "deploy_batch_stack"

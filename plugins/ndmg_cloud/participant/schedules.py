@@ -9,8 +9,8 @@ quiet for ``quiet_minutes``).
 The records live in one Airflow Variable, ``ndmg_schedules`` (a JSON object, name ->
 record): a deployment already keeps such data there, ``ndmg_cloud schedule`` edits it
 through the same REST API it triggers runs with (so it works wherever the CLI does,
-without write access to the DAG folder), Airflow's roles decide who may edit it (``op``
-and ``admin``), and its audit log records each edit. ``dags/ndmg_schedules.py`` turns each
+without write access to the DAG folder), and Airflow's roles decide who may edit it (``op``
+and ``admin``). ``dags/ndmg_schedules.py`` turns each
 good record into a DAG of its own; ``dags/ndmg_schedule_errors.py`` shows the bad ones as
 one import error naming each record and field, so one bad record stops only itself.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ndmg_cloud.participant.params import PARAM_SCHEMAS, PATTERN_RULES, ParamError, check_conf_keys, check_options, check_patterns
+from ndmg_cloud.participant.params import PARAM_SCHEMAS, PATTERN_RULES, ParamError, check_conf_keys, check_options, check_patterns, resolve
 
 VARIABLE = "ndmg_schedules"  # the Airflow Variable holding every record
 DAG_ID_PREFIX = "ndmg_schedule_"  # each schedule's DAG: ndmg_schedule_<name>
@@ -43,7 +43,7 @@ PRESETS = {
     "@yearly": "0 0 1 1 *",
 }
 DEFAULT_QUIET_MINUTES = 5.0
-MAX_QUIET_MINUTES = 24 * 60
+MAX_QUIET_MINUTES = 11 * 60  # the uploads' messages stay hidden that long, and SQS hides one 12 h at most
 SQS_QUEUE_URL = re.compile(r"^https?://[A-Za-z0-9.:-]+(/[0-9]{12}|/[A-Za-z0-9_-]+)?/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 FIELDS = ("params", "when", "quiet_minutes", "queue", "start")
 
@@ -79,6 +79,11 @@ class Schedule:
         return DAG_ID_PREFIX + self.name
 
     @property
+    def dataset(self) -> str:
+        """The dataset's location, s3://bucket/bidsdir/."""
+        return f"s3://{self.params.get('bucket')}/{self.params.get('bidsdir') or ''}".rstrip("/") + "/"
+
+    @property
     def when(self) -> str:
         return self.cron or NEW_SCANS
 
@@ -111,7 +116,7 @@ def parse(name: str, record: Any) -> Schedule:
     for key in record:
         if key not in FIELDS:
             close = difflib.get_close_matches(str(key), FIELDS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             raise ScheduleError(name, str(key), f"unknown field{hint} A record has {', '.join(FIELDS)}")
     params = record.get("params")
     if not isinstance(params, dict):
@@ -119,6 +124,10 @@ def parse(name: str, record: Any) -> Schedule:
             name, "params", 'the params of the dataset\'s runs, as the trigger form takes them, e.g. {"bucket": "lab-data"}'
         )
     check_params(name, params)
+    try:  # what a run refuses once it starts (a local jobdir for Batch, pilots on the local backend ...)
+        resolve(params, "schedule-check")
+    except ParamError as err:
+        raise ScheduleError(name, "params", str(err)) from None
     if params.get("force"):
         raise ScheduleError(
             name,
@@ -210,7 +219,7 @@ def _new_scans(name: str, record: dict[str, Any]) -> NewScans:
             name,
             "queue",
             f"{queue!r} is not an SQS queue URL: give the URL of the queue S3 notifies of the dataset's uploads "
-            "(ndmg_cloud setup --new-scans-queue prints it), e.g. https://sqs.us-east-1.amazonaws.com/123456789012/ndmg-new-scans",
+            "(README: New scans processed when they land), e.g. https://sqs.us-east-1.amazonaws.com/123456789012/ndmg-new-scans",
         )
     quiet = record.get("quiet_minutes", DEFAULT_QUIET_MINUTES)
     if isinstance(quiet, bool) or not isinstance(quiet, (int, float)) or not 0 < quiet <= MAX_QUIET_MINUTES:
@@ -257,4 +266,28 @@ def read(text: str | None) -> Records:
             schedules.append(parse(name, record))
         except ScheduleError as err:
             problems.append(err)
-    return Records(schedules, problems)
+    return _one_watcher_per_queue(Records(schedules, problems))
+
+
+def _one_watcher_per_queue(records: Records) -> Records:
+    """A queue read by two schedules would lose each one's notifications to the other (each
+    takes every message it reads): the second record on a queue is refused."""
+    owner: dict[str, str] = {}
+    kept = []
+    for schedule in records.schedules:
+        queue = schedule.new_scans.queue if schedule.new_scans else None
+        if queue and queue in owner:
+            records.problems.append(
+                ScheduleError(
+                    schedule.name,
+                    "queue",
+                    f"{queue} is watched by schedule {owner[queue]!r} already: give each 'new scans' schedule a queue of its own "
+                    "(S3 can notify one queue per dataset prefix)",
+                )
+            )
+            continue
+        if queue:
+            owner[queue] = schedule.name
+        kept.append(schedule)
+    records.schedules = kept
+    return records
