@@ -345,7 +345,7 @@ def test_local_trigger_goes_through_the_local_airflow_and_follows(cli, airflow_s
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "on the local Airflow" in out and "(success)" in out
-    assert "2 scans: " in out and "open the report: " in out
+    assert "2 scans (2 new): " in out and "open the report: " in out
 
 
 def test_local_follow_without_an_api_server_says_so(cli, airflow_server, phantoms, capsys, monkeypatch):

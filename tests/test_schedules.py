@@ -419,3 +419,31 @@ def test_a_new_subject_uploaded_to_a_processed_dataset_starts_one_run_of_only_it
     assert len(api.runs("ndmg_schedule_watch")) == 1
     assert "Messages" not in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0)  # all taken
     assert cli("schedule", "remove", "watch") == 0
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_that_cannot_start_its_participant_run_fails_and_gives_the_lease_back(cli, live_airflow, s3, tmp_path):
+    """ndmg_participant paused: the schedule's run fails at once (it would wait for ever),
+    and the lease it took for the run that never started is released, so other runs of the
+    output are not refused for a day."""
+    from conftest import wait_for
+    from datasets import put_phantoms
+
+    put_phantoms(s3, tmp_path, "paused-data", "phantoms")
+    api = _api(live_airflow)
+    flags = ["--bucket", "paused-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local"]
+    assert cli("schedule", "add", "stuck", *flags, "--when", "@yearly") == 0
+    assert wait_for(lambda: api.dag("ndmg_schedule_stuck") is not None, timeout=120)
+    api.set_paused("ndmg_participant", True)
+    try:
+        run = api.trigger({}, dag_id="ndmg_schedule_stuck")
+        assert wait_for(lambda: _finished(api, "ndmg_schedule_stuck", run), timeout=240)
+    finally:
+        api.set_paused("ndmg_participant", False)
+    assert api.run(run, "ndmg_schedule_stuck")["state"] == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(run, "ndmg_schedule_stuck")}
+    assert states == {"wait_for_output": "success", "run_participant": "failed"}
+    log = json.dumps(api.task_log(run, {"task_id": "run_participant", "map_index": -1, "try_number": 1}, "ndmg_schedule_stuck"))
+    assert "ndmg_participant is paused" in log
+    assert "Contents" not in s3.list_objects_v2(Bucket="paused-data", Prefix="phantoms/derivatives/ndmg/.ndmg-lease.json")
+    assert cli("schedule", "remove", "stuck") == 0
