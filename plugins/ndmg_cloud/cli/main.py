@@ -67,6 +67,7 @@ from ndmg_cloud.orchestration.taskids import (
 from ndmg_cloud.participant.params import DEFAULT_JOB_DEFINITION as JOB_DEFINITION
 from ndmg_cloud.participant.params import DEFAULT_JOB_QUEUE as JOB_QUEUE
 from ndmg_cloud.participant.params import PARAM_SCHEMAS
+from ndmg_cloud.participant.schedules import DEFAULT_QUIET_MINUTES
 
 if TYPE_CHECKING:
     from ndmg_cloud.report.runreport import RunReport  # imported where read: it pulls in the figures
@@ -321,10 +322,11 @@ def trigger_locally(conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
 # ------------------------------------------------------------------------------- schedule
 def cmd_schedule(args: argparse.Namespace) -> int:
     from ndmg_cloud.cli import schedules
+    from ndmg_cloud.participant.schedules import parse
 
     if args.action == "add":
         record = schedules.record_from(args, conf_from(args))
-        schedules.check(args.name, record)  # refused before asking for a password
+        parse(args.name, record)  # refused before asking for a password
     airflow = airflow_from(args)
     if args.action == "add":
         schedules.add(airflow, args.name, record, args.replace)
@@ -748,7 +750,12 @@ def parser() -> argparse.ArgumentParser:
         required=True,
     )
     _add(a, "queue", "with --when 'new scans': the SQS queue S3 notifies of the dataset's uploads")
-    _add(a, "quiet_minutes", "with --when 'new scans': minutes without uploads before a run starts (default 5)", type=float)
+    _add(
+        a,
+        "quiet_minutes",
+        f"with --when 'new scans': minutes without uploads before a run starts (default {DEFAULT_QUIET_MINUTES:g})",
+        type=float,
+    )
     _add(a, "replace", "replace the schedule of that name", action="store_true")
     _dataset_flags(a)
     _airflow_flags(a)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ndmg_cloud.cli.airflowapi import Airflow, CliError
-from ndmg_cloud.participant.schedules import VARIABLE, Records, Schedule, parse, participant_run_id, read
+from ndmg_cloud.participant.schedules import VARIABLE, Records, Schedule, dag_id_of, of_records, parse, participant_run_id
 
 DESCRIPTION = "ndmg-cloud schedules (name -> record): edit with `ndmg_cloud schedule`; each record is the DAG ndmg_schedule_<name>"
 PARSE_NOTE = (
@@ -45,15 +45,10 @@ def _store(airflow: Airflow, records: dict[str, Any], exists: bool) -> None:
     airflow.set_variable(VARIABLE, json.dumps(records, indent=2, sort_keys=True), DESCRIPTION, exists)
 
 
-def check(name: str, record: dict[str, Any]) -> Schedule:
-    """The record as a Schedule, or the ScheduleError that names its bad field."""
-    return parse(name, record)
-
-
 def add(airflow: Airflow, name: str, record: dict[str, Any], replace: bool, out: Any = None) -> Schedule:
     """Check the record as a trigger is checked, then store it (``replace``: over one of that name)."""
     out = out or sys.stdout
-    schedule = check(name, record)
+    schedule = parse(name, record)  # a ScheduleError names the field and what to do
     records, exists = _stored(airflow)
     replacing = name in records
     if replacing and not replace:
@@ -61,7 +56,7 @@ def add(airflow: Airflow, name: str, record: dict[str, Any], replace: bool, out:
             f"schedule {name!r} exists: `ndmg_cloud schedule add {name} --replace ...` replaces it, `ndmg_cloud schedule remove {name}` removes it"
         )
     records[name] = schedule.to_record()
-    clash = [p for p in read(json.dumps(records)).problems if p.name == name and p.field == "queue"]
+    clash = [p for p in of_records(records).problems if p.name == name and p.field == "queue"]
     if clash:
         raise clash[0]
     _store(airflow, records, exists)
@@ -80,7 +75,7 @@ def remove(airflow: Airflow, name: str, out: Any = None) -> None:
         raise CliError(f"no schedule {name!r} on Airflow at {airflow.url}: `ndmg_cloud schedule list` shows them")
     del records[name]
     _store(airflow, records, exists)
-    dag_id = Schedule(name, {}).dag_id
+    dag_id = dag_id_of(name)
     if airflow.dag(dag_id):  # no run may start before Airflow drops the DAG at its next parse
         airflow.set_paused(dag_id, True)
     out.write(f"schedule {name} removed; its runs' history stays in Airflow (DAG {dag_id}), their reports stay on S3\n")
@@ -91,7 +86,7 @@ def set_paused(airflow: Airflow, name: str, paused: bool, out: Any = None) -> No
     records, _ = _stored(airflow)
     if name not in records:
         raise CliError(f"no schedule {name!r} on Airflow at {airflow.url}: `ndmg_cloud schedule list` shows them")
-    dag_id = Schedule(name, {}).dag_id
+    dag_id = dag_id_of(name)
     if airflow.dag(dag_id) is None:
         raise CliError(
             f"Airflow has no DAG {dag_id} yet: {PARSE_NOTE}; try again then (a bad record makes none: `ndmg_cloud schedule list`)"
@@ -109,7 +104,7 @@ def show(airflow: Airflow, report_reader: Any, out: Any = None) -> int:
     every record that is not a schedule, with why. Returns how many records are bad."""
     out = out or sys.stdout
     records, _ = _stored(airflow)
-    found: Records = read(json.dumps(records))
+    found: Records = of_records(records)
     if not records:
         out.write("no schedules: `ndmg_cloud schedule add NAME --bucket B --bidsdir P --when @daily` adds one\n")
         return 0

@@ -176,7 +176,7 @@ def _when(schedule: Schedule) -> Any:
     if schedule.cron:
         return CronTriggerTimetable(schedule.cron, timezone="UTC")
     assert schedule.new_scans is not None
-    dataset = resolve(schedule.params, "parse").input_root
+    dataset = schedule.input_root
     watcher = NewScansTrigger(schedule.new_scans.queue, dataset.bucket, dataset.prefix, schedule.new_scans.quiet_minutes * 60)
     return [Asset(name=f"{NEW_SCANS_ASSET}/{schedule.name}", watchers=[AssetWatcher(name=f"new-scans-{schedule.name}", trigger=watcher)])]
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ndmg_cloud.core.layout import S3Location
 from ndmg_cloud.participant.params import PARAM_SCHEMAS, PATTERN_RULES, ParamError, check_conf_keys, check_options, check_patterns, resolve
 
 VARIABLE = "ndmg_schedules"  # the Airflow Variable holding every record
@@ -69,19 +70,19 @@ class NewScans:
 class Schedule:
     name: str
     params: dict[str, Any]  # the trigger conf of its runs: only what the record sets
+    input_root: S3Location  # the dataset, as its runs resolve it
     cron: str | None = None  # a cron expression or preset; None when it runs on new scans
     new_scans: NewScans | None = None
     start: datetime | None = None  # no run before it (ndmg_cloud schedule add: when it was added)
-    record: dict[str, Any] = field(default_factory=dict, compare=False)  # as stored
 
     @property
     def dag_id(self) -> str:
-        return DAG_ID_PREFIX + self.name
+        return dag_id_of(self.name)
 
     @property
     def dataset(self) -> str:
         """The dataset's location, s3://bucket/bidsdir/."""
-        return f"s3://{self.params.get('bucket')}/{self.params.get('bidsdir') or ''}".rstrip("/") + "/"
+        return self.input_root.uri()
 
     @property
     def when(self) -> str:
@@ -99,6 +100,11 @@ class Schedule:
         if self.new_scans:
             record.update(queue=self.new_scans.queue, quiet_minutes=self.new_scans.quiet_minutes)
         return record
+
+
+def dag_id_of(name: str) -> str:
+    """The DAG of the schedule ``name``."""
+    return DAG_ID_PREFIX + name
 
 
 def participant_run_id(schedule_name: str, run_id: str) -> str:
@@ -125,7 +131,7 @@ def parse(name: str, record: Any) -> Schedule:
         )
     check_params(name, params)
     try:  # what a run refuses once it starts (a local jobdir for Batch, pilots on the local backend ...)
-        resolve(params, "schedule-check")
+        input_root = resolve(params, "schedule-check").input_root
     except ParamError as err:
         raise ScheduleError(name, "params", str(err)) from None
     if params.get("force"):
@@ -142,11 +148,11 @@ def parse(name: str, record: Any) -> Schedule:
     when = " ".join(when.split())
     start = _start(name, record.get("start"))
     if when.lower() in (NEW_SCANS, "new-scans"):
-        return Schedule(name, dict(params), new_scans=_new_scans(name, record), start=start, record=record)
+        return Schedule(name, dict(params), input_root, new_scans=_new_scans(name, record), start=start)
     for key in ("queue", "quiet_minutes"):
         if key in record:
             raise ScheduleError(name, key, f"only a {NEW_SCANS!r} schedule has a {key}; this one runs at {when!r}")
-    return Schedule(name, dict(params), cron=check_cron(name, when), start=start, record=record)
+    return Schedule(name, dict(params), input_root, cron=check_cron(name, when), start=start)
 
 
 def _start(name: str, value: Any) -> datetime | None:
@@ -260,6 +266,11 @@ def read(text: str | None) -> Records:
         return Records(
             [], [], f"the Variable {VARIABLE} is a JSON {type(data).__name__}, not an object of name -> record: fix it in Admin > Variables"
         )
+    return of_records(data)
+
+
+def of_records(data: dict[str, Any]) -> Records:
+    """All records of the Variable's JSON object (name -> record)."""
     schedules, problems = [], []
     for name, record in data.items():
         try:
