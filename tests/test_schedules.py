@@ -340,7 +340,7 @@ def test_a_scheduled_run_waits_while_another_run_holds_the_output_then_goes_or_i
     # held, then released while it waits: it goes, and its participant run holds the lease
     hold()
     waited = api.trigger({}, dag_id="ndmg_schedule_busy")
-    assert wait_for(lambda: states(waited).get("wait_for_output") == "up_for_reschedule", timeout=120)
+    assert wait_for(lambda: states(waited).get("wait_for_output") == "deferred", timeout=120)
     s3.delete_object(Bucket="busy-data", Key=lease_key)
     assert wait_for(lambda: _finished(api, "ndmg_schedule_busy", waited), timeout=300)
     assert api.run(waited, "ndmg_schedule_busy")["state"] == "success"

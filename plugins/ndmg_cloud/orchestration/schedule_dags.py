@@ -6,7 +6,7 @@ A schedule's run has two tasks:
 ``wait_for_output``  takes the output location's lease for the ndmg_participant run it is
                      about to start (its run id is known in advance: ``<name>__<this run's
                      id>``), so no other run can slip in between; while another run holds
-                     the lease it waits (rescheduled, no worker slot held), and after
+                     the lease it waits (deferred, no worker slot held), and after
                      ``NDMG_SCHEDULE_WAIT_HOURS`` it is skipped, saying which run held it.
                      A run of the same schedule never overlaps itself: max_active_runs=1.
 ``run_participant``  triggers that ndmg_participant run with the record's params and waits
@@ -20,13 +20,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
 import pendulum
 from airflow.providers.common.compat.sdk import AirflowSkipException
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, BaseSensorOperator
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import DAG, BaseOperator
 
 from ndmg_cloud.orchestration.clients import s3_client
 from ndmg_cloud.orchestration.new_scans import NewScansTrigger
@@ -47,39 +49,45 @@ def lease_wait() -> tuple[float, float]:
     return float(os.environ.get("NDMG_SCHEDULE_LEASE_POLL_SECONDS", "300")), float(os.environ.get("NDMG_SCHEDULE_WAIT_HOURS", "12"))
 
 
-class OutputLeaseSensor(BaseSensorOperator):
-    """Takes the output location's lease for the participant run about to start; waits
-    while another run holds it (the message names that run)."""
+class OutputLeaseWait(BaseOperator):
+    """Takes the output location's lease for the participant run about to start; while
+    another run holds it, looks again every ``poll_seconds`` (deferred to the triggerer: no
+    worker slot held), and after ``wait_seconds`` is skipped, naming the holder.
 
-    def __init__(self, *, schedule_name: str, params_of_run: dict[str, Any], **kwargs: Any):
+    Not a reschedule-mode sensor: the scheduler can fail one of those when the executor's
+    "success" for a poke arrives after the next poke was queued (apache/airflow#71172; it
+    happened here under a live scheduler). A deferral carries no such race."""
+
+    def __init__(self, *, schedule_name: str, params_of_run: dict[str, Any], poll_seconds: float, wait_seconds: float, **kwargs: Any):
         super().__init__(**kwargs)
         self.schedule_name = schedule_name
         self.params_of_run = params_of_run
+        self.poll_seconds = poll_seconds
+        self.wait_seconds = wait_seconds
 
-    def poke(self, context: Any) -> bool:
+    def execute(self, context: Any) -> None:
+        self.look_again(context, since=time.time())
+
+    def look_again(self, context: Any, event: Any = None, since: float = 0.0) -> None:
         run_id = participant_run_id(self.schedule_name, context["run_id"])
         config = resolve(self.params_of_run, run_id)
+        bucket, key = config.output_root.bucket, config.outputs.lease_key
         try:
-            took_over = lease.take(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_id, run_states(context["ti"]))
+            took_over = lease.take(s3_client(), bucket, key, run_id, run_states(context["ti"]))
         except lease.LeaseHeld as held:
+            waited = time.time() - since
+            if waited >= self.wait_seconds:
+                raise AirflowSkipException(
+                    f"skipped: another run held the output location for the {self.wait_seconds / 3600:g} h this run may wait "
+                    f"(NDMG_SCHEDULE_WAIT_HOURS): {held}. The next run of schedule "
+                    f"{self.schedule_name!r} picks up what this one would have run"
+                ) from None
             log.info("waiting for the output location: %s", held)
-            return False
+            delay = max(1.0, min(self.poll_seconds, self.wait_seconds - waited))
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="look_again", kwargs={"since": since})
         if took_over:
             log.warning("took over the lease of run %s on %s: %s", took_over.run_id, config.output_root, took_over.why)
         log.info("the lease on %s is held for run %s, which starts now", config.output_root, run_id)
-        return True
-
-    def execute(self, context: Any) -> Any:
-        try:
-            return super().execute(context)
-        except AirflowSkipException:
-            config = resolve(self.params_of_run, participant_run_id(self.schedule_name, context["run_id"]))
-            held = lease.held_by_other(s3_client(), config.output_root.bucket, config.outputs.lease_key, run_states(context["ti"]))
-            raise AirflowSkipException(
-                f"skipped: another run held the output location for the {self.timeout / 3600:g} h this run may wait "
-                f"(NDMG_SCHEDULE_WAIT_HOURS): {held or 'it was released just now'}. The next run of schedule "
-                f"{self.schedule_name!r} picks up what this one would have run"
-            ) from None
 
 
 class ScheduledRunOperator(TriggerDagRunOperator):
@@ -140,14 +148,12 @@ def schedule_dag(schedule: Schedule) -> DAG:
         description=f"{DAG_ID} on {schedule.dataset}, {schedule.describe()}",
         doc_md=_doc(schedule),
     ) as dag:
-        wait = OutputLeaseSensor(
+        wait = OutputLeaseWait(
             task_id=WAIT_FOR_OUTPUT,
             schedule_name=schedule.name,
             params_of_run=schedule.params,
-            mode="reschedule",
-            poke_interval=poll_seconds,
-            timeout=wait_hours * 3600,
-            soft_fail=True,
+            poll_seconds=poll_seconds,
+            wait_seconds=wait_hours * 3600,
         )
         run = ScheduledRunOperator(
             task_id=RUN_PARTICIPANT,

@@ -100,19 +100,6 @@ def take(
     return TakeOver(current.run_id, _utc(current.heartbeat), why)
 
 
-def held_by_other(
-    client: Any, bucket: str, key: str, holder_state: Callable[[str], str | None], now: Callable[[], float] = time.time
-) -> str | None:
-    """Why a run of this output location would be refused now (the message ``take`` would
-    raise), or None when the lease is free or could be taken over. Reads; takes nothing."""
-    found = _read(client, bucket, key)
-    if found is None:
-        return None
-    current = found[0]
-    state, age = holder_state(current.run_id), now() - current.heartbeat
-    return None if _takeable(state, age) else _held_message(bucket, key, current, state, age)
-
-
 def _takeable(state: str | None, age: float) -> str | None:
     """Why a lease whose holder is in ``state`` (None: unknown here), heartbeat ``age``
     seconds ago, may be taken over; None if it may not."""
