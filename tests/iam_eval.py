@@ -8,10 +8,15 @@ documented evaluation logic (not moto's, which does not evaluate policies):
   case, resources do not;
 - ``Condition`` operators used here: ``StringLike``/``StringEquals`` (any of the listed
   values matches) and their ``Not`` forms, on the request's context keys (``s3:prefix``);
-  ``Null`` (``"true"``: the key is absent from the request's context, ``"false"``: present).
+  ``ArnLike``/``ArnEquals`` (the same wildcards; AWS documents the two as behaving alike);
+  ``Bool`` (``"true"``/``"false"``, a key absent from the request never matches);
+  ``Null`` (``"true"``: the key is absent from the request's context, ``"false"``: present);
+- ``Principal`` (a resource policy's, e.g. a queue policy): ``"*"`` is anyone, otherwise
+  the request's principal must be listed under its kind (``Service``, ``AWS``).
 
-"Evaluating IAM policies" (IAM User Guide, policy evaluation logic) is the reference; only
-identity policies are evaluated (no bucket policy, SCP or boundary is deployed).
+"Evaluating IAM policies" (IAM User Guide, policy evaluation logic) is the reference. Identity
+policies, and one resource policy at a time (the queue of new scans' policy, with the S3
+service as the caller): no bucket policy, SCP or boundary is deployed.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ def _condition_holds(condition: dict, context: dict[str, str]) -> bool:
                 hit = value is not None and any(_pattern(w, False).match(value) for w in _listed(wanted))
             elif operator in ("StringEquals", "StringNotEquals"):
                 hit = value is not None and value in _listed(wanted)
+            elif operator in ("ArnLike", "ArnEquals"):
+                hit = value is not None and any(_pattern(w, False).match(value) for w in _listed(wanted))
+            elif operator == "Bool":
+                hit = value is not None and value.lower() in [str(w).lower() for w in _listed(wanted)]
             elif operator == "Null":  # "true": the key is absent from the request; "false": present
                 hit = (value is None) == (_listed(wanted)[0] == "true")
                 if not hit:
@@ -57,11 +66,25 @@ def _condition_holds(condition: dict, context: dict[str, str]) -> bool:
     return True
 
 
-def evaluate(policies: list[dict], action: str, resource: str, context: dict[str, str] | None = None) -> str:
-    """What IAM decides for one request under these identity policies."""
+def _principal_matches(statement: dict, principal: dict[str, str] | None) -> bool:
+    named = statement.get("Principal", "*")  # none: an identity policy's, whose principal is its holder
+    if named == "*":
+        return True
+    if principal is None:
+        raise ValueError(f"a statement for principal {named}: say who makes the request (principal=)")
+    return any(principal.get(kind) in _listed(values) or "*" in _listed(values) for kind, values in named.items())
+
+
+def evaluate(
+    policies: list[dict], action: str, resource: str, context: dict[str, str] | None = None, principal: dict[str, str] | None = None
+) -> str:
+    """What IAM decides for one request under these policies (``principal`` for a resource
+    policy: {"Service": "s3.amazonaws.com"} or {"AWS": "<account or ARN>"})."""
     allowed = False
     for policy in policies:
         for statement in _listed(policy["Statement"]):
+            if not _principal_matches(statement, principal):
+                continue
             if not _matches(statement, "Action", "NotAction", action, ignore_case=True):
                 continue
             if not _matches(statement, "Resource", "NotResource", resource, ignore_case=False):

@@ -550,7 +550,7 @@ def cmd_setup_deployer(args: argparse.Namespace) -> int:
     partition, account = arn.split(":")[1], arn.split(":")[4]
     print(f"CloudFormation service role: {arn}")
     print(f"set {SERVICE_ROLE_ENV}={arn} where Airflow runs the ndmg_infra DAG; its AWS connection needs only:")
-    print(json.dumps(caller_policy(partition, session.region_name or "us-east-1", account), indent=2))
+    print(json.dumps(caller_policy(partition, session.region_name or "us-east-1", account, tuple(args.watched_bucket)), indent=2))
     return 0
 
 
@@ -562,12 +562,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
     params = infra_params(args)
     role = deployer_role()
     with aws(f"cannot deploy stack {params.stack}"):
-        deployment = deploy(boto3.client("cloudformation"), params, service_role_arn=role)
+        deployment = deploy(boto3.client("cloudformation"), params, service_role_arn=role, s3=boto3.client("s3"))
     outputs = deployment.outputs
     print(f"stack {deployment.stack}: {deployment.action} (by CloudFormation as {role})")
     print(f"job_queue:      {outputs.job_queue}")
     print(f"job_definition: {outputs.job_definition}")
     print(f"output_uri:     under {outputs.output_location} (e.g. {outputs.output_location}<dataset>/)")
+    if deployment.notification:
+        where = f"s3://{params.input_bucket}/{params.input_prefix}"
+        print(f"new scans:      uploads under {where} are sent to {outputs.new_scans_queue_url}")
+        print(
+            f"  watch one dataset with it: ndmg_cloud schedule add NAME --bucket {params.input_bucket} --bidsdir {params.input_prefix}<dataset> "
+            f'... --when "new scans" --queue {outputs.new_scans_queue_url}'
+        )
     return 0
 
 
@@ -577,7 +584,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     from ndmg_cloud.infra.stack import teardown
 
     with aws(f"cannot delete stack {args.stack}"):
-        removed = teardown(boto3.client("cloudformation"), args.stack)
+        removed = teardown(boto3.client("cloudformation"), args.stack, s3=boto3.client("s3"))
     print(f"stack {args.stack}: {'deleted' if removed else 'there was none'}")
     return 0
 
@@ -834,10 +841,24 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "on_demand", "no Spot environment", action="store_true")
     _add(p, "job_queue", f"name of the job queue to create (default {JOB_QUEUE})", default=JOB_QUEUE)
     _add(p, "job_definition", f"name of the job definition to register (default {JOB_DEFINITION})", default=JOB_DEFINITION)
+    _add(
+        p,
+        "watch_new_scans",
+        "also create the SQS queue <stack>-new-scans and send it the input bucket's uploads under the input prefix "
+        "(for a schedule --when 'new scans')",
+        action="store_true",
+    )
     _add(p, "stack", f"CloudFormation stack name (default {STACK_NAME})", default=STACK_NAME)
     p.set_defaults(func=cmd_setup)
 
     p = _subcommand(sub, "setup-deployer", "create or update the CloudFormation service role the Batch stack is deployed with")
+    _add(
+        p,
+        "watched_bucket",
+        "input bucket of a stack deployed --watch-new-scans from Airflow: the connection may change its notifications",
+        nargs="+",
+        default=[],
+    )
     p.set_defaults(func=cmd_setup_deployer)
 
     p = _subcommand(sub, "teardown", "delete the Batch infrastructure")

@@ -6,8 +6,8 @@ With the service role, whoever deploys (the ``ndmg_infra`` task's Airflow connec
 admin's ``ndmg_cloud setup``) needs no IAM, Batch or EC2 rights of its own: CloudFormation on
 ``ndmg-cloud-*`` stacks and ``iam:PassRole`` on this role (``caller_policy``). And whatever
 template reaches CloudFormation, it can create, change or delete nothing but roles and
-instance profiles named ``ndmg-cloud-*``, launch templates and Batch resources: not another
-team's DynamoDB table, SQS queue or bucket.
+instance profiles named ``ndmg-cloud-*``, launch templates, Batch resources and the stack's own queue of new scans
+(``ndmg-cloud-*-new-scans``): not another team's DynamoDB table, SQS queue or bucket.
 
 ``ACTIONS`` is keyed by the template's resource types; a test fails when the template gains
 a type this module does not cover."""
@@ -69,6 +69,18 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     ),
     "AWS::Batch::JobQueue": ("batch:CreateJobQueue", "batch:UpdateJobQueue", "batch:DeleteJobQueue", "batch:TagResource"),
     "AWS::Batch::JobDefinition": ("batch:RegisterJobDefinition", "batch:DeregisterJobDefinition", "batch:TagResource"),
+    "AWS::SQS::Queue": (
+        "sqs:CreateQueue",
+        "sqs:DeleteQueue",
+        "sqs:GetQueueAttributes",
+        "sqs:SetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:TagQueue",
+        "sqs:UntagQueue",
+        "sqs:ListQueueTags",
+    ),
+    # a queue policy is the queue's Policy attribute
+    "AWS::SQS::QueuePolicy": ("sqs:SetQueueAttributes", "sqs:GetQueueAttributes"),
 }
 # reads without resource-level permissions
 DESCRIBE = (
@@ -110,6 +122,9 @@ def resources_of(resource_type: str, partition: str, region: str, account: str) 
         # CreateJobQueue and UpdateJobQueue are also authorized on the environments they order
         "AWS::Batch::JobQueue": [f"{batch}:job-queue/*", f"{batch}:compute-environment/*"],
         "AWS::Batch::JobDefinition": [f"{batch}:job-definition/*"],
+        # the template names it <stack>-new-scans
+        "AWS::SQS::Queue": [f"arn:{partition}:sqs:*:{account}:ndmg-cloud-*-new-scans"],
+        "AWS::SQS::QueuePolicy": [f"arn:{partition}:sqs:*:{account}:ndmg-cloud-*-new-scans"],
     }[resource_type]
 
 
@@ -161,10 +176,20 @@ def trust_policy() -> dict[str, Any]:
     }
 
 
-def caller_policy(partition: str, region: str, account: str) -> dict[str, Any]:
+def caller_policy(partition: str, region: str, account: str, watched_buckets: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the deployer itself (the ndmg_infra task's AWS connection) needs: CloudFormation on
-    this project's stacks, and handing them the service role."""
+    this project's stacks, and handing them the service role; and for a stack with a queue
+    of new scans, its input bucket's notifications (``notifications``: CloudFormation cannot
+    change a bucket it did not create)."""
     stacks = f"arn:{partition}:cloudformation:{region}:{account}:stack/ndmg-cloud-*/*"
+    watching = [
+        {
+            "Sid": "PointTheInputBucketsUploadsAtTheQueue",
+            "Effect": "Allow",
+            "Action": ["s3:GetBucketNotification", "s3:PutBucketNotification"],
+            "Resource": [f"arn:{partition}:s3:::{bucket}" for bucket in sorted(set(watched_buckets))],
+        }
+    ]
     return {
         "Version": VERSION,
         "Statement": [
@@ -189,6 +214,7 @@ def caller_policy(partition: str, region: str, account: str) -> dict[str, Any]:
                 "Resource": f"arn:{partition}:iam::{account}:role/{SERVICE_ROLE_NAME}",
                 "Condition": {"StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}},
             },
+            *(watching if watched_buckets else []),
         ],
     }
 

@@ -8,7 +8,9 @@
   run's files in its job dir (job specs, the run plan and its settlement, the released
   scans); write reports, the group level and the derivatives description; take and
   release the run's lease; read the jobs' log streams. It never re-tags a job that already
-  carries a project tag (so another team's job can never be made stoppable by it).
+  carries a project tag (so another team's job can never be made stoppable by it). With a
+  "new scans" schedule (``--new-scans-queue``), its watcher in the triggerer also receives,
+  hides and deletes the messages of that queue, and nothing else of SQS.
 
 ``ndmg-policies --bucket B --bidsdir P ... --account 123456789012`` prints both.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -175,6 +178,19 @@ def orchestrator_policy(config: RunConfig, region: str, account: str) -> dict[st
     }
 
 
+def new_scans_watcher_statement(queue_arn: str) -> dict[str, Any]:
+    """What ``NewScansTrigger`` calls on a schedule's queue (receive_message,
+    change_message_visibility_batch and delete_message_batch: IAM's actions without "Batch")."""
+    if not re.fullmatch(r"arn:aws[\w-]*:sqs:[a-z0-9-]+:\d{12}:[\w-]{1,80}", queue_arn):
+        raise ValueError(f"new scans queue {queue_arn[:200]!r} is not an SQS queue ARN: give the stack's NewScansQueueArn output")
+    return {
+        "Sid": "WatchTheQueueOfNewScans",
+        "Effect": "Allow",
+        "Action": ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"],
+        "Resource": queue_arn,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ndmg-policies", description="print least-privilege IAM policies for a run")
     parser.add_argument("--bucket", required=True)
@@ -186,20 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job_definition", default="ndmg")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--account", required=True, help="AWS account id (12 digits)")
+    parser.add_argument("--new-scans-queue", default="", help="ARN of the queue a 'new scans' schedule of this dataset watches")
     args = parser.parse_args(argv)
-    params = {k: v for k, v in vars(args).items() if k not in ("region", "account")}
+    params = {k: v for k, v in vars(args).items() if k not in ("region", "account", "new_scans_queue")}
     try:
         config = resolve(params, "ndmg-policies")
+        watcher = [new_scans_watcher_statement(args.new_scans_queue)] if args.new_scans_queue else []
     except ValueError as err:
         print(f"ndmg-policies: {err}", file=sys.stderr)
         return 2
     jobdir = args.jobdir or config.output_root.uri(f"{JOBS}/")
     config.jobdir = jobdir if jobdir.endswith("/") else jobdir + "/"
-    print(
-        json.dumps(
-            {"job_role": job_role_policy(config), "orchestrator_role": orchestrator_policy(config, args.region, args.account)}, indent=2
-        )
-    )
+    orchestrator = orchestrator_policy(config, args.region, args.account)
+    orchestrator["Statement"] += watcher
+    print(json.dumps({"job_role": job_role_policy(config), "orchestrator_role": orchestrator}, indent=2))
     return 0
 
 

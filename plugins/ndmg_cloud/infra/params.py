@@ -77,6 +77,12 @@ INFRA_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "The job definition to register (ndmg_participant's job_definition).",
         "pattern": BATCH_NAME,
     },
+    "watch_new_scans": {
+        "default": False,
+        "type": "boolean",
+        "title": "Queue for new scans",
+        "description": 'Create <stack>-new-scans, an SQS queue S3 notifies of uploads under the input prefix, for a "new scans" schedule.',
+    },
     "stack": {
         "default": STACK_NAME,
         "type": "string",
@@ -103,6 +109,7 @@ class InfraParams:
     use_spot: bool = True
     job_queue: str = JOB_QUEUE
     job_definition: str = JOB_DEFINITION
+    watch_new_scans: bool = False
     stack: str = STACK_NAME
 
     @classmethod
@@ -127,6 +134,7 @@ class InfraParams:
                 use_spot=bool(given["use_spot"]),
                 job_queue=str(given["job_queue"]),
                 job_definition=str(given["job_definition"]),
+                watch_new_scans=bool(given["watch_new_scans"]),
                 stack=str(given["stack"]),
             )
         except KeyError as err:
@@ -149,6 +157,7 @@ class InfraParams:
             "UseSpot": self.use_spot,
             "QueueName": self.job_queue,
             "JobDefinitionName": self.job_definition,
+            "WatchNewScans": self.watch_new_scans,
         }
 
 
@@ -167,14 +176,23 @@ def ecr_repository_arn(image: str) -> str:
 
 @dataclass(frozen=True)
 class StackOutputs:
-    """What a deployed stack gives a run: its queue and job definition, and the output
-    location runs write under (the template's Outputs)."""
+    """What a deployed stack gives a run: its queue and job definition, the output location
+    runs write under, and the queue of new scans when asked for (the template's Outputs)."""
 
     job_queue: str | None
     job_definition: str | None
     output_location: str | None
     job_role_arn: str | None = None
+    new_scans_queue_url: str | None = None  # with watch_new_scans only
+    new_scans_queue_arn: str | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, str]) -> StackOutputs:
-        return cls(outputs.get("JobQueue"), outputs.get("JobDefinition"), outputs.get("OutputLocation"), outputs.get("JobRoleArn"))
+        return cls(
+            outputs.get("JobQueue"),
+            outputs.get("JobDefinition"),
+            outputs.get("OutputLocation"),
+            outputs.get("JobRoleArn"),
+            outputs.get("NewScansQueueUrl"),
+            outputs.get("NewScansQueueArn"),
+        )

@@ -11,6 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
+from ndmg_cloud.infra import notifications
 from ndmg_cloud.infra.deployer import stack_policy
 from ndmg_cloud.infra.params import STACK_NAME, STACK_PATTERN, InfraParams, StackOutputs
 from ndmg_cloud.infra.template import template_body
@@ -30,6 +31,7 @@ class Deployment:
     stack: str
     action: str  # created, updated or unchanged
     outputs: StackOutputs
+    notification: dict[str, Any] | None = None  # the input bucket's, to the queue of new scans (watch_new_scans)
 
 
 def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
@@ -55,6 +57,23 @@ def _status(cfn: Any, stack: str) -> str | None:
             return None
         raise
     return None if status == "DELETE_COMPLETE" else status
+
+
+def _deployed_parameters(cfn: Any, stack: str) -> dict[str, str]:
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    return {p["ParameterKey"]: str(p.get("ParameterValue")) for p in described.get("Parameters", [])}
+
+
+def _watched_bucket(cfn: Any, stack: str) -> str | None:
+    """The input bucket whose uploads the deployed stack's queue is notified of, if any."""
+    deployed = _deployed_parameters(cfn, stack)
+    return deployed.get("InputBucket") if deployed.get("WatchNewScans", "false").lower() == "true" else None
+
+
+def _s3_for(s3: Any, stack: str) -> Any:
+    if s3 is None:
+        raise InfraError(f"stack {stack} has a queue of new scans: its input bucket's notification needs an S3 client")
+    return s3
 
 
 def _exists(cfn: Any, stack: str) -> bool:
@@ -98,10 +117,12 @@ def check_locations(params: InfraParams) -> None:
         )
 
 
-def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None) -> Deployment:
+def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None, s3: Any = None) -> Deployment:
     """Create the stack, or update it; report which, and the queue and job definition.
     With ``service_role_arn`` CloudFormation acts as that role (``deployer``) and the stack
-    gets the project's stack policy, before an update too."""
+    gets the project's stack policy, before an update too. With ``watch_new_scans`` the input
+    bucket's uploads are pointed at the stack's queue (``notifications``, with ``s3``), and
+    taken off again when a stack that watched stops watching."""
     check_locations(params)
     stack = params.stack
     if not re.fullmatch(STACK_PATTERN, stack):
@@ -128,23 +149,38 @@ def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None) -
             )
         if status is not None:
             check_ours(cfn, stack)
-        if status is None:
-            cfn.create_stack(**args, StackPolicyBody=policy)
-            cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
-            return Deployment(stack, "created", _outputs(cfn, stack))
-        if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
-            return Deployment(stack, "unchanged", _outputs(cfn, stack))
-        cfn.set_stack_policy(StackName=stack, StackPolicyBody=policy)  # in force during this update
-        try:
-            cfn.update_stack(**args)
-        except ClientError as err:
-            if "No updates are to be performed" in str(err):
-                return Deployment(stack, "unchanged", _outputs(cfn, stack))
-            raise
-        cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig=WAIT)
-        return Deployment(stack, "updated", _outputs(cfn, stack))
-    except (ClientError, WaiterError) as err:
+            watched = _watched_bucket(cfn, stack)
+            if watched and (not params.watch_new_scans or watched != params.input_bucket):
+                notifications.unwatch(_s3_for(s3, stack), watched, stack)  # before its queue goes
+        action = _create_or_update(cfn, stack, args, policy, exists=status is not None)
+        deployment = Deployment(stack, action, _outputs(cfn, stack))
+        if params.watch_new_scans:
+            queue = deployment.outputs.new_scans_queue_arn
+            if not queue:
+                raise InfraError(f"stack {stack} was asked for a queue of new scans and gives none (output NewScansQueueArn)")
+            deployment.notification = notifications.watch(_s3_for(s3, stack), params.input_bucket, params.input_prefix, queue, stack)
+        return deployment
+    except (ClientError, WaiterError, notifications.NotificationError) as err:
         raise InfraError(f"could not deploy stack {stack}: {err}") from None
+
+
+def _create_or_update(cfn: Any, stack: str, args: dict[str, Any], policy: str, exists: bool) -> str:
+    """created, updated or unchanged."""
+    if not exists:
+        cfn.create_stack(**args, StackPolicyBody=policy)
+        cfn.get_waiter("stack_create_complete").wait(StackName=stack, WaiterConfig=WAIT)
+        return "created"
+    if _same_as_deployed(cfn, stack, args["TemplateBody"], args["Parameters"]):
+        return "unchanged"
+    cfn.set_stack_policy(StackName=stack, StackPolicyBody=policy)  # in force during this update
+    try:
+        cfn.update_stack(**args)
+    except ClientError as err:
+        if "No updates are to be performed" in str(err):
+            return "unchanged"
+        raise
+    cfn.get_waiter("stack_update_complete").wait(StackName=stack, WaiterConfig=WAIT)
+    return "updated"
 
 
 def check_ours(cfn: Any, stack: str) -> None:
@@ -158,11 +194,17 @@ def check_ours(cfn: Any, stack: str) -> None:
         )
 
 
-def teardown(cfn: Any, stack: str = STACK_NAME) -> bool:
-    """Delete the stack; False when there was none."""
+def teardown(cfn: Any, stack: str = STACK_NAME, s3: Any = None) -> bool:
+    """Delete the stack (its queue of new scans' notification first); False when there was none."""
     if not _exists(cfn, stack):
         return False
     check_ours(cfn, stack)
+    watched = _watched_bucket(cfn, stack)
+    if watched:
+        try:
+            notifications.unwatch(_s3_for(s3, stack), watched, stack)
+        except notifications.NotificationError as err:
+            raise InfraError(f"could not delete stack {stack}: {err}") from None
     cfn.delete_stack(StackName=stack)
     cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig=WAIT)
     return True

@@ -42,7 +42,10 @@ def deploy_infra_step(params: dict[str, Any], dag_run: Any = None) -> dict[str, 
     except ValueError as err:
         raise AirflowFailException(str(err)) from None
     cfn = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="cloudformation").get_conn()
-    deployment = deploy(cfn, infra, service_role_arn=role)
+    s3 = AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type="s3").get_conn()  # the input bucket's notification (watch_new_scans)
+    deployment = deploy(cfn, infra, service_role_arn=role, s3=s3)
     outputs = deployment.outputs
     log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action, outputs.job_queue, outputs.job_definition)
+    if deployment.notification:
+        log.info("uploads under s3://%s/%s are sent to %s", infra.input_bucket, infra.input_prefix, outputs.new_scans_queue_url)
     return {"action": deployment.action, **asdict(outputs)}
