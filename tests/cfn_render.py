@@ -47,9 +47,8 @@ def render(template: dict[str, Any], logical_id: str, names: dict[str, str], att
                 return attributes[".".join(arg) if isinstance(arg, list) else arg]
             if key == "Fn::Sub":
                 text, local = (arg, {}) if isinstance(arg, str) else (arg[0], {k: resolve(v) for k, v in arg[1].items()})
-                return re.sub(
-                    r"\$\{([^}!]+)\}", lambda m: str(local.get(m.group(1), values.get(m.group(1), attributes.get(m.group(1))))), text
-                )
+                known = {**attributes, **values, **local}
+                return re.sub(r"\$\{([^}!]+)\}", lambda m: str(known[m.group(1)]), text)  # an unknown name: KeyError
             if key == "Fn::If":
                 return resolve(arg[1] if condition(arg[0]) else arg[2])
             if key == "Fn::Equals":

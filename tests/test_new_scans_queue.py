@@ -12,6 +12,7 @@ endpoint recorded them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import cfn_render
@@ -190,6 +191,30 @@ def test_only_the_input_buckets_notifications_may_send_to_the_queue(network, lab
     assert evaluate(policy, "sqs:SendMessage", arn, {k: v for k, v in ours.items() if k != "aws:SourceArn"}, principal=s3) == IMPLICIT_DENY
 
 
+def registry_permissions(resource_type: str) -> set[str]:
+    """What CloudFormation's resource provider for a type calls to create, update and delete
+    it: the handlers' permissions in the CloudFormation registry schema cfn-lint ships."""
+    import os
+
+    import cfnlint
+
+    base = Path(os.path.dirname(cfnlint.__file__)) / "data" / "schemas" / "resources"
+    for path in sorted(base.glob("*.json")):
+        schema = json.loads(path.read_text())
+        if isinstance(schema, dict) and schema.get("typeName") == resource_type:
+            handlers = schema["handlers"]
+            return {action.lower() for kind in ("create", "update", "delete") for action in handlers[kind]["permissions"]}
+    raise LookupError(f"no registry schema for {resource_type}")
+
+
+@pytest.mark.parametrize("resource_type", ["AWS::SQS::Queue", "AWS::SQS::QueuePolicy"])
+def test_the_service_role_may_do_what_cloudformation_calls_for_the_queue(resource_type):
+    policy = [service_role_policy("aws", REGION, ACCOUNT)]
+    queue = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{OURS}"
+    needed = registry_permissions(resource_type)
+    assert needed and {action: evaluate(policy, action, queue) for action in needed} == dict.fromkeys(needed, ALLOWED)
+
+
 def test_the_service_role_may_make_and_remove_only_a_stacks_own_queue():
     policy = [service_role_policy("aws", REGION, ACCOUNT)]
     template = cfn_render.load(TEMPLATE)
@@ -323,3 +348,124 @@ def test_the_ndmg_infra_form_asks_for_the_queue_the_same_way(network, lab_bucket
     assert set(notifications()) == {"lab-audit", OURS}
     client("s3").put_object(Bucket="lab-data", Key="studies/HNU1/sub-04/anat/sub-04_T1w.nii.gz", Body=b"x")
     assert keys_in(client("sqs").get_queue_url(QueueName=OURS)["QueueUrl"]) == ["studies/HNU1/sub-04/anat/sub-04_T1w.nii.gz"]
+
+
+def test_the_input_moving_to_another_bucket_moves_the_notification(network, lab_bucket):
+    s3 = client("s3")
+    s3.create_bucket(Bucket="lab-data-2")
+    base = dict(
+        image="img:1",
+        output_bucket="lab-results",
+        output_prefix="ndmg/",
+        subnets=network[0],
+        security_groups=network[1],
+        watch_new_scans=True,
+    )
+    deploy(client("cloudformation"), InfraParams(input_bucket="lab-data", **base), s3=s3)
+    deploy(client("cloudformation"), InfraParams(input_bucket="lab-data-2", **base), s3=s3)
+    assert set(notifications()) == {"lab-audit"}
+    moved = s3.get_bucket_notification_configuration(Bucket="lab-data-2")["QueueConfigurations"]
+    assert [c["Id"] for c in moved] == [OURS]
+
+
+def test_an_update_that_fails_leaves_the_queue_fed(network, lab_bucket, monkeypatch):
+    """The notification comes off before an update that removes the queue; if that update
+    fails (CloudFormation rolls back, the queue stays), it is put back: uploads are not lost."""
+    from botocore.exceptions import ClientError
+
+    from ndmg_cloud.infra import stack
+    from ndmg_cloud.infra.stack import InfraError
+
+    cfn, s3 = client("cloudformation"), client("s3")
+    base = dict(
+        image="img:1",
+        input_bucket="lab-data",
+        output_bucket="lab-results",
+        output_prefix="ndmg/",
+        subnets=network[0],
+        security_groups=network[1],
+    )
+    deploy(cfn, InfraParams(**base, watch_new_scans=True), s3=s3)
+
+    def rolled_back(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "ValidationError", "Message": "UPDATE_ROLLBACK_COMPLETE"}}, "UpdateStack")
+
+    monkeypatch.setattr(stack, "_create_or_update", rolled_back)
+    with pytest.raises(InfraError, match="could not deploy stack ndmg-cloud-batch: .*UPDATE_ROLLBACK_COMPLETE"):
+        deploy(cfn, InfraParams(**base), s3=s3)
+    assert set(notifications()) == {"lab-audit", OURS}
+    s3.put_object(Bucket="lab-data", Key="HNU1/sub-05/dwi/sub-05_dwi.nii.gz", Body=b"x")
+    assert keys_in(client("sqs").get_queue_url(QueueName=OURS)["QueueUrl"]) == ["HNU1/sub-05/dwi/sub-05_dwi.nii.gz"]
+
+
+def test_teardown_of_a_stack_whose_input_bucket_is_gone(network, aws):
+    s3 = client("s3")
+    s3.create_bucket(Bucket="lab-data")
+    params = InfraParams(
+        image="img:1",
+        input_bucket="lab-data",
+        output_bucket="lab-results",
+        output_prefix="ndmg/",
+        subnets=network[0],
+        security_groups=network[1],
+        watch_new_scans=True,
+    )
+    deploy(client("cloudformation"), params, s3=s3)
+    s3.delete_bucket(Bucket="lab-data")
+    assert teardown(client("cloudformation"), s3=s3) is True
+
+
+def stubbed_s3():
+    from botocore.stub import Stubber
+
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url="http://127.0.0.1:9")  # never reached: Stubber answers
+    return s3, Stubber(s3)
+
+
+def test_s3_that_cannot_yet_see_the_new_queue_policy_is_asked_again(monkeypatch):
+    """S3 checks on PUT that it may send to the queue; a policy just made may not be seen yet
+    ("Unable to validate the following destination configurations")."""
+    from ndmg_cloud.infra import notifications
+
+    monkeypatch.setattr(notifications, "VALIDATION_RETRY_SECONDS", 0)
+    s3, stub = stubbed_s3()
+    arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{OURS}"
+    stub.add_response("get_bucket_notification_configuration", {}, {"Bucket": "lab-data"})
+    stub.add_client_error(
+        "put_bucket_notification_configuration", "InvalidArgument", "Unable to validate the following destination configurations"
+    )
+    stub.add_response("put_bucket_notification_configuration", {})
+    with stub:
+        assert notifications.watch(s3, "lab-data", "studies/", arn, "ndmg-cloud-batch")["QueueArn"] == arn
+        stub.assert_no_pending_responses()
+
+    monkeypatch.setattr(notifications, "VALIDATION_WAIT_SECONDS", 0)
+    stub.add_response("get_bucket_notification_configuration", {}, {"Bucket": "lab-data"})
+    stub.add_client_error(
+        "put_bucket_notification_configuration", "InvalidArgument", "Unable to validate the following destination configurations"
+    )
+    with stub, pytest.raises(notifications.NotificationError, match="could not send the uploads under studies/ to .* of bucket lab-data"):
+        notifications.watch(s3, "lab-data", "studies/", arn, "ndmg-cloud-batch")
+
+
+def test_taking_ours_off_skips_checking_the_labs_destinations_and_a_bucket_gone_has_none():
+    """S3 checks every destination on PUT: a lab's notification to a queue since deleted
+    must not keep ours on the bucket."""
+    from ndmg_cloud.infra import notifications
+
+    s3, stub = stubbed_s3()
+    labs = {"Id": "lab-audit", "QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:deleted-long-ago", "Events": ["s3:ObjectCreated:*"]}
+    ours = {"Id": OURS, "QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{OURS}", "Events": ["s3:ObjectCreated:*"]}
+    stub.add_response("get_bucket_notification_configuration", {"QueueConfigurations": [labs, ours]}, {"Bucket": "lab-data"})
+    stub.add_response(
+        "put_bucket_notification_configuration",
+        {},
+        {"Bucket": "lab-data", "NotificationConfiguration": {"QueueConfigurations": [labs]}, "SkipDestinationValidation": True},
+    )
+    stub.add_client_error("get_bucket_notification_configuration", "NoSuchBucket", "The specified bucket does not exist")
+    stub.add_client_error("get_bucket_notification_configuration", "AccessDenied", "Access Denied")
+    with stub:
+        assert notifications.unwatch(s3, "lab-data", "ndmg-cloud-batch") is True
+        assert notifications.unwatch(s3, "lab-data", "ndmg-cloud-batch") is False  # the bucket is gone
+        with pytest.raises(notifications.NotificationError, match="could not read the notifications of bucket lab-data: .*AccessDenied"):
+            notifications.unwatch(s3, "lab-data", "ndmg-cloud-batch")

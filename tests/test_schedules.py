@@ -215,6 +215,53 @@ def _report(s3, run_id: str, bucket: str = "sched-data") -> dict:
     return json.loads(body)
 
 
+def test_wait_for_output_defers_while_the_lease_is_held_then_takes_it_or_is_skipped(s3, monkeypatch):
+    """Between looks it defers (a timer in the triggerer; no reschedule-mode race, no worker
+    slot), carrying when it began; after the wait it is skipped with the holder's refusal;
+    once the lease is free it takes it for the participant run it is about to start."""
+    from airflow.providers.common.compat.sdk import AirflowSkipException
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from ndmg_cloud.orchestration import schedule_dags
+    from ndmg_cloud.participant.lease import Lease
+
+    monkeypatch.setattr(schedule_dags, "s3_client", lambda: s3)
+    s3.create_bucket(Bucket="busy-data")
+    lease_key = "phantoms/derivatives/ndmg/.ndmg-lease.json"
+    now = time.time()
+    s3.put_object(Bucket="busy-data", Key=lease_key, Body=Lease("elsewhere__run", now, now).body())
+    wait = schedule_dags.OutputLeaseWait(
+        task_id="wait_for_output",
+        schedule_name="busy",
+        params_of_run={"bucket": "busy-data", "bidsdir": "phantoms", "pipeline": "lite"},
+        poll_seconds=300,
+        wait_seconds=3 * 3600,
+    )
+    context = {"run_id": "scheduled__2026-12-08T03:00:00+00:00", "ti": None}
+
+    with pytest.raises(TaskDeferred) as deferred:
+        wait.execute(context)
+    assert deferred.value.method_name == "look_again"
+    since = deferred.value.kwargs["since"]
+    assert now - 1 <= since <= time.time()
+    assert 290 <= (deferred.value.trigger.moment.timestamp() - time.time()) <= 300  # the next look
+    with pytest.raises(TaskDeferred) as again:
+        wait.look_again(context, event=None, since=since)
+    assert again.value.kwargs["since"] == since  # the wait is counted from the first look
+
+    with pytest.raises(AirflowSkipException) as skipped:
+        wait.look_again(context, event=None, since=time.time() - 3 * 3600)
+    assert (
+        "for the 3 h this run may wait (NDMG_SCHEDULE_WAIT_HOURS): run elsewhere__run holds the lease on s3://busy-data/phantoms/"
+        in str(skipped.value)
+    )
+
+    s3.delete_object(Bucket="busy-data", Key=lease_key)
+    assert wait.look_again(context, event=None, since=since) is None
+    held = json.loads(s3.get_object(Bucket="busy-data", Key=lease_key)["Body"].read())
+    assert held["run_id"] == "busy__scheduled__2026-12-08T03:00:00+00:00"  # the participant run's id, known in advance
+
+
 @pytest.mark.slow
 def test_a_schedule_added_from_the_cli_runs_under_airflow_and_then_finds_nothing_new(cli, live_airflow, s3, tmp_path, capsys):
     """ndmg_cloud schedule add/list/pause/resume/remove against the live api-server,
@@ -336,11 +383,19 @@ def test_a_scheduled_run_waits_while_another_run_holds_the_output_then_goes_or_i
     assert "run elsewhere__run holds the lease on s3://busy-data/phantoms/derivatives/ndmg/" in log
     with pytest.raises(Exception, match="has no run"):
         api.run(f"busy__{skipped}")  # no participant run was started
+    capsys.readouterr()
+    assert cli("schedule", "list") == 0
+    assert (
+        "  last run:    skipped: another run held the output location (the log of its wait_for_output task names it), "
+        in capsys.readouterr().out
+    )
 
     # held, then released while it waits: it goes, and its participant run holds the lease
     hold()
     waited = api.trigger({}, dag_id="ndmg_schedule_busy")
     assert wait_for(lambda: states(waited).get("wait_for_output") == "deferred", timeout=120)
+    assert cli("schedule", "list") == 0
+    assert "  last run:    running: waiting for another run to free the output location, " in capsys.readouterr().out
     s3.delete_object(Bucket="busy-data", Key=lease_key)
     assert wait_for(lambda: _finished(api, "ndmg_schedule_busy", waited), timeout=300)
     assert api.run(waited, "ndmg_schedule_busy")["state"] == "success"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ndmg_cloud.cli.airflowapi import Airflow, CliError
+from ndmg_cloud.orchestration.taskids import WAIT_FOR_OUTPUT
 from ndmg_cloud.participant.schedules import VARIABLE, Records, Schedule, dag_id_of, of_records, parse, participant_run_id
 
 DESCRIPTION = "ndmg-cloud schedules (name -> record): edit with `ndmg_cloud schedule`; each record is the DAG ndmg_schedule_<name>"
@@ -126,11 +127,25 @@ def show(airflow: Airflow, report_reader: Any, out: Any = None) -> int:
             out.write("  last run:    none yet\n")
             continue
         last = runs[0]
-        out.write(f"  last run:    {last['state']}, {_time(last.get('run_after'))} ({last['dag_run_id']})\n")
+        out.write(f"  last run:    {_run_state(airflow, schedule, last)}, {_time(last.get('run_after'))} ({last['dag_run_id']})\n")
         out.write(f"  last report: {_last_report(schedule, runs, report_reader)}\n")
     for problem in found.problems:
         out.write(f"{problem.name}: NOT A SCHEDULE: {problem}\n")
     return len(found.problems)
+
+
+def _run_state(airflow: Airflow, schedule: Schedule, run: dict[str, Any]) -> str:
+    """The run's state, and why when it did not run its participant run: a run whose
+    ``wait_for_output`` was skipped ends "success" in Airflow, having run nothing."""
+    state = str(run["state"])
+    if state not in ("success", "running"):
+        return state
+    tasks = {ti["task_id"]: ti.get("state") for ti in airflow.task_instances(run["dag_run_id"], schedule.dag_id)}
+    if tasks.get(WAIT_FOR_OUTPUT) == "skipped":
+        return f"skipped: another run held the output location (the log of its {WAIT_FOR_OUTPUT} task names it)"
+    if state == "running" and tasks.get(WAIT_FOR_OUTPUT) == "deferred":
+        return "running: waiting for another run to free the output location"
+    return state
 
 
 def _last_report(schedule: Schedule, runs: list[dict[str, Any]], report_reader: Any) -> str:

@@ -10,11 +10,15 @@ lab's own notifications are read and kept, and only the one with this stack's id
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 EVENTS = ["s3:ObjectCreated:*"]
+# S3 checks on PUT that it may send to the queue; a queue policy just made can take a while
+# to be seen (SQS attribute changes propagate): try again for this long
+VALIDATION_WAIT_SECONDS, VALIDATION_RETRY_SECONDS = 120.0, 10.0
 
 
 class NotificationError(RuntimeError):
@@ -25,22 +29,39 @@ def notification_id(stack: str) -> str:
     return f"{stack}-new-scans"
 
 
-def _configuration(s3: Any, bucket: str) -> dict[str, Any]:
-    found = s3.get_bucket_notification_configuration(Bucket=bucket)
+def _configuration(s3: Any, bucket: str) -> dict[str, Any] | None:
+    """The bucket's notifications as S3 gives them; None when the bucket is gone."""
+    try:
+        found = s3.get_bucket_notification_configuration(Bucket=bucket)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            return None
+        raise NotificationError(f"could not read the notifications of bucket {bucket}: {err}") from None
     return {key: value for key, value in found.items() if key != "ResponseMetadata"}
 
 
-def _put(s3: Any, bucket: str, configuration: dict[str, Any], what: str) -> None:
-    try:
-        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=configuration)
-    except ClientError as err:
-        why = str(err)
-        if "overlap" in why.lower():
-            why += (
-                " (another notification of this bucket already sends object-created events under this prefix: "
-                "S3 sends each event to one destination; point that one elsewhere or give it a narrower prefix)"
+def _put(s3: Any, bucket: str, configuration: dict[str, Any], what: str, validate: bool = True) -> None:
+    """Put the whole configuration. ``validate=False`` when only taking ours off: S3 checks
+    every destination on PUT, and a lab's notification to a queue since deleted would
+    otherwise keep ours on for ever."""
+    deadline = time.monotonic() + VALIDATION_WAIT_SECONDS
+    while True:
+        try:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration=configuration, SkipDestinationValidation=not validate
             )
-        raise NotificationError(f"could not {what} of bucket {bucket}: {why}") from None
+            return
+        except ClientError as err:
+            why = str(err)
+            if "unable to validate" in why.lower() and time.monotonic() < deadline:
+                time.sleep(VALIDATION_RETRY_SECONDS)
+                continue
+            if "overlap" in why.lower():
+                why += (
+                    " (another notification of this bucket already sends object-created events under this prefix: "
+                    "S3 sends each event to one destination; point that one elsewhere or give it a narrower prefix)"
+                )
+            raise NotificationError(f"could not {what} of bucket {bucket}: {why}") from None
 
 
 def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, stack: str) -> dict[str, Any]:
@@ -50,6 +71,8 @@ def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, stack: str) -> dict
     if prefix:
         ours["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
     configuration = _configuration(s3, bucket)
+    if configuration is None:
+        raise NotificationError(f"bucket {bucket} does not exist: give the input bucket of the datasets")
     others = [c for c in configuration.get("QueueConfigurations", []) if c.get("Id") != ours["Id"]]
     configuration["QueueConfigurations"] = [*others, ours]
     _put(s3, bucket, configuration, f"send the uploads under {prefix or 'the bucket root'} to {queue_arn}")
@@ -57,12 +80,15 @@ def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, stack: str) -> dict
 
 
 def unwatch(s3: Any, bucket: str, stack: str) -> bool:
-    """Take this stack's notification off the bucket; False when it had none."""
+    """Take this stack's notification off the bucket; False when it had none (or the bucket
+    is gone)."""
     configuration = _configuration(s3, bucket)
+    if configuration is None:
+        return False
     queues = configuration.get("QueueConfigurations", [])
     kept = [c for c in queues if c.get("Id") != notification_id(stack)]
     if len(kept) == len(queues):
         return False
     configuration["QueueConfigurations"] = kept
-    _put(s3, bucket, configuration, f"take notification {notification_id(stack)} off the notifications")
+    _put(s3, bucket, configuration, f"take notification {notification_id(stack)} off the notifications", validate=False)
     return True

@@ -59,15 +59,23 @@ def _status(cfn: Any, stack: str) -> str | None:
     return None if status == "DELETE_COMPLETE" else status
 
 
-def _deployed_parameters(cfn: Any, stack: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Watch:
+    """Where a deployed stack's queue of new scans is fed from."""
+
+    bucket: str
+    prefix: str
+    queue_arn: str
+
+
+def _watching(cfn: Any, stack: str) -> Watch | None:
+    """The deployed stack's queue of new scans and the input it is notified of, if any."""
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
-    return {p["ParameterKey"]: str(p.get("ParameterValue")) for p in described.get("Parameters", [])}
-
-
-def _watched_bucket(cfn: Any, stack: str) -> str | None:
-    """The input bucket whose uploads the deployed stack's queue is notified of, if any."""
-    deployed = _deployed_parameters(cfn, stack)
-    return deployed.get("InputBucket") if deployed.get("WatchNewScans", "false").lower() == "true" else None
+    deployed = {p["ParameterKey"]: str(p.get("ParameterValue") or "") for p in described.get("Parameters", [])}
+    outputs = StackOutputs.from_outputs({o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])})
+    if deployed.get("WatchNewScans", "false").lower() != "true" or not outputs.new_scans_queue_arn:
+        return None
+    return Watch(deployed.get("InputBucket", ""), deployed.get("InputPrefix", ""), outputs.new_scans_queue_arn)
 
 
 def _s3_for(s3: Any, stack: str) -> Any:
@@ -149,16 +157,23 @@ def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None, s
             )
         if status is not None:
             check_ours(cfn, stack)
-            watched = _watched_bucket(cfn, stack)
-            if watched and (not params.watch_new_scans or watched != params.input_bucket):
-                notifications.unwatch(_s3_for(s3, stack), watched, stack)  # before its queue goes
-        action = _create_or_update(cfn, stack, args, policy, exists=status is not None)
+        before = _watching(cfn, stack) if status is not None else None
+        if before and not params.watch_new_scans:
+            notifications.unwatch(_s3_for(s3, stack), before.bucket, stack)  # before its queue goes
+        try:
+            action = _create_or_update(cfn, stack, args, policy, exists=status is not None)
+        except (ClientError, WaiterError):
+            if before and not params.watch_new_scans:  # the update rolled back: its queue is still there
+                notifications.watch(_s3_for(s3, stack), before.bucket, before.prefix, before.queue_arn, stack)
+            raise
         deployment = Deployment(stack, action, _outputs(cfn, stack))
         if params.watch_new_scans:
             queue = deployment.outputs.new_scans_queue_arn
             if not queue:
                 raise InfraError(f"stack {stack} was asked for a queue of new scans and gives none (output NewScansQueueArn)")
             deployment.notification = notifications.watch(_s3_for(s3, stack), params.input_bucket, params.input_prefix, queue, stack)
+            if before and before.bucket != params.input_bucket:
+                notifications.unwatch(_s3_for(s3, stack), before.bucket, stack)  # the stack's input moved
         return deployment
     except (ClientError, WaiterError, notifications.NotificationError) as err:
         raise InfraError(f"could not deploy stack {stack}: {err}") from None
@@ -199,10 +214,10 @@ def teardown(cfn: Any, stack: str = STACK_NAME, s3: Any = None) -> bool:
     if not _exists(cfn, stack):
         return False
     check_ours(cfn, stack)
-    watched = _watched_bucket(cfn, stack)
+    watched = _watching(cfn, stack)
     if watched:
         try:
-            notifications.unwatch(_s3_for(s3, stack), watched, stack)
+            notifications.unwatch(_s3_for(s3, stack), watched.bucket, stack)
         except notifications.NotificationError as err:
             raise InfraError(f"could not delete stack {stack}: {err}") from None
     cfn.delete_stack(StackName=stack)

@@ -68,7 +68,7 @@ class OutputLeaseWait(BaseOperator):
     def execute(self, context: Any) -> None:
         self.look_again(context, since=time.time())
 
-    def look_again(self, context: Any, event: Any = None, since: float = 0.0) -> None:
+    def look_again(self, context: Any, event: Any = None, *, since: float) -> None:
         run_id = participant_run_id(self.schedule_name, context["run_id"])
         config = resolve(self.params_of_run, run_id)
         bucket, key = config.output_root.bucket, config.outputs.lease_key
@@ -78,7 +78,7 @@ class OutputLeaseWait(BaseOperator):
             waited = time.time() - since
             if waited >= self.wait_seconds:
                 raise AirflowSkipException(
-                    f"skipped: another run held the output location for the {self.wait_seconds / 3600:g} h this run may wait "
+                    f"skipped: another run held the output location for the {_hours(self.wait_seconds)} this run may wait "
                     f"(NDMG_SCHEDULE_WAIT_HOURS): {held}. The next run of schedule "
                     f"{self.schedule_name!r} picks up what this one would have run"
                 ) from None
@@ -88,6 +88,10 @@ class OutputLeaseWait(BaseOperator):
         if took_over:
             log.warning("took over the lease of run %s on %s: %s", took_over.run_id, config.output_root, took_over.why)
         log.info("the lease on %s is held for run %s, which starts now", config.output_root, run_id)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 class ScheduledRunOperator(TriggerDagRunOperator):
