@@ -215,6 +215,30 @@ def test_the_service_role_may_do_what_cloudformation_calls_for_the_queue(resourc
     assert needed and {action: evaluate(policy, action, queue) for action in needed} == dict.fromkeys(needed, ALLOWED)
 
 
+def test_every_type_of_the_template_gets_what_its_resource_provider_calls():
+    """Every create/update/delete permission of each resource provider is granted for that
+    type (with the conditions aside: other tests judge those), unless it serves a feature the
+    template does not use (NOT_CALLED_HERE, each with its reason). Before, a launch template's
+    delete (ec2:DeleteTags) and a compute environment's create (batch:SetCapacityTags) were not."""
+    import fnmatch
+
+    from ndmg_cloud.infra.deployer import ACTIONS, DESCRIBE, NOT_CALLED_HERE, resource_types
+    from ndmg_cloud.infra.template import template_body
+
+    granted = set()
+    for statement in service_role_policy("aws", REGION, ACCOUNT)["Statement"]:
+        granted |= {a.lower() for a in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
+    assert set(ACTIONS) == resource_types(template_body())
+    missing = {
+        kind: sorted(
+            a for a in registry_permissions(kind) - granted if not any(fnmatch.fnmatch(a, skip.lower()) for skip in NOT_CALLED_HERE)
+        )
+        for kind in ACTIONS
+    }
+    assert missing == {kind: [] for kind in ACTIONS}
+    assert {a.lower() for a in DESCRIBE} <= granted
+
+
 def test_the_service_role_may_make_and_remove_only_a_stacks_own_queue():
     policy = [service_role_policy("aws", REGION, ACCOUNT)]
     template = cfn_render.load(TEMPLATE)

@@ -29,7 +29,9 @@ BATCH_SERVICE_POLICY = "arn:{partition}:iam::aws:policy/service-role/AWSBatchSer
 VERSION = "2012-10-17"
 
 # the API actions CloudFormation makes to create, update and delete each resource type of
-# ndmg-batch.yaml (and to read it back while it waits)
+# ndmg-batch.yaml (and to read it back while it waits): its resource providers' handler
+# permissions in the CloudFormation registry (tests/test_new_scans_queue.py checks them against
+# the schemas cfn-lint ships), less NOT_CALLED_HERE
 ACTIONS: dict[str, tuple[str, ...]] = {
     "AWS::IAM::Role": (
         "iam:CreateRole",
@@ -37,6 +39,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "iam:GetRole",
         "iam:UpdateRole",
         "iam:UpdateAssumeRolePolicy",
+        "iam:UpdateRoleDescription",
         "iam:TagRole",
         "iam:UntagRole",
         "iam:PutRolePolicy",
@@ -60,15 +63,29 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "ec2:DeleteLaunchTemplate",
         "ec2:DeleteLaunchTemplateVersions",
         "ec2:CreateTags",
+        "ec2:DeleteTags",
     ),
     "AWS::Batch::ComputeEnvironment": (
         "batch:CreateComputeEnvironment",
         "batch:UpdateComputeEnvironment",
         "batch:DeleteComputeEnvironment",
         "batch:TagResource",
+        "batch:UntagResource",
+        "batch:SetCapacityTags",
     ),
-    "AWS::Batch::JobQueue": ("batch:CreateJobQueue", "batch:UpdateJobQueue", "batch:DeleteJobQueue", "batch:TagResource"),
-    "AWS::Batch::JobDefinition": ("batch:RegisterJobDefinition", "batch:DeregisterJobDefinition", "batch:TagResource"),
+    "AWS::Batch::JobQueue": (
+        "batch:CreateJobQueue",
+        "batch:UpdateJobQueue",
+        "batch:DeleteJobQueue",
+        "batch:TagResource",
+        "batch:UntagResource",
+    ),
+    "AWS::Batch::JobDefinition": (
+        "batch:RegisterJobDefinition",
+        "batch:DeregisterJobDefinition",
+        "batch:TagResource",
+        "batch:UntagResource",
+    ),
     "AWS::SQS::Queue": (
         "sqs:CreateQueue",
         "sqs:DeleteQueue",
@@ -81,6 +98,13 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     ),
     # a queue policy is the queue's Policy attribute
     "AWS::SQS::QueuePolicy": ("sqs:SetQueueAttributes", "sqs:GetQueueAttributes"),
+}
+# registry permissions for features this template does not use, never granted
+NOT_CALLED_HERE: dict[str, str] = {
+    "eks:*": "compute environments on EKS (ours are EC2 and Spot)",
+    "iam:PutRolePermissionsBoundary": "roles with a permissions boundary (ours have none)",
+    "iam:DeleteRolePermissionsBoundary": "roles with a permissions boundary (ours have none)",
+    "iam:CreateServiceLinkedRole": "compute environments without a service role (ours get the stack's BatchServiceRole)",
 }
 # reads without resource-level permissions
 DESCRIBE = (
