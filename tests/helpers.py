@@ -126,3 +126,40 @@ def scan_once_submitted(api: Airflow, batch_behaviour, run_id: str, ti: dict, sc
 
     assert wait_for(lambda: named() is not None and submitted(batch_behaviour, run_id) == scans, timeout=60)
     return str(named())
+
+
+def stack_params(network, **extra):
+    """The Batch stack's InfraParams for the local endpoint's network: inputs in lab-data,
+    outputs under lab-results/ndmg/, then ``extra``."""
+    from ndmg_cloud.infra.params import InfraParams
+
+    subnets, groups = network
+    given = {
+        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0",
+        "subnets": subnets,
+        "security_groups": groups,
+        "input_bucket": "lab-data",
+        "output_bucket": "lab-results",
+        "output_prefix": "ndmg/",
+        **extra,
+    }
+    return InfraParams(**given)
+
+
+def notified_queue(s3, bucket: str, queue: str, prefix: str) -> str:
+    """A queue that S3 notifies of every object created under ``prefix`` of ``bucket``, set up
+    by hand as a lab would (the notification's Id is the queue's name; it replaces the
+    bucket's notifications); its URL."""
+    import boto3
+
+    sqs = boto3.client("sqs", region_name=s3.meta.region_name, endpoint_url=s3.meta.endpoint_url)
+    url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"Id": queue, "QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]
+        },
+    )
+    return str(url)

@@ -18,7 +18,7 @@ from ndmg_cloud.infra.params import InfraParams
 from ndmg_cloud.infra.stack import InfraError, deploy, teardown
 
 from conftest import ENDPOINT, REGION, ROOT
-from helpers import setup_argv
+from helpers import setup_argv, stack_params
 from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate, object_arn
 
 TEMPLATE = ROOT / "plugins" / "ndmg_cloud" / "infra" / "ndmg-batch.yaml"
@@ -39,25 +39,11 @@ def service_role(aws, monkeypatch):
     return arn
 
 
-def parameters(network, **extra) -> InfraParams:
-    subnets, groups = network
-    given = {
-        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0",
-        "subnets": subnets,
-        "security_groups": groups,
-        "input_bucket": "lab-data",
-        "output_bucket": "lab-results",
-        "output_prefix": "ndmg/",
-        **extra,
-    }
-    return InfraParams(**given)
-
-
 def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
 
-    first = deploy(cfn, parameters(network))
+    first = deploy(cfn, stack_params(network))
     assert first.action == "created"
     assert "ndmg-queue" in first.outputs.job_queue and "ndmg" in first.outputs.job_definition
 
@@ -83,7 +69,7 @@ def test_deploys_the_seed_setup_and_a_second_deploy_changes_nothing(network):
     assert definition["containerProperties"]["jobRoleArn"]
     assert root_volumes(environments) == [(100, "gp3", True)] * 2  # image + work: not the AMI's 30 GiB
 
-    again = deploy(cfn, parameters(network))
+    again = deploy(cfn, stack_params(network))
     assert again.action == "unchanged"
     assert len(batch.describe_job_definitions(jobDefinitionName="ndmg", status="ACTIVE")["jobDefinitions"]) == 1
 
@@ -118,7 +104,7 @@ def test_the_root_volume_size_is_a_setup_flag(network, capsys):
 def test_on_demand_only(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, use_spot=False, max_vcpus=16))
+    deploy(cfn, stack_params(network, use_spot=False, max_vcpus=16))
     queue = batch.describe_job_queues(jobQueues=["ndmg-queue"])["jobQueues"][0]
     assert len(queue["computeEnvironmentOrder"]) == 1
 
@@ -210,7 +196,7 @@ JOB_ROLE_DECISIONS = [
 
 def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, input_bucket="lab-data", input_prefix="studies/", output_bucket="lab-data"))
+    deploy(cfn, stack_params(network, input_bucket="lab-data", input_prefix="studies/", output_bucket="lab-data"))
     policies = deployed_job_role_policies(cfn)
     decided = [
         (action, bucket, key, evaluate(policies, action, object_arn(bucket, key) if key else f"arn:aws:s3:::{bucket}"))
@@ -221,7 +207,7 @@ def test_the_deployed_job_role_reads_the_input_and_writes_only_output_subjects(n
 
 def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, input_prefix="studies/"))
+    deploy(cfn, stack_params(network, input_prefix="studies/"))
     policies = deployed_job_role_policies(cfn)
     listing = lambda prefix: evaluate(policies, "s3:ListBucket", "arn:aws:s3:::lab-data", {"s3:prefix": prefix})  # noqa: E731
     assert listing("studies/HNU1/sub-01/") == ALLOWED
@@ -243,7 +229,7 @@ def test_the_deployed_job_role_lists_only_under_the_input_prefix(network):
 )
 def test_a_deployment_whose_jobs_could_not_write_is_refused_before_cloudformation(network, extra, message):
     with pytest.raises(InfraError, match=re.escape(message)):
-        deploy(None, parameters(network, **extra))
+        deploy(None, stack_params(network, **extra))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +259,7 @@ def test_preflight_refuses_a_run_the_deployed_job_role_could_not_do(network, par
 
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network, input_prefix="studies/"))
+    deploy(cfn, stack_params(network, input_prefix="studies/"))
     config = resolve(params, "run1")
     if refusal is None:
         assert preflight(batch, config).endswith(":job-definition/ndmg:1")
@@ -288,7 +274,7 @@ def test_instances_require_imdsv2_within_one_hop(network):
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     batch = boto3.client("batch", region_name=REGION, endpoint_url=ENDPOINT)
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network))
+    deploy(cfn, stack_params(network))
     for env in batch.describe_compute_environments()["computeEnvironments"]:
         template = env["computeResources"]["launchTemplate"]
         (version,) = ec2.describe_launch_template_versions(
@@ -346,7 +332,7 @@ def test_only_root_reaches_the_metadata_service_on_a_scan_instance(network, tmp_
     require_tool("iptables", shutil.which("iptables") is not None and os.geteuid() == 0, "iptables")
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network))
+    deploy(cfn, stack_params(network))
     (template,) = ec2.describe_launch_templates()["LaunchTemplates"]
     (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])["LaunchTemplateVersions"]
     script = tmp_path / "boothook"
@@ -442,10 +428,10 @@ def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(netw
     dynamodb.put_item(TableName="lab-subjects", Item={"id": {"S": "sub-01"}})
 
     with pytest.raises(InfraError, match=refusal):
-        deploy(cfn, parameters(network, stack=stack))
+        deploy(cfn, stack_params(network, stack=stack))
     if stack == "ndmg-cloud-lab":  # a name the form accepts: the DAG runs, its task refuses; teardown too
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ndmg_infra"]
-        conf = {**{k: v for k, v in vars(parameters(network)).items() if v not in ([], "")}, "stack": stack, "image": "x:1"}
+        conf = {**{k: v for k, v in vars(stack_params(network)).items() if v not in ([], "")}, "stack": stack, "image": "x:1"}
         assert dag.test(run_conf=conf).state == "failed"
         assert refusal in capfd.readouterr().out
         with pytest.raises(InfraError, match=refusal):
@@ -454,7 +440,7 @@ def test_another_teams_stack_is_never_changed_by_setup_the_form_or_teardown(netw
         with pytest.raises(ParamValidationError, match="does not match"):
             Param(**INFRA_PARAM_SCHEMAS["stack"]).resolve(stack)
         with pytest.raises(ValueError, match=refusal):
-            InfraParams.from_params({**vars(parameters(network)), "stack": stack})
+            InfraParams.from_params({**vars(stack_params(network)), "stack": stack})
 
     body = cfn.get_template(StackName=stack)["TemplateBody"]
     assert json.loads(json.dumps(body) if not isinstance(body, str) else body) == json.loads(FOREIGN_TEMPLATE)
@@ -469,7 +455,7 @@ def test_the_instance_role_pulls_only_the_scan_image(network):
 
     cfn = boto3.client("cloudformation", region_name=REGION, endpoint_url=ENDPOINT)
     iam = boto3.client("iam", region_name=REGION, endpoint_url=ENDPOINT)
-    deploy(cfn, parameters(network))  # image 123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0
+    deploy(cfn, stack_params(network))  # image 123456789012.dkr.ecr.us-east-1.amazonaws.com/ndmg-cloud-m2g:0.3.0
     (role,) = [r["RoleName"] for r in iam.list_roles()["Roles"] if "InstanceRole" in r["RoleName"]]
     assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []  # no AWS-managed policy with ecr:* on *
     policies = [
@@ -497,7 +483,7 @@ def test_one_stack_per_output_location_gives_each_its_own_job_role(network):
     for site in ("hnu1", "nki"):
         deploy(
             cfn,
-            parameters(
+            stack_params(
                 network,
                 input_prefix="studies/",
                 output_prefix=f"{site}/",

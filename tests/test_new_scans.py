@@ -17,21 +17,14 @@ from ndmg_cloud.orchestration import new_scans
 from ndmg_cloud.orchestration.new_scans import NewScansTrigger, created_keys
 
 from conftest import REGION
+from helpers import notified_queue
 
 
 @pytest.fixture
 def queue(s3):
     """A bucket whose dataset prefix ds/ notifies a queue of every object created."""
-    sqs = boto3.client("sqs", region_name=REGION)
     s3.create_bucket(Bucket="lab-data")
-    url = sqs.create_queue(QueueName="ndmg-new-scans")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": "ds/"}]}}
-    s3.put_bucket_notification_configuration(
-        Bucket="lab-data",
-        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]},
-    )
-    return url
+    return notified_queue(s3, "lab-data", "ndmg-new-scans", "ds/")
 
 
 def collect(trigger: NewScansTrigger, seconds: float, after_first: float | None = None) -> list[tuple[float, dict]]:

@@ -20,13 +20,12 @@ import pytest
 
 from ndmg_cloud.infra.deployer import caller_policy, service_role_policy
 from ndmg_cloud.infra.iam import new_scans_watcher_statement
-from ndmg_cloud.infra.params import InfraParams
 from ndmg_cloud.infra.stack import deploy, teardown
 from ndmg_cloud.orchestration import new_scans
 from ndmg_cloud.orchestration.new_scans import NewScansTrigger
 
 from conftest import ENDPOINT, REGION, ROOT
-from helpers import setup_argv
+from helpers import notified_queue, setup_argv, stack_params
 from iam_eval import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, evaluate
 
 ACCOUNT = "123456789012"
@@ -41,18 +40,9 @@ def client(name: str):
 @pytest.fixture
 def lab_bucket(aws):
     """lab-data, which already notifies the lab's own queue of uploads under audit/."""
-    s3, sqs = client("s3"), client("sqs")
+    s3 = client("s3")
     s3.create_bucket(Bucket="lab-data")
-    url = sqs.create_queue(QueueName="lab-audit")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": "audit/"}]}}
-    s3.put_bucket_notification_configuration(
-        Bucket="lab-data",
-        NotificationConfiguration={
-            "QueueConfigurations": [{"Id": "lab-audit", "QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]
-        },
-    )
-    return url
+    return notified_queue(s3, "lab-data", "lab-audit", "audit/")
 
 
 def notifications() -> dict[str, dict]:
@@ -125,19 +115,11 @@ def test_teardown_takes_the_notification_off_the_bucket_first(network, lab_bucke
     assert set(notifications()) == {"lab-audit"}
 
 
-def test_a_stack_that_does_not_watch_never_touches_the_buckets_notifications(network, lab_bucket, monkeypatch):
+def test_a_stack_that_does_not_watch_never_touches_the_buckets_notifications(network, lab_bucket):
     """A deployment without the queue needs no S3 notification rights: no S3 call is made."""
     cfn = client("cloudformation")
-    params = InfraParams(
-        image="img:1",
-        input_bucket="lab-data",
-        output_bucket="lab-results",
-        output_prefix="ndmg/",
-        subnets=network[0],
-        security_groups=network[1],
-    )
-    deploy(cfn, params, s3=None)  # an S3 call would need a client
-    deploy(cfn, InfraParams(**{**params.__dict__, "max_vcpus": 16}), s3=None)
+    deploy(cfn, stack_params(network), s3=None)  # an S3 call would need a client
+    deploy(cfn, stack_params(network, max_vcpus=16), s3=None)
     assert teardown(cfn, s3=None) is True
     assert set(notifications()) == {"lab-audit"}
 
@@ -161,15 +143,7 @@ def rendered_queue_policy(stack: str, url: str, arn: str, input_bucket: str = "l
 def test_only_the_input_buckets_notifications_may_send_to_the_queue(network, lab_bucket):
     deployed = deploy(
         client("cloudformation"),
-        InfraParams(
-            image="img:1",
-            input_bucket="lab-data",
-            output_bucket="lab-results",
-            output_prefix="ndmg/",
-            subnets=network[0],
-            security_groups=network[1],
-            watch_new_scans=True,
-        ),
+        stack_params(network, watch_new_scans=True),
         s3=client("s3"),
     )
     url, arn = deployed.outputs.new_scans_queue_url, deployed.outputs.new_scans_queue_arn
@@ -301,17 +275,7 @@ def test_the_watcher_reads_the_stacks_queue_with_only_what_its_statement_allows(
 
     s3 = client("s3")
     s3.create_bucket(Bucket="lab-data")
-    params = InfraParams(
-        image="img:1",
-        input_bucket="lab-data",
-        input_prefix="studies/",
-        output_bucket="lab-results",
-        output_prefix="ndmg/",
-        subnets=network[0],
-        security_groups=network[1],
-        watch_new_scans=True,
-    )
-    outputs = deploy(client("cloudformation"), params, s3=s3).outputs
+    outputs = deploy(client("cloudformation"), stack_params(network, input_prefix="studies/", watch_new_scans=True), s3=s3).outputs
     s3.put_object(Bucket="lab-data", Key="studies/HNU1/sub-03/dwi/sub-03_dwi.nii.gz", Body=b"x")
 
     monkeypatch.setattr(new_scans, "STORE_GRACE_SECONDS", 0.2)
@@ -377,16 +341,8 @@ def test_the_ndmg_infra_form_asks_for_the_queue_the_same_way(network, lab_bucket
 def test_the_input_moving_to_another_bucket_moves_the_notification(network, lab_bucket):
     s3 = client("s3")
     s3.create_bucket(Bucket="lab-data-2")
-    base = dict(
-        image="img:1",
-        output_bucket="lab-results",
-        output_prefix="ndmg/",
-        subnets=network[0],
-        security_groups=network[1],
-        watch_new_scans=True,
-    )
-    deploy(client("cloudformation"), InfraParams(input_bucket="lab-data", **base), s3=s3)
-    deploy(client("cloudformation"), InfraParams(input_bucket="lab-data-2", **base), s3=s3)
+    deploy(client("cloudformation"), stack_params(network, watch_new_scans=True), s3=s3)
+    deploy(client("cloudformation"), stack_params(network, input_bucket="lab-data-2", watch_new_scans=True), s3=s3)
     assert set(notifications()) == {"lab-audit"}
     moved = s3.get_bucket_notification_configuration(Bucket="lab-data-2")["QueueConfigurations"]
     assert [c["Id"] for c in moved] == [OURS]
@@ -401,22 +357,14 @@ def test_an_update_that_fails_leaves_the_queue_fed(network, lab_bucket, monkeypa
     from ndmg_cloud.infra.stack import InfraError
 
     cfn, s3 = client("cloudformation"), client("s3")
-    base = dict(
-        image="img:1",
-        input_bucket="lab-data",
-        output_bucket="lab-results",
-        output_prefix="ndmg/",
-        subnets=network[0],
-        security_groups=network[1],
-    )
-    deploy(cfn, InfraParams(**base, watch_new_scans=True), s3=s3)
+    deploy(cfn, stack_params(network, watch_new_scans=True), s3=s3)
 
     def rolled_back(*args, **kwargs):
         raise ClientError({"Error": {"Code": "ValidationError", "Message": "UPDATE_ROLLBACK_COMPLETE"}}, "UpdateStack")
 
     monkeypatch.setattr(stack, "_create_or_update", rolled_back)
     with pytest.raises(InfraError, match="could not deploy stack ndmg-cloud-batch: .*UPDATE_ROLLBACK_COMPLETE"):
-        deploy(cfn, InfraParams(**base), s3=s3)
+        deploy(cfn, stack_params(network), s3=s3)
     assert set(notifications()) == {"lab-audit", OURS}
     s3.put_object(Bucket="lab-data", Key="HNU1/sub-05/dwi/sub-05_dwi.nii.gz", Body=b"x")
     assert keys_in(client("sqs").get_queue_url(QueueName=OURS)["QueueUrl"]) == ["HNU1/sub-05/dwi/sub-05_dwi.nii.gz"]
@@ -425,16 +373,7 @@ def test_an_update_that_fails_leaves_the_queue_fed(network, lab_bucket, monkeypa
 def test_teardown_of_a_stack_whose_input_bucket_is_gone(network, aws):
     s3 = client("s3")
     s3.create_bucket(Bucket="lab-data")
-    params = InfraParams(
-        image="img:1",
-        input_bucket="lab-data",
-        output_bucket="lab-results",
-        output_prefix="ndmg/",
-        subnets=network[0],
-        security_groups=network[1],
-        watch_new_scans=True,
-    )
-    deploy(client("cloudformation"), params, s3=s3)
+    deploy(client("cloudformation"), stack_params(network, watch_new_scans=True), s3=s3)
     s3.delete_bucket(Bucket="lab-data")
     assert teardown(client("cloudformation"), s3=s3) is True
 
@@ -458,9 +397,16 @@ def test_s3_that_cannot_yet_see_the_new_queue_policy_is_asked_again(monkeypatch)
     stub.add_client_error(
         "put_bucket_notification_configuration", "InvalidArgument", "Unable to validate the following destination configurations"
     )
-    stub.add_response("put_bucket_notification_configuration", {})
+    ours = {
+        "Id": OURS,
+        "QueueArn": arn,
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "studies/"}]}},
+    }
+    put = {"Bucket": "lab-data", "NotificationConfiguration": {"QueueConfigurations": [ours]}, "SkipDestinationValidation": False}
+    stub.add_response("put_bucket_notification_configuration", {}, put)  # the second try puts our queue, checked
     with stub:
-        assert notifications.watch(s3, "lab-data", "studies/", arn, "ndmg-cloud-batch")["QueueArn"] == arn
+        notifications.watch(s3, "lab-data", "studies/", arn, "ndmg-cloud-batch")
         stub.assert_no_pending_responses()
 
     monkeypatch.setattr(notifications, "VALIDATION_WAIT_SECONDS", 0)

@@ -415,6 +415,7 @@ def test_a_new_subject_uploaded_to_a_processed_dataset_starts_one_run_of_only_it
 
     from conftest import wait_for
     from datasets import put_phantoms
+    from helpers import notified_queue
 
     put_phantoms(s3, tmp_path, "watch-data", "phantoms")  # sub-01/ses-1 and sub-02
     api = _api(live_airflow)
@@ -423,21 +424,8 @@ def test_a_new_subject_uploaded_to_a_processed_dataset_starts_one_run_of_only_it
     assert wait_for(lambda: _finished(api, "ndmg_participant", first), timeout=300)
     assert api.run(first)["state"] == "success"
 
+    queue = notified_queue(s3, "watch-data", "watch-data-new-scans", "phantoms/")
     sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName="watch-data-new-scans")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket="watch-data",
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "QueueArn": arn,
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "phantoms/"}]}},
-                }
-            ]
-        },
-    )
     flags = ["--bucket", "watch-data", "--bidsdir", "phantoms", "--pipeline", "lite", "--backend", "local"]
     assert cli("schedule", "add", "watch", *flags, "--when", "new scans", "--queue", queue, "--quiet-minutes", "0.25") == 0
     assert "schedule watch: lite on s3://watch-data/phantoms/ when new scans land (after 0.25 quiet minutes)" in capsys.readouterr().out

@@ -568,7 +568,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     print(f"job_queue:      {outputs.job_queue}")
     print(f"job_definition: {outputs.job_definition}")
     print(f"output_uri:     under {outputs.output_location} (e.g. {outputs.output_location}<dataset>/)")
-    if deployment.notification:
+    if outputs.new_scans_queue_url:  # watch_new_scans: deploy pointed the input's uploads at it
         where = f"s3://{params.input_bucket}/{params.input_prefix}"
         print(f"new scans:      uploads under {where} are sent to {outputs.new_scans_queue_url}")
         print(

@@ -111,16 +111,12 @@ def watch_dataset() -> str:
     ``schedule add --when 'new scans'``."""
     import boto3
 
+    from ndmg_cloud.infra import notifications
+
     sqs = boto3.client("sqs")
     url = str(sqs.create_queue(QueueName=NEW_SCANS_QUEUE)["QueueUrl"])
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": f"{BIDSDIR}/"}]}}
-    boto3.client("s3").put_bucket_notification_configuration(
-        Bucket=BUCKET,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"Id": NEW_SCANS_QUEUE, "QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]
-        },
-    )
+    notifications.watch(boto3.client("s3"), BUCKET, f"{BIDSDIR}/", arn, BUCKET)  # as setup --watch-new-scans does: Id ndmg-demo-new-scans
     return url
 
 

@@ -25,8 +25,10 @@ class NotificationError(RuntimeError):
     """The bucket's notifications could not be changed; the message says why and what to do."""
 
 
-def notification_id(stack: str) -> str:
-    return f"{stack}-new-scans"
+def notification_id(owner: str) -> str:
+    """The Id of the notification that feeds ``owner``'s queue of new scans (a stack's, or
+    the embedded demo's)."""
+    return f"{owner}-new-scans"
 
 
 def _configuration(s3: Any, bucket: str) -> dict[str, Any] | None:
@@ -64,10 +66,10 @@ def _put(s3: Any, bucket: str, configuration: dict[str, Any], what: str, validat
             raise NotificationError(f"could not {what} of bucket {bucket}: {why}") from None
 
 
-def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, stack: str) -> dict[str, Any]:
-    """Point the bucket's uploads under ``prefix`` at the queue (this stack's notification,
-    replaced if there was one); the notification as put."""
-    ours: dict[str, Any] = {"Id": notification_id(stack), "QueueArn": queue_arn, "Events": EVENTS}
+def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, owner: str) -> None:
+    """Point the bucket's uploads under ``prefix`` at the queue (``owner``'s notification,
+    replaced if there was one; the bucket's others kept)."""
+    ours: dict[str, Any] = {"Id": notification_id(owner), "QueueArn": queue_arn, "Events": EVENTS}
     if prefix:
         ours["Filter"] = {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}
     configuration = _configuration(s3, bucket)
@@ -76,19 +78,18 @@ def watch(s3: Any, bucket: str, prefix: str, queue_arn: str, stack: str) -> dict
     others = [c for c in configuration.get("QueueConfigurations", []) if c.get("Id") != ours["Id"]]
     configuration["QueueConfigurations"] = [*others, ours]
     _put(s3, bucket, configuration, f"send the uploads under {prefix or 'the bucket root'} to {queue_arn}")
-    return ours
 
 
-def unwatch(s3: Any, bucket: str, stack: str) -> bool:
-    """Take this stack's notification off the bucket; False when it had none (or the bucket
+def unwatch(s3: Any, bucket: str, owner: str) -> bool:
+    """Take ``owner``'s notification off the bucket; False when it had none (or the bucket
     is gone)."""
     configuration = _configuration(s3, bucket)
     if configuration is None:
         return False
     queues = configuration.get("QueueConfigurations", [])
-    kept = [c for c in queues if c.get("Id") != notification_id(stack)]
+    kept = [c for c in queues if c.get("Id") != notification_id(owner)]
     if len(kept) == len(queues):
         return False
     configuration["QueueConfigurations"] = kept
-    _put(s3, bucket, configuration, f"take notification {notification_id(stack)} off the notifications", validate=False)
+    _put(s3, bucket, configuration, f"take notification {notification_id(owner)} off the notifications", validate=False)
     return True

@@ -31,7 +31,6 @@ class Deployment:
     stack: str
     action: str  # created, updated or unchanged
     outputs: StackOutputs
-    notification: dict[str, Any] | None = None  # the input bucket's, to the queue of new scans (watch_new_scans)
 
 
 def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
@@ -45,7 +44,10 @@ def _parameters(values: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _outputs(cfn: Any, stack: str) -> StackOutputs:
-    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    return _outputs_of(cfn.describe_stacks(StackName=stack)["Stacks"][0])
+
+
+def _outputs_of(described: dict[str, Any]) -> StackOutputs:
     return StackOutputs.from_outputs({o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])})
 
 
@@ -72,7 +74,7 @@ def _watching(cfn: Any, stack: str) -> Watch | None:
     """The deployed stack's queue of new scans and the input it is notified of, if any."""
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
     deployed = {p["ParameterKey"]: str(p.get("ParameterValue") or "") for p in described.get("Parameters", [])}
-    outputs = StackOutputs.from_outputs({o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])})
+    outputs = _outputs_of(described)
     if deployed.get("WatchNewScans", "false").lower() != "true" or not outputs.new_scans_queue_arn:
         return None
     return Watch(deployed.get("InputBucket", ""), deployed.get("InputPrefix", ""), outputs.new_scans_queue_arn)
@@ -171,7 +173,7 @@ def deploy(cfn: Any, params: InfraParams, service_role_arn: str | None = None, s
             queue = deployment.outputs.new_scans_queue_arn
             if not queue:
                 raise InfraError(f"stack {stack} was asked for a queue of new scans and gives none (output NewScansQueueArn)")
-            deployment.notification = notifications.watch(_s3_for(s3, stack), params.input_bucket, params.input_prefix, queue, stack)
+            notifications.watch(_s3_for(s3, stack), params.input_bucket, params.input_prefix, queue, stack)
             if before and before.bucket != params.input_bucket:
                 notifications.unwatch(_s3_for(s3, stack), before.bucket, stack)  # the stack's input moved
         return deployment

@@ -46,6 +46,6 @@ def deploy_infra_step(params: dict[str, Any], dag_run: Any = None) -> dict[str, 
     deployment = deploy(cfn, infra, service_role_arn=role, s3=s3)
     outputs = deployment.outputs
     log.info("stack %s: %s; job_queue=%s job_definition=%s", deployment.stack, deployment.action, outputs.job_queue, outputs.job_definition)
-    if deployment.notification:
+    if outputs.new_scans_queue_url:
         log.info("uploads under s3://%s/%s are sent to %s", infra.input_bucket, infra.input_prefix, outputs.new_scans_queue_url)
     return {"action": deployment.action, **asdict(outputs)}
